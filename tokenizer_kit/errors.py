@@ -1,0 +1,21 @@
+"""One error type for everything that cannot be tokenised, so callers can add file/record context."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class TokenizeError(ValueError):
+    """A value, image or field that has no correct token. The message is one line."""
+
+
+def locate(array: np.ndarray, bad: np.ndarray) -> str:
+    """Describe the first True of `bad` as `step S index I` (first axis = time step) for messages."""
+    flat = int(np.flatnonzero(bad.reshape(-1))[0])
+    where = np.unravel_index(flat, array.shape) if array.ndim else ()
+    value = array.reshape(-1)[flat]
+    if len(where) == 0:
+        return f"value {value!r}"
+    if len(where) == 1:
+        return f"index {where[0]} (value {value!r})"
+    return f"step {where[0]} index {tuple(int(i) for i in where[1:])} (value {value!r})"

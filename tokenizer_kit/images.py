@@ -1,0 +1,151 @@
+"""Images to uint8 16x16 patches in raster order with quantised position intervals (SPEC 3).
+
+Shards keep raw uint8 patches; `normalize_patches` is applied only when batches are made.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .errors import TokenizeError
+
+FIT_POLICIES = ("resize", "pad")
+# Refuse decompression bombs well before PIL's own (much larger) limit would.
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+def to_rgb_array(image, field: str = "image") -> np.ndarray:
+    """Any PIL image or uint8 array (H,W), (H,W,1), (H,W,3), (H,W,4) as (H,W,3) uint8; alpha dropped."""
+    if isinstance(image, Image.Image):
+        if image.width * image.height == 0:
+            raise TokenizeError(f"field {field!r}: image has 0 pixels ({image.width}x{image.height})")
+        if image.width * image.height > MAX_PIXELS:
+            raise TokenizeError(f"field {field!r}: image of {image.width}x{image.height} pixels exceeds {MAX_PIXELS}")
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise TokenizeError(f"field {field!r}: expected an image of shape (H,W), (H,W,1|3|4), got {arr.shape}")
+    if arr.shape[0] * arr.shape[1] == 0:
+        raise TokenizeError(f"field {field!r}: image has 0 pixels ({arr.shape[1]}x{arr.shape[0]})")
+    if arr.dtype != np.uint8:
+        if arr.dtype == np.bool_:
+            arr = arr.astype(np.uint8) * 255
+        elif np.issubdtype(arr.dtype, np.integer) and arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise TokenizeError(f"field {field!r}: integer pixels outside [0, 255]")
+        elif np.issubdtype(arr.dtype, np.floating):
+            raise TokenizeError(f"field {field!r}: float pixels are ambiguous; pass uint8 images")
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def fitted_size(height: int, width: int, policy: str = "resize", patch: int = 16) -> tuple[int, int]:
+    """(H, W) that an image of this size becomes: nearest multiple of `patch` (resize) or next (pad)."""
+    if policy == "resize":
+        return max(patch, round(height / patch) * patch), max(patch, round(width / patch) * patch)
+    if policy == "pad":
+        return -(-height // patch) * patch, -(-width // patch) * patch
+    raise TokenizeError(f"unknown image fit policy {policy!r}; expected one of {', '.join(FIT_POLICIES)}")
+
+
+def fit_image(rgb: np.ndarray, policy: str = "resize", size: tuple[int, int] | None = None,
+              patch: int = 16) -> np.ndarray:
+    """Make H and W multiples of `patch`: resize (bilinear) or zero-pad bottom/right.
+
+    `size` (H, W) forces a target size (must be multiples of `patch`), as converters do to give
+    every image of a dataset the same number of patches.
+    """
+    h, w = rgb.shape[:2]
+    th, tw = size if size is not None else fitted_size(h, w, policy, patch)
+    if th % patch or tw % patch:
+        raise TokenizeError(f"image size {th}x{tw} is not a multiple of the patch size {patch}")
+    if (th, tw) == (h, w):
+        return rgb
+    if policy == "pad" and size is None:
+        out = np.zeros((th, tw, 3), dtype=np.uint8)
+        out[:h, :w] = rgb
+        return out
+    if policy not in FIT_POLICIES:
+        raise TokenizeError(f"unknown image fit policy {policy!r}; expected one of {', '.join(FIT_POLICIES)}")
+    return np.asarray(Image.fromarray(rgb).resize((tw, th), Image.BILINEAR), dtype=np.uint8)
+
+
+def patchify(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., N, patch*patch*3) in raster order (row by row, left to right)."""
+    *lead, h, w, c = rgb.shape
+    gh, gw = h // patch, w // patch
+    x = rgb.reshape(*lead, gh, patch, gw, patch, c)
+    nl = len(lead)
+    x = x.transpose(*range(nl), nl, nl + 2, nl + 1, nl + 3, nl + 4)
+    return np.ascontiguousarray(x).reshape(*lead, gh * gw, patch * patch * c)
+
+
+def unpatchify(patches: np.ndarray, grid: tuple[int, int], patch: int = 16) -> np.ndarray:
+    """Inverse of `patchify` for one image: (N, patch*patch*3) -> (H, W, 3)."""
+    gh, gw = grid
+    x = np.asarray(patches, dtype=np.uint8).reshape(gh, gw, patch, patch, 3)
+    return x.transpose(0, 2, 1, 3, 4).reshape(gh * patch, gw * patch, 3)
+
+
+def patch_positions(height: int, width: int, patch: int = 16, bins: int = 128) -> np.ndarray:
+    """(N, 4) uint8 quantised [row_from, row_to, col_from, col_to) of each patch, raster order.
+
+    Interval ends are `floor(v * bins)` of the patch's edges normalised by the image size; the end
+    is raised to start + 1 where needed so that every patch spans at least one bin.
+    """
+    def intervals(size: int) -> tuple[np.ndarray, np.ndarray]:
+        edges = np.arange(size // patch + 1, dtype=np.int64) * patch
+        q = (edges * bins) // size  # exact floor(edge / size * bins) in integers
+        lo, hi = q[:-1], q[1:]
+        hi = np.minimum(np.maximum(hi, lo + 1), bins)
+        lo = np.minimum(lo, hi - 1)
+        return lo, hi
+
+    rlo, rhi = intervals(height)
+    clo, chi = intervals(width)
+    gh, gw = len(rlo), len(clo)
+    out = np.empty((gh, gw, 4), dtype=np.uint8)
+    out[..., 0] = rlo[:, None]
+    out[..., 1] = rhi[:, None]
+    out[..., 2] = clo[None, :]
+    out[..., 3] = chi[None, :]
+    return out.reshape(gh * gw, 4)
+
+
+def image_to_patches(image, policy: str = "resize", size: tuple[int, int] | None = None,
+                     patch: int = 16, bins: int = 128, field: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """One image -> (patches (N, 768) uint8, positions (N, 4) uint8)."""
+    rgb = fit_image(to_rgb_array(image, field), policy, size, patch)
+    return patchify(rgb, patch), patch_positions(rgb.shape[0], rgb.shape[1], patch, bins)
+
+
+def image_grids(patch_pos: np.ndarray) -> list[tuple[int, int, int]]:
+    """Split a row's patches into images: (first patch index, grid rows, grid cols) each.
+
+    An image starts wherever a patch begins at row bin 0 and column bin 0, so rows are
+    self-describing without side data.
+    """
+    pos = np.asarray(patch_pos).reshape(-1, 4)
+    starts = np.flatnonzero((pos[:, 0] == 0) & (pos[:, 2] == 0))
+    out = []
+    for i, s in enumerate(starts):
+        e = starts[i + 1] if i + 1 < len(starts) else len(pos)
+        gw = int(np.count_nonzero(pos[s:e, 0] == 0))
+        out.append((int(s), (e - s) // max(gw, 1), gw))
+    return out
+
+
+def normalize_patches(patches: np.ndarray) -> np.ndarray:
+    """uint8 patches -> float32 in [-1/4, 1/4]: `(p/255*2 - 1) / sqrt(16)` [paper]."""
+    return (np.asarray(patches, dtype=np.float32) * (2.0 / 255.0) - 1.0) / 4.0
+
+
+def eval_positions(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The rounded mean of the bins in [lo, hi): the deterministic position used at evaluation."""
+    return (np.asarray(lo, dtype=np.int64) + np.asarray(hi, dtype=np.int64)) // 2

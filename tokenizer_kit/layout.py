@@ -1,0 +1,119 @@
+"""The vocabulary layout: the one place that says which id means what.
+
+Every other module asks a `VocabLayout` for offsets, sizes and constants, so that a shard written
+under one layout can be recognised (and refused) by a model built for another.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+PROFILES = ("gato", "disjoint")
+
+# Modality codes stored per token in the `modality` column (SPEC section 7).
+TEXT, IMAGE, DISCRETE, CONTINUOUS, SEPARATOR = 0, 1, 2, 3, 4
+MODALITY_NAMES = {TEXT: "text", IMAGE: "image", DISCRETE: "discrete", CONTINUOUS: "continuous",
+                  SEPARATOR: "separator"}
+PATCH_SLOT = -1  # the token id that marks an image patch's slot
+NO_POSITION = -1  # local_pos of tokens that have no local observation position
+
+
+class LayoutError(ValueError):
+    """A layout that cannot exist, or two layouts that disagree."""
+
+
+@dataclass(frozen=True)
+class VocabLayout:
+    """Id ranges of profile `gato` (discrete shares ids with text) or `disjoint`.
+
+    gato:     text [0, T), discrete [0, 1024), continuous [T, T+1024), separator T+1024.
+    disjoint: text [0, T), continuous [T, T+1024), discrete [T+1024, T+2048), separator T+2048.
+    """
+
+    text_vocab_size: int
+    profile: str = "gato"
+    num_bins: int = 1024
+    num_discrete: int = 1024
+    mu: float = 100.0
+    m: float = 256.0
+    patch_size: int = 16
+    position_bins: int = 128
+    local_positions: int = 512
+    eos_id: int = -1  # end-of-text id of the SentencePiece model (-1: none known)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise LayoutError(f"unknown layout profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
+        if self.text_vocab_size <= 0:
+            raise LayoutError(f"text vocab size must be positive, got {self.text_vocab_size}")
+        if self.profile == "gato" and self.text_vocab_size < self.num_discrete:
+            # Discrete ids reuse text ids; a smaller text vocab would leave discrete ids unembedded.
+            pass
+        if not -1 <= self.eos_id < self.text_vocab_size:
+            raise LayoutError(f"eos id {self.eos_id} is outside the text range [0, {self.text_vocab_size})")
+
+    # --- offsets -------------------------------------------------------------------------------
+    @property
+    def continuous_offset(self) -> int:
+        return self.text_vocab_size
+
+    @property
+    def discrete_offset(self) -> int:
+        return 0 if self.profile == "gato" else self.text_vocab_size + self.num_bins
+
+    @property
+    def separator_id(self) -> int:
+        return self.text_vocab_size + self.num_bins + (self.num_discrete if self.profile == "disjoint" else 0)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the shared embedding table: every id is in [0, vocab_size)."""
+        return max(self.separator_id + 1, self.discrete_offset + self.num_discrete)
+
+    @property
+    def patch_values(self) -> int:
+        return self.patch_size * self.patch_size * 3
+
+    def id_range(self, modality: int) -> tuple[int, int]:
+        """Half-open range [lo, hi) of legal ids for a token of `modality` (image: the patch slot)."""
+        if modality == TEXT:
+            return 0, self.text_vocab_size
+        if modality == DISCRETE:
+            return self.discrete_offset, self.discrete_offset + self.num_discrete
+        if modality == CONTINUOUS:
+            return self.continuous_offset, self.continuous_offset + self.num_bins
+        if modality == SEPARATOR:
+            return self.separator_id, self.separator_id + 1
+        if modality == IMAGE:
+            return PATCH_SLOT, PATCH_SLOT + 1
+        raise LayoutError(f"unknown modality code {modality}")
+
+    # --- serialisation and comparison ------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["vocab_size"] = self.vocab_size
+        d["separator_id"] = self.separator_id
+        d["continuous_offset"] = self.continuous_offset
+        d["discrete_offset"] = self.discrete_offset
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VocabLayout":
+        names = {f.name for f in fields(cls)}
+        layout = cls(**{k: v for k, v in d.items() if k in names})
+        derived = {k: d[k] for k in ("vocab_size", "separator_id", "continuous_offset", "discrete_offset") if k in d}
+        for key, value in derived.items():
+            if getattr(layout, key) != value:
+                raise LayoutError(f"layout field {key}={value} disagrees with its constants ({getattr(layout, key)})")
+        return layout
+
+    def describe(self) -> str:
+        return json.dumps({k: v for k, v in self.to_dict().items()}, sort_keys=True)
+
+    def check_same(self, other: "VocabLayout", what: str = "shards", against: str = "model") -> None:
+        """Raise a one-line LayoutError naming both layouts where they differ."""
+        a, b = self.to_dict(), other.to_dict()
+        diffs = [f"{k}: {a[k]!r} vs {b[k]!r}" for k in sorted(a) if a[k] != b.get(k)]
+        if diffs:
+            raise LayoutError(f"layout of {what} differs from the {against}'s: " + "; ".join(diffs))

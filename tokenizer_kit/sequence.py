@@ -1,0 +1,362 @@
+"""Rows of the shard contract (SPEC 4 and 7): episodes, image-caption pairs, text; and back.
+
+An episode is assembled without per-token Python: every field becomes a flat id array with a
+per-step count, and one vectorised scatter places all fields into the row at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import TokenizeError
+from .images import image_grids, image_to_patches, patchify, patch_positions, fit_image, to_rgb_array
+from .layout import (CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout)
+from .values import continuous_to_tokens, discrete_to_tokens, tokens_to_continuous, tokens_to_discrete
+
+KINDS = ("text", "image", "discrete", "continuous")
+_GROUP = {"text": 0, "image": 1, "discrete": 2, "continuous": 2}  # text, then images, then tensors
+_MODALITY = {"text": TEXT, "image": IMAGE, "discrete": DISCRETE, "continuous": CONTINUOUS}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one observation or action field is tokenised.
+
+    shape: per-step shape of a tensor field, or (H, W) an image is fitted to (None: each image
+    keeps its own fitted size). mu_law: compand a continuous field (observations; not actions).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...] | None = None
+    mu_law: bool = True
+    fit: str = "resize"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise TokenizeError(f"field {self.name!r}: unknown kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+
+    @property
+    def size(self) -> int:
+        """Tokens per step of a tensor field."""
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape) if self.shape is not None else None,
+                "mu_law": self.mu_law, "fit": self.fit}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "FieldSpec":
+        return cls(d["name"], d["kind"], tuple(d["shape"]) if d.get("shape") is not None else None,
+                   bool(d.get("mu_law", True)), d.get("fit", "resize"))
+
+
+def _ordered(fields: Sequence[FieldSpec]) -> tuple[FieldSpec, ...]:
+    return tuple(sorted(fields, key=lambda f: (_GROUP[f.kind], f.name)))
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """The observation and action fields of a task, kept in token order (SPEC 4)."""
+
+    observations: tuple[FieldSpec, ...]
+    actions: tuple[FieldSpec, ...]
+    action_local_pos: bool = False  # give every action token one shared local position
+
+    def __post_init__(self):
+        object.__setattr__(self, "observations", _ordered(self.observations))
+        object.__setattr__(self, "actions", _ordered(self.actions))
+        if any(f.kind == "image" for f in self.actions):
+            raise TokenizeError("image actions are not supported")
+        for group in (self.observations, self.actions):
+            names = [f.name for f in group]
+            if len(set(names)) != len(names):
+                raise TokenizeError(f"duplicate field names in {names}")
+
+    def to_dict(self) -> dict:
+        return {"observations": [f.to_dict() for f in self.observations],
+                "actions": [f.to_dict() for f in self.actions], "action_local_pos": self.action_local_pos}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "EpisodeSpec":
+        return cls(tuple(FieldSpec.from_dict(f) for f in d["observations"]),
+                   tuple(FieldSpec.from_dict(f) for f in d["actions"]), bool(d.get("action_local_pos", False)))
+
+
+@dataclass
+class Row:
+    """One shard row as numpy arrays (SPEC 7 columns, without the per-row scalars)."""
+
+    tokens: np.ndarray  # int32; PATCH_SLOT where an image patch goes
+    loss_mask: np.ndarray  # uint8
+    local_pos: np.ndarray  # int16
+    modality: np.ndarray  # uint8
+    step_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # int32
+    patches: np.ndarray = field(default_factory=lambda: np.zeros((0, 768), np.uint8))  # (N, 768) uint8
+    patch_pos: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.uint8))  # (N, 4) uint8
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class _Block:
+    counts: np.ndarray  # tokens of this block in each step, int64 (T,)
+    ids: np.ndarray  # flat ids, int32
+    modality: int
+    loss: int
+    observation: bool
+    patches: np.ndarray | None = None
+    patch_pos: np.ndarray | None = None
+
+
+def _steps_of(name: str, value) -> int:
+    return len(value)
+
+
+def _text_block(f: FieldSpec, values, tok, observation: bool) -> _Block:
+    if tok is None:
+        raise TokenizeError(f"field {f.name!r}: text fields need a SentencePiece model (--text-tokenizer)")
+    texts = []
+    for t, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TokenizeError(f"field {f.name!r}: step {t} is not UTF-8 text") from None
+        if not isinstance(v, str):
+            raise TokenizeError(f"field {f.name!r}: step {t} is {type(v).__name__}, expected text")
+        texts.append(v)
+    ids = tok.encode_batch(texts, add_eos=True)  # eos closes each field: rows decode without side data
+    counts = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    return _Block(counts, flat.astype(np.int32, copy=False), TEXT, 1, observation)
+
+
+def _image_block(f: FieldSpec, values, layout: VocabLayout) -> _Block:
+    p = layout.patch_size
+    arr = values if isinstance(values, np.ndarray) else None
+    if arr is not None and arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3 and f.shape in (
+            None, tuple(arr.shape[1:3])) and arr.shape[1] % p == 0 and arr.shape[2] % p == 0:
+        patches = patchify(arr, p)  # all steps at once: (T, N, 768)
+        pos = np.broadcast_to(patch_positions(arr.shape[1], arr.shape[2], p, layout.position_bins),
+                              (arr.shape[0],) + patches.shape[1:2] + (4,))
+        counts = np.full(arr.shape[0], patches.shape[1], dtype=np.int64)
+        return _Block(counts, np.full(int(counts.sum()), PATCH_SLOT, np.int32), IMAGE, 0, True,
+                      patches.reshape(-1, patches.shape[-1]), pos.reshape(-1, 4))
+    plist, qlist = [], []
+    for t, img in enumerate(values):
+        try:
+            pa, qa = image_to_patches(img, f.fit, f.shape, p, layout.position_bins, f.name)
+        except TokenizeError as e:
+            raise TokenizeError(f"step {t}: {e}") from None
+        plist.append(pa)
+        qlist.append(qa)
+    counts = np.fromiter((len(x) for x in plist), dtype=np.int64, count=len(plist))
+    return _Block(counts, np.full(int(counts.sum()), PATCH_SLOT, np.int32), IMAGE, 0, True,
+                  np.concatenate(plist) if plist else np.zeros((0, layout.patch_values), np.uint8),
+                  np.concatenate(qlist) if qlist else np.zeros((0, 4), np.uint8))
+
+
+def _tensor_block(f: FieldSpec, values, layout: VocabLayout, observation: bool, steps: int) -> _Block:
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        raise TokenizeError(f"field {f.name!r}: ragged or non-numeric values")
+    arr = arr.reshape(steps, -1) if arr.size or steps == 0 else arr.reshape(steps, 0)
+    if f.shape is not None and arr.shape[1] != f.size:
+        raise TokenizeError(f"field {f.name!r}: {arr.shape[1]} values per step, expected {f.size} (shape {f.shape})")
+    if f.kind == "discrete":
+        ids = discrete_to_tokens(arr, layout, f.name)
+    else:
+        ids = continuous_to_tokens(arr, layout, f.mu_law and observation, f.name)
+    counts = np.full(steps, arr.shape[1], dtype=np.int64)
+    return _Block(counts, ids.reshape(-1), _MODALITY[f.kind], 0 if observation else 1, observation)
+
+
+def _excl_cumsum(x: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(x), dtype=np.int64)
+    np.cumsum(x[:-1], out=out[1:])
+    return out
+
+
+def build_episode(observations: Mapping, actions: Mapping | None, spec: EpisodeSpec, layout: VocabLayout,
+                  text_tokenizer=None) -> Row:
+    """Tokenise T steps (each field: an array or list with T entries) into one row.
+
+    `actions=None` builds observations and separators only, as an acting agent needs.
+    """
+    if not isinstance(observations, Mapping):
+        raise TokenizeError(f"observation must be a dict of fields, got {type(observations).__name__}")
+    if actions is not None and not isinstance(actions, Mapping):
+        raise TokenizeError(f"action must be a dict of fields, got {type(actions).__name__}")
+    groups = [(spec.observations, observations, True)]
+    if actions is not None:
+        groups.append((spec.actions, actions, False))
+    steps = None
+    for specs, values, is_obs in groups:
+        what = "observation" if is_obs else "action"
+        missing = [f.name for f in specs if f.name not in values]
+        if missing:
+            raise TokenizeError(f"{what} field {missing[0]!r} is missing (has {sorted(values)})")
+        for f in specs:
+            n = len(values[f.name])
+            if steps is None:
+                steps = n
+            elif n != steps:
+                raise TokenizeError(f"episode arrays disagree in length: {what} {f.name!r} has {n} steps, "
+                                    f"expected {steps}")
+    if not steps:
+        raise TokenizeError("empty episode (0 steps)")
+
+    blocks: list[_Block] = []
+    for f in spec.observations:
+        v = observations[f.name]
+        if f.kind == "text":
+            blocks.append(_text_block(f, v, text_tokenizer, True))
+        elif f.kind == "image":
+            blocks.append(_image_block(f, v, layout))
+        else:
+            blocks.append(_tensor_block(f, v, layout, True, steps))
+    blocks.append(_Block(np.ones(steps, np.int64), np.full(steps, layout.separator_id, np.int32), SEPARATOR, 0, False))
+    if actions is not None:
+        for f in spec.actions:
+            v = actions[f.name]
+            if f.kind == "text":
+                blocks.append(_text_block(f, v, text_tokenizer, False))
+            else:
+                blocks.append(_tensor_block(f, v, layout, False, steps))
+    return _assemble(blocks, steps, layout, spec.action_local_pos)
+
+
+def _assemble(blocks: list[_Block], steps: int, layout: VocabLayout, action_local_pos: bool) -> Row:
+    step_len = np.sum([b.counts for b in blocks], axis=0)
+    step_starts = _excl_cumsum(step_len)
+    total = int(step_len.sum())
+    tokens = np.empty(total, np.int32)
+    loss = np.empty(total, np.uint8)
+    modality = np.empty(total, np.uint8)
+    local_pos = np.full(total, NO_POSITION, np.int16)
+    obs_len = np.sum([b.counts for b in blocks if b.observation], axis=0) if any(b.observation for b in blocks) else 0
+    limit = layout.local_positions - (1 if action_local_pos else 0)
+    if np.max(obs_len) > limit:
+        t = int(np.argmax(obs_len))
+        raise TokenizeError(f"observation of step {t} has {int(np.max(obs_len))} tokens, more than the "
+                            f"{limit} local positions")
+    offset = np.zeros(steps, np.int64)
+    patch_dest, patches, patch_pos = [], [], []
+    for b in blocks:
+        n = int(b.counts.sum())
+        base = np.repeat(step_starts + offset, b.counts)
+        within = np.arange(n, dtype=np.int64) - np.repeat(_excl_cumsum(b.counts), b.counts)
+        dest = base + within
+        tokens[dest] = b.ids
+        loss[dest] = b.loss
+        modality[dest] = b.modality
+        if b.observation:
+            local_pos[dest] = (np.repeat(offset, b.counts) + within).astype(np.int16)
+        elif action_local_pos and b.modality != SEPARATOR:
+            local_pos[dest] = layout.local_positions - 1
+        if b.patches is not None:
+            patch_dest.append(dest)
+            patches.append(b.patches)
+            patch_pos.append(b.patch_pos)
+        offset += b.counts
+    row = Row(tokens, loss, local_pos, modality, step_starts.astype(np.int32))
+    if patches:
+        order = np.argsort(np.concatenate(patch_dest), kind="stable")  # slot order of the row
+        row.patches = np.concatenate(patches)[order]
+        row.patch_pos = np.concatenate(patch_pos)[order]
+    return row
+
+
+def build_text_row(ids, layout: VocabLayout) -> Row:
+    """A document's ids (+ end-of-text when missing); loss on all of it."""
+    ids = np.asarray(ids, dtype=np.int32)
+    if layout.eos_id >= 0 and (len(ids) == 0 or ids[-1] != layout.eos_id):
+        ids = np.append(ids, np.int32(layout.eos_id))
+    _check_text_ids(ids, layout)
+    n = len(ids)
+    return Row(ids, np.ones(n, np.uint8), np.full(n, NO_POSITION, np.int16), np.full(n, TEXT, np.uint8))
+
+
+def build_caption_row(image, caption_ids, layout: VocabLayout, policy: str = "resize",
+                      size: tuple[int, int] | None = None) -> Row:
+    """Image patches, then the caption (+ end-of-text); loss on the caption only."""
+    patches, pos = image_to_patches(image, policy, size, layout.patch_size, layout.position_bins)
+    text = build_text_row(caption_ids, layout)
+    n = len(patches)
+    return Row(np.concatenate([np.full(n, PATCH_SLOT, np.int32), text.tokens]),
+               np.concatenate([np.zeros(n, np.uint8), text.loss_mask]),
+               np.full(n + len(text), NO_POSITION, np.int16),
+               np.concatenate([np.full(n, IMAGE, np.uint8), text.modality]),
+               patches=patches, patch_pos=pos)
+
+
+def _check_text_ids(ids: np.ndarray, layout: VocabLayout) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= layout.text_vocab_size):
+        raise TokenizeError(f"text id outside [0, {layout.text_vocab_size})")
+
+
+# --- the inverse -------------------------------------------------------------------------------
+
+def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLayout, tok, is_obs: bool):
+    """Decode one field starting at token `pos`; return (value, next pos, next patch index)."""
+    if f.kind == "text":
+        end = pos
+        while end < len(row.tokens) and row.tokens[end] != layout.eos_id:
+            end += 1
+        ids = row.tokens[pos:end]
+        value = tok.decode(ids) if tok is not None else ids.copy()
+        return value, end + 1, patch_i
+    if f.kind == "image":
+        grids = [g for g in image_grids(row.patch_pos) if g[0] == patch_i]
+        if not grids:
+            raise TokenizeError(f"field {f.name!r}: no image starts at patch {patch_i}")
+        _, gh, gw = grids[0]
+        n = gh * gw
+        from .images import unpatchify
+        return unpatchify(row.patches[patch_i:patch_i + n], (gh, gw), layout.patch_size), pos + n, patch_i + n
+    n = f.size
+    ids = row.tokens[pos:pos + n]
+    if f.kind == "discrete":
+        value = tokens_to_discrete(ids, layout)
+    else:
+        value = tokens_to_continuous(ids, layout, f.mu_law and is_obs)
+    return value.reshape(f.shape or ()), pos + n, patch_i
+
+
+def decode_episode(row: Row, spec: EpisodeSpec, layout: VocabLayout, text_tokenizer=None) -> list[tuple[dict, dict]]:
+    """Row -> [(observation dict, action dict) per step]; values de-quantised to bin centres."""
+    steps = []
+    patch_i = 0
+    bounds = list(row.step_starts) + [len(row.tokens)]
+    for t in range(len(row.step_starts)):
+        pos = int(bounds[t])
+        obs, act = {}, {}
+        for f in spec.observations:
+            obs[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, True)
+        if row.tokens[pos] != layout.separator_id:
+            raise TokenizeError(f"step {t}: expected the separator at token {pos}, found id {row.tokens[pos]}")
+        pos += 1
+        if pos < bounds[t + 1]:
+            for f in spec.actions:
+                act[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, False)
+        if pos != bounds[t + 1]:
+            raise TokenizeError(f"step {t}: fields end at token {pos}, the step at {bounds[t + 1]}")
+        steps.append((obs, act))
+    return steps
+
+
+def decode_caption(row: Row, layout: VocabLayout, text_tokenizer=None) -> tuple[list[np.ndarray], object]:
+    """Row of an image-caption pair -> (images, caption text or ids)."""
+    from .images import unpatchify
+    images = [unpatchify(row.patches[s:s + gh * gw], (gh, gw), layout.patch_size)
+              for s, gh, gw in image_grids(row.patch_pos)]
+    ids = row.tokens[row.tokens >= 0]
+    ids = ids[ids != layout.eos_id]
+    return images, (text_tokenizer.decode(ids) if text_tokenizer is not None else ids)
