@@ -1,0 +1,46 @@
+"""`gato-tokenize`: convert raw data to shards, train a tokenizer, inspect and verify shards.
+
+Each subcommand lives in its own module that exposes `register(subparsers)`; the parser sets
+`func` to the function that runs it. Exit codes: 0 ok, 1 bad data (one-line reason), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMAND_MODULES = (
+    "converters.commands.convert",
+    "converters.commands.train_tokenizer",
+    "converters.commands.inspect",
+    "converters.commands.verify",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gato-tokenize", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # subcommand not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    from .errors import run_reporting_errors
+    return run_reporting_errors(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of gato-tokenize, one module each."""

@@ -1,0 +1,29 @@
+"""Turn expected failures into one line on stderr and exit 1; never a traceback for bad data."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from schemas.manifest import ManifestError
+from tokenizer_kit.errors import TokenizeError
+from tokenizer_kit.layout import LayoutError
+
+from .base import SourceError
+
+EXPECTED_ERRORS = (TokenizeError, LayoutError, ManifestError, SourceError, FileNotFoundError,
+                   IsADirectoryError, PermissionError)
+
+
+def run_reporting_errors(func: Callable, args) -> int:
+    prog = sys.argv[0].rsplit("/", 1)[-1] or "gato-kit"
+    try:
+        code = func(args)
+    except EXPECTED_ERRORS as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
