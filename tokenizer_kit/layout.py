@@ -27,7 +27,7 @@ class LayoutError(ValueError):
 class VocabLayout:
     """Id ranges of profile `gato` (discrete shares ids with text) or `disjoint`.
 
-    gato:     text [0, T), discrete [0, 1024), continuous [T, T+1024), separator T+1024.
+    gato:     text [0, T), discrete [0, 1024), continuous [C, C+1024), separator C+1024, C = max(T, 1024).
     disjoint: text [0, T), continuous [T, T+1024), discrete [T+1024, T+2048), separator T+2048.
     """
 
@@ -47,15 +47,17 @@ class VocabLayout:
             raise LayoutError(f"unknown layout profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
         if self.text_vocab_size <= 0:
             raise LayoutError(f"text vocab size must be positive, got {self.text_vocab_size}")
-        if self.profile == "gato" and self.text_vocab_size < self.num_discrete:
-            # Discrete ids reuse text ids; a smaller text vocab would leave discrete ids unembedded.
-            pass
         if not -1 <= self.eos_id < self.text_vocab_size:
             raise LayoutError(f"eos id {self.eos_id} is outside the text range [0, {self.text_vocab_size})")
 
     # --- offsets -------------------------------------------------------------------------------
     @property
     def continuous_offset(self) -> int:
+        """T, except that profile gato never lets continuous ids overlap discrete ones: with a text
+        vocab smaller than 1024 (small demo models) SPEC's [T, T+1024) would collide with the
+        discrete range [0, 1024), so continuous values start at max(T, 1024)."""
+        if self.profile == "gato":
+            return max(self.text_vocab_size, self.num_discrete)
         return self.text_vocab_size
 
     @property
@@ -64,7 +66,7 @@ class VocabLayout:
 
     @property
     def separator_id(self) -> int:
-        return self.text_vocab_size + self.num_bins + (self.num_discrete if self.profile == "disjoint" else 0)
+        return self.continuous_offset + self.num_bins + (self.num_discrete if self.profile == "disjoint" else 0)
 
     @property
     def vocab_size(self) -> int:
