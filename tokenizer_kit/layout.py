@@ -7,6 +7,8 @@ under one layout can be recognised (and refused) by a model built for another.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 PROFILES = ("gato", "disjoint")
@@ -17,6 +19,10 @@ MODALITY_NAMES = {TEXT: "text", IMAGE: "image", DISCRETE: "discrete", CONTINUOUS
                   SEPARATOR: "separator"}
 PATCH_SLOT = -1  # the token id that marks an image patch's slot
 NO_POSITION = -1  # local_pos of tokens that have no local observation position
+
+
+# Ids that follow from the constants; to_dict writes them so a manifest can be read by eye.
+DERIVED = ("vocab_size", "separator_id", "continuous_offset", "discrete_offset")
 
 
 class LayoutError(ValueError):
@@ -45,8 +51,23 @@ class VocabLayout:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise LayoutError(f"unknown layout profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
-        if self.text_vocab_size <= 0:
-            raise LayoutError(f"text vocab size must be positive, got {self.text_vocab_size}")
+        ints = ("text_vocab_size", "num_bins", "num_discrete", "patch_size", "position_bins", "local_positions",
+                "eos_id")
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise LayoutError(f"layout constant {name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy ints would not survive JSON
+        for name in ints[:-1]:
+            if getattr(self, name) <= 0:
+                raise LayoutError(f"layout constant {name} must be positive, got {getattr(self, name)}")
+        for name in ("mu", "m"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+                raise LayoutError(f"layout constant {name} must be a positive number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.position_bins > 255:  # shards store position bounds (0..position_bins) as uint8
+            raise LayoutError(f"position_bins {self.position_bins} does not fit the uint8 patch_pos column")
         if not -1 <= self.eos_id < self.text_vocab_size:
             raise LayoutError(f"eos id {self.eos_id} is outside the text range [0, {self.text_vocab_size})")
 
@@ -71,7 +92,7 @@ class VocabLayout:
     @property
     def vocab_size(self) -> int:
         """Size of the shared embedding table: every id is in [0, vocab_size)."""
-        return max(self.separator_id + 1, self.discrete_offset + self.num_discrete)
+        return self.separator_id + 1
 
     @property
     def patch_values(self) -> int:
@@ -94,28 +115,36 @@ class VocabLayout:
     # --- serialisation and comparison ------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["vocab_size"] = self.vocab_size
-        d["separator_id"] = self.separator_id
-        d["continuous_offset"] = self.continuous_offset
-        d["discrete_offset"] = self.discrete_offset
+        d.update({key: getattr(self, key) for key in DERIVED})
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "VocabLayout":
+        """Inverse of `to_dict`; the derived ids it carries must agree with the constants."""
+        if not isinstance(d, dict):
+            raise LayoutError(f"a layout must be a dict, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
-        layout = cls(**{k: v for k, v in d.items() if k in names})
-        derived = {k: d[k] for k in ("vocab_size", "separator_id", "continuous_offset", "discrete_offset") if k in d}
-        for key, value in derived.items():
-            if getattr(layout, key) != value:
-                raise LayoutError(f"layout field {key}={value} disagrees with its constants ({getattr(layout, key)})")
+        try:
+            layout = cls(**{k: v for k, v in d.items() if k in names})
+        except TypeError as e:
+            raise LayoutError(f"malformed layout ({e})") from None
+        for key in DERIVED:
+            if key in d and getattr(layout, key) != d[key]:
+                raise LayoutError(f"layout field {key}={d[key]!r} disagrees with its constants "
+                                  f"({getattr(layout, key)})")
         return layout
 
+    def name(self) -> str:
+        """Short human name, e.g. `gato T=32000`, for messages."""
+        return f"{self.profile} T={self.text_vocab_size}"
+
     def describe(self) -> str:
-        return json.dumps({k: v for k, v in self.to_dict().items()}, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     def check_same(self, other: "VocabLayout", what: str = "shards", against: str = "model") -> None:
-        """Raise a one-line LayoutError naming both layouts where they differ."""
+        """Raise a one-line LayoutError naming both layouts and every constant where they differ."""
         a, b = self.to_dict(), other.to_dict()
-        diffs = [f"{k}: {a[k]!r} vs {b[k]!r}" for k in sorted(a) if a[k] != b.get(k)]
+        diffs = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         if diffs:
-            raise LayoutError(f"layout of {what} differs from the {against}'s: " + "; ".join(diffs))
+            raise LayoutError(f"layout of {what} ({self.name()}) differs from the {against}'s ({other.name()}): "
+                              + "; ".join(diffs))
