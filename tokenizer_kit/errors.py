@@ -14,8 +14,10 @@ def locate(array: np.ndarray, bad: np.ndarray) -> str:
     flat = int(np.flatnonzero(bad.reshape(-1))[0])
     where = np.unravel_index(flat, array.shape) if array.ndim else ()
     value = array.reshape(-1)[flat]
+    value = value.item() if isinstance(value, np.generic) else value  # 1.5, not np.float32(1.5)
     if len(where) == 0:
-        return f"value {value!r}"
+        return f"scalar (value {value!r})"
     if len(where) == 1:
-        return f"index {where[0]} (value {value!r})"
-    return f"step {where[0]} index {tuple(int(i) for i in where[1:])} (value {value!r})"
+        return f"index {int(where[0])} (value {value!r})"
+    rest = int(where[1]) if len(where) == 2 else tuple(int(i) for i in where[1:])
+    return f"step {int(where[0])} index {rest} (value {value!r})"

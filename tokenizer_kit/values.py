@@ -11,20 +11,26 @@ import math
 import numpy as np
 
 from .errors import TokenizeError, locate
-from .layout import VocabLayout
+from .layout import DISCRETE, VocabLayout
 
 
 def _check_finite(x: np.ndarray, field: str) -> None:
+    """NaN and infinity have no correct token: refuse them, naming where the first one is."""
     finite = np.isfinite(x)
     if not finite.all():
-        kind = "NaN" if np.isnan(x).any() else "infinite"
+        first = x.reshape(-1)[int(np.flatnonzero(~finite.reshape(-1))[0])]
+        kind = "NaN" if np.isnan(first) else "infinite"
         raise TokenizeError(f"field {field!r}: {kind} value at {locate(x, ~finite)}")
 
 
 def _as_float(values, field: str) -> np.ndarray:
-    x = np.asarray(values)
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise TokenizeError(f"field {field!r}: expected numbers, got dtype {x.dtype}")
+    """float64 stays float64; every other real dtype (float16/32, ints, bools) becomes float32."""
+    try:
+        x = np.asarray(values)
+    except ValueError:  # ragged nested lists
+        raise TokenizeError(f"field {field!r}: ragged values (steps or rows of different lengths)") from None
+    if x.dtype.kind not in "biuf":
+        raise TokenizeError(f"field {field!r}: expected real numbers, got dtype {x.dtype}")
     if x.dtype == np.float64:
         return x
     return x.astype(np.float32, copy=False)
@@ -34,24 +40,26 @@ def continuous_bins(values, layout: VocabLayout, mu_law: bool = True, field: str
     """Bin index in [0, num_bins) of each value; same shape, int32.
 
     Computed in float32 (float64 for float64 input) with in-place ufuncs: no temporaries besides
-    one work buffer, which is what makes it run at several times plain-numpy speed.
+    one work buffer, which is what makes it run at several times plain-numpy speed. Huge values
+    overflow to inf inside the buffer, which the clip turns into the last bin, as it should.
     """
     x = _as_float(values, field)
     _check_finite(x, field)
     buf = np.empty(x.shape, dtype=x.dtype)
-    if mu_law:
-        np.abs(x, out=buf)
-        np.multiply(buf, layout.mu, out=buf)
-        np.log1p(buf, out=buf)
-        np.multiply(buf, 1.0 / math.log1p(layout.m * layout.mu), out=buf)
-        np.copysign(buf, x, out=buf)
-    else:
-        np.copyto(buf, x)
-    np.clip(buf, -1.0, 1.0, out=buf)
-    np.add(buf, 1.0, out=buf)
-    np.multiply(buf, layout.num_bins / 2.0, out=buf)
+    with np.errstate(over="ignore"):
+        if mu_law:
+            np.abs(x, out=buf)
+            np.multiply(buf, layout.mu, out=buf)
+            np.log1p(buf, out=buf)
+            np.multiply(buf, 1.0 / math.log1p(layout.m * layout.mu), out=buf)
+            np.copysign(buf, x, out=buf)
+        else:
+            np.copyto(buf, x)
+        np.clip(buf, -1.0, 1.0, out=buf)
+        np.add(buf, 1.0, out=buf)
+        np.multiply(buf, layout.num_bins / 2.0, out=buf)
     bins = buf.astype(np.int32)  # truncation == floor: buf >= 0 here
-    np.minimum(bins, layout.num_bins - 1, out=bins)
+    np.minimum(bins, layout.num_bins - 1, out=bins)  # +1.0 lands on num_bins: it belongs to the last bin
     return bins
 
 
@@ -72,6 +80,7 @@ def bins_to_continuous(bins, layout: VocabLayout, mu_law: bool = True) -> np.nda
 
 
 def tokens_to_continuous(tokens, layout: VocabLayout, mu_law: bool = True) -> np.ndarray:
+    """Ids of the continuous range back to values (bin centres); other ids are refused."""
     t = np.asarray(tokens, dtype=np.int64)
     lo, hi = layout.continuous_offset, layout.continuous_offset + layout.num_bins
     if t.size and (t.min() < lo or t.max() >= hi):
@@ -87,15 +96,18 @@ def quantization_error(values, layout: VocabLayout, mu_law: bool = True, field: 
 
 def discrete_to_tokens(values, layout: VocabLayout, field: str = "value") -> np.ndarray:
     """Ids of integer values in [0, num_discrete); anything else is refused, never wrapped."""
-    x = np.asarray(values)
+    try:
+        x = np.asarray(values)
+    except ValueError:
+        raise TokenizeError(f"field {field!r}: ragged values (steps or rows of different lengths)") from None
     if x.dtype == np.bool_:
         x = x.astype(np.int32)
-    elif np.issubdtype(x.dtype, np.floating):
+    elif x.dtype.kind == "f":
         _check_finite(x, field)
         whole = x == np.floor(x)
         if not whole.all():
             raise TokenizeError(f"field {field!r}: discrete value is not an integer at {locate(x, ~whole)}")
-    elif not np.issubdtype(x.dtype, np.integer):
+    elif x.dtype.kind not in "iu":
         raise TokenizeError(f"field {field!r}: expected integers, got dtype {x.dtype}")
     bad = (x < 0) | (x >= layout.num_discrete)
     if bad.any():
@@ -105,8 +117,9 @@ def discrete_to_tokens(values, layout: VocabLayout, field: str = "value") -> np.
 
 
 def tokens_to_discrete(tokens, layout: VocabLayout) -> np.ndarray:
+    """Ids of the discrete range back to the integers they stand for (int64)."""
     t = np.asarray(tokens, dtype=np.int64)
-    lo, hi = layout.id_range(2)
+    lo, hi = layout.id_range(DISCRETE)
     if t.size and (t.min() < lo or t.max() >= hi):
         raise TokenizeError(f"ids outside the discrete range [{lo}, {hi})")
     return t - lo
