@@ -1,20 +1,88 @@
-"""`gato-train`: train a Gato model on shard directories (and roll it out in environments)."""
+"""`gato-train`: train a Gato model on shard directories; re-running with the same --out resumes.
+
+Exit codes: 0 ok (also after SIGTERM, once a checkpoint is saved), 1 bad data or run directory
+(one-line reason), 2 bad usage. Runs under `torchrun --nproc-per-node N` with DDP.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .model import PRESETS
+
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="gato-train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gato-train", description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]",
+                   help="shard directories, each with an optional mixture weight (tokens)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory (checkpoint, metrics.jsonl, loss.png)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
+    p.add_argument("--steps", type=int, help="optimiser steps in total (default 1000)")
+    p.add_argument("--batch-size", type=int, help="sequences per micro-batch per process (default 8)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default 1024)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 tiny, 1e-4 paper sizes)")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps (default min(15000, steps/10))")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step (default 1)")
+    p.add_argument("--seed", type=int, help="seed of data order and init (default 0)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.1)")
+    p.add_argument("--prompt-prob", type=float, help="fraction of RL sequences given a prompt (default 0.25)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="bf16 autocast or fp32 (default auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default 0: at the end)")
+    p.add_argument("--eval-steps", type=int, default=8, help="batches per evaluation (default 8)")
+    p.add_argument("--eval-data", nargs="+", metavar="DIR",
+                   help="held-out shard directories (default: the training directories in eval mode)")
+    p.add_argument("--log-every", type=int, default=10, help="write metrics every N steps (default 10)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
+    p.add_argument("--num-workers", type=int, default=0, help="loader worker processes per rank (default 0)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    return p
+
+
+# Options whose parser default is None: a value the user did not give comes from the resumed run.
+_RUN_DEFINING = ("preset", "steps", "batch_size", "seq_len", "lr", "warmup", "grad_accum", "seed",
+                 "weight_decay", "prompt_prob", "precision")
+
+
+def args_from_namespace(ns: argparse.Namespace):
+    from .train import TrainArgs
+
+    explicit = {k for k in _RUN_DEFINING if getattr(ns, k) is not None}
+    values = {k: v for k, v in vars(ns).items() if v is not None}
+    args = TrainArgs(**values)
+    args._explicit = explicit
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help(sys.stderr)
-    return 2
+    ns = parser.parse_args(argv)
+    from converters.errors import EXPECTED_ERRORS
+
+    from .checkpoint import CheckpointError
+    from .train import TrainError, UsageError, train
+
+    try:
+        from .data import DataError  # the loader's own error class, when it has one
+        expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError)
+    except ImportError:
+        expected = EXPECTED_ERRORS + (TrainError, CheckpointError)
+    try:
+        return train(args_from_namespace(ns))
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        print(f"gato-train: error: {e}", file=sys.stderr)
+        return 2
+    except expected as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"gato-train: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gato-train: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""The Gato model: a decoder-only transformer over one shared token embedding plus image patches.
+
+Decisions the paper leaves open (made here, once; see the report / README):
+- Sequence order: rotary position embeddings (RoPE) on queries and keys. The paper names only the
+  local observation positions and the patch row/column encodings; a causal decoder still needs to
+  know token order, and RoPE adds no parameters and does not fix a maximum context length (acting
+  may use a longer context than training).
+- Output logits are tied to the input embedding table (the paper's parameter counts fit a tied head).
+- Feed-forward: GEGLU; norms: pre-norm LayerNorm; linear layers have no biases.
+- Padding is at the end of each sequence only (trainer.batch.collate), so the causal mask alone is
+  exact for every real position: a real query never sees a padded key. Padded positions carry no
+  loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tokenizer_kit.layout import VocabLayout
+
+from .batch import Batch
+
+# Paper sizes (Reed et al. 2022, table of model hyper-parameters): layers, width, heads, ff.
+# The 79M model uses 24 heads of size 32; the others 128-wide heads (12 and 16 heads).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=4, d_model=128, n_head=4, d_ff=512, patch_channels=16, patch_groups=4),
+    "gato-79m": dict(n_layer=8, d_model=768, n_head=24, d_ff=3072),
+    "gato-364m": dict(n_layer=12, d_model=1536, n_head=12, d_ff=6144),
+    "gato-1.18b": dict(n_layer=24, d_model=2048, n_head=16, d_ff=8192),
+}
+
+
+@dataclass
+class GatoConfig:
+    """Everything needed to rebuild a model: sizes plus the vocabulary layout (as a dict)."""
+
+    layout: dict
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    d_ff: int = 512
+    patch_channels: int = 32  # channels of the per-patch ResNet v2 block
+    patch_groups: int = 8  # GroupNorm groups in that block
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    preset: str = ""
+
+    def __post_init__(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_head {self.n_head}")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError("head size must be even for rotary position embeddings")
+        if self.patch_channels % self.patch_groups:
+            raise ValueError(f"patch_channels {self.patch_channels} not divisible by patch_groups {self.patch_groups}")
+        self.vocab_layout  # validates the layout dict
+
+    @property
+    def vocab_layout(self) -> VocabLayout:
+        return VocabLayout.from_dict(self.layout)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab_layout.vocab_size
+
+    @classmethod
+    def from_preset(cls, name: str, layout: VocabLayout, **overrides) -> "GatoConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+        return cls(layout=layout.to_dict(), preset=name, **(PRESETS[name] | overrides))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GatoConfig":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class PatchEmbed(nn.Module):
+    """One ResNet v2 (pre-activation) block per 16x16 patch, then a linear map to the model width."""
+
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        lay = cfg.vocab_layout
+        c, g = cfg.patch_channels, cfg.patch_groups
+        self.patch = lay.patch_size
+        self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(g, c)
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(g, c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.norm_out = nn.GroupNorm(g, c)  # v2 blocks end un-normalised: normalise before the head
+        self.pool = nn.AvgPool2d(2)  # (c, 8, 8): c*64 values >= the patch's 768 for c >= 12
+        self.proj = nn.Linear(c * (self.patch // 2) ** 2, cfg.d_model, bias=False)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        p = self.patch
+        x = patches.view(-1, p, p, 3).permute(0, 3, 1, 2)  # batch patches are HWC
+        x = self.stem(x)
+        h = self.conv1(F.gelu(self.norm1(x)))
+        h = self.conv2(F.gelu(self.norm2(h)))
+        x = self.pool(F.gelu(self.norm_out(x + h)))
+        return self.proj(x.flatten(1))
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k = _rope(q, cos, sin).to(v.dtype), _rope(k, cos, sin).to(v.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        self.inp = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
+        self.out = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.inp(x).chunk(2, dim=-1)
+        return self.out(F.gelu(a) * b)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ff = GEGLU(cfg)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.norm1(x), cos, sin)
+        return x + self.ff(self.norm2(x))
+
+
+class GatoModel(nn.Module):
+    """`forward(batch) -> logits (B, L, vocab)`; `loss(batch)` -> mean cross-entropy per target token."""
+
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        self.config = cfg
+        lay = cfg.vocab_layout
+        self.layout = lay
+        self.embed = nn.Embedding(lay.vocab_size, cfg.d_model)
+        self.patch_embed = PatchEmbed(cfg)
+        self.patch_row = nn.Embedding(lay.position_bins, cfg.d_model)
+        self.patch_col = nn.Embedding(lay.position_bins, cfg.d_model)
+        self.local_pos = nn.Embedding(lay.local_positions, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        head = cfg.d_model // cfg.n_head
+        inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, head, 2, dtype=torch.float32) / head))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) everywhere (default init makes CPU backward hit denormals); residual outputs
+        scaled by 1/sqrt(2 * layers) as in GPT-2."""
+        std = self.config.init_std
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1])))
+        for blk in self.blocks:
+            for lin in (blk.attn.out, blk.ff.out):
+                nn.init.normal_(lin.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def embed_inputs(self, batch: Batch) -> torch.Tensor:
+        """Token embeddings, patches scattered into their slots, plus local observation positions."""
+        B, L = batch.tokens.shape
+        x = self.embed(batch.tokens)
+        # Run even with no patches (empty batch): every parameter stays in the graph, as DDP wants.
+        pe = self.patch_embed(batch.patches.to(x.dtype))
+        pe = pe + self.patch_row(batch.patch_row) + self.patch_col(batch.patch_col)
+        x = x.reshape(B * L, -1).index_copy(0, batch.patch_index, pe.to(x.dtype)).view(B, L, -1)
+        lp = batch.local_pos
+        has = (lp >= 0).unsqueeze(-1).to(x.dtype)
+        return x + self.local_pos(lp.clamp(min=0)) * has
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x = self.embed_inputs(batch)
+        L = x.shape[1]
+        t = torch.arange(L, device=x.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq)
+        cos, sin = freqs.cos()[None, None], freqs.sin()[None, None]
+        for blk in self.blocks:
+            x = blk(x, cos, sin)
+        return F.linear(self.norm(x), self.embed.weight)  # tied output head
+
+    def loss_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence sums of target-token cross-entropy (B,) and of target counts (B,)."""
+        logits = self(batch)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
+        mask = batch.loss_mask.to(ce.dtype)
+        # where(): a masked position contributes exactly 0, even if its logit were inf/nan.
+        per_tok = torch.where(mask.flatten() > 0, ce * mask.flatten(), torch.zeros_like(ce))
+        return per_tok.view(batch.tokens.shape).sum(1), mask.sum(1)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Cross-entropy averaged over target tokens (not over all positions)."""
+        s, n = self.loss_terms(batch)
+        return s.sum() / n.sum().clamp(min=1.0)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay matrices and convolutions; not norms, biases or embeddings."""
+        no_decay = set()
+        for m in self.modules():
+            if isinstance(m, (nn.Embedding, nn.LayerNorm, nn.GroupNorm)):
+                no_decay.update(id(p) for p in m.parameters(recurse=False))
+        decay, rest = [], []
+        for p in self.parameters():
+            (rest if id(p) in no_decay or p.ndim < 2 else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]

@@ -1,0 +1,445 @@
+"""The `gato-train` loop: AdamW, warm-up + cosine, grad clipping and accumulation, DDP, exact resume.
+
+Resuming is exact because everything that decides the next step is in the checkpoint: model and
+optimiser state, the step (the schedule is a pure function of it), each rank's loader state and
+the RNG states. The loss is a mean over target tokens of the whole global batch (all micro-batches
+and ranks), so accumulation and data parallelism do not change what is optimised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .checkpoint import CHECKPOINT_NAME, CHECKPOINT_VERSION, read_checkpoint, save_checkpoint
+from .model import PRESETS, GatoConfig, GatoModel
+
+METRICS_NAME = "metrics.jsonl"
+PLOT_NAME = "loss.png"
+
+# Arguments that define the run; a resume must not change them (it would not continue the run).
+FIXED_ARGS = ("preset", "batch_size", "seq_len", "grad_accum", "seed", "lr", "warmup", "weight_decay",
+              "min_lr_ratio", "clip", "prompt_prob", "precision")
+DEFAULT_LR = {"tiny": 1e-3}  # paper presets: 1e-4 (the paper's peak learning rate)
+
+
+class TrainError(ValueError):
+    """Bad data or a run directory that cannot be continued: one line, exit 1."""
+
+
+class UsageError(ValueError):
+    """Arguments that contradict each other or the run being resumed: exit 2."""
+
+
+@dataclass
+class TrainArgs:
+    data: list[str]
+    out: str
+    preset: str = "tiny"
+    steps: int = 1000
+    batch_size: int = 8
+    seq_len: int = 1024
+    lr: float | None = None  # None: the preset's default
+    warmup: int | None = None  # None: min(15000, steps // 10)
+    grad_accum: int = 1
+    seed: int = 0
+    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    prompt_prob: float = 0.25
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_steps: int = 8
+    eval_data: list[str] | None = None
+    log_every: int = 10
+    save_every: int = 500
+    num_workers: int = 0
+    compile: bool = False
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    progress: bool = True
+
+    def resolve(self) -> "TrainArgs":
+        if self.preset not in PRESETS:
+            raise UsageError(f"unknown preset {self.preset!r}; expected one of {', '.join(PRESETS)}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.preset, 1e-4)
+        if self.warmup is None:
+            self.warmup = min(15000, self.steps // 10)
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "save_every", "eval_steps"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"--precision must be auto, fp32 or bf16, not {self.precision!r}")
+        return self
+
+
+def lr_at(step: int, args: TrainArgs) -> float:
+    """Linear warm-up to the peak, then cosine decay to min_lr_ratio of it at the last step."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    span = max(1, args.steps - args.warmup)
+    progress = min(1.0, (step - args.warmup) / span)
+    floor = args.lr * args.min_lr_ratio
+    return floor + (args.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _LossModule(nn.Module):
+    """Wraps the model so DDP (and torch.compile) see the loss terms as `forward`."""
+
+    def __init__(self, model: GatoModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss_terms(batch)
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+
+def _setup_dist(device_arg: str) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_arg == "auto":
+        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_arg)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Dist(rank, world, local), device
+
+
+def _gather(obj, d: _Dist) -> list:
+    if d.world == 1:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _plain(obj):
+    """Loader state as plain types/tensors, so the checkpoint loads with weights_only=True."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+class Trainer:
+    """One training run in RUN: built from args (or the checkpoint in RUN), then `run()`."""
+
+    def __init__(self, args: TrainArgs):
+        self.out = Path(args.out)
+        self.d, self.device = _setup_dist(args.device)
+        self.stop_requested = False
+        ckpt = self._resume_state(args)
+        self.args = args.resolve()
+        self.use_bf16 = args.precision == "bf16" or (args.precision == "auto" and self.device.type == "cuda")
+        torch.manual_seed(args.seed + self.d.rank)
+
+        from .data import build_loader  # the streaming loader (trainer/data.py)
+
+        layout = None
+        if ckpt is not None:
+            layout = GatoConfig.from_dict(ckpt["config"]).vocab_layout
+        self.loader = build_loader(args.data, args.seq_len, args.batch_size, seed=args.seed,
+                                   num_workers=args.num_workers, rank=self.d.rank, world_size=self.d.world,
+                                   training=True, prompt_prob=args.prompt_prob, layout=layout)
+        self.layout = self.loader.layout
+        if layout is not None:
+            layout.check_same(self.loader.layout, "the data", "checkpoint")
+        self.tasks = list(self.loader.tasks)
+        config = (GatoConfig.from_dict(ckpt["config"]) if ckpt is not None
+                  else GatoConfig.from_preset(args.preset, self.layout))
+        self.config = config
+        self.model = GatoModel(config).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95),
+                                     eps=1e-8, fused=self.device.type == "cuda")
+        self.step = 0
+        if ckpt is not None:
+            self._load(ckpt)
+        self.loss_module: nn.Module = _LossModule(self.model)
+        if self.d.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.loss_module = DDP(self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda"
+                                   else None)
+        if args.compile:
+            self.loss_module = torch.compile(self.loss_module)
+
+    # --- resume -----------------------------------------------------------------------------------
+    def _resume_state(self, args: TrainArgs) -> dict | None:
+        """The checkpoint in RUN, with the run's fixed arguments restored (or checked against the CLI)."""
+        if not (self.out / CHECKPOINT_NAME).is_file():
+            return None
+        ckpt = read_checkpoint(self.out / CHECKPOINT_NAME, map_location="cpu")
+        saved = ckpt["args"]
+        for name in FIXED_ARGS:
+            given, was = getattr(args, name), saved.get(name)
+            if given is not None and given != was and name in getattr(args, "_explicit", ()):
+                raise UsageError(f"{self.out} was started with --{name.replace('_', '-')} {was}, not {given}; "
+                                 f"use another --out to start a new run")
+            setattr(args, name, was)
+        if ckpt.get("world_size", 1) != self.d.world:
+            raise UsageError(f"{self.out} was trained on {ckpt.get('world_size', 1)} processes, not {self.d.world}: "
+                             f"each process's loader state is saved, so resume with the same number")
+        if "steps" not in getattr(args, "_explicit", ()):
+            args.steps = saved["steps"]
+        return ckpt
+
+    def _load(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.loader.load_state_dict(ckpt["loader"][self.d.rank])
+        self.step = int(ckpt["step"])
+        rng = ckpt["rng"][self.d.rank]
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if self.d.main:
+            self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records logged after the checkpoint, so the resumed run rewrites them."""
+        path = self.out / METRICS_NAME
+        if not path.is_file():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = path.with_name(f".{METRICS_NAME}.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
+
+    def save(self) -> None:
+        """Every rank contributes its loader and RNG state; rank 0 writes the file atomically."""
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        loaders = _gather(_plain(self.loader.state_dict()), self.d)
+        rngs = _gather(rng, self.d)
+        if self.d.main:
+            args = {k: v for k, v in asdict(self.args).items()}
+            save_checkpoint({
+                "version": CHECKPOINT_VERSION, "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "config": self.config.to_dict(), "args": args,
+                "loader": loaders, "rng": rngs, "tasks": self.tasks, "world_size": self.d.world,
+            }, self.out / CHECKPOINT_NAME)
+        if self.d.world > 1:
+            dist.barrier()
+
+    # --- one step ---------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.use_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _next_batch(self):
+        try:
+            return next(self._it)
+        except StopIteration:  # a finite loader: start its next pass
+            self._it = iter(self.loader)
+            return next(self._it)
+
+    def train_step(self) -> dict:
+        """Forward/backward over grad_accum micro-batches, clip, AdamW step. Returns step statistics."""
+        args, nt = self.args, len(self.tasks)
+        lr = lr_at(self.step, args)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        micro = [self._next_batch().to(self.device) for _ in range(args.grad_accum)]
+        counts = torch.tensor([float(b.loss_mask.sum()) for b in micro]).sum().reshape(1)
+        total = self.d.all_reduce(counts.to(self.device)).clamp(min=1.0)
+        # stats: loss sum, task loss sums (nt), task target counts (nt), input tokens
+        stats = torch.zeros(2 + 2 * nt, device=self.device)
+        for i, b in enumerate(micro):
+            sync = i == len(micro) - 1 or self.d.world == 1
+            ctx = contextlib.nullcontext() if sync else self.loss_module.no_sync()
+            with ctx:
+                with self._autocast():
+                    s, n = self.loss_module(b)
+                (s.sum() * (self.d.world / total)).backward()
+            s, n = s.detach().float(), n.detach().float()
+            stats[0] += s.sum()
+            stats[1:1 + nt].index_add_(0, b.task_id, s)
+            stats[1 + nt:1 + 2 * nt].index_add_(0, b.task_id, n)
+            stats[-1] += b.attention_mask.sum()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        stop = torch.tensor([float(self.stop_requested)], device=self.device)
+        stats = self.d.all_reduce(torch.cat([stats, stop]))
+        self.step += 1
+        stats = stats.cpu().tolist()
+        if stats[-1] > 0:
+            self.stop_requested = True
+        out = {"step": self.step, "loss": stats[0] / float(total), "lr": lr, "grad_norm": float(grad_norm),
+               "tokens": stats[-2]}
+        for t, name in enumerate(self.tasks):
+            if stats[1 + nt + t] > 0:
+                out[f"loss/{name}"] = stats[1 + t] / stats[1 + nt + t]
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean target-token loss per task on `eval_steps` batches of an eval-mode loader.
+
+        The eval loader reads --eval-data when given, else the training directories in evaluation
+        mode (deterministic windows and patch positions: the same batches at every evaluation).
+        """
+        from .data import build_loader
+
+        args, nt = self.args, len(self.tasks)
+        if not hasattr(self, "_eval_loader"):
+            self._eval_loader = build_loader(args.eval_data or args.data, args.seq_len, args.batch_size,
+                                             seed=args.seed, num_workers=0, rank=self.d.rank,
+                                             world_size=self.d.world, training=False, prompt_prob=args.prompt_prob,
+                                             layout=self.layout)
+            names = list(self._eval_loader.tasks)
+            self._eval_names = self.tasks + [n for n in names if n not in self.tasks]
+            self._eval_task_map = torch.tensor([self._eval_names.index(n) for n in names], dtype=torch.int64)
+        ne = len(self._eval_names)
+        stats = torch.zeros(2 * ne, device=self.device)
+        self.model.eval()
+        for b in islice(iter(self._eval_loader), args.eval_steps):
+            b = b.to(self.device)
+            with self._autocast():
+                s, n = self.model.loss_terms(b)
+            tid = self._eval_task_map.to(self.device)[b.task_id]
+            stats[:ne].index_add_(0, tid, s.float())
+            stats[ne:].index_add_(0, tid, n.float())
+        self.model.train()
+        stats = self.d.all_reduce(stats).cpu().tolist()
+        out = {}
+        total_s, total_n = sum(stats[:ne]), sum(stats[ne:])
+        if total_n > 0:
+            out["eval_loss"] = total_s / total_n
+        for t, name in enumerate(self._eval_names):
+            if stats[ne + t] > 0:
+                out[f"eval_loss/{name}"] = stats[t] / stats[ne + t]
+        return out
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        with open(self.out / METRICS_NAME, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run(self) -> int:
+        args = self.args
+        if self.d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps({"model": self.config.to_dict(), "train": asdict(args),
+                                                             "tasks": self.tasks}, indent=1) + "\n")
+        self.model.train()
+        self._it = iter(self.loader)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        bar = None
+        if self.d.main and args.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=args.steps, initial=self.step, desc="gato-train", unit="step", dynamic_ncols=True)
+        try:
+            t0, tokens = time.perf_counter(), 0.0
+            while self.step < args.steps:
+                rec = self.train_step()
+                tokens += rec.pop("tokens")
+                last = self.step == args.steps
+                do_eval = last or (args.eval_every and self.step % args.eval_every == 0)
+                if self.step % args.log_every == 0 or last or do_eval:
+                    dt = time.perf_counter() - t0
+                    rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
+                    t0, tokens = time.perf_counter(), 0.0
+                    if do_eval:
+                        rec.update(self.evaluate())
+                    if self.d.main:
+                        self._log(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                if bar is not None:
+                    bar.update(1)
+                if self.stop_requested:
+                    self.save()
+                    if self.d.main:
+                        print(f"gato-train: stopped by SIGTERM at step {self.step}; checkpoint saved in {self.out}",
+                              file=sys.stderr)
+                    return 0
+                if self.step % args.save_every == 0 or last:
+                    self.save()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if bar is not None:
+                bar.close()
+        if self.d.main:
+            plot_metrics(self.out / METRICS_NAME, self.out / PLOT_NAME)
+        return 0
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.stop_requested = True
+
+
+def plot_metrics(metrics: Path, out: Path) -> Path | None:
+    """Training loss (and eval loss where present) against step, as a PNG (matplotlib Agg)."""
+    if not metrics.is_file():
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label="train loss")
+    ev = [r for r in recs if "eval_loss" in r]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy per target token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def train(args: TrainArgs) -> int:
+    """Run (or resume) training; torch.distributed is set up from torchrun's environment."""
+    torch.set_flush_denormal(True)
+    trainer = Trainer(args)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
