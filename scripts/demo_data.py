@@ -1,0 +1,169 @@
+"""Real data for the demo, made on the spot: expert episodes as Minari datasets, handwritten digits
+as a WebDataset tar, and an English text corpus. Nothing is downloaded.
+
+- Control: scripted experts (trainer.controllers) act in Gymnasium; the executed actions, with a
+  little exploration noise so the data also covers states off the expert's narrow path, are written
+  with `minari.create_dataset_from_buffers`.
+- Images: scikit-learn's 1,797 8x8 handwritten digits, upscaled, captioned "a handwritten seven".
+- Text: the docstrings of Python's standard library (real English that ships with every Python).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TEXT_MODULES = ("argparse", "asyncio", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal",
+                "email", "fractions", "functools", "heapq", "http.client", "inspect", "itertools", "json",
+                "logging", "math", "pathlib", "pickle", "queue", "random", "re", "shutil", "socket", "sqlite3",
+                "statistics", "string", "subprocess", "tarfile", "textwrap", "threading", "typing",
+                "unittest", "urllib.parse", "uuid", "zipfile")
+
+
+# --- control tasks ---------------------------------------------------------------------------------
+
+def make_env(env_id: str):
+    """The environment the data is recorded in and the agent acts in: Box actions rescaled to
+    [-1, 1], since actions are tokenised unscaled and clipped there (SPEC 2)."""
+    from trainer.rollout import make_env_fn
+    return make_env_fn(env_id, rescale_actions=True)()
+
+
+def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1):
+    """Episodes of the scripted expert with exploration noise: (EpisodeBuffers, returns).
+
+    Discrete actions: with probability `noise` a uniformly random action. Continuous actions:
+    Gaussian noise of std `noise` (in the [-1, 1] action units). What is recorded is what was
+    executed, so the data set is a true trajectory of the environment.
+    """
+    import gymnasium as gym
+    from minari.data_collector import EpisodeBuffer
+
+    from trainer.controllers import make_expert
+
+    env = make_env(env_id)
+    expert = make_expert(env_id, env)
+    rng = np.random.default_rng(seed)
+    space = env.action_space
+    buffers, returns = [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        done = False
+        while not done:
+            if isinstance(space, gym.spaces.Discrete):
+                a = expert(obs) if rng.random() >= noise else int(rng.integers(space.n))
+            else:
+                torque = expert(obs)  # in the unwrapped env's units
+                low, high = env.unwrapped.action_space.low, env.unwrapped.action_space.high
+                a = 2.0 * (torque - low) / (high - low) - 1.0
+                a = np.clip(a + rng.normal(0.0, noise, a.shape), -1.0, 1.0).astype(np.float32)
+            obs, r, term, trunc, _ = env.step(a)
+            observations.append(obs)
+            actions.append(a)
+            rewards.append(float(r))
+            terms.append(bool(term))
+            truncs.append(bool(trunc))
+            done = term or trunc
+        buffers.append(EpisodeBuffer(id=ep, seed=seed + ep, observations=np.asarray(observations),
+                                     actions=np.asarray(actions), rewards=rewards, terminations=terms,
+                                     truncations=truncs, infos={}))
+        returns.append(sum(rewards))
+    env.close()
+    return buffers, np.asarray(returns)
+
+
+def write_minari(dataset_id: str, env_id: str, buffers) -> Path:
+    """A Minari dataset under $MINARI_DATASETS_PATH (set by the caller); returns its directory."""
+    import minari
+
+    env = make_env(env_id)
+    ds = minari.create_dataset_from_buffers(dataset_id, buffers, env=env, algorithm_name="scripted expert",
+                                            description=f"{env_id} demonstrations of gato-kit's scripted expert")
+    env.close()
+    from minari.storage.datasets_root_dir import get_dataset_path
+    del ds
+    return Path(get_dataset_path(dataset_id))
+
+
+# --- digits ----------------------------------------------------------------------------------------
+
+def digit_images(size: int = 16):
+    """All 1,797 digits as (N, size, size) uint8 images (ink white on black, as in the data) + labels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    out = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in imgs])
+    return out, d.target.astype(np.int64)
+
+
+def caption(label: int) -> str:
+    return f"a handwritten {DIGIT_WORDS[int(label)]}"
+
+
+def caption_digit(text: str) -> int | None:
+    """The digit a generated caption names (the first digit word in it), or None."""
+    words = text.lower().replace(".", " ").split()
+    for w in words:
+        if w in DIGIT_WORDS:
+            return DIGIT_WORDS.index(w)
+    return None
+
+
+def split_digits(n_total: int, held_out: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices for training and for held-out evaluation (never written to the training tar)."""
+    perm = np.random.default_rng(seed).permutation(n_total)
+    return perm[held_out:], perm[:held_out]
+
+
+def write_digits_tar(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> Path:
+    """A WebDataset tar: one PNG and one .txt caption per sample."""
+    import webdataset as wds
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as sink:
+        for img, label, key in zip(images, labels, keys):
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            sink.write({"__key__": f"digit{int(key):05d}", "png": buf.getvalue(), "txt": caption(label)})
+    return path
+
+
+# --- text --------------------------------------------------------------------------------------------
+
+def write_text_corpus(path: str | os.PathLike, max_chars: int = 400_000) -> Path:
+    """Docstrings of standard-library modules and their public members, one paragraph per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paragraphs, total = [], 0
+    for name in TEXT_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        docs = [inspect.getdoc(mod)]
+        for attr in sorted(vars(mod)):
+            if not attr.startswith("_"):
+                obj = getattr(mod, attr)
+                if inspect.isclass(obj) or inspect.isfunction(obj):
+                    docs.append(inspect.getdoc(obj))
+        for doc in docs:
+            for para in (doc or "").split("\n\n"):
+                para = " ".join(para.split())
+                if len(para) > 40 and para.isascii():
+                    paragraphs.append(para)
+                    total += len(para)
+        if total >= max_chars:
+            break
+    path.write_text("\n".join(paragraphs) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,525 @@
+"""Acting: run a trained Gato model as a policy in Gymnasium environments (SPEC 5, "Acting").
+
+The agent sees exactly what training saw. Observation tokens come from the converter's own code
+(`tokenizer_kit.sequence.build_episode`, the EpisodeSpec from the shard directory's manifest, the
+layout from the checkpoint); a demonstration prompt (a window of an expert episode of the same task)
+goes first; each action token is sampled from its slot's legal id range only and decoded through
+the inverse tokenisation; the context is cut to the model's sequence length by dropping the oldest
+steps (never the prompt). Episodes run side by side as one batch, one forward pass per action token.
+
+    gato-train rollout --checkpoint RUN --data SHARD_DIR --env CartPole-v1 --episodes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, Row, build_caption_row, build_episode
+from tokenizer_kit.values import tokens_to_continuous, tokens_to_discrete
+
+from .batch import Sample, collate
+
+PROMPT_MODES = ("end", "window", "none")
+
+
+# --- rows: slicing and joining ------------------------------------------------------------------
+
+def slice_steps(row: Row, start: int, stop: int) -> Row:
+    """Timesteps [start, stop) of an episode row, with their patches."""
+    bounds = np.append(row.step_starts, len(row.tokens)).astype(np.int64)
+    a, b = int(bounds[start]), int(bounds[stop])
+    slots_before = np.count_nonzero(row.tokens[:a] == PATCH_SLOT)
+    n_patches = np.count_nonzero(row.tokens[a:b] == PATCH_SLOT)
+    return Row(row.tokens[a:b], row.loss_mask[a:b], row.local_pos[a:b], row.modality[a:b],
+               (row.step_starts[start:stop] - a).astype(np.int32),
+               row.patches[slots_before:slots_before + n_patches], row.patch_pos[slots_before:slots_before + n_patches])
+
+
+def concat_rows(rows: Sequence[Row]) -> Row:
+    """Rows one after another (step_starts are not kept: a context is not an episode)."""
+    rows = [r for r in rows if len(r)]
+    if not rows:
+        return Row(np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int16), np.zeros(0, np.uint8))
+    return Row(np.concatenate([r.tokens for r in rows]), np.concatenate([r.loss_mask for r in rows]),
+               np.concatenate([r.local_pos for r in rows]), np.concatenate([r.modality for r in rows]),
+               patches=np.concatenate([r.patches for r in rows]),
+               patch_pos=np.concatenate([r.patch_pos for r in rows]))
+
+
+def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.Generator | None = None) -> Row:
+    """Whole timesteps of a demonstration, at most `max_tokens` tokens: its end (goal conditioning,
+    as in training) or a uniformly placed window."""
+    if mode == "none" or max_tokens <= 0:
+        return concat_rows([])
+    lens = np.diff(np.append(row.step_starts, len(row.tokens)))
+    steps = len(lens)
+    if mode == "end":
+        fits = np.cumsum(lens[::-1]) <= max_tokens
+        k = int(np.count_nonzero(fits))
+        return slice_steps(row, steps - k, steps)
+    if mode != "window":
+        raise ValueError(f"unknown prompt mode {mode!r}; expected one of {', '.join(PROMPT_MODES)}")
+    # the longest run of whole steps that fits, starting at a uniformly drawn step
+    k = int(np.count_nonzero(np.cumsum(np.sort(lens)[::-1]) <= max_tokens)) if steps else 0
+    k = max(1, min(k, steps))
+    start = int((rng or np.random.default_rng()).integers(0, steps - k + 1))
+    while k > 1 and int(lens[start:start + k].sum()) > max_tokens:
+        k -= 1
+    return slice_steps(row, start, start + k)
+
+
+# --- from environment values to fields and back ------------------------------------------------
+
+def observation_fields(obs, spec: EpisodeSpec) -> dict:
+    """One environment observation as the spec's fields, each with a leading step axis of 1."""
+    if isinstance(obs, (Mapping, tuple)):
+        flat = _flatten(obs, "obs")
+        missing = [f.name for f in spec.observations if f.name not in flat]
+        if missing:
+            raise ValueError(f"observation has no field {missing[0]!r} (has {sorted(flat)})")
+        return {f.name: _one_step(flat[f.name], f.kind) for f in spec.observations}
+    if len(spec.observations) != 1:
+        raise ValueError(f"the environment gives one observation array but the task has fields "
+                         f"{[f.name for f in spec.observations]}")
+    f = spec.observations[0]
+    return {f.name: _one_step(obs, f.kind)}
+
+
+def _flatten(value, prefix: str) -> dict:
+    """Dict and Tuple observations as the RL converter names their fields: obs/KEY, obs/KEY/SUB, obs/0."""
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, tuple):
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    out = {}
+    for k, v in items:
+        out.update(_flatten(v, f"{prefix}/{k}"))
+    return out
+
+
+def _one_step(value, kind: str):
+    if kind == "text":
+        return [value]
+    return np.asarray(value)[None]
+
+
+@dataclass(frozen=True)
+class ActionSlot:
+    """One action token: its field, the legal half-open id range, and the field's kind."""
+
+    field: str
+    kind: str
+    lo: int
+    hi: int
+
+
+def action_slots(spec: EpisodeSpec, layout: VocabLayout, action_space=None) -> list[ActionSlot]:
+    """Legal id range of every action token, in token order.
+
+    Continuous tokens may take any bin; discrete tokens only the values the action space allows
+    (Discrete n, MultiDiscrete nvec), or the layout's whole discrete range without a space.
+    """
+    import gymnasium as gym
+
+    slots = []
+    for f in spec.actions:
+        if f.kind == "continuous":
+            lo, hi = layout.id_range(CONTINUOUS)
+            slots += [ActionSlot(f.name, f.kind, lo, hi)] * f.size
+        elif f.kind == "discrete":
+            lo, hi = layout.id_range(DISCRETE)
+            space = action_space[f.name] if isinstance(action_space, gym.spaces.Dict) else action_space
+            if isinstance(space, gym.spaces.Discrete):
+                if int(space.start) != 0:
+                    raise ValueError(f"action field {f.name!r}: Discrete spaces must start at 0, got {space.start}")
+                limits = [int(space.n)] * f.size
+            elif isinstance(space, gym.spaces.MultiDiscrete):
+                limits = [int(n) for n in np.asarray(space.nvec).reshape(-1)]
+            else:
+                limits = [hi - lo] * f.size
+            if len(limits) != f.size:
+                raise ValueError(f"action field {f.name!r} has {f.size} tokens, the action space {len(limits)}")
+            slots += [ActionSlot(f.name, f.kind, lo, lo + min(n, hi - lo)) for n in limits]
+        else:
+            raise ValueError(f"action field {f.name!r} of kind {f.kind!r} cannot be sampled")
+    return slots
+
+
+def decode_actions(ids: np.ndarray, spec: EpisodeSpec, layout: VocabLayout) -> dict[str, np.ndarray]:
+    """Sampled action ids (in slot order) -> field values, through the inverse tokenisation."""
+    out, pos = {}, 0
+    for f in spec.actions:
+        part = ids[pos:pos + f.size]
+        pos += f.size
+        value = tokens_to_discrete(part, layout) if f.kind == "discrete" else \
+            tokens_to_continuous(part, layout, mu_law=False)  # actions are never companded (SPEC 2)
+        out[f.name] = value.reshape(f.shape or ())
+    return out
+
+
+def env_action(values: dict[str, np.ndarray], spec: EpisodeSpec, action_space):
+    """Field values -> what `env.step` takes (an int for Discrete, an array for Box, a dict for Dict)."""
+    import gymnasium as gym
+
+    def one(v, space):
+        if isinstance(space, gym.spaces.Discrete):
+            return int(np.asarray(v).reshape(-1)[0])
+        if isinstance(space, gym.spaces.Box):
+            return np.asarray(v, dtype=space.dtype).reshape(space.shape)
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            return np.asarray(v, dtype=space.dtype).reshape(space.shape)
+        return v
+
+    if isinstance(action_space, gym.spaces.Dict):
+        return {k: one(values[k], action_space[k]) for k in values}
+    (name,) = values.keys() if len(values) == 1 else (None,)
+    if name is None:
+        raise ValueError(f"several action fields {sorted(values)} need a Dict action space")
+    return one(values[name], action_space)
+
+
+# --- the model as a sampler ---------------------------------------------------------------------
+
+def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) restricted logits -> (B,) indices: argmax when temperature is 0."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.inference_mode()
+def next_token_logits(model, contexts: Sequence[Row]) -> torch.Tensor:
+    """Logits (B, vocab) for the token after each context, in one padded forward pass."""
+    samples = []
+    for r in contexts:
+        # one dummy token at the end: collate's inputs are tokens[:-1], so the whole context is input
+        samples.append(Sample(np.append(r.tokens, 0).astype(np.int32), np.append(r.loss_mask, 0),
+                              np.append(r.local_pos, NO_POSITION).astype(np.int16), r.patches, r.patch_pos))
+    lens = [len(r) for r in contexts]
+    batch = collate(samples, max(lens), training=False)
+    device = next(model.parameters()).device
+    logits = model(batch.to(device))
+    return logits[torch.arange(len(contexts), device=device), torch.tensor(lens, device=device) - 1]
+
+
+def sample_in_ranges(logits: torch.Tensor, ranges: Sequence[tuple[int, int]], temperature: float = 0.0,
+                     generator: torch.Generator | None = None) -> np.ndarray:
+    """One id per row, drawn only from that row's legal half-open range [lo, hi)."""
+    lo = torch.tensor([r[0] for r in ranges], device=logits.device)
+    hi = torch.tensor([r[1] for r in ranges], device=logits.device)
+    ids = torch.arange(logits.shape[-1], device=logits.device)
+    legal = (ids[None] >= lo[:, None]) & (ids[None] < hi[:, None])
+    masked = logits.float().masked_fill(~legal, float("-inf"))
+    return _sample(masked, temperature, generator).cpu().numpy()
+
+
+# --- acting -------------------------------------------------------------------------------------
+
+@dataclass
+class EpisodeResult:
+    ret: float
+    steps: int
+
+
+class Agent:
+    """Acts in several environments at once: per environment a prompt, a history and the current step."""
+
+    def __init__(self, model, layout: VocabLayout, spec: EpisodeSpec, seq_len: int, temperature: float = 0.0,
+                 text_tokenizer=None, seed: int = 0):
+        self.model, self.layout, self.spec = model, layout, spec
+        self.seq_len, self.temperature, self.text_tokenizer = seq_len, temperature, text_tokenizer
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def observe(self, obs) -> Row:
+        """Observation tokens + separator of one step, exactly as the converter writes them."""
+        return build_episode(observation_fields(obs, self.spec), None, self.spec, self.layout, self.text_tokenizer)
+
+    def step_row(self, obs, action_values: dict) -> Row:
+        """The full timestep (observation, separator, action) as the converter writes it."""
+        acts = {k: np.asarray(v)[None] for k, v in action_values.items()}
+        return build_episode(observation_fields(obs, self.spec), acts, self.spec, self.layout, self.text_tokenizer)
+
+    def context(self, prompt: Row, history: deque, current: Row) -> Row:
+        """Prompt + as many of the latest steps as fit + the current step, within seq_len tokens."""
+        budget = self.seq_len - len(prompt) - len(current)
+        if budget < 0:
+            raise ValueError(f"prompt ({len(prompt)} tokens) and one step ({len(current)}) exceed the sequence "
+                             f"length {self.seq_len}; use a shorter prompt")
+        while history and sum(len(h) for h in history) > budget:
+            history.popleft()  # drop the oldest step; the prompt stays
+        return concat_rows([prompt, *history, current])
+
+    def act(self, observations: Sequence, prompts: Sequence[Row], histories: Sequence[deque],
+            slots: Sequence[Sequence[ActionSlot]]) -> list[dict]:
+        """Sample every action token of one step for each environment; returns field values."""
+        n_act = len(slots[0])
+        currents = [self.observe(o) for o in observations]
+        # room for the action tokens still to come, so the last one's context fits seq_len too
+        reserve = [Row(np.zeros(n_act, np.int32), np.zeros(n_act, np.uint8), np.zeros(n_act, np.int16),
+                       np.zeros(n_act, np.uint8)) for _ in observations]
+        bases = [self.context(p, h, concat_rows([c, r])) for p, h, c, r in zip(prompts, histories, currents, reserve)]
+        bases = [slice_tokens(b, len(b) - n_act) for b in bases]
+        chosen = np.zeros((len(observations), n_act), np.int64)
+        for j in range(n_act):
+            ctx = bases if j == 0 else [concat_rows([b, _action_row(chosen[i, :j], self.spec, self.layout)])
+                                        for i, b in enumerate(bases)]
+            logits = next_token_logits(self.model, ctx)
+            chosen[:, j] = sample_in_ranges(logits, [(s[j].lo, s[j].hi) for s in slots], self.temperature,
+                                            self.generator)
+        return [decode_actions(chosen[i], self.spec, self.layout) for i in range(len(observations))]
+
+
+def slice_tokens(row: Row, n: int) -> Row:
+    """The first n tokens of a context row (with their patches)."""
+    k = int(np.count_nonzero(row.tokens[:n] == PATCH_SLOT))
+    return Row(row.tokens[:n], row.loss_mask[:n], row.local_pos[:n], row.modality[:n],
+               patches=row.patches[:k], patch_pos=row.patch_pos[:k])
+
+
+def _action_row(ids: np.ndarray, spec: EpisodeSpec, layout: VocabLayout) -> Row:
+    """Already sampled action tokens of the current step, with the converter's per-token columns."""
+    n = len(ids)
+    kinds = [f.kind for f in spec.actions for _ in range(f.size)][:n]
+    modality = np.array([DISCRETE if k == "discrete" else CONTINUOUS for k in kinds], np.uint8)
+    pos = layout.local_positions - 1 if spec.action_local_pos else NO_POSITION
+    return Row(ids.astype(np.int32), np.ones(n, np.uint8), np.full(n, pos, np.int16), modality)
+
+
+def run_episodes(agent: Agent, make_env: Callable[[], object], episodes: int, prompt_rows: Sequence[Row],
+                 prompt_tokens: int, prompt_mode: str = "end", seed: int = 0, max_steps: int | None = None,
+                 progress: bool = False) -> list[EpisodeResult]:
+    """Play `episodes` episodes side by side; each gets its own demonstration prompt."""
+    rng = np.random.default_rng(seed)
+    envs = [make_env() for _ in range(episodes)]
+    slots = [action_slots(agent.spec, agent.layout, e.action_space) for e in envs]
+    prompts = [prompt_window(prompt_rows[int(rng.integers(len(prompt_rows)))], prompt_tokens, prompt_mode, rng)
+               if len(prompt_rows) else concat_rows([]) for _ in envs]
+    obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
+    histories = [deque() for _ in envs]
+    returns, steps = np.zeros(episodes), np.zeros(episodes, np.int64)
+    active = list(range(episodes))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(desc="acting", unit="step", leave=False)
+    while active:
+        values = agent.act([obs[i] for i in active], [prompts[i] for i in active], [histories[i] for i in active],
+                           [slots[i] for i in active])
+        still = []
+        for i, v in zip(active, values):
+            histories[i].append(agent.step_row(obs[i], v))
+            obs[i], r, term, trunc, _ = envs[i].step(env_action(v, agent.spec, envs[i].action_space))
+            returns[i] += float(r)
+            steps[i] += 1
+            if not (term or trunc or (max_steps is not None and steps[i] >= max_steps)):
+                still.append(i)
+        active = still
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    for e in envs:
+        e.close()
+    return [EpisodeResult(float(r), int(s)) for r, s in zip(returns, steps)]
+
+
+def random_returns(make_env: Callable[[], object], episodes: int, seed: int = 0) -> list[float]:
+    """Returns of a uniformly random policy: the floor an agent must clearly beat."""
+    out = []
+    for i in range(episodes):
+        env = make_env()
+        env.action_space.seed(seed + i)
+        env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            _, r, term, trunc, _ = env.step(env.action_space.sample())
+            total += float(r)
+            done = term or trunc
+        env.close()
+        out.append(total)
+    return out
+
+
+def make_env_fn(env_id: str, rescale_actions: bool = False) -> Callable[[], object]:
+    """A factory for `env_id`; `rescale_actions` maps Box actions to [-1, 1] (SPEC 2 assumes actions
+    there), the same wrapper the demonstrations must have been recorded with."""
+    import gymnasium as gym
+
+    def make():
+        env = gym.make(env_id)
+        if rescale_actions and isinstance(env.action_space, gym.spaces.Box):
+            env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
+        return env
+    return make
+
+
+# --- text generation (captions) -------------------------------------------------------------------
+
+@torch.inference_mode()
+def generate_text(model, layout: VocabLayout, contexts: Sequence[Row], max_new_tokens: int = 16,
+                  temperature: float = 0.0, seed: int = 0) -> list[np.ndarray]:
+    """Continue each context with text ids (restricted to the text range) until end-of-text."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = layout.id_range(TEXT)
+    out = [[] for _ in contexts]
+    live = list(range(len(contexts)))
+    ctx = list(contexts)
+    for _ in range(max_new_tokens):
+        if not live:
+            break
+        ids = sample_in_ranges(next_token_logits(model, [ctx[i] for i in live]), [(lo, hi)] * len(live),
+                               temperature, g)
+        still = []
+        for i, t in zip(live, ids):
+            if int(t) == layout.eos_id:
+                continue
+            out[i].append(int(t))
+            ctx[i] = concat_rows([ctx[i], Row(np.array([t], np.int32), np.ones(1, np.uint8),
+                                              np.full(1, NO_POSITION, np.int16), np.full(1, TEXT, np.uint8))])
+            still.append(i)
+        live = still
+    return [np.asarray(o, np.int32) for o in out]
+
+
+def image_context(image, layout: VocabLayout, policy: str = "resize", size: tuple[int, int] | None = None) -> Row:
+    """The image part of an image-caption row, as the captions converter writes it (caption left off)."""
+    row = build_caption_row(image, np.zeros(0, np.int32), layout, policy, size)
+    n = int(np.count_nonzero(row.modality == IMAGE))
+    return slice_tokens(row, n)
+
+
+# --- shard directories as prompt sources ------------------------------------------------------------
+
+@dataclass
+class Demonstrations:
+    """Expert episodes of one task, read from a shard directory."""
+
+    spec: EpisodeSpec
+    layout: VocabLayout
+    rows: list[Row]
+    returns: np.ndarray
+    task: str
+    text_tokenizer: object = None
+
+
+def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None = None) -> Demonstrations:
+    """Episodes (and their returns) of `task` (default: the directory's only task)."""
+    import pyarrow.compute as pc
+
+    from converters.shard_dir import ShardDir
+    from schemas.shard import row_from_table
+
+    d = ShardDir.open(shard_dir)
+    if d.manifest is None or not d.manifest.episode_spec:
+        raise ValueError(f"{shard_dir}: not an RL shard directory (its manifest has no episode_spec)")
+    rows, returns, tasks = [], [], set()
+    for i in range(len(d.shards)):
+        table = d.table(i)
+        names = table.column("task")
+        tasks.update(pc.unique(names).to_pylist())
+        keep = range(table.num_rows) if task is None else \
+            np.flatnonzero(pc.equal(names, task).to_numpy(zero_copy_only=False))
+        for j in keep:
+            rows.append(row_from_table(table, int(j)))
+            returns.append(table.column("episode_return")[int(j)].as_py())
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+    if task is None and len(tasks) > 1:
+        raise ValueError(f"{shard_dir} holds several tasks {sorted(tasks)}; name one with --task")
+    if not rows:
+        raise ValueError(f"{shard_dir}: no episodes" + (f" of task {task!r}" if task else ""))
+    return Demonstrations(EpisodeSpec.from_dict(d.manifest.episode_spec), d.layout, rows,
+                          np.asarray(returns, np.float64), task or next(iter(tasks)), d.text_tokenizer())
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gato-train rollout", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="training run directory (as written by gato-train --out)")
+    p.add_argument("--data", required=True, help="RL shard directory of the task: its EpisodeSpec, prompts, "
+                                                 "and the demonstrations' return")
+    p.add_argument("--env", required=True, help="Gymnasium environment id, e.g. CartPole-v1")
+    p.add_argument("--task", default=None, help="task name inside --data when it holds several")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seq-len", type=int, default=None, help="context length (default: the training run's)")
+    p.add_argument("--prompt", choices=PROMPT_MODES, default="end",
+                   help="demonstration prompt: the end of an expert episode, a random window, or none")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default: seq_len / 4)")
+    p.add_argument("--rescale-actions", action="store_true",
+                   help="wrap Box action spaces to [-1, 1] (use when the demonstrations were recorded so)")
+    p.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
+    p.add_argument("--random-baseline", action="store_true", help="also report a random policy's return")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def checkpoint_seq_len(config, default: int = 1024) -> int:
+    """The sequence length a run trained with, wherever load_model put it."""
+    for obj in (config, getattr(config, "train", None)):
+        if obj is None:
+            continue
+        v = obj.get("seq_len") if isinstance(obj, dict) else getattr(obj, "seq_len", None)
+        if v:
+            return int(v)
+    return default
+
+
+def format_returns(x) -> str:
+    x = np.asarray(x, np.float64)
+    return f"{x.mean():.1f} +/- {x.std():.1f} (n={len(x)})"
+
+
+def rollout(args: argparse.Namespace) -> dict:
+    from .checkpoint import load_model
+
+    model, layout, config = load_model(args.checkpoint, map_location=args.device)
+    model.eval()
+    demos = load_demonstrations(args.data, args.task)
+    demos.layout.check_same(layout, f"shards {args.data}", "checkpoint")
+    seq_len = args.seq_len or checkpoint_seq_len(config)
+    agent = Agent(model, layout, demos.spec, seq_len, args.temperature, demos.text_tokenizer, args.seed)
+    make_env = make_env_fn(args.env, args.rescale_actions)
+    prompt_tokens = seq_len // 4 if args.prompt_tokens is None else args.prompt_tokens
+    results = run_episodes(agent, make_env, args.episodes, demos.rows, prompt_tokens, args.prompt, args.seed,
+                           args.max_steps, progress=sys.stderr.isatty())
+    report = {"env": args.env, "task": demos.task, "agent": [r.ret for r in results],
+              "demonstrations": demos.returns.tolist()}
+    if args.random_baseline:
+        report["random"] = random_returns(make_env, args.episodes, args.seed)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.episodes < 1:
+        print("gato-train rollout: --episodes must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        report = rollout(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"gato-train rollout: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
+    print(f"{report['env']} (task {report['task']})")
+    print(f"  agent          {format_returns(report['agent'])}")
+    print(f"  demonstrations {format_returns(report['demonstrations'])}")
+    if "random" in report:
+        print(f"  random policy  {format_returns(report['random'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
