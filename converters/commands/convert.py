@@ -1,0 +1,142 @@
+"""`gato-tokenize rl|captions|text INPUT... --out DIR`: raw data -> shard directory.
+
+Each kind K lives in `converters.K` and exposes `add_arguments(parser)` (its own options) and
+`make_converter(args) -> Converter`. Before `make_converter` runs, this command puts on `args`:
+
+* `args.tokenizer`: a `tokenizer_kit.text.TextTokenizer` loaded from `--text-tokenizer` (or None);
+* `args.layout`: the `VocabLayout` every id must follow (from the tokenizer, or for RL without
+  text from `--text-vocab-size`), with `--layout-profile` applied.
+
+The writer (converters/writer.py) then owns workers, partitions, resume, `--on-error` and the
+manifest. Kind modules are imported only when their subcommand runs, so a missing or broken one
+never breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+KINDS = {
+    "rl": "RL episodes (Minari datasets, HDF5, npz) -> one row per episode",
+    "captions": "image-caption pairs (webdataset tars, folders, HF datasets) -> one row per pair",
+    "text": "text (.txt, .jsonl, Parquet, HF datasets) -> one row per document",
+}
+NEEDS_TEXT_TOKENIZER = {"text", "captions"}
+
+
+def _kind_module(kind: str):
+    return importlib.import_module(f"converters.{kind}")
+
+
+def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
+    from converters.writer import parse_size
+
+    def size(text: str) -> int:
+        try:
+            return parse_size(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    def positive(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+        return n
+
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files or directories")
+    p.add_argument("--out", required=True, metavar="DIR", help="shard directory to write (created if missing)")
+    p.add_argument("--workers", type=positive, default=1, metavar="N", help="worker processes (default 1)")
+    p.add_argument("--num-partitions", type=positive, default=1, metavar="K",
+                   help="split the work units into K disjoint partitions (with --partition)")
+    p.add_argument("--partition", type=int, default=None, metavar="I",
+                   help="convert only partition I of K into DIR/.work; run again without it to write the shards")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="bad record: stop with exit 1 (fail, default) or skip it and list it in the manifest")
+    required = kind in NEEDS_TEXT_TOKENIZER
+    p.add_argument("--text-tokenizer", required=required, default=None, metavar="MODEL",
+                   help="SentencePiece .model used for all text" + ("" if required else
+                                                                     " (needed when episodes have text fields)"))
+    if not required:
+        p.add_argument("--text-vocab-size", type=positive, default=32000, metavar="T",
+                       help="text vocab size of the layout when no --text-tokenizer is given (default 32000)")
+    p.add_argument("--layout-profile", choices=("gato", "disjoint"), default="gato",
+                   help="vocab layout profile (default gato)")
+    p.add_argument("--shard-size", type=size, default=256 * 10**6, metavar="BYTES",
+                   help="target shard size, e.g. 64MB, 1GiB (default 256MB)")
+    p.add_argument("--task", default=None, metavar="NAME",
+                   help=f"task name of every row (default: what the converter finds, else {kind!r})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+class _LazyKindParser(argparse.ArgumentParser):
+    """Adds the kind's own options only when the subcommand is parsed or its help shown (lazy import)."""
+
+    kind: str = ""
+    _kind_loaded = False
+
+    def _load_kind(self, strict: bool) -> None:
+        if self._kind_loaded:
+            return
+        self._kind_loaded = True
+        try:
+            module = _kind_module(self.kind)
+        except ModuleNotFoundError as e:
+            if e.name != f"converters.{self.kind}" or not strict:
+                raise
+            self.error(f"the {self.kind!r} converter is not available in this installation")
+        module.add_arguments(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._load_kind(strict=True)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self):
+        try:
+            self._load_kind(strict=False)
+        except ModuleNotFoundError:
+            pass
+        return super().format_help()
+
+
+def register(subparsers) -> None:
+    for kind, help_text in KINDS.items():
+        p = subparsers.add_parser(kind, help=help_text, description=f"Convert {help_text}.")
+        p.__class__ = _LazyKindParser  # add_parser has no parser_class; the subclass only adds laziness
+        p.kind = kind
+        add_common_arguments(p, kind)
+        p.set_defaults(func=run, kind=kind, _parser=p)
+
+
+def run(args) -> int:
+    from tokenizer_kit.layout import VocabLayout
+    from tokenizer_kit.text import TextTokenizer
+    from converters.writer import UsageError, convert
+
+    parser: argparse.ArgumentParser = args._parser
+    if args.partition is not None and args.num_partitions == 1:
+        parser.error("--partition needs --num-partitions K > 1")
+    if args.num_partitions > 1 and args.partition is None:
+        parser.error("--num-partitions needs --partition I")
+    if args.partition is not None and not 0 <= args.partition < args.num_partitions:
+        parser.error(f"--partition must be in [0, {args.num_partitions})")
+
+    args.tokenizer = TextTokenizer(args.text_tokenizer) if args.text_tokenizer else None
+    if args.tokenizer is not None:
+        args.layout = args.tokenizer.layout(args.layout_profile)
+    else:
+        args.layout = VocabLayout(text_vocab_size=args.text_vocab_size, profile=args.layout_profile)
+    converter = _kind_module(args.kind).make_converter(args)
+    try:
+        result = convert(converter, args.out, layout=args.layout, tokenizer_path=args.text_tokenizer,
+                         workers=args.workers, on_error=args.on_error, shard_size=args.shard_size,
+                         num_partitions=args.num_partitions, partition=args.partition, task=args.task,
+                         progress=not args.no_progress)
+    except UsageError as e:
+        parser.error(str(e))
+    print(result.summary(), file=sys.stderr)
+    return 0

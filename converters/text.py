@@ -1,0 +1,358 @@
+"""Text -> one row per document: SentencePiece ids + end-of-text, loss on all of it (SPEC 4).
+
+Inputs: `.txt` (one document per file, or per blank-line block with `--split blank-line`),
+`.jsonl` (a string field, `--text-field`), Parquet files and HF `datasets` directories saved with
+`save_to_disk` (a string column). Directories of such files are searched recursively.
+
+Everything is read lazily: text files line by line, Parquet by record batches, HF datasets
+memory-mapped. Big inputs are cut into work units of about `--unit-size` bytes (byte ranges on
+document boundaries for text files, row-group ranges for Parquet, row ranges for datasets), so
+several workers can share one big file. Row `source_id`s say where each document came from:
+`file` (whole file), `file@BYTE` (byte offset of the document or line), `file#ROW` (row index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.sequence import build_text_row
+from tokenizer_kit.text import TextTokenizer
+
+from .base import Record, SourceError, WorkUnit
+
+TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                 ".parquet": "parquet"}
+SPLITS = ("file", "blank-line")
+ENCODE_DOCS = 256  # documents per SentencePiece batch call
+ENCODE_CHARS = 1 << 20  # ... or this many characters, whichever comes first
+ARROW_BATCH_ROWS = 1024
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .writer import parse_size
+
+    def size(text: str) -> int:
+        try:
+            return parse_size(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    g = p.add_argument_group("text")
+    g.add_argument("--split", choices=SPLITS, default="file",
+                   help=".txt files: one document per file (default) or per blank-line-separated block")
+    g.add_argument("--text-field", default="text", metavar="NAME",
+                   help="field of .jsonl records / column of Parquet and HF datasets (default text)")
+    g.add_argument("--unit-size", type=size, default=16 * 2**20, metavar="BYTES",
+                   help="cut inputs into work units of about this size so workers can share a file "
+                        "(default 16MiB)")
+
+
+def make_converter(args) -> "TextConverter":
+    return TextConverter(args.inputs, args.tokenizer, args.layout, split=args.split, text_field=args.text_field,
+                         unit_size=args.unit_size)
+
+
+def _kind_of(path: Path) -> str | None:
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            return "hf-dict"
+        if (path / "state.json").is_file() or (path / "dataset_info.json").is_file():
+            return "hf"
+        return "dir"
+    return TEXT_SUFFIXES.get(path.suffix.lower())
+
+
+def _line_of(path: str, offset: int) -> int:
+    """1-based line number of a byte offset (only computed for error messages)."""
+    count, pos = 1, 0
+    with open(path, "rb") as f:
+        while pos < offset:
+            block = f.read(min(1 << 22, offset - pos))
+            if not block:
+                break
+            count += block.count(b"\n")
+            pos += len(block)
+    return count
+
+
+def _not_utf8(path: str, offset: int, e: UnicodeDecodeError) -> str:
+    at = offset + e.start
+    return f"{path}: line {_line_of(path, at)} (byte {at}): not UTF-8 text ({e.reason})"
+
+
+@dataclass
+class TextConverter:
+    """Documents of text inputs as rows; see the module docstring for inputs and units."""
+
+    inputs: Sequence[str]
+    tokenizer: TextTokenizer
+    layout: VocabLayout
+    split: str = "file"
+    text_field: str = "text"
+    unit_size: int = 16 * 2**20
+
+    name = "text"
+    rl = False
+
+    def __post_init__(self):
+        if self.tokenizer is None:
+            raise SourceError("text conversion needs a SentencePiece model (--text-tokenizer)")
+        if self.split not in SPLITS:
+            raise SourceError(f"unknown --split {self.split!r}; expected one of {', '.join(SPLITS)}")
+
+    def options(self) -> dict:
+        return {"split": self.split, "text_field": self.text_field, "unit_size": self.unit_size,
+                "eos": True}
+
+    # --- planning ------------------------------------------------------------------------------
+    def _files(self) -> list[tuple[str, str]]:
+        """(path, kind) of every input, directories expanded in sorted order."""
+        found = []
+        for raw in self.inputs:
+            path = Path(raw)
+            if not path.exists():
+                raise FileNotFoundError(f"input not found: {raw}")
+            kind = _kind_of(path)
+            if kind == "dir":
+                for sub in sorted(path.rglob("*")):
+                    if sub.is_file() and _kind_of(sub) is not None and not any(
+                            part.startswith(".") for part in sub.relative_to(path).parts):
+                        found.append((str(sub), _kind_of(sub)))
+            elif kind == "hf-dict":
+                splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+                found.extend((str(path / s), "hf") for s in splits)
+            elif kind is None:
+                raise SourceError(f"{raw}: unsupported text input (expected .txt, .jsonl, .parquet or a "
+                                  f"datasets directory)")
+            else:
+                found.append((str(path), kind))
+        return found
+
+    def work_units(self) -> list[WorkUnit]:
+        units: list[WorkUnit] = []
+        for path, kind in self._files():
+            if kind == "txt" and self.split == "file":
+                units.append(WorkUnit(path, path))
+            elif kind in ("txt", "jsonl"):
+                bounds = self._byte_bounds(path, kind == "txt")
+                units.extend(WorkUnit(f"{path}@{a}", path, a, b) for a, b in zip(bounds, bounds[1:]))
+            elif kind == "parquet":
+                units.extend(self._parquet_units(path))
+            else:
+                units.extend(self._dataset_units(path))
+        return units
+
+    def _byte_bounds(self, path: str, blank_line: bool) -> list[int]:
+        """Unit boundaries of a text file: every ~unit_size bytes, moved forward to the next line
+        start (jsonl) or the next document start after a blank line (txt)."""
+        size = os.path.getsize(path)
+        bounds = [0]
+        with open(path, "rb") as f:
+            nominal = self.unit_size
+            while nominal < size:
+                f.seek(nominal - 1)
+                f.readline()  # to the first line start at or after nominal
+                pos = f.tell()
+                if blank_line:
+                    seen_blank = False
+                    while True:
+                        line = f.readline()
+                        if not line:
+                            pos = size
+                            break
+                        if not line.strip():
+                            seen_blank = True
+                        elif seen_blank:
+                            break
+                        pos += len(line)
+                if pos >= size:
+                    break
+                bounds.append(pos)
+                nominal = pos + self.unit_size
+        bounds.append(size)
+        return bounds
+
+    def _parquet_units(self, path: str) -> list[WorkUnit]:
+        import pyarrow.parquet as pq
+        meta = pq.ParquetFile(path).metadata
+        units, first, size = [], 0, 0
+        for g in range(meta.num_row_groups):
+            size += meta.row_group(g).total_byte_size
+            if size >= self.unit_size or g == meta.num_row_groups - 1:
+                units.append(WorkUnit(f"{path}#rg{first}", path, first, g + 1))
+                first, size = g + 1, 0
+        return units
+
+    def _dataset_units(self, path: str) -> list[WorkUnit]:
+        ds = _load_dataset(path)
+        n = ds.num_rows
+        per_row = max(1, ds.data.nbytes // max(n, 1))
+        step = max(1, self.unit_size // per_row)
+        return [WorkUnit(f"{path}#{a}", path, a, min(a + step, n)) for a in range(0, n, step)]
+
+    # --- conversion ----------------------------------------------------------------------------
+    def convert_unit(self, unit: WorkUnit) -> Iterator[Record]:
+        kind = _kind_of(Path(unit.path))
+        if kind == "txt":
+            docs = self._whole_file(unit.path) if self.split == "file" else self._blocks(unit)
+        elif kind == "jsonl":
+            docs = self._jsonl(unit)
+        elif kind == "parquet":
+            docs = self._parquet(unit)
+        else:
+            docs = self._dataset(unit)
+        yield from self._tokenize(docs)
+
+    def _tokenize(self, docs: Iterator[tuple[str, str | None, str | None]]) -> Iterator[Record]:
+        """(source_id, text, bad reason) -> Records, SentencePiece called once per batch of docs."""
+        ids: list[str] = []
+        texts: list[str] = []
+        chars = 0
+
+        def flush():
+            encoded = self.tokenizer.encode_batch(texts, add_eos=True)
+            for sid, tokens in zip(ids, encoded):
+                yield Record(sid, build_text_row(tokens, self.layout))
+            ids.clear()
+            texts.clear()
+
+        for sid, text, bad in docs:
+            if bad is not None:
+                yield Record(sid, skip_reason=bad)
+                continue
+            if not text.strip():
+                continue  # an empty document has nothing to learn from
+            ids.append(sid)
+            texts.append(text)
+            chars += len(text)
+            if len(texts) >= ENCODE_DOCS or chars >= ENCODE_CHARS:
+                yield from flush()
+                chars = 0
+        if texts:
+            yield from flush()
+
+    def _whole_file(self, path: str):
+        data = Path(path).read_bytes()
+        try:
+            yield path, data.decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            yield path, None, _not_utf8(path, 0, e)
+
+    def _lines(self, unit: WorkUnit) -> Iterator[tuple[int, bytes]]:
+        with open(unit.path, "rb") as f:
+            f.seek(unit.start)
+            pos = unit.start
+            for line in f:
+                if pos >= unit.stop:
+                    break
+                yield pos, line
+                pos += len(line)
+
+    def _blocks(self, unit: WorkUnit):
+        block: list[bytes] = []
+        start = unit.start
+
+        def emit():
+            data = b"".join(block)
+            sid = f"{unit.path}@{start}"
+            try:
+                return sid, data.decode("utf-8").rstrip("\r\n"), None
+            except UnicodeDecodeError as e:
+                return sid, None, _not_utf8(unit.path, start, e)
+
+        for pos, line in self._lines(unit):
+            if not line.strip():
+                if block:
+                    yield emit()
+                    block = []
+                continue
+            if not block:
+                start = pos
+            block.append(line)
+        if block:
+            yield emit()
+
+    def _jsonl(self, unit: WorkUnit):
+        field = self.text_field
+        for pos, line in self._lines(unit):
+            sid = f"{unit.path}@{pos}"
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield sid, None, _not_utf8(unit.path, pos, e)
+                continue
+            except json.JSONDecodeError as e:
+                yield sid, None, f"{unit.path}: line {_line_of(unit.path, pos)}: not JSON ({e.msg})"
+                continue
+            if not isinstance(obj, dict) or field not in obj:
+                yield sid, None, f"{unit.path}: line {_line_of(unit.path, pos)}: field {field!r} is missing"
+            elif not isinstance(obj[field], str):
+                yield sid, None, (f"{unit.path}: line {_line_of(unit.path, pos)}: field {field!r} is "
+                                  f"{type(obj[field]).__name__}, expected a string")
+            else:
+                yield sid, obj[field], None
+
+    def _column_texts(self, path: str, column, first_row: int):
+        """Rows of an Arrow string/binary column; nulls and non-UTF-8 bytes are bad records."""
+        import pyarrow as pa
+        field = self.text_field
+        binary = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
+        for i, value in enumerate(column.to_pylist()):
+            row = first_row + i
+            sid = f"{path}#{row}"
+            if value is None:
+                yield sid, None, f"{path}: row {row}: field {field!r} is null"
+            elif binary:
+                try:
+                    yield sid, value.decode("utf-8"), None
+                except UnicodeDecodeError as e:
+                    yield sid, None, f"{path}: row {row}: field {field!r} is not UTF-8 text ({e.reason})"
+            else:
+                yield sid, value, None
+
+    def _check_type(self, path: str, schema) -> None:
+        import pyarrow as pa
+        if self.text_field not in schema.names:
+            raise SourceError(f"{path}: no column {self.text_field!r} (has {', '.join(schema.names)}); "
+                              f"set --text-field")
+        t = schema.field(self.text_field).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                or pa.types.is_large_binary(t)):
+            raise SourceError(f"{path}: column {self.text_field!r} is {t}, expected strings")
+
+    def _parquet(self, unit: WorkUnit):
+        import pyarrow.parquet as pq
+        pf = pq.ParquetFile(unit.path)
+        self._check_type(unit.path, pf.schema_arrow)
+        row = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start))
+        for batch in pf.iter_batches(batch_size=ARROW_BATCH_ROWS, row_groups=list(range(unit.start, unit.stop)),
+                                     columns=[self.text_field]):
+            yield from self._column_texts(unit.path, batch.column(0), row)
+            row += batch.num_rows
+
+    def _dataset(self, unit: WorkUnit):
+        ds = _load_dataset(unit.path)
+        self._check_type(unit.path, ds.data.schema)
+        table = ds.with_format("arrow")
+        for a in range(unit.start, unit.stop, ARROW_BATCH_ROWS):
+            part = table[a:min(a + ARROW_BATCH_ROWS, unit.stop)]
+            yield from self._column_texts(unit.path, part.column(self.text_field), a)
+
+
+def _load_dataset(path: str):
+    import datasets
+    try:
+        ds = datasets.load_from_disk(path)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise SourceError(f"{path}: not a readable datasets directory ({str(e).splitlines()[0]})") from None
+    if not isinstance(ds, datasets.Dataset):
+        raise SourceError(f"{path}: a DatasetDict; pass one split's directory")
+    return ds

@@ -1,0 +1,487 @@
+"""The shard writer: work units -> per-unit Arrow files -> rolling shards + manifest.json.
+
+Why two stages. Each work unit is converted on its own (by any worker, in any order) into
+`OUT/.work/<uid>.arrow` and then marked complete by `OUT/.work/<uid>.json` (its statistics and
+skipped records). A final pass streams the completed units *in unit order* into
+`shard-00000.arrow, shard-00001.arrow, ...` of about `shard_size` bytes each and writes
+`manifest.json` last. So:
+
+* output is byte-identical whatever `workers` is (row order = unit order, fixed batch sizes,
+  no timestamps in shards);
+* a re-run after a crash or kill only converts the units without a marker (`uid` hashes the
+  conversion's settings, the unit and its file's size and mtime, so stale work is never reused);
+* `--num-partitions K --partition i` converts units `i, i+K, i+2K, ...` into `OUT/.work` and stops
+  there; the same command without `--partition` (run once every partition is done; it converts
+  whatever is still missing) packs the shards and writes the manifest. Machines that do not share
+  OUT copy their `OUT/.work/` files into one directory first (`rsync -a`, which keeps mtimes);
+* nothing half-written is ever visible: every file is written under a temporary name and renamed,
+  a failing unit leaves no marker, `.work/` is removed once the manifest is written.
+
+Memory stays flat: workers hold one record batch at a time, packing streams memory-mapped batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
+from schemas.shard import (PATCH_BYTES, SHARD_PATTERN, iter_shard_batches, rows_to_batch, shard_schema,
+                           write_shard)
+from tokenizer_kit.errors import TokenizeError
+from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+from tokenizer_kit.text import file_sha256
+
+from .base import Converter, Record, SourceError, WorkUnit
+from .progress import Progress
+
+WORK_DIR = ".work"
+BATCH_ROWS = 1024  # rows per record batch inside a unit (fixed: batch boundaries are part of the bytes)
+BATCH_BYTES = 1 << 20  # ~bytes per record batch (a larger row makes a batch of its own)
+ON_ERROR = ("fail", "skip")
+_NUM_MODALITIES = len(MODALITY_NAMES)
+
+
+class UsageError(ValueError):
+    """The command cannot run as asked (conflicting output directory, bad partition): exit 2."""
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    complete: bool  # shards and manifest written (False after a partition run)
+    units_total: int
+    units_converted: int  # converted by this run (the rest were already complete)
+    manifest: Manifest | None = None
+    seconds: float = 0.0
+    up_to_date: bool = False  # the directory already held this exact conversion
+
+    def summary(self) -> str:
+        if self.manifest is None:
+            return (f"{self.units_converted} of {self.units_total} units converted into {self.out / WORK_DIR} "
+                    f"in {self.seconds:.1f}s; run again without --partition once all partitions are done")
+        m = self.manifest
+        mb = sum(s.bytes for s in m.shards) / 1e6
+        rate = m.total_tokens / max(self.seconds, 1e-9) / 1e6
+        head = "up to date: " if self.up_to_date else ""
+        return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
+                f"({mb:.1f} MB), {len(m.skipped)} skipped, {self.seconds:.1f}s ({rate:.2f}M tok/s) -> {self.out}")
+
+
+# --- sizes ---------------------------------------------------------------------------------------
+
+_SUFFIXES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "K": 2**10, "M": 2**20, "G": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """'256MB' -> 256_000_000, '64MiB' or '64M' -> 67_108_864, '1000' -> 1000 (bytes)."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    try:
+        value = float(num) * _SUFFIXES[s[len(num):]]
+    except (KeyError, ValueError):
+        raise ValueError(f"not a size: {text!r} (examples: 1000, 64MB, 1GiB)") from None
+    if value < 1:
+        raise ValueError(f"size must be at least 1 byte: {text!r}")
+    return int(value)
+
+
+def row_nbytes(batch: pa.RecordBatch) -> np.ndarray:
+    """Estimated bytes of each row of a shard batch (what shard rolling counts), vectorised."""
+    def lengths(name: str) -> np.ndarray:
+        return np.diff(batch.column(name).offsets.to_numpy()).astype(np.int64)
+    strings = (pc.binary_length(batch.column("source_id")).to_numpy(zero_copy_only=False)
+               + pc.binary_length(batch.column("task")).to_numpy(zero_copy_only=False))
+    return (lengths("tokens") * 8 + lengths("patches") * (PATCH_BYTES + 4) + lengths("step_starts") * 4
+            + strings.astype(np.int64) + 64)
+
+
+# --- one unit ------------------------------------------------------------------------------------
+
+@dataclass
+class _UnitStats:
+    """Statistics of one unit; merged in unit order into the manifest."""
+
+    rows: int = 0
+    tokens: int = 0
+    modality: list[int] = field(default_factory=lambda: [0] * _NUM_MODALITIES)
+    field_errors: dict[str, list[float]] = field(default_factory=dict)  # name: [max, sum, count]
+    returns: list[float] = field(default_factory=lambda: [0, float("inf"), float("-inf"), 0.0])  # n, min, max, sum
+    tasks: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+
+    def add_records(self, records: Sequence[Record], tasks: Sequence[str], batch: pa.RecordBatch) -> None:
+        self.rows += len(records)
+        mod = batch.column("modality").values.to_numpy(zero_copy_only=False)
+        counts = np.bincount(mod, minlength=_NUM_MODALITIES)
+        self.modality = [a + int(b) for a, b in zip(self.modality, counts)]
+        self.tokens += int(len(mod))
+        for rec, task in zip(records, tasks):
+            self.tasks[task] = self.tasks.get(task, 0) + 1
+            for name, (mx, total, n) in rec.field_errors.items():
+                cur = self.field_errors.setdefault(name, [0.0, 0.0, 0])
+                cur[0] = max(cur[0], float(mx))
+                cur[1] += float(total)
+                cur[2] += int(n)
+            r = rec.episode_return
+            if r is not None and np.isfinite(r):
+                self.returns[0] += 1
+                self.returns[1] = min(self.returns[1], float(r))
+                self.returns[2] = max(self.returns[2], float(r))
+                self.returns[3] += float(r)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["returns"] = [self.returns[0], self.returns[1] if self.returns[0] else None,
+                        self.returns[2] if self.returns[0] else None, self.returns[3]]
+        return d
+
+
+def _row_estimate(rec: Record) -> int:
+    r = rec.row
+    return len(r.tokens) * 8 + len(r.patches) * (PATCH_BYTES + 4) + len(r.step_starts) * 4 + len(rec.source_id) + 64
+
+
+def _with_place(msg: str, unit: WorkUnit) -> str:
+    msg = str(msg).splitlines()[0] if str(msg) else "unreadable"
+    return msg if unit.path and unit.path in msg else f"{unit.path or unit.key}: {msg}"
+
+
+def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: Path, on_error: str,
+                         task: str | None, report: Callable[[int, int], None]) -> dict:
+    """Convert one unit into `work/<uid>.arrow` and mark it complete with `work/<uid>.json`.
+
+    With on_error='fail' the first bad record raises SourceError and leaves neither file.
+    """
+    stats = _UnitStats()
+    schema = shard_schema(converter.rl)
+
+    def make_batch(buf: list[Record]) -> pa.RecordBatch:
+        tasks = [task or rec.task or converter.name for rec in buf]
+        rl = converter.rl
+        batch = rows_to_batch(
+            [rec.row for rec in buf], [rec.source_id for rec in buf], tasks,
+            [rec.num_steps if rec.num_steps is not None else len(rec.row.step_starts) for rec in buf] if rl else None,
+            [rec.episode_return if rec.episode_return is not None else float("nan") for rec in buf] if rl else None)
+        stats.add_records(buf, tasks, batch)
+        report(len(buf), int(batch.column("tokens").offsets[-1].as_py()))
+        return batch
+
+    def batches():
+        buf: list[Record] = []
+        size = 0
+        try:
+            for rec in converter.convert_unit(unit):
+                if rec.row is None or rec.skip_reason:
+                    reason = rec.skip_reason or "no row"
+                    if on_error == "fail":
+                        raise SourceError(reason)
+                    stats.skipped.append({"source": rec.source_id, "reason": reason})
+                    report(0, 0)
+                    continue
+                buf.append(rec)
+                size += _row_estimate(rec)
+                if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
+                    yield make_batch(buf)
+                    buf, size = [], 0
+        except (SourceError, TokenizeError) as e:  # the unit itself is unreadable
+            if on_error == "fail":
+                raise SourceError(_with_place(e, unit)) from None
+            stats.skipped.append({"source": unit.key, "reason": _with_place(e, unit)})
+        if buf:
+            yield make_batch(buf)
+
+    gen = batches()
+    first = next(gen, None)
+    data_name = None
+    if first is not None:
+        data_name = f"{uid}.arrow"
+
+        def all_batches():
+            yield first
+            yield from gen
+        write_shard(work / data_name, all_batches(), schema)
+    marker = {"key": unit.key, "uid": uid, "file": data_name, **stats.to_dict()}
+    _write_json_atomic(work / f"{uid}.json", marker)
+    return marker
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --- worker processes ----------------------------------------------------------------------------
+
+_W: dict = {}
+
+
+def _init_worker(converter, work: str, on_error: str, task, queue) -> None:
+    _W.update(converter=converter, work=Path(work), on_error=on_error, task=task, queue=queue)
+
+
+def _worker_unit(unit: WorkUnit, uid: str) -> dict:
+    pending = [0, 0, time.perf_counter()]
+
+    def report(records: int, tokens: int) -> None:
+        pending[0] += records
+        pending[1] += tokens
+        if time.perf_counter() - pending[2] > 0.2:
+            _W["queue"].put((pending[0], pending[1]))
+            pending[:] = [0, 0, time.perf_counter()]
+
+    marker = convert_unit_to_file(_W["converter"], unit, uid, _W["work"], _W["on_error"], _W["task"], report)
+    _W["queue"].put((pending[0], pending[1]))
+    return marker
+
+
+def _run_pool(converter, todo: list[tuple[WorkUnit, str]], work: Path, on_error: str, task, workers: int,
+              progress: Progress) -> None:
+    ctx = mp.get_context("spawn")  # safe with threads (SentencePiece, Arrow) and on every OS
+    queue = ctx.Queue()
+
+    def drain() -> None:
+        while True:
+            try:
+                records, tokens = queue.get_nowait()
+            except Exception:  # queue.Empty
+                return
+            progress.update(records, tokens)
+
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(converter, str(work), on_error, task, queue)) as pool:
+        pending = [pool.apply_async(_worker_unit, (u, uid)) for u, uid in todo]
+        while pending:
+            drain()
+            still = []
+            for r in pending:
+                if r.ready():
+                    r.get()  # re-raises the worker's error; leaving the with-block terminates the pool
+                    progress.unit_done()
+                else:
+                    still.append(r)
+            pending = still
+            if pending:
+                time.sleep(0.05)
+        drain()
+
+
+# --- packing -------------------------------------------------------------------------------------
+
+def _events(unit_files: Sequence[Path], shard_size: int):
+    """('rows', batch slice) and ('cut',) events: rows in unit order, a cut where a shard is full."""
+    filled = 0
+    for path in unit_files:
+        for batch in iter_shard_batches(path):
+            sizes = row_nbytes(batch)
+            start = 0
+            while start < len(sizes):
+                cum = np.cumsum(sizes[start:])
+                take = int(np.searchsorted(cum, shard_size - filled, side="right"))
+                if take == 0 and filled == 0:
+                    take = 1  # one row larger than a shard gets a shard of its own
+                if take == 0:
+                    yield ("cut",)
+                    filled = 0
+                    continue
+                yield ("rows", batch.slice(start, take))
+                filled += int(cum[take - 1])
+                start += take
+
+
+def pack_shards(unit_files: Sequence[Path], out: Path, schema: pa.Schema, shard_size: int) -> list[ShardInfo]:
+    """Stream unit files in order into shard-NNNNN.arrow files of about shard_size bytes."""
+    events = _events(unit_files, shard_size)
+    pending = next(events, None)
+    infos = []
+    while pending is not None:
+        count = {"rows": 0, "tokens": 0}
+
+        def shard_batches():
+            nonlocal pending
+            while pending is not None and pending[0] == "rows":
+                piece = pending[1]
+                count["rows"] += piece.num_rows
+                offs = piece.column("tokens").offsets
+                count["tokens"] += int(offs[-1].as_py()) - int(offs[0].as_py())
+                yield piece
+                pending = next(events, None)
+            if pending is not None:  # the cut
+                pending = next(events, None)
+
+        name = SHARD_PATTERN.format(len(infos))
+        nbytes = write_shard(out / name, shard_batches(), schema)
+        infos.append(ShardInfo(name, count["rows"], count["tokens"], nbytes, file_sha256(out / name)))
+    return infos
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], dict[str, int]]:
+    """(stats, skipped, rows per task) of the whole conversion, from unit markers in unit order."""
+    rows = tokens = 0
+    modality = [0] * _NUM_MODALITIES
+    errors: dict[str, list[float]] = {}
+    ret = [0, None, None, 0.0]
+    tasks: dict[str, int] = {}
+    skipped: list[dict] = []
+    for m in markers:
+        rows += m["rows"]
+        tokens += m["tokens"]
+        modality = [a + b for a, b in zip(modality, m["modality"])]
+        for name, (mx, total, n) in m["field_errors"].items():
+            cur = errors.setdefault(name, [0.0, 0.0, 0])
+            cur[0] = max(cur[0], mx)
+            cur[1] += total
+            cur[2] += n
+        n, lo, hi, total = m["returns"]
+        if n:
+            ret[1] = lo if ret[1] is None else min(ret[1], lo)
+            ret[2] = hi if ret[2] is None else max(ret[2], hi)
+            ret[0] += n
+            ret[3] += total
+        for t, c in m["tasks"].items():
+            tasks[t] = tasks.get(t, 0) + c
+        skipped.extend(m["skipped"])
+    stats = {
+        "rows": rows,
+        "tokens": tokens,
+        "tokens_per_modality": {MODALITY_NAMES[i]: c for i, c in enumerate(modality)},
+        "field_errors": {k: {"max": v[0], "mean": v[1] / v[2] if v[2] else 0.0, "count": int(v[2])}
+                         for k, v in sorted(errors.items())},
+        "rows_per_task": dict(sorted(tasks.items())),
+        "skipped": len(skipped),
+    }
+    if rl:
+        stats["episode_returns"] = {"count": ret[0], "min": ret[1], "max": ret[2],
+                                    "mean": ret[3] / ret[0] if ret[0] else None}
+    return stats, skipped, tasks
+
+
+# --- the whole conversion ------------------------------------------------------------------------
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def unit_id(fingerprint: str, unit: WorkUnit) -> str:
+    """Names a unit's work files: changes with the settings, the unit, and its file's size/mtime."""
+    try:
+        st = os.stat(unit.path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    except (OSError, ValueError):
+        stamp = None
+    return _sha([fingerprint, unit.key, unit.path, unit.start, unit.stop, stamp])[:24]
+
+
+def _remove_temporaries(directory: Path, prefixes: Sequence[str]) -> None:
+    for prefix in prefixes:
+        for p in directory.glob(f".{prefix}*.tmp*"):
+            p.unlink(missing_ok=True)
+
+
+def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout,
+            tokenizer_path: str | os.PathLike | None = None, workers: int = 1, on_error: str = "fail",
+            shard_size: int = 256 * 10**6, num_partitions: int = 1, partition: int | None = None,
+            task: str | None = None, progress: bool = True) -> ConvertResult:
+    """Convert all work units of `converter` into a shard directory `out` (see the module docstring)."""
+    t0 = time.perf_counter()
+    if on_error not in ON_ERROR:
+        raise UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if num_partitions < 1 or (partition is not None and not 0 <= partition < num_partitions):
+        raise UsageError(f"--partition must be in [0, {num_partitions}) and --num-partitions >= 1")
+    if num_partitions > 1 and partition is None:
+        raise UsageError("--num-partitions needs --partition i (or leave both out to finish the conversion)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+
+    units = list(converter.work_units())
+    keys = [u.key for u in units]
+    if len(set(keys)) != len(keys):
+        raise SourceError(f"two inputs give the same work unit {next(k for k in keys if keys.count(k) > 1)!r}")
+    options = dict(converter.options())
+    episode_spec = options.pop("episode_spec", None)
+    tok_sha = file_sha256(tokenizer_path) if tokenizer_path else None
+    fingerprint = _sha({"converter": converter.name, "options": options, "episode_spec": episode_spec,
+                        "layout": layout.to_dict(), "tokenizer_sha256": tok_sha, "task": task, "rl": converter.rl})
+    uids = [unit_id(fingerprint, u) for u in units]
+    conversion = {"fingerprint": fingerprint, "units": len(units), "units_sha256": _sha(uids),
+                  "shard_size": shard_size, "on_error": on_error}
+
+    if (out / MANIFEST_NAME).exists():
+        try:
+            old = Manifest.read(out)
+        except ManifestError:
+            old = None
+        if old is not None and old.stats.get("conversion") == conversion:
+            return ConvertResult(out, True, len(units), 0, old, time.perf_counter() - t0, up_to_date=True)
+        raise UsageError(f"{out} already holds a finished conversion of other inputs or options; "
+                         f"choose another --out or delete it")
+
+    work = out / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    mine = range(len(units)) if partition is None else range(partition, len(units), num_partitions)
+    _remove_temporaries(work, [uids[i] for i in mine])
+    todo = [(units[i], uids[i]) for i in mine if not (work / f"{uids[i]}.json").exists()]
+
+    bar = Progress(f"{converter.name}" + (f" [{partition}/{num_partitions}]" if partition is not None else ""),
+                   len(todo), enabled=progress)
+    try:
+        if workers > 1 and len(todo) > 1:
+            _run_pool(converter, todo, work, on_error, task, min(workers, len(todo)), bar)
+        else:
+            for unit, uid in todo:
+                convert_unit_to_file(converter, unit, uid, work, on_error, task, bar.update)
+                bar.unit_done()
+    finally:
+        bar.close()
+        _remove_temporaries(work, [uid for _, uid in todo])
+
+    if num_partitions > 1:
+        return ConvertResult(out, False, len(units), len(todo), None, time.perf_counter() - t0)
+
+    markers = [json.loads((work / f"{uid}.json").read_text()) for uid in uids]
+    if on_error == "fail":
+        for m in markers:  # a unit finished earlier under --on-error skip
+            if m["skipped"]:
+                raise SourceError(m["skipped"][0]["reason"])
+
+    for p in list(out.glob("shard-*.arrow")) + list(out.glob(".shard-*.tmp*")):
+        p.unlink()  # leftovers of an interrupted packing pass: no manifest vouches for them
+    files = [work / m["file"] for m in markers if m["file"]]
+    shards = pack_shards(files, out, shard_schema(converter.rl), shard_size)
+    stats, skipped, tasks = merge_stats(markers, converter.rl)
+    stats["conversion"] = conversion
+
+    if tokenizer_path:
+        dest = out / TOKENIZER_NAME
+        if not (dest.exists() and os.path.samefile(tokenizer_path, dest)):
+            tmp = out / f".{TOKENIZER_NAME}.tmp{os.getpid()}"
+            shutil.copyfile(tokenizer_path, tmp)
+            os.replace(tmp, dest)
+    manifest = Manifest(layout=layout.to_dict(), converter=converter.name, options=options, shards=shards,
+                        stats=stats, skipped=skipped, tokenizer_sha256=tok_sha, episode_spec=episode_spec,
+                        tasks=sorted(tasks))
+    manifest.write(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return ConvertResult(out, True, len(units), len(todo), manifest, time.perf_counter() - t0)
