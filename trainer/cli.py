@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out shard directories (default: the training directories in eval mode)")
     p.add_argument("--log-every", type=int, default=10, help="write metrics every N steps (default 10)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
-    p.add_argument("--num-workers", type=int, default=0, help="loader worker processes per rank (default 0)")
+    p.add_argument("--num-workers", type=int, help="loader worker processes per rank (default 0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Options whose parser default is None: a value the user did not give comes from the resumed run.
-_RUN_DEFINING = ("preset", "steps", "batch_size", "seq_len", "lr", "warmup", "grad_accum", "seed",
+_RUN_DEFINING = ("data", "num_workers", "preset", "steps", "batch_size", "seq_len", "lr", "warmup", "grad_accum", "seed",
                  "weight_decay", "prompt_prob", "precision")
 
 

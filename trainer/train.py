@@ -30,8 +30,8 @@ METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
 
 # Arguments that define the run; a resume must not change them (it would not continue the run).
-FIXED_ARGS = ("preset", "batch_size", "seq_len", "grad_accum", "seed", "lr", "warmup", "weight_decay",
-              "min_lr_ratio", "clip", "prompt_prob", "precision")
+FIXED_ARGS = ("data", "preset", "batch_size", "seq_len", "grad_accum", "seed", "lr", "warmup", "weight_decay",
+              "min_lr_ratio", "clip", "prompt_prob", "precision", "num_workers")
 DEFAULT_LR = {"tiny": 1e-3}  # paper presets: 1e-4 (the paper's peak learning rate)
 
 
@@ -209,23 +209,29 @@ class Trainer:
             return None
         ckpt = read_checkpoint(self.out / CHECKPOINT_NAME, map_location="cpu")
         saved = ckpt["args"]
+        explicit = getattr(args, "_explicit", set(FIXED_ARGS) | {"steps"})
         for name in FIXED_ARGS:
             given, was = getattr(args, name), saved.get(name)
-            if given is not None and given != was and name in getattr(args, "_explicit", ()):
+            if isinstance(was, tuple):
+                was = list(was)
+            if given is not None and given != was and name in explicit:
                 raise UsageError(f"{self.out} was started with --{name.replace('_', '-')} {was}, not {given}; "
                                  f"use another --out to start a new run")
             setattr(args, name, was)
         if ckpt.get("world_size", 1) != self.d.world:
             raise UsageError(f"{self.out} was trained on {ckpt.get('world_size', 1)} processes, not {self.d.world}: "
                              f"each process's loader state is saved, so resume with the same number")
-        if "steps" not in getattr(args, "_explicit", ()):
+        if "steps" not in explicit:
             args.steps = saved["steps"]
         return ckpt
 
     def _load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
-        self.loader.load_state_dict(ckpt["loader"][self.d.rank])
+        try:
+            self.loader.load_state_dict(ckpt["loader"][self.d.rank])
+        except (ValueError, KeyError, IndexError) as e:
+            raise TrainError(f"{self.out}: cannot continue the data stream ({e})") from None
         self.step = int(ckpt["step"])
         rng = ckpt["rng"][self.d.rank]
         torch.set_rng_state(rng["torch"])
@@ -305,12 +311,8 @@ class Trainer:
         stats = stats.cpu().tolist()
         if stats[-1] > 0:
             self.stop_requested = True
-        out = {"step": self.step, "loss": stats[0] / float(total), "lr": lr, "grad_norm": float(grad_norm),
-               "tokens": stats[-2]}
-        for t, name in enumerate(self.tasks):
-            if stats[1 + nt + t] > 0:
-                out[f"loss/{name}"] = stats[1 + t] / stats[1 + nt + t]
-        return out
+        return {"step": self.step, "loss": stats[0] / float(total), "lr": lr, "grad_norm": float(grad_norm),
+                "tokens": stats[-2], "task_sums": stats[1:1 + nt], "task_counts": stats[1 + nt:1 + 2 * nt]}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -371,15 +373,24 @@ class Trainer:
             bar = tqdm(total=args.steps, initial=self.step, desc="gato-train", unit="step", dynamic_ncols=True)
         try:
             t0, tokens = time.perf_counter(), 0.0
+            task_sums, task_counts = [0.0] * len(self.tasks), [0.0] * len(self.tasks)
             while self.step < args.steps:
                 rec = self.train_step()
                 tokens += rec.pop("tokens")
+                # Per-task losses are averaged over the steps since the last record (one step's
+                # batch rarely holds every task).
+                task_sums = [a + b for a, b in zip(task_sums, rec.pop("task_sums"))]
+                task_counts = [a + b for a, b in zip(task_counts, rec.pop("task_counts"))]
                 last = self.step == args.steps
                 do_eval = last or (args.eval_every and self.step % args.eval_every == 0)
                 if self.step % args.log_every == 0 or last or do_eval:
                     dt = time.perf_counter() - t0
                     rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
                     t0, tokens = time.perf_counter(), 0.0
+                    for name, ts, tc in zip(self.tasks, task_sums, task_counts):
+                        if tc > 0:
+                            rec[f"loss/{name}"] = ts / tc
+                    task_sums, task_counts = [0.0] * len(self.tasks), [0.0] * len(self.tasks)
                     if do_eval:
                         rec.update(self.evaluate())
                     if self.d.main:
