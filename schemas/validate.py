@@ -142,6 +142,19 @@ def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
 
     ss, soff = _flat(table.column("step_starts"))
     nsteps = np.diff(soff)
+    if "num_steps" in table.schema.names:
+        bad = np.flatnonzero(table.column("num_steps").to_numpy() != nsteps)
+        if len(bad):
+            rep.rows(bad, "num_steps", "differs from the number of step_starts")
+    rl_row = np.repeat(nsteps > 0, lengths)
+    if not rl_row.all():
+        # text and image-caption rows: no separators, no local positions (SPEC 4)
+        stray = ~rl_row & (mod == SEPARATOR)
+        if stray.any():
+            rep.rows(_rows_of(stray, off), "modality", "separator in a row without steps")
+        stray = ~rl_row & (pos != NO_POSITION)
+        if stray.any():
+            rep.rows(_rows_of(stray, off), "local_pos", "local position in a row without steps")
     if len(ss):
         row_of_step = np.repeat(np.arange(len(nsteps)), nsteps)
         first = np.zeros(len(ss), bool)
@@ -162,7 +175,6 @@ def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
             starts_flat = off[row_of_step] + ss
             np.add.at(step_id, starts_flat, 1)
             step_id = np.cumsum(step_id) - 1  # global step index of each token (RL rows only)
-            rl_row = np.repeat(nsteps > 0, lengths)
             seps = np.bincount(step_id[rl_row & (mod == SEPARATOR)], minlength=len(ss))
             bad = seps != 1
             if bad.any():
@@ -171,4 +183,31 @@ def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
             restart = (mod[starts_flat] != SEPARATOR) & (start_pos != 0)
             if restart.any():
                 rep.rows(row_of_step[restart], "local_pos", "local positions do not restart at 0 at a step start")
+            if not (seps != 1).any():
+                _check_steps(rep, off, mod, mask, pos, step_id, starts_flat, rl_row, layout)
     return rep.problems
+
+
+def _check_steps(rep: _Report, off, mod, mask, pos, step_id, starts_flat, rl_row, layout: VocabLayout) -> None:
+    """Inside RL rows whose steps each hold one separator: observation tokens (before it) have
+    positions 0, 1, ... and no loss unless text; action tokens (after it) have loss, no patches and
+    no position or the one shared action position (SPEC 4)."""
+    sep = rl_row & (mod == SEPARATOR)
+    seen = np.cumsum(sep)
+    before_step = seen[starts_flat] - sep[starts_flat]
+    after_sep = (seen - before_step[step_id]) > 0
+    obs = rl_row & ~after_sep
+    act = rl_row & after_sep & ~sep
+    index_in_step = np.arange(len(mod)) - (starts_flat[step_id] if len(starts_flat) else 0)
+    checks = (
+        (obs & (pos != index_in_step), "local_pos", "observation positions are not 0, 1, ... inside the step"),
+        (obs & (mod != TEXT) & (mask != 0), "loss_mask", "loss on a non-text observation token"),
+        (act & (mask != 1), "loss_mask", "action token without loss"),
+        (act & (mod == IMAGE), "modality", "image patch among the action tokens"),
+        (act & (pos != NO_POSITION) & (pos != layout.local_positions - 1), "local_pos",
+         "action token with a position other than none or the shared action position"),
+        (sep & (pos != NO_POSITION), "local_pos", "separator with a local position"),
+    )
+    for bad, column, reason in checks:
+        if bad.any():
+            rep.rows(_rows_of(bad, off), column, reason)

@@ -51,3 +51,145 @@ def text_tokenizer(sp_model_path):
 @pytest.fixture
 def layout() -> VocabLayout:
     return VocabLayout(text_vocab_size=32000, eos_id=2)
+
+
+# --- small shard directories built with tokenizer_kit + schemas (SPEC 7), for readers' tests -----
+
+def _pong_frames(steps: int, rng, size: int = 32):
+    """Atari-like uint8 frames: two paddles and a ball moving across a dark court."""
+    import numpy as np
+    frames = np.full((steps, size, size, 3), 20, np.uint8)
+    x, y, dx, dy = rng.integers(6, size - 6), rng.integers(4, size - 4), 2, 1
+    for t in range(steps):
+        frames[t, :, 0:2] = (90, 90, 90)
+        frames[t, y - 4:y + 4, 2:4] = (220, 60, 60)
+        frames[t, max(0, y - 6):y + 2, size - 4:size - 2] = (60, 200, 60)
+        frames[t, y - 1:y + 1, x - 1:x + 1] = 255
+        if not 3 < x + dx < size - 3:
+            dx = -dx
+        if not 3 < y + dy < size - 3:
+            dy = -dy
+        x, y = x + dx, y + dy
+    return frames
+
+
+def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *, rows_per_shard: int = 2,
+                    episode_spec=None, returns=None, tokenizer_path=None, options=None, field_errors=None):
+    """Write rows as shards + manifest the way SPEC 7 says (until the real writer is used)."""
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    from schemas.manifest import TOKENIZER_NAME, Manifest, ShardInfo
+    from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
+    from tokenizer_kit.layout import MODALITY_NAMES
+    from tokenizer_kit.text import file_sha256
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rl = returns is not None
+    infos = []
+    for k, start in enumerate(range(0, len(rows), rows_per_shard)):
+        sl = slice(start, start + rows_per_shard)
+        batch = rows_to_batch(rows[sl], source_ids[sl], task, episode_returns=returns[sl] if rl else None)
+        name = SHARD_PATTERN.format(k)
+        size = write_shard(out / name, [batch], shard_schema(rl))
+        infos.append(ShardInfo(name, len(rows[sl]), int(sum(len(r) for r in rows[sl])), size,
+                               file_sha256(out / name)))
+    mods = np.bincount(np.concatenate([r.modality for r in rows]), minlength=5)
+    stats = {"rows": len(rows), "tokens": int(mods.sum()),  # the keys converters/writer.py writes
+             "tokens_per_modality": {MODALITY_NAMES[m]: int(c) for m, c in enumerate(mods)},
+             "rows_per_task": {task: len(rows)}, "skipped": 0}
+    if rl:
+        r = np.asarray(returns, np.float64)
+        stats["episode_returns"] = {"count": len(r), "min": float(r.min()), "max": float(r.max()),
+                                    "mean": float(r.mean())}
+    if field_errors:
+        stats["field_errors"] = field_errors
+    sha = None
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, out / TOKENIZER_NAME)
+        sha = file_sha256(out / TOKENIZER_NAME)
+    Manifest(layout=layout.to_dict(), converter=converter, options=options or {}, shards=infos, stats=stats,
+             tokenizer_sha256=sha, episode_spec=episode_spec.to_dict() if episode_spec else None,
+             tasks=[task]).write(out)
+    return out
+
+
+def make_rl_shard_dir(out, sp_model_path, episodes: int = 5, seed: int = 0):
+    """Atari-like episodes: a 32x32 frame (4 patches), continuous `ram` (4,), discrete `lives`;
+    a discrete `action` in [0, 3). Rewards are random, so returns differ between episodes."""
+    import numpy as np
+
+    from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+    from tokenizer_kit.text import TextTokenizer
+    from tokenizer_kit.values import quantization_error
+
+    layout = TextTokenizer(sp_model_path).layout()
+    spec = EpisodeSpec((FieldSpec("frame", "image", (32, 32)), FieldSpec("ram", "continuous", (4,)),
+                        FieldSpec("lives", "discrete", (1,))), (FieldSpec("action", "discrete", (1,)),))
+    rng = np.random.default_rng(seed)
+    rows, ids, returns, errs = [], [], [], []
+    for e in range(episodes):
+        steps = int(rng.integers(4, 9))
+        ram = rng.normal(0, 20, (steps, 4)).astype(np.float32)
+        obs = {"frame": _pong_frames(steps, rng), "ram": ram, "lives": np.full((steps, 1), 3 - e % 3)}
+        rows.append(build_episode(obs, {"action": rng.integers(0, 3, (steps, 1))}, spec, layout))
+        ids.append(f"pong-like/episode-{e}")
+        returns.append(float(rng.integers(-3, 4, steps).sum()))
+        errs.append(quantization_error(ram, layout, True))
+    err = np.concatenate([x.reshape(-1) for x in errs])
+    field_errors = {"observation/ram": {"max": float(err.max()), "mean": float(err.mean()), "count": int(err.size)}}
+    return write_shard_dir(out, rows, ids, layout, "rl", "pong-like", episode_spec=spec, returns=returns,
+                           tokenizer_path=sp_model_path, options={"env": "pong-like"}, field_errors=field_errors)
+
+
+def make_caption_shard_dir(out, sp_model_path, pairs: int = 5):
+    """Digits from scikit-learn upscaled to 32x32, captioned `the image shows digit N`."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from tokenizer_kit.sequence import build_caption_row
+    from tokenizer_kit.text import TextTokenizer
+
+    tok = TextTokenizer(sp_model_path)
+    layout = tok.layout()
+    digits = load_digits()
+    names = "zero one two three four five six seven eight nine".split()
+    rows, ids = [], []
+    for i in range(pairs):
+        img = (digits.images[i] * (255 / 16)).astype(np.uint8).repeat(4, 0).repeat(4, 1)
+        caption = f"the image shows digit {names[digits.target[i]]}"
+        rows.append(build_caption_row(img, tok.encode(caption), layout, size=(32, 32)))
+        ids.append(f"digits/{i}")
+    return write_shard_dir(out, rows, ids, layout, "captions", "digits", tokenizer_path=sp_model_path,
+                           options={"image_size": [32, 32], "fit": "resize"})
+
+
+def make_text_shard_dir(out, sp_model_path, corpus_path, docs: int = 6):
+    """Each line of the corpus a document."""
+    from tokenizer_kit.sequence import build_text_row
+    from tokenizer_kit.text import TextTokenizer
+
+    tok = TextTokenizer(sp_model_path)
+    layout = tok.layout()
+    lines = open(corpus_path, encoding="utf-8").read().splitlines()[:docs]
+    rows = [build_text_row(ids, layout) for ids in tok.encode_batch(lines)]
+    return write_shard_dir(out, rows, [f"corpus.txt:{i}" for i in range(docs)], layout, "text", "corpus",
+                           tokenizer_path=sp_model_path)
+
+
+@pytest.fixture(scope="session")
+def rl_shard_dir(tmp_path_factory, sp_model_path):
+    return make_rl_shard_dir(tmp_path_factory.mktemp("rl_shards"), sp_model_path)
+
+
+@pytest.fixture(scope="session")
+def caption_shard_dir(tmp_path_factory, sp_model_path):
+    return make_caption_shard_dir(tmp_path_factory.mktemp("caption_shards"), sp_model_path)
+
+
+@pytest.fixture(scope="session")
+def text_shard_dir(tmp_path_factory, sp_model_path, corpus_path):
+    return make_text_shard_dir(tmp_path_factory.mktemp("text_shards"), sp_model_path, corpus_path)

@@ -1,0 +1,339 @@
+"""`gato-tokenize inspect DIR [--row N | --source-id ID] [--png FILE] [--json]`.
+
+Without a row: what the directory holds (layout, tokenizer, converter, shards, tokens per modality,
+tasks, returns, the quantisation error of each field). With a row: the row decoded back through
+tokenizer_kit (text as text, values de-quantised next to their ids, one line per timestep) and,
+with --png, its images and a strip of its tokens. Works while a converter is still writing: only
+complete shards are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from schemas.shard import row_from_table
+from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
+
+from ..shard_dir import ShardDir
+
+MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
+
+
+# --- the summary -------------------------------------------------------------------------------------
+
+def _modality_counts(sd: ShardDir) -> dict[str, int]:
+    """Tokens per modality counted from the complete shards (when the manifest has no statistics)."""
+    counts = np.zeros(len(MODALITY_NAMES), np.int64)
+    for i in range(len(sd.shards)):
+        mod = sd.table(i).column("modality").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        counts += np.bincount(mod, minlength=len(counts))[:len(counts)]
+    return {MODALITY_NAMES[m]: int(c) for m, c in enumerate(counts)}
+
+
+def _returns(sd: ShardDir) -> dict | None:
+    vals = [sd.table(i).column("episode_return").to_numpy() for i in range(len(sd.shards))
+            if "episode_return" in sd.table(i).schema.names]
+    if not vals:
+        return None
+    r = np.concatenate(vals)
+    return {"count": int(len(r)), "mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()),
+            "max": float(r.max())} if len(r) else {"count": 0}
+
+
+def _field_errors(stats: dict) -> dict | None:
+    """Per-field quantisation error from the manifest, as {field: {max, mean, count}}."""
+    fe = next((stats[k] for k in ("field_errors", "quantization_error", "quantisation_error") if k in stats), None)
+    if not isinstance(fe, dict):
+        return None
+    out = {}
+    for name, v in fe.items():
+        if isinstance(v, dict):
+            mean = v.get("mean", (v["sum"] / v["count"]) if v.get("count") and "sum" in v else None)
+            out[name] = {"max": v.get("max"), "mean": mean, "count": v.get("count")}
+        elif isinstance(v, (list, tuple)) and len(v) == 3:  # (max, sum, count)
+            out[name] = {"max": v[0], "mean": v[1] / v[2] if v[2] else None, "count": v[2]}
+    return out
+
+
+def summary(sd: ShardDir) -> dict:
+    """Everything the summary shows, as plain JSON-able data."""
+    m = sd.manifest
+    stats = m.stats if m is not None else {}
+    shards = []
+    for i, s in enumerate(sd.shards):
+        if s.info is not None:
+            shards.append({"name": s.name, "rows": s.info.rows, "tokens": s.info.tokens, "bytes": s.info.bytes,
+                           "sha256": s.info.sha256})
+        else:
+            t = sd.table(i)
+            off = t.column("tokens").combine_chunks().offsets
+            shards.append({"name": s.name, "rows": t.num_rows, "tokens": int(off[-1].as_py() - off[0].as_py()),
+                           "bytes": s.path.stat().st_size, "sha256": None})
+    by_mod = stats.get("tokens_per_modality") or stats.get("tokens_by_modality")
+    if not isinstance(by_mod, dict):
+        by_mod = _modality_counts(sd)
+    by_mod = {name: by_mod.get(name, 0) for name in MODALITY_NAMES.values()}
+    ret = stats.get("episode_returns") or stats.get("episode_return")
+    if not isinstance(ret, dict) and (m is None or m.episode_spec is not None):
+        ret = _returns(sd)
+    if isinstance(ret, dict):
+        ret = {k: ret[k] for k in ("count", "mean", "std", "min", "max") if ret.get(k) is not None}
+    tok = None
+    if sd.tokenizer_path is not None:
+        t = sd.text_tokenizer()
+        tok = {"file": sd.tokenizer_path.name, "vocab_size": t.vocab_size, "eos_id": t.eos_id, "sha256": t.sha256,
+               "matches_manifest": None if m is None else t.sha256 == m.tokenizer_sha256}
+    return {
+        "path": str(sd.path),
+        "manifest": m is not None,
+        "created": m.created if m else None,
+        "schema_version": m.schema_version if m else None,
+        "converter": m.converter if m else None,
+        "options": m.options if m else None,
+        "layout": m.layout if m else None,
+        "tokenizer": tok,
+        "episode_spec": m.episode_spec if m else None,
+        "tasks": m.tasks if m else None,
+        "shards": shards,
+        "rows": sum(s["rows"] for s in shards),
+        "tokens": sum(s["tokens"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "tokens_by_modality": by_mod,
+        "episode_return": ret,
+        "field_errors": _field_errors(stats),
+        "skipped": len(m.skipped) if m else None,
+        "missing_shards": sd.missing,
+        "unlisted_shards": sd.unlisted,
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _layout_line(d: dict) -> str:
+    lay = VocabLayout.from_dict(d)
+    r = {MODALITY_NAMES[m]: lay.id_range(m) for m in (TEXT, 2, 3)}
+    ranges = ", ".join(f"{k} [{lo}, {hi})" for k, (lo, hi) in r.items())
+    return (f"profile {lay.profile}: {ranges}, separator {lay.separator_id}; vocab {lay.vocab_size}\n"
+            f"{'':16}mu {lay.mu:g}, M {lay.m:g}, {lay.num_bins} bins, {lay.patch_size}px patches, "
+            f"{lay.position_bins} position bins, {lay.local_positions} local positions, eos {lay.eos_id}")
+
+
+def format_summary(s: dict) -> str:
+    out = [f"shard directory {s['path']}"]
+    kv = lambda k, v: out.append(f"  {k:<14}{v}")  # noqa: E731
+    if not s["manifest"]:
+        out.append(f"  no manifest yet (conversion running or interrupted): showing the {len(s['shards'])} "
+                   "complete shards")
+    else:
+        kv("manifest", f"schema v{s['schema_version']}, written {s['created']}")
+        kv("converter", f"{s['converter']}  " + " ".join(f"{k}={v}" for k, v in sorted((s["options"] or {}).items())))
+        kv("layout", _layout_line(s["layout"]))
+    t = s["tokenizer"]
+    if t:
+        ok = {True: "matches the manifest", False: "DIFFERS from the manifest", None: ""}[t["matches_manifest"]]
+        kv("tokenizer", f"{t['file']}: SentencePiece, {t['vocab_size']} pieces, eos {t['eos_id']}, "
+                        f"sha256 {t['sha256'][:12]} {ok}")
+    else:
+        kv("tokenizer", "none in the directory (text shows as ids)")
+    spec = s["episode_spec"]
+    if spec:
+        fmt = lambda fs: ", ".join(f"{f['name']} {f['kind']}{tuple(f['shape']) if f.get('shape') else ''}"  # noqa: E731
+                                   for f in fs)
+        kv("observations", fmt(spec["observations"]))
+        kv("actions", fmt(spec["actions"]))
+    if s["tasks"] is not None:
+        kv("tasks", ", ".join(s["tasks"]) or "-")
+    kv("shards", f"{len(s['shards'])} complete, {s['rows']:,} rows, {s['tokens']:,} tokens, {_human(s['bytes'])}")
+    for n in s["missing_shards"]:
+        out.append(f"    {n}: listed in the manifest but MISSING")
+    for n in s["unlisted_shards"]:
+        out.append(f"    {n}: on disk, not in the manifest (being written?)")
+    if s["shards"]:
+        out.append(f"    {'name':<20}{'rows':>8}{'tokens':>12}{'bytes':>11}  sha256")
+        shown = s["shards"] if len(s["shards"]) <= 12 else s["shards"][:5] + [None] + s["shards"][-5:]
+        for sh in shown:
+            if sh is None:
+                out.append(f"    ... {len(s['shards']) - 10} more")
+                continue
+            out.append(f"    {sh['name']:<20}{sh['rows']:>8,}{sh['tokens']:>12,}{_human(sh['bytes']):>11}  "
+                       f"{(sh['sha256'] or '-')[:12]}")
+    total = max(1, sum(v for v in s["tokens_by_modality"].values() if isinstance(v, (int, float))))
+    kv("tokens", "  ".join(f"{k} {v:,} ({100 * v / total:.1f}%)" for k, v in s["tokens_by_modality"].items()
+                           if isinstance(v, (int, float))))
+    r = s["episode_return"]
+    if r:
+        kv("returns", "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                                if isinstance(v, (int, float))))
+    fe = s["field_errors"]
+    if fe:
+        out.append("  quantisation error of the 1024-bin round trip (absolute):")
+        out.append(f"    {'field':<28}{'max':>12}{'mean':>12}{'values':>12}")
+        for name, v in sorted(fe.items()):
+            f = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+            out.append(f"    {name:<28}{f(v['max']):>12}{f(v['mean']):>12}"
+                       f"{'-' if v['count'] is None else format(v['count'], ','):>12}")
+    elif s["manifest"]:
+        kv("quantisation", "no per-field error recorded")
+    if s["skipped"]:
+        kv("skipped", f"{s['skipped']} records (listed in manifest.json)")
+    return "\n".join(out)
+
+
+# --- one row -----------------------------------------------------------------------------------------
+
+def _ids(ids: np.ndarray, mask: np.ndarray) -> list[str]:
+    return [f"{i}{'*' if m else ''}" for i, m in zip(ids.tolist(), mask.tolist())]
+
+
+def _show_field(f: FieldSpec, value, ids: np.ndarray, mask: np.ndarray) -> str:
+    """`name=...`: images by size, text as text, tensors as value:id pairs ('*' = loss target)."""
+    if f.kind == "image":
+        return f"{f.name}=<image {value.shape[0]}x{value.shape[1]}, {len(ids)} patches>"
+    if f.kind == "text":
+        return f"{f.name}={value!r}" + (f"(ids {' '.join(_ids(ids, mask))})" if len(ids) <= MAX_VALUES else
+                                        f"({len(ids)} ids{', loss' if mask.any() else ''})")
+    vals = np.asarray(value).reshape(-1)
+    pairs = [f"{v:.4g}:{p}" if f.kind == "continuous" else f"{int(v)}:{p}"
+             for v, p in zip(vals[:MAX_VALUES].tolist(), _ids(ids[:MAX_VALUES], mask[:MAX_VALUES]))]
+    more = f" ... (+{len(vals) - MAX_VALUES})" if len(vals) > MAX_VALUES else ""
+    return f"{f.name}=[{' '.join(pairs)}{more}]"
+
+
+def _field_len(f: FieldSpec, value, row: Row, pos: int, layout: VocabLayout) -> int:
+    """Tokens the decoded field took (its ids are shown beside its values)."""
+    if f.kind == "image":
+        return (value.shape[0] // layout.patch_size) * (value.shape[1] // layout.patch_size)
+    if f.kind == "text":
+        return int(np.argmax(row.tokens[pos:] == layout.eos_id)) + 1
+    return f.size
+
+
+def episode_lines(row: Row, spec: EpisodeSpec, layout: VocabLayout, tok) -> list[str]:
+    """`t=3 obs{...} | act[...]` per step, values decoded by tokenizer_kit and shown with their ids."""
+    steps = decode_episode(row, spec, layout, tok)
+    lines = []
+    for t, (obs, act) in enumerate(steps):
+        pos = int(row.step_starts[t])
+        parts = []
+        for group, values in ((spec.observations, obs), (spec.actions, act)):
+            shown = []
+            for f in group:
+                if f.name not in values:
+                    continue
+                n = _field_len(f, values[f.name], row, pos, layout)
+                shown.append(_show_field(f, values[f.name], row.tokens[pos:pos + n], row.loss_mask[pos:pos + n]))
+                pos += n
+            parts.append(", ".join(shown))
+            if group is spec.observations:
+                pos += 1  # the separator
+        lines.append(f"t={t} obs{{{parts[0]}}} | act[{parts[1]}]")
+    return lines
+
+
+def raw_step_lines(row: Row) -> list[str]:
+    """Steps without an episode spec (no manifest yet): ids with their modality, '*' = loss."""
+    bounds = list(map(int, row.step_starts)) + [len(row)]
+    out = []
+    for t in range(len(row.step_starts)):
+        sl = slice(bounds[t], bounds[t + 1])
+        mod, ids, mask = row.modality[sl], row.tokens[sl], row.loss_mask[sl]
+        sep = int(np.argmax(mod == SEPARATOR)) if (mod == SEPARATOR).any() else len(mod)
+        fmt = lambda a, b: " ".join("patch" if m == IMAGE else f"{MODALITY_NAMES[m][0]}{i}{'*' if k else ''}"  # noqa
+                                    for m, i, k in zip(mod[a:b], ids[a:b], mask[a:b]))
+        out.append(f"t={t} obs{{{fmt(0, sep)}}} | act[{fmt(sep + 1, len(mod))}]")
+    return out
+
+
+def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str], list[tuple[str, np.ndarray]]]:
+    """(row, its scalars, text lines, labelled images) of row `index` of shard `shard`."""
+    table = sd.table(shard)
+    row = row_from_table(table, index)
+    scalars = {k: table.column(k)[index].as_py() for k in ("source_id", "task", "num_steps", "episode_return")
+               if k in table.schema.names}
+    tok = sd.text_tokenizer()
+    layout = sd.layout if sd.manifest is not None else None
+    images: list[tuple[str, np.ndarray]] = []
+    if len(row.step_starts):
+        if layout is not None and sd.manifest.episode_spec:
+            spec = EpisodeSpec.from_dict(sd.manifest.episode_spec)
+            lines = episode_lines(row, spec, layout, tok)
+            steps = decode_episode(row, spec, layout, tok)
+            images = [(f"t={t} {f.name}", obs[f.name]) for t, (obs, _) in enumerate(steps)
+                      for f in spec.observations if f.kind == "image"]
+        else:
+            lines = ["(no manifest yet: values shown as ids; t=text i=image d=discrete c=continuous)"]
+            lines += raw_step_lines(row)
+    elif len(row.patches):
+        if layout is None:
+            lines = [f"{len(row.patches)} image patches, then ids {' '.join(_ids(row.tokens, row.loss_mask))}"]
+        else:
+            imgs, caption = decode_caption(row, layout, tok)
+            images = [(f"image {k}", im) for k, im in enumerate(imgs)]
+            text_mask = row.modality == TEXT
+            lines = [f"images: " + ", ".join(f"{im.shape[0]}x{im.shape[1]} ({im.shape[0] * im.shape[1] // 256} "
+                                             "patches)" for im in imgs),
+                     f"caption: {caption!r}" if tok is not None else f"caption ids: {caption.tolist()}",
+                     f"caption ids (* = loss): {' '.join(_ids(row.tokens[text_mask], row.loss_mask[text_mask]))}"]
+    else:
+        ids = row.tokens
+        text = tok.decode(ids) if tok is not None else None
+        lines = ([f"text: {text!r}"] if text is not None else []) + \
+                [f"ids (* = loss): {' '.join(_ids(ids, row.loss_mask))}"]
+    return row, scalars, lines, images
+
+
+def _row_header(sd: ShardDir, shard: int, index: int, row: Row, scalars: dict) -> str:
+    name = sd.shards[shard].name
+    glob = sum(sd.rows_per_shard[:shard]) + index
+    extra = "".join(f", {k} {v}" for k, v in scalars.items() if k != "source_id")
+    return (f"row {glob} = {name} row {index}: source_id {scalars.get('source_id')!r}{extra}; {len(row)} tokens, "
+            f"{int(row.loss_mask.sum())} with loss ('*' marks them), {len(row.patches)} patches")
+
+
+def run(args: argparse.Namespace) -> int:
+    sd = ShardDir.open(args.dir)
+    if args.row is None and args.source_id is None:
+        if args.png:
+            print("gato-tokenize inspect: --png needs --row or --source-id", file=sys.stderr)
+            return 2
+        s = summary(sd)
+        print(json.dumps(s, indent=1) if args.json else format_summary(s))
+        return 0
+    shard, index = sd.find_source(args.source_id) if args.source_id is not None else sd.locate(args.row)
+    row, scalars, lines, images = row_view(sd, shard, index)
+    header = _row_header(sd, shard, index, row, scalars)
+    if args.json:
+        print(json.dumps({"header": header, **scalars, "lines": lines, "tokens": row.tokens.tolist(),
+                          "loss_mask": row.loss_mask.tolist(), "modality": row.modality.tolist(),
+                          "local_pos": row.local_pos.tolist(), "step_starts": row.step_starts.tolist()}))
+    else:
+        print(header)
+        print("\n".join(lines))
+    if args.png:
+        from ..render import render_row
+        render_row(args.png, row, images, f"{sd.path.name}: {header.split(';')[0]}")
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("inspect", help="summarise a shard directory, or decode one row back",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("dir", help="shard directory (may still be being written)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--row", type=int, metavar="N", help="decode row N (counting over the shards in order)")
+    which.add_argument("--source-id", metavar="ID", help="decode the row whose source_id is ID")
+    p.add_argument("--png", metavar="FILE", help="with --row: write the row's images and token strip to FILE")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)

@@ -1,0 +1,330 @@
+"""`gato-tokenize verify DIR`: prove a shard directory holds to SPEC 7 before anything trains on it.
+
+Each shard is memory-mapped once: a thread hashes the mapped bytes (hashlib releases the GIL) while
+the main thread validates the same pages batch by batch with schemas.validate, so verifying costs
+about one read of the data. `--simulate-ranks` shows how the trainer's loader splits the rows
+between ranks and workers and proves every row is read exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, ManifestError
+from schemas.validate import Problem, validate_table
+from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+
+from ..shard_dir import ShardDir, ShardDirError
+
+
+@dataclass
+class ShardReport:
+    """What one shard holds, measured from its bytes, and what is wrong with it."""
+
+    name: str
+    bytes: int = 0
+    sha256: str = ""
+    rows: int = 0
+    tokens: int = 0
+    modality_tokens: np.ndarray = field(default_factory=lambda: np.zeros(len(MODALITY_NAMES), np.int64))
+    returns: list[np.ndarray] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)  # tokens of each row
+
+    @property
+    def row_tokens(self) -> np.ndarray:
+        return np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+    tasks: dict[str, int] = field(default_factory=dict)  # rows per task
+    rl: bool | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, problem: Problem | str, row_offset: int = 0) -> None:
+        if isinstance(problem, Problem) and problem.row is not None:
+            problem = Problem(problem.row + row_offset, problem.column, problem.reason, problem.source_id)
+        self.problems.append(f"{self.name}: {problem}")
+
+
+def _hash(buf: pa.Buffer, out: list) -> None:
+    out.append(hashlib.sha256(memoryview(buf)).hexdigest())
+
+
+def check_shard(path: Path, layout: VocabLayout) -> ShardReport:
+    """Hash, parse and validate one shard from a single memory map."""
+    rep = ShardReport(path.name)
+    with pa.memory_map(str(path), "r") as source:
+        buf = source.read_buffer()  # zero-copy view of the whole mapped file
+    rep.bytes = buf.size
+    digest: list[str] = []
+    hasher = threading.Thread(target=_hash, args=(buf, digest))
+    hasher.start()
+    try:
+        reader = pa.ipc.open_stream(buf)
+        rep.rl = "episode_return" in reader.schema.names
+        for batch in reader:
+            table = pa.Table.from_batches([batch])
+            for p in validate_table(table, layout):
+                rep.add(p, rep.rows)
+            _count(rep, batch)
+            rep.rows += batch.num_rows
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
+        rep.add(f"unreadable Arrow stream after {rep.rows} rows ({str(e).splitlines()[0]})")
+    finally:
+        hasher.join()
+    rep.sha256 = digest[0]
+    return rep
+
+
+def _count(rep: ShardReport, batch: pa.RecordBatch) -> None:
+    names = batch.schema.names
+    if "tokens" in names:
+        lengths = np.diff(batch.column("tokens").offsets.to_numpy())
+        rep.lengths.append(lengths)
+        rep.tokens += int(lengths.sum())
+    if "modality" in names:
+        mod = batch.column("modality").flatten().to_numpy(zero_copy_only=False)
+        counts = np.bincount(mod, minlength=len(rep.modality_tokens))
+        rep.modality_tokens += counts[:len(rep.modality_tokens)]
+    if "episode_return" in names:
+        rep.returns.append(batch.column("episode_return").to_numpy(zero_copy_only=False))
+    if "task" in names:
+        for vc in batch.column("task").value_counts().to_pylist():
+            rep.tasks[vc["values"]] = rep.tasks.get(vc["values"], 0) + vc["counts"]
+
+
+# --- the directory ---------------------------------------------------------------------------------
+
+@dataclass
+class VerifyResult:
+    shards: list[ShardReport]
+    problems: list[str]
+    seconds: float
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+
+def verify_dir(path: str | Path) -> VerifyResult:
+    """Every check of SPEC 7 over a finished shard directory; the problems found, one line each."""
+    t0 = time.perf_counter()
+    sd = ShardDir.open(path)
+    if sd.manifest is None:
+        raise ManifestError(f"{sd.path / MANIFEST_NAME}: no manifest (conversion not finished?); "
+                            f"{len(sd.shards)} complete shards on disk")
+    m = sd.manifest
+    layout = sd.layout
+    problems = [f"{n}: listed in the manifest but missing" for n in sd.missing]
+    problems += [f"{n}: complete shard on disk but not listed in the manifest" for n in sd.unlisted]
+    problems += _check_tokenizer(sd, layout)
+    reports = []
+    for s in sd.shards:
+        rep = check_shard(s.path, layout)
+        for what in ("sha256", "bytes", "rows", "tokens"):
+            want, got = getattr(s.info, what), getattr(rep, what)
+            if want != got:
+                rep.add(f"manifest says {what} {want}, the shard has {got}")
+        if m.tasks and not set(rep.tasks) <= set(m.tasks):
+            rep.add(f"column task: {sorted(set(rep.tasks) - set(m.tasks))} not among the manifest's tasks {m.tasks}")
+        if m.episode_spec is not None and rep.rl is False:
+            rep.add("the manifest has an episode spec but the shard has no RL columns")
+        problems += rep.problems
+        reports.append(rep)
+    problems += _check_stats(m.stats, reports)
+    return VerifyResult(reports, problems, time.perf_counter() - t0)
+
+
+def _check_tokenizer(sd: ShardDir, layout: VocabLayout) -> list[str]:
+    m = sd.manifest
+    p = sd.path / TOKENIZER_NAME
+    if m.tokenizer_sha256 is None:
+        return []
+    if not p.is_file():
+        return [f"{TOKENIZER_NAME}: missing, the manifest records sha256 {m.tokenizer_sha256[:12]}..."]
+    from tokenizer_kit.text import file_sha256
+    if file_sha256(p) != m.tokenizer_sha256:
+        return [f"{TOKENIZER_NAME}: sha256 differs from the manifest's"]
+    tok = sd.text_tokenizer()
+    if tok.vocab_size != layout.text_vocab_size or tok.eos_id != layout.eos_id:
+        return [f"{TOKENIZER_NAME}: vocab size {tok.vocab_size} / eos {tok.eos_id} differ from the layout's "
+                f"{layout.text_vocab_size} / {layout.eos_id}"]
+    return []
+
+
+def _stat(stats: dict, *keys):
+    for k in keys:
+        if k in stats:
+            return stats[k]
+    return None
+
+
+def _check_stats(stats: dict, reports: list[ShardReport]) -> list[str]:
+    """Manifest totals against what the shards hold; statistics a writer did not record are skipped."""
+    out = []
+    rows, tokens = sum(r.rows for r in reports), sum(r.tokens for r in reports)
+    for key, got in (("rows", rows), ("tokens", tokens)):
+        want = stats.get(key)
+        if isinstance(want, dict):
+            want = want.get("total")
+        if isinstance(want, (int, float)) and want != got:
+            out.append(f"{MANIFEST_NAME}: stats {key} {want}, the shards hold {got}")
+    by_mod = _stat(stats, "tokens_per_modality", "tokens_by_modality")
+    if isinstance(by_mod, dict):
+        counts = sum((r.modality_tokens for r in reports), np.zeros(len(MODALITY_NAMES), np.int64))
+        for code, name in MODALITY_NAMES.items():
+            want = by_mod.get(name)
+            if isinstance(want, (int, float)) and want != counts[code]:
+                out.append(f"{MANIFEST_NAME}: stats {name} tokens {want}, the shards hold {int(counts[code])}")
+    per_task = stats.get("rows_per_task")
+    if isinstance(per_task, dict):
+        got_tasks: dict[str, int] = {}
+        for r in reports:
+            for t, c in r.tasks.items():
+                got_tasks[t] = got_tasks.get(t, 0) + c
+        if {k: v for k, v in per_task.items() if v} != got_tasks:
+            out.append(f"{MANIFEST_NAME}: stats rows_per_task {per_task}, the shards hold {got_tasks}")
+    ret = _stat(stats, "episode_returns", "episode_return")
+    if isinstance(ret, dict) and any(r.returns for r in reports):
+        values = np.concatenate([x for r in reports for x in r.returns])
+        got = {"count": len(values), "min": values.min() if len(values) else None,
+               "max": values.max() if len(values) else None,
+               "mean": values.mean() if len(values) else None}
+        for k, v in got.items():
+            want = ret.get(k)
+            if isinstance(want, (int, float)) and v is not None and not np.isclose(want, v, rtol=1e-6, atol=1e-9):
+                out.append(f"{MANIFEST_NAME}: stats episode_return {k} {want}, the shards hold {v}")
+    return out
+
+
+# --- the loader's split ------------------------------------------------------------------------------
+
+def loader_seed(seed: int, data_index: int = 0) -> int:
+    """The seed gato-train's loader gives the row split of its `data_index`-th --data directory."""
+    from types import SimpleNamespace
+
+    from trainer.data import GatoStream
+    return GatoStream.dir_seed(SimpleNamespace(seed=seed), data_index)
+
+
+def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int, workers: int, epoch: int = 0,
+                   seed: int = 0, data_index: int = 0) -> dict:
+    """Replay trainer.sharding.assign_rows for every (rank, worker) and count how often each row is read."""
+    from trainer.sharding import assign_rows, reader_index
+    total = int(sum(rows_per_shard))
+    s = loader_seed(seed, data_index)
+    reads = np.zeros(total, np.int64)
+    readers = []
+    starts = np.concatenate([[0], np.cumsum(rows_per_shard)]).astype(np.int64)
+    for rank in range(world):
+        for worker in range(max(1, workers)):
+            rows = assign_rows(rows_per_shard, rank, world, worker, workers, epoch, s)
+            np.add.at(reads, rows, 1)
+            shards = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+            readers.append({"rank": rank, "worker": worker, "reader": reader_index(rank, world, worker, workers),
+                            "rows": int(len(rows)), "tokens": int(row_tokens[rows].sum()) if len(row_tokens) else 0,
+                            "shards": int(len(shards)), "first_rows": rows[:4].tolist()})
+    twice, missed = np.flatnonzero(reads > 1), np.flatnonzero(reads == 0)
+    return {"world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s, "rows": total,
+            "readers": readers, "read_twice": twice.tolist()[:10], "num_read_twice": int(len(twice)),
+            "skipped": missed.tolist()[:10], "num_skipped": int(len(missed)),
+            "exactly_once": bool(len(twice) == 0 and len(missed) == 0)}
+
+
+def format_simulation(sim: dict) -> str:
+    rd = sim["readers"]
+    out = [f"loader split (trainer.sharding.assign_rows) of {sim['rows']:,} rows, epoch {sim['epoch']}, seed "
+           f"{sim['seed']}: {sim['world']} ranks x {max(1, sim['workers'])} workers = {len(rd)} readers"]
+    shown = rd if len(rd) <= 16 else rd[:8] + [None] + rd[-8:]
+    for r in shown:
+        if r is None:
+            out.append(f"  ... {len(rd) - 16} more readers")
+            continue
+        out.append(f"  rank {r['rank']:>3} worker {r['worker']:>2}: {r['rows']:>8,} rows {r['tokens']:>12,} tokens "
+                   f"from {r['shards']} shards, first rows {r['first_rows']}")
+    rows = [r["rows"] for r in rd]
+    toks = [r["tokens"] for r in rd]
+    out.append(f"  rows per reader {min(rows):,}..{max(rows):,}, tokens per reader {min(toks):,}..{max(toks):,}")
+    if sim["exactly_once"]:
+        out.append(f"every row is read exactly once per epoch: {sim['rows']:,} rows, none twice, none skipped")
+    else:
+        out.append(f"SPLIT IS WRONG: {sim['num_read_twice']} rows read more than once (first {sim['read_twice']}), "
+                   f"{sim['num_skipped']} rows skipped (first {sim['skipped']})")
+    idle = sum(1 for r in rows if r == 0)
+    if idle:
+        out.append(f"note: {idle} readers get no row of their own (fewer rows than readers); in training "
+                   "they re-read other readers' rows")
+    return "\n".join(out)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def run(args: argparse.Namespace) -> int:
+    res = verify_dir(args.dir)
+    rate = res.bytes / max(res.seconds, 1e-9) / 1e9
+    if res.problems:
+        for p in res.problems:
+            print(p)
+        print(f"gato-tokenize verify: {len(res.problems)} problem(s) in {args.dir}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.dir}: {len(res.shards)} shards, {res.rows:,} rows, {res.tokens:,} tokens, "
+          f"{_human(res.bytes)} verified in {res.seconds:.2f} s ({rate:.2f} GB/s)")
+    if args.simulate_ranks:
+        lengths = np.concatenate([r.row_tokens for r in res.shards]) if res.shards else np.zeros(0, np.int64)
+        sim = simulate_ranks([r.rows for r in res.shards], lengths, args.simulate_ranks, args.workers,
+                             args.epoch, args.seed, args.data_index)
+        print(format_simulation(sim))
+        return 0 if sim["exactly_once"] else 1
+    return 0
+
+
+def _count_arg(least: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {n}")
+        return n
+    return parse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("verify", help="check a shard directory against its manifest and the shard contract",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("dir", help="shard directory (manifest.json + shard-NNNNN.arrow)")
+    p.add_argument("--simulate-ranks", type=_count_arg(1), metavar="WORLD", default=0,
+                   help="also show how WORLD trainer ranks split the rows, and prove none is read twice or skipped")
+    p.add_argument("--workers", type=_count_arg(0), default=0, metavar="W",
+                   help="data-loader workers per rank, as gato-train's --num-workers (with --simulate-ranks)")
+    p.add_argument("--epoch", type=_count_arg(0), default=0, help="epoch to simulate (with --simulate-ranks)")
+    p.add_argument("--seed", type=int, default=0, help="gato-train's --seed (with --simulate-ranks)")
+    p.add_argument("--data-index", type=_count_arg(0), default=0,
+                   help="position of DIR among gato-train's --data directories (its split seed depends on it)")
+    p.set_defaults(func=run)
+
+
+__all__ = ["check_shard", "verify_dir", "register", "ShardDirError"]
