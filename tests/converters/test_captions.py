@@ -365,3 +365,93 @@ def test_unknown_inputs_are_one_line_errors(tmp_path, text_tokenizer):
     (tmp_path / "c.json").write_text('{"images": []}')
     with pytest.raises(SourceError, match="not a COCO caption file"):
         run_all(conv([tmp_path / "c.json"], text_tokenizer))
+
+
+# --- end to end: gato-tokenize captions ... --out DIR -------------------------------------------
+
+def tokenize(argv, capsys) -> tuple[int, str]:
+    from converters.cli import main
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def shard_rows(out: Path):
+    from schemas.shard import open_shard, row_from_table
+    rows = []
+    for shard in sorted(out.glob("shard-*.arrow")):
+        t = open_shard(shard)
+        rows += [(t.column("source_id")[i].as_py(), t.column("task")[i].as_py(), row_from_table(t, i))
+                 for i in range(t.num_rows)]
+    return rows
+
+
+def test_cli_converts_tar_and_csv_into_verified_shards(tmp_path, sp_model_path, text_tokenizer, capsys):
+    pngs = [encode(photo(24 + 8 * i, 40, 40 + i), "PNG") for i in range(3)]
+    caps = ["the robot arm grasps a cube", "a red ball in a box", "coffee"]
+    tar = write_tar(tmp_path / "00000.tar", [{"__key__": f"k{i}", "png": p, "txt": c}
+                                             for i, (p, c) in enumerate(zip(pngs, caps))])
+    (tmp_path / "extra.png").write_bytes(pngs[0])
+    (tmp_path / "caps.csv").write_text("file,caption\nextra.png,the dog is large\n")
+    out = tmp_path / "out"
+    code, err = tokenize(["captions", str(tar), str(tmp_path / "caps.csv"), "--out", str(out), "--no-progress",
+                          "--text-tokenizer", sp_model_path, "--image-size", "32x48", "--task", "toy"], capsys)
+    assert code == 0, err
+    assert tokenize(["verify", str(out)], capsys)[0] == 0
+    rows = shard_rows(out)
+    assert [(s, t) for s, t, _ in rows] == [("00000.tar/k0", "toy"), ("00000.tar/k1", "toy"),
+                                            ("00000.tar/k2", "toy"), ("caps.csv/0", "toy")]
+    for (_, _, row), p, c in zip(rows, pngs + [pngs[0]], caps + ["the dog is large"]):
+        images, text = decode_caption(row, text_tokenizer.layout(), text_tokenizer)
+        assert text == c and np.array_equal(images[0], expected_resized(p))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["converter"] == "captions"
+    assert manifest["options"]["image_size"] == [32, 48] and manifest["options"]["fit"] == "resize"
+
+
+def test_cli_bad_record_fails_with_one_line_or_is_skipped_and_listed(tmp_path, sp_model_path, capsys):
+    png = encode(photo(16, 16, 0), "PNG")
+    tar = write_tar(tmp_path / "a.tar", [{"__key__": "good", "png": png, "txt": "fine"},
+                                         {"__key__": "bad", "png": png[:40], "txt": "x"}])
+    base = ["captions", str(tar), "--text-tokenizer", sp_model_path, "--no-progress", "--image-size", "16"]
+    code, err = tokenize(base + ["--out", str(tmp_path / "fail")], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()  # the program name is sys.argv[0]: pytest's under test
+    assert len(lines) == 1 and lines[0].split(": error: ", 1)[1] == (
+        f"{tar}: record 'bad': field 'png': not a readable image (unknown format or corrupt header)")
+    assert not (tmp_path / "fail" / "manifest.json").exists() and not list((tmp_path / "fail").glob("shard-*"))
+    code, err = tokenize(base + ["--out", str(tmp_path / "skip"), "--on-error", "skip"], capsys)
+    assert code == 0, err
+    assert [s for s, _, _ in shard_rows(tmp_path / "skip")] == ["a.tar/good"]
+    skipped = json.loads((tmp_path / "skip" / "manifest.json").read_text())["skipped"]
+    assert [s["source"] for s in skipped] == ["a.tar/bad"] and "record 'bad': field 'png'" in skipped[0]["reason"]
+
+
+def test_cli_truncated_tar_exits_1_and_usage_errors_exit_2(tmp_path, sp_model_path, capsys):
+    png = encode(photo(16, 16, 0), "PNG")
+    data = write_tar(tmp_path / "a.tar", [{"__key__": "k", "png": png, "txt": "x"}]).read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[:1024])
+    code, err = tokenize(["captions", str(tmp_path / "cut.tar"), "--out", str(tmp_path / "o"), "--no-progress",
+                          "--text-tokenizer", sp_model_path], capsys)
+    assert code == 1 and err.strip().split(": error: ", 1)[1] == (
+        f"{tmp_path / 'cut.tar'}: truncated tar (1024 bytes, no end-of-archive blocks)")
+    code, err = tokenize(["captions", str(tmp_path / "a.tar"), "--out", str(tmp_path / "o2"),
+                          "--text-tokenizer", sp_model_path, "--image-size", "100"], capsys)
+    assert code == 2 and "multiples of the 16-pixel patch" in err
+    code, err = tokenize(["captions", str(tmp_path / "a.tar"), "--out", str(tmp_path / "o3")], capsys)
+    assert code == 2 and "--text-tokenizer" in err
+
+
+def test_converter_pickles_for_worker_processes(tmp_path, text_tokenizer):
+    import pickle
+    (tmp_path / "0.png").write_bytes(encode(photo(16, 16, 0), "PNG"))
+    (tmp_path / "c.jsonl").write_text('{"image": "0.png", "caption": "a cat"}\n{"image": "0.png", "caption": "a dog"}\n')
+    c = conv([tmp_path / "c.jsonl"], text_tokenizer, records_per_unit=1)
+    c2 = pickle.loads(pickle.dumps(c))
+    assert c2.work_units() == c.work_units()
+    a, b = run_all(c), run_all(c2)
+    assert [r.source_id for r in a] == [r.source_id for r in b] == ["c.jsonl/0", "c.jsonl/1"]
+    assert all(np.array_equal(x.row.tokens, y.row.tokens) and np.array_equal(x.row.patches, y.row.patches)
+               for x, y in zip(a, b))
