@@ -1,0 +1,139 @@
+"""Readers of RL episode formats: Minari datasets, D4RL-style flat HDF5, episode tables.
+
+Every reader turns its format into the same thing, `RawEpisode`s: a dict of observation fields
+and a dict of action fields, each holding T per-step entries, plus T rewards. Field names are
+flat (`obs`, `obs/position`, `action`, a table's column name); the kind a field is tokenised as
+is guessed from its space or dtype (`guess_kind`) and can be overridden by the converter.
+Readers open their files lazily and read episode by episode, never the whole dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from converters.base import SourceError
+
+SOURCE_KINDS = ("auto", "minari", "hdf5", "table")
+MIN_IMAGE_SIDE = 16  # uint8 arrays smaller than one patch (e.g. MiniGrid's 7x7x3) stay discrete
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """A field as the reader sees it: the kind it guessed and its per-step shape."""
+
+    name: str
+    kind: str  # text, image, discrete or continuous
+    shape: tuple[int, ...] | None  # per step; images (H, W) or (H, W, C); None when unknown (text)
+
+
+@dataclass
+class RawEpisode:
+    """One episode as arrays with T entries each (or the reason it could not be read)."""
+
+    episode_id: int
+    observations: dict = field(default_factory=dict)
+    actions: dict = field(default_factory=dict)
+    rewards: np.ndarray | None = None
+    error: str | None = None  # set for an episode that is unreadable on its own
+
+
+class Source(Protocol):
+    path: str  # named in every error message
+    name: str  # the dataset's name: default task and prefix of source ids
+
+    def num_episodes(self) -> int: ...
+
+    def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
+        """(observation fields, action fields) by name."""
+        ...
+
+    def episodes(self, start: int, stop: int) -> Iterator[RawEpisode]:
+        """Episodes number start..stop-1 (positions, in file order), read lazily."""
+        ...
+
+    def returns(self) -> np.ndarray:
+        """Return of every episode (float64), reading rewards only: for return filters."""
+        ...
+
+
+def guess_kind(dtype: np.dtype, shape: tuple[int, ...] | None) -> str:
+    """float -> continuous, integer/bool -> discrete, uint8 (H,W) or (H,W,1|3) -> image, str -> text."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "USO":
+        return "text"
+    if dtype == np.uint8 and shape is not None and (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))) \
+            and min(shape[:2]) >= MIN_IMAGE_SIDE:
+        return "image"
+    if dtype.kind in "iub":
+        return "discrete"
+    if dtype.kind == "f":
+        return "continuous"
+    raise SourceError(f"unsupported dtype {dtype}")
+
+
+def detect_kind(path: str) -> str:
+    """Which reader a path needs: minari (dataset dir or name), hdf5 (flat file) or table."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "metadata.json").is_file() or (p / "data" / "metadata.json").is_file():
+            return "minari"
+        if (p / "state.json").is_file() or (p / "dataset_info.json").is_file():
+            return "table"
+        if (p / "dataset_dict.json").is_file():
+            raise SourceError(f"{path}: a HF DatasetDict; pass one split's directory (e.g. {p / 'train'})")
+        if any(p.glob("*.parquet")):
+            return "table"
+        raise SourceError(f"{path}: not a Minari dataset, a HF datasets directory or a directory of Parquet files")
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix in (".hdf5", ".h5", ".he5"):
+            return "hdf5"
+        if suffix in (".parquet", ".pq"):
+            return "table"
+        raise SourceError(f"{path}: unknown RL file type {suffix!r} (expected .hdf5, .h5 or .parquet)")
+    return "minari"  # a dataset id in the local Minari root, or nothing (the reader says so)
+
+
+def open_source(path: str, kind: str = "auto") -> Source:
+    kind = detect_kind(path) if kind == "auto" else kind
+    if kind == "minari":
+        from .minari import MinariSource
+        return MinariSource(path)
+    if kind == "hdf5":
+        from .hdf5 import FlatHDF5Source
+        return FlatHDF5Source(path)
+    if kind == "table":
+        from .table import TableSource
+        return TableSource(path)
+    raise SourceError(f"unknown RL source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """A directory of Parquet files (without HF metadata) counts as each of its files, sorted."""
+    out = []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir() and not (p / "state.json").is_file() and not (p / "metadata.json").is_file() \
+                and not (p / "data" / "metadata.json").is_file():
+            files = sorted(str(f) for f in p.glob("*.parquet"))
+            if files:
+                out.extend(files)
+                continue
+        out.append(path)
+    return out
+
+
+def episode_bounds(done: np.ndarray) -> np.ndarray:
+    """Episode boundaries of a flat step array: `done[t]` ends an episode at step t.
+
+    Returns (E+1,) offsets; steps after the last done flag form a last (cut-off) episode.
+    """
+    ends = np.flatnonzero(done) + 1
+    n = len(done)
+    if len(ends) == 0 or ends[-1] != n:
+        ends = np.append(ends, n)
+    return np.concatenate([[0], ends]).astype(np.int64) if n else np.zeros(1, np.int64)

@@ -1,0 +1,141 @@
+"""D4RL-style flat HDF5: `observations`, `actions`, `rewards`, `terminals`, `timeouts` step arrays.
+
+Episodes end at every step where `terminals` or `timeouts` is set; steps after the last flag form
+a last, cut-off episode. `infos/*`, `metadata/*` and `next_observations` are ignored. An
+`observations` (or `actions`) group instead of an array is read as a Dict space: one field per
+array, named `obs/KEY`. Only the flags are read up front; the step arrays are read with h5py in
+chunks of at least `chunk_steps` steps, episode by episode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from converters.base import SourceError
+
+from . import FieldInfo, RawEpisode, episode_bounds, guess_kind
+
+GROUPS = (("observations", "obs"), ("actions", "action"))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+class FlatHDF5Source:
+    """One flat HDF5 file; episode positions are the episodes' order in the file."""
+
+    def __init__(self, path: str, chunk_steps: int = 1 << 16):
+        self.path = str(path)
+        self.name = Path(path).stem
+        self.chunk_steps = chunk_steps
+        with self._open() as f:
+            try:
+                self._keys = self._field_keys(f)
+                n = self._check_lengths(f)
+                done = np.zeros(n, dtype=bool)
+                for flag in ("terminals", "timeouts"):
+                    if flag in f:
+                        done |= np.asarray(f[flag][()], dtype=bool).reshape(-1)
+                self._infos = self._field_infos(f)
+            except OSError as e:
+                raise SourceError(f"{self.path}: unreadable HDF5 data ({_first_line(e)})") from None
+        self._bounds = episode_bounds(done)
+
+    def _open(self):
+        import h5py
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as e:
+            raise SourceError(f"{self.path}: not a readable HDF5 file ({_first_line(e)})") from None
+
+    def _field_keys(self, f) -> dict[str, dict[str, str]]:
+        """{"obs": {field name: HDF5 path}, "action": {...}}."""
+        import h5py
+        if "observations" not in f and any(k.startswith("episode_") for k in f):
+            raise SourceError(f"{self.path}: this is a Minari file; pass its dataset directory instead")
+        keys: dict[str, dict[str, str]] = {}
+        for key, prefix in GROUPS:
+            if key not in f:
+                raise SourceError(f"{self.path}: no {key!r} array (D4RL-style files need observations, "
+                                  f"actions, rewards, terminals and timeouts)")
+            node = f[key]
+            if isinstance(node, h5py.Group):
+                found: dict[str, str] = {}
+                node.visititems(lambda name, obj: found.__setitem__(f"{prefix}/{name}", f"{key}/{name}")
+                                if isinstance(obj, h5py.Dataset) else None)
+                keys[prefix] = dict(sorted(found.items()))
+            else:
+                keys[prefix] = {prefix: key}
+        if "rewards" not in f:
+            raise SourceError(f"{self.path}: no 'rewards' array")
+        return keys
+
+    def _check_lengths(self, f) -> int:
+        lengths = {p: f[p].shape[0] if f[p].shape else 0 for group in self._keys.values() for p in group.values()}
+        for name in ("rewards", "terminals", "timeouts"):
+            if name in f:
+                lengths[name] = f[name].shape[0] if f[name].shape else 0
+        n = lengths["rewards"]
+        bad = {k: v for k, v in lengths.items() if v != n}
+        if bad:
+            k, v = next(iter(bad.items()))
+            raise SourceError(f"{self.path}: step arrays disagree in length: {k!r} has {v} steps, "
+                              f"'rewards' has {n}")
+        return n
+
+    def _field_infos(self, f) -> dict[str, dict[str, FieldInfo]]:
+        out = {}
+        for prefix, group in self._keys.items():
+            out[prefix] = {}
+            for name, p in group.items():
+                ds = f[p]
+                shape = tuple(ds.shape[1:])
+                try:
+                    kind = guess_kind(ds.dtype, shape)
+                except SourceError as e:
+                    raise SourceError(f"{self.path}: field {name!r}: {e}") from None
+                out[prefix][name] = FieldInfo(name, kind, shape)
+        return out
+
+    def num_episodes(self) -> int:
+        return len(self._bounds) - 1
+
+    def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
+        return self._infos["obs"], self._infos["action"]
+
+    def returns(self) -> np.ndarray:
+        with self._open() as f:
+            try:
+                rewards = np.asarray(f["rewards"][()], dtype=np.float64).reshape(-1)
+            except OSError as e:
+                raise SourceError(f"{self.path}: unreadable HDF5 data ({_first_line(e)})") from None
+        if len(rewards) == 0:
+            return np.zeros(0)
+        return np.add.reduceat(rewards, self._bounds[:-1])
+
+    def episodes(self, start: int, stop: int) -> Iterator[RawEpisode]:
+        bounds = self._bounds
+        stop = min(stop, self.num_episodes())
+        if start >= stop:
+            return
+        with self._open() as f:
+            paths = {**{n: p for g in self._keys.values() for n, p in g.items()}, "rewards": "rewards"}
+            lo = hi = int(bounds[start])
+            end = int(bounds[stop])
+            buf: dict[str, np.ndarray] = {}
+            for e in range(start, stop):
+                a, b = int(bounds[e]), int(bounds[e + 1])
+                if b > hi:  # refill: one read per array covers this and the next episodes
+                    lo, hi = a, min(end, max(b, a + self.chunk_steps))
+                    try:
+                        buf = {n: f[p][lo:hi] for n, p in paths.items()}
+                    except OSError as err:
+                        raise SourceError(f"{self.path}: unreadable HDF5 data at steps {lo}-{hi} "
+                                          f"({_first_line(err)})") from None
+                s = slice(a - lo, b - lo)
+                yield RawEpisode(e, {n: buf[n][s] for n in self._keys["obs"]},
+                                 {n: buf[n][s] for n in self._keys["action"]}, buf["rewards"][s].reshape(-1))

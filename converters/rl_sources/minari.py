@@ -1,0 +1,162 @@
+"""Minari datasets (HDF5 or Arrow backend), read with minari's own API one episode at a time.
+
+An input is a dataset directory (the one holding `data/`, or `data/` itself) or a dataset id in
+the local Minari root (`MINARI_DATASETS_PATH`, default ~/.minari/datasets); nothing is downloaded.
+Spaces give the fields: Box float -> continuous, Box uint8 (H,W[,3]) -> image, other Box ints,
+Discrete, MultiDiscrete and MultiBinary -> discrete, Text -> text; Dict and Tuple spaces are
+flattened to `obs/KEY` (`obs/KEY/SUB`, `obs/0`). Minari stores T+1 observations per episode (the
+final one, after the last action): it is dropped so that observation t and action t line up.
+Images of JPEG-encoded datasets come back as minari decodes them (lossy on disk, not here).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from converters.base import SourceError
+
+from . import FieldInfo, RawEpisode, guess_kind
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _data_path(path: str) -> Path:
+    p = Path(path)
+    if (p / "data" / "metadata.json").is_file():
+        return p / "data"
+    if (p / "metadata.json").is_file():
+        return p
+    if p.exists():
+        raise SourceError(f"{path}: not a Minari dataset directory (no metadata.json)")
+    from minari.storage.datasets_root_dir import get_dataset_path
+    data = Path(get_dataset_path(path)) / "data"
+    if not (data / "metadata.json").is_file():
+        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        raise SourceError(f"{path}: no such file, directory or local Minari dataset (looked in {root})")
+    return data
+
+
+def space_fields(space, prefix: str, out: dict[str, FieldInfo]) -> dict[str, FieldInfo]:
+    """Flatten a gymnasium space into named fields with their guessed kind and per-step shape."""
+    from gymnasium import spaces
+    if isinstance(space, spaces.Dict):
+        for key, sub in space.spaces.items():
+            space_fields(sub, f"{prefix}/{key}", out)
+    elif isinstance(space, spaces.Tuple):
+        for i, sub in enumerate(space.spaces):
+            space_fields(sub, f"{prefix}/{i}", out)
+    elif isinstance(space, spaces.Box):
+        out[prefix] = FieldInfo(prefix, guess_kind(space.dtype, tuple(space.shape)), tuple(space.shape))
+    elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+        out[prefix] = FieldInfo(prefix, "discrete", tuple(space.shape))
+    elif isinstance(space, spaces.Text):
+        out[prefix] = FieldInfo(prefix, "text", None)
+    else:
+        raise SourceError(f"field {prefix!r}: unsupported space {type(space).__name__}")
+    return out
+
+
+def _flatten(space, value, prefix: str, out: dict) -> dict:
+    from gymnasium import spaces
+    if isinstance(space, spaces.Dict):
+        for key, sub in space.spaces.items():
+            _flatten(sub, value[key], f"{prefix}/{key}", out)
+    elif isinstance(space, spaces.Tuple):
+        for i, sub in enumerate(space.spaces):
+            _flatten(sub, value[i], f"{prefix}/{i}", out)
+    else:
+        out[prefix] = value
+    return out
+
+
+class MinariSource:
+    """A Minari dataset; episode positions index its `episode_indices`."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._data = _data_path(self.path)
+        ds = self._dataset()
+        self.name = ds.id
+        self._format = ds.storage.metadata.get("data_format", "hdf5")
+        self._indices = np.asarray(ds.episode_indices, dtype=np.int64)
+        self._obs_space, self._act_space = ds.observation_space, ds.action_space
+        try:
+            self._fields = (space_fields(self._obs_space, "obs", {}), space_fields(self._act_space, "action", {}))
+        except SourceError as e:
+            raise SourceError(f"{self.path}: {e}") from None
+        if self._format == "hdf5":  # find a truncated or foreign file now, not halfway through
+            self._h5().close()
+
+    def _dataset(self):
+        import minari
+        try:
+            return minari.MinariDataset(self._data)
+        except (ValueError, KeyError, OSError, AssertionError) as e:
+            raise SourceError(f"{self.path}: unreadable Minari dataset ({_first_line(e)})") from None
+
+    def _h5(self):
+        import h5py
+        file = self._data / "main_data.hdf5"
+        try:
+            return h5py.File(file, "r")
+        except OSError as e:
+            raise SourceError(f"{file}: not a readable HDF5 file ({_first_line(e)})") from None
+
+    def num_episodes(self) -> int:
+        return len(self._indices)
+
+    def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
+        return self._fields
+
+    def returns(self) -> np.ndarray:
+        try:
+            if self._format == "hdf5":
+                with self._h5() as f:
+                    return np.array([np.sum(f[f"episode_{i}/rewards"][()], dtype=np.float64) for i in self._indices])
+            import pyarrow.dataset as pds
+            out = []
+            for i in self._indices:
+                r = pds.dataset(str(self._data / str(i)), format=self._format,
+                                ignore_prefixes=["_", ".", "metadata.json"]).to_table(columns=["rewards"])
+                out.append(np.sum(r.column("rewards").to_numpy()[:-1], dtype=np.float64))  # last is padding
+            return np.array(out, dtype=np.float64)
+        except (OSError, KeyError, ValueError) as e:
+            raise SourceError(f"{self.path}: unreadable episode rewards ({_first_line(e)})") from None
+
+    def episodes(self, start: int, stop: int) -> Iterator[RawEpisode]:
+        indices = self._indices[start:stop]
+        if len(indices) == 0:
+            return
+        it = self._dataset().iterate_episodes(indices.tolist())
+        while True:
+            try:
+                ep = next(it)
+            except StopIteration:
+                return
+            except (OSError, KeyError, ValueError, AssertionError) as e:
+                raise SourceError(f"{self.path}: unreadable episode data ({_first_line(e)})") from None
+            yield self._episode(ep)
+
+    def _episode(self, ep) -> RawEpisode:
+        rewards = np.asarray(ep.rewards).reshape(-1)
+        steps = len(rewards)
+        obs = _flatten(self._obs_space, ep.observations, "obs", {})
+        act = _flatten(self._act_space, ep.actions, "action", {})
+        raw = RawEpisode(int(ep.id), {}, act, rewards)
+        for name, v in obs.items():
+            if len(v) != steps + 1:
+                raw.error = (f"episode arrays disagree in length: observation {name!r} has {len(v)} entries, "
+                             f"expected {steps + 1} ({steps} rewards + the final observation)")
+                return raw
+            raw.observations[name] = v[:-1]  # drop the final observation: obs t pairs with action t
+        for name, v in act.items():
+            if len(v) != steps:
+                raw.error = f"episode arrays disagree in length: action {name!r} has {len(v)} steps, {steps} rewards"
+                return raw
+        return raw

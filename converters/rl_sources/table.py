@@ -1,0 +1,251 @@
+"""Episode tables: Parquet files or HF `datasets` directories with one row per episode.
+
+Each list column holds one entry per step. Roles come from column names: `rewards` (or `reward`)
+are the rewards, columns whose name contains `action` are actions, every other list column is an
+observation; scalar columns (episode ids, seeds) are ignored, except `episode_id` (or `id`), which
+names the episode. Kinds come from a name prefix (`continuous_`, `discrete_`, `image_`, `text_`)
+or else from the values (float, integer, uint8 (H,W[,3]), string; HF `Image` features and encoded
+image bytes are images). Parquet is read row group by row group, HF directories from their
+memory-mapped Arrow files, in small record batches.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from converters.base import SourceError
+
+from . import FieldInfo, RawEpisode, guess_kind
+
+BATCH_ROWS = 16  # episodes per record batch: episodes can be large (images)
+KIND_PREFIXES = ("continuous_", "discrete_", "image_", "text_")
+REWARD_COLUMNS = ("rewards", "reward")
+ID_COLUMNS = ("episode_id", "id")
+
+
+class Ragged(ValueError):
+    """Steps of unequal shape: the column has to be converted row by row."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _decode_images(blobs: list) -> np.ndarray | list:
+    from PIL import Image
+    out = []
+    for b in blobs:
+        if b is None:
+            raise Ragged("missing image")
+        out.append(np.asarray(Image.open(io.BytesIO(b))))
+    if out and all(x.shape == out[0].shape and x.dtype == out[0].dtype for x in out):
+        return np.stack(out)
+    return out
+
+
+def steps_to_numpy(arr: pa.Array) -> np.ndarray | list:
+    """An Arrow array with one entry per step -> (N, *shape) numpy array, or a list for text.
+
+    Nested lists become dimensions (vectorised: flatten, then reshape); raises `Ragged` when
+    the steps' shapes differ.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if isinstance(arr.type, pa.ExtensionType):  # HF Array2D/3D...
+        arr = arr.storage
+    if arr.null_count:
+        raise Ragged("missing values")
+    t = arr.type
+    if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:  # HF Image feature
+        return _decode_images(arr.field("bytes").to_pylist())
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return _decode_images(arr.to_pylist())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return arr.to_pylist()
+    if pa.types.is_fixed_size_list(t):
+        inner = steps_to_numpy(arr.flatten())
+        return np.asarray(inner).reshape(len(arr), t.list_size, *np.shape(inner)[1:])
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != lengths[0]).any():
+            raise Ragged("steps of different lengths")
+        inner = steps_to_numpy(arr.flatten())
+        if isinstance(inner, list):
+            raise Ragged("nested text")
+        return inner.reshape(len(arr), int(lengths[0]) if len(lengths) else 0, *inner.shape[1:])
+    if pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_dictionary(t):
+        raise SourceError(f"unsupported column type {t}")
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _column_rows(col: pa.Array) -> list:
+    """A list column of a batch -> one per-step array (or error string) per row."""
+    if isinstance(col.type, pa.ExtensionType):
+        col = col.storage
+    lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    try:
+        steps = steps_to_numpy(col.flatten())
+        rows = [steps[offsets[i]:offsets[i + 1]] for i in range(len(col))]
+    except Ragged:
+        rows = []
+        for i in range(len(col)):
+            try:
+                rows.append(steps_to_numpy(col[i].values) if valid[i] else None)
+            except Ragged as e:
+                rows.append(f"ragged values ({e})")
+    return [r if valid[i] else "missing (null)" for i, r in enumerate(rows)]
+
+
+def _is_list(t: pa.DataType) -> bool:
+    if isinstance(t, pa.ExtensionType):
+        return True
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+class TableSource:
+    """A Parquet file or HF datasets directory; episode positions are row numbers."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        p = Path(path)
+        self._hf = p.is_dir()
+        self.name = p.name if self._hf else p.stem
+        schema = self._schema()
+        names = schema.names
+        self._rewards = next((c for c in REWARD_COLUMNS if c in names), None)
+        if self._rewards is None:
+            raise SourceError(f"{self.path}: no 'rewards' column (columns: {', '.join(names)})")
+        self._id = next((c for c in ID_COLUMNS if c in names and not _is_list(schema.field(c).type)), None)
+        lists = [f.name for f in schema if _is_list(f.type) and f.name != self._rewards]
+        self._act_cols = sorted(c for c in lists if "action" in c)
+        self._obs_cols = sorted(c for c in lists if "action" not in c)
+        if not self._obs_cols or not self._act_cols:
+            raise SourceError(f"{self.path}: needs list columns of observations and of actions "
+                              f"(columns: {', '.join(names)})")
+        self._fields = self._infer_fields()
+
+    # --- reading -----------------------------------------------------------------------------
+    def _schema(self) -> pa.Schema:
+        if self._hf:
+            return self._hf_table().schema
+        return self._parquet().schema_arrow
+
+    def _parquet(self):
+        import pyarrow.parquet as pq
+        try:
+            return pq.ParquetFile(self.path)
+        except (OSError, pa.ArrowException) as e:
+            raise SourceError(f"{self.path}: not a readable Parquet file ({_first_line(e)})") from None
+
+    def __getstate__(self):  # workers reopen the memory map themselves
+        return {k: v for k, v in self.__dict__.items() if k != "_table"}
+
+    def _hf_table(self) -> pa.Table:
+        if getattr(self, "_table", None) is None:
+            self._table = self._load_hf()
+        return self._table
+
+    def _load_hf(self) -> pa.Table:
+        import datasets
+        try:
+            ds = datasets.load_from_disk(self.path)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise SourceError(f"{self.path}: not a readable HF datasets directory ({_first_line(e)})") from None
+        if not isinstance(ds, datasets.Dataset):
+            raise SourceError(f"{self.path}: a HF DatasetDict; pass one split's directory")
+        return ds.data.table  # memory-mapped
+
+    def _batches(self, start: int, stop: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        try:
+            if self._hf:
+                yield from self._hf_table().select(columns).slice(start, stop - start).to_batches(BATCH_ROWS)
+                return
+            pf = self._parquet()
+            meta = pf.metadata
+            row = 0
+            for g in range(meta.num_row_groups):
+                n = meta.row_group(g).num_rows
+                lo, hi = max(start, row), min(stop, row + n)
+                if lo < hi:
+                    table = pf.read_row_group(g, columns=columns)
+                    yield from table.slice(lo - row, hi - lo).to_batches(BATCH_ROWS)
+                row += n
+        except (OSError, pa.ArrowException) as e:
+            raise SourceError(f"{self.path}: unreadable table data ({_first_line(e)})") from None
+
+    def num_episodes(self) -> int:
+        return self._hf_table().num_rows if self._hf else self._parquet().metadata.num_rows
+
+    # --- fields ------------------------------------------------------------------------------
+    def _infer_fields(self) -> dict[str, dict[str, FieldInfo]]:
+        """Kinds and per-step shapes from the first row that has steps."""
+        cols = self._obs_cols + self._act_cols
+        first: dict[str, object] = {}
+        for batch in self._batches(0, self.num_episodes(), cols):
+            for c in cols:
+                if c not in first:
+                    for v in _column_rows(batch.column(c)):
+                        if not isinstance(v, str) and v is not None and len(v):
+                            first[c] = v
+                            break
+            if len(first) == len(cols):
+                break
+        out: dict[str, dict[str, FieldInfo]] = {"obs": {}, "action": {}}
+        for c in cols:
+            if c not in first:
+                raise SourceError(f"{self.path}: column {c!r} has no steps in any row")
+            v = first[c]
+            if isinstance(v, list) and v and isinstance(v[0], np.ndarray):  # images of several sizes
+                kind, shape = "image", None
+            elif isinstance(v, list):
+                kind, shape = "text", None
+            else:
+                shape = tuple(v.shape[1:])
+                kind = next((k[:-1] for k in KIND_PREFIXES if c.startswith(k)), None)
+                if kind is None:
+                    try:
+                        kind = guess_kind(v.dtype, shape)
+                    except SourceError as e:
+                        raise SourceError(f"{self.path}: column {c!r}: {e}") from None
+                if kind == "image" and v.dtype != np.uint8:
+                    raise SourceError(f"{self.path}: column {c!r}: images must be uint8, got {v.dtype}")
+            out["action" if c in self._act_cols else "obs"][c] = FieldInfo(c, kind, shape)
+        return out
+
+    def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
+        return self._fields["obs"], self._fields["action"]
+
+    def returns(self) -> np.ndarray:
+        out = []
+        for batch in self._batches(0, self.num_episodes(), [self._rewards]):
+            col = batch.column(0)
+            lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+            values = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+            out.append(np.bincount(np.repeat(np.arange(len(col)), lengths), weights=values, minlength=len(col)))
+        return np.concatenate(out) if out else np.zeros(0)
+
+    # --- episodes ----------------------------------------------------------------------------
+    def episodes(self, start: int, stop: int) -> Iterator[RawEpisode]:
+        cols = self._obs_cols + self._act_cols + [self._rewards] + ([self._id] if self._id else [])
+        pos = start
+        for batch in self._batches(start, min(stop, self.num_episodes()), cols):
+            rows = {c: _column_rows(batch.column(i)) for i, c in enumerate(cols) if c != self._id}
+            ids = batch.column(len(cols) - 1).to_pylist() if self._id else None
+            for i in range(batch.num_rows):
+                ep_id = ids[i] if ids is not None and ids[i] is not None else pos + i
+                raw = RawEpisode(int(ep_id), {c: rows[c][i] for c in self._obs_cols},
+                                 {c: rows[c][i] for c in self._act_cols})
+                bad = next((c for c in rows if isinstance(rows[c][i], str) or rows[c][i] is None), None)
+                if bad is not None:
+                    raw.error = f"column {bad!r}: {rows[bad][i] or 'missing (null)'}"
+                else:
+                    raw.rewards = np.asarray(rows[self._rewards][i], dtype=np.float64).reshape(-1)
+                yield raw
+            pos += batch.num_rows
