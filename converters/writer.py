@@ -120,7 +120,7 @@ class _UnitStats:
     tokens: int = 0
     modality: list[int] = field(default_factory=lambda: [0] * _NUM_MODALITIES)
     field_errors: dict[str, list[float]] = field(default_factory=dict)  # name: [max, sum, count]
-    returns: list[float] = field(default_factory=lambda: [0, float("inf"), float("-inf"), 0.0])  # n, min, max, sum
+    returns: list[float] = field(default_factory=lambda: [0, float("inf"), float("-inf"), 0.0, 0.0])  # n, min, max, sum, sum of squares
     tasks: dict[str, int] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
 
@@ -143,11 +143,12 @@ class _UnitStats:
                 self.returns[1] = min(self.returns[1], float(r))
                 self.returns[2] = max(self.returns[2], float(r))
                 self.returns[3] += float(r)
+                self.returns[4] += float(r) * float(r)
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
-        d["returns"] = [self.returns[0], self.returns[1] if self.returns[0] else None,
-                        self.returns[2] if self.returns[0] else None, self.returns[3]]
+        n, lo, hi, total, squares = self.returns
+        d["returns"] = [n, lo if n else None, hi if n else None, total, squares]
         return d
 
 
@@ -339,7 +340,7 @@ def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], di
     rows = tokens = 0
     modality = [0] * _NUM_MODALITIES
     errors: dict[str, list[float]] = {}
-    ret = [0, None, None, 0.0]
+    ret = [0, None, None, 0.0, 0.0]
     tasks: dict[str, int] = {}
     skipped: list[dict] = []
     for m in markers:
@@ -351,27 +352,30 @@ def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], di
             cur[0] = max(cur[0], mx)
             cur[1] += total
             cur[2] += n
-        n, lo, hi, total = m["returns"]
+        n, lo, hi, total, squares = m["returns"]
         if n:
             ret[1] = lo if ret[1] is None else min(ret[1], lo)
             ret[2] = hi if ret[2] is None else max(ret[2], hi)
             ret[0] += n
             ret[3] += total
+            ret[4] += squares
         for t, c in m["tasks"].items():
             tasks[t] = tasks.get(t, 0) + c
         skipped.extend(m["skipped"])
     stats = {
         "rows": rows,
         "tokens": tokens,
-        "tokens_per_modality": {MODALITY_NAMES[i]: c for i, c in enumerate(modality)},
+        "tokens_by_modality": {MODALITY_NAMES[i]: c for i, c in enumerate(modality)},
         "field_errors": {k: {"max": v[0], "mean": v[1] / v[2] if v[2] else 0.0, "count": int(v[2])}
                          for k, v in sorted(errors.items())},
         "rows_per_task": dict(sorted(tasks.items())),
         "skipped": len(skipped),
     }
     if rl:
-        stats["episode_returns"] = {"count": ret[0], "min": ret[1], "max": ret[2],
-                                    "mean": ret[3] / ret[0] if ret[0] else None}
+        n = ret[0]
+        mean = ret[3] / n if n else None
+        std = float(np.sqrt(max(ret[4] / n - mean * mean, 0.0))) if n else None
+        stats["episode_return"] = {"count": n, "min": ret[1], "max": ret[2], "mean": mean, "std": std}
     return stats, skipped, tasks
 
 

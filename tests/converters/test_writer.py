@@ -1,0 +1,282 @@
+"""Shard writer: rolling shards, byte-identical output for any worker count, resume, partitions,
+--on-error, statistics and the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from converters.base import Record, SourceError, WorkUnit
+from converters.text import TextConverter
+from converters.writer import WORK_DIR, UsageError, convert, parse_size
+from schemas.manifest import Manifest
+from schemas.shard import open_shard
+from schemas.validate import validate_table
+from tokenizer_kit.layout import MODALITY_NAMES
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+
+
+class CrashingText(TextConverter):
+    """The text converter, dying (like a killed process) when it reaches unit `crash_at`."""
+
+    crash_at: str = ""
+
+    def convert_unit(self, unit):
+        if unit.key == self.crash_at:
+            raise RuntimeError("simulated crash")
+        yield from super().convert_unit(unit)
+
+
+def make_inputs(directory, files: int = 6, docs: int = 30, seed: int = 0) -> list[str]:
+    words = "the robot arm grasps a red cube and opens the door to the left".split()
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in range(files):
+        p = directory / f"part{f}.txt"
+        p.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(5, 60)))
+                                 for _ in range(docs)) + "\n")
+        paths.append(str(p))
+    return paths
+
+
+def text_converter(paths, tok, cls=TextConverter, unit_size=2000):
+    return cls(paths, tok, tok.layout(), split="blank-line", unit_size=unit_size)
+
+
+def run(conv, out, tok, **kw):
+    kw.setdefault("shard_size", 30_000)
+    return convert(conv, out, layout=tok.layout(), tokenizer_path=tok.path, progress=False, **kw)
+
+
+def shard_bytes(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.arrow"))}
+
+
+def all_rows(out) -> pa.Table:
+    return pa.concat_tables([open_shard(out / s.name) for s in Manifest.read(out).shards])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, inputs, text_tokenizer):
+    """One uninterrupted single-worker run: what every other way of running must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    return out
+
+
+def test_shards_roll_at_target_size_and_manifest_vouches_for_them(reference, inputs, text_tokenizer, tmp_path):
+    m = Manifest.read(reference)
+    assert len(m.shards) >= 3
+    assert not (reference / WORK_DIR).exists()
+    for s in m.shards:
+        path = reference / s.name
+        table = open_shard(path)
+        assert s.bytes == path.stat().st_size
+        assert s.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert s.rows == table.num_rows
+        assert s.tokens == sum(len(t) for t in table.column("tokens").to_pylist())
+        assert s.bytes < 30_000 * 1.3  # target plus a batch's framing; no shard is wildly over
+        assert validate_table(table, m.vocab_layout) == []
+    # the same rows as one big shard, in input order
+    big = tmp_path / "big"
+    run(text_converter(inputs, text_tokenizer), big, text_tokenizer, shard_size=10**9)
+    assert len(Manifest.read(big).shards) == 1
+    assert all_rows(big).equals(all_rows(reference))
+    sources = all_rows(reference).column("source_id").to_pylist()
+    assert [s.split("@")[0] for s in sources] == sorted(s.split("@")[0] for s in sources)
+    assert m.total_rows == 6 * 30 == m.stats["rows"]
+    assert m.stats["tokens"] == m.total_tokens == m.stats["tokens_by_modality"]["text"]
+    assert (reference / "tokenizer.model").read_bytes() == open(text_tokenizer.path, "rb").read()
+    assert m.tokenizer_sha256 == hashlib.sha256((reference / "tokenizer.model").read_bytes()).hexdigest()
+    assert m.layout == text_tokenizer.layout().to_dict()
+    assert m.converter == "text" and m.options["split"] == "blank-line"
+    assert m.tasks == ["text"] and m.stats["rows_per_task"] == {"text": 180}
+
+
+@pytest.mark.slow
+def test_two_workers_write_the_same_bytes(reference, inputs, text_tokenizer, tmp_path):
+    res = run(text_converter(inputs, text_tokenizer), tmp_path / "w2", text_tokenizer, workers=2)
+    assert res.units_converted == res.units_total > 2
+    assert shard_bytes(tmp_path / "w2") == shard_bytes(reference)
+    assert Manifest.read(tmp_path / "w2").shards == Manifest.read(reference).shards
+
+
+def test_resume_after_a_crash_converts_only_the_rest(reference, inputs, text_tokenizer, tmp_path):
+    out = tmp_path / "out"
+    units = text_converter(inputs, text_tokenizer).work_units()
+    crashing = text_converter(inputs, text_tokenizer, CrashingText)
+    crashing.crash_at = units[7].key
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(crashing, out, text_tokenizer)
+    assert not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
+    assert len(list((out / WORK_DIR).glob("*.json"))) == 7
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    assert res.units_converted == len(units) - 7
+    assert shard_bytes(out) == shard_bytes(reference)
+
+
+def test_interrupted_packing_is_redone_and_leftovers_removed(reference, inputs, text_tokenizer, tmp_path,
+                                                             monkeypatch):
+    out = tmp_path / "out"
+
+    def killed(self, directory):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Manifest, "write", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    assert not (out / "manifest.json").exists() and (out / WORK_DIR).is_dir()
+    (out / "shard-00999.arrow").write_bytes(b"stale")
+    (out / ".shard-00000.arrow.tmp4242").write_bytes(b"half")
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    assert res.units_converted == 0
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_partitions_combine_into_the_single_run(reference, inputs, text_tokenizer, tmp_path):
+    out = tmp_path / "out"
+    total = 0
+    for i in range(3):
+        res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer, num_partitions=3, partition=i)
+        assert not res.complete and res.manifest is None
+        assert not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
+        total += res.units_converted
+    assert total == res.units_total
+    final = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    assert final.units_converted == 0
+    assert shard_bytes(out) == shard_bytes(reference)
+
+
+def test_a_changed_input_is_converted_again(inputs, text_tokenizer, tmp_path):
+    paths = make_inputs(tmp_path / "in", files=2, docs=5)
+    out = tmp_path / "out"
+    run(text_converter(paths, text_tokenizer), out, text_tokenizer, num_partitions=2, partition=0)
+    with open(paths[0], "a") as f:
+        f.write("\nan extra document at the end\n")
+    res = run(text_converter(paths, text_tokenizer), out, text_tokenizer)
+    assert res.units_converted == res.units_total  # the old unit's work no longer matches its file
+    assert all_rows(out).num_rows == 11
+
+
+def test_rerun_is_up_to_date_and_a_different_conversion_is_refused(reference, inputs, text_tokenizer):
+    before = shard_bytes(reference)
+    res = run(text_converter(inputs, text_tokenizer), reference, text_tokenizer)
+    assert res.up_to_date and res.units_converted == 0 and shard_bytes(reference) == before
+    with pytest.raises(UsageError, match="already holds a finished conversion"):
+        run(text_converter(inputs, text_tokenizer), reference, text_tokenizer, shard_size=10**6)
+    with pytest.raises(UsageError):
+        run(text_converter(inputs[:2], text_tokenizer), reference, text_tokenizer)
+
+
+@pytest.mark.slow
+def test_fail_with_workers_leaves_nothing_half_written(inputs, text_tokenizer, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine words\n\nbroken \xc3\x28 bytes\n")
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match=r"bad\.txt: line 3 \(byte 19\): not UTF-8"):
+        run(text_converter(inputs + [str(bad)], text_tokenizer), out, text_tokenizer, workers=2)
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("shard-*")) and not list(out.rglob("*tmp*"))
+
+
+def test_units_finished_under_skip_fail_a_later_fail_run(inputs, text_tokenizer, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine words\n\nbroken \xff bytes\n")
+    out = tmp_path / "out"
+    conv = text_converter([str(bad)], text_tokenizer)
+    res = run(conv, out, text_tokenizer, on_error="skip", num_partitions=2, partition=0)
+    assert res.units_converted == 1
+    with pytest.raises(SourceError, match="not UTF-8"):
+        run(conv, out, text_tokenizer)
+    assert not (out / "manifest.json").exists()
+    res = run(conv, out, text_tokenizer, on_error="skip")
+    assert res.manifest.total_rows == 1 and len(res.manifest.skipped) == 1
+
+
+# --- RL rows: statistics, episode spec, RL columns -------------------------------------------------
+
+SPEC = EpisodeSpec((FieldSpec("pos", "continuous", (2,)),), (FieldSpec("act", "discrete", (1,)),))
+
+
+class Episodes:
+    """A small RL converter: unit k holds episodes of a seeded random walk; one bad episode."""
+
+    name = "rl"
+    rl = True
+
+    def __init__(self, layout, units: int = 3, per_unit: int = 4):
+        self.layout, self.units, self.per_unit = layout, units, per_unit
+
+    def work_units(self):
+        return [WorkUnit(f"walk-{k}", f"walk-{k}") for k in range(self.units)]
+
+    def options(self):
+        return {"env": "walk", "episode_spec": SPEC.to_dict()}
+
+    def episodes(self, unit):
+        rng = np.random.default_rng(int(unit.key.split("-")[1]))
+        for e in range(self.per_unit):
+            steps = int(rng.integers(2, 6))
+            yield (f"{unit.key}/ep{e}", rng.normal(0, 3, (steps, 2)), rng.integers(0, 4, (steps, 1)),
+                   float(rng.normal()), e == 2 and unit.key == "walk-1")
+
+    def convert_unit(self, unit):
+        for sid, pos, act, ret, bad in self.episodes(unit):
+            if bad:
+                yield Record(sid, skip_reason=f"{sid}: step 1 field 'pos': NaN")
+                continue
+            row = build_episode({"pos": pos}, {"act": act}, SPEC, self.layout)
+            err = np.abs(pos).ravel() * 0.01
+            yield Record(sid, row, task="walk", num_steps=len(pos), episode_return=ret,
+                         field_errors={"observation/pos": (float(err.max()), float(err.sum()), err.size)})
+
+
+def test_rl_statistics_columns_and_episode_spec(layout, tmp_path):
+    conv = Episodes(layout)
+    res = convert(conv, tmp_path / "out", layout=layout, on_error="skip", progress=False)
+    m = res.manifest
+    good = [ep for u in conv.work_units() for ep in conv.episodes(u) if not ep[4]]
+    returns = np.array([ep[3] for ep in good])
+    errs = np.concatenate([np.abs(ep[1]).ravel() * 0.01 for ep in good])
+    r = m.stats["episode_return"]
+    assert r["count"] == len(good) == m.total_rows == 11
+    assert np.isclose(r["min"], returns.min()) and np.isclose(r["max"], returns.max())
+    assert np.isclose(r["mean"], returns.mean()) and np.isclose(r["std"], returns.std())
+    fe = m.stats["field_errors"]["observation/pos"]
+    assert fe["count"] == errs.size and np.isclose(fe["max"], errs.max()) and np.isclose(fe["mean"], errs.mean())
+    assert m.episode_spec == SPEC.to_dict() and "episode_spec" not in m.options and m.options == {"env": "walk"}
+    assert m.skipped == [{"source": "walk-1/ep2", "reason": "walk-1/ep2: step 1 field 'pos': NaN"}]
+    assert m.tasks == ["walk"] and m.tokenizer_sha256 is None and not (tmp_path / "out" / "tokenizer.model").exists()
+    table = all_rows(tmp_path / "out")
+    assert validate_table(table, layout) == []
+    assert table.column("episode_return").to_pylist() == [ep[3] for ep in good]
+    assert table.column("num_steps").to_pylist() == [len(ep[1]) for ep in good]
+    counts = np.bincount(table.column("modality").combine_chunks().values.to_numpy(), minlength=5)
+    assert m.stats["tokens_by_modality"] == {MODALITY_NAMES[i]: int(c) for i, c in enumerate(counts)}
+    # --task overrides the converter's task
+    res = convert(conv, tmp_path / "out2", layout=layout, on_error="skip", task="maze", progress=False)
+    assert res.manifest.tasks == ["maze"] and set(all_rows(tmp_path / "out2").column("task").to_pylist()) == {"maze"}
+    # --on-error fail: the converter's reason, as it is
+    with pytest.raises(SourceError, match=r"^walk-1/ep2: step 1 field 'pos': NaN$"):
+        convert(conv, tmp_path / "out3", layout=layout, progress=False)
+
+
+def test_parse_size():
+    assert parse_size("256MB") == 256 * 10**6
+    assert parse_size("64MiB") == parse_size("64M") == 64 * 2**20
+    assert parse_size("1.5kb") == 1500 and parse_size("1000") == 1000
+    for bad in ("", "MB", "12XB", "0", "-5MB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
