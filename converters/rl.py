@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from tokenizer_kit.errors import TokenizeError
+from tokenizer_kit.errors import TokenizeError, locate
 from tokenizer_kit.images import FIT_POLICIES, fitted_size
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import KINDS, EpisodeSpec, FieldSpec, build_episode
@@ -64,11 +64,20 @@ def _pair(text: str) -> tuple[str, str]:
     return name, value
 
 
+class RLUsageError(SystemExit):
+    """Bad usage found once the inputs are open (unknown --field name...): exit 2 with one line."""
+
+
+_PARSER: list = []  # the subcommand's parser while make_converter runs, for parser.error
+
+
 def _usage(message: str):
     """Bad usage: one line and exit 2, as argparse does."""
+    if _PARSER and _PARSER[-1] is not None:
+        _PARSER[-1].error(message)
     prog = Path(sys.argv[0]).name or "gato-tokenize"
     print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise RLUsageError(2)
 
 
 def _inputs(args) -> list[str]:
@@ -80,7 +89,10 @@ def _inputs(args) -> list[str]:
 
 
 def _layout_and_tokenizer(args):
+    """The convert command puts both on args; built here from the options when called directly."""
     from tokenizer_kit.text import TextTokenizer
+    if getattr(args, "layout", None) is not None:
+        return args.layout, getattr(args, "tokenizer", None)
     profile = getattr(args, "layout_profile", None) or "gato"
     path = getattr(args, "text_tokenizer", None)
     if path:
@@ -151,25 +163,34 @@ class RLConverter:
         self.min_return = dict(min_return or {})  # input path -> threshold
         self.episodes_per_unit = episodes_per_unit
         self.settings = dict(settings or {})
-        self._sources: dict[str, Source] = {}
+        self._sources: dict[str, Source] = {}  # by input
+        self._input_of: dict[str, str] = {}  # the path a source reads -> its input
         self._centres: dict[bool, np.ndarray] = {}
 
     def __getstate__(self):  # for worker processes: readers reopen their files there
         return {**self.__dict__, "_sources": {}, "_centres": {}}
 
-    def source(self, path: str) -> Source:
-        if path not in self._sources:
-            self._sources[path] = open_source(path, self.source_kind)
-        return self._sources[path]
+    def source(self, input_: str) -> Source:
+        """The reader of an input (a work unit's path is the reader's `path`, also accepted)."""
+        if input_ not in self.inputs:
+            if input_ not in self._input_of:
+                for i in self.inputs:
+                    self._input_of[self.source(i).path] = i
+            input_ = self._input_of.get(input_, input_)
+        if input_ not in self._sources:
+            self._sources[input_] = open_source(input_, self.source_kind)
+        return self._sources[input_]
 
     def work_units(self) -> list[WorkUnit]:
         units = []
-        for path in self.inputs:
-            n = self.source(path).num_episodes()
-            tag = f"{_safe(Path(path).name)}-{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]}"
+        for i in self.inputs:
+            src = self.source(i)
+            self._input_of[src.path] = i
+            n = src.num_episodes()
+            tag = f"{_safe(Path(i).name)}-{hashlib.sha1(os.path.abspath(i).encode()).hexdigest()[:8]}"
             for start in range(0, n, self.episodes_per_unit):
                 stop = min(n, start + self.episodes_per_unit)
-                units.append(WorkUnit(f"{tag}-{start:08d}-{stop:08d}", path, start, stop))
+                units.append(WorkUnit(f"{tag}-{start:08d}-{stop:08d}", src.path, start, stop))
         return units
 
     def options(self) -> dict:
@@ -180,14 +201,14 @@ class RLConverter:
     def convert_unit(self, unit: WorkUnit) -> Iterator[Record]:
         src = self.source(unit.path)
         task = self.task or src.name
-        threshold = self.min_return.get(unit.path)
+        threshold = self.min_return.get(src.input)
         stop = unit.stop if unit.stop is not None else src.num_episodes()
         for raw in src.episodes(unit.start, stop):
             sid = f"{src.name}/episode_{raw.episode_id}"
             try:
                 record = self._record(raw, sid, task, threshold)
             except TokenizeError as e:
-                yield Record(sid, task=task, skip_reason=f"{src.path}: episode {raw.episode_id}: {e}")
+                yield Record(sid, task=task, skip_reason=f"{src.path}: {sid}: {e}")
                 continue
             if record is not None:
                 yield record
@@ -231,7 +252,14 @@ class RLConverter:
 
 
 def _as_rgb(images):
-    """Grey (T,H,W) or (T,H,W,1) uint8 frames -> (T,H,W,3) at once, so the builder patchifies in one go."""
+    """Grey (T,H,W) or (T,H,W,1) frames -> (T,H,W,3) uint8 at once, so the builder patchifies in one go.
+
+    Integer pixels of another dtype (tables store int64) must lie in [0, 255]."""
+    if isinstance(images, np.ndarray) and images.dtype.kind in "iu" and images.dtype != np.uint8 and images.size:
+        bad = (images < 0) | (images > 255)
+        if bad.any():
+            raise TokenizeError(f"image pixels outside [0, 255] at {locate(images, bad)}")
+        images = images.astype(np.uint8)
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         if images.ndim == 3:
             return np.repeat(images[..., None], 3, axis=3)
@@ -246,6 +274,14 @@ def _safe(name: str) -> str:
 
 def make_converter(args) -> RLConverter:
     """Open every input (cheap: metadata and flags only), agree on one EpisodeSpec, plan filters."""
+    _PARSER.append(getattr(args, "_parser", None))
+    try:
+        return _make_converter(args)
+    finally:
+        _PARSER.pop()
+
+
+def _make_converter(args) -> RLConverter:
     layout, tok = _layout_and_tokenizer(args)
     kind = getattr(args, "source", "auto") or "auto"
     inputs = expand_inputs(_inputs(args))
@@ -282,12 +318,12 @@ def make_converter(args) -> RLConverter:
                        f"use --min-return")
             t = fraction * best if t is None else max(t, fraction * best)
         if t is not None:
-            thresholds[src.path] = t
+            thresholds[src.input] = t
     conv = RLConverter(inputs, spec, layout, source_kind=kind, text_tokenizer=tok,
                        task=getattr(args, "task", None), min_return=thresholds, episodes_per_unit=per_unit,
                        settings={"fields": kinds or None, "mu_law": mu_law or None, "image_fit": fit,
                                  "min_return_fraction": fraction})
-    conv._sources = {s.path: s for s in sources}
+    conv._sources = {s.input: s for s in sources}
     return conv
 
 

@@ -42,7 +42,8 @@ class RawEpisode:
 
 
 class Source(Protocol):
-    path: str  # named in every error message
+    input: str  # the input as given on the command line
+    path: str  # the file (or directory) read: named in error messages, work units, resume stamps
     name: str  # the dataset's name: default task and prefix of source ids
 
     def num_episodes(self) -> int: ...

@@ -29,7 +29,7 @@ class FlatHDF5Source:
     """One flat HDF5 file; episode positions are the episodes' order in the file."""
 
     def __init__(self, path: str, chunk_steps: int = 1 << 16):
-        self.path = str(path)
+        self.input = self.path = str(path)
         self.name = Path(path).stem
         self.chunk_steps = chunk_steps
         with self._open() as f:

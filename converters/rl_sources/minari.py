@@ -79,11 +79,13 @@ class MinariSource:
     """A Minari dataset; episode positions index its `episode_indices`."""
 
     def __init__(self, path: str):
-        self.path = str(path)
-        self._data = _data_path(self.path)
+        self.input = self.path = str(path)
+        self._data = _data_path(self.input)
         ds = self._dataset()
         self.name = ds.id
         self._format = ds.storage.metadata.get("data_format", "hdf5")
+        # what is read: its size/mtime tell the writer whether earlier work is stale
+        self.path = str(self._data / "main_data.hdf5") if self._format == "hdf5" else str(self._data)
         self._indices = np.asarray(ds.episode_indices, dtype=np.int64)
         self._obs_space, self._act_space = ds.observation_space, ds.action_space
         try:

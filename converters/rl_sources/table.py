@@ -113,7 +113,7 @@ class TableSource:
     """A Parquet file or HF datasets directory; episode positions are row numbers."""
 
     def __init__(self, path: str):
-        self.path = str(path)
+        self.input = self.path = str(path)
         p = Path(path)
         self._hf = p.is_dir()
         self.name = p.name if self._hf else p.stem
@@ -214,8 +214,8 @@ class TableSource:
                         kind = guess_kind(v.dtype, shape)
                     except SourceError as e:
                         raise SourceError(f"{self.path}: column {c!r}: {e}") from None
-                if kind == "image" and v.dtype != np.uint8:
-                    raise SourceError(f"{self.path}: column {c!r}: images must be uint8, got {v.dtype}")
+                if kind == "image" and v.dtype.kind not in "uib":
+                    raise SourceError(f"{self.path}: column {c!r}: image pixels must be integers, got {v.dtype}")
             out["action" if c in self._act_cols else "obs"][c] = FieldInfo(c, kind, shape)
         return out
 

@@ -1,0 +1,369 @@
+"""RL converter: real gymnasium rollouts in every supported format, checked row by row through the inverse."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from converters.base import SourceError
+from converters.rl import RLConverter, add_arguments, make_converter
+from converters.rl_sources.hdf5 import FlatHDF5Source
+from rl_fixtures import (DictObs, PixelObs, check_record, episode_table, make_minari, rollouts, write_d4rl)
+from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.values import quantization_error
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def parse(argv: list[str], **extra) -> argparse.Namespace:
+    """The options as the convert command parses them (common ones included)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--task", default=None)
+    p.add_argument("--text-tokenizer", default=None)
+    p.add_argument("--text-vocab-size", type=int, default=32000)
+    p.add_argument("--layout-profile", default="gato")
+    add_arguments(p)
+    args = p.parse_args([str(a) for a in argv])
+    for k, v in extra.items():
+        setattr(args, k, v)
+    return args
+
+
+def convert(argv, **extra) -> tuple[RLConverter, list]:
+    c = make_converter(parse(argv, **extra))
+    return c, [r for u in c.work_units() for r in c.convert_unit(u)]
+
+
+def obs_of(ep, prefix="obs"):
+    """The observations a row must hold: minari's T+1 minus the final one, flattened like the reader."""
+    o = ep["observations"]
+    return {f"{prefix}/{k}": v[:-1] for k, v in o.items()} if isinstance(o, dict) else {prefix: o[:-1]}
+
+
+@pytest.fixture(scope="module")
+def minari_root(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield Path(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def cartpole(minari_root):
+    env = gym.make("CartPole-v1")
+    eps = rollouts(env, 5, 30)
+    return make_minari("cartpole/random-v0", env, eps), eps
+
+
+# --- Minari --------------------------------------------------------------------------------------
+
+def test_minari_discrete_actions_rows_decode_to_inputs(cartpole):
+    path, eps = cartpole
+    c, recs = convert([path, "--episodes-per-unit", "2"])
+    assert [u.start for u in c.work_units()] == [0, 2, 4]
+    assert c.work_units()[0].path.endswith("main_data.hdf5")  # what the writer stamps for resume
+    assert [f.to_dict()["kind"] for f in c.spec.observations + c.spec.actions] == ["continuous", "discrete"]
+    assert [r.source_id for r in recs] == [f"cartpole/random-v0/episode_{i}" for i in range(5)]
+    for r, ep in zip(recs, eps):
+        assert r.skip_reason is None and r.task == "cartpole/random-v0"
+        assert r.num_steps == len(ep["actions"]) and r.episode_return == pytest.approx(ep["rewards"].sum())
+        check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, c.layout)
+        q = quantization_error(ep["observations"][:-1], c.layout, True)
+        assert r.field_errors["obs"] == pytest.approx((q.max(), q.sum(), q.size))
+    assert "episode_spec" in c.options() and c.options()["final_observation"] == "dropped"
+
+
+def test_minari_arrow_continuous_actions_are_clipped_not_companded(minari_root):
+    env = gym.make("Pendulum-v1")
+    eps = rollouts(env, 3, 40, seed=7)
+    path = make_minari("pendulum/random-v0", env, eps, data_format="arrow")
+    c, recs = convert([path])
+    assert [f.mu_law for f in c.spec.actions] == [False]
+    assert len(recs) == 3
+    for r, ep in zip(recs, eps):
+        check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, c.layout)
+        q = quantization_error(ep["actions"], c.layout, False)  # includes what clipping to [-1, 1] costs
+        assert r.field_errors["action"] == pytest.approx((q.max(), q.sum(), q.size))
+        assert r.episode_return == pytest.approx(ep["rewards"].sum()) and r.episode_return < 0
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "arrow"])
+def test_minari_dict_observations_are_flattened(minari_root, fmt):
+    env = DictObs(gym.make("CartPole-v1"))
+    eps = rollouts(env, 3, 20, seed=3)
+    c, recs = convert([make_minari(f"cartdict/{fmt}-v0", env, eps, data_format=fmt)])
+    assert [(f.name, f.kind, f.shape) for f in c.spec.observations] == [
+        ("obs/cell", "discrete", (2,)), ("obs/state", "continuous", (4,))]
+    for r, ep in zip(recs, eps):
+        check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, c.layout)
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "arrow"])
+def test_minari_image_observations_are_exact(minari_root, fmt):
+    env = PixelObs(gym.make("CartPole-v1"))
+    eps = rollouts(env, 2, 12, seed=1)
+    make_minari(f"cartpix/{fmt}-v0", env, eps, data_format=fmt)
+    c, recs = convert([f"cartpix/{fmt}-v0"])  # a dataset id in the local Minari root
+    assert [(f.name, f.kind, f.shape) for f in c.spec.observations] == [
+        ("obs/pixels", "image", (32, 32)), ("obs/state", "continuous", (4,))]
+    for r, ep in zip(recs, eps):
+        assert len(r.row.patches) == 4 * r.num_steps
+        check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, c.layout)
+
+
+def test_minari_jpeg_images_come_back_as_minari_decodes_them(minari_root):
+    import minari
+    env = PixelObs(gym.make("CartPole-v1"))
+    path = make_minari("cartpix/jpeg-v0", env, rollouts(env, 2, 10, seed=2), data_format="arrow", jpeg_encoding=True)
+    c, recs = convert([path])
+    for r, ep in zip(recs, minari.MinariDataset(path / "data").iterate_episodes()):
+        check_record(r, {"obs/pixels": ep.observations["pixels"][:-1], "obs/state": ep.observations["state"][:-1]},
+                     {"action": ep.actions}, c.spec, c.layout)
+
+
+def test_minari_input_as_dataset_id_data_dir_or_dataset_dir(cartpole):
+    path, eps = cartpole
+    rows = [[r.row.tokens for r in convert([p])[1]] for p in ("cartpole/random-v0", path, path / "data")]
+    assert all(len(x) == 5 and all(np.array_equal(a, b) for a, b in zip(x, rows[0])) for x in rows)
+    with pytest.raises(SourceError, match="no such file, directory or local Minari dataset"):
+        make_converter(parse(["cartpole/missing-v0"]))
+
+
+# --- D4RL-style HDF5 -----------------------------------------------------------------------------
+
+def test_d4rl_hdf5_episodes_split_on_terminals_and_timeouts(tmp_path):
+    eps = rollouts(gym.make("CartPole-v1"), 7, 25, seed=11)
+    path = write_d4rl(tmp_path / "cartpole-medium.hdf5", eps)
+    c, recs = convert([path, "--episodes-per-unit", "3"])
+    assert [(u.start, u.stop) for u in c.work_units()] == [(0, 3), (3, 6), (6, 7)]
+    assert [r.source_id for r in recs] == [f"cartpole-medium/episode_{i}" for i in range(7)]
+    for r, ep in zip(recs, eps):
+        assert r.task == "cartpole-medium" and r.num_steps == len(ep["actions"])
+        assert r.episode_return == pytest.approx(ep["rewards"].sum())
+        check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, c.layout)
+    # tiny read chunks: episodes straddle chunk boundaries and still come out whole
+    src = FlatHDF5Source(str(path), chunk_steps=7)
+    got = list(src.episodes(1, 6))
+    assert [e.episode_id for e in got] == [1, 2, 3, 4, 5]
+    for e, ep in zip(got, eps[1:6]):
+        np.testing.assert_array_equal(e.observations["obs"], ep["observations"][:-1].astype(np.float32))
+        np.testing.assert_array_equal(e.actions["action"], ep["actions"])
+    np.testing.assert_allclose(src.returns(), [ep["rewards"].sum() for ep in eps])
+
+
+def test_d4rl_last_episode_without_flags_is_kept(tmp_path):
+    eps = rollouts(gym.make("CartPole-v1"), 3, 200, seed=5)  # random CartPole falls long before 200
+    path = write_d4rl(tmp_path / "cut.hdf5", eps, timeouts_last=False)
+    with h5py.File(path, "a") as f:
+        f["terminals"][-1] = False  # the last episode has no flag at all
+    c, recs = convert([path])
+    assert [r.num_steps for r in recs] == [len(ep["actions"]) for ep in eps]
+
+
+# --- episode tables --------------------------------------------------------------------------------
+
+def test_parquet_table_read_in_row_groups(tmp_path):
+    eps = rollouts(gym.make("CartPole-v1"), 7, 25, seed=21)
+    table = episode_table(eps)
+    grey = [np.stack([np.full((16, 16), 9 * t + i, np.int64) for t in range(len(ep["actions"]))]) for i, ep in enumerate(eps)]
+    table = table.append_column("image_observations", pa.array([g.tolist() for g in grey]))  # int64 pixels
+    pq.write_table(table, tmp_path / "cp.parquet", row_group_size=3)
+    c, recs = convert([tmp_path / "cp.parquet", "--episodes-per-unit", "2", "--task", "cartpole"])
+    assert len(c.work_units()) == 4 and [r.source_id for r in recs] == [f"cp/episode_{i}" for i in range(7)]
+    for r, ep, g in zip(recs, eps, grey):
+        assert r.task == "cartpole" and r.episode_return == pytest.approx(ep["rewards"].sum())
+        rgb = np.repeat(g[..., None], 3, axis=3).astype(np.uint8)
+        check_record(r, {"continuous_observations": ep["observations"][:-1], "image_observations": rgb},
+                     {"discrete_actions": ep["actions"]}, c.spec, c.layout)
+
+
+def test_hf_datasets_directory_with_image_text_and_continuous_columns(tmp_path, sp_model_path, text_tokenizer):
+    import datasets
+    rng = np.random.default_rng(0)
+    words = ["go left", "go right", "pick the red ball", "open the door"]
+    eps = []
+    for n in (3, 5, 4):
+        eps.append({"image_observations": rng.integers(0, 256, (n, 16, 32, 3), dtype=np.uint8),
+                    "text_observations": [words[i % 4] for i in range(n)],
+                    "continuous_observations": rng.normal(0, 3, (n, 5)).astype(np.float32),
+                    "continuous_actions": rng.uniform(-1.2, 1.2, (n, 2)).astype(np.float32),
+                    "rewards": rng.normal(size=n)})
+    features = datasets.Features({
+        "image_observations": datasets.Sequence(datasets.Image()),  # PNG-encoded frames
+        "text_observations": datasets.Sequence(datasets.Value("string")),
+        "continuous_observations": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=5)),
+        "continuous_actions": datasets.Sequence(datasets.Sequence(datasets.Value("float32"))),
+        "rewards": datasets.Sequence(datasets.Value("float64"))})
+    columns = {k: [list(ep[k]) for ep in eps] for k in eps[0]}
+    datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(tmp_path / "toy_hf"))
+    c, recs = convert([tmp_path / "toy_hf"], text_tokenizer=sp_model_path)
+    assert [(f.name, f.kind) for f in c.spec.observations] == [
+        ("text_observations", "text"), ("image_observations", "image"), ("continuous_observations", "continuous")]
+    assert len(recs) == 3
+    for r, ep in zip(recs, eps):
+        obs = {k: ep[k] for k in ("image_observations", "text_observations", "continuous_observations")}
+        check_record(r, obs, {"continuous_actions": ep["continuous_actions"]}, c.spec, c.layout, text_tokenizer)
+
+
+# --- options ---------------------------------------------------------------------------------------
+
+def test_field_kind_and_mu_law_overrides(cartpole):
+    path, eps = cartpole
+    c, recs = convert([path, "--field", "action=continuous", "--mu-law", "obs=off"])
+    assert [(f.kind, f.mu_law) for f in c.spec.observations + c.spec.actions] == [("continuous", False),
+                                                                                   ("continuous", False)]
+    for r, ep in zip(recs, eps):
+        check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, c.layout)
+        q = quantization_error(ep["observations"][:-1], c.layout, False)
+        assert r.field_errors["obs"][0] == pytest.approx(q.max())
+    for bad in (["--field", "nope=discrete"], ["--field", "obs=pixels"], ["--mu-law", "action=on"],
+                ["--mu-law", "obs=maybe"]):
+        with pytest.raises(SystemExit) as e:
+            make_converter(parse([path] + bad))
+        assert e.value.code == 2
+
+
+def test_ignored_fields_and_text_needs_a_tokenizer(tmp_path):
+    t = pa.table({"text_observations": [["hi", "there"]], "continuous_observations": [[[0.5], [0.25]]],
+                  "discrete_actions": [[1, 2]], "rewards": [[1.0, 2.0]]})
+    pq.write_table(t, tmp_path / "t.parquet")
+    with pytest.raises(SystemExit):
+        make_converter(parse([tmp_path / "t.parquet"]))
+    c, recs = convert([tmp_path / "t.parquet", "--field", "text_observations=ignore"])
+    assert [f.name for f in c.spec.observations] == ["continuous_observations"] and recs[0].episode_return == 3.0
+
+
+def test_return_filters(tmp_path):
+    eps = rollouts(gym.make("CartPole-v1"), 8, 40, seed=31)
+    returns = [ep["rewards"].sum() for ep in eps]
+    path = write_d4rl(tmp_path / "cp.hdf5", eps)
+    _, recs = convert([path, "--min-return", "20"])
+    assert [r.source_id for r in recs] == [f"cp/episode_{i}" for i, x in enumerate(returns) if x >= 20]
+    _, recs = convert([path, "--min-return-fraction", "0.8"])
+    kept = [i for i, x in enumerate(returns) if x >= 0.8 * max(returns)]
+    assert [r.source_id for r in recs] == [f"cp/episode_{i}" for i in kept] and 0 < len(kept) < 8
+
+
+def test_converter_pickles_for_worker_processes(cartpole):
+    path, _ = cartpole
+    c = make_converter(parse([path, "--episodes-per-unit", "2"]))
+    c2 = pickle.loads(pickle.dumps(c))
+    assert c2.work_units() == c.work_units()
+    a = [r.row.tokens for u in c.work_units() for r in c.convert_unit(u)]
+    b = [r.row.tokens for u in c2.work_units() for r in c2.convert_unit(u)]
+    assert len(a) == 5 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_disjoint_layout_and_small_text_vocab(cartpole):
+    path, eps = cartpole
+    layout = VocabLayout(text_vocab_size=512, profile="disjoint")
+    c, recs = convert([path], layout=layout)
+    assert c.layout is layout
+    for r, ep in zip(recs, eps):
+        check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, layout)
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+def bad_d4rl(tmp_path, edit) -> tuple[Path, list]:
+    eps = rollouts(gym.make("CartPole-v1"), 4, 20, seed=41)
+    path = write_d4rl(tmp_path / "bad.hdf5", eps)
+    with h5py.File(path, "a") as f:
+        edit(f, eps)
+    return path, eps
+
+
+@pytest.mark.parametrize("value,word", [(np.nan, "NaN"), (np.inf, "infinite")])
+def test_nan_or_inf_observation_names_file_episode_step_and_field(tmp_path, value, word):
+    def edit(f, eps):
+        obs = f["observations"][()]
+        obs[len(eps[0]["actions"]) + 3, 2] = value  # episode 1, step 3, index 2
+        f["observations"][...] = obs
+    path, eps = bad_d4rl(tmp_path, edit)
+    c, recs = convert([path])
+    bad = [r for r in recs if r.skip_reason]
+    assert [r.source_id for r in bad] == ["bad/episode_1"] and bad[0].row is None
+    msg = bad[0].skip_reason
+    assert msg.startswith(f"{path}: bad/episode_1: field 'obs': {word} value at step 3 index 2") and "\n" not in msg
+    assert [r.source_id for r in recs if r.row is not None] == ["bad/episode_0", "bad/episode_2", "bad/episode_3"]
+
+
+def test_discrete_values_outside_the_range_are_refused(tmp_path):
+    t = pa.table({"continuous_observations": [[[0.1], [0.2]], [[0.1], [0.2], [0.3]], [[0.5]]],
+                  "discrete_actions": [[1, 1024], [0, -1, 3], [7]], "rewards": [[0.0, 1.0], [1.0, 1.0, 1.0], [2.0]]})
+    pq.write_table(t, tmp_path / "d.parquet")
+    _, recs = convert([tmp_path / "d.parquet"])
+    assert [r.skip_reason is None for r in recs] == [False, False, True]
+    assert "d/episode_0: field 'discrete_actions': discrete value outside [0, 1024) at step 1" in recs[0].skip_reason
+    assert "d/episode_1: field 'discrete_actions': discrete value outside [0, 1024) at step 1" in recs[1].skip_reason
+
+
+def test_episodes_whose_arrays_disagree_in_length_or_are_empty(tmp_path):
+    t = pa.table({"continuous_observations": [[[0.1], [0.2]], [[0.1], [0.2]], [], [[0.3]]],
+                  "discrete_actions": [[1], [0, 1], [], [2]], "rewards": [[0.0, 1.0], [1.0], [], [1.0]]})
+    pq.write_table(t, tmp_path / "l.parquet")
+    _, recs = convert([tmp_path / "l.parquet"])
+    reasons = [r.skip_reason for r in recs]
+    assert "episode arrays disagree in length" in reasons[0] and "'discrete_actions'" in reasons[0]
+    assert "episode arrays disagree in length: 'rewards' has 1 steps" in reasons[1]
+    assert reasons[2].endswith("l/episode_2: empty episode (0 steps)")
+    assert reasons[3] is None and recs[3].row is not None
+
+
+def test_minari_episode_with_too_few_observations(minari_root):
+    env = gym.make("CartPole-v1")
+    eps = rollouts(env, 2, 10, seed=51)
+    eps[1]["observations"] = eps[1]["observations"][:-1]  # no final observation
+    _, recs = convert([make_minari("cartpole/short-v0", env, eps)])
+    assert recs[0].skip_reason is None
+    assert "cartpole/short-v0/episode_1: episode arrays disagree in length: observation 'obs'" in recs[1].skip_reason
+
+
+def test_d4rl_arrays_of_different_lengths_are_refused(tmp_path):
+    def edit(f, eps):
+        a = f["actions"][()]
+        del f["actions"]
+        f["actions"] = a[:-1]
+    path, _ = bad_d4rl(tmp_path, edit)
+    with pytest.raises(SourceError, match=r"bad.hdf5: step arrays disagree in length: 'actions'"):
+        make_converter(parse([path]))
+
+
+def test_truncated_hdf5_files_are_one_line_errors_naming_the_file(tmp_path, cartpole):
+    eps = rollouts(gym.make("CartPole-v1"), 4, 20)
+    data = write_d4rl(tmp_path / "full.hdf5", eps).read_bytes()
+    (tmp_path / "cut.hdf5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError) as e:
+        make_converter(parse([tmp_path / "cut.hdf5"]))
+    assert str(e.value).startswith(f"{tmp_path / 'cut.hdf5'}: ") and "\n" not in str(e.value)
+    # a Minari dataset whose main file is cut
+    import shutil
+    src, _ = cartpole
+    shutil.copytree(src, tmp_path / "mcut")
+    main = tmp_path / "mcut" / "data" / "main_data.hdf5"
+    main.write_bytes(main.read_bytes()[:2000])
+    with pytest.raises(SourceError) as e:
+        make_converter(parse([tmp_path / "mcut"]))
+    assert str(e.value).startswith(f"{main}: not a readable HDF5 file")
+
+
+def test_unknown_inputs_are_one_line_errors(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "empty").mkdir()
+    for p, msg in ((tmp_path / "x.csv", "unknown RL file type"), (tmp_path / "empty", "not a Minari dataset"),
+                   (tmp_path / "nope.hdf5", "no such file")):
+        with pytest.raises(SourceError, match=msg):
+            make_converter(parse([p]))
