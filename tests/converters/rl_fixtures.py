@@ -134,9 +134,13 @@ def assert_step_close(name: str, kind: str, is_obs: bool, mu: bool, got, want, n
 
 def check_record(record, obs: dict, act: dict, spec, layout, tok=None):
     """Decode a record's row and compare every step of every field with the inputs."""
-    steps = decode_episode(record.row, spec, layout, tok)
-    n = len(next(iter(obs.values())))
-    assert len(steps) == n == record.num_steps
+    assert record.num_steps == len(next(iter(obs.values())))
+    check_row(record.row, obs, act, spec, layout, tok)
+
+
+def check_row(row, obs: dict, act: dict, spec, layout, tok=None):
+    steps = decode_episode(row, spec, layout, tok)
+    assert len(steps) == len(next(iter(obs.values())))
     for t, (o, a) in enumerate(steps):
         for f in spec.observations:
             assert_step_close(f.name, f.kind, True, f.mu_law, o[f.name], np.asarray(obs[f.name][t]) if f.kind != "text"

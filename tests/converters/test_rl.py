@@ -18,7 +18,7 @@ import pytest
 from converters.base import SourceError
 from converters.rl import RLConverter, add_arguments, make_converter
 from converters.rl_sources.hdf5 import FlatHDF5Source
-from rl_fixtures import (DictObs, PixelObs, check_record, episode_table, make_minari, rollouts, write_d4rl)
+from rl_fixtures import (DictObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.values import quantization_error
 
@@ -367,3 +367,86 @@ def test_unknown_inputs_are_one_line_errors(tmp_path):
                    (tmp_path / "nope.hdf5", "no such file")):
         with pytest.raises(SourceError, match=msg):
             make_converter(parse([p]))
+
+
+# --- end to end: gato-tokenize rl ... --out DIR ----------------------------------------------------
+
+def tokenize(argv, capsys) -> tuple[int, str]:
+    from converters.cli import main
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def shard_table(out: Path) -> pa.Table:
+    from schemas.shard import open_shard
+    return pa.concat_tables([open_shard(s) for s in sorted(out.glob("shard-*.arrow"))])
+
+
+def test_cli_converts_minari_and_d4rl_into_verified_shards(tmp_path, cartpole, capsys):
+    from schemas.shard import row_from_table
+    from tokenizer_kit.sequence import EpisodeSpec
+    mpath, meps = cartpole
+    deps = rollouts(gym.make("CartPole-v1"), 3, 30, seed=61)
+    dpath = write_d4rl(tmp_path / "cartpole-d4rl.hdf5", deps)
+    out = tmp_path / "out"
+    code, err = tokenize(["rl", "cartpole/random-v0", dpath, "--out", out, "--no-progress",
+                          "--episodes-per-unit", "2", "--text-vocab-size", "1000"], capsys)
+    assert code == 0, err
+    assert tokenize(["verify", out], capsys)[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec, layout = EpisodeSpec.from_dict(manifest["episode_spec"]), VocabLayout.from_dict(manifest["layout"])
+    assert manifest["converter"] == "rl" and layout.text_vocab_size == 1000
+    assert manifest["stats"]["rows_per_task"] == {"cartpole-d4rl": 3, "cartpole/random-v0": 5}
+    t = shard_table(out)
+    assert t.column("source_id").to_pylist() == ([f"cartpole/random-v0/episode_{i}" for i in range(5)]
+                                                 + [f"cartpole-d4rl/episode_{i}" for i in range(3)])
+    for i, ep in enumerate(meps + deps):
+        row = row_from_table(t, i)
+        assert t.column("num_steps")[i].as_py() == len(ep["actions"])
+        assert t.column("episode_return")[i].as_py() == pytest.approx(ep["rewards"].sum())
+        check_row(row, obs_of(ep), {"action": ep["actions"]}, spec, layout)
+    errors = manifest["stats"]["field_errors"]["obs"]
+    assert errors["count"] == 4 * sum(len(ep["actions"]) for ep in meps + deps) and 0 < errors["max"] < 0.05
+
+
+@pytest.mark.slow
+def test_cli_output_is_identical_with_two_workers(tmp_path, cartpole, capsys):
+    path, _ = cartpole
+    for n in (1, 2):
+        code, err = tokenize(["rl", path, "--out", tmp_path / f"w{n}", "--no-progress", "--episodes-per-unit", "1",
+                              "--workers", n], capsys)
+        assert code == 0, err
+    assert (tmp_path / "w1" / "shard-00000.arrow").read_bytes() == (tmp_path / "w2" / "shard-00000.arrow").read_bytes()
+
+
+def test_cli_bad_episode_fails_with_one_line_or_is_skipped_and_listed(tmp_path, capsys):
+    def edit(f, eps):
+        obs = f["observations"][()]
+        obs[len(eps[0]["actions"]) + 3, 2] = np.nan
+        f["observations"][...] = obs
+    path, _ = bad_d4rl(tmp_path, edit)
+    code, err = tokenize(["rl", path, "--out", tmp_path / "fail", "--no-progress"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1
+    assert lines[0].split(": error: ", 1)[1] == f"{path}: bad/episode_1: field 'obs': NaN value at step 3 index 2 (value nan)"
+    assert not (tmp_path / "fail" / "manifest.json").exists() and not list((tmp_path / "fail").glob("shard-*"))
+    code, err = tokenize(["rl", path, "--out", tmp_path / "skip", "--no-progress", "--on-error", "skip"], capsys)
+    assert code == 0, err
+    assert shard_table(tmp_path / "skip").column("source_id").to_pylist() == [
+        "bad/episode_0", "bad/episode_2", "bad/episode_3"]
+    skipped = json.loads((tmp_path / "skip" / "manifest.json").read_text())["skipped"]
+    assert [s["source"] for s in skipped] == ["bad/episode_1"] and "step 3" in skipped[0]["reason"]
+
+
+def test_cli_truncated_file_exits_1_and_usage_errors_exit_2(tmp_path, capsys):
+    data = write_d4rl(tmp_path / "full.hdf5", rollouts(gym.make("CartPole-v1"), 2, 20)).read_bytes()
+    (tmp_path / "cut.hdf5").write_bytes(data[:3000])
+    code, err = tokenize(["rl", tmp_path / "cut.hdf5", "--out", tmp_path / "o", "--no-progress"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.strip().split(": error: ", 1)[1].startswith(f"{tmp_path / 'cut.hdf5'}: not a readable HDF5 file")
+    for bad in (["--field", "obs/nope=discrete"], ["--mu-law", "obs=sometimes"], ["--field", "obs"]):
+        code, err = tokenize(["rl", tmp_path / "full.hdf5", "--out", tmp_path / "o2", "--no-progress"] + bad, capsys)
+        assert code == 2 and bad[0] in err, err
