@@ -22,8 +22,11 @@ def to_rgb_array(image, field: str = "image") -> np.ndarray:
             raise TokenizeError(f"field {field!r}: image has 0 pixels ({image.width}x{image.height})")
         if image.width * image.height > MAX_PIXELS:
             raise TokenizeError(f"field {field!r}: image of {image.width}x{image.height} pixels exceeds {MAX_PIXELS}")
+        if image.mode in ("I", "F") or image.mode.startswith("I;"):
+            raise TokenizeError(f"field {field!r}: image mode {image.mode} has more than 8 bits per channel; "
+                                "convert it to 8 bits first")
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = image.convert("RGB")  # grey, palette, RGBA (alpha dropped), CMYK, ...
         return np.asarray(image, dtype=np.uint8)
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -45,13 +48,24 @@ def to_rgb_array(image, field: str = "image") -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
+def _check_policy(policy: str) -> None:
+    if policy not in FIT_POLICIES:
+        raise TokenizeError(f"unknown image fit policy {policy!r}; expected one of {', '.join(FIT_POLICIES)}")
+
+
 def fitted_size(height: int, width: int, policy: str = "resize", patch: int = 16) -> tuple[int, int]:
-    """(H, W) that an image of this size becomes: nearest multiple of `patch` (resize) or next (pad)."""
+    """(H, W) that an image of this size becomes: nearest multiple of `patch` (resize, halves
+    round up, at least one patch) or the next multiple (pad)."""
+    _check_policy(policy)
     if policy == "resize":
-        return max(patch, round(height / patch) * patch), max(patch, round(width / patch) * patch)
-    if policy == "pad":
-        return -(-height // patch) * patch, -(-width // patch) * patch
-    raise TokenizeError(f"unknown image fit policy {policy!r}; expected one of {', '.join(FIT_POLICIES)}")
+        return (max(patch, (height + patch // 2) // patch * patch),
+                max(patch, (width + patch // 2) // patch * patch))
+    return -(-height // patch) * patch, -(-width // patch) * patch
+
+
+def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    # PIL's bilinear filter widens its support when shrinking, so downscaling is antialiased.
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR), dtype=np.uint8)
 
 
 def fit_image(rgb: np.ndarray, policy: str = "resize", size: tuple[int, int] | None = None,
@@ -59,26 +73,32 @@ def fit_image(rgb: np.ndarray, policy: str = "resize", size: tuple[int, int] | N
     """Make H and W multiples of `patch`: resize (bilinear) or zero-pad bottom/right.
 
     `size` (H, W) forces a target size (must be multiples of `patch`), as converters do to give
-    every image of a dataset the same number of patches.
+    every image of a dataset the same number of patches. With policy `pad` the aspect ratio is
+    kept: an image larger than `size` is first scaled down to fit inside it, then padded.
     """
+    _check_policy(policy)
     h, w = rgb.shape[:2]
-    th, tw = size if size is not None else fitted_size(h, w, policy, patch)
-    if th % patch or tw % patch:
-        raise TokenizeError(f"image size {th}x{tw} is not a multiple of the patch size {patch}")
+    th, tw = (int(size[0]), int(size[1])) if size is not None else fitted_size(h, w, policy, patch)
+    if th <= 0 or tw <= 0 or th % patch or tw % patch:
+        raise TokenizeError(f"image size {th}x{tw} is not a positive multiple of the patch size {patch}")
     if (th, tw) == (h, w):
         return rgb
-    if policy == "pad" and size is None:
-        out = np.zeros((th, tw, 3), dtype=np.uint8)
-        out[:h, :w] = rgb
-        return out
-    if policy not in FIT_POLICIES:
-        raise TokenizeError(f"unknown image fit policy {policy!r}; expected one of {', '.join(FIT_POLICIES)}")
-    return np.asarray(Image.fromarray(rgb).resize((tw, th), Image.BILINEAR), dtype=np.uint8)
+    if policy == "resize":
+        return _resize(rgb, th, tw)
+    if h > th or w > tw:
+        scale = min(th / h, tw / w)
+        h, w = max(1, min(th, round(h * scale))), max(1, min(tw, round(w * scale)))
+        rgb = _resize(rgb, h, w)
+    out = np.zeros((th, tw, 3), dtype=np.uint8)
+    out[:h, :w] = rgb
+    return out
 
 
 def patchify(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
     """(..., H, W, 3) uint8 -> (..., N, patch*patch*3) in raster order (row by row, left to right)."""
     *lead, h, w, c = rgb.shape
+    if h % patch or w % patch:
+        raise TokenizeError(f"image of {h}x{w} pixels is not a multiple of the patch size {patch}; fit it first")
     gh, gw = h // patch, w // patch
     x = rgb.reshape(*lead, gh, patch, gw, patch, c)
     nl = len(lead)
@@ -125,19 +145,33 @@ def image_to_patches(image, policy: str = "resize", size: tuple[int, int] | None
     return patchify(rgb, patch), patch_positions(rgb.shape[0], rgb.shape[1], patch, bins)
 
 
-def image_grids(patch_pos: np.ndarray) -> list[tuple[int, int, int]]:
+def image_grids(patch_pos: np.ndarray, bins: int = 128) -> list[tuple[int, int, int]]:
     """Split a row's patches into images: (first patch index, grid rows, grid cols) each.
 
-    An image starts wherever a patch begins at row bin 0 and column bin 0, so rows are
-    self-describing without side data.
+    Rows are self-describing without side data: a grid row starts at a patch whose column
+    interval starts at 0 right after a patch whose column interval ends at `bins`; an image starts
+    at such a patch whose row interval starts at 0 right after one whose row interval ends at
+    `bins`. (Tests on `from == 0` alone fail for images over 2048 pixels, whose first bins are
+    shared by several patches.)
     """
-    pos = np.asarray(patch_pos).reshape(-1, 4)
-    starts = np.flatnonzero((pos[:, 0] == 0) & (pos[:, 2] == 0))
+    pos = np.asarray(patch_pos).reshape(-1, 4).astype(np.int64)
+    n = len(pos)
+    if n == 0:
+        return []
+    row_start = np.ones(n, bool)
+    row_start[1:] = (pos[1:, 2] == 0) & (pos[:-1, 3] == bins)
+    image_start = row_start.copy()
+    image_start[1:] &= (pos[1:, 0] == 0) & (pos[:-1, 1] == bins)
+    starts = np.flatnonzero(image_start)
+    rows = np.flatnonzero(row_start)
     out = []
-    for i, s in enumerate(starts):
-        e = starts[i + 1] if i + 1 < len(starts) else len(pos)
-        gw = int(np.count_nonzero(pos[s:e, 0] == 0))
-        out.append((int(s), (e - s) // max(gw, 1), gw))
+    for s, e in zip(starts, list(starts[1:]) + [n]):
+        s, e = int(s), int(e)
+        first_rows = rows[(rows >= s) & (rows < e)]
+        gw = int(first_rows[1] - s) if len(first_rows) > 1 else e - s
+        if (e - s) % gw:
+            raise TokenizeError(f"patches {s}..{e - 1} do not form a grid of {gw} columns")
+        out.append((s, (e - s) // gw, gw))
     return out
 
 

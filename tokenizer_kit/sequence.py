@@ -6,14 +6,14 @@ per-step count, and one vectorised scatter places all fields into the row at onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from .errors import TokenizeError
-from .images import image_grids, image_to_patches, patchify, patch_positions, fit_image, to_rgb_array
-from .layout import (CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout)
+from .images import FIT_POLICIES, image_grids, image_to_patches, patch_positions, patchify, unpatchify
+from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 from .values import continuous_to_tokens, discrete_to_tokens, tokens_to_continuous, tokens_to_discrete
 
 KINDS = ("text", "image", "discrete", "continuous")
@@ -38,8 +38,15 @@ class FieldSpec:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise TokenizeError(f"field {self.name!r}: unknown kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        if self.fit not in FIT_POLICIES:
+            raise TokenizeError(f"field {self.name!r}: unknown image fit policy {self.fit!r}; "
+                                f"expected one of {', '.join(FIT_POLICIES)}")
         if self.shape is not None:
-            object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+            shape = tuple(int(s) for s in self.shape)
+            if any(s < 0 for s in shape) or (self.kind == "image" and (len(shape) != 2 or 0 in shape)):
+                what = "an image size (H, W)" if self.kind == "image" else "a shape"
+                raise TokenizeError(f"field {self.name!r}: {shape} is not {what}")
+            object.__setattr__(self, "shape", shape)
 
     @property
     def size(self) -> int:
@@ -115,13 +122,12 @@ class _Block:
     patch_pos: np.ndarray | None = None
 
 
-def _steps_of(name: str, value) -> int:
-    return len(value)
-
-
-def _text_block(f: FieldSpec, values, tok, observation: bool) -> _Block:
+def _text_block(f: FieldSpec, values, tok, layout: VocabLayout, observation: bool) -> _Block:
     if tok is None:
         raise TokenizeError(f"field {f.name!r}: text fields need a SentencePiece model (--text-tokenizer)")
+    if tok.eos_id != layout.eos_id or tok.vocab_size > layout.text_vocab_size:
+        raise TokenizeError(f"field {f.name!r}: the SentencePiece model (vocab {tok.vocab_size}, eos {tok.eos_id}) "
+                            f"does not match the layout (T={layout.text_vocab_size}, eos {layout.eos_id})")
     texts = []
     for t, v in enumerate(values):
         if isinstance(v, bytes):
@@ -164,8 +170,11 @@ def _image_block(f: FieldSpec, values, layout: VocabLayout) -> _Block:
 
 
 def _tensor_block(f: FieldSpec, values, layout: VocabLayout, observation: bool, steps: int) -> _Block:
-    arr = np.asarray(values)
-    if arr.dtype == object:
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # numpy refuses ragged nested lists
+        arr = None
+    if arr is None or arr.dtype == object:
         raise TokenizeError(f"field {f.name!r}: ragged or non-numeric values")
     arr = arr.reshape(steps, -1) if arr.size or steps == 0 else arr.reshape(steps, 0)
     if f.shape is not None and arr.shape[1] != f.size:
@@ -204,7 +213,11 @@ def build_episode(observations: Mapping, actions: Mapping | None, spec: EpisodeS
         if missing:
             raise TokenizeError(f"{what} field {missing[0]!r} is missing (has {sorted(values)})")
         for f in specs:
-            n = len(values[f.name])
+            try:
+                n = len(values[f.name])
+            except TypeError:
+                raise TokenizeError(f"{what} field {f.name!r}: expected one entry per step, got "
+                                    f"{type(values[f.name]).__name__}") from None
             if steps is None:
                 steps = n
             elif n != steps:
@@ -217,7 +230,7 @@ def build_episode(observations: Mapping, actions: Mapping | None, spec: EpisodeS
     for f in spec.observations:
         v = observations[f.name]
         if f.kind == "text":
-            blocks.append(_text_block(f, v, text_tokenizer, True))
+            blocks.append(_text_block(f, v, text_tokenizer, layout, True))
         elif f.kind == "image":
             blocks.append(_image_block(f, v, layout))
         else:
@@ -227,7 +240,7 @@ def build_episode(observations: Mapping, actions: Mapping | None, spec: EpisodeS
         for f in spec.actions:
             v = actions[f.name]
             if f.kind == "text":
-                blocks.append(_text_block(f, v, text_tokenizer, False))
+                blocks.append(_text_block(f, v, text_tokenizer, layout, False))
             else:
                 blocks.append(_tensor_block(f, v, layout, False, steps))
     return _assemble(blocks, steps, layout, spec.action_local_pos)
@@ -304,25 +317,27 @@ def _check_text_ids(ids: np.ndarray, layout: VocabLayout) -> None:
 
 # --- the inverse -------------------------------------------------------------------------------
 
-def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLayout, tok, is_obs: bool):
+def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLayout, tok, is_obs: bool,
+                grids: dict[int, tuple[int, int]]):
     """Decode one field starting at token `pos`; return (value, next pos, next patch index)."""
     if f.kind == "text":
-        end = pos
-        while end < len(row.tokens) and row.tokens[end] != layout.eos_id:
-            end += 1
+        ends = np.flatnonzero(row.tokens[pos:] == layout.eos_id) if layout.eos_id >= 0 else ()
+        if len(ends) == 0:
+            raise TokenizeError(f"field {f.name!r}: no end-of-text after token {pos}")
+        end = pos + int(ends[0])
         ids = row.tokens[pos:end]
         value = tok.decode(ids) if tok is not None else ids.copy()
         return value, end + 1, patch_i
     if f.kind == "image":
-        grids = [g for g in image_grids(row.patch_pos) if g[0] == patch_i]
-        if not grids:
+        if patch_i not in grids:
             raise TokenizeError(f"field {f.name!r}: no image starts at patch {patch_i}")
-        _, gh, gw = grids[0]
+        gh, gw = grids[patch_i]
         n = gh * gw
-        from .images import unpatchify
         return unpatchify(row.patches[patch_i:patch_i + n], (gh, gw), layout.patch_size), pos + n, patch_i + n
     n = f.size
     ids = row.tokens[pos:pos + n]
+    if len(ids) != n:
+        raise TokenizeError(f"field {f.name!r}: row ends inside the field (token {pos}, {n} expected)")
     if f.kind == "discrete":
         value = tokens_to_discrete(ids, layout)
     else:
@@ -331,21 +346,27 @@ def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLay
 
 
 def decode_episode(row: Row, spec: EpisodeSpec, layout: VocabLayout, text_tokenizer=None) -> list[tuple[dict, dict]]:
-    """Row -> [(observation dict, action dict) per step]; values de-quantised to bin centres."""
+    """Row -> [(observation dict, action dict) per step]; values de-quantised to bin centres.
+
+    The inverse of `build_episode` up to quantisation (for inspection and tests, not the hot path).
+    Steps without action tokens (as built with `actions=None`) decode to an empty action dict.
+    """
+    grids = {s: (gh, gw) for s, gh, gw in image_grids(row.patch_pos, layout.position_bins)}
     steps = []
     patch_i = 0
-    bounds = list(row.step_starts) + [len(row.tokens)]
+    bounds = [int(b) for b in row.step_starts] + [len(row.tokens)]
     for t in range(len(row.step_starts)):
-        pos = int(bounds[t])
+        pos = bounds[t]
         obs, act = {}, {}
         for f in spec.observations:
-            obs[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, True)
-        if row.tokens[pos] != layout.separator_id:
-            raise TokenizeError(f"step {t}: expected the separator at token {pos}, found id {row.tokens[pos]}")
+            obs[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, True, grids)
+        if pos >= bounds[t + 1] or row.tokens[pos] != layout.separator_id:
+            found = f"id {int(row.tokens[pos])}" if pos < len(row.tokens) else "the end of the row"
+            raise TokenizeError(f"step {t}: expected the separator at token {pos}, found {found}")
         pos += 1
         if pos < bounds[t + 1]:
             for f in spec.actions:
-                act[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, False)
+                act[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, False, grids)
         if pos != bounds[t + 1]:
             raise TokenizeError(f"step {t}: fields end at token {pos}, the step at {bounds[t + 1]}")
         steps.append((obs, act))
@@ -354,9 +375,8 @@ def decode_episode(row: Row, spec: EpisodeSpec, layout: VocabLayout, text_tokeni
 
 def decode_caption(row: Row, layout: VocabLayout, text_tokenizer=None) -> tuple[list[np.ndarray], object]:
     """Row of an image-caption pair -> (images, caption text or ids)."""
-    from .images import unpatchify
     images = [unpatchify(row.patches[s:s + gh * gw], (gh, gw), layout.patch_size)
-              for s, gh, gw in image_grids(row.patch_pos)]
+              for s, gh, gw in image_grids(row.patch_pos, layout.position_bins)]
     ids = row.tokens[row.tokens >= 0]
     ids = ids[ids != layout.eos_id]
     return images, (text_tokenizer.decode(ids) if text_tokenizer is not None else ids)
