@@ -558,6 +558,18 @@ class GatoLoader:
             self._consumed += 1
             yield batch
 
+    def trace(self, num_samples: int, reader: int = 0) -> list[tuple[Sample, int, list[Part]]]:
+        """The first samples of a reader as (sample, directory index, row parts), for inspection:
+        the same pure function the batches come from; the loader's own position is untouched."""
+        streams = _Streams(self.stream, reader, _fresh_state(len(self.sources)))
+        out = []
+        while len(out) < num_samples:
+            s = self.stream.sample(streams, reader)
+            if s is None:
+                break
+            out.append(s)
+        return out
+
     def state_dict(self) -> dict:
         """Counters only (plain Python types): loads with torch.load(weights_only=True)."""
         s = self.stream

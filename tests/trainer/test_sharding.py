@@ -1,0 +1,51 @@
+"""The row split: every row once per epoch across ranks and workers, whatever their numbers."""
+
+import numpy as np
+import pytest
+
+from trainer.sharding import assign_rows, global_row, locate_rows, num_readers, reader_index
+
+SHARDS = [7, 0, 13, 5, 1]  # an empty shard and a one-row shard on purpose
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_readers_partition_the_rows(world_size, num_workers, epoch):
+    parts = [assign_rows(SHARDS, r, world_size, w, num_workers, epoch, seed=11)
+             for r in range(world_size) for w in range(max(1, num_workers))]
+    allrows = np.concatenate(parts)
+    assert len(allrows) == sum(SHARDS)  # nothing dropped ...
+    assert sorted(allrows.tolist()) == list(range(sum(SHARDS)))  # ... nothing twice
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1  # balanced
+
+
+def test_epochs_reshuffle_and_seed_is_deterministic():
+    a0 = assign_rows(SHARDS, 0, 2, 1, 2, epoch=0, seed=5)
+    a1 = assign_rows(SHARDS, 0, 2, 1, 2, epoch=1, seed=5)
+    b0 = assign_rows(SHARDS, 0, 2, 1, 2, epoch=0, seed=6)
+    assert np.array_equal(a0, assign_rows(SHARDS, 0, 2, 1, 2, epoch=0, seed=5))
+    assert not np.array_equal(a0, a1) and not np.array_equal(a0, b0)
+    ordered = assign_rows(SHARDS, 0, 1, 0, 0, epoch=4, seed=5, shuffle=False)
+    assert ordered.tolist() == list(range(sum(SHARDS)))
+
+
+def test_more_readers_than_rows_gives_some_readers_nothing():
+    parts = [assign_rows([2], r, 3, w, 2, 0, 0) for r in range(3) for w in range(2)]
+    assert sorted(np.concatenate(parts).tolist()) == [0, 1]
+    assert sum(len(p) == 0 for p in parts) == 4
+
+
+def test_reader_numbering_and_row_location():
+    assert num_readers(3, 0) == 3 and num_readers(3, 2) == 6
+    assert [reader_index(r, 2, w, 2) for r in range(2) for w in range(2)] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="rank 2"):
+        reader_index(2, 2, 0, 1)
+    with pytest.raises(ValueError, match="worker 1"):
+        reader_index(0, 2, 1, 0)
+    shard, row = locate_rows(SHARDS, np.array([0, 6, 7, 19, 20, 25]))
+    assert shard.tolist() == [0, 0, 2, 2, 3, 4] and row.tolist() == [0, 6, 0, 12, 0, 0]
+    assert global_row(SHARDS, 3, 2) == 22
+    with pytest.raises(IndexError):
+        locate_rows(SHARDS, np.array([26]))
