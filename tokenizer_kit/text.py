@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -61,8 +62,18 @@ class TextTokenizer:
         return self.encode_batch([text], add_eos)[0]
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids if int(i) != self.eos_id]
-        return self.sp.Decode(ids)
+        """Text of ids (end-of-text dropped); ids outside the model are refused."""
+        return self.decode_batch([ids])[0]
+
+    def decode_batch(self, batch: Sequence[Iterable[int]]) -> list[str]:
+        """Texts of several id sequences at once (end-of-text dropped)."""
+        lists = []
+        for ids in batch:
+            a = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64).reshape(-1)
+            if a.size and (a.min() < 0 or a.max() >= self.vocab_size):
+                raise TokenizeError(f"text id outside [0, {self.vocab_size}) of SentencePiece model {self.path}")
+            lists.append(a[a != self.eos_id].tolist())
+        return self.sp.Decode(lists, num_threads=self.num_threads)
 
     def __getstate__(self):  # picklable for worker processes: reload from the file
         return {"path": str(self.path), "num_threads": self.num_threads}
@@ -71,23 +82,39 @@ class TextTokenizer:
         self.__init__(state["path"], state["num_threads"])
 
 
+MODEL_TYPES = ("bpe", "unigram", "char", "word")
+
+
+def _spm_reason(e: Exception) -> str:
+    """SentencePiece's `INTERNAL: file.cc(467) [check] message` as one readable line."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    m = re.match(r"^\w+: \S+\(\d+\) \[(.*?)\]\s*(.*)$", line)
+    if not m:
+        return line
+    if m.group(1) == "!sentences_.empty()":
+        return "the input holds no text"
+    return m.group(2) or m.group(1)
+
+
 def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, out: str | os.PathLike,
                     model_type: str = "bpe", character_coverage: float = 0.9995,
                     max_sentences: int = 2_000_000, num_threads: int = 2) -> Path:
     """Train a SentencePiece model on text files (one sentence per line); writes OUT (.model).
 
     The model gets unk=0, bos=1, eos=2, pad=-1, byte fallback so any text encodes losslessly.
-    Written under a temporary prefix and renamed, so OUT never exists half-written.
+    Written under a temporary name and renamed, so OUT never exists half-written.
     """
     out = Path(out)
+    if model_type not in MODEL_TYPES:
+        raise TokenizeError(f"unknown SentencePiece model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
     if vocab_size < 16:
         raise TokenizeError(f"vocab size {vocab_size} is too small for SentencePiece")
+    if not inputs:
+        raise TokenizeError("no text files to train the tokenizer on")
     for p in inputs:
         if not Path(p).is_file():
             raise TokenizeError(f"text file not found: {p}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    prefix = out.parent / f".{out.stem}.tmp{os.getpid()}"
-    model_io = io.BytesIO()
+    failure: list[TokenizeError] = []  # SentencePiece turns iterator errors into RuntimeError: keep ours
 
     def sentences():
         for p in inputs:
@@ -98,8 +125,10 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, out: s
                         if line:
                             yield line
                 except UnicodeDecodeError as e:
-                    raise TokenizeError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+                    failure.append(TokenizeError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})"))
+                    raise failure[-1] from None
 
+    model_io = io.BytesIO()
     try:
         spm.SentencePieceTrainer.Train(
             sentence_iterator=sentences(), model_writer=model_io, vocab_size=vocab_size,
@@ -107,8 +136,17 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, out: s
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, input_sentence_size=max_sentences,
             shuffle_input_sentence=True, num_threads=num_threads, minloglevel=2)
     except RuntimeError as e:
-        raise TokenizeError(f"SentencePiece training failed: {str(e).splitlines()[0]}") from None
-    tmp = prefix.with_suffix(".model")
-    tmp.write_bytes(model_io.getvalue())
-    os.replace(tmp, out)
+        if failure:
+            raise failure[0] from None
+        raise TokenizeError(f"SentencePiece training failed: {_spm_reason(e)}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(model_io.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
