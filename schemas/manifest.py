@@ -8,6 +8,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from tokenizer_kit.layout import VocabLayout
 
 from .shard import SCHEMA_VERSION
@@ -18,6 +20,17 @@ TOKENIZER_NAME = "tokenizer.model"
 
 class ManifestError(ValueError):
     """A manifest that is missing, unreadable or of an unknown version."""
+
+
+def _json_default(value):
+    """numpy scalars and arrays (converter statistics) as plain JSON numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 @dataclass
@@ -62,6 +75,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
+        """Parse a manifest dict; an unknown schema version is refused, unknown keys ignored."""
+        if not isinstance(d, dict):
+            raise ManifestError(f"a manifest must be a JSON object, got {type(d).__name__}")
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ManifestError(f"schema version {d.get('schema_version')!r} is not supported "
                                 f"(this gato-kit reads version {SCHEMA_VERSION})")
@@ -70,16 +86,23 @@ class Manifest:
         d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
         return cls(**d)
 
+    def check_layout(self, layout: VocabLayout, what: str = "shards", against: str = "model") -> None:
+        """Refuse (LayoutError naming both) when this directory's layout is not `layout`."""
+        self.vocab_layout.check_same(layout, what, against)
+
     def write(self, directory: str | os.PathLike) -> Path:
-        """Write atomically: temporary file, fsync, rename."""
+        """Write atomically: temporary file, fsync, rename; numpy numbers in stats are fine."""
         path = Path(directory) / MANIFEST_NAME
         tmp = path.with_name(f".{MANIFEST_NAME}.tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        text = json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default) + "\n"
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -92,6 +115,10 @@ class Manifest:
         except (OSError, json.JSONDecodeError) as e:
             raise ManifestError(f"{path}: unreadable manifest ({e})") from None
         try:
-            return cls.from_dict(d)
-        except (TypeError, KeyError) as e:
+            manifest = cls.from_dict(d)
+            VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
+        except ManifestError as e:
+            raise ManifestError(f"{path}: {e}") from None
+        except (TypeError, KeyError, ValueError) as e:
             raise ManifestError(f"{path}: malformed manifest ({e})") from None
+        return manifest

@@ -39,16 +39,25 @@ def shard_schema(rl: bool) -> pa.Schema:
                      metadata={b"gato_kit_schema_version": str(SCHEMA_VERSION).encode()})
 
 
-def _offsets(lengths: Sequence[int]) -> np.ndarray:
+class ShardError(ValueError):
+    """Rows that cannot become a record batch of the shard schema."""
+
+
+def _offsets(lengths: Sequence[int]) -> pa.Array:
+    """int32 list offsets; a batch past 2**31 values would wrap them, so it is refused."""
+    ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
+    if len(ends) and ends[-1] > np.iinfo(np.int32).max:
+        raise ShardError(f"record batch of {int(ends[-1])} values exceeds the int32 list offsets; write smaller batches")
     out = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=out[1:])
-    return out
+    out[1:] = ends
+    return pa.array(out)
 
 
 def _list(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
-    flat = np.concatenate(arrays) if arrays else np.zeros(0)
-    return pa.ListArray.from_arrays(pa.array(_offsets([len(a) for a in arrays])),
-                                    pa.array(flat, type=value_type))
+    """One list column from per-row arrays: one concatenation, no per-element Python."""
+    dtype = value_type.to_pandas_dtype()
+    flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays]) if arrays else np.zeros(0, dtype)
+    return pa.ListArray.from_arrays(_offsets([len(a) for a in arrays]), pa.array(flat.astype(dtype, copy=False)))
 
 
 def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Sequence[str],
@@ -58,6 +67,21 @@ def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Se
     rl = episode_returns is not None
     n = len(rows)
     tasks = [task] * n if isinstance(task, str) else list(task)
+    lists = {"source_ids": list(source_ids), "tasks": tasks}
+    if rl:
+        lists["episode_returns"] = list(episode_returns)
+        if num_steps is not None:
+            lists["num_steps"] = list(num_steps)
+    for name, values in lists.items():
+        if len(values) != n:
+            raise ShardError(f"{len(values)} {name} for {n} rows")
+    for i, r in enumerate(rows):
+        if len(r.loss_mask) != len(r.tokens) or len(r.local_pos) != len(r.tokens) or len(r.modality) != len(r.tokens):
+            raise ShardError(f"row {i} ({lists['source_ids'][i]}): per-token columns differ in length")
+        if np.shape(r.patches)[1:] != (PATCH_BYTES,) or np.shape(r.patch_pos)[1:] != (4,) or \
+                len(r.patches) != len(r.patch_pos):
+            raise ShardError(f"row {i} ({lists['source_ids'][i]}): patches must be (N, {PATCH_BYTES}) with "
+                             f"(N, 4) positions, got {np.shape(r.patches)} and {np.shape(r.patch_pos)}")
     cols = {
         "tokens": _list([r.tokens for r in rows], pa.int32()),
         "loss_mask": _list([r.loss_mask for r in rows], pa.uint8()),
@@ -69,10 +93,10 @@ def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Se
     flat_patches = (np.concatenate([r.patches for r in rows]) if n else np.zeros((0, PATCH_BYTES), np.uint8))
     patch_values = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(PATCH_BYTES), len(flat_patches), [None, pa.py_buffer(np.ascontiguousarray(flat_patches, np.uint8))])
-    cols["patches"] = pa.ListArray.from_arrays(pa.array(_offsets(patch_counts)), patch_values)
+    cols["patches"] = pa.ListArray.from_arrays(_offsets(patch_counts), patch_values)
     flat_pos = np.concatenate([r.patch_pos for r in rows]) if n else np.zeros((0, 4), np.uint8)
     pos_values = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(flat_pos, np.uint8).reshape(-1)), 4)
-    cols["patch_pos"] = pa.ListArray.from_arrays(pa.array(_offsets(patch_counts)), pos_values)
+    cols["patch_pos"] = pa.ListArray.from_arrays(_offsets(patch_counts), pos_values)
     cols["source_id"] = pa.array(list(source_ids), pa.string())
     cols["task"] = pa.array(tasks, pa.string())
     if rl:
@@ -85,27 +109,35 @@ def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Se
 
 def row_from_table(table: pa.Table | pa.RecordBatch, i: int) -> Row:
     """Row i of a shard back to numpy (for inspection and decoding, not for the hot path)."""
-    def flat(name: str) -> pa.Array:
-        return table.column(name)[i].values
+    if not 0 <= i < table.num_rows:
+        raise IndexError(f"row {i} is outside the {table.num_rows} rows of the shard")
 
-    patches = np.frombuffer(flat("patches").buffers()[1], dtype=np.uint8, count=len(flat("patches")) * PATCH_BYTES,
-                            offset=flat("patches").offset * PATCH_BYTES).reshape(-1, PATCH_BYTES) \
-        if len(flat("patches")) else np.zeros((0, PATCH_BYTES), np.uint8)
-    pos = flat("patch_pos")
+    def values(name: str) -> pa.Array:
+        return table.column(name)[i].values  # the row's slice of the flat child array
+
+    def numpy(name: str, dtype) -> np.ndarray:
+        return values(name).to_numpy(zero_copy_only=False).astype(dtype)
+
+    patches = values("patches")  # fixed_size_binary: one buffer of N * 768 bytes
+    flat_patches = np.frombuffer(patches.buffers()[1], dtype=np.uint8, count=len(patches) * PATCH_BYTES,
+                                 offset=patches.offset * PATCH_BYTES) if len(patches) else np.zeros(0, np.uint8)
     return Row(
-        tokens=flat("tokens").to_numpy(zero_copy_only=False).astype(np.int32),
-        loss_mask=flat("loss_mask").to_numpy(zero_copy_only=False).astype(np.uint8),
-        local_pos=flat("local_pos").to_numpy(zero_copy_only=False).astype(np.int16),
-        modality=flat("modality").to_numpy(zero_copy_only=False).astype(np.uint8),
-        step_starts=flat("step_starts").to_numpy(zero_copy_only=False).astype(np.int32),
-        patches=patches.copy(),
-        patch_pos=(pos.flatten().to_numpy(zero_copy_only=False).astype(np.uint8).reshape(-1, 4)
-                   if len(pos) else np.zeros((0, 4), np.uint8)),
+        tokens=numpy("tokens", np.int32),
+        loss_mask=numpy("loss_mask", np.uint8),
+        local_pos=numpy("local_pos", np.int16),
+        modality=numpy("modality", np.uint8),
+        step_starts=numpy("step_starts", np.int32),
+        patches=flat_patches.reshape(-1, PATCH_BYTES).copy(),
+        patch_pos=values("patch_pos").flatten().to_numpy(zero_copy_only=False).astype(np.uint8).reshape(-1, 4),
     )
 
 
 def write_shard(path: str | os.PathLike, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
-    """Write batches as an Arrow IPC stream under a temporary name, fsync, rename. Returns bytes."""
+    """Write batches as an Arrow IPC stream under a temporary name, fsync, rename. Returns bytes.
+
+    If anything fails (the batch iterator included) the temporary file is removed and nothing
+    appears under `path`, so a shard under its final name is always complete.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -116,17 +148,18 @@ def write_shard(path: str | os.PathLike, batches: Iterable[pa.RecordBatch], sche
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path.stat().st_size
 
 
 def open_shard(path: str | os.PathLike) -> pa.Table:
-    """A shard as a memory-mapped table: no copy of the data is made."""
+    """A shard as a memory-mapped table: no copy of the data is made (the mapping lives as long
+    as the table's buffers do)."""
     with pa.memory_map(str(path), "r") as source:
         return pa.ipc.open_stream(source).read_all()
 
 
 def iter_shard_batches(path: str | os.PathLike) -> Iterator[pa.RecordBatch]:
+    """The record batches of a shard one at a time, memory-mapped."""
     with pa.memory_map(str(path), "r") as source:
         yield from pa.ipc.open_stream(source)
