@@ -243,7 +243,46 @@ def build_episode(observations: Mapping, actions: Mapping | None, spec: EpisodeS
                 blocks.append(_text_block(f, v, text_tokenizer, layout, False))
             else:
                 blocks.append(_tensor_block(f, v, layout, False, steps))
+    if all((b.counts == b.counts[0]).all() for b in blocks):
+        return _assemble_uniform(blocks, steps, layout, spec.action_local_pos)
     return _assemble(blocks, steps, layout, spec.action_local_pos)
+
+
+def _assemble_uniform(blocks: list[_Block], steps: int, layout: VocabLayout, action_local_pos: bool) -> Row:
+    """Same row as `_assemble` when every block has one token count in all steps (tensor fields,
+    same-size images: the usual RL episode). The row is then a (steps, step_len) grid that each
+    block fills with one slice assignment, several times faster than scattering by index."""
+    widths = [int(b.counts[0]) for b in blocks]
+    step_len = sum(widths)
+    obs_len = sum(w for b, w in zip(blocks, widths) if b.observation)
+    limit = layout.local_positions - (1 if action_local_pos else 0)
+    if obs_len > limit:
+        raise TokenizeError(f"observation of step 0 has {obs_len} tokens, more than the {limit} local positions")
+    tokens = np.empty((steps, step_len), np.int32)
+    loss = np.empty((steps, step_len), np.uint8)
+    modality = np.empty((steps, step_len), np.uint8)
+    local_pos = np.full((steps, step_len), NO_POSITION, np.int16)
+    off = 0
+    image_blocks = []
+    for b, w in zip(blocks, widths):
+        cols = slice(off, off + w)
+        tokens[:, cols] = b.ids.reshape(steps, w)
+        loss[:, cols] = b.loss
+        modality[:, cols] = b.modality
+        if b.observation:  # observation blocks come first: their offset in the step is their position
+            local_pos[:, cols] = np.arange(off, off + w, dtype=np.int16)
+        elif action_local_pos and b.modality != SEPARATOR:
+            local_pos[:, cols] = layout.local_positions - 1
+        if b.patches is not None:
+            image_blocks.append((b, w))
+        off += w
+    row = Row(tokens.reshape(-1), loss.reshape(-1), local_pos.reshape(-1), modality.reshape(-1),
+              np.arange(steps, dtype=np.int32) * np.int32(step_len))
+    if image_blocks:  # slot order: step by step, blocks in field order within a step
+        row.patches = np.concatenate([b.patches.reshape(steps, w, -1) for b, w in image_blocks], axis=1).reshape(
+            -1, image_blocks[0][0].patches.shape[-1])
+        row.patch_pos = np.concatenate([b.patch_pos.reshape(steps, w, 4) for b, w in image_blocks], axis=1).reshape(-1, 4)
+    return row
 
 
 def _assemble(blocks: list[_Block], steps: int, layout: VocabLayout, action_local_pos: bool) -> Row:

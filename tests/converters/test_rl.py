@@ -450,3 +450,20 @@ def test_cli_truncated_file_exits_1_and_usage_errors_exit_2(tmp_path, capsys):
     for bad in (["--field", "obs/nope=discrete"], ["--mu-law", "obs=sometimes"], ["--field", "obs"]):
         code, err = tokenize(["rl", tmp_path / "full.hdf5", "--out", tmp_path / "o2", "--no-progress"] + bad, capsys)
         assert code == 2 and bad[0] in err, err
+
+
+def test_uniform_episode_assembly_matches_the_general_one(minari_root, monkeypatch):
+    """build_episode's fast path for fixed-size steps (used by RL) gives the general path's rows."""
+    from tokenizer_kit import sequence
+    env = PixelObs(gym.make("CartPole-v1"))
+    eps = rollouts(env, 2, 12, seed=71)
+    path = make_minari("cartpix/uniform-v0", env, eps)
+    layout = VocabLayout(text_vocab_size=2000)
+    fast = [r.row for r in convert([path, "--action-local-pos", "--field", "action=continuous"], layout=layout)[1]]
+    monkeypatch.setattr(sequence, "_assemble_uniform", lambda blocks, *a: sequence._assemble(blocks, *a))
+    slow = [r.row for r in convert([path, "--action-local-pos", "--field", "action=continuous"], layout=layout)[1]]
+    assert len(fast) == 2
+    for a, b in zip(fast, slow):
+        for col in ("tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches", "patch_pos"):
+            x, y = getattr(a, col), getattr(b, col)
+            assert x.dtype == y.dtype and np.array_equal(x, y), col
