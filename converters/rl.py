@@ -53,8 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="episodes per work unit (default 64)")
     g.add_argument("--image-fit", choices=FIT_POLICIES, default="resize",
                    help="image sides that are not multiples of 16: resize (default) or pad")
+    g.add_argument("--image-size", type=_image_size, default=None, metavar="HxW",
+                   help="fit every image observation to HxW pixels (multiples of 16; default: the "
+                        "nearest multiples of 16 of the dataset's frames)")
     g.add_argument("--action-local-pos", action="store_true",
                    help="give action tokens one shared local position (default: none, as in the paper)")
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    try:
+        size = (int(h), int(w or h))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW or N, got {text!r}") from None
+    if min(size) <= 0 or size[0] % 16 or size[1] % 16:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: sides must be positive multiples of the 16-pixel patch")
+    return size
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -104,7 +118,8 @@ def _layout_and_tokenizer(args):
 # --- the spec ----------------------------------------------------------------------------------
 
 def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict[str, str],
-               mu_law: dict[str, bool], image_fit: str = "resize", action_local_pos: bool = False) -> EpisodeSpec:
+               mu_law: dict[str, bool], image_fit: str = "resize", action_local_pos: bool = False,
+               image_size: tuple[int, int] | None = None) -> EpisodeSpec:
     """Fields as the reader found them, with --field and --mu-law overrides applied."""
     def spec(info: FieldInfo, is_obs: bool) -> FieldSpec | None:
         kind = kinds.get(info.name, info.kind)
@@ -114,10 +129,12 @@ def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict
         if kind == "image":
             if not is_obs:
                 _usage(f"field {info.name!r}: actions cannot be images")
-            if shape is None or len(shape) < 2:
-                shape = None
+            if image_size is not None:
+                shape = tuple(image_size)
+            elif shape is None or len(shape) < 2:
+                shape = None  # frames of several sizes: each fitted to its own multiple of 16
             else:  # every step fitted to one size, so all rows of a task have as many patches
-                shape = fitted_size(shape[0], shape[1], image_fit) if image_fit == "resize" else None
+                shape = fitted_size(shape[0], shape[1], image_fit)
         elif kind == "text":
             shape = None
         return FieldSpec(info.name, kind, shape, is_obs and mu_law.get(info.name, True), image_fit)
@@ -306,7 +323,8 @@ def _make_converter(args) -> RLConverter:
         mu_law[name] = value.lower() == "on"
     _check_overrides({**obs, **act}, act, kinds, mu_law)
     fit = getattr(args, "image_fit", "resize")
-    spec = build_spec(obs, act, kinds, mu_law, fit, bool(getattr(args, "action_local_pos", False)))
+    image_size = getattr(args, "image_size", None)
+    spec = build_spec(obs, act, kinds, mu_law, fit, bool(getattr(args, "action_local_pos", False)), image_size)
     text = [f.name for f in spec.observations + spec.actions if f.kind == "text"]
     if text and tok is None:
         _usage(f"field {text[0]!r} is text: pass --text-tokenizer MODEL (or --field {text[0]}=ignore)")

@@ -255,6 +255,14 @@ def test_return_filters(tmp_path):
     _, recs = convert([path, "--min-return-fraction", "0.8"])
     kept = [i for i, x in enumerate(returns) if x >= 0.8 * max(returns)]
     assert [r.source_id for r in recs] == [f"cp/episode_{i}" for i in kept] and 0 < len(kept) < 8
+    _, recs = convert([path, "--min-return-fraction", "0.8", "--min-return", "25"])  # both apply
+    assert [r.source_id for r in recs] == [f"cp/episode_{i}" for i, x in enumerate(returns)
+                                           if x >= max(25, 0.8 * max(returns))]
+    for ep in eps:
+        ep["rewards"] = -ep["rewards"]
+    with pytest.raises(SystemExit) as e:  # a fraction of a negative best return means nothing
+        make_converter(parse([write_d4rl(tmp_path / "neg.hdf5", eps), "--min-return-fraction", "0.8"]))
+    assert e.value.code == 2
 
 
 def test_converter_pickles_for_worker_processes(cartpole):
@@ -467,3 +475,22 @@ def test_uniform_episode_assembly_matches_the_general_one(minari_root, monkeypat
         for col in ("tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches", "patch_pos"):
             x, y = getattr(a, col), getattr(b, col)
             assert x.dtype == y.dtype and np.array_equal(x, y), col
+
+
+def test_frames_that_are_not_multiples_of_16_are_fitted_to_one_size(tmp_path):
+    from tokenizer_kit.images import fit_image
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (n, 20, 36), dtype=np.uint8) for n in (2, 3)]  # grey, 20x36
+    t = pa.table({"image_observations": [f.tolist() for f in frames],
+                  "discrete_actions": [[1, 2], [3, 4, 5]], "rewards": [[1.0, 1.0], [0.0, 0.0, 1.0]]})
+    pq.write_table(t, tmp_path / "g.parquet")
+    for argv, size in (([], (16, 32)), (["--image-fit", "pad"], (32, 48)), (["--image-size", "32x32"], (32, 32))):
+        c, recs = convert([tmp_path / "g.parquet"] + argv)
+        f = c.spec.observations[0]
+        assert (f.kind, f.shape, f.fit) == ("image", size, argv[1] if argv[:1] == ["--image-fit"] else "resize")
+        for r, fr, acts in zip(recs, frames, ([1, 2], [3, 4, 5])):
+            rgb = np.repeat(fr[..., None], 3, axis=3)
+            want = np.stack([fit_image(x, f.fit, size) for x in rgb])
+            check_record(r, {"image_observations": want}, {"discrete_actions": np.array(acts)}, c.spec, c.layout)
+    with pytest.raises(SystemExit):
+        parse([tmp_path / "g.parquet", "--image-size", "20x32"])
