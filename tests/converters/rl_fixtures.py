@@ -147,3 +147,19 @@ def check_row(row, obs: dict, act: dict, spec, layout, tok=None):
                               else obs[f.name][t])
         for f in spec.actions:
             assert_step_close(f.name, f.kind, False, f.mu_law, a[f.name], np.asarray(act[f.name][t]))
+
+
+class MissionObs(gym.ObservationWrapper):
+    """CartPole with a BabyAI-like Dict observation: a text mission and the float state."""
+
+    MISSIONS = ("keep the pole up", "balance the pole", "move the cart left", "move the cart right")
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Dict({
+            "mission": gym.spaces.Text(64, charset="abcdefghijklmnopqrstuvwxyz "),
+            "state": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+        })
+
+    def observation(self, obs):
+        return {"mission": self.MISSIONS[int(abs(obs[0]) * 100) % 4], "state": obs.astype(np.float32)}

@@ -18,7 +18,7 @@ import pytest
 from converters.base import SourceError
 from converters.rl import RLConverter, add_arguments, make_converter
 from converters.rl_sources.hdf5 import FlatHDF5Source
-from rl_fixtures import (DictObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
+from rl_fixtures import (DictObs, MissionObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.values import quantization_error
 
@@ -112,6 +112,19 @@ def test_minari_dict_observations_are_flattened(minari_root, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["hdf5", "arrow"])
+def test_minari_text_observations(minari_root, fmt, sp_model_path, text_tokenizer):
+    env = MissionObs(gym.make("CartPole-v1"))
+    eps = rollouts(env, 2, 15, seed=9)
+    for ep in eps:  # the rollout stacked the strings into a numpy array; minari wants a list
+        ep["observations"]["mission"] = list(ep["observations"]["mission"])
+    c, recs = convert([make_minari(f"cartmission/{fmt}-v0", env, eps, data_format=fmt)], text_tokenizer=sp_model_path)
+    assert [(f.name, f.kind) for f in c.spec.observations] == [("obs/mission", "text"), ("obs/state", "continuous")]
+    for r, ep in zip(recs, eps):
+        assert r.skip_reason is None
+        check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, c.layout, text_tokenizer)
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "arrow"])
 def test_minari_image_observations_are_exact(minari_root, fmt):
     env = PixelObs(gym.make("CartPole-v1"))
     eps = rollouts(env, 2, 12, seed=1)
@@ -162,6 +175,23 @@ def test_d4rl_hdf5_episodes_split_on_terminals_and_timeouts(tmp_path):
         np.testing.assert_array_equal(e.observations["obs"], ep["observations"][:-1].astype(np.float32))
         np.testing.assert_array_equal(e.actions["action"], ep["actions"])
     np.testing.assert_allclose(src.returns(), [ep["rewards"].sum() for ep in eps])
+
+
+def test_d4rl_observation_group_is_a_dict_of_fields(tmp_path):
+    eps = rollouts(gym.make("CartPole-v1"), 3, 25, seed=13)
+    path = write_d4rl(tmp_path / "grouped.hdf5", eps)
+    with h5py.File(path, "a") as f:
+        obs = f["observations"][()]
+        del f["observations"]
+        f["observations/position"] = obs[:, [0, 2]]
+        f["observations/sign"] = (obs[:, [1, 3]] > 0).astype(np.int8)
+    c, recs = convert([path])
+    assert [(f.name, f.kind, f.shape) for f in c.spec.observations] == [
+        ("obs/position", "continuous", (2,)), ("obs/sign", "discrete", (2,))]
+    for r, ep in zip(recs, eps):
+        o = ep["observations"][:-1].astype(np.float32)
+        check_record(r, {"obs/position": o[:, [0, 2]], "obs/sign": (o[:, [1, 3]] > 0).astype(np.int8)},
+                     {"action": ep["actions"]}, c.spec, c.layout)
 
 
 def test_d4rl_last_episode_without_flags_is_kept(tmp_path):
