@@ -204,7 +204,8 @@ class RLConverter:
             src = self.source(i)
             self._input_of[src.path] = i
             n = src.num_episodes()
-            tag = f"{_safe(Path(i).name)}-{hashlib.sha1(os.path.abspath(i).encode()).hexdigest()[:8]}"
+            # the file read, not the input's spelling: a dataset id names the same units from any cwd
+            tag = f"{_safe(Path(i).name)}-{hashlib.sha1(os.path.abspath(src.path).encode()).hexdigest()[:8]}"
             for start in range(0, n, self.episodes_per_unit):
                 stop = min(n, start + self.episodes_per_unit)
                 units.append(WorkUnit(f"{tag}-{start:08d}-{stop:08d}", src.path, start, stop))
