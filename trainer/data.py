@@ -12,6 +12,7 @@ so `GatoLoader.state_dict()` after n batches restarts every reader exactly where
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ class ShardSource:
     # --- opening -------------------------------------------------------------------------------------
     def __getstate__(self):
         d = dict(self.__dict__)
-        for k in ("_tables", "_chunks", "_chunk_start", "_row_task_local"):
+        for k in ("_tables", "_chunks", "_chunk_start", "_chunk_bounds", "_row_task_local", "_recent", "_task_rows"):
             d.pop(k, None)
         d["_pid"] = None
         return d
@@ -172,8 +173,11 @@ class ShardSource:
                 task_codes.append(np.asarray(local, np.int32)[enc.indices.to_numpy()])
         self._tables, self._chunks = tables, chunks
         self._chunk_start = np.asarray(starts, np.int64)
+        self._chunk_bounds = list(starts)  # one int per record batch, for bisect
+        self._recent: dict[int, RowView] = {}
         self._row_task_local = np.concatenate(task_codes) if task_codes else np.zeros(0, np.int32)
         self._local_task_names = names
+        self._task_rows: dict[int, np.ndarray] = {}
         self._pid = os.getpid()
 
     def _ensure_open(self) -> None:
@@ -192,15 +196,24 @@ class ShardSource:
 
     # --- rows ------------------------------------------------------------------------------------------
     def row(self, r: int) -> RowView:
-        self._ensure_open()
-        c = int(np.searchsorted(self._chunk_start, r, side="right")) - 1
+        """Views of row r; the few rows of the current sample are kept, as a sample asks twice."""
+        if self._pid != os.getpid():
+            self._open()
+        hit = self._recent.get(r)
+        if hit is not None:
+            return hit
+        c = bisect.bisect_right(self._chunk_bounds, r) - 1
         ch = self._chunks[c]
-        i = r - int(self._chunk_start[c])
-        a, b = int(ch.tok_off[i]), int(ch.tok_off[i + 1])
-        sa, sb = int(ch.ss_off[i]), int(ch.ss_off[i + 1])
-        pa_, pb = int(ch.pt_off[i]), int(ch.pt_off[i + 1])
-        return RowView(ch.tokens[a:b], ch.loss_mask[a:b], ch.local_pos[a:b], ch.step_starts[sa:sb],
+        i = r - self._chunk_bounds[c]
+        a, b = ch.tok_off[i:i + 2].tolist()
+        sa, sb = ch.ss_off[i:i + 2].tolist()
+        pa_, pb = ch.pt_off[i:i + 2].tolist()
+        view = RowView(ch.tokens[a:b], ch.loss_mask[a:b], ch.local_pos[a:b], ch.step_starts[sa:sb],
                        ch.patches[pa_:pb], ch.patch_pos[pa_:pb])
+        if len(self._recent) >= 16:
+            self._recent.clear()
+        self._recent[r] = view
+        return view
 
     def row_lengths(self) -> np.ndarray:
         self._ensure_open()
@@ -215,10 +228,9 @@ class ShardSource:
         """Sorted ids of the rows of task t (cached per process)."""
         self._ensure_open()
         cache = self.__dict__.setdefault("_task_rows", {})
-        key = (os.getpid(), t)
-        if key not in cache:
-            cache[key] = np.flatnonzero(self._row_task_local == t)
-        return cache[key]
+        if t not in cache:
+            cache[t] = np.flatnonzero(self._row_task_local == t)
+        return cache[t]
 
     def other_row_same_task(self, r: int, rng: np.random.Generator) -> int:
         """A uniformly drawn other episode of row r's task (r itself when it is the only one)."""
@@ -226,7 +238,7 @@ class ShardSource:
         m = len(rows)
         if m <= 1:
             return r
-        j = int(rng.integers(m - 1))
+        j = randint(rng, m - 1)
         if j >= int(np.searchsorted(rows, r)):
             j += 1
         return int(rows[j])
@@ -243,6 +255,11 @@ class Part:
     stop: int
     loss: bool = True
     role: str = "window"  # window | doc | pair | prompt-goal | prompt-window
+
+
+def randint(rng: np.random.Generator, n: int) -> int:
+    """Uniform integer in [0, n): one double draw (Generator.integers costs 30x more per call)."""
+    return min(int(rng.random() * n), n - 1)
 
 
 def _patch_range(view: RowView, a: int, b: int) -> tuple[int, int]:
@@ -285,7 +302,7 @@ def window_start(step_starts: np.ndarray, n: int, length: int, rng: np.random.Ge
     if n <= length or len(step_starts) == 0:
         return 0
     k_max = min(int(np.searchsorted(step_starts, n - length, side="left")), len(step_starts) - 1)
-    return int(step_starts[int(rng.integers(k_max + 1))])
+    return int(step_starts[randint(rng, k_max + 1)])
 
 
 def goal_start(step_starts: np.ndarray, n: int, length: int) -> int:
@@ -339,7 +356,7 @@ def text_parts(src: ShardSource, first: int, take, rng: np.random.Generator, cfg
     L1 = cfg.sample_len
     n = len(src.row(first).tokens)
     if n >= L1:
-        a = int(rng.integers(n - L1 + 1))
+        a = randint(rng, n - L1 + 1)
         return [Part(first, a, a + L1, role="doc")]
     parts, total = [Part(first, 0, n, role="doc")], n
     while total < L1:
@@ -365,7 +382,7 @@ def caption_parts(src: ShardSource, first: int, take, rng: np.random.Generator, 
         rows.append(r)
         lens.append(len(src.row(r).tokens))
     total = sum(lens)
-    crop = int(rng.integers(total - L1 + 1)) if total > L1 else 0
+    crop = randint(rng, total - L1 + 1) if total > L1 else 0
     end = crop + min(total, L1)
     parts, at = [], 0
     for r, n in zip(rows, lens):
@@ -433,6 +450,7 @@ class GatoStream(IterableDataset):
         self.num_workers, self.rank, self.world_size, self.training = num_workers, rank, world_size, training
         self.task_maps = [np.asarray([tasks.index(t) for t in s.task_names], np.int64) for s in sources]
         self.probs = self._mixture()
+        self._cum_probs = np.cumsum(self.probs).tolist()
         self.start_states: list[dict] = [_fresh_state(len(sources)) for _ in range(max(1, num_workers))]
         self.rotation = 0
 
@@ -464,15 +482,26 @@ class GatoStream(IterableDataset):
         return int(np.random.SeedSequence([self.seed, d]).generate_state(1, np.uint64)[0])
 
     def _rng(self, reader: int, counter: int, tag: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, tag, self.rank, self.world_size, reader,
-                                      max(1, self.num_workers), counter])
+        """Generator of draw `counter` of a reader: Philox keyed by (seed, rank, world size, reader,
+        workers), its counter set to (0, counter, tag): a pure function, and cheap to set."""
+        cache = self.__dict__.setdefault("_philox", {})
+        gen = cache.get(reader)
+        if gen is None or gen[2] != os.getpid():
+            key = np.random.SeedSequence([self.seed, self.rank, self.world_size, reader,
+                                          max(1, self.num_workers)]).generate_state(2, np.uint64)
+            gen = cache[reader] = (np.random.Generator(np.random.Philox(key=key)), key, os.getpid())
+        g, key, _ = gen
+        g.bit_generator.state = {"bit_generator": "Philox",
+                                 "state": {"counter": np.array([0, counter, tag, 0], np.uint64), "key": key},
+                                 "buffer": np.zeros(4, np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+        return g
 
     def sample(self, streams: _Streams, reader: int) -> tuple[Sample, int, list[Part]] | None:
         """Sample number state['samples'] of this reader: a pure function of the counters."""
         st = streams.state
         rng = self._rng(reader, st["samples"], 0)
         if self.training:
-            d = int(rng.choice(len(self.sources), p=self.probs))
+            d = min(bisect.bisect_right(self._cum_probs, rng.random()), len(self.sources) - 1)
             first = streams.take(d)
         else:  # one pass: directories in order
             d, first = 0, None
@@ -534,6 +563,7 @@ class GatoLoader:
         self.num_workers = stream.num_workers
         self._consumed = 0
         self._states = [dict(s) for s in stream.start_states]
+        self._pass_start = (0, list(self._states))  # where every evaluation pass begins
 
     @property
     def sources(self) -> list[ShardSource]:
@@ -545,7 +575,11 @@ class GatoLoader:
         return {s.path: float(p) for s, p in zip(self.stream.sources, self.stream.probs)}
 
     def __iter__(self) -> Iterator[Batch]:
+        """Training: carries on from the last batch handed out (or the loaded state).
+        Evaluation: every iter() is the same one pass, from the start (or the loaded state)."""
         nw = max(1, self.num_workers)
+        if not self.stream.training:
+            self._consumed, self._states = self._pass_start[0], list(self._pass_start[1])
         self.stream.start_states = [dict(s) for s in self._states]
         self.stream.rotation = self._consumed % nw
         if self.num_workers == 0:
@@ -594,6 +628,7 @@ class GatoLoader:
             raise ValueError("loader state does not match this loader's readers and directories")
         self._states = [{k: (list(v) if isinstance(v, list) else int(v)) for k, v in r.items()} for r in readers]
         self._consumed = int(sd["consumed"])
+        self._pass_start = (self._consumed, list(self._states))
 
 
 def build_loader(data: list[str], seq_len: int, batch_size: int, seed: int = 0, num_workers: int = 0,
