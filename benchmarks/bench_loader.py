@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name, m in (("1x", mem1), ("10x", mem10)):
             print(f"{name:>3s} data ({disk[name]:4.0f} MB of shards, 4-directory mixture, {n_batches} batches): peak "
                   f"anonymous RSS {m['anon_peak_mb']:.0f} MB (+{m['anon_growth_mb']:.0f} MB over imports), peak "
-                  f"total RSS {m['rss_peak_mb']:.0f} MB (file-backed: libraries and touched shard pages {m["file_mb"]:.0f} MB)")
+                  f"total RSS {m['rss_peak_mb']:.0f} MB (file-backed: libraries and touched shard pages {m['file_mb']:.0f} MB)")
         print(f"peak anonymous RSS 1x / 10x = {flat:.2f}  target >= 0.9 (flat)")
     return rows_out
 
