@@ -377,10 +377,13 @@ def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLay
     ids = row.tokens[pos:pos + n]
     if len(ids) != n:
         raise TokenizeError(f"field {f.name!r}: row ends inside the field (token {pos}, {n} expected)")
-    if f.kind == "discrete":
-        value = tokens_to_discrete(ids, layout)
-    else:
-        value = tokens_to_continuous(ids, layout, f.mu_law and is_obs)
+    try:
+        if f.kind == "discrete":
+            value = tokens_to_discrete(ids, layout)
+        else:
+            value = tokens_to_continuous(ids, layout, f.mu_law and is_obs)
+    except TokenizeError as e:
+        raise TokenizeError(f"field {f.name!r} at token {pos}: {e} (is this the row's episode spec?)") from None
     return value.reshape(f.shape or ()), pos + n, patch_i
 
 
@@ -397,15 +400,19 @@ def decode_episode(row: Row, spec: EpisodeSpec, layout: VocabLayout, text_tokeni
     for t in range(len(row.step_starts)):
         pos = bounds[t]
         obs, act = {}, {}
-        for f in spec.observations:
-            obs[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, True, grids)
-        if pos >= bounds[t + 1] or row.tokens[pos] != layout.separator_id:
-            found = f"id {int(row.tokens[pos])}" if pos < len(row.tokens) else "the end of the row"
-            raise TokenizeError(f"step {t}: expected the separator at token {pos}, found {found}")
-        pos += 1
-        if pos < bounds[t + 1]:
-            for f in spec.actions:
-                act[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, False, grids)
+        try:
+            for f in spec.observations:
+                obs[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, True, grids)
+            if pos >= bounds[t + 1] or row.tokens[pos] != layout.separator_id:
+                found = f"id {int(row.tokens[pos])}" if pos < len(row.tokens) else "the end of the row"
+                raise TokenizeError(f"expected the separator at token {pos}, found {found}")
+            pos += 1
+            if pos < bounds[t + 1]:
+                for f in spec.actions:
+                    act[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, False,
+                                                            grids)
+        except TokenizeError as e:
+            raise TokenizeError(f"step {t}: {e}") from None
         if pos != bounds[t + 1]:
             raise TokenizeError(f"step {t}: fields end at token {pos}, the step at {bounds[t + 1]}")
         steps.append((obs, act))
