@@ -14,7 +14,8 @@ observation and action floats converted. Measured in the same run on the same ar
 
 Rates are values per CPU-second of this process (`time.process_time`): a worker's own cost,
 which is what "per worker" means and what survives a shared, busy machine. The wall-clock rate
-(including waits for the disk's fsyncs and for other processes) is printed alongside.
+(including waits for the disk's fsyncs and for other processes) is printed alongside, and so is
+the converter alone (reading and building rows, no writer), to show where the time goes.
 
     .venv/bin/python benchmarks/bench_rl.py [--quick]
 """
@@ -115,6 +116,22 @@ def convert_rate(path: Path, out: Path) -> tuple[float, float, int]:
     return values / cpu, values / wall, values
 
 
+def converter_rate(path: Path) -> float:
+    """Values per CPU-second of the converter alone: read and build rows, no writer."""
+    import argparse as ap
+    from converters.rl import add_arguments, make_converter
+    from tokenizer_kit.layout import VocabLayout
+    parser = ap.ArgumentParser()
+    parser.add_argument("inputs", nargs="+")
+    add_arguments(parser)
+    args = parser.parse_args([str(path)])
+    args.layout, args.tokenizer, args.task = VocabLayout(32000), None, None
+    c0 = time.process_time()
+    conv = make_converter(args)
+    steps = sum(r.num_steps for u in conv.work_units() for r in conv.convert_unit(u))
+    return steps * (OBS + ACT) / (time.process_time() - c0)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="60 episodes (1.4M values) instead of 400 (9.2M)")
@@ -135,14 +152,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rate, wall_rate, values = convert_rate(path, tmp / f"out{i}")
             if values != n * STEPS * (OBS + ACT):
                 raise SystemExit(f"{label}: converted {values} values, expected {n * STEPS * (OBS + ACT)}")
+            alone = converter_rate(path)
+            rows.append({"name": f"rl converter alone (no writer), {label}, vs continuous_to_tokens in memory",
+                         "figure": alone / 1e6, "unit": "M values/s", "baseline": base / 1e6,
+                         "baseline_name": "tokenizer_kit continuous_to_tokens", "ratio": alone / base,
+                         "target": None})
             rows.append({"name": f"rl convert {label}, 1 worker vs continuous_to_tokens in memory",
                          "figure": rate / 1e6, "unit": "M values/s", "baseline": base / 1e6,
                          "baseline_name": "tokenizer_kit continuous_to_tokens", "ratio": rate / base,
                          "target": TARGET, "target_on": "figure", "wall_figure": wall_rate / 1e6})
     for r in rows:
+        target = f"target {r['target']:g} {r['unit']}; wall clock {r['wall_figure']:.1f}" if r["target"] else "no target"
         print(f"{r['name']}: {r['figure']:.1f} {r['unit']} vs {r['baseline']:.1f} -> ratio {r['ratio']:.2f} "
-              f"(target {r['target']:g} {r['unit']}; wall clock {r['wall_figure']:.1f})  "
-              f"[{n} episodes x {STEPS} steps x {OBS + ACT} floats]")
+              f"({target})  [{n} episodes x {STEPS} steps x {OBS + ACT} floats]")
     return rows
 
 

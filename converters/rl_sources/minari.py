@@ -34,10 +34,10 @@ def _data_path(path: str) -> Path:
         return p
     if p.exists():
         raise SourceError(f"{path}: not a Minari dataset directory (no metadata.json)")
-    from minari.storage.datasets_root_dir import get_dataset_path
-    data = Path(get_dataset_path(path)) / "data"
+    # minari's own lookup (minari.storage.get_dataset_path) creates the root as a side effect
+    root = Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+    data = root / path / "data"
     if not (data / "metadata.json").is_file():
-        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
         raise SourceError(f"{path}: no such file, directory or local Minari dataset (looked in {root})")
     return data
 

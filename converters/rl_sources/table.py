@@ -173,9 +173,15 @@ class TableSource:
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 lo, hi = max(start, row), min(stop, row + n)
-                if lo < hi:
-                    table = pf.read_row_group(g, columns=columns)
-                    yield from table.slice(lo - row, hi - lo).to_batches(BATCH_ROWS)
+                if lo < hi:  # stream the row group in small batches; only rows lo..hi-1 are kept
+                    at = row
+                    for batch in pf.iter_batches(BATCH_ROWS, row_groups=[g], columns=columns, use_threads=False):
+                        a, b = max(lo, at), min(hi, at + batch.num_rows)
+                        if a < b:
+                            yield batch.slice(a - at, b - a)
+                        at += batch.num_rows
+                        if at >= hi:
+                            break
                 row += n
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"{self.path}: unreadable table data ({_first_line(e)})") from None
