@@ -29,6 +29,7 @@ from .base import Record, SourceError, WorkUnit
 from .rl_sources import SOURCE_KINDS, FieldInfo, RawEpisode, Source, expand_inputs, open_source
 
 IGNORE = "ignore"
+STEPS_PER_UNIT = 100_000  # big enough that per-unit costs (files, fsyncs) vanish, small enough to share
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -49,8 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-return-fraction", type=float, default=None, metavar="F",
                    help="keep only episodes with return >= F * the best episode return of their input "
                         "(Gato kept >= 0.8 of the expert's); needs a positive best return")
-    g.add_argument("--episodes-per-unit", type=int, default=64, metavar="N",
-                   help="episodes per work unit (default 64)")
+    g.add_argument("--steps-per-unit", type=int, default=STEPS_PER_UNIT, metavar="N",
+                   help=f"a work unit is a run of whole episodes with about N steps (default {STEPS_PER_UNIT})")
+    g.add_argument("--episodes-per-unit", type=int, default=None, metavar="N",
+                   help="exactly N episodes per work unit instead")
     g.add_argument("--image-fit", choices=FIT_POLICIES, default="resize",
                    help="image sides that are not multiples of 16: resize (default) or pad")
     g.add_argument("--image-size", type=_image_size, default=None, metavar="HxW",
@@ -170,7 +173,8 @@ class RLConverter:
 
     def __init__(self, inputs: Sequence[str], spec: EpisodeSpec, layout: VocabLayout, *, source_kind: str = "auto",
                  text_tokenizer=None, task: str | None = None, min_return: dict[str, float] | None = None,
-                 episodes_per_unit: int = 64, settings: dict | None = None):
+                 episodes_per_unit: int | None = None, steps_per_unit: int = STEPS_PER_UNIT,
+                 settings: dict | None = None):
         self.inputs = list(inputs)
         self.spec = spec
         self.layout = layout
@@ -179,6 +183,7 @@ class RLConverter:
         self.task = task
         self.min_return = dict(min_return or {})  # input path -> threshold
         self.episodes_per_unit = episodes_per_unit
+        self.steps_per_unit = steps_per_unit
         self.settings = dict(settings or {})
         self._sources: dict[str, Source] = {}  # by input
         self._input_of: dict[str, str] = {}  # the path a source reads -> its input
@@ -203,17 +208,33 @@ class RLConverter:
         for i in self.inputs:
             src = self.source(i)
             self._input_of[src.path] = i
-            n = src.num_episodes()
             # the file read, not the input's spelling: a dataset id names the same units from any cwd
             tag = f"{_safe(Path(i).name)}-{hashlib.sha1(os.path.abspath(src.path).encode()).hexdigest()[:8]}"
-            for start in range(0, n, self.episodes_per_unit):
-                stop = min(n, start + self.episodes_per_unit)
+            for start, stop in self._ranges(src):
                 units.append(WorkUnit(f"{tag}-{start:08d}-{stop:08d}", src.path, start, stop))
         return units
+
+    def _ranges(self, src: Source) -> list[tuple[int, int]]:
+        """Contiguous episode ranges: N episodes each, or whole episodes adding up to about
+        `steps_per_unit` steps (an episode longer than that is a unit of its own)."""
+        n = src.num_episodes()
+        if self.episodes_per_unit:
+            return [(a, min(n, a + self.episodes_per_unit)) for a in range(0, n, self.episodes_per_unit)]
+        lengths = np.asarray(src.episode_lengths(), dtype=np.int64)
+        ranges, start, total = [], 0, 0
+        for i, steps in enumerate(lengths):  # one pass over one int per episode
+            total += int(steps)
+            if total >= self.steps_per_unit:
+                ranges.append((start, i + 1))
+                start, total = i + 1, 0
+        if start < n:
+            ranges.append((start, n))
+        return ranges
 
     def options(self) -> dict:
         return {"episode_spec": self.spec.to_dict(), "source": self.source_kind,
                 "final_observation": "dropped", "episodes_per_unit": self.episodes_per_unit,
+                "steps_per_unit": None if self.episodes_per_unit else self.steps_per_unit,
                 "min_return": self.min_return or None, **self.settings}
 
     def convert_unit(self, unit: WorkUnit) -> Iterator[Record]:
@@ -329,9 +350,10 @@ def _make_converter(args) -> RLConverter:
     text = [f.name for f in spec.observations + spec.actions if f.kind == "text"]
     if text and tok is None:
         _usage(f"field {text[0]!r} is text: pass --text-tokenizer MODEL (or --field {text[0]}=ignore)")
-    per_unit = getattr(args, "episodes_per_unit", 64)
-    if per_unit < 1:
-        _usage("--episodes-per-unit must be at least 1")
+    per_unit = getattr(args, "episodes_per_unit", None)
+    steps_per_unit = getattr(args, "steps_per_unit", STEPS_PER_UNIT)
+    if (per_unit is not None and per_unit < 1) or steps_per_unit < 1:
+        _usage("--episodes-per-unit and --steps-per-unit must be at least 1")
     thresholds = {}
     floor, fraction = getattr(args, "min_return", None), getattr(args, "min_return_fraction", None)
     for src in sources:
@@ -347,6 +369,7 @@ def _make_converter(args) -> RLConverter:
             thresholds[src.input] = t
     conv = RLConverter(inputs, spec, layout, source_kind=kind, text_tokenizer=tok,
                        task=getattr(args, "task", None), min_return=thresholds, episodes_per_unit=per_unit,
+                       steps_per_unit=steps_per_unit,
                        settings={"fields": kinds or None, "mu_law": mu_law or None, "image_fit": fit,
                                  "min_return_fraction": fraction})
     conv._sources = {s.input: s for s in sources}

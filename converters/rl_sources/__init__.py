@@ -56,6 +56,10 @@ class Source(Protocol):
         """Episodes number start..stop-1 (positions, in file order), read lazily."""
         ...
 
+    def episode_lengths(self) -> np.ndarray:
+        """Steps of every episode, from metadata or flags (cheap): to cut work units by size."""
+        ...
+
     def returns(self) -> np.ndarray:
         """Return of every episode (float64), reading rewards only: for return filters."""
         ...

@@ -104,6 +104,9 @@ class FlatHDF5Source:
     def num_episodes(self) -> int:
         return len(self._bounds) - 1
 
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(self._bounds)
+
     def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
         return self._infos["obs"], self._infos["action"]
 

@@ -113,6 +113,14 @@ class MinariSource:
     def num_episodes(self) -> int:
         return len(self._indices)
 
+    def episode_lengths(self) -> np.ndarray:
+        """From each episode's metadata (minari writes total_steps there), not from its arrays."""
+        try:
+            meta = self._dataset().storage.get_episode_metadata(self._indices.tolist())
+            return np.fromiter((m["total_steps"] for m in meta), dtype=np.int64, count=len(self._indices))
+        except (OSError, KeyError, ValueError) as e:
+            raise SourceError(f"{self.path}: unreadable episode metadata ({_first_line(e)})") from None
+
     def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
         return self._fields
 

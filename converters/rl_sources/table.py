@@ -228,6 +228,12 @@ class TableSource:
     def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
         return self._fields["obs"], self._fields["action"]
 
+    def episode_lengths(self) -> np.ndarray:
+        """Length of each row's rewards list: one narrow column read."""
+        out = [batch.column(0).value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+               for batch in self._batches(0, self.num_episodes(), [self._rewards])]
+        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
     def returns(self) -> np.ndarray:
         out = []
         for batch in self._batches(0, self.num_episodes(), [self._rewards]):

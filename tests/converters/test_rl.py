@@ -295,6 +295,26 @@ def test_return_filters(tmp_path):
     assert e.value.code == 2
 
 
+@pytest.mark.parametrize("fmt", ["d4rl", "parquet", "minari"])
+def test_work_units_are_runs_of_whole_episodes_of_about_n_steps(tmp_path, minari_root, fmt):
+    env = gym.make("CartPole-v1")
+    eps = rollouts(env, 9, 30, seed=81)
+    lengths = [len(ep["actions"]) for ep in eps]
+    if fmt == "d4rl":
+        path = write_d4rl(tmp_path / "u.hdf5", eps)
+    elif fmt == "parquet":
+        pq.write_table(episode_table(eps), path := tmp_path / "u.parquet", row_group_size=4)
+    else:
+        path = make_minari("cartpole/units-v0", env, eps)
+    c, recs = convert([path, "--steps-per-unit", "40"])
+    units = c.work_units()
+    assert units[0].start == 0 and units[-1].stop == 9
+    assert all(a.stop == b.start for a, b in zip(units, units[1:]))
+    for u in units[:-1]:  # each unit reaches 40 steps with its last episode, not before
+        assert sum(lengths[u.start:u.stop]) >= 40 > sum(lengths[u.start:u.stop - 1])
+    assert [r.num_steps for r in recs] == lengths
+
+
 def test_converter_pickles_for_worker_processes(cartpole):
     path, _ = cartpole
     c = make_converter(parse([path, "--episodes-per-unit", "2"]))
