@@ -1,0 +1,145 @@
+"""Shard schema v1 (SPEC 7): rows <-> record batches, atomic writes, memory-mapped reads, datasets."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from schemas.shard import (PATCH_BYTES, SCHEMA_VERSION, ShardError, iter_shard_batches, open_shard, row_from_table,
+                           rows_to_batch, shard_schema, write_shard)
+from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, build_caption_row, build_episode, build_text_row
+
+LAYOUT = VocabLayout(32000, eos_id=2)
+
+
+def rl_rows():
+    spec = EpisodeSpec((FieldSpec("cam", "image", (32, 16)), FieldSpec("s", "continuous", (3,))),
+                       (FieldSpec("a", "discrete", (1,)),))
+    rng = np.random.default_rng(0)
+    rows = []
+    for steps in (3, 1, 5):
+        obs = {"cam": rng.integers(0, 256, (steps, 32, 16, 3), dtype=np.uint8), "s": rng.normal(0, 3, (steps, 3))}
+        rows.append(build_episode(obs, {"a": rng.integers(0, 4, (steps, 1))}, spec, LAYOUT))
+    return rows
+
+
+def mixed_rows():
+    img = np.random.default_rng(1).integers(0, 256, (48, 32, 3), dtype=np.uint8)
+    return [build_text_row([5, 6, 7], LAYOUT), build_caption_row(img, [9, 10], LAYOUT), build_text_row([], LAYOUT)]
+
+
+def assert_same_row(a: Row, b: Row):
+    for name in ("tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches", "patch_pos"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+def test_schema_has_the_spec_columns():
+    s = shard_schema(rl=True)
+    assert s.names == ["tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches", "patch_pos",
+                       "source_id", "task", "num_steps", "episode_return"]
+    assert s.field("patches").type == pa.list_(pa.binary(768)) and PATCH_BYTES == 768
+    assert s.field("patch_pos").type == pa.list_(pa.list_(pa.uint8(), 4))
+    assert s.metadata[b"gato_kit_schema_version"] == str(SCHEMA_VERSION).encode()
+    assert "episode_return" not in shard_schema(rl=False).names
+
+
+@pytest.mark.parametrize("rl", [True, False])
+def test_rows_to_batch_and_back(rl):
+    rows = rl_rows() if rl else mixed_rows()
+    ids = [f"src/{i}" for i in range(len(rows))]
+    batch = rows_to_batch(rows, ids, "task-a", episode_returns=[1.5, -2.0, 0.0] if rl else None)
+    assert batch.schema == shard_schema(rl) and batch.num_rows == len(rows)
+    assert batch.column("source_id").to_pylist() == ids and batch.column("task").to_pylist() == ["task-a"] * 3
+    if rl:
+        assert batch.column("num_steps").to_pylist() == [3, 1, 5]
+        assert batch.column("episode_return").to_pylist() == [1.5, -2.0, 0.0]
+    table = pa.Table.from_batches([batch])
+    for i, r in enumerate(rows):
+        assert_same_row(row_from_table(batch, i), r)
+        assert_same_row(row_from_table(table, i), r)
+    assert_same_row(row_from_table(table.slice(1), 0), rows[1])  # offsets of a sliced table
+
+
+def test_patch_bytes_are_the_raw_uint8_patches():
+    rows = mixed_rows()
+    batch = rows_to_batch(rows, ["a", "b", "c"], "t")
+    cell = batch.column("patches")[1]
+    assert len(cell) == 6 and cell[0].as_py() == rows[1].patches[0].tobytes()
+    assert batch.column("patch_pos")[1][5].as_py() == rows[1].patch_pos[5].tolist()
+
+
+def test_bool_loss_masks_and_per_row_tasks():
+    row = build_text_row([1, 3], LAYOUT)
+    row.loss_mask = row.loss_mask.astype(bool)
+    batch = rows_to_batch([row, build_text_row([3], LAYOUT)], ["a", "b"], ["t1", "t2"])
+    assert batch.column("loss_mask").to_pylist() == [[1, 1, 1], [1, 1]]
+    assert batch.column("task").to_pylist() == ["t1", "t2"]
+
+
+@pytest.mark.parametrize("break_it, reason", [
+    (lambda r: setattr(r, "loss_mask", r.loss_mask[:-1]), "per-token columns differ"),
+    (lambda r: setattr(r, "patches", np.zeros((2, 10), np.uint8)), "patches must be"),
+])
+def test_inconsistent_rows_are_refused(break_it, reason):
+    row = build_text_row([1, 2], LAYOUT)
+    break_it(row)
+    with pytest.raises(ShardError, match=reason):
+        rows_to_batch([row], ["doc-1"], "t")
+
+
+def test_source_ids_must_match_rows():
+    with pytest.raises(ShardError, match="1 source_ids for 2 rows"):
+        rows_to_batch([build_text_row([1], LAYOUT)] * 2, ["only-one"], "t")
+
+
+def test_write_then_open_memory_mapped(tmp_path):
+    rows = rl_rows()
+    batch = rows_to_batch(rows, ["a", "b", "c"], "t", episode_returns=[1, 2, 3])
+    path = tmp_path / "shard-00000.arrow"
+    size = write_shard(path, [batch.slice(0, 2), batch.slice(2)], batch.schema)
+    assert size == path.stat().st_size and [p.name for p in tmp_path.iterdir()] == ["shard-00000.arrow"]
+    before = pa.total_allocated_bytes()
+    table = open_shard(path)
+    assert pa.total_allocated_bytes() - before < 4096  # buffers point into the mapping, nothing copied
+    assert table.num_rows == 3 and table.schema == batch.schema
+    assert_same_row(row_from_table(table, 2), rows[2])
+    assert [b.num_rows for b in iter_shard_batches(path)] == [2, 1]
+    with pa.memory_map(str(path)) as src:  # the Arrow IPC *stream* format
+        assert pa.ipc.open_stream(src).read_all().equals(table)
+
+
+def test_write_is_atomic_when_the_batches_fail(tmp_path):
+    batch = rows_to_batch(mixed_rows(), ["a", "b", "c"], "t")
+
+    def batches():
+        yield batch
+        raise RuntimeError("source died")
+
+    path = tmp_path / "shard-00001.arrow"
+    with pytest.raises(RuntimeError, match="source died"):
+        write_shard(path, batches(), batch.schema)
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary file
+
+
+def test_write_keeps_a_complete_shard_when_a_rewrite_fails(tmp_path):
+    batch = rows_to_batch(mixed_rows(), ["a", "b", "c"], "t")
+    path = tmp_path / "shard-00000.arrow"
+    write_shard(path, [batch], batch.schema)
+    wrong = rows_to_batch(rl_rows(), ["a", "b", "c"], "t", episode_returns=[0, 0, 0])
+    with pytest.raises(pa.ArrowInvalid):
+        write_shard(path, [wrong], batch.schema)  # schema mismatch mid-write
+    assert open_shard(path).num_rows == 3 and len(list(tmp_path.iterdir())) == 1
+
+
+def test_datasets_reads_a_shard(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = rl_rows()
+    batch = rows_to_batch(rows, ["a", "b", "c"], "pong", episode_returns=[1.0, 2.0, 3.0])
+    path = tmp_path / "shard-00000.arrow"
+    write_shard(path, [batch], batch.schema)
+    ds = datasets.Dataset.from_file(str(path))
+    assert len(ds) == 3 and ds.column_names == batch.schema.names
+    ex = ds[2]
+    assert ex["tokens"] == rows[2].tokens.tolist() and ex["num_steps"] == 5 and ex["task"] == "pong"
+    assert ex["patches"][0] == rows[2].patches[0].tobytes() and ex["patch_pos"][0] == rows[2].patch_pos[0].tolist()
