@@ -1,0 +1,91 @@
+"""manifest.json (SPEC 7): written last and atomically, read back equal, unknown versions refused."""
+
+import json
+
+import numpy as np
+import pytest
+
+from schemas.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardInfo
+from tokenizer_kit.layout import LayoutError, VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
+
+LAYOUT = VocabLayout(32000, eos_id=2)
+
+
+def manifest(**kw) -> Manifest:
+    spec = EpisodeSpec((FieldSpec("s", "continuous", (3,)),), (FieldSpec("a", "discrete", (1,)),))
+    args = dict(layout=LAYOUT.to_dict(), converter="rl", options={"env": "CartPole-v1", "image_size": [32, 32]},
+                shards=[ShardInfo("shard-00000.arrow", 10, 1234, 5678, "ab" * 32)],
+                stats={"rows": 10, "tokens": {"continuous": 900}}, skipped=[{"source": "ep-3", "reason": "NaN"}],
+                tokenizer_sha256="cd" * 32, episode_spec=spec.to_dict(), tasks=["cartpole"])
+    return Manifest(**(args | kw))
+
+
+def test_write_read_round_trip(tmp_path):
+    m = manifest()
+    path = m.write(tmp_path)
+    assert path == tmp_path / MANIFEST_NAME and [p.name for p in tmp_path.iterdir()] == [MANIFEST_NAME]
+    back = Manifest.read(tmp_path)
+    assert back == m
+    assert back.vocab_layout == LAYOUT and back.total_rows == 10 and back.total_tokens == 1234
+    assert EpisodeSpec.from_dict(back.episode_spec).observations[0].shape == (3,)
+    on_disk = json.loads(path.read_text())
+    assert on_disk["schema_version"] == 1 and on_disk["layout"]["profile"] == "gato"
+    assert on_disk["layout"]["separator_id"] == 33024  # derived ids are readable in the file
+
+
+def test_numpy_statistics_serialise(tmp_path):
+    m = manifest(stats={"returns": np.array([1.5, 2.0]), "rows": np.int64(3), "max_err": np.float32(0.25)})
+    m.write(tmp_path)
+    assert Manifest.read(tmp_path).stats == {"returns": [1.5, 2.0], "rows": 3, "max_err": 0.25}
+
+
+def test_unserialisable_manifest_leaves_nothing(tmp_path):
+    with pytest.raises(TypeError):
+        manifest(options={"callback": object()}).write(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rewrite_replaces_atomically(tmp_path):
+    manifest().write(tmp_path)
+    manifest(converter="text").write(tmp_path)
+    assert Manifest.read(tmp_path).converter == "text" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("version", [2, 0, None, "1"])
+def test_unknown_schema_version_is_refused(tmp_path, version):
+    d = manifest().to_dict()
+    d["schema_version"] = version
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="schema version .* is not supported") as e:
+        Manifest.read(tmp_path)
+    assert str(tmp_path) in str(e.value)
+
+
+@pytest.mark.parametrize("text, reason", [
+    (None, "no manifest"),
+    ("{not json", "unreadable manifest"),
+    ("[1, 2]", "must be a JSON object"),
+    (json.dumps({"schema_version": 1, "converter": "rl"}), "malformed manifest"),
+    (json.dumps({"schema_version": 1, "converter": "rl", "layout": {"text_vocab_size": 10, "profile": "x"}}),
+     "unknown layout profile"),
+])
+def test_bad_manifests_are_one_line_errors(tmp_path, text, reason):
+    if text is not None:
+        (tmp_path / MANIFEST_NAME).write_text(text)
+    with pytest.raises(ManifestError, match=reason) as e:
+        Manifest.read(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_keys_from_newer_writers_are_ignored(tmp_path):
+    d = manifest().to_dict() | {"future_field": 1}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+    assert Manifest.read(tmp_path) == manifest(created=d["created"])
+
+
+def test_check_layout_refuses_another_layout():
+    m = manifest()
+    m.check_layout(VocabLayout(32000, eos_id=2))
+    with pytest.raises(LayoutError, match=r"shards \(gato T=32000\) differs from the model's \(disjoint T=32000\)"):
+        m.check_layout(VocabLayout(32000, profile="disjoint", eos_id=2))
