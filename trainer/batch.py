@@ -77,10 +77,10 @@ def collate(samples: "list[Sample]", seq_len: int, training: bool = True,
         slots = np.flatnonzero(s.tokens == PATCH_SLOT)
         if len(slots) != len(s.patches):
             raise ValueError(f"sample has {len(slots)} patch slots but {len(s.patches)} patches")
-        keep = slots < L  # a patch only in the last (target-only) position is never an input
-        patch_idx.append(b * L + slots[keep])
-        patch_list.append(np.asarray(s.patches).reshape(-1, 768)[keep])
-        pos_list.append(np.asarray(s.patch_pos).reshape(-1, 4)[keep])
+        keep = int(np.searchsorted(slots, L))  # a patch only in the last (target-only) position is never an input
+        patch_idx.append(b * L + slots[:keep])
+        patch_list.append(np.asarray(s.patches).reshape(-1, 768)[:keep])  # a view: one copy below
+        pos_list.append(np.asarray(s.patch_pos).reshape(-1, 4)[:keep])
     slot = tokens == PATCH_SLOT
     mask[slot] = 0.0
     tokens[slot] = 0
