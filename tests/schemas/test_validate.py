@@ -1,0 +1,172 @@
+"""validate_table (SPEC 7): valid shards pass; each kind of broken shard is found and named."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from schemas.shard import rows_to_batch, shard_schema
+from schemas.validate import Problem, check_schema, validate_table
+from tokenizer_kit.layout import SEPARATOR, TEXT, VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_caption_row, build_episode, build_text_row
+
+LAYOUT = VocabLayout(32000, eos_id=2)
+SPEC = EpisodeSpec((FieldSpec("cam", "image", (16, 32)), FieldSpec("s", "continuous", (2,))),
+                   (FieldSpec("a", "discrete", (1,)),))
+
+
+def episode(steps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    obs = {"cam": rng.integers(0, 256, (steps, 16, 32, 3), dtype=np.uint8), "s": rng.normal(0, 3, (steps, 2))}
+    return build_episode(obs, {"a": rng.integers(0, 4, (steps, 1))}, SPEC, LAYOUT)
+
+
+def rl_table(rows=None) -> pa.Table:
+    rows = rows if rows is not None else [episode(3, 0), episode(2, 1), episode(4, 2)]
+    ids = [f"episode-{i}" for i in range(len(rows))]
+    return pa.Table.from_batches([rows_to_batch(rows, ids, "t", episode_returns=[0.0] * len(rows))])
+
+
+def mixed_table(rows=None) -> pa.Table:
+    img = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    rows = rows if rows is not None else [build_text_row([5, 6], LAYOUT), build_caption_row(img, [7], LAYOUT)]
+    return pa.Table.from_batches([rows_to_batch(rows, [f"doc-{i}" for i in range(len(rows))], "t")])
+
+
+def with_column(table: pa.Table, name: str, values, type_=None) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    arr = pa.array(values, type=type_ or table.schema.field(name).type)
+    return table.set_column(i, table.schema.field(name).with_type(arr.type), arr)
+
+
+def reasons(problems: list[Problem]) -> list[tuple[int | None, str, str]]:
+    return [(p.row, p.column, p.reason) for p in problems]
+
+
+def test_valid_tables_have_no_problems():
+    assert validate_table(rl_table(), LAYOUT) == []
+    assert validate_table(mixed_table(), LAYOUT) == []
+    assert validate_table(rl_table().slice(1, 2), LAYOUT) == []  # sliced arrays: offsets do not start at 0
+    assert validate_table(rl_table([]), LAYOUT) == []
+    text_only = pa.Table.from_batches([rows_to_batch([build_text_row([], LAYOUT)], ["empty"], "t")])
+    assert validate_table(text_only, LAYOUT) == []
+
+
+def test_episode_with_action_local_positions_is_valid():
+    spec = EpisodeSpec(SPEC.observations, SPEC.actions, action_local_pos=True)
+    rng = np.random.default_rng(0)
+    row = build_episode({"cam": rng.integers(0, 256, (2, 16, 32, 3), dtype=np.uint8), "s": np.zeros((2, 2))},
+                        {"a": [[1], [2]]}, spec, LAYOUT)
+    assert validate_table(rl_table([row]), LAYOUT) == []
+
+
+def test_missing_column_and_wrong_type():
+    table = rl_table()
+    problems = validate_table(table.drop_columns(["modality"]), LAYOUT)
+    assert (None, "modality", "column missing") in reasons(problems)
+    wrong = with_column(table, "tokens", table.column("tokens").to_pylist(), pa.list_(pa.int64()))
+    [p] = check_schema(wrong.schema)
+    assert p.column == "tokens" and p.reason.startswith("wrong type list<item: int64>")
+    assert validate_table(wrong, LAYOUT) == [p]
+    bools = with_column(table, "loss_mask", [[bool(x) for x in r] for r in table.column("loss_mask").to_pylist()],
+                        pa.list_(pa.bool_()))
+    assert validate_table(bools, LAYOUT) == []  # SPEC 7: list<uint8 or bool>
+
+
+def test_ids_outside_the_layout():
+    rows = [episode(3, 0), episode(2, 1)]
+    rows[1].tokens[2] = LAYOUT.continuous_offset - 1  # a continuous token in the text range
+    problems = validate_table(rl_table(rows), LAYOUT)
+    assert len(problems) == 1 and problems[0].row == 1 and problems[0].column == "tokens"
+    assert "id 31999 as modality 3" in problems[0].reason and problems[0].source_id == "episode-1"
+    assert str(problems[0]).startswith("row 1 (episode-1), column tokens: id outside its modality's range")
+    # the same rows are valid for a model whose text vocab is smaller: the layout decides
+    small = VocabLayout(100, eos_id=2)
+    assert any(p.column == "tokens" for p in validate_table(rl_table([episode(1)]), small))
+
+
+def test_text_id_beyond_the_text_vocab():
+    rows = [build_text_row([5, 6], LAYOUT)]
+    rows[0].tokens[0] = LAYOUT.text_vocab_size
+    problems = validate_table(mixed_table(rows), LAYOUT)
+    assert [(p.row, p.column) for p in problems] == [(0, "tokens")]
+
+
+def test_lengths_that_disagree():
+    table = rl_table()
+    masks = table.column("loss_mask").to_pylist()
+    masks[2] = masks[2][:-1]
+    problems = validate_table(with_column(table, "loss_mask", masks), LAYOUT)
+    assert reasons(problems) == [(2, "loss_mask", "length differs from tokens")]
+
+
+def test_patch_count_not_matching_the_slots():
+    rows = [episode(2, 0), episode(2, 1)]
+    rows[0].patches, rows[0].patch_pos = rows[0].patches[:-1], rows[0].patch_pos[:-1]
+    problems = validate_table(rl_table(rows), LAYOUT)
+    assert (0, "patches", "patch count differs from the number of -1 slots") in reasons(problems)
+
+
+@pytest.mark.parametrize("bad", [[10, 10, 0, 64], [0, 129, 0, 64], [70, 60, 0, 64]])
+def test_bad_patch_positions(bad):
+    rows = [episode(2, 0), episode(2, 1)]
+    rows[1].patch_pos[3] = bad
+    problems = validate_table(rl_table(rows), LAYOUT)
+    assert [(p.row, p.column) for p in problems] == [(1, "patch_pos")]
+    assert "interval empty or past 128 bins" in problems[0].reason
+
+
+def test_step_starts_problems():
+    base = rl_table()
+    starts = base.column("step_starts").to_pylist()
+    for change, reason in [(lambda s: s[0].__setitem__(0, 1), "first step does not start at 0"),
+                           (lambda s: s[0].__setitem__(2, s[0][1]), "not strictly increasing"),
+                           (lambda s: s[1].__setitem__(1, 10_000), "offset outside the row")]:
+        s = [list(x) for x in starts]
+        change(s)
+        problems = reasons(validate_table(with_column(base, "step_starts", s), LAYOUT))
+        assert any(column == "step_starts" and r == reason for _, column, r in problems), (reason, problems)
+
+
+def test_num_steps_must_match_step_starts():
+    table = rl_table()
+    problems = validate_table(with_column(table, "num_steps", [3, 5, 4], pa.int32()), LAYOUT)
+    assert reasons(problems) == [(1, "num_steps", "differs from the number of step_starts")]
+
+
+def test_missing_separator():
+    rows = [episode(3, 0)]
+    sep_at = np.flatnonzero(rows[0].modality == SEPARATOR)[1]
+    rows[0].tokens[sep_at] = 7  # the second step's separator becomes text
+    rows[0].modality[sep_at] = TEXT
+    rows[0].loss_mask[sep_at] = 1
+    problems = reasons(validate_table(rl_table(rows), LAYOUT))
+    assert (0, "modality", "a step without exactly one separator") in problems
+
+
+def test_local_positions_not_restarting():
+    rows = [episode(3, 0), episode(3, 1)]
+    start = int(rows[1].step_starts[1])
+    step_len = int(rows[1].step_starts[1] - rows[1].step_starts[0])
+    rows[1].local_pos[start:start + step_len] = np.where(rows[1].local_pos[:step_len] >= 0,
+                                                         rows[1].local_pos[:step_len] + step_len, -1)
+    problems = validate_table(rl_table(rows), LAYOUT)
+    assert {p.row for p in problems} == {1} and {p.column for p in problems} == {"local_pos"}
+
+
+def test_loss_on_a_separator_or_image_and_text_without_loss():
+    rows = [episode(2, 0)]
+    rows[0].loss_mask[np.flatnonzero(rows[0].modality == SEPARATOR)[0]] = 1
+    problems = reasons(validate_table(rl_table(rows), LAYOUT))
+    assert (0, "loss_mask", "loss on an image patch or separator") in problems
+    text = [build_text_row([5, 6], LAYOUT)]
+    text[0].loss_mask[1] = 0
+    assert (0, "loss_mask", "text token without loss") in reasons(validate_table(mixed_table(text), LAYOUT))
+
+
+def test_problems_are_capped_per_check():
+    rows = [episode(1, i) for i in range(8)]
+    for r in rows:
+        r.patch_pos[0] = [5, 5, 0, 64]
+    problems = validate_table(rl_table(rows), LAYOUT)
+    assert [p.row for p in problems] == [0, 1, 2, 3, 4, None]
+    assert problems[-1].reason.endswith("3 more rows")
