@@ -27,7 +27,9 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -216,7 +218,7 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
             yield first
             yield from gen
         write_shard(work / data_name, all_batches(), schema)
-    marker = {"key": unit.key, "uid": uid, "file": data_name, **stats.to_dict()}
+    marker = {"key": unit.key, "uid": uid, "file": data_name, "pid": os.getpid(), **stats.to_dict()}
     _write_json_atomic(work / f"{uid}.json", marker)
     return marker
 
@@ -233,10 +235,13 @@ def _write_json_atomic(path: Path, obj) -> None:
 # --- worker processes ----------------------------------------------------------------------------
 
 _W: dict = {}
+_READY = "ready"
 
 
 def _init_worker(converter, work: str, on_error: str, task, queue) -> None:
     _W.update(converter=converter, work=Path(work), on_error=on_error, task=task, queue=queue)
+    pa.array([0])  # pays pyarrow's one-time lazy imports (pandas) before saying ready
+    queue.put((_READY, 0))
 
 
 def _worker_unit(unit: WorkUnit, uid: str) -> dict:
@@ -256,32 +261,68 @@ def _worker_unit(unit: WorkUnit, uid: str) -> dict:
 
 def _run_pool(converter, todo: list[tuple[WorkUnit, str]], work: Path, on_error: str, task, workers: int,
               progress: Progress) -> None:
+    """`workers` processes in all: this one and workers-1 spawned ones.
+
+    This process converts units too, so nothing waits while the others start (seconds: each
+    imports pyarrow, SentencePiece...). A thread hands a spawned worker units only once it says it
+    is ready, at most two at a time, so a small job is simply done here before they are up.
+    """
     ctx = mp.get_context("spawn")  # safe with threads (SentencePiece, Arrow) and on every OS
     queue = ctx.Queue()
+    lock = threading.Lock()
+    waiting = deque(todo)
+    errors: list[BaseException] = []
+    stop = threading.Event()
 
-    def drain() -> None:
-        while True:
-            try:
-                records, tokens = queue.get_nowait()
-            except Exception:  # queue.Empty
-                return
-            progress.update(records, tokens)
+    def next_unit():
+        with lock:
+            return waiting.popleft() if waiting else None
 
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(converter, str(work), on_error, task, queue)) as pool:
-        pending = [pool.apply_async(_worker_unit, (u, uid)) for u, uid in todo]
-        while pending:
-            drain()
-            still = []
-            for r in pending:
-                if r.ready():
-                    r.get()  # re-raises the worker's error; leaving the with-block terminates the pool
-                    progress.unit_done()
-                else:
-                    still.append(r)
-            pending = still
-            if pending:
-                time.sleep(0.05)
-        drain()
+    def feed(pool) -> None:
+        ready, running = 0, []
+        try:
+            while not stop.is_set():
+                while True:
+                    try:
+                        first, second = queue.get_nowait()
+                    except Exception:  # queue.Empty
+                        break
+                    if first == _READY:
+                        ready += 1
+                    else:
+                        progress.update(first, second)
+                still = []
+                for r in running:
+                    if r.ready():
+                        r.get()  # re-raises the worker's error
+                        progress.unit_done()
+                    else:
+                        still.append(r)
+                running = still
+                while len(running) < 2 * ready and (item := next_unit()) is not None:
+                    running.append(pool.apply_async(_worker_unit, item))
+                with lock:
+                    if not waiting and not running:
+                        return
+                time.sleep(0.02)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+
+    with ctx.Pool(workers - 1, initializer=_init_worker,
+                  initargs=(converter, str(work), on_error, task, queue)) as pool:
+        feeder = threading.Thread(target=feed, args=(pool,), daemon=True)
+        feeder.start()
+        try:
+            while not errors and (item := next_unit()) is not None:
+                convert_unit_to_file(converter, *item, work, on_error, task, progress.update)
+                progress.unit_done()
+            while feeder.is_alive():
+                feeder.join(0.1)
+            if errors:
+                raise errors[0]
+        finally:
+            stop.set()
+            feeder.join()
 
 
 # --- packing -------------------------------------------------------------------------------------

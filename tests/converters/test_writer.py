@@ -111,6 +111,38 @@ def test_two_workers_write_the_same_bytes(reference, inputs, text_tokenizer, tmp
     assert Manifest.read(tmp_path / "w2").shards == Manifest.read(reference).shards
 
 
+class WaitsForHelp(TextConverter):
+    """The text converter whose main process, before its first unit, waits (up to 60 s) until a
+    spawned worker has finished a unit: proves the work is really shared."""
+
+    parent_pid: int = 0
+    work: str = ""
+
+    def convert_unit(self, unit):
+        import json
+        import os
+        import time
+        from pathlib import Path
+        deadline = time.time() + 60
+        while os.getpid() == self.parent_pid and time.time() < deadline and not any(
+                json.loads(p.read_text())["pid"] != self.parent_pid for p in Path(self.work).glob("*.json")):
+            time.sleep(0.05)
+        yield from super().convert_unit(unit)
+
+
+def test_spawned_workers_share_the_units_and_write_the_same_bytes(reference, inputs, text_tokenizer, tmp_path):
+    import json
+    import os
+    out = tmp_path / "out"
+    conv = text_converter(inputs, text_tokenizer, WaitsForHelp)
+    conv.parent_pid, conv.work = os.getpid(), str(out / WORK_DIR)
+    res = run(conv, out, text_tokenizer, workers=2, num_partitions=2, partition=0)  # keeps .work to look at
+    pids = [json.loads(p.read_text())["pid"] for p in (out / WORK_DIR).glob("*.json")]
+    assert len(pids) == res.units_converted and len(set(pids)) == 2
+    assert run(text_converter(inputs, text_tokenizer), out, text_tokenizer, workers=2).units_converted > 0
+    assert shard_bytes(out) == shard_bytes(reference)
+
+
 def test_resume_after_a_crash_converts_only_the_rest(reference, inputs, text_tokenizer, tmp_path):
     out = tmp_path / "out"
     units = text_converter(inputs, text_tokenizer).work_units()
