@@ -26,6 +26,9 @@ from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 from ..shard_dir import ShardDir, ShardDirError
 
 
+GROUP_BYTES = 8 << 20  # record batches are validated in groups of about this size
+
+
 @dataclass
 class ShardReport:
     """What one shard holds, measured from its bytes, and what is wrong with it."""
@@ -68,18 +71,37 @@ def check_shard(path: Path, layout: VocabLayout) -> ShardReport:
     try:
         reader = pa.ipc.open_stream(buf)
         rep.rl = "episode_return" in reader.schema.names
+        group: list[pa.RecordBatch] = []  # validated together: fewer, larger numpy passes
+        group_start = 0
         for batch in reader:
-            table = pa.Table.from_batches([batch])
-            for p in validate_table(table, layout):
-                rep.add(p, rep.rows)
+            try:
+                batch.validate(full=True)  # offsets in bounds, UTF-8 strings: before any array is indexed
+            except pa.ArrowInvalid as e:
+                rep.add(f"rows {rep.rows}..{rep.rows + batch.num_rows - 1}: invalid Arrow data "
+                        f"({str(e).splitlines()[0]})")
+                rep.rows += batch.num_rows
+                continue
+            if not group:
+                group_start = rep.rows
+            group.append(batch)
             _count(rep, batch)
             rep.rows += batch.num_rows
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
+            if sum(b.nbytes for b in group) >= GROUP_BYTES:
+                _validate(rep, group, group_start, layout)
+                group = []
+        if group:
+            _validate(rep, group, group_start, layout)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # e.g. a damaged schema
         rep.add(f"unreadable Arrow stream after {rep.rows} rows ({str(e).splitlines()[0]})")
     finally:
         hasher.join()
     rep.sha256 = digest[0]
     return rep
+
+
+def _validate(rep: ShardReport, group: list[pa.RecordBatch], first_row: int, layout: VocabLayout) -> None:
+    for p in validate_table(pa.Table.from_batches(group), layout):
+        rep.add(p, first_row)
 
 
 def _count(rep: ShardReport, batch: pa.RecordBatch) -> None:
@@ -90,8 +112,7 @@ def _count(rep: ShardReport, batch: pa.RecordBatch) -> None:
         rep.tokens += int(lengths.sum())
     if "modality" in names:
         mod = batch.column("modality").flatten().to_numpy(zero_copy_only=False)
-        counts = np.bincount(mod, minlength=len(rep.modality_tokens))
-        rep.modality_tokens += counts[:len(rep.modality_tokens)]
+        rep.modality_tokens += [np.count_nonzero(mod == m) for m in range(len(rep.modality_tokens))]
     if "episode_return" in names:
         rep.returns.append(batch.column("episode_return").to_numpy(zero_copy_only=False))
     if "task" in names:
