@@ -19,8 +19,8 @@ import importlib
 import sys
 
 KINDS = {
-    "rl": "RL episodes (Minari datasets, HDF5, npz) -> one row per episode",
-    "captions": "image-caption pairs (webdataset tars, folders, HF datasets) -> one row per pair",
+    "rl": "RL episodes (Minari datasets, D4RL-style HDF5, Parquet / HF datasets episode tables) -> one row per episode",
+    "captions": "image-caption pairs (WebDataset tars, CSV / JSONL / COCO + images, Parquet, HF datasets) -> one row per pair",
     "text": "text (.txt, .jsonl, Parquet, HF datasets) -> one row per document",
 }
 NEEDS_TEXT_TOKENIZER = {"text", "captions"}
@@ -118,8 +118,6 @@ def run(args) -> int:
     from converters.writer import UsageError, convert
 
     parser: argparse.ArgumentParser = args._parser
-    if args.partition is not None and args.num_partitions == 1:
-        parser.error("--partition needs --num-partitions K > 1")
     if args.num_partitions > 1 and args.partition is None:
         parser.error("--num-partitions needs --partition I")
     if args.partition is not None and not 0 <= args.partition < args.num_partitions:
