@@ -274,3 +274,21 @@ def test_real_text_and_caption_conversions_verify_then_fail_when_damaged(tmp_pat
         shard.write_bytes(bytes(data))
         code, out, _ = run(["verify", str(tmp_path / kind)], capsys)
         assert code == 1 and f"{shard.name}: manifest says sha256" in out
+
+
+def test_random_damage_never_crashes_and_is_always_reported(tmp_path, rl_shard_dir, caption_shard_dir):
+    """Flipped bytes and truncations anywhere (headers, offsets, strings): a list of problems, never a traceback."""
+    rng = np.random.default_rng(7)
+    for k in range(24):
+        src = (rl_shard_dir, caption_shard_dir)[k % 2]
+        d = Path(shutil.copytree(src, tmp_path / f"d{k}"))
+        p = d / f"shard-0000{rng.integers(0, 3)}.arrow"
+        data = bytearray(p.read_bytes())
+        if k % 4 == 3:
+            data = data[:int(rng.integers(0, len(data)))]
+        else:
+            for i in rng.integers(0, len(data), int(rng.choice([1, 4, 32]))):
+                data[i] ^= int(rng.integers(1, 256))
+        p.write_bytes(bytes(data))
+        res = verify_dir(d)
+        assert res.problems and all(line.startswith(p.name) or line.startswith("manifest.json") for line in res.problems)

@@ -1,0 +1,182 @@
+"""`gato-tokenize inspect`: the summary, rows decoded back, the PNG, and directories still being written."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from converters.cli import main
+from converters.render import COLOURS, CELL_H, CELL_W, GAP, strip_image, token_lines
+from schemas.manifest import Manifest
+from schemas.shard import open_shard, row_from_table
+from tokenizer_kit.layout import IMAGE, TEXT
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+from tokenizer_kit.text import TextTokenizer
+from tokenizer_kit.values import bins_to_continuous
+
+from conftest import write_shard_dir
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- the summary -------------------------------------------------------------------------------------
+
+def test_summary_of_an_rl_directory_shows_everything(rl_shard_dir, capsys):
+    code, out, _ = run(["inspect", str(rl_shard_dir)], capsys)
+    assert code == 0
+    m = Manifest.read(rl_shard_dir)
+    lay = m.vocab_layout
+    assert f"profile gato: text [0, 512), discrete [0, 1024), continuous [1024, 2048), separator 2048; vocab 2049" in out
+    assert "tokenizer.model: SentencePiece, 512 pieces, eos 2" in out and "matches the manifest" in out
+    assert "converter     rl  env=pong-like" in out
+    assert "observations  frame image(32, 32), lives discrete(1,), ram continuous(4,)" in out
+    assert "actions       action discrete(1,)" in out
+    assert f"3 complete, 5 rows, {m.total_tokens} tokens" in out
+    for s in m.shards:
+        assert re.search(rf"{s.name}\s+{s.rows}\s+{s.tokens}\s+.*{s.sha256[:12]}", out)
+    r = m.stats["episode_returns"]
+    assert f"returns       count 5  mean {r['mean']:.4g}  min {r['min']:.4g}  max {r['max']:.4g}" in out
+    fe = m.stats["field_errors"]["observation/ram"]
+    assert re.search(rf"observation/ram\s+{fe['max']:.4g}\s+{fe['mean']:.4g}\s+116", out)
+    assert lay.mu == 100.0 and "mu 100, M 256, 1024 bins" in out
+
+
+def test_summary_json_counts_match_the_shards(rl_shard_dir, caption_shard_dir, text_shard_dir, capsys):
+    for d in (rl_shard_dir, caption_shard_dir, text_shard_dir):
+        code, out, _ = run(["inspect", str(d), "--json"], capsys)
+        assert code == 0
+        s = json.loads(out)
+        mods = np.zeros(5, np.int64)
+        rows = 0
+        for p in sorted(Path(d).glob("shard-*.arrow")):
+            t = open_shard(p)
+            rows += t.num_rows
+            mods += np.bincount(t.column("modality").combine_chunks().flatten().to_numpy(), minlength=5)
+        assert s["rows"] == rows and s["tokens"] == int(mods.sum())
+        assert list(s["tokens_by_modality"].values()) == mods.tolist()
+        assert s["layout"]["text_vocab_size"] == 512 and s["tokenizer"]["matches_manifest"] is True
+    assert s["episode_return"] is None and s["field_errors"] is None  # the text directory has neither
+
+
+def test_summary_of_a_directory_still_being_written(tmp_path, caption_shard_dir, capsys):
+    d = Path(shutil.copytree(caption_shard_dir, tmp_path / "cap"))
+    (d / "manifest.json").unlink()
+    (d / ".shard-00003.arrow.tmp123").write_bytes(b"half a shard")  # a writer's temporary file
+    code, out, _ = run(["inspect", str(d)], capsys)
+    assert code == 0
+    assert "no manifest yet (conversion running or interrupted): showing the 3 complete shards" in out
+    assert "3 complete, 5 rows, 50 tokens" in out and ".shard-00003" not in out
+    assert "image 20 (40.0%)" in out and "text 30 (60.0%)" in out  # counted from the shards themselves
+    code, out, _ = run(["inspect", str(d), "--row", "4"], capsys)
+    assert code == 0 and "digits/4" in out and "4 image patches, then ids" in out
+
+
+def test_unlisted_and_missing_shards_are_flagged(tmp_path, text_shard_dir, capsys):
+    d = Path(shutil.copytree(text_shard_dir, tmp_path / "txt"))
+    shutil.move(d / "shard-00002.arrow", d / "shard-00009.arrow")
+    code, out, _ = run(["inspect", str(d)], capsys)
+    assert code == 0
+    assert "shard-00002.arrow: listed in the manifest but MISSING" in out
+    assert "shard-00009.arrow: on disk, not in the manifest (being written?)" in out
+    assert "2 complete, 4 rows" in out
+
+
+# --- rows decoded back ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def worked_values_dir(tmp_path_factory, sp_model_path):
+    """SPEC 2's worked values as an observation, and actions 0.25 and -1.0."""
+    layout = TextTokenizer(sp_model_path).layout()
+    spec = EpisodeSpec((FieldSpec("state", "continuous", (4,)), FieldSpec("mode", "discrete", (1,))),
+                       (FieldSpec("torque", "continuous", (2,), mu_law=False),))
+    obs = {"state": np.array([[0.0, 0.5, -10.0, 256.0], [1000.0, 0.0, 0.0, 0.0]]), "mode": np.array([[7], [3]])}
+    act = {"torque": np.array([[0.25, -1.0], [1.0, 0.0]])}
+    row = build_episode(obs, act, spec, layout)
+    return write_shard_dir(tmp_path_factory.mktemp("worked"), [row], ["worked/0"], layout, "rl", "worked",
+                           episode_spec=spec, returns=[1.5], tokenizer_path=sp_model_path)
+
+
+def test_row_shows_values_next_to_their_ids_one_line_per_step(worked_values_dir, capsys):
+    code, out, _ = run(["inspect", str(worked_values_dir), "--row", "0"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("row 0 = shard-00000.arrow row 0: source_id 'worked/0', task worked, num_steps 2, "
+                               "episode_return 1.5; 16 tokens, 4 with loss")
+    t0, t1 = lines[1], lines[2]
+    C = 1024  # continuous offset with a 512-piece text vocab
+    ids = [int(x) for x in re.search(r"state=\[(.*?)\]", t0).group(1).replace(":", " ").split()[1::2]]
+    assert ids == [C + 512, C + 710, C + 163, C + 1023]  # SPEC 2's worked values
+    vals = [float(x) for x in re.search(r"state=\[(.*?)\]", t0).group(1).replace(":", " ").split()[0::2]]
+    from tokenizer_kit.layout import VocabLayout
+    lay = VocabLayout(512, eos_id=2)
+    assert vals == pytest.approx(bins_to_continuous(np.array(ids) - C, lay, True), rel=1e-3)
+    assert vals[1] == pytest.approx(0.5, abs=0.01) and vals[2] == pytest.approx(-10, abs=0.2)
+    assert "mode=[7:7]" in t0
+    assert f"act[torque=[0.251:{C + 640}* -0.999:{C}*]]" in t0  # actions: loss targets, not companded
+    assert t0.startswith("t=0 obs{mode=") and " | act[" in t0
+    assert t1.startswith("t=1 obs{mode=[3:3], state=[") and f"{C + 1023}" in t1
+    assert len(lines) == 3
+
+
+def test_row_by_source_id_and_out_of_range_rows(rl_shard_dir, capsys):
+    code, out, _ = run(["inspect", str(rl_shard_dir), "--source-id", "pong-like/episode-3"], capsys)
+    assert code == 0 and out.startswith("row 3 = shard-00001.arrow row 1: source_id 'pong-like/episode-3'")
+    steps = [line for line in out.splitlines() if line.startswith("t=")]
+    assert len(steps) == int(re.search(r"num_steps (\d+)", out).group(1))
+    assert all("frame=<image 32x32, 4 patches>" in s and re.search(r"act\[action=\[\d:\d\*\]\]", s) for s in steps)
+    code, out, err = run(["inspect", str(rl_shard_dir), "--row", "5"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "row 5 is outside [0, 5)" in err
+    code, _, err = run(["inspect", str(rl_shard_dir), "--source-id", "nope"], capsys)
+    assert code == 1 and "no row with source_id 'nope'" in err
+
+
+def test_text_and_caption_rows_decode_to_their_text(text_shard_dir, caption_shard_dir, corpus_path, capsys):
+    code, out, _ = run(["inspect", str(text_shard_dir), "--row", "2"], capsys)
+    line = open(corpus_path, encoding="utf-8").read().splitlines()[2]
+    assert code == 0 and f"text: {line!r}" in out
+    assert re.search(r"ids \(\* = loss\): (\d+\* )+2\*$", out.splitlines()[-1])
+    code, out, _ = run(["inspect", str(caption_shard_dir), "--row", "1"], capsys)
+    assert code == 0
+    assert "caption: 'the image shows digit one'" in out and "images: 32x32 (4 patches)" in out
+    assert "4 patches" in out.splitlines()[0] and "6 with loss" in out.splitlines()[0]
+
+
+# --- the PNG ---------------------------------------------------------------------------------------------
+
+def test_token_strip_colours_every_token_by_modality_and_loss(caption_shard_dir, rl_shard_dir):
+    row = row_from_table(open_shard(Path(caption_shard_dir) / "shard-00000.arrow"), 1)
+    img = strip_image(row, token_lines(row))
+    assert img.shape == (CELL_H, len(row) * CELL_W, 3)
+    for i, (m, t) in enumerate(zip(row.modality, row.loss_mask)):
+        top = img[0, i * CELL_W]
+        bottom = img[CELL_H - GAP - 1, i * CELL_W]
+        assert tuple(top) == COLOURS[int(m)][int(t)]
+        assert (tuple(bottom) == (0, 0, 0)) == bool(t)  # the loss-target bar
+    assert [int(m) for m in row.modality[:4]] == [IMAGE] * 4 and int(row.modality[4]) == TEXT
+    rl = row_from_table(open_shard(Path(rl_shard_dir) / "shard-00000.arrow"), 0)
+    lines = token_lines(rl)
+    assert [lab for lab, _, _ in lines] == [f"t={t}" for t in range(len(rl.step_starts))]  # one line per step
+
+
+def test_png_of_rl_and_caption_rows(tmp_path, rl_shard_dir, caption_shard_dir, capsys):
+    for d, row, name in ((rl_shard_dir, 0, "rl.png"), (caption_shard_dir, 2, "cap.png")):
+        code, _, err = run(["inspect", str(d), "--row", str(row), "--png", str(tmp_path / name)], capsys)
+        assert code == 0 and f"wrote {tmp_path / name}" in err
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and im.width > 300 and im.height > 200
+            px = np.asarray(im.convert("RGB"))
+        # the strip's colours are in the picture: image patches grey, discrete action targets green
+        colours = {tuple(c) for c in px.reshape(-1, 3)[::7]}
+        assert COLOURS[IMAGE][0] in colours
+    code, _, err = run(["inspect", str(rl_shard_dir), "--png", str(tmp_path / "x.png")], capsys)
+    assert code == 2 and "--png needs --row" in err
