@@ -21,6 +21,8 @@ MAX_PROBLEMS_PER_CHECK = 5  # beyond this a check reports a count, so output sta
 
 @dataclass(frozen=True)
 class Problem:
+    """One way a table breaks the contract: where (row or None for the whole table) and why."""
+
     row: int | None
     column: str
     reason: str
@@ -86,6 +88,8 @@ def _id_ranges(layout: VocabLayout) -> tuple[np.ndarray, np.ndarray]:
 def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
     """Every problem of one shard's table; [] when it holds to the contract."""
     problems = check_schema(table.schema)
+    problems += [Problem(None, name, f"{table.column(name).null_count} null values (columns are not nullable)")
+                 for name in table.schema.names if table.column(name).null_count]
     if problems:
         return problems
     rep = _Report(table.column("source_id"))

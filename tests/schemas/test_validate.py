@@ -170,3 +170,11 @@ def test_problems_are_capped_per_check():
     problems = validate_table(rl_table(rows), LAYOUT)
     assert [p.row for p in problems] == [0, 1, 2, 3, 4, None]
     assert problems[-1].reason.endswith("3 more rows")
+
+
+def test_null_values_are_problems():
+    table = rl_table()
+    ids = table.column("source_id").to_pylist()
+    ids[1] = None
+    problems = validate_table(with_column(table, "source_id", ids), LAYOUT)
+    assert reasons(problems) == [(None, "source_id", "1 null values (columns are not nullable)")]
