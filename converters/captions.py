@@ -255,6 +255,8 @@ def _tar_records(path: str, caption_field: str | None):
             if isinstance(e, SourceError):
                 raise
             msg = str(e.args[0] if e.args else e).split(" @ ")[0]
+            if "duplicate file name" in msg:  # group_by_keys: KEY.ext twice in a row
+                raise SourceError(f"{path}: member {msg.split(':')[0]!r} appears twice (duplicate key)") from None
             raise SourceError(f"{path}: truncated or corrupt tar after record {prev!r} ({msg})") from None
     yield from incomplete
 
@@ -299,7 +301,12 @@ def _table_file(path: str, fmt: str) -> tuple[list, list]:
     with open(path, encoding="utf-8", errors="surrogateescape", newline="" if fmt == "csv" else None) as f:
         if fmt == "csv":
             reader = csv.DictReader(f)
-            rows = list(reader)
+            rows = []
+            try:
+                for r in reader:
+                    rows.append(r)
+            except csv.Error as e:
+                raise SourceError(f"{path}: record {len(rows)}: not a readable CSV file ({e})") from None
             return list(reader.fieldnames or []), rows
         rows, cols = [], {}
         for i, line in enumerate(f):
@@ -393,6 +400,14 @@ def _arrow_columns(schema, image_field, caption_field, path: str) -> tuple[str, 
     return _pick(names, img, IMAGE_COLUMNS, path, "image"), _pick(names, caption_field, CAPTION_COLUMNS, path, "caption")
 
 
+def _parquet_file(path: str):
+    import pyarrow.parquet as pq
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad files
+        raise SourceError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+
 @functools.lru_cache(maxsize=2)
 def _hf_dataset(path: str):
     import datasets
@@ -478,8 +493,7 @@ class CaptionConverter:
         elif fmt == "hf":
             total = len(_hf_dataset(path))
         else:  # parquet: ranges on row-group boundaries, so a unit reads only its own groups
-            import pyarrow.parquet as pq
-            md = pq.ParquetFile(path).metadata
+            md = _parquet_file(path).metadata
             ranges, start, end = [], 0, 0
             for g in range(md.num_row_groups):
                 end += md.row_group(g).num_rows
@@ -534,11 +548,7 @@ class CaptionConverter:
         raise SourceError(f"{unit.path}: unknown input format {fmt!r}")
 
     def _parquet_records(self, unit: WorkUnit, stop: int, root: Path):
-        import pyarrow.parquet as pq
-        try:
-            pf = pq.ParquetFile(unit.path)
-        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad files
-            raise SourceError(f"{unit.path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        pf = _parquet_file(unit.path)
         img, cap = _arrow_columns(pf.schema_arrow, self.image_field, self.caption_field, unit.path)
         groups, first, pos = [], None, 0
         for g in range(pf.metadata.num_row_groups):

@@ -455,3 +455,20 @@ def test_converter_pickles_for_worker_processes(tmp_path, text_tokenizer):
     assert [r.source_id for r in a] == [r.source_id for r in b] == ["c.jsonl/0", "c.jsonl/1"]
     assert all(np.array_equal(x.row.tokens, y.row.tokens) and np.array_equal(x.row.patches, y.row.patches)
                for x, y in zip(a, b))
+
+
+def test_unreadable_files_and_duplicate_tar_members_are_one_line_source_errors(tmp_path, text_tokenizer):
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(SourceError, match=r"bad.parquet: not a readable Parquet file"):
+        conv([tmp_path / "bad.parquet"], text_tokenizer).work_units()
+    (tmp_path / "huge.csv").write_text("image,caption\nx.png," + "a" * 200_000 + "\n")  # over csv's field limit
+    with pytest.raises(SourceError, match=r"huge.csv: record 0: not a readable CSV file \(field larger than"):
+        run_all(conv([tmp_path / "huge.csv"], text_tokenizer))
+    png = encode(photo(16, 16, 0), "PNG")
+    tar = tmp_path / "dup.tar"
+    with wds.TarWriter(str(tar)) as w:
+        w.write({"__key__": "a", "png": png, "txt": "one"})
+        w.write({"__key__": "a", "png": png, "txt": "two"})
+    with pytest.raises(SourceError) as e:
+        run_all(conv([tar], text_tokenizer))
+    assert str(e.value) == f"{tar}: member 'a.png' appears twice (duplicate key)"
