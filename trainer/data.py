@@ -635,7 +635,13 @@ def build_loader(data: list[str], seq_len: int, batch_size: int, seed: int = 0, 
                  rank: int = 0, world_size: int = 1, training: bool = True, prompt_prob: float = 0.25,
                  prompt_len: int | None = None, layout: VocabLayout | None = None) -> GatoLoader:
     """Loader over `data` ("DIR" or "DIR:WEIGHT"); refuses directories whose layout differs
-    from each other's or from `layout` (the model's)."""
+    from each other's or from `layout` (the model's).
+
+    rank/world_size left at 0/1 inside an initialised torch.distributed job are taken from it,
+    so that ranks never read the same rows by accident.
+    """
+    if (rank, world_size) == (0, 1) and torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if not data:
         raise DataError("no shard directories given (--data DIR[:WEIGHT] ...)")
     if seq_len < 1 or batch_size < 1:

@@ -283,8 +283,10 @@ def test_batches_line_up_with_samples(dirs, training):
 
 def test_infinite_in_training_one_pass_in_eval(dirs):
     loader = build_loader([dirs["cap"]], seq_len=64, batch_size=4, training=False)
-    n_eval = sum(1 for _ in loader)
-    assert 0 < n_eval <= 30 / 4 + 1
+    passes = [list(loader), list(loader)]  # every evaluation pass is the same pass
+    n_eval = len(passes[0])
+    assert 0 < n_eval <= 30 / 4 + 1 and len(passes[1]) == n_eval
+    assert all(_same(a, b) for a, b in zip(*passes))
     train = build_loader([dirs["cap"]], seq_len=64, batch_size=4)
     assert len(_take(train, 3 * n_eval)) == 3 * n_eval
     assert max(train.state_dict()["readers"][0]["epoch"]) >= 1
@@ -323,3 +325,13 @@ def test_rows_are_memory_mapped_views(dirs):
     src = build_loader([dirs["text"]], 32, 2).sources[0]
     view = src.row(3)
     assert not view.tokens.flags.owndata and not view.tokens.flags.writeable  # a view of the mapped file
+
+
+def test_rank_comes_from_torch_distributed_when_left_default(dirs, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    loader = build_loader([dirs["text"]], 32, 2)
+    assert (loader.stream.rank, loader.stream.world_size) == (1, 3)
+    explicit = build_loader([dirs["text"]], 32, 2, rank=0, world_size=2)
+    assert (explicit.stream.rank, explicit.stream.world_size) == (0, 2)
