@@ -2,7 +2,8 @@
 
 Inputs: `.txt` (one document per file, or per blank-line block with `--split blank-line`),
 `.jsonl` (a string field, `--text-field`), Parquet files and HF `datasets` directories saved with
-`save_to_disk` (a string column). Directories of such files are searched recursively.
+`save_to_disk` (a string column). Directories of such files are searched recursively (hidden ones skipped). With `--split file` a
+document is a whole file, read at once; use `blank-line` (or .jsonl) for corpora in big files.
 
 Everything is read lazily: text files line by line, Parquet by record batches, HF datasets
 memory-mapped. Big inputs are cut into work units of about `--unit-size` bytes (byte ranges on
@@ -120,10 +121,12 @@ class TextConverter:
                 raise FileNotFoundError(f"input not found: {raw}")
             kind = _kind_of(path)
             if kind == "dir":
-                for sub in sorted(path.rglob("*")):
-                    if sub.is_file() and _kind_of(sub) is not None and not any(
-                            part.startswith(".") for part in sub.relative_to(path).parts):
-                        found.append((str(sub), _kind_of(sub)))
+                inside = [(str(sub), _kind_of(sub)) for sub in sorted(path.rglob("*"))
+                          if sub.is_file() and _kind_of(sub) not in (None, "dir") and not any(
+                              part.startswith(".") for part in sub.relative_to(path).parts)]
+                if not inside:
+                    raise SourceError(f"{raw}: no .txt, .jsonl or .parquet files in this directory")
+                found.extend(inside)
             elif kind == "hf-dict":
                 splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
                 found.extend((str(path / s), "hf") for s in splits)

@@ -185,3 +185,7 @@ def test_unsupported_input_is_refused(tmp_path, text_tokenizer):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(SourceError, match="x.csv: unsupported text input"):
         run_text([tmp_path / "x.csv"], tmp_path / "out", text_tokenizer)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.csv").write_text("a,b\n")
+    with pytest.raises(SourceError, match="empty: no .txt, .jsonl or .parquet files"):
+        run_text([tmp_path / "empty"], tmp_path / "out", text_tokenizer)
