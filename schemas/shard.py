@@ -47,7 +47,8 @@ def _offsets(lengths: Sequence[int]) -> pa.Array:
     """int32 list offsets; a batch past 2**31 values would wrap them, so it is refused."""
     ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
     if len(ends) and ends[-1] > np.iinfo(np.int32).max:
-        raise ShardError(f"record batch of {int(ends[-1])} values exceeds the int32 list offsets; write smaller batches")
+        raise ShardError(f"record batch of {int(ends[-1])} values exceeds the int32 list offsets; "
+                         "write smaller batches")
     out = np.zeros(len(lengths) + 1, dtype=np.int32)
     out[1:] = ends
     return pa.array(out)

@@ -29,8 +29,10 @@ class Problem:
     source_id: str | None = None
 
     def __str__(self) -> str:
-        where = "" if self.row is None else f"row {self.row}" + (f" ({self.source_id})" if self.source_id else "") + ", "
-        return f"{where}column {self.column}: {self.reason}"
+        if self.row is None:
+            return f"column {self.column}: {self.reason}"
+        source = f" ({self.source_id})" if self.source_id else ""
+        return f"row {self.row}{source}, column {self.column}: {self.reason}"
 
 
 def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:

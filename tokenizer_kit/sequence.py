@@ -281,7 +281,8 @@ def _assemble_uniform(blocks: list[_Block], steps: int, layout: VocabLayout, act
     if image_blocks:  # slot order: step by step, blocks in field order within a step
         row.patches = np.concatenate([b.patches.reshape(steps, w, -1) for b, w in image_blocks], axis=1).reshape(
             -1, image_blocks[0][0].patches.shape[-1])
-        row.patch_pos = np.concatenate([b.patch_pos.reshape(steps, w, 4) for b, w in image_blocks], axis=1).reshape(-1, 4)
+        row.patch_pos = np.concatenate([b.patch_pos.reshape(steps, w, 4) for b, w in image_blocks],
+                                       axis=1).reshape(-1, 4)
     return row
 
 

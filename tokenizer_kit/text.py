@@ -106,7 +106,8 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, out: s
     """
     out = Path(out)
     if model_type not in MODEL_TYPES:
-        raise TokenizeError(f"unknown SentencePiece model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+        raise TokenizeError(f"unknown SentencePiece model type {model_type!r}; "
+                            f"expected one of {', '.join(MODEL_TYPES)}")
     if vocab_size < 16:
         raise TokenizeError(f"vocab size {vocab_size} is too small for SentencePiece")
     if not inputs:

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas.shard import rows_to_batch, shard_schema
+from schemas.shard import rows_to_batch
 from schemas.validate import Problem, check_schema, validate_table
 from tokenizer_kit.layout import SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_caption_row, build_episode, build_text_row

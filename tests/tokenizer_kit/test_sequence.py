@@ -86,7 +86,8 @@ def test_uniform_episode_with_several_image_fields_and_tensors(tok_layout):
     # declared out of order on purpose: the row must follow text < image < tensor, then names
     spec = EpisodeSpec(
         (FieldSpec("z_vel", "continuous", (2,)), FieldSpec("wrist", "image", (16, 32)),
-         FieldSpec("buttons", "discrete", (3,)), FieldSpec("cam", "image", (32, 32)), FieldSpec("a_pos", "continuous", (2, 2))),
+         FieldSpec("buttons", "discrete", (3,)), FieldSpec("cam", "image", (32, 32)),
+         FieldSpec("a_pos", "continuous", (2, 2))),
         (FieldSpec("torque", "continuous", (2,)), FieldSpec("grip", "discrete", ())))
     assert [f.name for f in spec.observations] == ["cam", "wrist", "a_pos", "buttons", "z_vel"]
     assert [f.name for f in spec.actions] == ["grip", "torque"]
@@ -103,7 +104,8 @@ def test_uniform_episode_with_several_image_fields_and_tensors(tok_layout):
     assert first == [IMAGE] * 6 + [CONTINUOUS] * 4 + [DISCRETE] * 3 + [CONTINUOUS] * 2 + [SEPARATOR] + \
         [DISCRETE] + [CONTINUOUS] * 2
     # slot order: step 0 cam (4), step 0 wrist (2), step 1 cam, ...
-    assert np.array_equal(row.patches[4:6].reshape(2, 16, 16, 3), obs["wrist"][0].reshape(16, 2, 16, 3).transpose(1, 0, 2, 3))
+    wrist_patches = obs["wrist"][0].reshape(16, 2, 16, 3).transpose(1, 0, 2, 3)
+    assert np.array_equal(row.patches[4:6].reshape(2, 16, 16, 3), wrist_patches)
     assert np.array_equal(row.patches[6:10], image_to_patches(obs["cam"][1])[0])
 
 
@@ -123,7 +125,8 @@ def test_ragged_episode_with_text_and_images_of_changing_size(text_tokenizer, to
 
 
 def test_action_local_pos_option(tok_layout):
-    spec = EpisodeSpec((FieldSpec("x", "continuous", (3,)),), (FieldSpec("a", "discrete", (2,)),), action_local_pos=True)
+    spec = EpisodeSpec((FieldSpec("x", "continuous", (3,)),), (FieldSpec("a", "discrete", (2,)),),
+                       action_local_pos=True)
     obs, act = {"x": np.zeros((2, 3))}, {"a": np.ones((2, 2), int)}
     row = build_episode(obs, act, spec, tok_layout)
     assert_row_is(row, reference_episode(obs, act, spec, tok_layout, None, action_local_pos=True))
@@ -162,8 +165,8 @@ def test_disjoint_profile_moves_discrete_ids():
 # --- the inverse ----------------------------------------------------------------------------------
 
 def test_decode_episode_inverts_the_builder(text_tokenizer, tok_layout):
-    spec = EpisodeSpec((FieldSpec("say", "text"), FieldSpec("cam", "image", (32, 16)), FieldSpec("v", "continuous", (2, 2)),
-                        FieldSpec("k", "discrete", (1,))),
+    spec = EpisodeSpec((FieldSpec("say", "text"), FieldSpec("cam", "image", (32, 16)),
+                        FieldSpec("v", "continuous", (2, 2)), FieldSpec("k", "discrete", (1,))),
                        (FieldSpec("a", "continuous", (2,)), FieldSpec("b", "discrete", ())))
     rng = np.random.default_rng(3)
     T = 4
