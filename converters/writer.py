@@ -154,6 +154,10 @@ class _UnitStats:
         return d
 
 
+class _RecordFailed(SourceError):
+    """A bad record under --on-error fail."""
+
+
 def _row_estimate(rec: Record) -> int:
     r = rec.row
     return len(r.tokens) * 8 + len(r.patches) * (PATCH_BYTES + 4) + len(r.step_starts) * 4 + len(rec.source_id) + 64
@@ -192,7 +196,7 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
                 if rec.row is None or rec.skip_reason:
                     reason = rec.skip_reason or "no row"
                     if on_error == "fail":
-                        raise SourceError(reason)
+                        raise _RecordFailed(reason)
                     stats.skipped.append({"source": rec.source_id, "reason": reason})
                     report(0, 0)
                     continue
@@ -201,6 +205,8 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
                 if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
                     yield make_batch(buf)
                     buf, size = [], 0
+        except _RecordFailed:
+            raise  # the converter's reason, as it is
         except (SourceError, TokenizeError) as e:  # the unit itself is unreadable
             if on_error == "fail":
                 raise SourceError(_with_place(e, unit)) from None

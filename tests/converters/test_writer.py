@@ -270,7 +270,7 @@ class Episodes:
     def convert_unit(self, unit):
         for sid, pos, act, ret, bad in self.episodes(unit):
             if bad:
-                yield Record(sid, skip_reason=f"{sid}: step 1 field 'pos': NaN")
+                yield Record(sid, skip_reason=f"walks.h5: episode {sid[-1]}: step 1 field 'pos': NaN")
                 continue
             row = build_episode({"pos": pos}, {"act": act}, SPEC, self.layout)
             err = np.abs(pos).ravel() * 0.01
@@ -292,7 +292,7 @@ def test_rl_statistics_columns_and_episode_spec(layout, tmp_path):
     fe = m.stats["field_errors"]["observation/pos"]
     assert fe["count"] == errs.size and np.isclose(fe["max"], errs.max()) and np.isclose(fe["mean"], errs.mean())
     assert m.episode_spec == SPEC.to_dict() and "episode_spec" not in m.options and m.options == {"env": "walk"}
-    assert m.skipped == [{"source": "walk-1/ep2", "reason": "walk-1/ep2: step 1 field 'pos': NaN"}]
+    assert m.skipped == [{"source": "walk-1/ep2", "reason": "walks.h5: episode 2: step 1 field 'pos': NaN"}]
     assert m.tasks == ["walk"] and m.tokenizer_sha256 is None and not (tmp_path / "out" / "tokenizer.model").exists()
     table = all_rows(tmp_path / "out")
     assert validate_table(table, layout) == []
@@ -304,7 +304,7 @@ def test_rl_statistics_columns_and_episode_spec(layout, tmp_path):
     res = convert(conv, tmp_path / "out2", layout=layout, on_error="skip", task="maze", progress=False)
     assert res.manifest.tasks == ["maze"] and set(all_rows(tmp_path / "out2").column("task").to_pylist()) == {"maze"}
     # --on-error fail: the converter's reason, as it is
-    with pytest.raises(SourceError, match=r"^walk-1/ep2: step 1 field 'pos': NaN$"):
+    with pytest.raises(SourceError, match=r"^walks\.h5: episode 2: step 1 field 'pos': NaN$"):
         convert(conv, tmp_path / "out3", layout=layout, progress=False)
 
 
