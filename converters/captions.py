@@ -143,14 +143,15 @@ class ImageFit:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im = Image.open(io.BytesIO(data))  # reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise BadField(field, f"refused before decoding: {e}") from None
+            raise BadField(field, f"refused before decoding: {str(e).splitlines()[0]}") from None
         except UnidentifiedImageError:
             wh = _png_size(data)
             if wh is not None and 0 in wh:
                 raise BadField(field, f"image has 0 pixels ({wh[0]}x{wh[1]})") from None
             raise BadField(field, "not a readable image (unknown format or corrupt header)") from None
         except Exception as e:  # Pillow raises many types on bad headers
-            raise BadField(field, f"corrupt image header ({type(e).__name__}: {e})") from None
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise BadField(field, f"corrupt image header ({type(e).__name__}: {msg})") from None
         w, h = im.size
         if w * h == 0:
             raise BadField(field, f"image has 0 pixels ({w}x{h})")
