@@ -102,7 +102,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         p = self.patch
-        x = patches.view(-1, p, p, 3).permute(0, 3, 1, 2)  # batch patches are HWC
+        x = patches.view(-1, p, p, 3).permute(0, 3, 1, 2).contiguous()  # batch patches are HWC
         x = self.stem(x)
         h = self.conv1(F.gelu(self.norm1(x)))
         h = self.conv2(F.gelu(self.norm2(h)))

@@ -200,7 +200,10 @@ class Trainer:
             self.loss_module = DDP(self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda"
                                    else None)
         if args.compile:
-            self.loss_module = torch.compile(self.loss_module)
+            # Compile the transformer blocks in place (state-dict keys unchanged). The patch
+            # embedding stays eager: inductor mis-strides conv backward on a batch with 0 patches.
+            for blk in self.model.blocks:
+                blk.compile()
 
     # --- resume -----------------------------------------------------------------------------------
     def _resume_state(self, args: TrainArgs) -> dict | None:
