@@ -58,19 +58,20 @@ def strip_image(row: Row, lines: list[tuple[str, int, int]]) -> np.ndarray:
     return img
 
 
-def mosaic(images: list[np.ndarray], min_size: int = 96, columns: int = 8, pad: int = 6) -> tuple[np.ndarray, list]:
-    """Images side by side (nearest-neighbour upscaled so small frames stay visible); returns the
-    canvas and the (x, y) of each image's top-left corner for labels."""
+def mosaic(images: list[np.ndarray], min_size: int = 96, columns: int = 10, pad: int = 6) -> tuple[np.ndarray, list]:
+    """Images side by side (nearest-neighbour upscaled so small frames stay visible), with a band
+    above each for its label; returns the canvas and where each label goes (x, y)."""
     scale = max(1, int(np.ceil(min_size / max(max(im.shape[:2]) for im in images))))
     scaled = [im.repeat(scale, 0).repeat(scale, 1) for im in images]
     cols = min(columns, len(scaled))
     nrows = -(-len(scaled) // cols)
+    label = max(14, max(im.shape[0] for im in scaled) // 6)
     cw = max(im.shape[1] for im in scaled) + pad
-    ch = max(im.shape[0] for im in scaled) + pad
+    ch = max(im.shape[0] for im in scaled) + label
     canvas = np.full((nrows * ch, cols * cw, 3), 255, np.uint8)
     corners = []
     for k, im in enumerate(scaled):
-        y, x = (k // cols) * ch, (k % cols) * cw
+        y, x = (k // cols) * ch + label, (k % cols) * cw
         canvas[y:y + im.shape[0], x:x + im.shape[1]] = im
         corners.append((x, y))
     return canvas, corners
@@ -98,7 +99,7 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
     width = max(7.0, strip_w, img_w) + 1.0
     heights = ([img_h + 0.6] if images else []) + [strip_h + 0.6]
     fig = plt.figure(figsize=(width, sum(heights) + 1.2), dpi=dpi)
-    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, top=1 - 0.8 / (sum(heights) + 1.2),
+    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, top=1 - (0.6 + 0.25 * title.count("\n") + 0.2) / (sum(heights) + 1.2),
                             bottom=0.7 / (sum(heights) + 1.2))
     if images:
         ax = fig.add_subplot(grid[0])

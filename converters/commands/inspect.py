@@ -322,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(lines))
     if args.png:
         from ..render import render_row
-        render_row(args.png, row, images, f"{sd.path.name}: {header.split(';')[0]}")
+        caption = [line for line in lines if line.startswith("caption: ")]
+        render_row(args.png, row, images, f"{sd.path.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption))
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 

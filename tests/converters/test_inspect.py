@@ -180,3 +180,33 @@ def test_png_of_rl_and_caption_rows(tmp_path, rl_shard_dir, caption_shard_dir, c
         assert COLOURS[IMAGE][0] in colours
     code, _, err = run(["inspect", str(rl_shard_dir), "--png", str(tmp_path / "x.png")], capsys)
     assert code == 2 and "--png needs --row" in err
+
+
+# --- real converter output ------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_real_atari_like_conversion_inspects_and_verifies(tmp_path, monkeypatch, capsys):
+    """A Minari dataset of an Atari-like env (frames, RAM, discrete action) through `gato-tokenize rl`."""
+    from conftest import pong_like_env
+    from rl_fixtures import make_minari, rollouts
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    env = pong_like_env()
+    eps = rollouts(env, 3, 12, seed=1)
+    path = make_minari("ponglike/random-v0", env, eps)
+    out = tmp_path / "out"
+    code, _, err = run(["rl", str(path), "--out", str(out), "--no-progress", "--text-vocab-size", "1000"], capsys)
+    assert code == 0, err
+    code, out_text, _ = run(["verify", str(out), "--simulate-ranks", "2", "--workers", "2"], capsys)
+    assert code == 0 and "every row is read exactly once per epoch: 3 rows" in out_text
+    code, summary, _ = run(["inspect", str(out)], capsys)
+    assert code == 0 and "converter     rl" in summary and "obs/ram" in summary  # per-field quantisation error
+    code, row, _ = run(["inspect", str(out), "--row", "1", "--png", str(tmp_path / "rl.png")], capsys)
+    assert code == 0
+    steps = [line for line in row.splitlines() if line.startswith("t=")]
+    assert len(steps) == len(eps[1]["actions"])
+    for t, line in enumerate(steps):
+        assert "obs/frame=<image 32x32, 4 patches>" in line
+        assert f"act[action=[{int(eps[1]['actions'][t])}:{int(eps[1]['actions'][t])}*]]" in line
+        ram = [float(v.split(":")[0]) for v in re.search(r"obs/ram=\[(.*?)\]", line).group(1).split()]
+        assert ram == pytest.approx(eps[1]["observations"]["ram"][t], rel=0.02, abs=0.01)
+    assert (tmp_path / "rl.png").stat().st_size > 1000
