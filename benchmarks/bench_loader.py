@@ -62,11 +62,10 @@ def make_rows(kind: str, tokens: int, seed: int = 0) -> list:
     return rows
 
 
-def write(out: Path, kind: str, rows: list) -> str:
+def write(out: Path, kind: str, rows: list, rows_per_shard: int) -> str:
     from loader_fixtures import write_dir
     converter = "rl" if kind.startswith("rl") else kind
-    return str(write_dir(out, rows, LAYOUT, converter, kind, rows_per_shard=max(1, len(rows) // 4),
-                         batch_rows=256))
+    return str(write_dir(out, rows, LAYOUT, converter, kind, rows_per_shard=rows_per_shard, batch_rows=256))
 
 
 # --- the raw baseline ------------------------------------------------------------------------------------
@@ -111,10 +110,11 @@ def raw_reads(path: str, n_seq: int, seed: int = 0) -> tuple[float, int]:
     return time.perf_counter() - t, total
 
 
-def loader_reads(data: list[str], n_batches: int, seed: int = 0) -> tuple[float, int, int]:
-    """Seconds, real input tokens and patches of n_batches training batches of one reader."""
+def loader_reads(data: list[str], n_batches: int, seed: int = 0, num_workers: int = 0) -> tuple[float, int, int]:
+    """Seconds, real input tokens and patches of n_batches training batches of one reader
+    (in-process, or one DataLoader worker process handing batches over shared memory)."""
     from trainer.data import build_loader
-    loader = build_loader(data, SEQ_LEN, BATCH, seed=seed, num_workers=0)
+    loader = build_loader(data, SEQ_LEN, BATCH, seed=seed, num_workers=num_workers)
     it = iter(loader)
     next(it)  # warm-up: first touches of the mapped pages and the epoch order
     tokens = patches = 0
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batches", type=int)
     args = ap.parse_args(argv)
     n_batches = args.batches or (15 if args.quick else 60)
-    scale = 400_000 if args.quick else 2_000_000  # tokens per directory at 1x
+    scale = 400_000 if args.quick else 1_000_000  # tokens per directory at 1x (image dirs: a quarter)
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         tmp = Path(tmp)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         dirs = {}
         for kind in ("rl_state", "rl_pixels", "text", "captions"):
             base_rows[kind] = make_rows(kind, scale // (4 if kind in ("rl_pixels", "captions") else 1))
-            dirs[kind] = write(tmp / kind, kind, base_rows[kind])
+            dirs[kind] = write(tmp / kind, kind, base_rows[kind], max(1, len(base_rows[kind]) // 4))
         print(f"one reader (num_workers=0), batch {BATCH} x seq_len {SEQ_LEN}, {n_batches} batches each")
         for kind, path in dirs.items():
             secs, tokens, patches = loader_reads([path], n_batches)
@@ -196,9 +196,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{kind:10s} loader {tps / 1e6:6.2f} Mtok/s ({n_batches / secs:6.1f} batches/s, "
                   f"{patches / n_batches:6.0f} patches/batch)  raw mmap reads {raw_tps / 1e6:7.2f} Mtok/s  "
                   f"ratio {tps / raw_tps:.3f}  target {'>= 2 Mtok/s' if target else '-'}")
+        for kind in ("rl_state", "text"):  # the same reader as a DataLoader worker process
+            secs, tokens, _ = loader_reads([dirs[kind]], n_batches, num_workers=1)
+            rows_out.append({"name": f"loader_{kind}_one_dataloader_worker_tok_per_s", "figure": tokens / secs,
+                             "unit": "tok/s", "baseline": None, "ratio": None, "target": TARGET_TOK_S,
+                             "target_on": "figure", "batches_per_s": n_batches / secs})
+            print(f"{kind:10s} through one DataLoader worker: {tokens / secs / 1e6:6.2f} Mtok/s "
+                  f"({n_batches / secs:6.1f} batches/s)  target >= 2 Mtok/s")
         # memory: the same mixture over 1x and 10x the rows, each in a fresh process
         mixture = [f"{dirs['rl_state']}:1", f"{dirs['text']}:1", f"{dirs['captions']}:0.5", f"{dirs['rl_pixels']}:0.5"]
-        big = [f"{write(tmp / ('big_' + k), k, base_rows[k] * 10)}:{w.rsplit(':', 1)[1]}"
+        big = [f"{write(tmp / ('big_' + k), k, base_rows[k] * 10, max(1, len(base_rows[k]) // 4))}:{w.rsplit(':', 1)[1]}"
                for k, w in zip(("rl_state", "text", "captions", "rl_pixels"), mixture)]
         disk = {name: sum(f.stat().st_size for d in ds for f in Path(d.rsplit(':', 1)[0]).iterdir()) / 2**20
                 for name, ds in (("1x", mixture), ("10x", big))}
