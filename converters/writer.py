@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
 from schemas.shard import (PATCH_BYTES, SHARD_PATTERN, iter_shard_batches, rows_to_batch, shard_schema,
                            write_shard)
+from schemas.validate import validate_table
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 from tokenizer_kit.text import file_sha256
@@ -154,6 +155,10 @@ class _UnitStats:
         return d
 
 
+class InvalidRow(SourceError):
+    """A row that fails schemas.validate (whatever --on-error says: it is a converter bug)."""
+
+
 class _RecordFailed(SourceError):
     """A bad record under --on-error fail."""
 
@@ -169,10 +174,11 @@ def _with_place(msg: str, unit: WorkUnit) -> str:
 
 
 def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: Path, on_error: str,
-                         task: str | None, report: Callable[[int, int], None]) -> dict:
+                         task: str | None, report: Callable[[int, int], None], layout: VocabLayout) -> dict:
     """Convert one unit into `work/<uid>.arrow` and mark it complete with `work/<uid>.json`.
 
-    With on_error='fail' the first bad record raises SourceError and leaves neither file.
+    With on_error='fail' the first bad record raises SourceError and leaves neither file. Every
+    batch is checked with schemas.validate first, so a converter bug cannot reach a shard.
     """
     stats = _UnitStats()
     schema = shard_schema(converter.rl)
@@ -184,6 +190,10 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
             [rec.row for rec in buf], [rec.source_id for rec in buf], tasks,
             [rec.num_steps if rec.num_steps is not None else len(rec.row.step_starts) for rec in buf] if rl else None,
             [rec.episode_return if rec.episode_return is not None else float("nan") for rec in buf] if rl else None)
+        problems = validate_table(pa.Table.from_batches([batch]), layout)
+        if problems:  # a converter bug: never write a row that breaks the contract
+            raise InvalidRow(f"the {converter.name} converter built a row that breaks the shard contract: "
+                             f"{problems[0]}")
         stats.add_records(buf, tasks, batch)
         report(len(buf), int(batch.column("tokens").offsets[-1].as_py()))
         return batch
@@ -205,7 +215,7 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
                 if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
                     yield make_batch(buf)
                     buf, size = [], 0
-        except _RecordFailed:
+        except (_RecordFailed, InvalidRow):
             raise  # the converter's reason, as it is
         except (SourceError, TokenizeError) as e:  # the unit itself is unreadable
             if on_error == "fail":
@@ -244,8 +254,8 @@ _W: dict = {}
 _READY = "ready"
 
 
-def _init_worker(converter, work: str, on_error: str, task, queue) -> None:
-    _W.update(converter=converter, work=Path(work), on_error=on_error, task=task, queue=queue)
+def _init_worker(converter, work: str, on_error: str, task, queue, layout) -> None:
+    _W.update(converter=converter, work=Path(work), on_error=on_error, task=task, queue=queue, layout=layout)
     pa.array([0])  # pays pyarrow's one-time lazy imports (pandas) before saying ready
     queue.put((_READY, 0))
 
@@ -260,13 +270,14 @@ def _worker_unit(unit: WorkUnit, uid: str) -> dict:
             _W["queue"].put((pending[0], pending[1]))
             pending[:] = [0, 0, time.perf_counter()]
 
-    marker = convert_unit_to_file(_W["converter"], unit, uid, _W["work"], _W["on_error"], _W["task"], report)
+    marker = convert_unit_to_file(_W["converter"], unit, uid, _W["work"], _W["on_error"], _W["task"], report,
+                                  _W["layout"])
     _W["queue"].put((pending[0], pending[1]))
     return marker
 
 
 def _run_pool(converter, todo: list[tuple[WorkUnit, str]], work: Path, on_error: str, task, workers: int,
-              progress: Progress) -> None:
+              progress: Progress, layout: VocabLayout) -> None:
     """`workers` processes in all: this one and workers-1 spawned ones.
 
     This process converts units too, so nothing waits while the others start (seconds: each
@@ -315,12 +326,12 @@ def _run_pool(converter, todo: list[tuple[WorkUnit, str]], work: Path, on_error:
             errors.append(e)
 
     with ctx.Pool(workers - 1, initializer=_init_worker,
-                  initargs=(converter, str(work), on_error, task, queue)) as pool:
+                  initargs=(converter, str(work), on_error, task, queue, layout)) as pool:
         feeder = threading.Thread(target=feed, args=(pool,), daemon=True)
         feeder.start()
         try:
             while not errors and (item := next_unit()) is not None:
-                convert_unit_to_file(converter, *item, work, on_error, task, progress.update)
+                convert_unit_to_file(converter, *item, work, on_error, task, progress.update, layout)
                 progress.unit_done()
             while feeder.is_alive():
                 feeder.join(0.1)
@@ -499,10 +510,10 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
                    len(todo), enabled=progress)
     try:
         if workers > 1 and len(todo) > 1:
-            _run_pool(converter, todo, work, on_error, task, min(workers, len(todo)), bar)
+            _run_pool(converter, todo, work, on_error, task, min(workers, len(todo)), bar, layout)
         else:
             for unit, uid in todo:
-                convert_unit_to_file(converter, unit, uid, work, on_error, task, bar.update)
+                convert_unit_to_file(converter, unit, uid, work, on_error, task, bar.update, layout)
                 bar.unit_done()
     finally:
         bar.close()

@@ -308,6 +308,25 @@ def test_rl_statistics_columns_and_episode_spec(layout, tmp_path):
         convert(conv, tmp_path / "out3", layout=layout, progress=False)
 
 
+class Broken(Episodes):
+    """A converter with a bug: its second unit's rows put a text id past the text vocabulary."""
+
+    def convert_unit(self, unit):
+        for rec in super().convert_unit(unit):
+            if rec.row is not None and unit.key == "walk-1":
+                rec.row.modality[0] = 0  # now a "text" token with a continuous id
+                rec.row.loss_mask[0] = 1
+                rec.row.local_pos[:] = -1
+            yield rec
+
+
+def test_a_row_breaking_the_contract_never_reaches_a_shard(layout, tmp_path):
+    with pytest.raises(SourceError, match=r"the rl converter built a row that breaks the shard contract: row 0 "
+                                          r"\(walk-1/ep0\), column tokens: id outside its modality's range"):
+        convert(Broken(layout), tmp_path / "out", layout=layout, on_error="skip", progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("shard-*"))
+
+
 def test_parse_size():
     assert parse_size("256MB") == 256 * 10**6
     assert parse_size("64MiB") == parse_size("64M") == 64 * 2**20
