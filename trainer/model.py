@@ -194,10 +194,15 @@ class GatoModel(nn.Module):
         """Token embeddings, patches scattered into their slots, plus local observation positions."""
         B, L = batch.tokens.shape
         x = self.embed(batch.tokens)
-        # Run even with no patches (empty batch): every parameter stays in the graph, as DDP wants.
-        pe = self.patch_embed(batch.patches.to(x.dtype))
-        pe = pe + self.patch_row(batch.patch_row) + self.patch_col(batch.patch_col)
-        x = x.reshape(B * L, -1).index_copy(0, batch.patch_index, pe.to(x.dtype)).view(B, L, -1)
+        if batch.patches.shape[0]:
+            pe = self.patch_embed(batch.patches.to(x.dtype))
+            pe = pe + self.patch_row(batch.patch_row) + self.patch_col(batch.patch_col)
+            x = x.reshape(B * L, -1).index_copy(0, batch.patch_index, pe.to(x.dtype)).view(B, L, -1)
+        elif self.training and torch.is_grad_enabled():
+            # No images in this batch: run one blank patch and add 0 * it, so every parameter is
+            # in the graph (DDP expects that) without touching the values.
+            blank = self.patch_embed(x.new_zeros(1, self.layout.patch_values))
+            x = x + 0.0 * (blank.sum() + self.patch_row.weight[0].sum() + self.patch_col.weight[0].sum())
         lp = batch.local_pos
         has = (lp >= 0).unsqueeze(-1).to(x.dtype)
         return x + self.local_pos(lp.clamp(min=0)) * has

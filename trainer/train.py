@@ -167,7 +167,8 @@ class Trainer:
     def __init__(self, args: TrainArgs):
         self.out = Path(args.out)
         self.d, self.device = _setup_dist(args.device)
-        self.stop_requested = False
+        self.stop_requested = False  # set by SIGTERM on this rank
+        self.stop_agreed = False  # some rank was asked to stop: all stop after this step
         ckpt = self._resume_state(args)
         self.args = args.resolve()
         self.use_bf16 = args.precision == "bf16" or (args.precision == "auto" and self.device.type == "cuda")
@@ -312,8 +313,9 @@ class Trainer:
         stats = self.d.all_reduce(torch.cat([stats, stop]))
         self.step += 1
         stats = stats.cpu().tolist()
-        if stats[-1] > 0:
-            self.stop_requested = True
+        # Every rank stops after the same step: only the all-reduced flag decides (a SIGTERM that
+        # lands on one rank after its flag was sent is seen at the next step).
+        self.stop_agreed = stats[-1] > 0
         return {"step": self.step, "loss": stats[0] / float(total), "lr": lr, "grad_norm": float(grad_norm),
                 "tokens": stats[-2], "task_sums": stats[1:1 + nt], "task_counts": stats[1 + nt:1 + 2 * nt]}
 
@@ -402,7 +404,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
                 if bar is not None:
                     bar.update(1)
-                if self.stop_requested:
+                if self.stop_agreed:
                     self.save()
                     if self.d.main:
                         print(f"gato-train: stopped by SIGTERM at step {self.step}; checkpoint saved in {self.out}",

@@ -130,6 +130,12 @@ def test_text_only_batch_and_bf16_autocast(model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = model.loss(b)
     assert bf16.dtype == torch.float32 and abs(bf16.item() - fp32.item()) < 0.05
+    # Training on a batch without images still reaches every parameter (DDP needs that), with 0.
+    model.zero_grad()
+    fp32.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.patch_embed.stem.weight.grad.abs().sum() == 0
+    model.zero_grad()
 
 
 def test_init_and_param_groups(model):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +234,7 @@ _DDP_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(data_dirs, tmp_path):
-    """DDP with gloo (15-30 s on this machine): both ranks finish, read different batches, and end with the same weights."""
+    """DDP with gloo (15-30 s here): both ranks finish, read different batches, end with equal weights."""
     script = tmp_path / "spy.py"
     script.write_text(_DDP_SCRIPT)
     run = tmp_path / "run"
@@ -250,3 +251,27 @@ def test_torchrun_two_processes_on_cpu(data_dirs, tmp_path):
     assert r0["params"] == r1["params"]
     assert [r["step"] for r in _metrics(run)] == [2, 4]
     assert read_checkpoint(run)["world_size"] == 2
+
+
+def test_sigterm_from_outside_saves_and_exits_0(data_dirs, tmp_path):
+    """A real SIGTERM to a running gato-train: checkpoint of the last finished step, exit 0."""
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli"] + _args(data_dirs, run, "--steps", "100000",
+                                                                           "--log-every", "1"),
+                            env=env, cwd=str(REPO), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "metrics.jsonl").is_file() and len(_metrics(run)) >= 2:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    step = read_checkpoint(run)["step"]
+    assert 2 <= step < 100000 and _metrics(run)[-1]["step"] == step
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
