@@ -26,7 +26,7 @@ from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 from ..shard_dir import ShardDir, ShardDirError
 
 
-GROUP_BYTES = 8 << 20  # record batches are validated in groups of about this size
+GROUP_BYTES = 8 << 20  # record batches are validated in groups of about this many token bytes
 
 
 @dataclass
@@ -59,20 +59,21 @@ def _hash(buf: pa.Buffer, out: list) -> None:
     out.append(hashlib.sha256(memoryview(buf)).hexdigest())
 
 
-def check_shard(path: Path, layout: VocabLayout) -> ShardReport:
-    """Hash, parse and validate one shard from a single memory map."""
+def check_shard(path: Path, layout: VocabLayout, hash_bytes: bool = True) -> ShardReport:
+    """Hash, parse and validate one shard from a single memory map (hash_bytes=False: no sha256)."""
     rep = ShardReport(path.name)
     with pa.memory_map(str(path), "r") as source:
         buf = source.read_buffer()  # zero-copy view of the whole mapped file
     rep.bytes = buf.size
     digest: list[str] = []
-    hasher = threading.Thread(target=_hash, args=(buf, digest))
-    hasher.start()
+    hasher = threading.Thread(target=_hash, args=(buf, digest)) if hash_bytes else None
+    if hasher is not None:
+        hasher.start()
     try:
         reader = pa.ipc.open_stream(buf)
         rep.rl = "episode_return" in reader.schema.names
         group: list[pa.RecordBatch] = []  # validated together: fewer, larger numpy passes
-        group_start = 0
+        group_start = group_bytes = 0
         for batch in reader:
             try:
                 batch.validate(full=True)  # offsets in bounds, UTF-8 strings: before any array is indexed
@@ -82,11 +83,11 @@ def check_shard(path: Path, layout: VocabLayout) -> ShardReport:
                 rep.rows += batch.num_rows
                 continue
             if not group:
-                group_start = rep.rows
+                group_start, group_bytes = rep.rows, 0
             group.append(batch)
-            _count(rep, batch)
+            group_bytes += _count(rep, batch)
             rep.rows += batch.num_rows
-            if sum(b.nbytes for b in group) >= GROUP_BYTES:
+            if group_bytes >= GROUP_BYTES:
                 _validate(rep, group, group_start, layout)
                 group = []
         if group:
@@ -94,8 +95,9 @@ def check_shard(path: Path, layout: VocabLayout) -> ShardReport:
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # e.g. a damaged schema
         rep.add(f"unreadable Arrow stream after {rep.rows} rows ({str(e).splitlines()[0]})")
     finally:
-        hasher.join()
-    rep.sha256 = digest[0]
+        if hasher is not None:
+            hasher.join()
+    rep.sha256 = digest[0] if digest else ""
     return rep
 
 
@@ -104,12 +106,15 @@ def _validate(rep: ShardReport, group: list[pa.RecordBatch], first_row: int, lay
         rep.add(p, first_row)
 
 
-def _count(rep: ShardReport, batch: pa.RecordBatch) -> None:
+def _count(rep: ShardReport, batch: pa.RecordBatch) -> int:
+    """Add the batch's rows, tokens, modality counts, returns and tasks; return its token bytes."""
     names = batch.schema.names
+    size = 0
     if "tokens" in names:
         lengths = np.diff(batch.column("tokens").offsets.to_numpy())
         rep.lengths.append(lengths)
         rep.tokens += int(lengths.sum())
+        size = int(lengths.sum()) * 8  # ids, mask, position, modality: what validation reads
     if "modality" in names:
         mod = batch.column("modality").flatten().to_numpy(zero_copy_only=False)
         rep.modality_tokens += [np.count_nonzero(mod == m) for m in range(len(rep.modality_tokens))]
@@ -118,6 +123,7 @@ def _count(rep: ShardReport, batch: pa.RecordBatch) -> None:
     if "task" in names:
         for vc in batch.column("task").value_counts().to_pylist():
             rep.tasks[vc["values"]] = rep.tasks.get(vc["values"], 0) + vc["counts"]
+    return size
 
 
 # --- the directory ---------------------------------------------------------------------------------

@@ -292,3 +292,11 @@ def test_random_damage_never_crashes_and_is_always_reported(tmp_path, rl_shard_d
         p.write_bytes(bytes(data))
         res = verify_dir(d)
         assert res.problems and all(line.startswith(p.name) or line.startswith("manifest.json") for line in res.problems)
+
+
+def test_damage_repeated_in_every_step_is_still_found(rl_copy, capsys):
+    """Identical steps are checked through one of them (the fast path): a fault in all of them shows."""
+    sid = rewrite_row(rl_copy, "shard-00002.arrow", 0, lambda r: r.loss_mask.fill(0))
+    code, out, _ = run(["verify", str(rl_copy)], capsys)
+    assert code == 1
+    assert f"shard-00002.arrow: row 0 ({sid}), column loss_mask: action token without loss" in out
