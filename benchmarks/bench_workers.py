@@ -130,9 +130,9 @@ def bench_kind(kind: str, tmp: Path, quick: bool) -> list[dict]:
         big, big_opts = text_input(d, 10 if quick else 30, model)
         warm, warm_opts = text_input(d, 0.05, model)
     else:
-        inputs, opts = rl_input(d, 48 if quick else 160)
-        small, small_opts = rl_input(d, 8 if quick else 16, seed=1)
-        big, big_opts = rl_input(d, 80 if quick else 160, seed=2)
+        inputs, opts = rl_input(d, 96 if quick else 640)
+        small, small_opts = rl_input(d, 8 if quick else 32, seed=1)
+        big, big_opts = rl_input(d, 80 if quick else 320, seed=2)
         warm, warm_opts = rl_input(d, 2, steps=20, seed=3)
     run_cli(kind, warm, warm_opts, d / "warm", 1)  # imports and first-call costs out of the timing
     t1 = run_cli(kind, inputs, opts, d / "w1", 1)
