@@ -22,6 +22,8 @@ from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, 
 from ..shard_dir import ShardDir
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
+MAX_IDS = 256  # ids shown for a text row or caption
+MAX_TEXT = 4000  # characters of decoded text shown
 
 
 # --- the summary -------------------------------------------------------------------------------------
@@ -36,8 +38,8 @@ def _modality_counts(sd: ShardDir) -> dict[str, int]:
 
 
 def _returns(sd: ShardDir) -> dict | None:
-    vals = [sd.table(i).column("episode_return").to_numpy() for i in range(len(sd.shards))
-            if "episode_return" in sd.table(i).schema.names]
+    tables = [sd.table(i) for i in range(len(sd.shards))]
+    vals = [t.column("episode_return").to_numpy() for t in tables if "episode_return" in t.schema.names]
     if not vals:
         return None
     r = np.concatenate(vals)
@@ -107,6 +109,7 @@ def summary(sd: ShardDir) -> dict:
         "episode_return": ret,
         "field_errors": _field_errors(stats),
         "skipped": len(m.skipped) if m else None,
+        "work_units_done": len(list((sd.path / ".work").glob("*.json"))) if m is None else None,
         "missing_shards": sd.missing,
         "unlisted_shards": sd.unlisted,
     }
@@ -134,7 +137,8 @@ def format_summary(s: dict) -> str:
     kv = lambda k, v: out.append(f"  {k:<14}{v}")  # noqa: E731
     if not s["manifest"]:
         out.append(f"  no manifest yet (conversion running or interrupted): showing the {len(s['shards'])} "
-                   "complete shards")
+                   "complete shards" + (f"; {s['work_units_done']} work units converted so far (.work/)"
+                                        if s.get("work_units_done") else ""))
     else:
         kv("manifest", f"schema v{s['schema_version']}, written {s['created']}")
         kv("converter", f"{s['converter']}  " + " ".join(f"{k}={v}" for k, v in sorted((s["options"] or {}).items())))
@@ -192,8 +196,15 @@ def format_summary(s: dict) -> str:
 
 # --- one row -----------------------------------------------------------------------------------------
 
-def _ids(ids: np.ndarray, mask: np.ndarray) -> list[str]:
-    return [f"{i}{'*' if m else ''}" for i, m in zip(ids.tolist(), mask.tolist())]
+def _ids(ids: np.ndarray, mask: np.ndarray, limit: int | None = None) -> list[str]:
+    """`id` or `id*` (loss target); past `limit` ids, a count of the rest."""
+    n = len(ids) if limit is None else min(len(ids), limit)
+    out = [f"{i}{'*' if m else ''}" for i, m in zip(ids[:n].tolist(), mask[:n].tolist())]
+    return out + ([f"... (+{len(ids) - n} ids)"] if n < len(ids) else [])
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... (+{len(text) - limit} characters)"
 
 
 def _show_field(f: FieldSpec, value, ids: np.ndarray, mask: np.ndarray) -> str:
@@ -219,9 +230,8 @@ def _field_len(f: FieldSpec, value, row: Row, pos: int, layout: VocabLayout) -> 
     return f.size
 
 
-def episode_lines(row: Row, spec: EpisodeSpec, layout: VocabLayout, tok) -> list[str]:
-    """`t=3 obs{...} | act[...]` per step, values decoded by tokenizer_kit and shown with their ids."""
-    steps = decode_episode(row, spec, layout, tok)
+def episode_lines(row: Row, spec: EpisodeSpec, layout: VocabLayout, steps: list[tuple[dict, dict]]) -> list[str]:
+    """`t=3 obs{...} | act[...]` per step: `steps` from tokenizer_kit's decode_episode, shown with their ids."""
     lines = []
     for t, (obs, act) in enumerate(steps):
         pos = int(row.step_starts[t])
@@ -267,8 +277,8 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
     if len(row.step_starts):
         if layout is not None and sd.manifest.episode_spec:
             spec = EpisodeSpec.from_dict(sd.manifest.episode_spec)
-            lines = episode_lines(row, spec, layout, tok)
             steps = decode_episode(row, spec, layout, tok)
+            lines = episode_lines(row, spec, layout, steps)
             images = [(f"t={t} {f.name}", obs[f.name]) for t, (obs, _) in enumerate(steps)
                       for f in spec.observations if f.kind == "image"]
         else:
@@ -276,20 +286,21 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
             lines += raw_step_lines(row)
     elif len(row.patches):
         if layout is None:
-            lines = [f"{len(row.patches)} image patches, then ids {' '.join(_ids(row.tokens, row.loss_mask))}"]
+            lines = [f"{len(row.patches)} image patches, then ids "
+                     f"{' '.join(_ids(row.tokens[len(row.patches):], row.loss_mask[len(row.patches):], MAX_IDS))}"]
         else:
             imgs, caption = decode_caption(row, layout, tok)
             images = [(f"image {k}", im) for k, im in enumerate(imgs)]
             text_mask = row.modality == TEXT
             lines = [f"images: " + ", ".join(f"{im.shape[0]}x{im.shape[1]} ({im.shape[0] * im.shape[1] // 256} "
                                              "patches)" for im in imgs),
-                     f"caption: {caption!r}" if tok is not None else f"caption ids: {caption.tolist()}",
-                     f"caption ids (* = loss): {' '.join(_ids(row.tokens[text_mask], row.loss_mask[text_mask]))}"]
+                     f"caption: {_clip(caption)!r}" if tok is not None else "caption: (no tokenizer.model)",
+                     f"caption ids (* = loss): {' '.join(_ids(row.tokens[text_mask], row.loss_mask[text_mask], MAX_IDS))}"]
     else:
         ids = row.tokens
         text = tok.decode(ids) if tok is not None else None
-        lines = ([f"text: {text!r}"] if text is not None else []) + \
-                [f"ids (* = loss): {' '.join(_ids(ids, row.loss_mask))}"]
+        lines = ([f"text: {_clip(text)!r}"] if text is not None else []) + \
+                [f"ids (* = loss): {' '.join(_ids(ids, row.loss_mask, MAX_IDS))}"]
     return row, scalars, lines, images
 
 

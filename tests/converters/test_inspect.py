@@ -72,9 +72,13 @@ def test_summary_of_a_directory_still_being_written(tmp_path, caption_shard_dir,
     d = Path(shutil.copytree(caption_shard_dir, tmp_path / "cap"))
     (d / "manifest.json").unlink()
     (d / ".shard-00003.arrow.tmp123").write_bytes(b"half a shard")  # a writer's temporary file
+    (d / ".work").mkdir()
+    for uid in ("a1", "b2"):  # the writer's markers of finished work units
+        (d / ".work" / f"{uid}.json").write_text("{}")
     code, out, _ = run(["inspect", str(d)], capsys)
     assert code == 0
-    assert "no manifest yet (conversion running or interrupted): showing the 3 complete shards" in out
+    assert "no manifest yet (conversion running or interrupted): showing the 3 complete shards; " \
+           "2 work units converted so far (.work/)" in out
     assert "3 complete, 5 rows, 50 tokens" in out and ".shard-00003" not in out
     assert "image 20 (40.0%)" in out and "text 30 (60.0%)" in out  # counted from the shards themselves
     code, out, _ = run(["inspect", str(d), "--row", "4"], capsys)
@@ -210,3 +214,10 @@ def test_real_atari_like_conversion_inspects_and_verifies(tmp_path, monkeypatch,
         ram = [float(v.split(":")[0]) for v in re.search(r"obs/ram=\[(.*?)\]", line).group(1).split()]
         assert ram == pytest.approx(eps[1]["observations"]["ram"][t], rel=0.02, abs=0.01)
     assert (tmp_path / "rl.png").stat().st_size > 1000
+
+
+def test_long_rows_are_shown_cut_with_a_count():
+    from converters.commands.inspect import _clip, _ids
+    shown = _ids(np.arange(300), np.r_[np.ones(299), 0].astype(np.uint8), 256)
+    assert len(shown) == 257 and shown[0] == "0*" and shown[-1] == "... (+44 ids)"
+    assert _clip("x" * 5000, 4000).endswith("... (+1000 characters)")
