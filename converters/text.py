@@ -33,6 +33,7 @@ SPLITS = ("file", "blank-line")
 ENCODE_DOCS = 256  # documents per SentencePiece batch call
 ENCODE_CHARS = 1 << 20  # ... or this many characters, whichever comes first
 ARROW_BATCH_ROWS = 1024
+BOM, BOM_BYTES = "\ufeff", b"\xef\xbb\xbf"  # a UTF-8 byte-order mark at the start of a file is not text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -243,7 +244,7 @@ class TextConverter:
     def _whole_file(self, path: str):
         data = Path(path).read_bytes()
         try:
-            yield path, data.decode("utf-8"), None
+            yield path, data.decode("utf-8").removeprefix(BOM), None
         except UnicodeDecodeError as e:
             yield path, None, _not_utf8(path, 0, e)
 
@@ -254,7 +255,7 @@ class TextConverter:
             for line in f:
                 if pos >= unit.stop:
                     break
-                yield pos, line
+                yield pos, line[3:] if pos == 0 and line.startswith(BOM_BYTES) else line
                 pos += len(line)
 
     def _blocks(self, unit: WorkUnit):

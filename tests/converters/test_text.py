@@ -181,6 +181,14 @@ def test_non_utf8_txt_fail_and_skip(tmp_path, text_tokenizer):
                                                   (f"{path}@{path.read_bytes().index(good[2].encode())}", good[2])])
 
 
+def test_a_byte_order_mark_is_not_text(tmp_path, text_tokenizer):
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfthe robot arm\n")
+    (tmp_path / "b.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "a red cube"}\n')
+    run_text([tmp_path / "a.txt", tmp_path / "b.jsonl"], tmp_path / "out", text_tokenizer)
+    check_rows(tmp_path / "out", text_tokenizer, [(str(tmp_path / "a.txt"), "the robot arm"),
+                                                  (f"{tmp_path / 'b.jsonl'}@0", "a red cube")])
+
+
 def test_unsupported_input_is_refused(tmp_path, text_tokenizer):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(SourceError, match="x.csv: unsupported text input"):
