@@ -109,10 +109,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tokens = int(batch.attention_mask.sum())
     gato = GatoModel(cfg)
     base = PlainTransformer(layout.vocab_size, cfg.d_model, cfg.n_head, cfg.d_ff, cfg.n_layer, seq_len)
+    def adamw(params):
+        return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
+
     runs = {
-        "gato_fp32": _step_fn(gato, torch.optim.AdamW(gato.param_groups(0.1), lr=1e-4, betas=(0.9, 0.95)), batch, False),
-        "gato_bf16": _step_fn(gato, torch.optim.AdamW(gato.param_groups(0.1), lr=1e-4, betas=(0.9, 0.95)), batch, True),
-        "plain_fp32": _step_fn(base, torch.optim.AdamW(base.parameters(), lr=1e-4, betas=(0.9, 0.95)), batch, False),
+        "gato_fp32": _step_fn(gato, adamw(gato.param_groups(0.1)), batch, False),
+        "gato_bf16": _step_fn(gato, adamw(gato.param_groups(0.1)), batch, True),
+        "plain_fp32": _step_fn(base, adamw(base.parameters()), batch, False),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
     for fn in runs.values():  # warm-up

@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Options whose parser default is None: a value the user did not give comes from the resumed run.
-_RUN_DEFINING = ("data", "num_workers", "preset", "steps", "batch_size", "seq_len", "lr", "warmup", "grad_accum", "seed",
-                 "weight_decay", "prompt_prob", "precision")
+_RUN_DEFINING = ("data", "num_workers", "preset", "steps", "batch_size", "seq_len", "lr", "warmup", "grad_accum",
+                 "seed", "weight_decay", "prompt_prob", "precision")
 
 
 def args_from_namespace(ns: argparse.Namespace):

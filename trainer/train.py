@@ -321,32 +321,35 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean target-token loss per task on `eval_steps` batches of an eval-mode loader.
+        """Mean target-token loss, overall and per task, on `eval_steps` batches of each directory.
 
-        The eval loader reads --eval-data when given, else the training directories in evaluation
-        mode (deterministic windows and patch positions: the same batches at every evaluation).
+        Reads --eval-data (held-out directories) when given, else the training directories; each
+        directory gets its own loader in evaluation mode (rows in order, deterministic windows and
+        patch positions), so every task is measured, on the same batches at every evaluation.
         """
-        from .data import build_loader
+        from .data import build_loader, parse_data_arg
 
-        args, nt = self.args, len(self.tasks)
-        if not hasattr(self, "_eval_loader"):
-            self._eval_loader = build_loader(args.eval_data or args.data, args.seq_len, args.batch_size,
-                                             seed=args.seed, num_workers=0, rank=self.d.rank,
-                                             world_size=self.d.world, training=False, prompt_prob=args.prompt_prob,
-                                             layout=self.layout)
-            names = list(self._eval_loader.tasks)
-            self._eval_names = self.tasks + [n for n in names if n not in self.tasks]
-            self._eval_task_map = torch.tensor([self._eval_names.index(n) for n in names], dtype=torch.int64)
+        args = self.args
+        if not hasattr(self, "_eval_loaders"):
+            self._eval_loaders, self._eval_names = [], list(self.tasks)
+            for item in args.eval_data or args.data:
+                loader = build_loader([parse_data_arg(item)[0]], args.seq_len, args.batch_size, seed=args.seed,
+                                      rank=self.d.rank, world_size=self.d.world, training=False,
+                                      prompt_prob=args.prompt_prob, layout=self.layout)
+                self._eval_names += [n for n in loader.tasks if n not in self._eval_names]
+                task_map = torch.tensor([self._eval_names.index(n) for n in loader.tasks], dtype=torch.int64)
+                self._eval_loaders.append((loader, task_map.to(self.device)))
         ne = len(self._eval_names)
         stats = torch.zeros(2 * ne, device=self.device)
         self.model.eval()
-        for b in islice(iter(self._eval_loader), args.eval_steps):
-            b = b.to(self.device)
-            with self._autocast():
-                s, n = self.model.loss_terms(b)
-            tid = self._eval_task_map.to(self.device)[b.task_id]
-            stats[:ne].index_add_(0, tid, s.float())
-            stats[ne:].index_add_(0, tid, n.float())
+        for loader, task_map in self._eval_loaders:
+            for b in islice(iter(loader), args.eval_steps):
+                b = b.to(self.device)
+                with self._autocast():
+                    s, n = self.model.loss_terms(b)
+                tid = task_map[b.task_id]
+                stats[:ne].index_add_(0, tid, s.float())
+                stats[ne:].index_add_(0, tid, n.float())
         self.model.train()
         stats = self.d.all_reduce(stats).cpu().tolist()
         out = {}

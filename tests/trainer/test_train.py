@@ -111,7 +111,8 @@ def test_loss_decreases_and_logs(data_dirs, tmp_path):
     assert [r["step"] for r in recs] == list(range(5, 41, 5))
     assert np.mean([r["loss"] for r in recs[-2:]]) < recs[0]["loss"] - 1.0
     last = recs[-1]
-    for key in ("lr", "grad_norm", "tokens_per_s", "loss/cartpole", "loss/digits", "loss/text", "eval_loss"):
+    for key in ("lr", "grad_norm", "tokens_per_s", "loss/cartpole", "loss/digits", "loss/text", "eval_loss",
+                "eval_loss/cartpole", "eval_loss/digits", "eval_loss/text"):
         assert key in last, key
     assert last["tokens_per_s"] > 0
     assert [r["step"] for r in recs if "eval_loss" in r] == [20, 40]
@@ -274,3 +275,10 @@ def test_sigterm_from_outside_saves_and_exits_0(data_dirs, tmp_path):
     step = read_checkpoint(run)["step"]
     assert 2 <= step < 100000 and _metrics(run)[-1]["step"] == step
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+
+def test_eval_data_is_evaluated_per_task(data_dirs, tmp_path):
+    run = tmp_path / "run"
+    assert main(_args(data_dirs, run, "--steps", "2", "--eval-steps", "1", "--eval-data", data_dirs["text"])) == 0
+    last = _metrics(run)[-1]
+    assert last["eval_loss/text"] == last["eval_loss"] and "eval_loss/cartpole" not in last
