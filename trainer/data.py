@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +36,8 @@ from .sharding import assign_rows, num_readers
 KINDS = ("rl", "captions", "text")
 MAX_PAIRS = 5  # image-caption pairs concatenated into one sequence [paper]
 STATE_FORMAT = "gato-loader/1"
+# Mapped shard pages allowed to pile up (MB) before a reader unmaps them: keeps RSS flat as data grows.
+MAPPED_BUDGET_MB = 256
 
 
 class DataError(ValueError):
@@ -96,6 +99,47 @@ def _chunk(batch: pa.RecordBatch) -> _Chunk:
                   patch_pos)
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_LIBC = None
+
+
+def _mapped_region(table: pa.Table) -> tuple[int, int] | None:
+    """Page-aligned (address, length) span of a memory-mapped table's buffers: its file mapping."""
+    lo, hi = None, None
+    for col in table.columns:
+        for chunk in col.chunks:
+            for buf in chunk.buffers():
+                if buf is not None and buf.size:
+                    lo = buf.address if lo is None else min(lo, buf.address)
+                    hi = buf.address + buf.size if hi is None else max(hi, buf.address + buf.size)
+    if lo is None:
+        return None
+    lo -= lo % _PAGE
+    return lo, hi - lo
+
+
+def _mapped_mb() -> float:
+    """File-backed resident memory of this process (statm `shared`), cheap to read every batch."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[2]) * _PAGE / 2**20
+    except OSError:
+        return 0.0
+
+
+def _madvise_dontneed(addr: int, length: int) -> None:
+    """madvise(MADV_DONTNEED) on a read-only file mapping: drops the page-table entries only;
+    the data is read again from the page cache on the next touch. Linux only; a no-op elsewhere."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return
+    if _LIBC is None:
+        import ctypes
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _LIBC.madvise(addr, length, 4)  # MADV_DONTNEED
+
+
 def parse_data_arg(item: str) -> tuple[str, float]:
     """'DIR' or 'DIR:WEIGHT' -> (dir, weight); a weight is a positive token share (default 1)."""
     head, sep, tail = item.rpartition(":")
@@ -135,7 +179,8 @@ class ShardSource:
     # --- opening -------------------------------------------------------------------------------------
     def __getstate__(self):
         d = dict(self.__dict__)
-        for k in ("_tables", "_chunks", "_chunk_start", "_chunk_bounds", "_row_task_local", "_recent", "_task_rows"):
+        for k in ("_tables", "_chunks", "_chunk_start", "_chunk_bounds", "_row_task_local", "_recent", "_task_rows",
+                  "_regions"):
             d.pop(k, None)
         d["_pid"] = None
         return d
@@ -174,11 +219,20 @@ class ShardSource:
         self._tables, self._chunks = tables, chunks
         self._chunk_start = np.asarray(starts, np.int64)
         self._chunk_bounds = list(starts)  # one int per record batch, for bisect
+        self._regions = [r for r in map(_mapped_region, tables) if r is not None]
         self._recent: dict[int, RowView] = {}
         self._row_task_local = np.concatenate(task_codes) if task_codes else np.zeros(0, np.int32)
         self._local_task_names = names
         self._task_rows: dict[int, np.ndarray] = {}
         self._pid = os.getpid()
+
+    def release_pages(self) -> None:
+        """Unmap the shard pages read so far (they stay in the page cache; the next read maps them
+        again). Random reads map about 1 MB of file per touch on kernels with large page-cache
+        folios, so without this a process's RSS creeps up to the size of the data it has read."""
+        if self._pid == os.getpid():
+            for addr, length in self._regions:
+                _madvise_dontneed(addr, length)
 
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
@@ -525,6 +579,7 @@ class GatoStream(IterableDataset):
     def iterate(self, reader: int) -> Iterator[tuple[int, Batch, dict]]:
         state = {k: (list(v) if isinstance(v, list) else v) for k, v in self.start_states[reader].items()}
         streams = _Streams(self, reader, state)
+        mapped_floor = _mapped_mb()  # file-backed RSS at the start or after the last release
         while True:
             samples = []
             while len(samples) < self.batch_size:
@@ -536,6 +591,10 @@ class GatoStream(IterableDataset):
                 return
             batch = collate(samples, self.seq_len, self.training, self._rng(reader, state["batches"], 1))
             state["batches"] += 1
+            if _mapped_mb() - mapped_floor > MAPPED_BUDGET_MB:
+                for src in self.sources:
+                    src.release_pages()
+                mapped_floor = _mapped_mb()
             yield reader, batch, {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
             if len(samples) < self.batch_size:
                 return

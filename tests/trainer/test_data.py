@@ -335,3 +335,16 @@ def test_rank_comes_from_torch_distributed_when_left_default(dirs, monkeypatch):
     assert (loader.stream.rank, loader.stream.world_size) == (1, 3)
     explicit = build_loader([dirs["text"]], 32, 2, rank=0, world_size=2)
     assert (explicit.stream.rank, explicit.stream.world_size) == (0, 2)
+
+
+def test_released_pages_read_back_the_same(dirs, monkeypatch):
+    """Unmapping read pages (to keep RSS flat) must never change what is read next."""
+    import trainer.data as td
+    data = [dirs["pix"], dirs["cap"]]
+    kept = _take(build_loader(data, 40, 4, seed=2), 4)
+    monkeypatch.setattr(td, "MAPPED_BUDGET_MB", -1)  # release after every batch
+    calls = []
+    real = td.ShardSource.release_pages
+    monkeypatch.setattr(td.ShardSource, "release_pages", lambda self: (calls.append(1), real(self)))
+    released = _take(build_loader(data, 40, 4, seed=2), 4)
+    assert len(calls) >= 2 * 3 and all(_same(a, b) for a, b in zip(kept, released))
