@@ -557,13 +557,13 @@ class GatoStream(IterableDataset):
         if self.training:
             d = min(bisect.bisect_right(self._cum_probs, rng.random()), len(self.sources) - 1)
             first = streams.take(d)
-        else:  # one pass: directories in order
-            d, first = 0, None
-            while d < len(self.sources):
+        else:  # one pass, directories taken in turn (any prefix of the pass covers every task)
+            D, first = len(self.sources), None
+            for i in range(D):
+                d = (st["samples"] + i) % D
                 first = streams.take(d)
                 if first is not None:
                     break
-                d += 1
             if first is None:
                 return None
         src = self.sources[d]

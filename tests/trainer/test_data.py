@@ -287,6 +287,9 @@ def test_infinite_in_training_one_pass_in_eval(dirs):
     n_eval = len(passes[0])
     assert 0 < n_eval <= 30 / 4 + 1 and len(passes[1]) == n_eval
     assert all(_same(a, b) for a, b in zip(*passes))
+    mixed = next(iter(build_loader([dirs["cap"], dirs["text"], dirs["rl"]], 64, 6, training=False)))
+    ids = set(mixed.task_id.tolist())
+    assert {0, 1} <= ids and max(ids) >= 2  # captions, text and an RL task: every directory early in the pass
     train = build_loader([dirs["cap"]], seq_len=64, batch_size=4)
     assert len(_take(train, 3 * n_eval)) == 3 * n_eval
     assert max(train.state_dict()["readers"][0]["epoch"]) >= 1
