@@ -60,6 +60,7 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, map_location="cpu"):
     """(model in eval mode, its VocabLayout, its GatoConfig) from a run directory or checkpoint file."""
     from .model import GatoConfig, GatoModel
 
+    torch.set_flush_denormal(True)  # CPU inference with denormals can run 10x slower (FACTS.md)
     state = read_checkpoint(run_dir_or_ckpt, map_location)
     config = GatoConfig.from_dict(state["config"])
     model = GatoModel(config)

@@ -1,5 +1,7 @@
 """`gato-train`: train a Gato model on shard directories; re-running with the same --out resumes.
 
+`gato-train rollout --checkpoint RUN ...` runs a trained model in an environment (trainer/rollout.py).
+
 Exit codes: 0 ok (also after SIGTERM, once a checkpoint is saved), 1 bad data or run directory
 (one-line reason), 2 bad usage. Runs under `torchrun --nproc-per-node N` with DDP.
 """
@@ -58,6 +60,10 @@ def args_from_namespace(ns: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rollout"]:  # `gato-train rollout --checkpoint RUN ...`: act in an environment
+        from .rollout import main as rollout_main
+        return rollout_main(argv[1:])
     parser = build_parser()
     ns = parser.parse_args(argv)
     from converters.errors import EXPECTED_ERRORS

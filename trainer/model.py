@@ -50,6 +50,7 @@ class GatoConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     preset: str = ""
+    seq_len: int = 1024  # context length it was trained with (RoPE sets no hard limit; acting uses it)
 
     def __post_init__(self):
         if self.d_model % self.n_head:

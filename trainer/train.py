@@ -187,7 +187,7 @@ class Trainer:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
         self.tasks = list(self.loader.tasks)
         config = (GatoConfig.from_dict(ckpt["config"]) if ckpt is not None
-                  else GatoConfig.from_preset(args.preset, self.layout))
+                  else GatoConfig.from_preset(args.preset, self.layout, seq_len=args.seq_len))
         self.config = config
         self.model = GatoModel(config).to(self.device)
         self.opt = torch.optim.AdamW(self.model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95),
@@ -370,6 +370,8 @@ class Trainer:
         args = self.args
         if self.d.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.step == 0:
+                self._truncate_metrics(0)  # records of an earlier attempt that never checkpointed
             (self.out / "config.json").write_text(json.dumps({"model": self.config.to_dict(), "train": asdict(args),
                                                              "tasks": self.tasks}, indent=1) + "\n")
         self.model.train()

@@ -123,7 +123,7 @@ def test_loss_decreases_and_logs(data_dirs, tmp_path):
     state = read_checkpoint(run)
     assert state["step"] == 40
     model, layout, config = load_model(run)
-    assert layout == data_dirs["layout"] and config.preset == "tiny" and not model.training
+    assert layout == data_dirs["layout"] and config.preset == "tiny" and config.seq_len == 64 and not model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, state["model"][k])
 
