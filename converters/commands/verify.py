@@ -23,8 +23,7 @@ from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, ManifestError
 from schemas.validate import Problem, validate_table
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
-from ..shard_dir import ShardDir, ShardDirError
-
+from ..shard_dir import ShardDir
 
 GROUP_BYTES = 8 << 20  # record batches are validated in groups of about this many token bytes
 
@@ -41,13 +40,13 @@ class ShardReport:
     modality_tokens: np.ndarray = field(default_factory=lambda: np.zeros(len(MODALITY_NAMES), np.int64))
     returns: list[np.ndarray] = field(default_factory=list)
     lengths: list[np.ndarray] = field(default_factory=list)  # tokens of each row
+    tasks: dict[str, int] = field(default_factory=dict)  # rows per task
+    rl: bool | None = None
+    problems: list[str] = field(default_factory=list)
 
     @property
     def row_tokens(self) -> np.ndarray:
         return np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
-    tasks: dict[str, int] = field(default_factory=dict)  # rows per task
-    rl: bool | None = None
-    problems: list[str] = field(default_factory=list)
 
     def add(self, problem: Problem | str, row_offset: int = 0) -> None:
         if isinstance(problem, Problem) and problem.row is not None:
@@ -353,5 +352,3 @@ def register(subparsers) -> None:
                    help="position of DIR among gato-train's --data directories (its split seed depends on it)")
     p.set_defaults(func=run)
 
-
-__all__ = ["check_shard", "verify_dir", "register", "ShardDirError"]
