@@ -9,6 +9,9 @@ packing, sha256 and the manifest.
 * workers: wall time of `--workers 1` (in-process, after a warm-up run) over `--workers 2` (spawned
   processes, start-up included) on the same input cut into many work units. Target 1.7x. On a
   shared 2-core machine this is bounded by whatever else runs; read it with that in mind.
+* CPU cost: CPU seconds of the 1-worker run over those of the 2-worker run (all processes). On a
+  loaded machine wall time says little; this says what parallelism costs: at 0.85 or better, two
+  free cores give about 1.7x.
 * memory: peak RSS (VmHWM; ru_maxrss on Linux keeps the forking parent's peak) of a fresh child process converting the 1x input, over the same for
   10x; ratio = peak(1x) / peak(10x), target 0.8 (10x the input may cost at most 1.25x the memory).
 
@@ -37,6 +40,7 @@ from bench_text import make_documents, train_model, write_corpus  # noqa: E402
 
 SCALING_TARGET = 1.7
 MEMORY_TARGET = 0.8
+OVERHEAD_TARGET = 0.85  # what 2 workers may cost in extra CPU (start-up, IPC) for 1.7x on 2 free cores
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -85,13 +89,21 @@ def rl_available() -> bool:
 
 # --- measurements --------------------------------------------------------------------------------
 
-def run_cli(kind: str, inputs: list[str], options: list[str], out: Path, workers: int) -> float:
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (the spawned workers)."""
+    import resource
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + c.ru_utime + c.ru_stime
+
+
+def run_cli(kind: str, inputs: list[str], options: list[str], out: Path, workers: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of all processes) of one conversion through the command."""
     from converters.cli import main
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     rc = main([kind, *inputs, "--out", str(out), "--workers", str(workers), "--no-progress", *options])
     if rc != 0:
         raise SystemExit(f"{kind} conversion failed with exit {rc}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu() - c0
 
 
 def peak_rss_mb(kind: str, inputs: list[str], options: list[str], out: Path) -> float:
@@ -135,8 +147,8 @@ def bench_kind(kind: str, tmp: Path, quick: bool) -> list[dict]:
         big, big_opts = rl_input(d, 80 if quick else 320, seed=2)
         warm, warm_opts = rl_input(d, 2, steps=20, seed=3)
     run_cli(kind, warm, warm_opts, d / "warm", 1)  # imports and first-call costs out of the timing
-    t1 = run_cli(kind, inputs, opts, d / "w1", 1)
-    t2 = run_cli(kind, inputs, opts, d / "w2", 2)
+    t1, cpu1 = run_cli(kind, inputs, opts, d / "w1", 1)
+    t2, cpu2 = run_cli(kind, inputs, opts, d / "w2", 2)
     same = all((d / "w1" / p.name).read_bytes() == p.read_bytes() for p in sorted((d / "w2").glob("shard-*")))
     tokens = tokens_of(d / "w1")
     m1 = peak_rss_mb(kind, small, small_opts, d / "m1")
@@ -145,6 +157,9 @@ def bench_kind(kind: str, tmp: Path, quick: bool) -> list[dict]:
     rows = [
         {"name": f"{kind}: 2 workers vs 1 (same bytes: {same})", "figure": tokens / t2 / 1e6, "unit": "Mtok/s",
          "baseline": tokens / t1 / 1e6, "baseline_name": "1 worker", "ratio": t1 / t2, "target": SCALING_TARGET},
+        {"name": f"{kind}: CPU of 1 worker / CPU of 2 (1.0 = parallel work costs nothing extra)",
+         "figure": cpu2, "unit": "CPU s", "baseline": cpu1, "baseline_name": "1 worker", "ratio": cpu1 / cpu2,
+         "target": OVERHEAD_TARGET},
         {"name": f"{kind}: peak RSS at {scale:.0f}x input vs 1x", "figure": m10, "unit": "MB",
          "baseline": m1, "baseline_name": "1x input", "ratio": m1 / m10, "target": MEMORY_TARGET},
     ]
