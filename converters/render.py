@@ -99,12 +99,13 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
     width = max(7.0, strip_w, img_w) + 1.0
     heights = ([img_h + 0.6] if images else []) + [strip_h + 0.6]
     fig = plt.figure(figsize=(width, sum(heights) + 1.2), dpi=dpi)
-    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, top=1 - (0.6 + 0.25 * title.count("\n") + 0.2) / (sum(heights) + 1.2),
+    top_margin = 0.8 + 0.25 * title.count("\n")  # inches for the (possibly two-line) title
+    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, top=1 - top_margin / (sum(heights) + 1.2),
                             bottom=0.7 / (sum(heights) + 1.2))
     if images:
         ax = fig.add_subplot(grid[0])
         ax.imshow(canvas, interpolation="nearest")
-        for (label, _), (x, y) in zip(images, corners):
+        for (label, _), (x, y) in zip(images, corners, strict=True):
             ax.text(x, y - 2, label, fontsize=8, va="bottom")
         ax.set_axis_off()
         ax.set_title("images reassembled from their 16x16 patches", fontsize=10, pad=14)
@@ -119,7 +120,7 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
         side.set_visible(False)
     note = f" (first {MAX_LINES} lines)" if cut else ""
     ax.set_title(f"tokens as the model sees them{note}", fontsize=10)
-    present = {(int(m), int(t > 0)) for m, t in zip(row.modality, row.loss_mask)}
+    present = {(int(m), int(t > 0)) for m, t in zip(row.modality, row.loss_mask, strict=True)}
     handles = [Patch(color=np.array(COLOURS[m][t]) / 255,
                      label=f"{MODALITY_NAMES[m]}{' (loss target: dark, bar)' if t else ''}")
                for m, t in sorted(present)]

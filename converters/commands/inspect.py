@@ -199,7 +199,7 @@ def format_summary(s: dict) -> str:
 def _ids(ids: np.ndarray, mask: np.ndarray, limit: int | None = None) -> list[str]:
     """`id` or `id*` (loss target); past `limit` ids, a count of the rest."""
     n = len(ids) if limit is None else min(len(ids), limit)
-    out = [f"{i}{'*' if m else ''}" for i, m in zip(ids[:n].tolist(), mask[:n].tolist())]
+    out = [f"{i}{'*' if m else ''}" for i, m in zip(ids[:n].tolist(), mask[:n].tolist(), strict=True)]
     return out + ([f"... (+{len(ids) - n} ids)"] if n < len(ids) else [])
 
 
@@ -216,7 +216,7 @@ def _show_field(f: FieldSpec, value, ids: np.ndarray, mask: np.ndarray) -> str:
                                         f"({len(ids)} ids{', loss' if mask.any() else ''})")
     vals = np.asarray(value).reshape(-1)
     pairs = [f"{v:.4g}:{p}" if f.kind == "continuous" else f"{int(v)}:{p}"
-             for v, p in zip(vals[:MAX_VALUES].tolist(), _ids(ids[:MAX_VALUES], mask[:MAX_VALUES]))]
+             for v, p in zip(vals[:MAX_VALUES].tolist(), _ids(ids[:MAX_VALUES], mask[:MAX_VALUES]), strict=True)]
     more = f" ... (+{len(vals) - MAX_VALUES})" if len(vals) > MAX_VALUES else ""
     return f"{f.name}=[{' '.join(pairs)}{more}]"
 
@@ -251,6 +251,11 @@ def episode_lines(row: Row, spec: EpisodeSpec, layout: VocabLayout, steps: list[
     return lines
 
 
+def _raw(mod: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> str:
+    return " ".join("patch" if m == IMAGE else f"{MODALITY_NAMES[m][0]}{i}{'*' if k else ''}"
+                    for m, i, k in zip(mod.tolist(), ids.tolist(), mask.tolist(), strict=True))
+
+
 def raw_step_lines(row: Row) -> list[str]:
     """Steps without an episode spec (no manifest yet): ids with their modality, '*' = loss."""
     bounds = list(map(int, row.step_starts)) + [len(row)]
@@ -259,9 +264,8 @@ def raw_step_lines(row: Row) -> list[str]:
         sl = slice(bounds[t], bounds[t + 1])
         mod, ids, mask = row.modality[sl], row.tokens[sl], row.loss_mask[sl]
         sep = int(np.argmax(mod == SEPARATOR)) if (mod == SEPARATOR).any() else len(mod)
-        fmt = lambda a, b: " ".join("patch" if m == IMAGE else f"{MODALITY_NAMES[m][0]}{i}{'*' if k else ''}"  # noqa
-                                    for m, i, k in zip(mod[a:b], ids[a:b], mask[a:b]))
-        out.append(f"t={t} obs{{{fmt(0, sep)}}} | act[{fmt(sep + 1, len(mod))}]")
+        obs, act = _raw(mod[:sep], ids[:sep], mask[:sep]), _raw(mod[sep + 1:], ids[sep + 1:], mask[sep + 1:])
+        out.append(f"t={t} obs{{{obs}}} | act[{act}]")
     return out
 
 
@@ -292,10 +296,11 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
             imgs, caption = decode_caption(row, layout, tok)
             images = [(f"image {k}", im) for k, im in enumerate(imgs)]
             text_mask = row.modality == TEXT
-            lines = [f"images: " + ", ".join(f"{im.shape[0]}x{im.shape[1]} ({im.shape[0] * im.shape[1] // 256} "
+            lines = ["images: " + ", ".join(f"{im.shape[0]}x{im.shape[1]} ({im.shape[0] * im.shape[1] // 256} "
                                              "patches)" for im in imgs),
                      f"caption: {_clip(caption)!r}" if tok is not None else "caption: (no tokenizer.model)",
-                     f"caption ids (* = loss): {' '.join(_ids(row.tokens[text_mask], row.loss_mask[text_mask], MAX_IDS))}"]
+                     "caption ids (* = loss): "
+                     + " ".join(_ids(row.tokens[text_mask], row.loss_mask[text_mask], MAX_IDS))]
     else:
         ids = row.tokens
         text = tok.decode(ids) if tok is not None else None
@@ -334,7 +339,8 @@ def run(args: argparse.Namespace) -> int:
     if args.png:
         from ..render import render_row
         caption = [line for line in lines if line.startswith("caption: ")]
-        render_row(args.png, row, images, f"{sd.path.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption))
+        title = f"{sd.path.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption)
+        render_row(args.png, row, images, title)
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 

@@ -36,7 +36,8 @@ def test_summary_of_an_rl_directory_shows_everything(rl_shard_dir, capsys):
     assert code == 0
     m = Manifest.read(rl_shard_dir)
     lay = m.vocab_layout
-    assert f"profile gato: text [0, 512), discrete [0, 1024), continuous [1024, 2048), separator 2048; vocab 2049" in out
+    assert "profile gato: text [0, 512), discrete [0, 1024), continuous [1024, 2048), separator 2048; " \
+           "vocab 2049" in out
     assert "tokenizer.model: SentencePiece, 512 pieces, eos 2" in out and "matches the manifest" in out
     assert "converter     rl  env=pong-like" in out
     assert "observations  frame image(32, 32), lives discrete(1,), ram continuous(4,)" in out
@@ -161,7 +162,7 @@ def test_token_strip_colours_every_token_by_modality_and_loss(caption_shard_dir,
     row = row_from_table(open_shard(Path(caption_shard_dir) / "shard-00000.arrow"), 1)
     img = strip_image(row, token_lines(row))
     assert img.shape == (CELL_H, len(row) * CELL_W, 3)
-    for i, (m, t) in enumerate(zip(row.modality, row.loss_mask)):
+    for i, (m, t) in enumerate(zip(row.modality, row.loss_mask, strict=True)):
         top = img[0, i * CELL_W]
         bottom = img[CELL_H - GAP - 1, i * CELL_W]
         assert tuple(top) == COLOURS[int(m)][int(t)]
@@ -221,3 +222,17 @@ def test_long_rows_are_shown_cut_with_a_count():
     shown = _ids(np.arange(300), np.r_[np.ones(299), 0].astype(np.uint8), 256)
     assert len(shown) == 257 and shown[0] == "0*" and shown[-1] == "... (+44 ids)"
     assert _clip("x" * 5000, 4000).endswith("... (+1000 characters)")
+
+
+def test_rl_row_without_a_manifest_shows_ids_per_step(tmp_path, rl_shard_dir, capsys):
+    d = Path(shutil.copytree(rl_shard_dir, tmp_path / "rl"))
+    (d / "manifest.json").unlink()
+    code, out, _ = run(["inspect", str(d), "--row", "0"], capsys)
+    assert code == 0
+    row = row_from_table(open_shard(d / "shard-00000.arrow"), 0)
+    steps = [line for line in out.splitlines() if line.startswith("t=")]
+    assert len(steps) == len(row.step_starts)
+    k = int(row.step_starts[1])  # tokens of step 0: 4 patches, lives, 4 ram values, separator, action
+    ids = row.tokens[:k]
+    assert steps[0] == (f"t=0 obs{{patch patch patch patch d{ids[4]} " + " ".join(f"c{i}" for i in ids[5:9])
+                        + f"}} | act[d{ids[10]}*]")

@@ -241,8 +241,9 @@ def test_simulation_catches_a_split_that_reads_rows_twice(monkeypatch):
     sim = simulate_ranks([10, 7], np.ones(17, np.int64), 2, 2)
     assert sim["exactly_once"] and sum(r["rows"] for r in sim["readers"]) == 17
     # a classic bug: every worker of a rank takes the same slice (worker index ignored)
-    monkeypatch.setattr(trainer.sharding, "assign_rows",
-                        lambda rps, rank, ws, worker, nw, epoch, seed, shuffle=True: good(rps, rank, ws, 0, 1, epoch, seed))
+    def buggy(rps, rank, ws, worker, nw, epoch, seed, shuffle=True):
+        return good(rps, rank, ws, 0, 1, epoch, seed)
+    monkeypatch.setattr(trainer.sharding, "assign_rows", buggy)
     bad = simulate_ranks([10, 7], np.ones(17, np.int64), 2, 2)
     assert not bad["exactly_once"] and bad["num_read_twice"] == 17
 
@@ -250,7 +251,8 @@ def test_simulation_catches_a_split_that_reads_rows_twice(monkeypatch):
 # --- real converter output -----------------------------------------------------------------------------
 
 def test_real_text_and_caption_conversions_verify_then_fail_when_damaged(tmp_path, sp_model_path, corpus_path, capsys):
-    code, _, err = run(["text", corpus_path, "--out", str(tmp_path / "text"), "--text-tokenizer", sp_model_path], capsys)
+    code, _, err = run(["text", corpus_path, "--out", str(tmp_path / "text"), "--text-tokenizer", sp_model_path],
+                       capsys)
     assert code == 0, err
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -291,7 +293,8 @@ def test_random_damage_never_crashes_and_is_always_reported(tmp_path, rl_shard_d
                 data[i] ^= int(rng.integers(1, 256))
         p.write_bytes(bytes(data))
         res = verify_dir(d)
-        assert res.problems and all(line.startswith(p.name) or line.startswith("manifest.json") for line in res.problems)
+        assert res.problems
+        assert all(line.startswith(p.name) or line.startswith("manifest.json") for line in res.problems)
 
 
 def test_damage_repeated_in_every_step_is_still_found(rl_copy, capsys):
