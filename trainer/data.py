@@ -37,7 +37,7 @@ KINDS = ("rl", "captions", "text")
 MAX_PAIRS = 5  # image-caption pairs concatenated into one sequence [paper]
 STATE_FORMAT = "gato-loader/1"
 # Mapped shard pages allowed to pile up (MB) before a reader unmaps them: keeps RSS flat as data grows.
-MAPPED_BUDGET_MB = 256
+MAPPED_BUDGET_MB = 128
 
 
 class DataError(ValueError):
@@ -103,8 +103,24 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _LIBC = None
 
 
-def _mapped_region(table: pa.Table) -> tuple[int, int] | None:
-    """Page-aligned (address, length) span of a memory-mapped table's buffers: its file mapping."""
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings of `path`, from /proc/self/maps."""
+    target, out = str(path.resolve()), []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and parts[5].rstrip("\n") == target:
+                    a, b = parts[0].split("-")
+                    out.append((int(a, 16), int(b, 16)))
+    except OSError:
+        pass
+    return out
+
+
+def _mapped_region(table: pa.Table, path: Path) -> tuple[int, int] | None:
+    """Page-aligned (address, length) span of a table's buffers, only when it lies inside a
+    mapping of the shard file: never heap memory, which MADV_DONTNEED would wipe."""
     lo, hi = None, None
     for col in table.columns:
         for chunk in col.chunks:
@@ -115,6 +131,8 @@ def _mapped_region(table: pa.Table) -> tuple[int, int] | None:
     if lo is None:
         return None
     lo -= lo % _PAGE
+    if not any(a <= lo and hi <= b for a, b in _file_mappings(path)):
+        return None
     return lo, hi - lo
 
 
@@ -219,7 +237,8 @@ class ShardSource:
         self._tables, self._chunks = tables, chunks
         self._chunk_start = np.asarray(starts, np.int64)
         self._chunk_bounds = list(starts)  # one int per record batch, for bisect
-        self._regions = [r for r in map(_mapped_region, tables) if r is not None]
+        regions = [_mapped_region(t, root / info.name) for t, info in zip(tables, self.manifest.shards)]
+        self._regions = [r for r in regions if r is not None]
         self._recent: dict[int, RowView] = {}
         self._row_task_local = np.concatenate(task_codes) if task_codes else np.zeros(0, np.int32)
         self._local_task_names = names

@@ -351,3 +351,9 @@ def test_released_pages_read_back_the_same(dirs, monkeypatch):
     monkeypatch.setattr(td.ShardSource, "release_pages", lambda self: (calls.append(1), real(self)))
     released = _take(build_loader(data, 40, 4, seed=2), 4)
     assert len(calls) >= 2 * 3 and all(_same(a, b) for a, b in zip(kept, released))
+    # only spans inside a mapping of the shard file are ever released, never heap memory
+    from pathlib import Path
+    import pyarrow as pa
+    shard = Path(dirs["cap"]) / "shard-00000.arrow"
+    assert td._mapped_region(open_shard(shard), shard) is not None
+    assert td._mapped_region(pa.table({"x": list(range(5000))}), shard) is None
