@@ -208,7 +208,8 @@ class GatoModel(nn.Module):
         has = (lp >= 0).unsqueeze(-1).to(x.dtype)
         return x + self.local_pos(lp.clamp(min=0)) * has
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def hidden(self, batch: Batch) -> torch.Tensor:
+        """Final normalised hidden states (B, L, d_model)."""
         x = self.embed_inputs(batch)
         L = x.shape[1]
         t = torch.arange(L, device=x.device, dtype=torch.float32)
@@ -216,16 +217,25 @@ class GatoModel(nn.Module):
         cos, sin = freqs.cos()[None, None], freqs.sin()[None, None]
         for blk in self.blocks:
             x = blk(x, cos, sin)
-        return F.linear(self.norm(x), self.embed.weight)  # tied output head
+        return self.norm(x)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return F.linear(self.hidden(batch), self.embed.weight)  # tied output head
 
     def loss_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence sums of target-token cross-entropy (B,) and of target counts (B,)."""
-        logits = self(batch)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
-        mask = batch.loss_mask.to(ce.dtype)
-        # where(): a masked position contributes exactly 0, even if its logit were inf/nan.
-        per_tok = torch.where(mask.flatten() > 0, ce * mask.flatten(), torch.zeros_like(ce))
-        return per_tok.view(batch.tokens.shape).sum(1), mask.sum(1)
+        """Per-sequence sums of target-token cross-entropy (B,) and of target counts (B,).
+
+        Logits are computed only where the loss mask is set: masked positions (image patches,
+        observations, separators, padding) contribute nothing and cost no vocabulary projection,
+        which is most of an RL sequence.
+        """
+        h = self.hidden(batch)
+        mask = batch.loss_mask.float()
+        where = mask > 0
+        seq = torch.arange(h.shape[0], device=h.device).unsqueeze(1).expand_as(where)[where]
+        logits = F.linear(h[where], self.embed.weight)
+        ce = F.cross_entropy(logits.float(), batch.targets[where], reduction="none") * mask[where]
+        return torch.zeros(h.shape[0], device=h.device).index_add(0, seq, ce), mask.sum(1)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Cross-entropy averaged over target tokens (not over all positions)."""
