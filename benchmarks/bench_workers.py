@@ -12,8 +12,9 @@ packing, sha256 and the manifest.
 * CPU cost: CPU seconds of the 1-worker run over those of the 2-worker run (all processes). On a
   loaded machine wall time says little; this says what parallelism costs: at 0.85 or better, two
   free cores give about 1.7x.
-* memory: peak RSS (VmHWM; ru_maxrss on Linux keeps the forking parent's peak) of a fresh child process converting the 1x input, over the same for
-  10x; ratio = peak(1x) / peak(10x), target 0.8 (10x the input may cost at most 1.25x the memory).
+* memory: peak RSS (VmHWM; ru_maxrss on Linux keeps the forking parent's peak) of a fresh child
+  process converting the 1x input, over the same for 10x; ratio = peak(1x) / peak(10x), target 0.8
+  (10x the input may cost at most 1.25x the memory).
 
     .venv/bin/python benchmarks/bench_workers.py [--quick] [--kinds text rl]
 """
@@ -59,8 +60,10 @@ def rl_input(directory: Path, episodes: int, steps: int = 1000, seed: int = 0) -
     import pyarrow.parquet as pq
     path = directory / f"rl-{episodes}.parquet"
     rng = np.random.default_rng(seed)
-    schema = pa.schema([("episode_id", pa.int64()), ("continuous_observations", pa.list_(pa.list_(pa.float32(), 17))),
-                        ("continuous_actions", pa.list_(pa.list_(pa.float32(), 6))), ("rewards", pa.list_(pa.float32()))])
+    schema = pa.schema([("episode_id", pa.int64()),
+                        ("continuous_observations", pa.list_(pa.list_(pa.float32(), 17))),
+                        ("continuous_actions", pa.list_(pa.list_(pa.float32(), 6))),
+                        ("rewards", pa.list_(pa.float32()))])
     with pq.ParquetWriter(path, schema) as w:
         for first in range(0, episodes, 16):
             n = min(16, episodes - first)
@@ -68,7 +71,7 @@ def rl_input(directory: Path, episodes: int, steps: int = 1000, seed: int = 0) -
             act = np.tanh(rng.normal(0, 1, (n, steps, 6))).astype(np.float32)
             rew = rng.normal(0, 1, (n, steps)).astype(np.float32)
 
-            def nested(a: np.ndarray, width: int | None) -> pa.Array:
+            def nested(a: np.ndarray, width: int | None, n: int = n) -> pa.Array:
                 flat = pa.array(a.reshape(-1))
                 if width:
                     flat = pa.FixedSizeListArray.from_arrays(flat, width)

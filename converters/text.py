@@ -2,8 +2,9 @@
 
 Inputs: `.txt` (one document per file, or per blank-line block with `--split blank-line`),
 `.jsonl` (a string field, `--text-field`), Parquet files and HF `datasets` directories saved with
-`save_to_disk` (a string column). Directories of such files are searched recursively (hidden ones skipped). With `--split file` a
-document is a whole file, read at once; use `blank-line` (or .jsonl) for corpora in big files.
+`save_to_disk` (a string column). Directories of such files are searched recursively (hidden ones
+skipped). With `--split file` a document is a whole file, read at once; use `blank-line` (or .jsonl)
+for corpora in big files.
 
 Everything is read lazily: text files line by line, Parquet by record batches, HF datasets
 memory-mapped. Big inputs are cut into work units of about `--unit-size` bytes (byte ranges on
@@ -145,7 +146,7 @@ class TextConverter:
                 units.append(WorkUnit(path, path))
             elif kind in ("txt", "jsonl"):
                 bounds = self._byte_bounds(path, kind == "txt")
-                units.extend(WorkUnit(f"{path}@{a}", path, a, b) for a, b in zip(bounds, bounds[1:]))
+                units.extend(WorkUnit(f"{path}@{a}", path, a, b) for a, b in zip(bounds, bounds[1:], strict=False))
             elif kind == "parquet":
                 units.extend(self._parquet_units(path))
             else:
@@ -221,7 +222,7 @@ class TextConverter:
 
         def flush():
             encoded = self.tokenizer.encode_batch(texts, add_eos=True)
-            for sid, tokens in zip(ids, encoded):
+            for sid, tokens in zip(ids, encoded, strict=True):
                 yield Record(sid, build_text_row(tokens, self.layout))
             ids.clear()
             texts.clear()

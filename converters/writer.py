@@ -123,7 +123,8 @@ class _UnitStats:
     tokens: int = 0
     modality: list[int] = field(default_factory=lambda: [0] * _NUM_MODALITIES)
     field_errors: dict[str, list[float]] = field(default_factory=dict)  # name: [max, sum, count]
-    returns: list[float] = field(default_factory=lambda: [0, float("inf"), float("-inf"), 0.0, 0.0])  # n, min, max, sum, sum of squares
+    # count, min, max, sum, sum of squares
+    returns: list[float] = field(default_factory=lambda: [0, float("inf"), float("-inf"), 0.0, 0.0])
     tasks: dict[str, int] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
 
@@ -131,9 +132,9 @@ class _UnitStats:
         self.rows += len(records)
         mod = batch.column("modality").values.to_numpy(zero_copy_only=False)
         counts = np.bincount(mod, minlength=_NUM_MODALITIES)
-        self.modality = [a + int(b) for a, b in zip(self.modality, counts)]
+        self.modality = [a + int(b) for a, b in zip(self.modality, counts, strict=True)]
         self.tokens += int(len(mod))
-        for rec, task in zip(records, tasks):
+        for rec, task in zip(records, tasks, strict=True):
             self.tasks[task] = self.tasks.get(task, 0) + 1
             for name, (mx, total, n) in rec.field_errors.items():
                 cur = self.field_errors.setdefault(name, [0.0, 0.0, 0])
@@ -373,7 +374,7 @@ def pack_shards(unit_files: Sequence[Path], out: Path, schema: pa.Schema, shard_
     while pending is not None:
         count = {"rows": 0, "tokens": 0}
 
-        def shard_batches():
+        def shard_batches(count=count):
             nonlocal pending
             while pending is not None and pending[0] == "rows":
                 piece = pending[1]
@@ -404,7 +405,7 @@ def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], di
     for m in markers:
         rows += m["rows"]
         tokens += m["tokens"]
-        modality = [a + b for a, b in zip(modality, m["modality"])]
+        modality = [a + b for a, b in zip(modality, m["modality"], strict=True)]
         for name, (mx, total, n) in m["field_errors"].items():
             cur = errors.setdefault(name, [0.0, 0.0, 0])
             cur[0] = max(cur[0], mx)

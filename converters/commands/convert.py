@@ -19,8 +19,10 @@ import importlib
 import sys
 
 KINDS = {
-    "rl": "RL episodes (Minari datasets, D4RL-style HDF5, Parquet / HF datasets episode tables) -> one row per episode",
-    "captions": "image-caption pairs (WebDataset tars, CSV / JSONL / COCO + images, Parquet, HF datasets) -> one row per pair",
+    "rl": "RL episodes (Minari datasets, D4RL-style HDF5, Parquet / HF datasets episode tables) "
+          "-> one row per episode",
+    "captions": "image-caption pairs (WebDataset tars, CSV / JSONL / COCO + images, Parquet, HF datasets) "
+                "-> one row per pair",
     "text": "text (.txt, .jsonl, Parquet, HF datasets) -> one row per document",
 }
 NEEDS_TEXT_TOKENIZER = {"text", "captions"}

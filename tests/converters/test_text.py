@@ -37,14 +37,15 @@ def read_rows(out) -> tuple[list[str], list[np.ndarray], pa.Table]:
     m = Manifest.read(out)
     tables = [open_shard(out / s.name) for s in m.shards]
     table = pa.concat_tables(tables)
-    return table.column("source_id").to_pylist(), [np.asarray(t, np.int32) for t in table.column("tokens").to_pylist()], table
+    tokens = [np.asarray(t, np.int32) for t in table.column("tokens").to_pylist()]
+    return table.column("source_id").to_pylist(), tokens, table
 
 
 def check_rows(out, tok, expected: list[tuple[str, str]]) -> None:
     """Rows hold exactly the expected (source_id, document) pairs, in order, decoding back to the text."""
     ids, tokens, table = read_rows(out)
     assert ids == [sid for sid, _ in expected]
-    for (sid, doc), t in zip(expected, tokens):
+    for (sid, doc), t in zip(expected, tokens, strict=True):
         assert t[-1] == tok.eos_id, sid
         assert np.array_equal(t, tok.encode(doc, add_eos=True)), sid
         assert tok.decode(t) == " ".join(doc.split()), sid  # SentencePiece collapses whitespace
