@@ -357,3 +357,31 @@ def test_released_pages_read_back_the_same(dirs, monkeypatch):
     shard = Path(dirs["cap"]) / "shard-00000.arrow"
     assert td._mapped_region(open_shard(shard), shard) is not None
     assert td._mapped_region(pa.table({"x": list(range(5000))}), shard) is None
+
+
+def test_reads_what_the_real_converter_writes(tmp_path, sp_model_path, corpus_path, rl_shard_dir):
+    """`gato-tokenize text` output (several shards) plus the shared RL fixture: one eval pass reads
+    every row once, layouts and tasks come from the manifests."""
+    from converters.cli import main
+    from schemas.manifest import Manifest
+    from tokenizer_kit.text import TextTokenizer
+
+    lines = open(corpus_path, encoding="utf-8").read().splitlines()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(40):  # one document per file
+        (docs / f"doc{i:02d}.txt").write_text("\n".join(lines[i * 7:i * 7 + 1 + i % 7]), encoding="utf-8")
+    out = tmp_path / "text_shards"
+    assert main(["text", str(docs), "--out", str(out), "--text-tokenizer", sp_model_path, "--shard-size", "2KB",
+                 "--task", "corpus", "--no-progress"]) == 0
+    m = Manifest.read(out)
+    assert len(m.shards) > 1
+    loader = build_loader([str(out), str(rl_shard_dir)], 64, 8, training=False, num_workers=1)
+    assert loader.layout == TextTokenizer(sp_model_path).layout()
+    assert loader.tasks == ["corpus", "pong-like"]
+    batches = list(loader)
+    cursors = loader.state_dict()["readers"][0]["cursor"]
+    assert cursors == [m.total_rows, Manifest.read(rl_shard_dir).total_rows]
+    tokens = torch.cat([b.tokens[b.task_id == 0] for b in batches])
+    assert tokens.max() < loader.layout.text_vocab_size and (tokens == loader.layout.eos_id).sum() > 0
+    assert sum(len(b.patches) for b in batches) > 0  # the RL frames' patches came along
