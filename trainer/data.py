@@ -16,7 +16,7 @@ import bisect
 import math
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -31,7 +31,7 @@ from schemas.shard import PATCH_BYTES, ROW_COLUMNS, open_shard
 from tokenizer_kit.layout import PATCH_SLOT, VocabLayout
 
 from .batch import Batch, Sample, collate
-from .sharding import assign_rows, num_readers
+from .sharding import assign_rows
 
 KINDS = ("rl", "captions", "text")
 MAX_PAIRS = 5  # image-caption pairs concatenated into one sequence [paper]
@@ -197,7 +197,7 @@ class ShardSource:
     # --- opening -------------------------------------------------------------------------------------
     def __getstate__(self):
         d = dict(self.__dict__)
-        for k in ("_tables", "_chunks", "_chunk_start", "_chunk_bounds", "_row_task_local", "_recent", "_task_rows",
+        for k in ("_tables", "_chunks", "_chunk_bounds", "_row_task_local", "_recent", "_task_rows",
                   "_regions"):
             d.pop(k, None)
         d["_pid"] = None
@@ -235,7 +235,6 @@ class ShardSource:
                     local.append(names.index(name))
                 task_codes.append(np.asarray(local, np.int32)[enc.indices.to_numpy()])
         self._tables, self._chunks = tables, chunks
-        self._chunk_start = np.asarray(starts, np.int64)
         self._chunk_bounds = list(starts)  # one int per record batch, for bisect
         regions = [_mapped_region(t, root / info.name) for t, info in zip(tables, self.manifest.shards)]
         self._regions = [r for r in regions if r is not None]
