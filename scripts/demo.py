@@ -1,13 +1,282 @@
-"""Placeholder demo until the end-to-end demo lands: tokenise built-in values and show a row."""
+"""`make demo`: the whole pipeline on real data made on the spot, sized for a 2-core CPU.
 
-import numpy as np
+1. data      expert episodes of CartPole-v1 and Pendulum-v1 (scripted controllers) as Minari
+             datasets; scikit-learn's handwritten digits as a WebDataset tar (some held out);
+             standard-library docstrings as a text corpus
+2. tokenise  a ~1,000-piece SentencePiece model (`gato-tokenize train-tokenizer`), then
+             `gato-tokenize rl|captions|text` (the layout follows the tokenizer); one row inspected
+3. train     one `tiny` Gato model on the mixture of the four directories (`gato-train`)
+4. evaluate  roll the model out in both control tasks next to the demonstrations and a random
+             policy, and caption held-out digit images; print a table, write the loss plot
 
-from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+Everything lands under --out (default demo_out/); re-running starts afresh.
+"""
 
-layout = VocabLayout(text_vocab_size=32000)
-spec = EpisodeSpec((FieldSpec("state", "continuous", (4,)),), (FieldSpec("action", "discrete", (1,)),))
-row = build_episode({"state": np.array([[0.0, 0.5, -10.0, 256.0]])}, {"action": np.array([[1]])}, spec, layout)
-print("tokens   ", row.tokens.tolist())
-print("loss_mask", row.loss_mask.tolist())
-print("local_pos", row.local_pos.tolist())
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+MARKER = ".gato-demo"
+
+CONTROL_TASKS = ("CartPole-v1", "Pendulum-v1")
+
+
+@dataclass
+class Size:
+    """How big each part of the demo is; `quick` is what tests/test_demo.py runs."""
+
+    episodes: dict  # expert episodes per env
+    noise: dict  # exploration noise of the expert per env
+    digits_held_out: int
+    text_chars: int
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    weights: dict  # mixture weight (tokens) per directory
+    eval_episodes: int
+    caption_eval: int  # held-out digits captioned
+
+
+FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 80}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.05},
+            digits_held_out=297, text_chars=300_000, steps=1500, batch_size=16, seq_len=64, lr=2e-3,
+            weights={"cartpole": 0.3, "pendulum": 0.35, "digits": 0.25, "text": 0.1},
+            eval_episodes=10, caption_eval=297)
+QUICK = Size(episodes={"CartPole-v1": 10, "Pendulum-v1": 10}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.05},
+             digits_held_out=100, text_chars=50_000, steps=250, batch_size=16, seq_len=64, lr=2e-3,
+             weights={"cartpole": 0.5, "pendulum": 0.2, "digits": 0.2, "text": 0.1},
+             eval_episodes=4, caption_eval=100)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_cli(args: list[str], what: str) -> str:
+    """Run one of the toolkit's commands as a user would; stop the demo with its message if it fails."""
+    t = time.time()
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env=os.environ | {"PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"demo: {what} failed (exit {proc.returncode})")
+    log(f"    {what}: {time.time() - t:.1f} s")
+    return proc.stdout + proc.stderr
+
+
+def idle_cores() -> int:
+    """Cores not busy with other work. On a shared machine, more threads than idle cores make
+    PyTorch's small kernels wait on descheduled threads: measured here 3-7x slower than 1 thread."""
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(os.cpu_count() or 1, int((os.cpu_count() or 1) - busy + 0.5)))
+
+
+def prepare_out(out: Path) -> None:
+    """A fresh output directory; refuse to wipe one the demo did not make."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise SystemExit(f"demo: {out} exists and is not a demo output directory; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by scripts/demo.py; deleted when the demo runs again\n")
+
+
+def make_data(out: Path, size: Size, seed: int) -> dict:
+    import numpy as np
+
+    import demo_data as dd
+
+    info: dict = {"returns": {}}
+    for env_id in CONTROL_TASKS:
+        t = time.time()
+        buffers, returns = dd.record_expert(env_id, size.episodes[env_id], seed=seed, noise=size.noise[env_id])
+        name = env_id.split("-")[0].lower()
+        path = dd.write_minari(f"demo/{name}-expert-v0", env_id, buffers)
+        info["returns"][env_id] = returns
+        info[name] = path
+        log(f"    {env_id}: {len(buffers)} expert episodes, return {returns.mean():.1f} +/- {returns.std():.1f} "
+            f"-> {path.relative_to(out)} ({time.time() - t:.1f} s)")
+    images, labels = dd.digit_images(16)
+    train_idx, held_idx = dd.split_digits(len(images), size.digits_held_out, seed)
+    info["digits"] = dd.write_digits_tar(out / "raw" / "digits.tar", images[train_idx], labels[train_idx], train_idx)
+    np.savez(out / "raw" / "digits_held_out.npz", images=images[held_idx], labels=labels[held_idx], index=held_idx)
+    info["held_out"] = (images[held_idx], labels[held_idx])
+    log(f"    digits: {len(train_idx)} captioned 16x16 images -> raw/digits.tar, {len(held_idx)} held out")
+    info["text"] = dd.write_text_corpus(out / "raw" / "text.txt", size.text_chars)
+    # the captions' words are text too: the tokenizer is trained on both
+    info["captions_txt"] = out / "raw" / "captions.txt"
+    info["captions_txt"].write_text("\n".join(dd.caption(i) for i in range(10)) * 20 + "\n")
+    log(f"    text: {info['text'].stat().st_size // 1000} kB of standard-library docstrings -> raw/text.txt")
+    return info
+
+
+def tokenise(out: Path, data: dict) -> dict:
+    shards = out / "shards"
+    spm = out / "tokenizer.model"
+    run_cli(["-m", "converters.cli", "train-tokenizer", str(data["text"]), str(data["captions_txt"]),
+             "--vocab-size", "1000", "--out", str(spm)], "gato-tokenize train-tokenizer (1,000 pieces)")
+    common = ["--text-tokenizer", str(spm), "--no-progress"]
+    dirs = {"cartpole": shards / "cartpole", "pendulum": shards / "pendulum", "digits": shards / "digits",
+            "text": shards / "text"}
+    run_cli(["-m", "converters.cli", "rl", str(data["cartpole"]), "--out", str(dirs["cartpole"]), *common],
+            "gato-tokenize rl CartPole-v1")
+    run_cli(["-m", "converters.cli", "rl", str(data["pendulum"]), "--out", str(dirs["pendulum"]), *common],
+            "gato-tokenize rl Pendulum-v1")
+    run_cli(["-m", "converters.cli", "captions", str(data["digits"]), "--image-size", "16",
+             "--out", str(dirs["digits"]), *common], "gato-tokenize captions digits")
+    run_cli(["-m", "converters.cli", "text", str(data["text"]), "--out", str(dirs["text"]), *common],
+            "gato-tokenize text")
+    shown = run_cli(["-m", "converters.cli", "inspect", str(dirs["cartpole"]), "--row", "0"],
+                    "gato-tokenize inspect shards/cartpole --row 0")
+    lines = shown.splitlines()
+    log("\n".join("      " + ln for ln in lines[:24]) + ("\n      ..." if len(lines) > 24 else ""))
+    return dirs
+
+
+def train(out: Path, dirs: dict, size: Size, seed: int) -> Path:
+    run = out / "run"
+    data = [f"{dirs[k]}:{w}" for k, w in size.weights.items()]
+    run_cli(["-m", "trainer.cli", "--data", *data, "--out", str(run), "--preset", "tiny",
+             "--steps", str(size.steps), "--batch-size", str(size.batch_size), "--seq-len", str(size.seq_len),
+             "--lr", str(size.lr), "--seed", str(seed), "--log-every", "10", "--save-every", str(size.steps),
+             "--no-progress"], f"gato-train tiny, {size.steps} steps of {size.batch_size}x{size.seq_len} tokens")
+    recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    log(f"    loss {recs[0]['loss']:.3f} (step {recs[0]['step']}) -> {recs[-1]['loss']:.3f} (step {recs[-1]['step']})")
+    return run
+
+
+def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict) -> list[dict]:
+    import numpy as np
+
+    from trainer.rollout import build_parser, random_returns, make_env_fn, rollout
+
+    rows = []
+    for env_id in CONTROL_TASKS:
+        name = env_id.split("-")[0].lower()
+        t = time.time()
+        args = build_parser().parse_args(["--checkpoint", str(run), "--data", str(dirs[name]), "--env", env_id,
+                                          "--episodes", str(size.eval_episodes), "--seed", str(seed + 1000),
+                                          "--rescale-actions", "--random-baseline"])
+        report = rollout(args)
+        rows.append({"task": env_id, "demonstrations": np.asarray(report["demonstrations"]),
+                     "agent": np.asarray(report["agent"]), "random": np.asarray(report["random"])})
+        log(f"    {env_id}: agent {np.mean(report['agent']):.1f} over {size.eval_episodes} episodes "
+            f"({time.time() - t:.1f} s)")
+    return rows
+
+
+def evaluate_captions(run: Path, dirs: dict, size: Size, held_out) -> dict:
+    import numpy as np
+
+    import demo_data as dd
+    from converters.shard_dir import ShardDir
+    from trainer.checkpoint import load_model
+    from trainer.rollout import generate_text, image_context
+
+    t = time.time()
+    model, layout, _ = load_model(run)
+    tok = ShardDir.open(dirs["digits"]).text_tokenizer()
+    images, labels = held_out[0][:size.caption_eval], held_out[1][:size.caption_eval]
+    contexts = [image_context(im, layout, "resize", (16, 16)) for im in images]
+    captions = []
+    for i in range(0, len(contexts), 64):
+        captions += [tok.decode(ids) for ids in generate_text(model, layout, contexts[i:i + 64], max_new_tokens=14)]
+    predicted = np.array([dd.caption_digit(c) if dd.caption_digit(c) is not None else -1 for c in captions])
+    acc = float(np.mean(predicted == labels))
+    log(f"    {len(images)} held-out digits captioned ({time.time() - t:.1f} s); e.g. "
+        + "; ".join(f"[{int(l)}] {c!r}" for l, c in list(zip(labels, captions))[:4]))
+    return {"accuracy": acc, "n": len(images), "examples": list(zip(labels.tolist()[:10], captions[:10]))}
+
+
+def fmt(x) -> str:
+    import numpy as np
+    x = np.asarray(x, dtype=np.float64)
+    return f"{x.mean():8.1f} +/- {x.std():6.1f}"
+
+
+def table(control: list[dict], captions: dict) -> str:
+    import numpy as np
+    lines = [f"{'task':<16}{'demonstrations':>22}{'agent':>22}{'random policy':>22}{'agent/demo':>12}",
+             "-" * 94]
+    for r in control:
+        ratio = np.mean(r["agent"]) / np.mean(r["demonstrations"])
+        lo = np.mean(r["random"])  # Pendulum returns are negative: show the share of the gap closed
+        closed = (np.mean(r["agent"]) - lo) / (np.mean(r["demonstrations"]) - lo)
+        score = f"{ratio:.2f}" if np.mean(r["demonstrations"]) > 0 else f"{closed:.2f}*"
+        lines.append(f"{r['task']:<16}{fmt(r['demonstrations']):>22}{fmt(r['agent']):>22}{fmt(r['random']):>22}"
+                     f"{score:>12}")
+    lines.append(f"{'digit captions':<16}{'held-out accuracy':>22}{captions['accuracy']:>22.1%}"
+                 f"{'chance 10%':>22}{'(n=' + str(captions['n']) + ')':>12}")
+    lines.append("* negative returns: (agent - random) / (demonstrations - random), the share of the gap closed")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ROOT / "demo_out"), help="output directory (default demo_out/)")
+    p.add_argument("--quick", action="store_true", help="a shortened run (what tests/test_demo.py runs)")
+    p.add_argument("--steps", type=int, help="training steps (default 1500, quick 250)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: the cores the load average leaves idle, at least 1)")
+    args = p.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    if args.steps:
+        size = replace(size, steps=args.steps)
+    out = Path(args.out).resolve()
+    prepare_out(out)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
+    os.environ["MINARI_DATASETS_PATH"] = str(out / "minari")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    threads = args.threads or idle_cores()
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the training subprocess reads it at start
+    import torch
+    torch.set_num_threads(threads)
+    log(f"gato-kit demo -> {out} ({threads} torch thread{'s' if threads > 1 else ''} of {os.cpu_count()} cores)")
+    warnings.filterwarnings("ignore")  # minari's metadata advice, gymnasium's float32 notes
+    t0 = time.time()
+    stages = {}
+
+    def stage(name: str, fn, *a):
+        log(f"[{len(stages) + 1}/5] {name}")
+        t = time.time()
+        result = fn(*a)
+        stages[name] = time.time() - t
+        return result
+
+    data = stage("data", make_data, out, size, args.seed)
+    dirs = stage("tokenise", tokenise, out, data)
+    run = stage("train", train, out, dirs, size, args.seed)
+    control = stage("act", evaluate_control, run, dirs, size, args.seed, data)
+    captions = stage("caption", evaluate_captions, run, dirs, size, data["held_out"])
+    total = time.time() - t0
+
+    plot = run / "loss.png"
+    if plot.is_file():
+        shutil.copyfile(plot, out / "loss.png")
+    log("")
+    log(table(control, captions))
+    log("")
+    log("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + f"; total {total:.0f} s "
+        f"on {os.cpu_count()} cores")
+    log(f"loss plot: {out / 'loss.png'}")
+    results = {"control": [{k: (v.tolist() if hasattr(v, 'tolist') else v) for k, v in r.items()} for r in control],
+               "captions": captions, "seconds": stages | {"total": total}, "size": size.__dict__}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

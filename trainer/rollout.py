@@ -455,27 +455,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seq-len", type=int, default=None, help="context length (default: the training run's)")
+    p.add_argument("--seq-len", type=int, default=None, help="context length (default: the training run's --seq-len)")
     p.add_argument("--prompt", choices=PROMPT_MODES, default="end",
                    help="demonstration prompt: the end of an expert episode, a random window, or none")
-    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default: seq_len / 4)")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default: the training run's, seq_len / 4)")
     p.add_argument("--rescale-actions", action="store_true",
                    help="wrap Box action spaces to [-1, 1] (use when the demonstrations were recorded so)")
     p.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
     p.add_argument("--random-baseline", action="store_true", help="also report a random policy's return")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice); acting "
+                                                          "runs small batches, where 1 thread is often fastest")
     return p
 
 
-def checkpoint_seq_len(config, default: int = 1024) -> int:
-    """The sequence length a run trained with, wherever load_model put it."""
-    for obj in (config, getattr(config, "train", None)):
-        if obj is None:
-            continue
-        v = obj.get("seq_len") if isinstance(obj, dict) else getattr(obj, "seq_len", None)
-        if v:
-            return int(v)
-    return default
+def training_args(checkpoint) -> dict:
+    """The options the run was trained with (seq_len, prompt_len...): its config.json, else the checkpoint."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import checkpoint_path, read_checkpoint
+
+    cfg = checkpoint_path(checkpoint).parent / "config.json"
+    try:
+        return dict(json.loads(cfg.read_text()).get("train") or {})
+    except (OSError, ValueError, AttributeError):
+        return dict(read_checkpoint(checkpoint).get("args") or {})
 
 
 def format_returns(x) -> str:
@@ -486,14 +491,17 @@ def format_returns(x) -> str:
 def rollout(args: argparse.Namespace) -> dict:
     from .checkpoint import load_model
 
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
     model, layout, config = load_model(args.checkpoint, map_location=args.device)
     model.eval()
     demos = load_demonstrations(args.data, args.task)
     demos.layout.check_same(layout, f"shards {args.data}", "checkpoint")
-    seq_len = args.seq_len or checkpoint_seq_len(config)
+    trained = training_args(args.checkpoint)
+    seq_len = int(args.seq_len or getattr(config, "seq_len", None) or trained.get("seq_len") or 1024)
     agent = Agent(model, layout, demos.spec, seq_len, args.temperature, demos.text_tokenizer, args.seed)
     make_env = make_env_fn(args.env, args.rescale_actions)
-    prompt_tokens = seq_len // 4 if args.prompt_tokens is None else args.prompt_tokens
+    prompt_tokens = args.prompt_tokens or trained.get("prompt_len") or seq_len // 4  # as in training
     results = run_episodes(agent, make_env, args.episodes, demos.rows, prompt_tokens, args.prompt, args.seed,
                            args.max_steps, progress=sys.stderr.isatty())
     report = {"env": args.env, "task": demos.task, "agent": [r.ret for r in results],

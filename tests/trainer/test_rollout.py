@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 
 import gymnasium as gym
@@ -139,3 +140,53 @@ def test_prompt_window_takes_whole_steps():
     assert len(win) == 18 and win.modality[0] == CONTINUOUS and win.modality[-1] == DISCRETE
     np.testing.assert_array_equal(slice_steps(episode, 2, 4).tokens, episode.tokens[12:24])
     assert len(prompt_window(episode, 20, "none")) == 0
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_acting_tokens_equal_what_the_rl_converter_wrote(env_id, tmp_path, monkeypatch, sp_model_path):
+    """Record a Minari dataset, convert it with `gato-tokenize rl`, and rebuild every step at acting time."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from converters.cli import main as tokenize_main
+    from converters.shard_dir import ShardDir
+    from schemas.shard import row_from_table
+    from trainer.rollout import load_demonstrations, make_env_fn
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    env = make_env_fn(env_id, rescale_actions=True)()
+    env.action_space.seed(0)
+    obs, _ = env.reset(seed=0)
+    observations, actions = [obs], []
+    for _ in range(15):
+        a = env.action_space.sample()
+        obs, r, term, trunc, _ = env.step(a)
+        observations.append(obs)
+        actions.append(a)
+        if term:
+            break
+    n = len(actions)
+    buf = EpisodeBuffer(id=0, seed=0, observations=np.asarray(observations), actions=np.asarray(actions),
+                        rewards=[1.0] * n, terminations=[False] * (n - 1) + [True], truncations=[False] * n, infos={})
+    with warnings.catch_warnings():  # minari's advice about authors and permalinks
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("test/acting-v0", [buf], env=env)
+    shards = tmp_path / "shards"
+    assert tokenize_main(["rl", str(tmp_path / "minari" / "test" / "acting-v0"), "--out", str(shards),
+                          "--text-tokenizer", sp_model_path, "--no-progress"]) == 0
+    demos = load_demonstrations(shards)
+    row = row_from_table(ShardDir.open(shards).table(0), 0)
+    agent = Agent(None, demos.layout, demos.spec, seq_len=1024)
+    bounds = np.append(row.step_starts, len(row.tokens))
+    for t in range(n):
+        current = agent.observe(observations[t])  # what the agent builds before it acts
+        a = int(bounds[t])
+        for col in ("tokens", "loss_mask", "local_pos", "modality"):
+            np.testing.assert_array_equal(getattr(current, col), getattr(row, col)[a:a + len(current)],
+                                          err_msg=f"step {t} {col}")
+        # the whole step, with the action decoded from its tokens as the agent would have sampled it
+        slots = action_slots(demos.spec, demos.layout, env.action_space)
+        ids = row.tokens[a + len(current):int(bounds[t + 1])]
+        assert all(s.lo <= i < s.hi for s, i in zip(slots, ids))
+        full = agent.step_row(observations[t], decode_actions(ids, demos.spec, demos.layout))
+        np.testing.assert_array_equal(full.tokens, row.tokens[a:int(bounds[t + 1])])
