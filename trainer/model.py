@@ -15,7 +15,7 @@ Decisions the paper leaves open (made here, once; see the report / README):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -59,7 +59,7 @@ class GatoConfig:
             raise ValueError("head size must be even for rotary position embeddings")
         if self.patch_channels % self.patch_groups:
             raise ValueError(f"patch_channels {self.patch_channels} not divisible by patch_groups {self.patch_groups}")
-        self.vocab_layout  # validates the layout dict
+        VocabLayout.from_dict(self.layout)  # validates the layout dict
 
     @property
     def vocab_layout(self) -> VocabLayout:

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -389,15 +389,15 @@ class Trainer:
                 tokens += rec.pop("tokens")
                 # Per-task losses are averaged over the steps since the last record (one step's
                 # batch rarely holds every task).
-                task_sums = [a + b for a, b in zip(task_sums, rec.pop("task_sums"))]
-                task_counts = [a + b for a, b in zip(task_counts, rec.pop("task_counts"))]
+                task_sums = [a + b for a, b in zip(task_sums, rec.pop("task_sums"), strict=True)]
+                task_counts = [a + b for a, b in zip(task_counts, rec.pop("task_counts"), strict=True)]
                 last = self.step == args.steps
                 do_eval = last or (args.eval_every and self.step % args.eval_every == 0)
                 if self.step % args.log_every == 0 or last or do_eval:
                     dt = time.perf_counter() - t0
                     rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
                     t0, tokens = time.perf_counter(), 0.0
-                    for name, ts, tc in zip(self.tasks, task_sums, task_counts):
+                    for name, ts, tc in zip(self.tasks, task_sums, task_counts, strict=True):
                         if tc > 0:
                             rec[f"loss/{name}"] = ts / tc
                     task_sums, task_counts = [0.0] * len(self.tasks), [0.0] * len(self.tasks)

@@ -194,7 +194,7 @@ def test_lr_schedule_warmup_then_cosine_to_a_tenth():
     args = TrainArgs(data=[], out="", lr=1e-3, warmup=10, steps=110).resolve()
     lrs = [lr_at(s, args) for s in range(110)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
     assert lr_at(110, args) == pytest.approx(1e-4)
 
 
