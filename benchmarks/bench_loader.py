@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "trainer"))
 
-import numpy as np
-import pyarrow as pa
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
-from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import build_caption_row, build_text_row
+from tokenizer_kit.layout import VocabLayout  # noqa: E402
+from tokenizer_kit.sequence import build_caption_row, build_text_row  # noqa: E402
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 SEQ_LEN = 1024
@@ -144,7 +144,7 @@ def child_memory(data: list[str], n_batches: int) -> dict:
     before = _status_mb("RssAnon")
     loader = build_loader(data, SEQ_LEN, BATCH, seed=0, num_workers=0)
     anon = _status_mb("RssAnon")
-    for _, _ in zip(range(n_batches), loader):
+    for _, _ in zip(range(n_batches), loader, strict=False):  # loader is infinite
         anon = max(anon, _status_mb("RssAnon"))
     return {"anon_before_mb": before, "anon_peak_mb": anon, "anon_growth_mb": anon - before,
             # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (big) parent
@@ -200,8 +200,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"({n_batches / secs:6.1f} batches/s)  target >= 2 Mtok/s")
         # memory: the same mixture over 1x and 10x the rows, each in a fresh process
         mixture = [f"{dirs['rl_state']}:1", f"{dirs['text']}:1", f"{dirs['captions']}:0.5", f"{dirs['rl_pixels']}:0.5"]
-        big = [f"{write(tmp / ('big_' + k), k, base_rows[k] * 10, max(1, len(base_rows[k]) // 4))}:{w.rsplit(':', 1)[1]}"
-               for k, w in zip(("rl_state", "text", "captions", "rl_pixels"), mixture)]
+        big = []
+        for k, w in zip(("rl_state", "text", "captions", "rl_pixels"), mixture, strict=True):
+            path = write(tmp / ("big_" + k), k, base_rows[k] * 10, max(1, len(base_rows[k]) // 4))
+            big.append(f"{path}:{w.rsplit(':', 1)[1]}")
         disk = {name: sum(f.stat().st_size for d in ds for f in Path(d.rsplit(':', 1)[0]).iterdir()) / 2**20
                 for name, ds in (("1x", mixture), ("10x", big))}
         mem1, mem10 = measure_memory(mixture, n_batches), measure_memory(big, n_batches)
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name, m in (("1x", mem1), ("10x", mem10)):
             print(f"{name:>3s} data ({disk[name]:4.0f} MB of shards, 4-directory mixture, {n_batches} batches): peak "
                   f"anonymous RSS {m['anon_peak_mb']:.0f} MB (+{m['anon_growth_mb']:.0f} MB over imports), peak "
-                  f"total RSS {m['rss_peak_mb']:.0f} MB (file-backed: libraries and touched shard pages {m['file_mb']:.0f} MB)")
+                  f"total RSS {m['rss_peak_mb']:.0f} MB (file-backed: libraries and touched shard pages "
+                  f"{m['file_mb']:.0f} MB)")
         print(f"peak anonymous RSS 1x / 10x = {flat:.2f}, peak total RSS 1x / 10x = "
               f"{mem1['rss_peak_mb'] / mem10['rss_peak_mb']:.2f}  target >= 0.9 (flat)")
     return rows_out

@@ -236,7 +236,7 @@ class ShardSource:
                 task_codes.append(np.asarray(local, np.int32)[enc.indices.to_numpy()])
         self._tables, self._chunks = tables, chunks
         self._chunk_bounds = list(starts)  # one int per record batch, for bisect
-        regions = [_mapped_region(t, root / info.name) for t, info in zip(tables, self.manifest.shards)]
+        regions = [_mapped_region(t, root / info.name) for t, info in zip(tables, self.manifest.shards, strict=True)]
         self._regions = [r for r in regions if r is not None]
         self._recent: dict[int, RowView] = {}
         self._row_task_local = np.concatenate(task_codes) if task_codes else np.zeros(0, np.int32)
@@ -457,7 +457,7 @@ def caption_parts(src: ShardSource, first: int, take, rng: np.random.Generator, 
     crop = randint(rng, total - L1 + 1) if total > L1 else 0
     end = crop + min(total, L1)
     parts, at = [], 0
-    for r, n in zip(rows, lens):
+    for r, n in zip(rows, lens, strict=True):
         a, b = max(crop - at, 0), min(end - at, n)
         if a < b:
             parts.append(Part(r, a, b, role="pair"))
@@ -545,7 +545,7 @@ class GatoStream(IterableDataset):
             else:
                 e = min(float(L1), lens.sum())
             per.append(float(e))
-        w = np.asarray([s.weight / e if e > 0 else 0.0 for s, e in zip(self.sources, per)])
+        w = np.asarray([s.weight / e if e > 0 else 0.0 for s, e in zip(self.sources, per, strict=True)])
         if w.sum() <= 0:
             raise DataError("no rows to read in " + ", ".join(s.path for s in self.sources))
         return w / w.sum()
@@ -653,7 +653,7 @@ class GatoLoader:
     @property
     def mixture(self) -> dict[str, float]:
         """Chance of each directory per sequence (from the weights, counted in tokens)."""
-        return {s.path: float(p) for s, p in zip(self.stream.sources, self.stream.probs)}
+        return {s.path: float(p) for s, p in zip(self.stream.sources, self.stream.probs, strict=True)}
 
     def __iter__(self) -> Iterator[Batch]:
         """Training: carries on from the last batch handed out (or the loaded state).

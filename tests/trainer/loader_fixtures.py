@@ -41,9 +41,9 @@ def write_dir(out: str | Path, rows: Sequence[Row], layout: VocabLayout, convert
         batches = []
         for b in range(lo, hi, batch_rows):
             e = min(b + batch_rows, hi)
+            rets = (list(returns[b:e]) if returns is not None else [0.0] * (e - b)) if rl else None
             batches.append(rows_to_batch(rows[b:e], [f"row{i}" for i in range(b, e)], task_list[b:e],
-                                         episode_returns=(list(returns[b:e]) if returns is not None else [0.0] * (e - b))
-                                         if rl else None))
+                                         episode_returns=rets))
         path = out / SHARD_PATTERN.format(s)
         nbytes = write_shard(path, batches, shard_schema(rl))
         infos.append(ShardInfo(path.name, hi - lo, int(sum(len(r) for r in rows[lo:hi])), nbytes, _sha(path)))

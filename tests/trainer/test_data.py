@@ -127,11 +127,11 @@ def test_resume_mid_epoch_is_exact(dirs, tmp_path, num_workers):
     resumed = build_loader(data, **kw)
     resumed.load_state_dict(torch.load(tmp_path / "loader.pt", weights_only=True))
     tail = _take(resumed, 4)
-    assert all(_same(a, b) for a, b in zip(full, head + tail))
+    assert all(_same(a, b) for a, b in zip(full, head + tail, strict=True))
     assert resumed.state_dict()["consumed"] == 9
     # and an interrupted iteration of the same loader carries on where it stopped
     cont = _take(first, 4)
-    assert all(_same(a, b) for a, b in zip(full[5:], cont))
+    assert all(_same(a, b) for a, b in zip(full[5:], cont, strict=True))
     other = _take(build_loader(data, **dict(kw, seed=4)), 2)
     assert not _same(full[0], other[0])
 
@@ -159,7 +159,7 @@ def _expected(path: str, part) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 @pytest.mark.parametrize("which", ["pix", "text", "cap"])
 def test_samples_are_row_slices_with_their_patches(dirs, which):
     loader = build_loader([dirs[which]], seq_len=40, batch_size=2, seed=1, prompt_prob=0.5)
-    for sample, d, parts in loader.trace(60):
+    for sample, _, parts in loader.trace(60):
         exp = [_expected(dirs[which], p) for p in parts]
         assert np.array_equal(sample.tokens, np.concatenate([e[0] for e in exp]))
         assert np.array_equal(sample.loss_mask, np.concatenate([e[1] for e in exp]))
@@ -185,7 +185,7 @@ def _task_of(path, r):
 def test_rl_windows_start_on_timestep_boundaries(dirs):
     loader = build_loader([dirs["rl"]], seq_len=64, batch_size=2, seed=2, prompt_prob=0.0)
     late = ends = 0
-    for sample, _, parts in loader.trace(300):
+    for _, _, parts in loader.trace(300):
         (w,) = parts
         row = _row(dirs["rl"], w.row)
         n, ss = len(row.tokens), row.step_starts
@@ -286,7 +286,7 @@ def test_infinite_in_training_one_pass_in_eval(dirs):
     passes = [list(loader), list(loader)]  # every evaluation pass is the same pass
     n_eval = len(passes[0])
     assert 0 < n_eval <= 30 / 4 + 1 and len(passes[1]) == n_eval
-    assert all(_same(a, b) for a, b in zip(*passes))
+    assert all(_same(a, b) for a, b in zip(*passes, strict=True))
     mixed = next(iter(build_loader([dirs["cap"], dirs["text"], dirs["rl"]], 64, 6, training=False)))
     ids = set(mixed.task_id.tolist())
     assert {0, 1} <= ids and max(ids) >= 2  # captions, text and an RL task: every directory early in the pass
@@ -300,7 +300,8 @@ def test_infinite_in_training_one_pass_in_eval(dirs):
 def test_layout_mismatch_is_refused(dirs, tmp_path):
     other = VocabLayout(text_vocab_size=32000, eos_id=2, profile="disjoint")
     odd = str(make_text_dir(tmp_path / "disjoint", other, docs=5))
-    with pytest.raises(LayoutError, match=r"shard directory .*disjoint.* differs from the shard directory .*text.*profile"):
+    with pytest.raises(LayoutError,
+                       match=r"shard directory .*disjoint.* differs from the shard directory .*text.*profile"):
         build_loader([dirs["text"], odd], 32, 2)
     with pytest.raises(LayoutError, match="differs from the model's .*profile 'gato' vs 'disjoint'"):
         build_loader([dirs["text"]], 32, 2, layout=other)
@@ -350,7 +351,7 @@ def test_released_pages_read_back_the_same(dirs, monkeypatch):
     real = td.ShardSource.release_pages
     monkeypatch.setattr(td.ShardSource, "release_pages", lambda self: (calls.append(1), real(self)))
     released = _take(build_loader(data, 40, 4, seed=2), 4)
-    assert len(calls) >= 2 * 3 and all(_same(a, b) for a, b in zip(kept, released))
+    assert len(calls) >= 2 * 3 and all(_same(a, b) for a, b in zip(kept, released, strict=True))
     # only spans inside a mapping of the shard file are ever released, never heap memory
     from pathlib import Path
     import pyarrow as pa
