@@ -31,7 +31,7 @@ from schemas.shard import PATCH_BYTES, ROW_COLUMNS, open_shard
 from tokenizer_kit.layout import PATCH_SLOT, VocabLayout
 
 from .batch import Batch, Sample, collate
-from .sharding import assign_rows
+from .sharding import assign_rows, directory_seed
 
 KINDS = ("rl", "captions", "text")
 MAX_PAIRS = 5  # image-caption pairs concatenated into one sequence [paper]
@@ -551,7 +551,7 @@ class GatoStream(IterableDataset):
         return w / w.sum()
 
     def dir_seed(self, d: int) -> int:
-        return int(np.random.SeedSequence([self.seed, d]).generate_state(1, np.uint64)[0])
+        return directory_seed(self.seed, d)
 
     def _rng(self, reader: int, counter: int, tag: int) -> np.random.Generator:
         """Generator of draw `counter` of a reader: Philox keyed by (seed, rank, world size, reader,

@@ -36,6 +36,12 @@ def epoch_order(total_rows: int, epoch: int, seed: int, shuffle: bool = True) ->
     return rng.permutation(total_rows).astype(np.int64, copy=False)
 
 
+def directory_seed(seed: int, data_index: int) -> int:
+    """Seed of the row split of the `data_index`-th --data directory: one rule for the loader and
+    for `gato-tokenize verify --simulate-ranks`."""
+    return int(np.random.SeedSequence([seed, data_index]).generate_state(1, np.uint64)[0])
+
+
 def assign_rows(rows_per_shard: Sequence[int], rank: int, world_size: int, worker: int, num_workers: int,
                 epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
     """Global row ids (shard-major numbering) that reader (rank, worker) reads in `epoch`, in order.

@@ -241,10 +241,8 @@ def _check_stats(stats: dict, reports: list[ShardReport]) -> list[str]:
 
 def loader_seed(seed: int, data_index: int = 0) -> int:
     """The seed gato-train's loader gives the row split of its `data_index`-th --data directory."""
-    from types import SimpleNamespace
-
-    from trainer.data import GatoStream
-    return GatoStream.dir_seed(SimpleNamespace(seed=seed), data_index)
+    from trainer.sharding import directory_seed
+    return directory_seed(seed, data_index)
 
 
 def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int, workers: int, epoch: int = 0,
