@@ -31,7 +31,9 @@ class WorkUnit:
 
 @dataclass
 class Record:
-    """One converted row with its scalars, or a skipped one (row is None, reason set)."""
+    """One converted row with its scalars, a skipped one (row is None, reason set: bad input), or a
+    filtered one (row is None, filtered: left out on purpose by an option such as --min-return;
+    counted in the manifest's stats, not listed as skipped)."""
 
     source_id: str
     row: Row | None = None
@@ -40,6 +42,7 @@ class Record:
     episode_return: float | None = None  # RL only
     field_errors: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # name: (max, sum, count)
     skip_reason: str | None = None
+    filtered: bool = False
 
 
 class Converter(Protocol):

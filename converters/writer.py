@@ -17,11 +17,20 @@ skipped records). A final pass streams the completed units *in unit order* into
 * nothing half-written is ever visible: every file is written under a temporary name and renamed,
   a failing unit leaves no marker, `.work/` is removed once the manifest is written.
 
-Memory stays flat: workers hold one record batch at a time, packing streams memory-mapped batches.
+Why it is cheap. Each record batch is serialised once, as the Arrow IPC stream message it will be in
+a shard, and never decoded or re-encoded again unless a shard cut falls inside it: packing copies
+the messages' bytes from the unit files into the shard (an IPC stream is a schema message, the batch
+messages, an end marker) and hashes them on the way out, so no shard is ever re-read for its
+sha256. Work files are not fsynced (only shards and the manifest are): a marker records its work
+file's size (checked on resume: a short or missing file means the unit is converted again) and
+CRC32 (checked as packing copies the bytes: a damaged unit is converted again and packing redone).
+
+Memory stays flat: workers hold one record batch at a time, packing holds one batch message.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -29,6 +38,7 @@ import os
 import shutil
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
-from schemas.shard import (PATCH_BYTES, SHARD_PATTERN, iter_shard_batches, rows_to_batch, shard_schema,
-                           write_shard)
+from schemas.shard import PATCH_BYTES, SHARD_PATTERN, rows_to_batch, shard_schema
 from schemas.validate import validate_table
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
@@ -50,10 +59,12 @@ from .base import Converter, Record, SourceError, WorkUnit
 from .progress import Progress
 
 WORK_DIR = ".work"
+WORK_FORMAT = 2  # of the work files and markers; part of every unit id, so older work is never reused
 BATCH_ROWS = 1024  # rows per record batch inside a unit (fixed: batch boundaries are part of the bytes)
 BATCH_BYTES = 1 << 20  # ~bytes per record batch (a larger row makes a batch of its own)
 ON_ERROR = ("fail", "skip")
 _NUM_MODALITIES = len(MODALITY_NAMES)
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the end of an Arrow IPC stream
 
 
 class UsageError(ValueError):
@@ -127,12 +138,13 @@ class _UnitStats:
     returns: list[float] = field(default_factory=lambda: [0, float("inf"), float("-inf"), 0.0, 0.0])
     tasks: dict[str, int] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
+    filtered: int = 0  # records the converter left out on purpose (e.g. RL --min-return)
 
     def add_records(self, records: Sequence[Record], tasks: Sequence[str], batch: pa.RecordBatch) -> None:
         self.rows += len(records)
         mod = batch.column("modality").values.to_numpy(zero_copy_only=False)
-        counts = np.bincount(mod, minlength=_NUM_MODALITIES)
-        self.modality = [a + int(b) for a, b in zip(self.modality, counts, strict=True)]
+        # one counting pass per code over uint8 (np.bincount would first widen every token to intp)
+        self.modality = [a + int(np.count_nonzero(mod == code)) for code, a in enumerate(self.modality)]
         self.tokens += int(len(mod))
         for rec, task in zip(records, tasks, strict=True):
             self.tasks[task] = self.tasks.get(task, 0) + 1
@@ -174,17 +186,62 @@ def _with_place(msg: str, unit: WorkUnit) -> str:
     return msg if unit.path and unit.path in msg else f"{unit.path or unit.key}: {msg}"
 
 
+class _ByteSink:
+    """A file written under a temporary name and renamed on commit, with a checksum of the bytes
+    as they go out (a shard's sha256, a work file's CRC32), so nothing is read back to hash it."""
+
+    def __init__(self, path: Path, digest: str):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        self.file = open(self.tmp, "wb")
+        self.sha = hashlib.sha256() if digest == "sha256" else None
+        self.crc = 0
+        self.size = 0
+
+    def write(self, data) -> None:
+        self.file.write(data)
+        if self.sha is not None:
+            self.sha.update(data)
+        else:
+            self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+
+    def commit(self, fsync: bool) -> None:
+        """Rename into place; with fsync the bytes are on disk before the name appears."""
+        self.file.flush()
+        if fsync:
+            os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    @property
+    def digest(self) -> str | int:
+        return self.sha.hexdigest() if self.sha is not None else self.crc
+
+
+@functools.lru_cache(maxsize=4)
+def _schema_message(rl: bool) -> bytes:
+    """The first message of every shard and work file: the shard schema as Arrow IPC."""
+    return shard_schema(rl).serialize().to_pybytes()
+
+
 def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: Path, on_error: str,
                          task: str | None, report: Callable[[int, int], None], layout: VocabLayout) -> dict:
     """Convert one unit into `work/<uid>.arrow` and mark it complete with `work/<uid>.json`.
 
+    The work file is an Arrow IPC stream; the marker lists each batch message as [bytes, rows,
+    tokens, estimated row bytes], which is all packing needs to place it without decoding it.
     With on_error='fail' the first bad record raises SourceError and leaves neither file. Every
     batch is checked with schemas.validate first, so a converter bug cannot reach a shard.
     """
     stats = _UnitStats()
-    schema = shard_schema(converter.rl)
+    index: list[list[int]] = []
 
-    def make_batch(buf: list[Record]) -> pa.RecordBatch:
+    def make_batch(buf: list[Record]) -> bytes:
         tasks = [task or rec.task or converter.name for rec in buf]
         rl = converter.rl
         batch = rows_to_batch(
@@ -196,14 +253,20 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
             raise InvalidRow(f"the {converter.name} converter built a row that breaks the shard contract: "
                              f"{problems[0]}")
         stats.add_records(buf, tasks, batch)
-        report(len(buf), int(batch.column("tokens").offsets[-1].as_py()))
-        return batch
+        tokens = len(batch.column("tokens").values)
+        report(len(buf), tokens)
+        message = batch.serialize()
+        index.append([message.size, batch.num_rows, tokens, int(row_nbytes(batch).sum())])
+        return message
 
-    def batches():
+    def messages():
         buf: list[Record] = []
         size = 0
         try:
             for rec in converter.convert_unit(unit):
+                if rec.filtered:
+                    stats.filtered += 1
+                    continue
                 if rec.row is None or rec.skip_reason:
                     reason = rec.skip_reason or "no row"
                     if on_error == "fail":
@@ -225,27 +288,35 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
         if buf:
             yield make_batch(buf)
 
-    gen = batches()
-    first = next(gen, None)
-    data_name = None
-    if first is not None:
-        data_name = f"{uid}.arrow"
-
-        def all_batches():
-            yield first
-            yield from gen
-        write_shard(work / data_name, all_batches(), schema)
-    marker = {"key": unit.key, "uid": uid, "file": data_name, "pid": os.getpid(), **stats.to_dict()}
+    data_name, sink = None, None
+    try:
+        for message in messages():
+            if sink is None:
+                data_name = f"{uid}.arrow"
+                sink = _ByteSink(work / data_name, "crc32")
+                sink.write(_schema_message(converter.rl))
+            sink.write(message)
+        if sink is not None:
+            sink.write(_EOS)
+            sink.commit(fsync=False)  # the marker's size and CRC stand in for an fsync
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    marker = {"key": unit.key, "uid": uid, "file": data_name, "pid": os.getpid(), "format": WORK_FORMAT,
+              "size": sink.size if sink else 0, "crc32": sink.digest if sink else 0, "batches": index,
+              **stats.to_dict()}
     _write_json_atomic(work / f"{uid}.json", marker)
     return marker
 
 
-def _write_json_atomic(path: Path, obj) -> None:
+def _write_json_atomic(path: Path, obj, fsync: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(obj, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -345,51 +416,120 @@ def _run_pool(converter, todo: list[tuple[WorkUnit, str]], work: Path, on_error:
 
 # --- packing -------------------------------------------------------------------------------------
 
-def _events(unit_files: Sequence[Path], shard_size: int):
-    """('rows', batch slice) and ('cut',) events: rows in unit order, a cut where a shard is full."""
+class DamagedWork(SourceError):
+    """A work file whose bytes no longer match its marker (a crash before they reached the disk)."""
+
+    def __init__(self, uid: str, path: Path):
+        super().__init__(f"{path}: work file damaged since it was written (size or CRC32 differs from its marker)")
+        self.uid = uid
+
+
+class _Shards:
+    """Rolling shard files: batch messages appended in order, a new shard after each cut."""
+
+    def __init__(self, out: Path, rl: bool):
+        self.out, self.rl = out, rl
+        self.infos: list[ShardInfo] = []
+        self.sink: _ByteSink | None = None
+        self.rows = self.tokens = 0
+
+    def write(self, message, rows: int, tokens: int) -> None:
+        if self.sink is None:
+            self.sink = _ByteSink(self.out / SHARD_PATTERN.format(len(self.infos)), "sha256")
+            self.sink.write(_schema_message(self.rl))
+            self.rows = self.tokens = 0
+        self.sink.write(message)
+        self.rows += rows
+        self.tokens += tokens
+
+    def cut(self) -> None:
+        if self.sink is None:
+            return
+        self.sink.write(_EOS)
+        self.sink.commit(fsync=True)
+        self.infos.append(ShardInfo(self.sink.path.name, self.rows, self.tokens, self.sink.size, self.sink.digest))
+        self.sink = None
+
+    def abort(self) -> None:
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
+
+
+class _Reader:
+    """Reads a file piece by piece into one reused buffer (no allocation, no page faults per piece)."""
+
+    def __init__(self):
+        self.buf = bytearray(1 << 20)
+
+    def read(self, f, n: int) -> memoryview:
+        """The next n bytes of f (fewer if the file ends), valid until the next read."""
+        if len(self.buf) < n:  # a new buffer: views of the old one may still be alive
+            self.buf = bytearray(max(n, 2 * len(self.buf)))
+        view = memoryview(self.buf)[:n]
+        return view[:f.readinto(view) or 0]
+
+
+def pack_shards(units: Sequence[tuple[Path, dict]], out: Path, rl: bool, shard_size: int) -> list[ShardInfo]:
+    """Stream the (work file, marker) units in order into shard-NNNNN.arrow files of about
+    shard_size bytes each: rows in unit order, a cut before the row that would overfill a shard
+    (a row larger than a shard gets one of its own).
+
+    A batch that fits whole is copied as the bytes it already is; only a batch that a cut falls
+    inside is decoded (zero-copy) and its two slices serialised. Raises DamagedWork (and leaves
+    no shard under a temporary name) when a work file differs from its marker.
+    """
+    schema = shard_schema(rl)
+    head = _schema_message(rl)
+    shards = _Shards(out, rl)
     filled = 0
-    for path in unit_files:
-        for batch in iter_shard_batches(path):
-            sizes = row_nbytes(batch)
-            start = 0
-            while start < len(sizes):
-                cum = np.cumsum(sizes[start:])
-                take = int(np.searchsorted(cum, shard_size - filled, side="right"))
-                if take == 0 and filled == 0:
-                    take = 1  # one row larger than a shard gets a shard of its own
-                if take == 0:
-                    yield ("cut",)
-                    filled = 0
-                    continue
-                yield ("rows", batch.slice(start, take))
-                filled += int(cum[take - 1])
-                start += take
-
-
-def pack_shards(unit_files: Sequence[Path], out: Path, schema: pa.Schema, shard_size: int) -> list[ShardInfo]:
-    """Stream unit files in order into shard-NNNNN.arrow files of about shard_size bytes."""
-    events = _events(unit_files, shard_size)
-    pending = next(events, None)
-    infos = []
-    while pending is not None:
-        count = {"rows": 0, "tokens": 0}
-
-        def shard_batches(count=count):
-            nonlocal pending
-            while pending is not None and pending[0] == "rows":
-                piece = pending[1]
-                count["rows"] += piece.num_rows
-                offs = piece.column("tokens").offsets
-                count["tokens"] += int(offs[-1].as_py()) - int(offs[0].as_py())
-                yield piece
-                pending = next(events, None)
-            if pending is not None:  # the cut
-                pending = next(events, None)
-
-        name = SHARD_PATTERN.format(len(infos))
-        nbytes = write_shard(out / name, shard_batches(), schema)
-        infos.append(ShardInfo(name, count["rows"], count["tokens"], nbytes, file_sha256(out / name)))
-    return infos
+    reader = _Reader()
+    try:
+        for path, marker in units:
+            with open(path, "rb") as f:
+                crc = 0
+                data = reader.read(f, len(head))
+                if data != head:
+                    raise DamagedWork(marker["uid"], path)
+                crc = zlib.crc32(data, crc)
+                for nbytes, rows, tokens, estimate in marker["batches"]:
+                    data = reader.read(f, nbytes)
+                    if len(data) != nbytes:
+                        raise DamagedWork(marker["uid"], path)
+                    crc = zlib.crc32(data, crc)
+                    if filled + estimate <= shard_size:  # the common case: the whole batch fits
+                        shards.write(data, rows, tokens)
+                        filled += estimate
+                        continue
+                    try:
+                        batch = pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(data)), schema)
+                    except (pa.ArrowInvalid, OSError):
+                        raise DamagedWork(marker["uid"], path) from None
+                    sizes = row_nbytes(batch)
+                    start = 0
+                    while start < len(sizes):
+                        cum = np.cumsum(sizes[start:])
+                        take = int(np.searchsorted(cum, shard_size - filled, side="right"))
+                        if take == 0 and filled == 0:
+                            take = 1  # one row larger than a shard gets a shard of its own
+                        if take == 0:
+                            shards.cut()
+                            filled = 0
+                            continue
+                        piece = batch.slice(start, take)
+                        offs = piece.column("tokens").offsets
+                        shards.write(piece.serialize(), take, int(offs[-1].as_py()) - int(offs[0].as_py()))
+                        filled += int(cum[take - 1])
+                        start += take
+                data = reader.read(f, len(_EOS) + 1)
+                crc = zlib.crc32(data, crc)
+                if data != _EOS or crc != marker["crc32"]:
+                    raise DamagedWork(marker["uid"], path)
+        shards.cut()
+    except BaseException:
+        shards.abort()
+        raise
+    return shards.infos
 
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -402,6 +542,7 @@ def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], di
     ret = [0, None, None, 0.0, 0.0]
     tasks: dict[str, int] = {}
     skipped: list[dict] = []
+    filtered = 0
     for m in markers:
         rows += m["rows"]
         tokens += m["tokens"]
@@ -421,6 +562,7 @@ def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], di
         for t, c in m["tasks"].items():
             tasks[t] = tasks.get(t, 0) + c
         skipped.extend(m["skipped"])
+        filtered += m.get("filtered", 0)
     stats = {
         "rows": rows,
         "tokens": tokens,
@@ -429,6 +571,7 @@ def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], di
                          for k, v in sorted(errors.items())},
         "rows_per_task": dict(sorted(tasks.items())),
         "skipped": len(skipped),
+        "filtered": filtered,  # left out on purpose by the converter's own options (not errors)
     }
     if rl:
         n = ret[0]
@@ -460,6 +603,21 @@ def _remove_temporaries(directory: Path, prefixes: Sequence[str]) -> None:
             p.unlink(missing_ok=True)
 
 
+def _read_marker(work: Path, uid: str) -> dict | None:
+    """The marker of a finished unit, or None where the unit must be converted (again): no marker,
+    an unreadable one, one of another writer version, or a work file that is missing or of another
+    size (a marker can outlive its unsynced work file in a crash of the machine)."""
+    try:
+        m = json.loads((work / f"{uid}.json").read_text())
+        if m.get("format") != WORK_FORMAT:
+            return None
+        if m["file"] and os.stat(work / m["file"]).st_size != m["size"]:
+            return None
+        return m
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout,
             tokenizer_path: str | os.PathLike | None = None, workers: int = 1, on_error: str = "fail",
             shard_size: int = 256 * 10**6, num_partitions: int = 1, partition: int | None = None,
@@ -485,7 +643,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
     options = dict(converter.options())
     episode_spec = options.pop("episode_spec", None)
     tok_sha = file_sha256(tokenizer_path) if tokenizer_path else None
-    fingerprint = _sha({"converter": converter.name, "options": options, "episode_spec": episode_spec,
+    fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter.name, "options": options, "episode_spec": episode_spec,
                         "layout": layout.to_dict(), "tokenizer_sha256": tok_sha, "task": task, "rl": converter.rl})
     uids = [unit_id(fingerprint, u) for u in units]
     conversion = {"fingerprint": fingerprint, "units": len(units), "units_sha256": _sha(uids),
@@ -505,7 +663,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
     work.mkdir(parents=True, exist_ok=True)
     mine = range(len(units)) if partition is None else range(partition, len(units), num_partitions)
     _remove_temporaries(work, [uids[i] for i in mine])
-    todo = [(units[i], uids[i]) for i in mine if not (work / f"{uids[i]}.json").exists()]
+    todo = [(units[i], uids[i]) for i in mine if _read_marker(work, uids[i]) is None]
 
     bar = Progress(f"{converter.name}" + (f" [{partition}/{num_partitions}]" if partition is not None else ""),
                    len(todo), enabled=progress)
@@ -523,7 +681,9 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
     if num_partitions > 1:
         return ConvertResult(out, False, len(units), len(todo), None, time.perf_counter() - t0)
 
-    markers = [json.loads((work / f"{uid}.json").read_text()) for uid in uids]
+    markers = [_read_marker(work, uid) for uid in uids]
+    for i in [i for i, m in enumerate(markers) if m is None]:  # its work vanished since (a concurrent cleanup)
+        markers[i] = convert_unit_to_file(converter, units[i], uids[i], work, on_error, task, lambda r, t: None, layout)
     if on_error == "fail":
         for m in markers:  # a unit finished earlier under --on-error skip
             if m["skipped"]:
@@ -531,8 +691,21 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
 
     for p in list(out.glob("shard-*.arrow")) + list(out.glob(".shard-*.tmp*")):
         p.unlink()  # leftovers of an interrupted packing pass: no manifest vouches for them
-    files = [work / m["file"] for m in markers if m["file"]]
-    shards = pack_shards(files, out, shard_schema(converter.rl), shard_size)
+    redone: set[str] = set()
+    while True:
+        try:
+            shards = pack_shards([(work / m["file"], m) for m in markers if m["file"]], out, converter.rl, shard_size)
+            break
+        except DamagedWork as e:  # changed since its marker was written: convert it again, pack again
+            if e.uid in redone:
+                raise
+            redone.add(e.uid)
+            i = uids.index(e.uid)
+            (work / f"{e.uid}.json").unlink()
+            for p in out.glob("shard-*.arrow"):
+                p.unlink()
+            markers[i] = convert_unit_to_file(converter, units[i], e.uid, work, on_error, task, lambda r, t: None,
+                                              layout)
     stats, skipped, tasks = merge_stats(markers, converter.rl)
     stats["conversion"] = conversion
 
