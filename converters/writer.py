@@ -40,9 +40,9 @@ import threading
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -229,19 +229,17 @@ def _schema_message(rl: bool) -> bytes:
     return shard_schema(rl).serialize().to_pybytes()
 
 
-def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: Path, on_error: str,
-                         task: str | None, report: Callable[[int, int], None], layout: VocabLayout) -> dict:
-    """Convert one unit into `work/<uid>.arrow` and mark it complete with `work/<uid>.json`.
+def unit_messages(converter: Converter, unit: WorkUnit, on_error: str, task: str | None,
+                  report: Callable[[int, int], None], layout: VocabLayout, stats: _UnitStats,
+                  index: list[list[int]]) -> Iterator[pa.Buffer]:
+    """The unit's rows as Arrow IPC record batch messages (the bytes they will have in a shard).
 
-    The work file is an Arrow IPC stream; the marker lists each batch message as [bytes, rows,
-    tokens, estimated row bytes], which is all packing needs to place it without decoding it.
-    With on_error='fail' the first bad record raises SourceError and leaves neither file. Every
-    batch is checked with schemas.validate first, so a converter bug cannot reach a shard.
+    Each message's [bytes, rows, tokens, estimated row bytes] is appended to `index` before it is
+    yielded; statistics and skipped records go to `stats`. With on_error='fail' the first bad
+    record raises SourceError. Every batch is checked with schemas.validate first, so a converter
+    bug cannot reach a shard.
     """
-    stats = _UnitStats()
-    index: list[list[int]] = []
-
-    def make_batch(buf: list[Record]) -> bytes:
+    def make_batch(buf: list[Record]) -> pa.Buffer:
         tasks = [task or rec.task or converter.name for rec in buf]
         rl = converter.rl
         batch = rows_to_batch(
@@ -259,38 +257,52 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
         index.append([message.size, batch.num_rows, tokens, int(row_nbytes(batch).sum())])
         return message
 
-    def messages():
-        buf: list[Record] = []
-        size = 0
-        try:
-            for rec in converter.convert_unit(unit):
-                if rec.filtered:
-                    stats.filtered += 1
-                    continue
-                if rec.row is None or rec.skip_reason:
-                    reason = rec.skip_reason or "no row"
-                    if on_error == "fail":
-                        raise _RecordFailed(reason)
-                    stats.skipped.append({"source": rec.source_id, "reason": reason})
-                    report(0, 0)
-                    continue
-                buf.append(rec)
-                size += _row_estimate(rec)
-                if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
-                    yield make_batch(buf)
-                    buf, size = [], 0
-        except (_RecordFailed, InvalidRow):
-            raise  # the converter's reason, as it is
-        except (SourceError, TokenizeError) as e:  # the unit itself is unreadable
-            if on_error == "fail":
-                raise SourceError(_with_place(e, unit)) from None
-            stats.skipped.append({"source": unit.key, "reason": _with_place(e, unit)})
-        if buf:
-            yield make_batch(buf)
+    buf: list[Record] = []
+    size = 0
+    try:
+        for rec in converter.convert_unit(unit):
+            if rec.filtered:
+                stats.filtered += 1
+                continue
+            if rec.row is None or rec.skip_reason:
+                reason = rec.skip_reason or "no row"
+                if on_error == "fail":
+                    raise _RecordFailed(reason)
+                stats.skipped.append({"source": rec.source_id, "reason": reason})
+                report(0, 0)
+                continue
+            buf.append(rec)
+            size += _row_estimate(rec)
+            if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
+                yield make_batch(buf)
+                buf, size = [], 0
+    except (_RecordFailed, InvalidRow):
+        raise  # the converter's reason, as it is
+    except (SourceError, TokenizeError) as e:  # the unit itself is unreadable
+        if on_error == "fail":
+            raise SourceError(_with_place(e, unit)) from None
+        stats.skipped.append({"source": unit.key, "reason": _with_place(e, unit)})
+    if buf:
+        yield make_batch(buf)
 
+
+def _mark(work: Path, unit: WorkUnit, uid: str, stats: _UnitStats, index: list, file: str | None = None,
+          size: int = 0, crc: int = 0, direct: bool = False) -> dict:
+    """Write the unit's marker (it is complete) and return it."""
+    marker = {"key": unit.key, "uid": uid, "file": file, "pid": os.getpid(), "format": WORK_FORMAT,
+              "direct": direct, "size": size, "crc32": crc, "batches": index, **stats.to_dict()}
+    _write_json_atomic(work / f"{uid}.json", marker)
+    return marker
+
+
+def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: Path, on_error: str,
+                         task: str | None, report: Callable[[int, int], None], layout: VocabLayout) -> dict:
+    """Convert one unit into the Arrow IPC stream `work/<uid>.arrow` and mark it complete with
+    `work/<uid>.json` (its batch index and statistics). A failure leaves neither file."""
+    stats, index = _UnitStats(), []
     data_name, sink = None, None
     try:
-        for message in messages():
+        for message in unit_messages(converter, unit, on_error, task, report, layout, stats, index):
             if sink is None:
                 data_name = f"{uid}.arrow"
                 sink = _ByteSink(work / data_name, "crc32")
@@ -303,11 +315,7 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
         if sink is not None:
             sink.abort()
         raise
-    marker = {"key": unit.key, "uid": uid, "file": data_name, "pid": os.getpid(), "format": WORK_FORMAT,
-              "size": sink.size if sink else 0, "crc32": sink.digest if sink else 0, "batches": index,
-              **stats.to_dict()}
-    _write_json_atomic(work / f"{uid}.json", marker)
-    return marker
+    return _mark(work, unit, uid, stats, index, data_name, sink.size if sink else 0, sink.digest if sink else 0)
 
 
 def _write_json_atomic(path: Path, obj, fsync: bool = False) -> None:
@@ -348,70 +356,86 @@ def _worker_unit(unit: WorkUnit, uid: str) -> dict:
     return marker
 
 
-def _run_pool(converter, todo: list[tuple[WorkUnit, str]], work: Path, on_error: str, task, workers: int,
-              progress: Progress, layout: VocabLayout) -> None:
-    """`workers` processes in all: this one and workers-1 spawned ones.
+class _Pool:
+    """workers-1 spawned processes converting units into work files, fed by a thread.
 
-    This process converts units too, so nothing waits while the others start (seconds: each
-    imports pyarrow, SentencePiece...). A thread hands a spawned worker units only once it says it
-    is ready, at most two at a time, so a small job is simply done here before they are up.
+    This process converts units too (it takes them with `take`), so nothing waits while the others
+    start (seconds: each imports pyarrow, SentencePiece...). The thread hands a spawned worker
+    units only once it says it is ready, at most two at a time, so a small job is simply done here
+    before they are up. Finished units' markers are collected by unit index (`result`).
     """
-    ctx = mp.get_context("spawn")  # safe with threads (SentencePiece, Arrow) and on every OS
-    queue = ctx.Queue()
-    lock = threading.Lock()
-    waiting = deque(todo)
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def next_unit():
-        with lock:
-            return waiting.popleft() if waiting else None
+    def __init__(self, converter, todo: dict[int, tuple[WorkUnit, str]], work: Path, on_error: str, task,
+                 workers: int, progress: Progress, layout: VocabLayout):
+        ctx = mp.get_context("spawn")  # safe with threads (SentencePiece, Arrow) and on every OS
+        self.queue = ctx.Queue()
+        self.lock = threading.Lock()
+        self.waiting = dict(todo)  # unit index -> (unit, uid), in unit order
+        self.finished: dict[int, dict] = {}
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.progress = progress
+        self.pool = ctx.Pool(workers - 1, initializer=_init_worker,
+                             initargs=(converter, str(work), on_error, task, self.queue, layout))
+        self.feeder = threading.Thread(target=self._feed, daemon=True)
+        self.feeder.start()
 
-    def feed(pool) -> None:
-        ready, running = 0, []
+    def take(self, i: int | None = None) -> tuple[int, WorkUnit, str] | None:
+        """Unit i (the first waiting one if None) for this process, unless a worker has it."""
+        with self.lock:
+            if i is None:
+                i = next(iter(self.waiting), None)
+            item = self.waiting.pop(i, None) if i is not None else None
+        return (i, *item) if item is not None else None
+
+    def result(self, i: int) -> dict | None:
+        """The marker of unit i once a worker finished it; raises a worker's error."""
+        if self.errors:
+            raise self.errors[0]
+        with self.lock:
+            return self.finished.pop(i, None)
+
+    def join(self) -> None:
+        """Wait until every unit handed out is done; raises a worker's error."""
+        while self.feeder.is_alive():
+            self.feeder.join(0.1)
+        if self.errors:
+            raise self.errors[0]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.feeder.join()
+        self.pool.terminate()
+        self.pool.join()
+
+    def _feed(self) -> None:
+        ready, running = 0, {}
         try:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 while True:
                     try:
-                        first, second = queue.get_nowait()
+                        first, second = self.queue.get_nowait()
                     except Exception:  # queue.Empty
                         break
                     if first == _READY:
                         ready += 1
                     else:
-                        progress.update(first, second)
-                still = []
-                for r in running:
+                        self.progress.update(first, second)
+                for i, r in list(running.items()):
                     if r.ready():
-                        r.get()  # re-raises the worker's error
-                        progress.unit_done()
-                    else:
-                        still.append(r)
-                running = still
-                while len(running) < 2 * ready and (item := next_unit()) is not None:
-                    running.append(pool.apply_async(_worker_unit, item))
-                with lock:
-                    if not waiting and not running:
+                        marker = r.get()  # re-raises the worker's error
+                        del running[i]
+                        with self.lock:
+                            self.finished[i] = marker
+                        self.progress.unit_done()
+                while len(running) < 2 * ready and (item := self.take()) is not None:
+                    running[item[0]] = self.pool.apply_async(_worker_unit, item[1:])
+                with self.lock:
+                    if not self.waiting and not running:
                         return
-                time.sleep(0.02)
+                time.sleep(0.01)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            errors.append(e)
-
-    with ctx.Pool(workers - 1, initializer=_init_worker,
-                  initargs=(converter, str(work), on_error, task, queue, layout)) as pool:
-        feeder = threading.Thread(target=feed, args=(pool,), daemon=True)
-        feeder.start()
-        try:
-            while not errors and (item := next_unit()) is not None:
-                convert_unit_to_file(converter, *item, work, on_error, task, progress.update, layout)
-                progress.unit_done()
-            while feeder.is_alive():
-                feeder.join(0.1)
-            if errors:
-                raise errors[0]
-        finally:
-            stop.set()
-            feeder.join()
+            self.errors.append(e)
 
 
 # --- packing -------------------------------------------------------------------------------------
@@ -422,38 +446,6 @@ class DamagedWork(SourceError):
     def __init__(self, uid: str, path: Path):
         super().__init__(f"{path}: work file damaged since it was written (size or CRC32 differs from its marker)")
         self.uid = uid
-
-
-class _Shards:
-    """Rolling shard files: batch messages appended in order, a new shard after each cut."""
-
-    def __init__(self, out: Path, rl: bool):
-        self.out, self.rl = out, rl
-        self.infos: list[ShardInfo] = []
-        self.sink: _ByteSink | None = None
-        self.rows = self.tokens = 0
-
-    def write(self, message, rows: int, tokens: int) -> None:
-        if self.sink is None:
-            self.sink = _ByteSink(self.out / SHARD_PATTERN.format(len(self.infos)), "sha256")
-            self.sink.write(_schema_message(self.rl))
-            self.rows = self.tokens = 0
-        self.sink.write(message)
-        self.rows += rows
-        self.tokens += tokens
-
-    def cut(self) -> None:
-        if self.sink is None:
-            return
-        self.sink.write(_EOS)
-        self.sink.commit(fsync=True)
-        self.infos.append(ShardInfo(self.sink.path.name, self.rows, self.tokens, self.sink.size, self.sink.digest))
-        self.sink = None
-
-    def abort(self) -> None:
-        if self.sink is not None:
-            self.sink.abort()
-            self.sink = None
 
 
 class _Reader:
@@ -470,66 +462,155 @@ class _Reader:
         return view[:f.readinto(view) or 0]
 
 
-def pack_shards(units: Sequence[tuple[Path, dict]], out: Path, rl: bool, shard_size: int) -> list[ShardInfo]:
-    """Stream the (work file, marker) units in order into shard-NNNNN.arrow files of about
-    shard_size bytes each: rows in unit order, a cut before the row that would overfill a shard
-    (a row larger than a shard gets one of its own).
+PACK_STATE = "pack.state"  # in .work/: where the rolling shards stand (not *.json: those are unit markers)
 
-    A batch that fits whole is copied as the bytes it already is; only a batch that a cut falls
-    inside is decoded (zero-copy) and its two slices serialised. Raises DamagedWork (and leaves
-    no shard under a temporary name) when a work file differs from its marker.
+
+class _Packer:
+    """Rolling shards: batch messages appended in unit order into `.work/shard-NNNNN.arrow`, a cut
+    before the row that would overfill a shard (a row larger than a shard gets one of its own).
+
+    A batch that fits whole goes in as the bytes it already is; only a batch that a cut falls inside
+    is decoded (zero-copy) and its two slices serialised. Each shard's sha256 is updated as its
+    bytes go out. After every unit `save` records the state (completed shards, the open shard's
+    size, rows, tokens and sha256 so far) so that a killed run resumes exactly there (`resume`).
+    Shards stay in .work/ until the conversion is complete, so none is visible before its manifest.
     """
-    schema = shard_schema(rl)
-    head = _schema_message(rl)
-    shards = _Shards(out, rl)
-    filled = 0
-    reader = _Reader()
-    try:
-        for path, marker in units:
-            with open(path, "rb") as f:
-                crc = 0
-                data = reader.read(f, len(head))
-                if data != head:
+
+    def __init__(self, work: Path, rl: bool, shard_size: int, conversion: dict):
+        self.work, self.rl, self.shard_size, self.conversion = work, rl, shard_size, conversion
+        self.schema = shard_schema(rl)
+        self.infos: list[ShardInfo] = []
+        self.next_unit = 0
+        self.file = None
+        self.sha = hashlib.sha256()
+        self.size = self.rows = self.tokens = self.filled = 0
+
+    def _part(self) -> Path:
+        return self.work / (SHARD_PATTERN.format(len(self.infos)) + ".part")
+
+    def _write(self, data) -> None:
+        if self.file is None:
+            self.file = open(self._part(), "wb")
+            self.sha = hashlib.sha256()
+            self.size = self.rows = self.tokens = self.filled = 0
+            self._write(_schema_message(self.rl))
+        self.file.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+
+    def add(self, message, rows: int, tokens: int, estimate: int) -> None:
+        """Append one record batch message (of `estimate` row bytes), cutting where a shard is full."""
+        if self.filled + estimate <= self.shard_size:  # the common case: the whole batch fits
+            self._write(message)
+            self.rows += rows
+            self.tokens += tokens
+            self.filled += estimate
+            return
+        batch = pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(message)), self.schema)
+        sizes = row_nbytes(batch)
+        start = 0
+        while start < len(sizes):
+            cum = np.cumsum(sizes[start:])
+            take = int(np.searchsorted(cum, self.shard_size - self.filled, side="right"))
+            if take == 0 and self.filled == 0:
+                take = 1  # one row larger than a shard gets a shard of its own
+            if take == 0:
+                self.cut()
+                continue
+            piece = batch.slice(start, take)
+            offs = piece.column("tokens").offsets
+            self._write(piece.serialize())
+            self.rows += take
+            self.tokens += int(offs[-1].as_py()) - int(offs[0].as_py())
+            self.filled += int(cum[take - 1])
+            start += take
+
+    def cut(self) -> None:
+        """Finish the open shard: end marker, fsync, rename."""
+        if self.file is None:
+            self.filled = 0
+            return
+        self.file.write(_EOS)
+        self.sha.update(_EOS)
+        self.size += len(_EOS)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.file = None
+        name = SHARD_PATTERN.format(len(self.infos))
+        os.replace(self.work / (name + ".part"), self.work / name)
+        self.infos.append(ShardInfo(name, self.rows, self.tokens, self.size, self.sha.hexdigest()))
+        self.filled = 0
+
+    def add_file(self, path: Path, marker: dict) -> None:
+        """Append a unit's work file, checking its bytes against the marker's CRC32 on the way."""
+        reader = _Reader()
+        head = _schema_message(self.rl)
+        with open(path, "rb") as f:
+            data = reader.read(f, len(head))
+            if data != head:
+                raise DamagedWork(marker["uid"], path)
+            crc = zlib.crc32(data)
+            for nbytes, rows, tokens, estimate in marker["batches"]:
+                data = reader.read(f, nbytes)
+                if len(data) != nbytes:
                     raise DamagedWork(marker["uid"], path)
                 crc = zlib.crc32(data, crc)
-                for nbytes, rows, tokens, estimate in marker["batches"]:
-                    data = reader.read(f, nbytes)
-                    if len(data) != nbytes:
-                        raise DamagedWork(marker["uid"], path)
-                    crc = zlib.crc32(data, crc)
-                    if filled + estimate <= shard_size:  # the common case: the whole batch fits
-                        shards.write(data, rows, tokens)
-                        filled += estimate
-                        continue
-                    try:
-                        batch = pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(data)), schema)
-                    except (pa.ArrowInvalid, OSError):
-                        raise DamagedWork(marker["uid"], path) from None
-                    sizes = row_nbytes(batch)
-                    start = 0
-                    while start < len(sizes):
-                        cum = np.cumsum(sizes[start:])
-                        take = int(np.searchsorted(cum, shard_size - filled, side="right"))
-                        if take == 0 and filled == 0:
-                            take = 1  # one row larger than a shard gets a shard of its own
-                        if take == 0:
-                            shards.cut()
-                            filled = 0
-                            continue
-                        piece = batch.slice(start, take)
-                        offs = piece.column("tokens").offsets
-                        shards.write(piece.serialize(), take, int(offs[-1].as_py()) - int(offs[0].as_py()))
-                        filled += int(cum[take - 1])
-                        start += take
-                data = reader.read(f, len(_EOS) + 1)
-                crc = zlib.crc32(data, crc)
-                if data != _EOS or crc != marker["crc32"]:
-                    raise DamagedWork(marker["uid"], path)
-        shards.cut()
-    except BaseException:
-        shards.abort()
-        raise
-    return shards.infos
+                try:
+                    self.add(data, rows, tokens, estimate)
+                except (pa.ArrowInvalid, OSError):
+                    raise DamagedWork(marker["uid"], path) from None
+            data = reader.read(f, len(_EOS) + 1)
+            if data != _EOS or zlib.crc32(data, crc) != marker["crc32"]:
+                raise DamagedWork(marker["uid"], path)
+
+    def save(self, next_unit: int) -> None:
+        """Record that units before next_unit are in the shards (the open one flushed, not synced)."""
+        self.next_unit = next_unit
+        if self.file is not None:
+            self.file.flush()
+        state = {"conversion": self.conversion, "next_unit": next_unit, "shards": [asdict(s) for s in self.infos],
+                 "open": None if self.file is None else {
+                     "size": self.size, "rows": self.rows, "tokens": self.tokens, "filled": self.filled,
+                     "sha256": self.sha.copy().hexdigest()}}
+        _write_json_atomic(self.work / PACK_STATE, state)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    @classmethod
+    def resume(cls, work: Path, rl: bool, shard_size: int, conversion: dict) -> _Packer | None:
+        """The packer as the last `save` left it, or None where that state cannot be trusted (none,
+        another conversion's, or its files changed since): then every shard is made again."""
+        try:
+            state = json.loads((work / PACK_STATE).read_text())
+            if state["conversion"] != conversion:
+                return None
+            p = cls(work, rl, shard_size, conversion)
+            p.infos = [ShardInfo(**s) for s in state["shards"]]
+            if any(os.stat(work / s.name).st_size != s.bytes for s in p.infos):
+                return None
+            p.next_unit = int(state["next_unit"])
+            if state["open"] is not None:
+                o = state["open"]
+                part = p._part()
+                if os.stat(part).st_size < o["size"]:
+                    return None
+                f = open(part, "r+b")
+                f.truncate(o["size"])
+                reader = _Reader()
+                while data := reader.read(f, 1 << 20):
+                    p.sha.update(data)
+                if p.sha.hexdigest() != o["sha256"]:
+                    f.close()
+                    return None
+                p.file = f  # at its end, ready to append
+                p.size, p.rows, p.tokens, p.filled = o["size"], o["rows"], o["tokens"], o["filled"]
+            return p
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -604,18 +685,20 @@ def _remove_temporaries(directory: Path, prefixes: Sequence[str]) -> None:
 
 
 def _read_marker(work: Path, uid: str) -> dict | None:
-    """The marker of a finished unit, or None where the unit must be converted (again): no marker,
-    an unreadable one, one of another writer version, or a work file that is missing or of another
-    size (a marker can outlive its unsynced work file in a crash of the machine)."""
+    """The marker of a finished unit; None where there is none, or one unreadable or of another
+    writer version (the unit is converted again)."""
     try:
         m = json.loads((work / f"{uid}.json").read_text())
-        if m.get("format") != WORK_FORMAT:
-            return None
-        if m["file"] and os.stat(work / m["file"]).st_size != m["size"]:
-            return None
-        return m
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return m if isinstance(m, dict) and m.get("format") == WORK_FORMAT else None
+    except (OSError, ValueError):
         return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout,
@@ -661,63 +744,120 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
 
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
-    mine = range(len(units)) if partition is None else range(partition, len(units), num_partitions)
+    final = partition is None
+    if final:  # shards of an interrupted run: back into .work/ if its pack state vouches for them, else gone
+        for p in out.glob(".shard-*.tmp*"):
+            p.unlink()
+        for p in out.glob("shard-*.arrow"):
+            if not (work / p.name).exists():
+                os.replace(p, work / p.name)
+            else:
+                p.unlink()
+    mine = range(len(units)) if final else range(partition, len(units), num_partitions)
     _remove_temporaries(work, [uids[i] for i in mine])
-    todo = [(units[i], uids[i]) for i in mine if _read_marker(work, uids[i]) is None]
+    markers: list[dict | None] = [_read_marker(work, uid) for uid in uids]
+    packer = _Packer.resume(work, converter.rl, shard_size, conversion)
+    if packer is not None and not all(markers[:packer.next_unit]):
+        packer = None  # shards whose units' statistics are lost: made again
+    packed = packer.next_unit if packer is not None else 0  # units already in the shards
+
+    def done(i: int, m: dict | None) -> bool:
+        if m is None or i < packed:
+            return m is not None
+        if m["direct"]:  # went straight into shards after the last saved state: lost with them
+            return False
+        return m["file"] is None or _size(work / m["file"]) == m["size"]  # a crash can outlive an unsynced file
+
+    todo = {i: (units[i], uids[i]) for i in mine if not done(i, markers[i])}
+    converted = len(todo)
+    for i in todo:
+        markers[i] = None
+    if final and on_error == "fail":
+        for m in markers:  # a unit finished earlier under --on-error skip
+            if m is not None and m["skipped"]:
+                raise SourceError(m["skipped"][0]["reason"])
 
     bar = Progress(f"{converter.name}" + (f" [{partition}/{num_partitions}]" if partition is not None else ""),
                    len(todo), enabled=progress)
+    pool = _Pool(converter, todo, work, on_error, task, min(workers, len(todo)), bar, layout) \
+        if workers > 1 and len(todo) > 1 else None
     try:
-        if workers > 1 and len(todo) > 1:
-            _run_pool(converter, todo, work, on_error, task, min(workers, len(todo)), bar, layout)
-        else:
-            for unit, uid in todo:
-                convert_unit_to_file(converter, unit, uid, work, on_error, task, bar.update, layout)
+        if not final:  # work files only
+            items = iter(todo.items())
+            while (item := pool.take() if pool else next(((i, *u) for i, u in items), None)) is not None:
+                convert_unit_to_file(converter, *item[1:], work, on_error, task, bar.update, layout)
                 bar.unit_done()
-    finally:
-        bar.close()
-        _remove_temporaries(work, [uid for _, uid in todo])
-
-    if num_partitions > 1:
-        return ConvertResult(out, False, len(units), len(todo), None, time.perf_counter() - t0)
-
-    markers = [_read_marker(work, uid) for uid in uids]
-    for i in [i for i, m in enumerate(markers) if m is None]:  # its work vanished since (a concurrent cleanup)
-        markers[i] = convert_unit_to_file(converter, units[i], uids[i], work, on_error, task, lambda r, t: None, layout)
-    if on_error == "fail":
-        for m in markers:  # a unit finished earlier under --on-error skip
-            if m["skipped"]:
-                raise SourceError(m["skipped"][0]["reason"])
-
-    for p in list(out.glob("shard-*.arrow")) + list(out.glob(".shard-*.tmp*")):
-        p.unlink()  # leftovers of an interrupted packing pass: no manifest vouches for them
-    redone: set[str] = set()
-    while True:
-        try:
-            shards = pack_shards([(work / m["file"], m) for m in markers if m["file"]], out, converter.rl, shard_size)
-            break
-        except DamagedWork as e:  # changed since its marker was written: convert it again, pack again
-            if e.uid in redone:
-                raise
-            redone.add(e.uid)
-            i = uids.index(e.uid)
-            (work / f"{e.uid}.json").unlink()
-            for p in out.glob("shard-*.arrow"):
+            if pool:
+                pool.join()
+            return ConvertResult(out, False, len(units), converted, None, time.perf_counter() - t0)
+        if packer is None:
+            for p in list(work.glob("shard-*.arrow")) + list(work.glob("shard-*.part")):
                 p.unlink()
-            markers[i] = convert_unit_to_file(converter, units[i], e.uid, work, on_error, task, lambda r, t: None,
-                                              layout)
+            packer = _Packer(work, converter.rl, shard_size, conversion)
+            packer.save(0)
+        for i in range(packer.next_unit, len(units)):
+            while markers[i] is None:
+                if pool is None or pool.take(i) is not None:  # next in order: straight into the shards
+                    markers[i] = _convert_into_shards(converter, units[i], uids[i], work, on_error, task, bar, layout,
+                                                      packer)
+                    break
+                if (m := pool.result(i)) is not None:
+                    markers[i] = m
+                elif (item := pool.take()) is not None:  # a later unit, while a worker does this one
+                    j, unit, uid = item
+                    markers[j] = convert_unit_to_file(converter, unit, uid, work, on_error, task, bar.update, layout)
+                    bar.unit_done()
+                else:
+                    time.sleep(0.01)
+            m = markers[i]
+            if m["file"] and not m["direct"]:
+                try:
+                    packer.add_file(work / m["file"], m)
+                except DamagedWork:  # changed since its marker was written: back to the last state, convert it
+                    packer.close()
+                    (work / m["file"]).unlink(missing_ok=True)
+                    packer = _Packer.resume(work, converter.rl, shard_size, conversion)
+                    if packer is None or packer.next_unit != i:
+                        raise
+                    markers[i] = _convert_into_shards(converter, units[i], uids[i], work, on_error, task, bar,
+                                                      layout, packer)
+                    converted += 1
+            packer.save(i + 1)
+        packer.cut()
+        packer.save(len(units))
+        if pool:
+            pool.join()
+    finally:
+        if pool:
+            pool.close()
+        if packer is not None:
+            packer.close()
+        bar.close()
+        _remove_temporaries(work, [uids[i] for i in mine])
+
     stats, skipped, tasks = merge_stats(markers, converter.rl)
     stats["conversion"] = conversion
-
     if tokenizer_path:
         dest = out / TOKENIZER_NAME
         if not (dest.exists() and os.path.samefile(tokenizer_path, dest)):
             tmp = out / f".{TOKENIZER_NAME}.tmp{os.getpid()}"
             shutil.copyfile(tokenizer_path, tmp)
             os.replace(tmp, dest)
-    manifest = Manifest(layout=layout.to_dict(), converter=converter.name, options=options, shards=shards,
+    for s in packer.infos:  # complete: the shards come out of .work/, the manifest last
+        os.replace(work / s.name, out / s.name)
+    manifest = Manifest(layout=layout.to_dict(), converter=converter.name, options=options, shards=packer.infos,
                         stats=stats, skipped=skipped, tokenizer_sha256=tok_sha, episode_spec=episode_spec,
                         tasks=sorted(tasks))
     manifest.write(out)
     shutil.rmtree(work, ignore_errors=True)
-    return ConvertResult(out, True, len(units), len(todo), manifest, time.perf_counter() - t0)
+    return ConvertResult(out, True, len(units), converted, manifest, time.perf_counter() - t0)
+
+
+def _convert_into_shards(converter: Converter, unit: WorkUnit, uid: str, work: Path, on_error: str, task,
+                         bar: Progress, layout: VocabLayout, packer: _Packer) -> dict:
+    """Convert the next unit in order straight into the shards: no work file, no second copy."""
+    stats, index = _UnitStats(), []
+    for message in unit_messages(converter, unit, on_error, task, bar.update, layout, stats, index):
+        packer.add(message, *index[-1][1:])
+    bar.unit_done()
+    return _mark(work, unit, uid, stats, index, direct=True)
