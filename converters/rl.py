@@ -249,10 +249,9 @@ class RLConverter:
             except TokenizeError as e:
                 yield Record(sid, task=task, skip_reason=f"{src.path}: {sid}: {e}")
                 continue
-            if record is not None:
-                yield record
+            yield record
 
-    def _record(self, raw: RawEpisode, sid: str, task: str, threshold: float | None) -> Record | None:
+    def _record(self, raw: RawEpisode, sid: str, task: str, threshold: float | None) -> Record:
         if raw.error:
             raise TokenizeError(raw.error)
         first = self.spec.observations[0].name
@@ -269,7 +268,8 @@ class RLConverter:
                                 f"value at step {int(np.argmin(finite))}")
         episode_return = float(rewards.sum())
         if threshold is not None and episode_return < threshold:
-            return None  # filtered out by return, not an error
+            # left out by --min-return: counted in the manifest, not an error
+            return Record(sid, task=task, episode_return=episode_return, filtered=True)
         observations = {f.name: _as_rgb(raw.observations[f.name]) if f.kind == "image" else raw.observations[f.name]
                         for f in self.spec.observations}
         row = build_episode(observations, raw.actions, self.spec, self.layout, self.text_tokenizer)

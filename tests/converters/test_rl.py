@@ -280,12 +280,20 @@ def test_return_filters(tmp_path):
     eps = rollouts(gym.make("CartPole-v1"), 8, 40, seed=31)
     returns = [ep["rewards"].sum() for ep in eps]
     path = write_d4rl(tmp_path / "cp.hdf5", eps)
-    _, recs = convert([path, "--min-return", "20"])
+    c, recs = convert([path, "--min-return", "20"])
+    assert [r.source_id for r in recs if r.filtered] == [f"cp/episode_{i}" for i, x in enumerate(returns) if x < 20]
+    assert all(r.row is None and not r.skip_reason for r in recs if r.filtered)
+    recs = [r for r in recs if not r.filtered]
     assert [r.source_id for r in recs] == [f"cp/episode_{i}" for i, x in enumerate(returns) if x >= 20]
+    from converters.writer import convert as write
+    m = write(c, tmp_path / "out", layout=c.layout, progress=False).manifest  # counted, not skipped
+    assert m.stats["filtered"] == sum(x < 20 for x in returns) > 0 and m.skipped == [] and m.total_rows == len(recs)
     _, recs = convert([path, "--min-return-fraction", "0.8"])
+    recs = [r for r in recs if not r.filtered]
     kept = [i for i, x in enumerate(returns) if x >= 0.8 * max(returns)]
     assert [r.source_id for r in recs] == [f"cp/episode_{i}" for i in kept] and 0 < len(kept) < 8
     _, recs = convert([path, "--min-return-fraction", "0.8", "--min-return", "25"])  # both apply
+    recs = [r for r in recs if not r.filtered]
     assert [r.source_id for r in recs] == [f"cp/episode_{i}" for i, x in enumerate(returns)
                                            if x >= max(25, 0.8 * max(returns))]
     for ep in eps:
