@@ -701,11 +701,27 @@ def _size(path: Path) -> int:
         return -1
 
 
+class _Restart(Exception):
+    """Packing must start over from the first unit (a damaged work file it could not step back from)."""
+
+
 def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout,
             tokenizer_path: str | os.PathLike | None = None, workers: int = 1, on_error: str = "fail",
             shard_size: int = 256 * 10**6, num_partitions: int = 1, partition: int | None = None,
             task: str | None = None, progress: bool = True) -> ConvertResult:
     """Convert all work units of `converter` into a shard directory `out` (see the module docstring)."""
+    kw = dict(layout=layout, tokenizer_path=tokenizer_path, workers=workers, on_error=on_error,
+              shard_size=shard_size, num_partitions=num_partitions, partition=partition, task=task, progress=progress)
+    while True:  # each restart has removed a damaged work file, so this ends
+        try:
+            return _convert(converter, out, **kw)
+        except _Restart:
+            continue
+
+
+def _convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout,
+             tokenizer_path: str | os.PathLike | None, workers: int, on_error: str, shard_size: int,
+             num_partitions: int, partition: int | None, task: str | None, progress: bool) -> ConvertResult:
     t0 = time.perf_counter()
     if on_error not in ON_ERROR:
         raise UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
@@ -817,8 +833,9 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
                     packer.close()
                     (work / m["file"]).unlink(missing_ok=True)
                     packer = _Packer.resume(work, converter.rl, shard_size, conversion)
-                    if packer is None or packer.next_unit != i:
-                        raise
+                    if packer is None or packer.next_unit != i:  # a cut fell inside it: make every shard again
+                        (work / PACK_STATE).unlink(missing_ok=True)
+                        raise _Restart from None
                     markers[i] = _convert_into_shards(converter, units[i], uids[i], work, on_error, task, bar,
                                                       layout, packer)
                     converted += 1

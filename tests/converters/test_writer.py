@@ -334,3 +334,92 @@ def test_parse_size():
     for bad in ("", "MB", "12XB", "0", "-5MB"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+# --- what makes it cheap must not cost a guarantee --------------------------------------------------
+
+def test_shards_are_plain_arrow_streams(reference):
+    """Shards are batch messages copied as bytes: exactly what pyarrow's own stream writer makes of them."""
+    for s in Manifest.read(reference).shards:
+        table = open_shard(reference / s.name)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            for b in table.to_batches():
+                w.write_batch(b)
+        assert sink.getvalue().to_pybytes() == (reference / s.name).read_bytes()
+
+
+class DiesMidUnit(TextConverter):
+    """The text converter, killed after `after` records of unit `crash_at` (some of them already written)."""
+
+    crash_at: str = ""
+    after: int = 0
+
+    def convert_unit(self, unit):
+        for k, rec in enumerate(super().convert_unit(unit)):
+            if unit.key == self.crash_at and k == self.after:
+                raise RuntimeError("simulated crash")
+            yield rec
+
+
+def test_killed_inside_a_unit_resumes_at_that_unit(inputs, text_tokenizer, tmp_path, monkeypatch):
+    import converters.writer as writer
+    monkeypatch.setattr(writer, "BATCH_ROWS", 3)  # so the unit has written batches when it dies
+    ref = tmp_path / "ref"
+    run(text_converter(inputs, text_tokenizer), ref, text_tokenizer)
+    conv = text_converter(inputs, text_tokenizer)
+    units = conv.work_units()
+    k = next(i for i in range(len(units) // 2, len(units)) if sum(1 for _ in conv.convert_unit(units[i])) >= 6)
+    dying = text_converter(inputs, text_tokenizer, DiesMidUnit)
+    dying.crash_at, dying.after = units[k].key, 5
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(dying, out, text_tokenizer)
+    assert not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
+    state = __import__("json").loads((out / WORK_DIR / writer.PACK_STATE).read_text())
+    assert state["next_unit"] == k and state["shards"]
+    part = out / WORK_DIR / (f"shard-{len(state['shards']):05d}.arrow.part")
+    assert part.stat().st_size > state["open"]["size"]  # the dead unit's first batches, past the saved state
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    assert res.units_converted == len(units) - k
+    assert shard_bytes(out) == shard_bytes(ref) and Manifest.read(out).shards == Manifest.read(ref).shards
+
+
+def test_work_files_are_checked_against_their_markers(reference, inputs, text_tokenizer, tmp_path):
+    """Work files are not fsynced: a short one (size, on resume) or a changed one (CRC32, while packing)
+    is converted again, whichever shard its rows fall in."""
+    import json
+    out = tmp_path / "out"
+    for i in range(2):
+        run(text_converter(inputs, text_tokenizer), out, text_tokenizer, num_partitions=2, partition=i)
+    markers = sorted((json.loads(p.read_text()) for p in (out / WORK_DIR).glob("*.json")), key=lambda m: m["key"])
+    files = [out / WORK_DIR / m["file"] for m in markers]
+    with open(files[3], "r+b") as f:
+        f.truncate(files[3].stat().st_size - 5)
+    for k in (1, 6, 10):  # same size, one byte changed inside a batch
+        data = bytearray(files[k].read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        files[k].write_bytes(bytes(data))
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    assert res.units_converted == 4
+    assert shard_bytes(out) == shard_bytes(reference)
+
+
+class Filtering(Episodes):
+    """Episodes whose converter drops the ones with a negative return on purpose."""
+
+    def convert_unit(self, unit):
+        for rec in super().convert_unit(unit):
+            yield Record(rec.source_id, filtered=True) if rec.row is not None and rec.episode_return < 0 else rec
+
+
+def test_filtered_records_are_counted_apart_from_skipped_ones(layout, tmp_path):
+    conv = Filtering(layout)
+    dropped = sum(ep[3] < 0 and not ep[4] for u in conv.work_units() for ep in conv.episodes(u))
+    assert 0 < dropped < 11
+    m = convert(conv, tmp_path / "out", layout=layout, on_error="skip", progress=False).manifest
+    assert m.stats["filtered"] == dropped and m.total_rows == 11 - dropped
+    assert m.stats["skipped"] == 1 and [s["source"] for s in m.skipped] == ["walk-1/ep2"]
+    assert min(all_rows(tmp_path / "out").column("episode_return").to_pylist()) >= 0
+    m = convert(Episodes(layout), tmp_path / "all", layout=layout, on_error="skip", progress=False).manifest
+    assert m.stats["filtered"] == 0
