@@ -1,29 +1,32 @@
-"""The shard writer: work units -> per-unit Arrow files -> rolling shards + manifest.json.
+"""The shard writer: work units -> record batch messages -> rolling shards + manifest.json.
 
-Why two stages. Each work unit is converted on its own (by any worker, in any order) into
-`OUT/.work/<uid>.arrow` and then marked complete by `OUT/.work/<uid>.json` (its statistics and
-skipped records). A final pass streams the completed units *in unit order* into
-`shard-00000.arrow, shard-00001.arrow, ...` of about `shard_size` bytes each and writes
-`manifest.json` last. So:
+Each work unit's rows become Arrow record batches, checked with schemas.validate and serialised
+once, as the IPC messages they will be in a shard. Shards take them *in unit order*:
+`shard-00000.arrow, shard-00001.arrow, ...` of about `shard_size` bytes each, cut before the row
+that would overfill one, and `manifest.json` is written last. The next unit in order is converted
+straight into the shards (one write, hashed as it goes out: nothing is read back for its sha256).
+A unit converted ahead of its turn (by a spawned worker, or by a `--partition` run) goes to
+`OUT/.work/<uid>.arrow` (an IPC stream) with the marker `OUT/.work/<uid>.json` (statistics,
+skipped records, its batch index, size and CRC32), and packing later copies its messages' bytes
+into the shards; only a batch that a cut falls inside is decoded and its slices re-serialised. So:
 
 * output is byte-identical whatever `workers` is (row order = unit order, fixed batch sizes,
-  no timestamps in shards);
-* a re-run after a crash or kill only converts the units without a marker (`uid` hashes the
-  conversion's settings, the unit and its file's size and mtime, so stale work is never reused);
+  no timestamps in shards; a shard is a schema message, batch messages and an end marker, the
+  same bytes pyarrow's stream writer makes);
+* a re-run after a crash or kill converts only the units not yet done: after every unit the
+  packer saves its state (`.work/pack.state`: finished shards, the open shard's size, rows and
+  sha256 so far), so a killed run resumes at the unit it died in, and work files of later units
+  are reused (`uid` hashes the conversion's settings, the unit and its file's size and mtime, so
+  stale work is never reused);
 * `--num-partitions K --partition i` converts units `i, i+K, i+2K, ...` into `OUT/.work` and stops
   there; the same command without `--partition` (run once every partition is done; it converts
   whatever is still missing) packs the shards and writes the manifest. Machines that do not share
   OUT copy their `OUT/.work/` files into one directory first (`rsync -a`, which keeps mtimes);
-* nothing half-written is ever visible: every file is written under a temporary name and renamed,
-  a failing unit leaves no marker, `.work/` is removed once the manifest is written.
-
-Why it is cheap. Each record batch is serialised once, as the Arrow IPC stream message it will be in
-a shard, and never decoded or re-encoded again unless a shard cut falls inside it: packing copies
-the messages' bytes from the unit files into the shard (an IPC stream is a schema message, the batch
-messages, an end marker) and hashes them on the way out, so no shard is ever re-read for its
-sha256. Work files are not fsynced (only shards and the manifest are): a marker records its work
-file's size (checked on resume: a short or missing file means the unit is converted again) and
-CRC32 (checked as packing copies the bytes: a damaged unit is converted again and packing redone).
+* nothing half-written is ever visible: files are written under a temporary name and renamed,
+  a failing unit leaves no marker, shards stay in `.work/` until the conversion is complete,
+  and `.work/` is removed once the manifest is written. Shards and the manifest are fsynced; work
+  files are not, so their size is checked on resume and their CRC32 while packing (a short or
+  damaged one is converted again).
 
 Memory stays flat: workers hold one record batch at a time, packing holds one batch message.
 """
@@ -39,7 +42,6 @@ import shutil
 import threading
 import time
 import zlib
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -742,8 +744,9 @@ def _convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayou
     options = dict(converter.options())
     episode_spec = options.pop("episode_spec", None)
     tok_sha = file_sha256(tokenizer_path) if tokenizer_path else None
-    fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter.name, "options": options, "episode_spec": episode_spec,
-                        "layout": layout.to_dict(), "tokenizer_sha256": tok_sha, "task": task, "rl": converter.rl})
+    fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter.name, "options": options,
+                        "episode_spec": episode_spec, "layout": layout.to_dict(), "tokenizer_sha256": tok_sha,
+                        "task": task, "rl": converter.rl})
     uids = [unit_id(fingerprint, u) for u in units]
     conversion = {"fingerprint": fingerprint, "units": len(units), "units_sha256": _sha(uids),
                   "shard_size": shard_size, "on_error": on_error}
