@@ -35,12 +35,23 @@ def make_env(env_id: str):
     return make_env_fn(env_id, rescale_actions=True)()
 
 
-def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1):
+def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1, dither: bool = False,
+                  wide_starts: float = 0.0):
     """Episodes of the scripted expert with exploration noise: (EpisodeBuffers, returns).
 
     Discrete actions: with probability `noise` a uniformly random action. Continuous actions:
-    Gaussian noise of std `noise` (in the [-1, 1] action units). What is recorded is what was
-    executed, so the data set is a true trajectory of the environment.
+    Gaussian noise of std `noise` (in the [-1, 1] action units), then, with `dither`, stochastic
+    rounding to -1 or +1 with the probability that keeps the mean torque: a smooth swing-up expert
+    changes its action about once an episode, so a model that sees the history learns to copy the
+    last action and ignore the state (the "copycat" failure of behaviour cloning); dithered, the last
+    action says little, the state everything, and the expert's return hardly changes (greedy
+    decoding of the learned policy is then the bang-bang controller sign(u)). What is recorded is
+    what was executed, so the data set is a true trajectory of the environment.
+
+    `wide_starts`: the fraction of episodes started from a wider set of states (Pendulum: angular
+    velocity up to 8 rad/s instead of 1, `reset(options={"y_init": 8})`), so the data also shows how
+    the expert brakes a spinning pendulum, a state an imperfect agent gets into and the expert's own
+    episodes never visit.
     """
     import gymnasium as gym
     from minari.data_collector import EpisodeBuffer
@@ -53,7 +64,8 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1)
     space = env.action_space
     buffers, returns = [], []
     for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
+        options = {"y_init": 8.0} if ep < round(wide_starts * episodes) else None
+        obs, _ = env.reset(seed=seed + ep, options=options)
         observations, actions, rewards, terms, truncs = [obs], [], [], [], []
         done = False
         while not done:
@@ -63,7 +75,10 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1)
                 torque = expert(obs)  # in the unwrapped env's units
                 low, high = env.unwrapped.action_space.low, env.unwrapped.action_space.high
                 a = 2.0 * (torque - low) / (high - low) - 1.0
-                a = np.clip(a + rng.normal(0.0, noise, a.shape), -1.0, 1.0).astype(np.float32)
+                a = np.clip(a + rng.normal(0.0, noise, a.shape), -1.0, 1.0)
+                if dither:
+                    a = np.where(rng.random(a.shape) < (1.0 + a) / 2.0, 1.0, -1.0)
+                a = a.astype(np.float32)
             obs, r, term, trunc, _ = env.step(a)
             observations.append(obs)
             actions.append(a)
@@ -71,7 +86,7 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1)
             terms.append(bool(term))
             truncs.append(bool(trunc))
             done = term or trunc
-        buffers.append(EpisodeBuffer(id=ep, seed=seed + ep, observations=np.asarray(observations),
+        buffers.append(EpisodeBuffer(id=ep, seed=seed + ep, options=options, observations=np.asarray(observations),
                                      actions=np.asarray(actions), rewards=rewards, terminations=terms,
                                      truncations=truncs, infos={}))
         returns.append(sum(rewards))
