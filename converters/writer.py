@@ -91,8 +91,10 @@ class ConvertResult:
         mb = sum(s.bytes for s in m.shards) / 1e6
         rate = m.total_tokens / max(self.seconds, 1e-9) / 1e6
         head = "up to date: " if self.up_to_date else ""
+        filtered = f", {m.stats['filtered']} filtered out" if m.stats.get("filtered") else ""
         return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
-                f"({mb:.1f} MB), {len(m.skipped)} skipped, {self.seconds:.1f}s ({rate:.2f}M tok/s) -> {self.out}")
+                f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}, {self.seconds:.1f}s ({rate:.2f}M tok/s) "
+                f"-> {self.out}")
 
 
 # --- sizes ---------------------------------------------------------------------------------------
