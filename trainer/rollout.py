@@ -250,12 +250,13 @@ class Agent:
         acts = {k: np.asarray(v)[None] for k, v in action_values.items()}
         return build_episode(observation_fields(obs, self.spec), acts, self.spec, self.layout, self.text_tokenizer)
 
-    def context(self, prompt: Row, history: deque, current: Row) -> Row:
-        """Prompt + as many of the latest steps as fit + the current step, within seq_len tokens."""
-        budget = self.seq_len - len(prompt) - len(current)
+    def context(self, prompt: Row, history: deque, current: Row, reserve: int = 0) -> Row:
+        """Prompt + as many of the latest steps as fit + the current step, leaving `reserve` of the
+        seq_len tokens free (for the action tokens still to be sampled)."""
+        budget = self.seq_len - reserve - len(prompt) - len(current)
         if budget < 0:
-            raise ValueError(f"prompt ({len(prompt)} tokens) and one step ({len(current)}) exceed the sequence "
-                             f"length {self.seq_len}; use a shorter prompt")
+            raise ValueError(f"prompt ({len(prompt)} tokens) and one step ({len(current) + reserve}) exceed the "
+                             f"sequence length {self.seq_len}; use a shorter prompt")
         while history and sum(len(h) for h in history) > budget:
             history.popleft()  # drop the oldest step; the prompt stays
         return concat_rows([prompt, *history, current])
@@ -264,12 +265,9 @@ class Agent:
             slots: Sequence[Sequence[ActionSlot]]) -> list[dict]:
         """Sample every action token of one step for each environment; returns field values."""
         n_act = len(slots[0])
-        currents = [self.observe(o) for o in observations]
-        # room for the action tokens still to come, so the last one's context fits seq_len too
-        reserve = [Row(np.zeros(n_act, np.int32), np.zeros(n_act, np.uint8), np.zeros(n_act, np.int16),
-                       np.zeros(n_act, np.uint8)) for _ in observations]
-        bases = [self.context(p, h, concat_rows([c, r])) for p, h, c, r in zip(prompts, histories, currents, reserve)]
-        bases = [slice_tokens(b, len(b) - n_act) for b in bases]
+        # the last action token is predicted from everything before it: that context must fit seq_len
+        bases = [self.context(p, h, self.observe(o), reserve=n_act - 1)
+                 for o, p, h in zip(observations, prompts, histories)]
         chosen = np.zeros((len(observations), n_act), np.int64)
         for j in range(n_act):
             ctx = bases if j == 0 else [concat_rows([b, _action_row(chosen[i, :j], self.spec, self.layout)])

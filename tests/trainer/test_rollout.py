@@ -190,3 +190,26 @@ def test_acting_tokens_equal_what_the_rl_converter_wrote(env_id, tmp_path, monke
         assert all(s.lo <= i < s.hi for s, i in zip(slots, ids))
         full = agent.step_row(observations[t], decode_actions(ids, demos.spec, demos.layout))
         np.testing.assert_array_equal(full.tokens, row.tokens[a:int(bounds[t + 1])])
+
+
+def test_multi_token_actions_keep_every_context_within_seq_len():
+    spec = EpisodeSpec((FieldSpec("obs", "continuous", (3,)),), (FieldSpec("action", "discrete", (2,)),))
+    lo = LAYOUT.id_range(DISCRETE)[0]
+    slots = action_slots(spec, LAYOUT, gym.spaces.MultiDiscrete([3, 5]))
+    assert [(s.lo, s.hi) for s in slots] == [(lo, lo + 3), (lo, lo + 5)]
+
+    class Recording(AdversarialModel):
+        lengths: list = []
+
+        def forward(self, batch):
+            self.lengths.append(int(batch.attention_mask.sum(1).max()) + 1)  # + the dummy last token
+            return super().forward(batch)
+
+    model = Recording(LAYOUT, favourite=lo + 4)  # legal for the second slot only
+    agent = Agent(model, LAYOUT, spec, seq_len=23)  # a step is 3 + 1 + 2 = 6 tokens
+    rows = [agent.step_row(np.full(3, t, np.float32), {"action": np.array([t % 3, 4])}) for t in range(6)]
+    history = deque(rows)
+    acts = agent.act([np.zeros(3, np.float32)], [concat_rows(rows[:1])], [history], [slots])
+    assert acts[0]["action"].tolist() == [0, 4]  # slot 0 may not take 4: the best legal value there is 0
+    assert max(model.lengths) - 1 <= 23 and len(model.lengths) == 2
+    assert len(history) == 2  # 6 prompt + 2 x 6 history + 4 current + 1 pending action = 23
