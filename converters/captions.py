@@ -13,7 +13,10 @@ A directory that is not a `datasets` directory stands for its `*.tar` (else `*.p
 Every image becomes the same grid (`--image-size`, default 192x192 = 144 patches, so the paper's
 "up to 5 pairs" plus their captions fit one 1024-token sequence; 224 would not), by a bilinear
 resize or an aspect-keeping resize + zero padding at the bottom/right (`--fit pad`). JPEGs are
-decoded at a reduced scale with `Image.draft` when the target is small enough (about 1.8x faster).
+decoded by libjpeg-turbo (simplejpeg) at the smallest of its M/8 DCT scales that still covers the
+target, then resized bilinearly for the rest: a 256 px JPEG decodes straight to 192 px at 3/4
+(about 2x faster than Pillow's decode + resize, and closer to a Lanczos reference); others go
+through Pillow, with `Image.draft` (1/2, 1/4, 1/8) for large JPEGs.
 Bad records are yielded with a one-line `skip_reason` naming file, record and field; a tar that is
 truncated or whose members are not grouped by key is refused as a whole (SourceError).
 """
@@ -35,6 +38,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+try:  # libjpeg-turbo's DCT scaling by M/8 (Pillow's draft offers only 1/2, 1/4, 1/8)
+    import simplejpeg
+except ImportError:  # pragma: no cover - Pillow alone still converts everything
+    simplejpeg = None
 
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.images import FIT_POLICIES, MAX_PIXELS, fit_image
@@ -138,6 +146,10 @@ class ImageFit:
     def __call__(self, data: bytes, field: str = "image") -> np.ndarray:
         if not data:
             raise BadField(field, "image is empty (0 bytes)")
+        if self.size is not None and data[:2] == b"\xff\xd8" and simplejpeg is not None:
+            rgb = self._jpeg(data, field)
+            if rgb is not None:
+                return rgb
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -174,11 +186,34 @@ class ImageFit:
             raise BadField(field, f"cannot decode {fmt} data: {msg}") from None
         if self.size is None:
             return fit_image(rgb, self.fit)
+        return self._pad(rgb)
+
+    def _pad(self, rgb: np.ndarray) -> np.ndarray:
         if rgb.shape[:2] != self.size:  # pad: bottom/right zeros
             out = np.zeros(self.size + (3,), np.uint8)
             out[:rgb.shape[0], :rgb.shape[1]] = rgb
             rgb = out
         return rgb
+
+    def _jpeg(self, data: bytes, field: str) -> np.ndarray | None:
+        """A YCbCr or grey JPEG decoded by libjpeg-turbo at the smallest of its M/8 DCT scales that
+        keeps the fitted size (3/4 takes 256 px straight to 192: no resize left, and closer to a
+        Lanczos reference than decode + bilinear), then bilinear for what is left. None: let
+        Pillow do it (CMYK, anything simplejpeg refuses; Pillow's messages name what is wrong)."""
+        try:
+            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            return None
+        if colorspace not in ("YCbCr", "Gray") or not 0 < w * h <= MAX_PIXELS:
+            return None
+        sh, sw = self._scaled(h, w)
+        try:
+            rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=sh, min_width=sw)
+        except ValueError:  # corrupt or truncated (strict): Pillow says which
+            return None
+        if rgb.shape[:2] != (sh, sw):
+            rgb = np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.BILINEAR))
+        return self._pad(rgb)
 
 
 # --- captions ----------------------------------------------------------------------------------
@@ -524,7 +559,7 @@ class CaptionConverter:
         return {"input_format": self.input_format, "formats": sorted(set(self.formats.values())),
                 "image_size": list(self.image.size) if self.image.size else "native", "fit": self.image.fit,
                 "resample": "bilinear", "pad": "zeros bottom/right, aspect kept" if self.image.fit == "pad" else None,
-                "jpeg_draft": True, "image_field": self.image_field, "caption_field": self.caption_field,
+                "jpeg_draft": True, "jpeg_dct_scale": simplejpeg is not None, "image_field": self.image_field, "caption_field": self.caption_field,
                 "caption_strip": True, "coco_captions": self.coco_captions,
                 "records_per_unit": self.records_per_unit}
 

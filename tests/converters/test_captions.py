@@ -118,6 +118,36 @@ def test_jpeg_draft_decodes_large_images_at_reduced_scale_close_to_full_decode(t
     assert np.abs(got.astype(int) - full.astype(int)).mean() < 6
 
 
+def test_jpeg_decodes_at_dct_scale_for_exact_fit_and_falls_back_to_pillow(tmp_path, text_tokenizer):
+    """64x96 -> 32x48 is libjpeg-turbo's 1/2 scale (no resize), 64x64 -> 48x48 its 3/4: both close
+    to a Lanczos reference of the full decode; grey and CMYK JPEGs (CMYK goes through Pillow) too."""
+    from converters import captions
+    if captions.simplejpeg is None:
+        pytest.skip("simplejpeg is not installed")
+    base = np.asarray(Image.fromarray(photo(16, 24, 4)).resize((96, 64), Image.BICUBIC))
+    square = np.asarray(Image.fromarray(photo(16, 16, 5)).resize((64, 64), Image.BICUBIC))
+    grey = np.asarray(Image.fromarray(base).convert("L"))
+    b = io.BytesIO()
+    Image.fromarray(base).convert("CMYK").save(b, "JPEG", quality=95)
+    samples = {"rgb": encode(base, "JPEG", quality=95), "grey": encode(grey, "JPEG", quality=95),
+               "cmyk": b.getvalue()}
+    tar = write_tar(tmp_path / "a.tar", [{"__key__": k, "jpg": v, "txt": k} for k, v in samples.items()])
+    recs = run_all(conv([tar], text_tokenizer))
+    for rec, (key, data) in zip(recs, samples.items()):
+        got = check_row(rec, text_tokenizer, key, None)
+        ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((48, 32), Image.LANCZOS)).astype(int)
+        assert np.abs(got.astype(int) - ref).mean() < 4, key
+        if key == "grey":
+            assert (got[..., 0] == got[..., 1]).all() and (got[..., 1] == got[..., 2]).all()
+    sq = encode(square, "JPEG", quality=95)
+    tar2 = write_tar(tmp_path / "b.tar", [{"__key__": "sq", "jpg": sq, "txt": "square"}])
+    got = check_row(run_all(conv([tar2], text_tokenizer, image_size=(48, 48)))[0], text_tokenizer, "square", None,
+                    (48, 48))
+    assert np.array_equal(got, captions.simplejpeg.decode_jpeg(sq, "RGB", min_height=48, min_width=48))  # 3/4 scale
+    ref = np.asarray(Image.open(io.BytesIO(sq)).convert("RGB").resize((48, 48), Image.LANCZOS)).astype(int)
+    assert np.abs(got.astype(int) - ref).mean() < 3
+
+
 def test_fit_pad_keeps_aspect_and_zero_pads_bottom_right(tmp_path, text_tokenizer):
     img = photo(16, 48, 1)  # half the height of 32x48: no scaling, 16 rows of padding
     small = photo(8, 12, 2)  # scaled x4 to 32x48: no padding
