@@ -44,10 +44,9 @@ try:  # libjpeg-turbo's DCT scaling by M/8 (Pillow's draft offers only 1/2, 1/4,
 except ImportError:  # pragma: no cover - Pillow alone still converts everything
     simplejpeg = None
 
-from tokenizer_kit.errors import TokenizeError
-from tokenizer_kit.images import FIT_POLICIES, MAX_PIXELS, fit_image
-from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import build_caption_row
+from tokenizer_kit.images import FIT_POLICIES, MAX_PIXELS, fit_image, patch_positions, patchify
+from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
+from tokenizer_kit.sequence import Row
 from tokenizer_kit.text import TextTokenizer
 
 from .base import Record, SourceError, WorkUnit
@@ -214,6 +213,41 @@ class ImageFit:
         if rgb.shape[:2] != (sh, sw):
             rgb = np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.BILINEAR))
         return self._pad(rgb)
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+_NO_STEPS = np.zeros(0, np.int32)
+_NO_STEPS.setflags(write=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(h: int, w: int, patch: int, bins: int) -> np.ndarray:
+    """Patch positions of an image size: the same for every image of that size, so shared (read-only)."""
+    pos = patch_positions(h, w, patch, bins)
+    pos.setflags(write=False)
+    return pos
+
+
+def _caption_row(rgb: np.ndarray, ids: np.ndarray, layout: VocabLayout) -> Row:
+    """`build_caption_row(rgb, ids, layout)` for a fitted image and checked ids, the same arrays
+    (tests hold them equal) without its per-row position maths and concatenations: each column is
+    written once into its final array."""
+    patches = patchify(rgb, layout.patch_size)
+    n = len(patches)
+    eos = layout.eos_id >= 0 and (len(ids) == 0 or ids[-1] != layout.eos_id)
+    total = n + len(ids) + eos
+    tokens = np.empty(total, np.int32)
+    tokens[:n] = PATCH_SLOT
+    tokens[n:n + len(ids)] = ids
+    if eos:
+        tokens[-1] = layout.eos_id
+    loss = np.zeros(total, np.uint8)
+    loss[n:] = 1
+    modality = np.full(total, TEXT, np.uint8)
+    modality[:n] = IMAGE
+    return Row(tokens, loss, np.full(total, NO_POSITION, np.int16), modality, _NO_STEPS, patches,
+               _positions(rgb.shape[0], rgb.shape[1], layout.patch_size, layout.position_bins))
 
 
 # --- captions ----------------------------------------------------------------------------------
@@ -622,18 +656,23 @@ class CaptionConverter:
             except BadField as e:
                 texts.append(e)
         good = [t for t in texts if isinstance(t, str)]
-        ids = iter(self.tok.encode_batch(good) if good else [])
-        for (key, image, image_field, _, _), text in zip(items, texts):
+        encoded = self.tok.encode_batch(good) if good else []
+        vocab = self.layout.text_vocab_size
+        if encoded:  # one range check for the chunk; per caption only if it fails
+            flat = np.concatenate(encoded)
+            if flat.size and (flat.min() < 0 or flat.max() >= vocab):
+                encoded = [BadField("caption", f"text id outside [0, {vocab})")
+                           if x.size and (x.min() < 0 or x.max() >= vocab) else x for x in encoded]
+        ids = iter(encoded)
+        for (key, image, image_field, _, caption_field), text in zip(items, texts):
             sid = f"{name}/{key}"
             try:
                 if isinstance(text, BadField):
                     raise text
                 caption_ids = next(ids)
-                rgb = self.image(image, image_field)
-                try:
-                    row = build_caption_row(rgb, caption_ids, self.layout, "resize", rgb.shape[:2])
-                except TokenizeError as e:
-                    raise BadField(image_field, str(e)) from None
+                if isinstance(caption_ids, BadField):
+                    raise BadField(caption_field, caption_ids.reason)
+                row = _caption_row(self.image(image, image_field), caption_ids, self.layout)
             except BadField as e:
                 yield Record(sid, skip_reason=f"{path}: record {key!r}: field {e.field!r}: {e.reason}")
                 continue

@@ -148,6 +148,34 @@ def test_jpeg_decodes_at_dct_scale_for_exact_fit_and_falls_back_to_pillow(tmp_pa
     assert np.abs(got.astype(int) - ref).mean() < 3
 
 
+def test_caption_rows_equal_build_caption_row(text_tokenizer):
+    """The converter's row builder is tokenizer_kit's build_caption_row, array for array, only faster."""
+    from converters.captions import _caption_row
+    from tokenizer_kit.layout import VocabLayout
+    from tokenizer_kit.sequence import build_caption_row
+    layout = text_tokenizer.layout()
+    cases = [(photo(32, 48, 1), text_tokenizer.encode("a red ball")), (photo(16, 64, 2), np.zeros(0, np.int32)),
+             (photo(48, 16, 3), np.array([5, 6, layout.eos_id], np.int32))]
+    for lay in (layout, VocabLayout(layout.text_vocab_size)):  # with and without an end-of-text id
+        for rgb, ids in cases:
+            got, want = _caption_row(rgb, ids, lay), build_caption_row(rgb, ids, lay, "resize", rgb.shape[:2])
+            for f in ("tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches", "patch_pos"):
+                a, b = getattr(got, f), getattr(want, f)
+                assert a.dtype == b.dtype and np.array_equal(a, b), f
+
+
+def test_caption_ids_outside_the_layout_name_the_record(tmp_path, text_tokenizer):
+    from tokenizer_kit.layout import VocabLayout
+    ids = text_tokenizer.encode("zebra quartz")
+    small = VocabLayout(int(ids.max()), eos_id=text_tokenizer.eos_id)  # the largest id no longer fits
+    tar = write_tar(tmp_path / "a.tar", [{"__key__": "ok", "png": encode(photo(32, 48, 1), "PNG"), "txt": "a"},
+                                         {"__key__": "big", "png": encode(photo(32, 48, 2), "PNG"),
+                                          "txt": "zebra quartz"}])
+    recs = run_all(CaptionConverter([str(tar)], text_tokenizer, small, image_size=SIZE))
+    assert recs[0].row is not None
+    assert recs[1].skip_reason == f"{tar}: record 'big': field 'txt': text id outside [0, {int(ids.max())})"
+
+
 def test_fit_pad_keeps_aspect_and_zero_pads_bottom_right(tmp_path, text_tokenizer):
     img = photo(16, 48, 1)  # half the height of 32x48: no scaling, 16 rows of padding
     small = photo(8, 12, 2)  # scaled x4 to 32x48: no padding
