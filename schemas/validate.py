@@ -2,6 +2,13 @@
 
 Checks run over whole columns at once (flat values + offsets), so a shard is validated at
 memory speed; each problem names the row (index and source_id), the column and what is wrong.
+
+Two paths. RL rows whose steps all share one length and one modality / loss mask / local
+position pattern (fixed-size fields: the common case) are *proved* valid by checking one step's
+pattern and then only that the columns repeat it (a memcmp of each column against itself shifted
+by one step, on zero-copy views of the Arrow buffers) and that every id lies in its step
+position's range (min/max per step position). Anything else, and any table the proof does not
+go through for, takes the general path, which checks every token and names every problem.
 """
 
 from __future__ import annotations
@@ -35,14 +42,21 @@ class Problem:
         return f"row {self.row}{source}, column {self.column}: {self.reason}"
 
 
-def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(values, offsets) of a list column as numpy, offsets relative to the values."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = arr.offsets.to_numpy()
-    values = arr.flatten()  # not .values: that ignores the slice of a sliced table's arrays
+def _view(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of one chunk of a list column as numpy, offsets relative to the values;
+    zero-copy views of the Arrow buffers (only bool values, stored as bits, are unpacked)."""
+    offsets = arr.offsets.to_numpy()  # of this slice of the array, unlike .values
+    first, last = int(offsets[0]), int(offsets[-1])
+    values = arr.values.slice(first, last - first)
     if isinstance(values.type, pa.FixedSizeListType):
-        values = values.flatten()
-    return values.to_numpy(zero_copy_only=False), offsets - offsets[0]
+        width = values.type.list_size
+        values = values.values.slice(values.offset * width, len(values) * width)
+    return values.to_numpy(zero_copy_only=False), offsets - first
+
+
+def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a whole list column (chunks combined by Arrow's pooled allocator)."""
+    return _view(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
 
 
 def _offsets(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -105,55 +119,61 @@ def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
                  for name in table.schema.names if table.column(name).null_count]
     if problems:
         return problems
+    if _proof(table, layout) is not None:
+        return []
+    return _validate_tokens(table, layout)
+
+
+def validate_and_count(table: pa.Table, layout: VocabLayout) -> tuple[list[Problem], np.ndarray]:
+    """validate_table's problems and the number of tokens of each modality code (what verify
+    compares with the manifest), counted from the step pattern where the fast path proves the table."""
+    problems = check_schema(table.schema)
+    problems += [Problem(None, name, f"{table.column(name).null_count} null values (columns are not nullable)")
+                 for name in table.schema.names if table.column(name).null_count]
+    if problems:
+        return problems, _count_modalities(table)
+    counts = _proof(table, layout)
+    if counts is not None:
+        return [], counts
+    return _validate_tokens(table, layout), _count_modalities(table)
+
+
+def _count_modalities(table: pa.Table) -> np.ndarray:
+    """Tokens per modality code (codes past SEPARATOR are not counted), chunk by chunk, no copies."""
+    counts = np.zeros(SEPARATOR + 1, np.int64)
+    if "modality" not in table.schema.names:
+        return counts
+    for chunk in table.column("modality").chunks:
+        mod = chunk.flatten().to_numpy(zero_copy_only=False)
+        if not len(mod):
+            continue
+        lo, hi = int(mod.min()), int(mod.max())
+        if lo == hi:
+            counts[lo] += len(mod) if lo <= SEPARATOR else 0
+        else:
+            counts[lo:min(hi, SEPARATOR) + 1] += [np.count_nonzero(mod == m) for m in range(lo, min(hi, SEPARATOR) + 1)]
+    return counts
+
+
+# --- the general path: every token ----------------------------------------------------------------
+
+def _validate_tokens(table: pa.Table, layout: VocabLayout) -> list[Problem]:
+    """Every check on every token; each problem found is named."""
     rep = _Report(table.column("source_id"))
     tokens, off = _flat(table.column("tokens"))
     lengths = np.diff(off)
+    cols = {}
     for name in ("loss_mask", "local_pos", "modality"):
-        _, o = _flat(table.column(name))
+        cols[name], o = _flat(table.column(name))
         bad = np.flatnonzero(np.diff(o) != lengths)
         if len(bad):
             rep.rows(bad, name, "length differs from tokens")
     if rep.problems:
         return rep.problems
-    mask, _ = _flat(table.column("loss_mask"))
-    pos, _ = _flat(table.column("local_pos"))
-    mod, _ = _flat(table.column("modality"))
-    mask = mask.astype(np.uint8, copy=False)
-
-    if len(mod) and int(mod.max()) > SEPARATOR:
-        bad_mod = mod > SEPARATOR
-        rep.rows(_rows_of(bad_mod, off), "modality", f"unknown modality code (max {int(mod.max())})")
+    mask = cols["loss_mask"].astype(np.uint8, copy=False)
+    pos, mod = cols["local_pos"], cols["modality"]
+    if not _check_values(rep, tokens, off, mask, pos, mod, layout):
         return rep.problems
-    # Ids and masks are checked per run of equal modality (min/max of each run against the
-    # modality's range: one pass, and a text batch is one run); the precise per-token reasons are
-    # worked out only where a check fails, so a valid shard validates at memory speed.
-    lo, hi = _id_ranges(layout)
-    starts = np.concatenate([[0], np.flatnonzero(mod[1:] != mod[:-1]) + 1]) if len(mod) else np.zeros(0, np.intp)
-    run_mod = mod[starts]
-    if len(starts) and ((np.minimum.reduceat(tokens, starts) < lo[run_mod]) |
-                        (np.maximum.reduceat(tokens, starts) >= hi[run_mod])).any():
-        out = (tokens < lo[mod]) | (tokens >= hi[mod])
-        i = int(np.flatnonzero(out)[0])
-        rep.rows(_rows_of(out, off), "tokens",
-                 f"id outside its modality's range (first: id {int(tokens[i])} as modality {int(mod[i])}, "
-                 f"legal [{lo[mod[i]]}, {hi[mod[i]]}))")
-    # loss mask allowed per modality: text 1, image and separator 0, discrete/continuous 0 or 1
-    # (which of the two is decided per step in _check_steps)
-    least = np.array([1, 0, 0, 0, 0], np.uint8)
-    most = np.array([1, 0, 1, 1, 0], np.uint8)
-    if len(starts) and ((np.minimum.reduceat(mask, starts) < least[run_mod]) |
-                        (np.maximum.reduceat(mask, starts) > most[run_mod])).any():
-        if (mask > 1).any():
-            rep.rows(_rows_of(mask > 1, off), "loss_mask", "values other than 0 and 1")
-        wrong_mask = ((mod == IMAGE) | (mod == SEPARATOR)) & (mask != 0)
-        if wrong_mask.any():
-            rep.rows(_rows_of(wrong_mask, off), "loss_mask", "loss on an image patch or separator")
-        text_unmasked = (mod == TEXT) & (mask != 1)
-        if text_unmasked.any():
-            rep.rows(_rows_of(text_unmasked, off), "loss_mask", "text token without loss")
-    if len(pos) and (int(pos.min()) < NO_POSITION or int(pos.max()) >= layout.local_positions):
-        bad_pos = (pos < NO_POSITION) | (pos >= layout.local_positions)
-        rep.rows(_rows_of(bad_pos, off), "local_pos", f"outside [-1, {layout.local_positions})")
 
     slot_at = np.flatnonzero(tokens == PATCH_SLOT)
     slot_counts = np.bincount(np.searchsorted(off, slot_at, side="right") - 1, minlength=len(lengths))
@@ -167,9 +187,7 @@ def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
     if len(bad):
         rep.rows(bad, "patch_pos", "one position per patch expected")
     elif len(pp):
-        q = pp.reshape(-1, 4).astype(np.int64)
-        bad_q = (q[:, 0] >= q[:, 1]) | (q[:, 2] >= q[:, 3]) | (q[:, 1] > layout.position_bins) | (
-            q[:, 3] > layout.position_bins)
+        bad_q = _bad_patch_pos(pp, layout)
         if bad_q.any():
             rep.rows(np.searchsorted(poff, np.flatnonzero(bad_q), side="right") - 1, "patch_pos",
                      f"interval empty or past {layout.position_bins} bins")
@@ -213,6 +231,60 @@ def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
     return rep.problems
 
 
+# loss mask allowed per modality: text 1, image and separator 0, discrete/continuous 0 or 1
+# (which of the two is decided per step in _check_steps)
+_LEAST_MASK = np.array([1, 0, 0, 0, 0], np.uint8)
+_MOST_MASK = np.array([1, 0, 1, 1, 0], np.uint8)
+
+
+def _check_values(rep: _Report, tokens, off, mask, pos, mod, layout: VocabLayout) -> bool:
+    """Modality codes, ids in their modality's range, loss mask per modality, local positions in
+    range, token by token. False when the modality codes are unknown (nothing else can be checked)."""
+    if len(mod) and int(mod.max()) > SEPARATOR:
+        bad_mod = mod > SEPARATOR
+        rep.rows(_rows_of(bad_mod, off), "modality", f"unknown modality code (max {int(mod.max())})")
+        return False
+    lo, hi = _id_ranges(layout)
+    # A few long runs of one modality (text) are checked by min/max per run; many short runs
+    # (RL steps) by one lookup of each token's range. Precise reasons only where a check fails.
+    starts = np.concatenate([[0], np.flatnonzero(mod[1:] != mod[:-1]) + 1]) if len(mod) else np.zeros(0, np.intp)
+    if len(starts) * 64 <= len(mod):
+        run_mod = mod[starts]
+        ids_bad = len(starts) and bool(((np.minimum.reduceat(tokens, starts) < lo[run_mod]) |
+                                        (np.maximum.reduceat(tokens, starts) >= hi[run_mod])).any())
+        mask_bad = len(starts) and bool(((np.minimum.reduceat(mask, starts) < _LEAST_MASK[run_mod]) |
+                                         (np.maximum.reduceat(mask, starts) > _MOST_MASK[run_mod])).any())
+    else:
+        ids_bad = bool(((tokens < lo[mod]) | (tokens >= hi[mod])).any())
+        mask_bad = bool(((mask < _LEAST_MASK[mod]) | (mask > _MOST_MASK[mod])).any())
+    if ids_bad:
+        out = (tokens < lo[mod]) | (tokens >= hi[mod])
+        i = int(np.flatnonzero(out)[0])
+        rep.rows(_rows_of(out, off), "tokens",
+                 f"id outside its modality's range (first: id {int(tokens[i])} as modality {int(mod[i])}, "
+                 f"legal [{lo[mod[i]]}, {hi[mod[i]]}))")
+    if mask_bad:
+        if (mask > 1).any():
+            rep.rows(_rows_of(mask > 1, off), "loss_mask", "values other than 0 and 1")
+        wrong_mask = ((mod == IMAGE) | (mod == SEPARATOR)) & (mask != 0)
+        if wrong_mask.any():
+            rep.rows(_rows_of(wrong_mask, off), "loss_mask", "loss on an image patch or separator")
+        text_unmasked = (mod == TEXT) & (mask != 1)
+        if text_unmasked.any():
+            rep.rows(_rows_of(text_unmasked, off), "loss_mask", "text token without loss")
+    if len(pos) and (int(pos.min()) < NO_POSITION or int(pos.max()) >= layout.local_positions):
+        bad_pos = (pos < NO_POSITION) | (pos >= layout.local_positions)
+        rep.rows(_rows_of(bad_pos, off), "local_pos", f"outside [-1, {layout.local_positions})")
+    return True
+
+
+def _bad_patch_pos(pp: np.ndarray, layout: VocabLayout) -> np.ndarray:
+    """Per patch: is its [row0, row1) x [col0, col1) interval empty or past the position bins?"""
+    q = pp.reshape(-1, 4).astype(np.int64)
+    return (q[:, 0] >= q[:, 1]) | (q[:, 2] >= q[:, 3]) | (q[:, 1] > layout.position_bins) | (
+        q[:, 3] > layout.position_bins)
+
+
 def _check_steps(rep: _Report, off, ss, soff, nsteps, row_of_step, mod, mask, pos, layout: VocabLayout) -> None:
     """Inside RL rows: one separator per step; observation tokens (before it) have positions
     0, 1, ... and no loss unless text; action tokens (after it) have loss, no patches and no position
@@ -228,8 +300,6 @@ def _check_steps(rep: _Report, off, ss, soff, nsteps, row_of_step, mod, mask, po
     ends[:-1] = starts[1:]
     last = soff[1:][nsteps > 0] - 1  # last step of each row with steps ends at the row's end
     ends[last] = off[1:][nsteps > 0]
-    if _same_steps(off, starts, ends, nsteps, mod, mask, pos, layout):
-        return
     sep_at = np.flatnonzero(mod == SEPARATOR)
     sep_at = sep_at[nsteps[np.searchsorted(off, sep_at, side="right") - 1] > 0]  # strays are reported elsewhere
     first_sep = np.searchsorted(sep_at, starts)
@@ -273,21 +343,139 @@ def _check_steps(rep: _Report, off, ss, soff, nsteps, row_of_step, mod, mask, po
             rep.rows(_rows_of(bad, off), column, reason)
 
 
-def _same_steps(off, starts, ends, nsteps, mod, mask, pos, layout: VocabLayout) -> bool:
-    """Fast path for the common case of fixed-size fields: every token is in a step, all steps have
-    one length k and the same modality, loss mask and local position pattern. Then checking one step
-    proves them all (three passes over the tokens instead of the general path's dozens).
-    False: not this case, or the first step has a problem (the general path then names it)."""
-    n, k = len(mod), int(ends[0] - starts[0]) if len(starts) else 0
-    if len(starts) < 2 or k == 0 or not nsteps.all() or k * len(starts) != n or \
-            not (starts == np.arange(0, n, k)).all():
+# --- the fast path: RL rows made of one repeated step pattern --------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _slot_is_image_only(layout: VocabLayout) -> bool:
+    """Whether an id of -1 is legal for image patches only: then, ids once checked, a row's patch
+    slots are its image tokens and need no counting."""
+    lo, hi = _id_ranges(layout)
+    return all((lo[m] <= PATCH_SLOT < hi[m]) == (m == IMAGE) for m in range(SEPARATOR + 1))
+
+
+def _repeats(a: np.ndarray, k: int) -> bool:
+    """Whether a flat array repeats with period k: itself shifted by k, compared by one memcmp."""
+    return len(a) <= k or pa.py_buffer(a[k:]).equals(pa.py_buffer(a[:-k]))
+
+
+def _column_range(ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of each of the k columns of ids seen as (len // k, k) rows: reduced over blocks
+    of whole rows about 1024 wide, so numpy's inner loops stay long and nothing is copied."""
+    rows = ids.reshape(-1, k)
+    r = max(1, 1024 // k)
+    full = len(rows) // r * r
+    parts = []
+    if full:
+        block = ids[:full * k].reshape(-1, r * k)
+        parts.append((block.min(0).reshape(r, k).min(0), block.max(0).reshape(r, k).max(0)))
+    if full < len(rows):
+        parts.append((rows[full:].min(0), rows[full:].max(0)))
+    return (np.minimum.reduce([p[0] for p in parts]), np.maximum.reduce([p[1] for p in parts]))
+
+
+def _proof(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
+    """Tokens per modality when a fast path proves the table valid; None: the general path decides."""
+    if table.num_rows == 0 or not _slot_is_image_only(layout):
+        return None
+    if "num_steps" in table.schema.names:
+        return _proved_by_pattern(table, layout)
+    return _proved_text(table, layout)
+
+
+def _proved_text(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
+    """Tokens per modality when every row is plain text (no steps, no patches, loss on every token,
+    no local positions, ids in the text range): a few min/max per chunk, no copies. Else None."""
+    lo, hi = _id_ranges(layout)
+    n = 0
+    for batch in table.to_batches():
+        if batch.num_rows == 0:
+            continue
+        tokens, off = _view(batch.column("tokens"))
+        for name in ("step_starts", "patches", "patch_pos"):
+            o = batch.column(name).offsets.to_numpy()
+            if o[0] != o[-1]:
+                return None
+        for name, want in (("modality", TEXT), ("loss_mask", 1), ("local_pos", NO_POSITION)):
+            values, o = _view(batch.column(name))
+            if not np.array_equal(o, off) or len(values) and not (values.min() == values.max() == want):
+                return None
+        if len(tokens) and not (tokens.min() >= lo[TEXT] and tokens.max() < hi[TEXT]):
+            return None
+        n += len(tokens)
+    counts = np.zeros(SEPARATOR + 1, np.int64)
+    counts[TEXT] = n
+    return counts
+
+
+def _proved_by_pattern(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
+    """Tokens per modality when the table is valid by the fast path: every row is RL, made of steps of one length
+    k, and its modality, loss mask and local positions repeat the first step's, which passes every
+    per-token and per-step check itself; then ids need checking only against the range of their
+    position in the step, and a row's patch slots are its steps times the pattern's image tokens.
+    None (nothing reported) whenever any of this does not hold: the general path then decides."""
+    lo, hi = _id_ranges(layout)
+    k = pattern = id_lo = id_hi = None
+    steps = 0
+    for batch in table.to_batches():
+        if batch.num_rows == 0:
+            continue
+        tokens, off = _view(batch.column("tokens"))
+        ss, soff = _view(batch.column("step_starts"))
+        nsteps = np.diff(soff)
+        if not nsteps.all():
+            return None
+        if k is None:
+            k = int(ss[1]) if nsteps[0] > 1 else int(off[1])
+            if k <= 0:
+                return None
+        # steps start at 0, k, 2k, ... in every row, and rows are whole steps
+        if not (np.array_equal(np.diff(off), nsteps * k) and
+                np.array_equal(batch.column("num_steps").to_numpy(zero_copy_only=False), nsteps)):
+            return None
+        first = soff[:-1]
+        if ss[first].any():
+            return None
+        step = np.diff(ss)
+        step[first[1:] - 1] = k
+        if not (step == k).all():
+            return None
+        cols = []
+        for name in ("modality", "loss_mask", "local_pos"):
+            values, o = _view(batch.column(name))
+            if not np.array_equal(o, off):
+                return None
+            cols.append(values)
+        if pattern is None:
+            pattern = [c[:k].copy() for c in cols]
+            if not _pattern_is_valid(tokens[:k], *pattern, layout):
+                return None
+            img = pattern[0] == IMAGE
+            slots = int(img.sum())
+        if not all(np.array_equal(c[:k], p) and _repeats(c, k) for c, p in zip(cols, pattern)):
+            return None
+        steps += len(ss)
+        mn, mx = _column_range(tokens, k)
+        id_lo = mn if id_lo is None else np.minimum(id_lo, mn)
+        id_hi = mx if id_hi is None else np.maximum(id_hi, mx)
+        # patches: one per image token (the slots, once ids are in range), positions repeating too
+        poff = batch.column("patches").offsets.to_numpy()
+        pp, ppoff = _view(batch.column("patch_pos"))
+        if not (np.array_equal(np.diff(poff), nsteps * slots) and np.array_equal(ppoff, poff - poff[0])):
+            return None
+        if slots and not (_repeats(pp, 4 * slots) and not _bad_patch_pos(pp[:4 * slots], layout).any()):
+            return None
+    if pattern is None or not ((id_lo >= lo[pattern[0]]).all() and (id_hi < hi[pattern[0]]).all()):
+        return None
+    return np.bincount(pattern[0], minlength=SEPARATOR + 1).astype(np.int64) * steps
+
+
+def _pattern_is_valid(tokens, mod, mask, pos, layout: VocabLayout) -> bool:
+    """Whether one step, as a row of its own, passes the general path's per-token and step checks."""
+    rep = _Report(None)
+    off = np.array([0, len(mod)])
+    mask = mask.astype(np.uint8, copy=False)
+    if not _check_values(rep, tokens, off, mask, pos, mod, layout) or rep.problems:
         return False
-    for col in (mod, mask, pos):
-        grid = col.reshape(-1, k)
-        if not (grid == grid[0]).all():
-            return False
-    one = _Report(None)
     z = np.zeros(1, np.int64)
-    _check_steps(one, np.array([0, k]), z, np.array([0, 1]), np.ones(1, np.int64), z, mod[:k], mask[:k], pos[:k],
-                 layout)
-    return not one.problems
+    _check_steps(rep, off, z, np.array([0, 1]), np.ones(1, np.int64), z, mod, mask, pos, layout)
+    return not rep.problems

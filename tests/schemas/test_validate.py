@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 
 from schemas.shard import rows_to_batch
-from schemas.validate import Problem, check_schema, validate_table
-from tokenizer_kit.layout import SEPARATOR, TEXT, VocabLayout
+from schemas.validate import Problem, _proof, check_schema, validate_and_count, validate_table
+from tokenizer_kit.layout import CONTINUOUS, IMAGE, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_caption_row, build_episode, build_text_row
 
 LAYOUT = VocabLayout(32000, eos_id=2)
@@ -178,3 +178,95 @@ def test_null_values_are_problems():
     ids[1] = None
     problems = validate_table(with_column(table, "source_id", ids), LAYOUT)
     assert reasons(problems) == [(None, "source_id", "1 null values (columns are not nullable)")]
+
+
+# --- the fast path (steps of one pattern; plain text) must find everything the general path finds --
+
+def two_batch_table(rows) -> pa.Table:
+    """Rows 0-1 in one record batch, the rest in a second: a table of two chunks, as verify groups them."""
+    ids = [f"episode-{i}" for i in range(len(rows))]
+    return pa.Table.from_batches([rows_to_batch(rows[:2], ids[:2], "t", episode_returns=[0.0] * 2),
+                                  rows_to_batch(rows[2:], ids[2:], "t", episode_returns=[0.0] * (len(rows) - 2))])
+
+
+def test_uniform_steps_and_plain_text_are_proved_without_the_general_path():
+    rows = [episode(3, 0), episode(2, 1), episode(4, 2), episode(3, 3)]
+    table = two_batch_table(rows)
+    counts = _proof(table, LAYOUT)
+    assert counts is not None
+    assert counts.tolist() == np.bincount(np.concatenate([r.modality for r in rows]), minlength=5).tolist()
+    assert validate_and_count(table, LAYOUT)[1].tolist() == counts.tolist()
+    text_row = build_text_row([5, 6, 7], LAYOUT)
+    text = pa.Table.from_batches([rows_to_batch([text_row], ["d"], "t")])
+    assert _proof(text, LAYOUT).tolist() == [len(text_row), 0, 0, 0, 0]
+    # a table the fast path does not take (text with captions) is counted by the general path
+    problems, counts = validate_and_count(mixed_table(), LAYOUT)
+    assert problems == [] and _proof(mixed_table(), LAYOUT) is None
+    assert counts.tolist() == np.bincount(mixed_table().column("modality").combine_chunks().flatten().to_numpy(),
+                                          minlength=5).tolist()
+
+
+def _last_step(row) -> slice:
+    return slice(int(row.step_starts[-1]), len(row.tokens))
+
+
+def _corrupt_id(row):
+    s = _last_step(row)
+    i = s.start + int(np.flatnonzero(row.modality[s] == CONTINUOUS)[-1])
+    row.tokens[i] = LAYOUT.continuous_offset - 1
+
+
+def _corrupt_slot(row):  # a patch slot holding a real id: also one slot fewer than patches
+    s = _last_step(row)
+    row.tokens[s.start + int(np.flatnonzero(row.modality[s] == IMAGE)[0])] = 5
+
+
+def _corrupt_mask(row):
+    s = _last_step(row)
+    row.loss_mask[s.start + int(np.flatnonzero(row.modality[s] == CONTINUOUS)[0])] = 1
+
+
+def _corrupt_pos(row):
+    s = _last_step(row)
+    row.local_pos[s.start + 1] += 1
+
+
+def _corrupt_separator(row):
+    s = _last_step(row)
+    i = s.start + int(np.flatnonzero(row.modality[s] == SEPARATOR)[0])
+    row.modality[i], row.tokens[i] = CONTINUOUS, LAYOUT.continuous_offset
+
+
+def _corrupt_patch_pos(row):
+    row.patch_pos[-1] = [5, 5, 0, 64]
+
+
+def _corrupt_step_start(row):
+    row.step_starts[-1] -= 1
+
+
+@pytest.mark.parametrize("corrupt, column", [(_corrupt_id, "tokens"), (_corrupt_slot, "patches"),
+                                             (_corrupt_mask, "loss_mask"), (_corrupt_pos, "local_pos"),
+                                             (_corrupt_separator, "modality"), (_corrupt_patch_pos, "patch_pos"),
+                                             (_corrupt_step_start, None)])
+def test_fast_path_sends_a_fault_in_a_late_step_to_the_general_path(corrupt, column):
+    rows = [episode(3, 0), episode(2, 1), episode(4, 2), episode(3, 3)]
+    corrupt(rows[3])  # the last step of the last row of the second batch
+    table = two_batch_table(rows)
+    assert _proof(table, LAYOUT) is None
+    problems = validate_table(table, LAYOUT)
+    assert problems and {p.row for p in problems} == {3}, problems
+    if column is not None:
+        assert column in {p.column for p in problems}, problems
+
+
+@pytest.mark.parametrize("field, value, column", [("tokens", LAYOUT.text_vocab_size, "tokens"),
+                                                  ("loss_mask", 0, "loss_mask"), ("local_pos", 0, "local_pos"),
+                                                  ("modality", SEPARATOR, "modality")])
+def test_text_fast_path_sends_a_fault_to_the_general_path(field, value, column):
+    rows = [build_text_row([5, 6, 7], LAYOUT) for _ in range(3)]
+    getattr(rows[2], field)[-1] = value
+    table = pa.Table.from_batches([rows_to_batch(rows[:2], ["a", "b"], "t"), rows_to_batch(rows[2:], ["c"], "t")])
+    assert _proof(table, LAYOUT) is None
+    problems = validate_table(table, LAYOUT)
+    assert [(p.row, p.column) for p in problems if p.column == column] == [(2, column)], problems
