@@ -5,11 +5,13 @@ and colour-shuffled) with short captions. Baseline, measured in the same run on 
 already in memory: `Image.open -> convert("RGB") -> resize(192, bilinear) -> patchify`. Figures:
 the converter's `convert_unit` over the tar (reads the tar, decodes, resizes, tokenises the caption,
 builds rows) and the full `gato-tokenize captions` path through the shard writer (rows -> Arrow
-shard + manifest); and the converter on large (1280x854) JPEGs, where `Image.draft` decodes at a
-reduced DCT scale, against the same baseline on those JPEGs. Target: at least 0.8x of the
-baseline's images/s.
+shard + manifest); and the converter on large (1280x854) JPEGs against the same baseline on those
+JPEGs. Target: at least 0.8x of the baseline's images/s. The converter decodes JPEGs with
+libjpeg-turbo's DCT scaling (simplejpeg; 256 -> 192 px is its 3/4 scale, no resize left): also
+shown, for reference (no target), the converter on Pillow alone and the writer alone (the records
+already converted, written to shards), so the writer's share of the end-to-end time is visible.
 
-Timing is process CPU time (all three run single-threaded in this process), best of the repeats:
+Timing is process CPU time (all run single-threaded in this process), best of the repeats:
 on a machine shared with other jobs, wall-clock ratios swing by +/-30% from run to run, CPU time
 by a few percent. Wall-clock ratios are printed too, for reference.
 
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import webdataset as wds
 
+    import converters.captions as captions_mod
     from converters.captions import CaptionConverter
     from converters.writer import convert
     from tokenizer_kit.text import TextTokenizer, train_tokenizer
@@ -138,14 +141,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
         def direct_large() -> None:
             assert sum(r.row is not None for r in big_converter.convert_unit(big_converter.work_units()[0])) == len(large)
 
+        def pillow_only() -> None:  # the converter without libjpeg-turbo's DCT scaling
+            saved, captions_mod.simplejpeg = captions_mod.simplejpeg, None
+            try:
+                direct()
+            finally:
+                captions_mod.simplejpeg = saved
+
+        records = list(converter.convert_unit(unit))
+
+        class Converted:  # the same converter's records, already made: what the writer alone costs
+            name, rl = converter.name, converter.rl
+            work_units, options = converter.work_units, converter.options
+
+            def convert_unit(self, unit):
+                return iter(records)
+
+        def writer_only(k: int) -> None:
+            res = convert(Converted(), tmp / f"pre{k}", layout=layout, tokenizer_path=tok.path, progress=False)
+            assert res.manifest.total_rows == n
+
         through_writer(-1)  # warm-up: first-use imports of the writer's path
-        times = {"base": [], "conv": [], "writ": [], "base_large": [], "conv_large": []}
+        times = {"base": [], "conv": [], "writ": [], "base_large": [], "conv_large": [], "pil": [], "wonly": []}
         for k in range(repeats):  # interleaved, so machine load hits all alike
             times["base"].append(timed(lambda: baseline(jpegs)))
             times["conv"].append(timed(direct))
             times["writ"].append(timed(lambda: through_writer(k)))
             times["base_large"].append(timed(lambda: baseline(large)))
             times["conv_large"].append(timed(direct_large))
+            times["pil"].append(timed(pillow_only))
+            times["wonly"].append(timed(lambda: writer_only(k)))
+        del records
     count = {k: len(large) if k.endswith("large") else n for k in times}
     cpu = {k: count[k] / min(c for c, _ in v) for k, v in times.items()}
     wall = {k: count[k] / min(w for _, w in v) for k, v in times.items()}
@@ -156,9 +182,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         {"name": "captions through the shard writer (tar -> shards + manifest), CPU time",
          "figure": round(cpu["writ"], 1), "unit": "img/s", "baseline": round(b, 1),
          "ratio": round(cpu["writ"] / b, 3), "target": TARGET},
-        {"name": "captions convert_unit, 1280x854 JPEGs (Image.draft), CPU time", "figure": round(cpu["conv_large"], 1),
-         "unit": "img/s", "baseline": round(cpu["base_large"], 1), "ratio": round(cpu["conv_large"] / cpu["base_large"], 3),
-         "target": TARGET},
+        {"name": "captions convert_unit, 1280x854 JPEGs (DCT-scaled decode), CPU time",
+         "figure": round(cpu["conv_large"], 1), "unit": "img/s", "baseline": round(cpu["base_large"], 1),
+         "ratio": round(cpu["conv_large"] / cpu["base_large"], 3), "target": TARGET},
+    ]
+    info = [
+        {"name": "captions convert_unit with Pillow only (no DCT scaling), CPU time (reference)",
+         "figure": round(cpu["pil"], 1), "unit": "img/s", "baseline": round(b, 1), "ratio": round(cpu["pil"] / b, 3),
+         "target": None},
+        {"name": "shard writer alone on converted caption rows (reference)", "figure": round(cpu["wonly"], 1),
+         "unit": "img/s", "baseline": round(b, 1), "ratio": round(cpu["wonly"] / b, 3), "target": None},
     ]
     print(f"baseline PIL decode+resize({SIZE})+patchify: {b:.0f} img/s CPU, {wall['base']:.0f} img/s wall "
           f"({n} JPEGs 256x256, best of {repeats})")
@@ -166,7 +199,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ok = "ok" if r["ratio"] >= r["target"] else "BELOW TARGET"
         print(f"{r['name']}: {r['figure']:.0f} {r['unit']} vs baseline {r['baseline']:.0f}, ratio {r['ratio']:.2f} "
               f"(target >= {r['target']}) {ok}; wall {wall[k]:.0f} vs {wall[kb]:.0f} img/s, ratio {wall[k] / wall[kb]:.2f}")
-    return rows
+    for r in info:
+        print(f"{r['name']}: {r['figure']:.0f} {r['unit']} vs baseline {r['baseline']:.0f}, ratio {r['ratio']:.2f}")
+    us = {k: 1e6 / v for k, v in cpu.items()}
+    print(f"per image (CPU): baseline {us['base']:.0f} us; converter {us['conv']:.0f} us; converter + writer "
+          f"{us['writ']:.0f} us, of which the writer {us['writ'] - us['conv']:.0f} us "
+          f"({(us['writ'] - us['conv']) / us['writ']:.0%}); writer alone on ready rows {us['wonly']:.0f} us")
+    return rows + info
 
 
 if __name__ == "__main__":
