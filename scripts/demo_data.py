@@ -49,9 +49,9 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1,
     what was executed, so the data set is a true trajectory of the environment.
 
     `wide_starts`: the fraction of episodes started from a wider set of states (Pendulum: angular
-    velocity up to 8 rad/s instead of 1, `reset(options={"y_init": 8})`), so the data also shows how
-    the expert brakes a spinning pendulum, a state an imperfect agent gets into and the expert's own
-    episodes never visit.
+    velocity up to 8 rad/s instead of 1, `reset(options={"y_init": 8})`, a superset of the standard
+    starts), so the data also shows how the expert brakes a spinning pendulum, a state an imperfect
+    agent gets into and the expert's own episodes from standard starts never visit.
     """
     import gymnasium as gym
     from minari.data_collector import EpisodeBuffer
