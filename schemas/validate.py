@@ -141,8 +141,8 @@ def validate_and_count(table: pa.Table, layout: VocabLayout) -> tuple[list[Probl
 def _count_modalities(table: pa.Table) -> np.ndarray:
     """Tokens per modality code (codes past SEPARATOR are not counted), chunk by chunk, no copies."""
     counts = np.zeros(SEPARATOR + 1, np.int64)
-    if "modality" not in table.schema.names:
-        return counts
+    if "modality" not in table.schema.names or table.schema.field("modality").type != ROW_COLUMNS["modality"]:
+        return counts  # a broken schema is reported; there is nothing to count
     for chunk in table.column("modality").chunks:
         mod = chunk.flatten().to_numpy(zero_copy_only=False)
         if not len(mod):
@@ -408,74 +408,94 @@ def _proved_text(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
 
 
 def _proved_by_pattern(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
-    """Tokens per modality when the table is valid by the fast path: every row is RL, made of steps of one length
-    k, and its modality, loss mask and local positions repeat the first step's, which passes every
-    per-token and per-step check itself; then ids need checking only against the range of their
-    position in the step, and a row's patch slots are its steps times the pattern's image tokens.
-    None (nothing reported) whenever any of this does not hold: the general path then decides."""
+    """Tokens per modality when the table is valid by the fast path: every row is RL, made of steps
+    of one length k, and its modality, loss mask and local positions repeat the first step's, which
+    passes every per-token and per-step check itself; then ids need checking only against the range
+    of their position in the step, and a row's patch slots are its steps times the pattern's image
+    tokens. None (nothing reported) whenever any of this does not hold: the general path decides.
+
+    Per record batch only views, the memcmps and the id min/max: the per-row and per-step checks
+    run once over the whole table (their arrays are small), as do the offsets' comparisons."""
     lo, hi = _id_ranges(layout)
+    ss, soff = _flat(table.column("step_starts"))  # one int32 a step: cheap to combine
+    nsteps = np.diff(soff)
+    if not len(ss) or not nsteps.all():
+        return None
     k = pattern = id_lo = id_hi = None
-    steps = 0
+    offsets: dict[str, list[np.ndarray]] = {name: [] for name in _PATTERN_OFFSETS}
     for batch in table.to_batches():
         if batch.num_rows == 0:
             continue
         tokens, off = _view(batch.column("tokens"))
-        ss, soff = _view(batch.column("step_starts"))
-        nsteps = np.diff(soff)
-        if not nsteps.all():
-            return None
-        if k is None:
-            k = int(ss[1]) if nsteps[0] > 1 else int(off[1])
-            if k <= 0:
-                return None
-        # steps start at 0, k, 2k, ... in every row, and rows are whole steps
-        if not (np.array_equal(np.diff(off), nsteps * k) and
-                np.array_equal(batch.column("num_steps").to_numpy(zero_copy_only=False), nsteps)):
-            return None
-        first = soff[:-1]
-        if ss[first].any():
-            return None
-        step = np.diff(ss)
-        step[first[1:] - 1] = k
-        if not (step == k).all():
-            return None
+        offsets["tokens"].append(off)
         cols = []
         for name in ("modality", "loss_mask", "local_pos"):
             values, o = _view(batch.column(name))
-            if not np.array_equal(o, off):
-                return None
+            offsets[name].append(o)
             cols.append(values)
-        if pattern is None:
-            pattern = [c[:k].copy() for c in cols]
-            if not _pattern_is_valid(tokens[:k], *pattern, layout):
+        if k is None:
+            k = int(ss[1]) if nsteps[0] > 1 else int(off[1])
+            if k <= 0 or len(tokens) < k:
                 return None
-            img = pattern[0] == IMAGE
-            slots = int(img.sum())
-        if not all(np.array_equal(c[:k], p) and _repeats(c, k) for c, p in zip(cols, pattern)):
+            pattern = [c[:k].copy() for c in cols]
+            key = tuple(p.astype(np.uint8 if p.dtype == bool else p.dtype).tobytes() for p in pattern)
+            slots = _valid_pattern_slots(layout, *key)
+            if slots is None:
+                return None
+        if len(tokens) % k or not all(c[:k].tobytes() == p.tobytes() and _repeats(c, k) for c, p in zip(cols, pattern)):
             return None
-        steps += len(ss)
         mn, mx = _column_range(tokens, k)
         id_lo = mn if id_lo is None else np.minimum(id_lo, mn)
         id_hi = mx if id_hi is None else np.maximum(id_hi, mx)
-        # patches: one per image token (the slots, once ids are in range), positions repeating too
-        poff = batch.column("patches").offsets.to_numpy()
+        offsets["patches"].append(batch.column("patches").offsets.to_numpy())
         pp, ppoff = _view(batch.column("patch_pos"))
-        if not (np.array_equal(np.diff(poff), nsteps * slots) and np.array_equal(ppoff, poff - poff[0])):
-            return None
+        offsets["patch_pos"].append(ppoff)
         if slots and not (_repeats(pp, 4 * slots) and not _bad_patch_pos(pp[:4 * slots], layout).any()):
             return None
     if pattern is None or not ((id_lo >= lo[pattern[0]]).all() and (id_hi < hi[pattern[0]]).all()):
         return None
-    return np.bincount(pattern[0], minlength=SEPARATOR + 1).astype(np.int64) * steps
+    # whole table: row lengths agree across columns and are whole steps, steps start at 0, k, 2k, ...
+    lengths = {name: _lengths(o) for name, o in offsets.items()}
+    if not (all(np.array_equal(lengths[name], lengths["tokens"]) for name in ("modality", "loss_mask", "local_pos"))
+            and np.array_equal(lengths["tokens"], nsteps * k) and np.array_equal(lengths["patches"], nsteps * slots)
+            and np.array_equal(lengths["patch_pos"], lengths["patches"])
+            and np.array_equal(table.column("num_steps").to_numpy(), nsteps)):
+        return None
+    first = soff[:-1]
+    if ss[first].any():
+        return None
+    step = np.diff(ss)
+    step[first[1:] - 1] = k
+    if not (step == k).all():
+        return None
+    return np.bincount(pattern[0], minlength=SEPARATOR + 1).astype(np.int64) * len(ss)
 
 
-def _pattern_is_valid(tokens, mod, mask, pos, layout: VocabLayout) -> bool:
-    """Whether one step, as a row of its own, passes the general path's per-token and step checks."""
+_PATTERN_OFFSETS = ("tokens", "modality", "loss_mask", "local_pos", "patches", "patch_pos")
+
+
+def _lengths(offsets: list[np.ndarray]) -> np.ndarray:
+    """Row lengths from the offsets of several chunks (each chunk's offsets start a new run)."""
+    if len(offsets) == 1:
+        return np.diff(offsets[0])
+    d = np.diff(np.concatenate(offsets))
+    return np.delete(d, np.cumsum([len(o) for o in offsets[:-1]]) - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _valid_pattern_slots(layout: VocabLayout, mod: bytes, mask: bytes, pos: bytes) -> int | None:
+    """Patch slots of one step pattern when it passes, as a row of its own (with legal ids), the
+    general path's per-token and step checks; None when it does not. Cached: a shard has one
+    pattern, and the writer validates it batch after batch."""
+    mod_a, mask_a = np.frombuffer(mod, np.uint8), np.frombuffer(mask, np.uint8)
+    pos_a = np.frombuffer(pos, np.int16)
+    if not len(mod_a) or int(mod_a.max()) > SEPARATOR:
+        return None
     rep = _Report(None)
-    off = np.array([0, len(mod)])
-    mask = mask.astype(np.uint8, copy=False)
-    if not _check_values(rep, tokens, off, mask, pos, mod, layout) or rep.problems:
-        return False
+    off = np.array([0, len(mod_a)])
+    tokens = _id_ranges(layout)[0][mod_a]  # ids are checked per step position, apart from this
+    if not _check_values(rep, tokens, off, mask_a, pos_a, mod_a, layout) or rep.problems:
+        return None
     z = np.zeros(1, np.int64)
-    _check_steps(rep, off, z, np.array([0, 1]), np.ones(1, np.int64), z, mod, mask, pos, layout)
-    return not rep.problems
+    _check_steps(rep, off, z, np.array([0, 1]), np.ones(1, np.int64), z, mod_a, mask_a, pos_a, layout)
+    return None if rep.problems else int(np.count_nonzero(mod_a == IMAGE))

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, ManifestError
-from schemas.validate import Problem, validate_table
+from schemas.validate import Problem, validate_and_count
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
 from ..shard_dir import ShardDir
@@ -101,12 +101,16 @@ def check_shard(path: Path, layout: VocabLayout, hash_bytes: bool = True) -> Sha
 
 
 def _validate(rep: ShardReport, group: list[pa.RecordBatch], first_row: int, layout: VocabLayout) -> None:
-    for p in validate_table(pa.Table.from_batches(group), layout):
+    """Check a group of batches; its tokens per modality come from the same pass (for uniform steps
+    or plain text, from the step pattern the fast path proved, without counting token by token)."""
+    problems, counts = validate_and_count(pa.Table.from_batches(group), layout)
+    rep.modality_tokens += counts
+    for p in problems:
         rep.add(p, first_row)
 
 
 def _count(rep: ShardReport, batch: pa.RecordBatch) -> int:
-    """Add the batch's rows, tokens, modality counts, returns and tasks; return its token bytes."""
+    """Add the batch's rows, tokens, returns and tasks (modality counts: _validate); return its token bytes."""
     names = batch.schema.names
     size = 0
     if "tokens" in names:
@@ -114,9 +118,6 @@ def _count(rep: ShardReport, batch: pa.RecordBatch) -> int:
         rep.lengths.append(lengths)
         rep.tokens += int(lengths.sum())
         size = int(lengths.sum()) * 8  # ids, mask, position, modality: what validation reads
-    if "modality" in names:
-        mod = batch.column("modality").flatten().to_numpy(zero_copy_only=False)
-        rep.modality_tokens += [np.count_nonzero(mod == m) for m in range(len(rep.modality_tokens))]
     if "episode_return" in names:
         rep.returns.append(batch.column("episode_return").to_numpy(zero_copy_only=False))
     if "task" in names:

@@ -196,6 +196,9 @@ def test_uniform_steps_and_plain_text_are_proved_without_the_general_path():
     assert counts is not None
     assert counts.tolist() == np.bincount(np.concatenate([r.modality for r in rows]), minlength=5).tolist()
     assert validate_and_count(table, LAYOUT)[1].tolist() == counts.tolist()
+    rechunked = with_column(table, "local_pos", table.column("local_pos").to_pylist())  # chunks no longer align
+    assert _proof(rechunked, LAYOUT).tolist() == counts.tolist()
+    assert _proof(table.slice(1, 2), LAYOUT) is not None  # sliced arrays: offsets do not start at 0
     text_row = build_text_row([5, 6, 7], LAYOUT)
     text = pa.Table.from_batches([rows_to_batch([text_row], ["d"], "t")])
     assert _proof(text, LAYOUT).tolist() == [len(text_row), 0, 0, 0, 0]
@@ -258,6 +261,14 @@ def test_fast_path_sends_a_fault_in_a_late_step_to_the_general_path(corrupt, col
     assert problems and {p.row for p in problems} == {3}, problems
     if column is not None:
         assert column in {p.column for p in problems}, problems
+
+
+def test_fast_path_checks_one_position_per_patch():
+    table = two_batch_table([episode(3, 0), episode(2, 1), episode(4, 2), episode(3, 3)])
+    pos = table.column("patch_pos").to_pylist()
+    pos[3] = pos[3][:-1]  # one chunk now, where the other columns have two
+    problems = validate_table(with_column(table, "patch_pos", pos), LAYOUT)
+    assert reasons(problems) == [(3, "patch_pos", "one position per patch expected")]
 
 
 @pytest.mark.parametrize("field, value, column", [("tokens", LAYOUT.text_vocab_size, "tokens"),
