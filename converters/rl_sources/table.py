@@ -178,16 +178,17 @@ class TableSource:
             raise SourceError(f"{self.path}: a HF DatasetDict; pass one split's directory")
         return ds.data.table  # memory-mapped
 
-    def _batches(self, start: int, stop: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    def _batches(self, start: int, stop: int, columns: list[str], rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         try:
             if self._hf:
-                yield from self._hf_table().select(columns).slice(start, stop - start).to_batches(BATCH_ROWS)
+                yield from self._hf_table().select(columns).slice(start, stop - start).to_batches(rows)
             else:
-                yield from self._parquet_batches(start, stop, tuple(columns))
+                yield from self._parquet_batches(start, stop, tuple(columns), rows)
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"{self.path}: unreadable table data ({_first_line(e)})") from None
 
-    def _parquet_batches(self, start: int, stop: int, columns: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+    def _parquet_batches(self, start: int, stop: int, columns: tuple[str, ...],
+                         rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Rows start..stop-1, streamed row group by row group in small batches.
 
         Parquet cannot seek inside a row group: rows before `start` are decoded and dropped. A
@@ -203,11 +204,11 @@ class TableSource:
             lo, hi = max(start, row), min(stop, row + n)
             if lo < hi:
                 cursor, self._cursor = getattr(self, "_cursor", None), None
-                if cursor is not None and cursor[0] == (g, columns) and cursor[1] <= lo:
+                if cursor is not None and cursor[0] == (g, columns, rows) and cursor[1] <= lo:
                     _, at, pending, it = cursor
                 else:
                     at, pending = row, None
-                    it = pf.iter_batches(BATCH_ROWS, row_groups=[g], columns=list(columns), use_threads=False)
+                    it = pf.iter_batches(rows, row_groups=[g], columns=list(columns), use_threads=False)
                 while at < hi:
                     batch, pending = (pending if pending is not None else next(it, None)), None
                     if batch is None:
@@ -221,7 +222,7 @@ class TableSource:
                     else:
                         at = end
                 if at < row + n:  # set only once the range is done: an abandoned read leaves none
-                    self._cursor = ((g, columns), at, pending, it)
+                    self._cursor = ((g, columns, rows), at, pending, it)
             row += n
             if row >= stop:
                 break
@@ -231,10 +232,13 @@ class TableSource:
 
     # --- fields ------------------------------------------------------------------------------
     def _infer_fields(self) -> dict[str, dict[str, FieldInfo]]:
-        """Kinds and per-step shapes from the first row that has steps."""
+        """Kinds and per-step shapes from the first row that has steps.
+
+        Read one row at a time: every process opens every input (a dataset of many files), and
+        a batch of 16 long episodes would cost as much as converting a unit."""
         cols = self._obs_cols + self._act_cols
         first: dict[str, object] = {}
-        for batch in self._batches(0, self.num_episodes(), cols):
+        for batch in self._batches(0, self.num_episodes(), cols, rows=1):
             for c in cols:
                 if c not in first:
                     for v in _column_rows(batch.column(c)):
