@@ -11,7 +11,8 @@ in wall time and in CPU time (the CPU figure is the fairer one on a loaded machi
 * baseline: `SentencePieceProcessor.Encode(batch of 256 docs, num_threads=1)` over the documents
   already in memory (tokens incl. end-of-text) -- the floor conversion cannot beat on one core;
 * figure: `gato-tokenize text FILE --split blank-line --workers 1` done in-process through the
-  shard writer (read, tokenise, build rows, per-unit Arrow files, pack shards, sha256, manifest);
+  shard writer (read, tokenise, build rows, validate, write the record batches in unit order
+  straight into the rolling shards, hashed as they go out, fsync, manifest);
   target >= 0.8x of the baseline's tokens/s;
   (measured after a tiny warm-up conversion: the first one in a process pays ~1 s of imports
   -- pyarrow pulls in pandas -- which is start-up, not throughput);
