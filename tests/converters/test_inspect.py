@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import converters.writer as writer
 from converters.cli import main
+from converters.text import TextConverter
+from converters.writer import PACK_STATE, WORK_DIR, convert
 from converters.render import COLOURS, CELL_H, CELL_W, GAP, strip_image, token_lines
 from schemas.manifest import Manifest
 from schemas.shard import open_shard, row_from_table
@@ -73,17 +76,111 @@ def test_summary_of_a_directory_still_being_written(tmp_path, caption_shard_dir,
     d = Path(shutil.copytree(caption_shard_dir, tmp_path / "cap"))
     (d / "manifest.json").unlink()
     (d / ".shard-00003.arrow.tmp123").write_bytes(b"half a shard")  # a writer's temporary file
-    (d / ".work").mkdir()
-    for uid in ("a1", "b2"):  # the writer's markers of finished work units
-        (d / ".work" / f"{uid}.json").write_text("{}")
     code, out, _ = run(["inspect", str(d)], capsys)
     assert code == 0
-    assert "no manifest yet (conversion running or interrupted): showing the 3 complete shards; " \
-           "2 work units converted so far (.work/)" in out
+    assert "no manifest yet (conversion running or interrupted): showing the 3 complete shards" in out
     assert "3 complete, 5 rows, 50 tokens" in out and ".shard-00003" not in out
     assert "image 20 (40.0%)" in out and "text 30 (60.0%)" in out  # counted from the shards themselves
     code, out, _ = run(["inspect", str(d), "--row", "4"], capsys)
     assert code == 0 and "digits/4" in out and "4 image patches, then ids" in out
+
+
+# --- an unfinished conversion, made by the real writer ---------------------------------------------------
+
+class _Crashes(TextConverter):
+    """The text converter, dying (like a killed process) when it reaches unit `crash_at`."""
+
+    crash_at: str = ""
+
+    def convert_unit(self, unit):
+        if unit.key == self.crash_at:
+            raise RuntimeError("simulated crash")
+        yield from super().convert_unit(unit)
+
+
+def _text_inputs(directory: Path, files: int = 4, docs: int = 20) -> list[str]:
+    words = "the robot arm grasps a red cube and opens the door".split()
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True)
+    paths = []
+    for f in range(files):
+        p = directory / f"part{f}.txt"
+        p.write_text("\n\n".join(" ".join(rng.choice(words, rng.integers(5, 60))) for _ in range(docs)) + "\n")
+        paths.append(str(p))
+    return paths
+
+
+def _convert(conv, out, tok, **kw):
+    return convert(conv, out, layout=tok.layout(), tokenizer_path=tok.path, progress=False, shard_size=20_000, **kw)
+
+
+def _work(out: Path, capsys) -> tuple[dict, str]:
+    code, text, _ = run(["inspect", str(out), "--json"], capsys)
+    assert code == 0
+    code, line, _ = run(["inspect", str(out)], capsys)
+    assert code == 0
+    return json.loads(text)["work"], line
+
+
+def test_unfinished_conversion_counts_what_the_writer_would_not_redo(tmp_path, text_tokenizer, capsys,
+                                                                     monkeypatch):
+    paths = _text_inputs(tmp_path / "in")
+    conv = lambda cls=TextConverter: cls(paths, text_tokenizer, text_tokenizer.layout(),  # noqa: E731
+                                         split="blank-line", unit_size=1500)
+    units = conv().work_units()
+    n = len(units)
+    assert n >= 8
+
+    # partition runs: work files converted ahead, nothing packed; a short work file is converted again
+    out = tmp_path / "out"
+    _convert(conv(), out, text_tokenizer, num_partitions=3, partition=0)
+    _convert(conv(), out, text_tokenizer, num_partitions=3, partition=1)
+    ahead = [i for i in range(n) if i % 3 != 2]
+    w, line = _work(out, capsys)
+    assert w["units_ahead"] == len(ahead) and w["units_in_shards"] == 0
+    assert f"{len(ahead)} work units converted so far (.work/), none packed into shards yet" in line
+    marker = json.loads(next((out / WORK_DIR).glob("*.json")).read_text())
+    with open(out / WORK_DIR / marker["file"], "r+b") as f:  # unsynced, cut short by a crash
+        f.truncate(marker["size"] - 1)
+    assert _work(out, capsys)[0]["units_ahead"] == len(ahead) - 1
+    assert len(list((out / WORK_DIR).glob("*.json"))) == len(ahead)  # its marker is still there
+    (out / WORK_DIR / marker["file"]).unlink()
+    (out / WORK_DIR / f"{marker['uid']}.json").unlink()
+    ahead.remove(next(i for i, u in enumerate(units) if u.key == marker["key"]))
+
+    # the packing run dies at a unit of partition 2: what lies before it is in the shards
+    k, j = 2, 5  # units of partition 2
+    dying = conv(_Crashes)
+    dying.crash_at = units[k].key
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _convert(dying, out, text_tokenizer)
+    state = json.loads((out / WORK_DIR / PACK_STATE).read_text())
+    assert state["next_unit"] == k
+    w, line = _work(out, capsys)
+    waiting = sum(1 for i in ahead if i > k)  # converted ahead, not yet packed
+    assert w["units_total"] == n and w["units_in_shards"] == k
+    assert w["units_ahead"] == waiting  # markers of packed units are not counted again
+    assert w["shards"] == len(state["shards"]) and w["rows_in_shards"] > 0
+    assert f"{k} of {n} work units in shards ({len(state['shards'])} finished" in line
+
+    # a unit that went straight into the shards after the last saved state is converted again
+    real_save = writer._Packer.save
+
+    def dies_saving(self, next_unit):
+        if next_unit == j + 1:  # unit j is in the shards and has its marker, the state does not say so
+            raise KeyboardInterrupt
+        real_save(self, next_unit)
+
+    monkeypatch.setattr(writer._Packer, "save", dies_saving)
+    with pytest.raises(KeyboardInterrupt):
+        _convert(conv(), out, text_tokenizer)
+    monkeypatch.undo()
+    w, _ = _work(out, capsys)
+    later = sum(1 for i in ahead if i > j)
+    assert w["units_in_shards"] == j and w["units_ahead"] == later
+    assert len(list((out / WORK_DIR).glob("*.json"))) == j + 1 + later  # unit j's marker too
+    res = _convert(conv(), out, text_tokenizer)
+    assert res.units_converted == n - j - later  # the writer agrees: the rest is reused
 
 
 def test_unlisted_and_missing_shards_are_flagged(tmp_path, text_shard_dir, capsys):
