@@ -42,9 +42,22 @@ class Problem:
         return f"row {self.row}{source}, column {self.column}: {self.reason}"
 
 
+_NUMPY = {pa.int32(): np.dtype(np.int32), pa.int16(): np.dtype(np.int16), pa.uint8(): np.dtype(np.uint8)}
+
+
 def _view(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets) of one chunk of a list column as numpy, offsets relative to the values;
     zero-copy views of the Arrow buffers (only bool values, stored as bits, are unpacked)."""
+    bufs = arr.buffers()
+    dtype = _NUMPY.get(arr.type.value_type)
+    if dtype is not None and isinstance(arr, pa.ListArray) and bufs[1] is not None and \
+            bufs[1].size >= (arr.offset + len(arr) + 1) * 4:  # the common case: read the buffers directly
+        offsets = np.frombuffer(bufs[1], np.int32, len(arr) + 1, arr.offset * 4)
+        first, last = int(offsets[0]), int(offsets[-1])
+        start = arr.values.offset + first
+        if bufs[3] is not None and bufs[3].size >= (start + last - first) * dtype.itemsize:
+            values = np.frombuffer(bufs[3], dtype, last - first, start * dtype.itemsize)
+            return values, (offsets - first if first else offsets)
     offsets = arr.offsets.to_numpy()  # of this slice of the array, unlike .values
     first, last = int(offsets[0]), int(offsets[-1])
     values = arr.values.slice(first, last - first)

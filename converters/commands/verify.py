@@ -103,14 +103,18 @@ def check_shard(path: Path, layout: VocabLayout, hash_bytes: bool = True) -> Sha
 def _validate(rep: ShardReport, group: list[pa.RecordBatch], first_row: int, layout: VocabLayout) -> None:
     """Check a group of batches; its tokens per modality come from the same pass (for uniform steps
     or plain text, from the step pattern the fast path proved, without counting token by token)."""
-    problems, counts = validate_and_count(pa.Table.from_batches(group), layout)
+    table = pa.Table.from_batches(group)
+    problems, counts = validate_and_count(table, layout)
     rep.modality_tokens += counts
+    if "task" in table.schema.names:  # once a group: a value count costs the same for 1 row or 1000
+        for vc in table.column("task").value_counts().to_pylist():
+            rep.tasks[vc["values"]] = rep.tasks.get(vc["values"], 0) + vc["counts"]
     for p in problems:
         rep.add(p, first_row)
 
 
 def _count(rep: ShardReport, batch: pa.RecordBatch) -> int:
-    """Add the batch's rows, tokens, returns and tasks (modality counts: _validate); return its token bytes."""
+    """Add the batch's rows, tokens and returns (modality and task counts: _validate); return its token bytes."""
     names = batch.schema.names
     size = 0
     if "tokens" in names:
@@ -120,9 +124,6 @@ def _count(rep: ShardReport, batch: pa.RecordBatch) -> int:
         size = int(lengths.sum()) * 8  # ids, mask, position, modality: what validation reads
     if "episode_return" in names:
         rep.returns.append(batch.column("episode_return").to_numpy(zero_copy_only=False))
-    if "task" in names:
-        for vc in batch.column("task").value_counts().to_pylist():
-            rep.tasks[vc["values"]] = rep.tasks.get(vc["values"], 0) + vc["counts"]
     return size
 
 
