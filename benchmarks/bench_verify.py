@@ -3,6 +3,8 @@
 Three directories: Atari-like RL episodes (mostly uint8 patch bytes, which only need hashing),
 MuJoCo-like RL episodes and text (all ids, which every check touches). verify hashes in a thread while it validates
 from the same memory map, so the target is to cost no more than one hashed read: ratio >= 0.8.
+Also schemas.validate.validate_table on one ~1 MB record batch at a time, as the shard writer calls it
+before writing each batch, against sha256 of the same bytes (the writer hashes every byte it writes too).
 
     .venv/bin/python benchmarks/bench_verify.py [--quick] [--keep DIR]
 """
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from converters.commands.verify import check_shard, verify_dir  # noqa: E402
 from schemas.manifest import Manifest, ShardInfo  # noqa: E402
 from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard  # noqa: E402
+from schemas.validate import validate_table  # noqa: E402
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout  # noqa: E402
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode, build_text_row  # noqa: E402
 from tokenizer_kit.text import file_sha256  # noqa: E402
@@ -131,6 +134,28 @@ def measure(d: Path, repeats: int) -> dict:
     return rate | {"bytes": nbytes}
 
 
+def writer_batches(kind: str, repeats: int) -> dict:
+    """CPU GB/s of validate_table on each ~1 MB record batch alone (the shard writer's call) and of
+    sha256 over the same batches' bytes: medians of `repeats`, interleaved."""
+    batch, _, _ = {"atari": rl_batch, "mujoco": state_batch, "text": text_batch}[kind](np.random.default_rng(0))
+    per_batch = max(1, int(batch.num_rows * (1 << 20) / batch.nbytes))
+    batches = pa.Table.from_batches([batch]).to_batches(max_chunksize=per_batch)
+    messages = [b.serialize() for b in batches]
+    nbytes = sum(m.size for m in messages)
+    v, h = [], []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        for b in batches:
+            assert not validate_table(pa.Table.from_batches([b]), LAYOUT)
+        v.append(time.process_time() - c0)
+        c0 = time.process_time()
+        for m in messages:
+            hashlib.sha256(memoryview(m)).digest()
+        h.append(time.process_time() - c0)
+    return {"validate": nbytes / statistics.median(v) / 1e9, "hash": nbytes / statistics.median(h) / 1e9,
+            "bytes": nbytes}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="128 MB per directory, 3 repeats")
@@ -160,6 +185,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"ratio {r['verify'] / r['hash']:4.2f} (target >= 0.8)  [checks alone {r['checks']:5.2f} GB/s; "
                   f"CPU time: sha256 {r['hash_cpu']:5.2f}, checks {r['checks_cpu']:5.2f} GB/s -> 2-core ratio "
                   f"{path / r['hash_cpu']:4.2f}]", flush=True)
+        for kind in ("atari", "mujoco", "text"):
+            w = writer_batches(kind, 5 if args.quick else 9)
+            results.append({"name": f"validate_table per writer batch, {kind} ({w['bytes'] / 1e6:.0f} MB, CPU time)",
+                            "figure": round(w["validate"], 3), "unit": "GB/s", "baseline": round(w["hash"], 3),
+                            "baseline_name": "sha256 of the same bytes GB/s (CPU time)",
+                            "ratio": round(w["validate"] / w["hash"], 3), "target": 1.0})
+            print(f"writer batches {kind:6s}: validate_table {w['validate']:5.2f} GB/s, sha256 {w['hash']:5.2f} GB/s "
+                  f"(CPU time) -> ratio {w['validate'] / w['hash']:4.2f} (target >= 1: validating costs no more "
+                  "than hashing)", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
