@@ -42,14 +42,14 @@ class Problem:
         return f"row {self.row}{source}, column {self.column}: {self.reason}"
 
 
-_NUMPY = {pa.int32(): np.dtype(np.int32), pa.int16(): np.dtype(np.int16), pa.uint8(): np.dtype(np.uint8)}
+_NUMPY = {t.id: np.dtype(d) for t, d in ((pa.int32(), np.int32), (pa.int16(), np.int16), (pa.uint8(), np.uint8))}
 
 
 def _view(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets) of one chunk of a list column as numpy, offsets relative to the values;
     zero-copy views of the Arrow buffers (only bool values, stored as bits, are unpacked)."""
     bufs = arr.buffers()
-    dtype = _NUMPY.get(arr.type.value_type)
+    dtype = _NUMPY.get(arr.type.value_type.id)
     if dtype is not None and isinstance(arr, pa.ListArray) and bufs[1] is not None and \
             bufs[1].size >= (arr.offset + len(arr) + 1) * 4:  # the common case: read the buffers directly
         offsets = np.frombuffer(bufs[1], np.int32, len(arr) + 1, arr.offset * 4)
@@ -460,7 +460,8 @@ def _proved_by_pattern(table: pa.Table, layout: VocabLayout) -> np.ndarray | Non
         mn, mx = _column_range(tokens, k)
         id_lo = mn if id_lo is None else np.minimum(id_lo, mn)
         id_hi = mx if id_hi is None else np.maximum(id_hi, mx)
-        offsets["patches"].append(batch.column("patches").offsets.to_numpy())
+        poff = batch.column("patches").offsets.to_numpy()
+        offsets["patches"].append(poff - poff[0] if poff[0] else poff)
         pp, ppoff = _view(batch.column("patch_pos"))
         offsets["patch_pos"].append(ppoff)
         if slots and not (_repeats(pp, 4 * slots) and not _bad_patch_pos(pp[:4 * slots], layout).any()):
@@ -468,10 +469,12 @@ def _proved_by_pattern(table: pa.Table, layout: VocabLayout) -> np.ndarray | Non
     if pattern is None or not ((id_lo >= lo[pattern[0]]).all() and (id_hi < hi[pattern[0]]).all()):
         return None
     # whole table: row lengths agree across columns and are whole steps, steps start at 0, k, 2k, ...
-    lengths = {name: _lengths(o) for name, o in offsets.items()}
-    if not (all(np.array_equal(lengths[name], lengths["tokens"]) for name in ("modality", "loss_mask", "local_pos"))
-            and np.array_equal(lengths["tokens"], nsteps * k) and np.array_equal(lengths["patches"], nsteps * slots)
-            and np.array_equal(lengths["patch_pos"], lengths["patches"])
+    # (chunk by chunk offsets relative to the chunk: equal offsets, equal lengths)
+    flat = {name: np.concatenate(o) if len(o) > 1 else o[0] for name, o in offsets.items()}
+    if not (all(np.array_equal(flat[name], flat["tokens"]) for name in ("modality", "loss_mask", "local_pos"))
+            and np.array_equal(flat["patch_pos"], flat["patches"])
+            and np.array_equal(_lengths(offsets["tokens"]), nsteps * k)
+            and np.array_equal(_lengths(offsets["patches"]), nsteps * slots)
             and np.array_equal(table.column("num_steps").to_numpy(), nsteps)):
         return None
     first = soff[:-1]
