@@ -7,8 +7,9 @@ Two paths. RL rows whose steps all share one length and one modality / loss mask
 position pattern (fixed-size fields: the common case) are *proved* valid by checking one step's
 pattern and then only that the columns repeat it (a memcmp of each column against itself shifted
 by one step, on zero-copy views of the Arrow buffers) and that every id lies in its step
-position's range (min/max per step position). Anything else, and any table the proof does not
-go through for, takes the general path, which checks every token and names every problem.
+position's range (min/max per step position); plain text rows by min/max of each column. Anything
+else, and any table the proof does not go through for, takes the general path, which checks
+every token and names every problem (so the fast path never decides what is reported).
 """
 
 from __future__ import annotations
@@ -127,28 +128,25 @@ def _id_ranges(layout: VocabLayout) -> tuple[np.ndarray, np.ndarray]:
 
 def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
     """Every problem of one shard's table; [] when it holds to the contract."""
-    problems = check_schema(table.schema)
-    problems += [Problem(None, name, f"{table.column(name).null_count} null values (columns are not nullable)")
-                 for name in table.schema.names if table.column(name).null_count]
-    if problems:
-        return problems
-    if _proof(table, layout) is not None:
-        return []
-    return _validate_tokens(table, layout)
+    return _validate(table, layout, count=False)[0]
 
 
 def validate_and_count(table: pa.Table, layout: VocabLayout) -> tuple[list[Problem], np.ndarray]:
     """validate_table's problems and the number of tokens of each modality code (what verify
-    compares with the manifest), counted from the step pattern where the fast path proves the table."""
+    compares with the manifest), taken from the step pattern where the fast path proves the table."""
+    return _validate(table, layout, count=True)
+
+
+def _validate(table: pa.Table, layout: VocabLayout, count: bool) -> tuple[list[Problem], np.ndarray | None]:
     problems = check_schema(table.schema)
     problems += [Problem(None, name, f"{table.column(name).null_count} null values (columns are not nullable)")
                  for name in table.schema.names if table.column(name).null_count]
-    if problems:
-        return problems, _count_modalities(table)
-    counts = _proof(table, layout)
-    if counts is not None:
-        return [], counts
-    return _validate_tokens(table, layout), _count_modalities(table)
+    if not problems:
+        counts = _proof(table, layout)
+        if counts is not None:
+            return [], counts
+        problems = _validate_tokens(table, layout)
+    return problems, _count_modalities(table) if count else None
 
 
 def _count_modalities(table: pa.Table) -> np.ndarray:
@@ -157,7 +155,7 @@ def _count_modalities(table: pa.Table) -> np.ndarray:
     if "modality" not in table.schema.names or table.schema.field("modality").type != ROW_COLUMNS["modality"]:
         return counts  # a broken schema is reported; there is nothing to count
     for chunk in table.column("modality").chunks:
-        mod = chunk.flatten().to_numpy(zero_copy_only=False)
+        mod, _ = _view(chunk)
         if not len(mod):
             continue
         lo, hi = int(mod.min()), int(mod.max())
