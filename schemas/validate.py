@@ -142,11 +142,35 @@ def _validate(table: pa.Table, layout: VocabLayout, count: bool) -> tuple[list[P
     problems += [Problem(None, name, f"{table.column(name).null_count} null values (columns are not nullable)")
                  for name in table.schema.names if table.column(name).null_count]
     if not problems:
+        problems = _nulls_inside(table)
+    if not problems:
         counts = _proof(table, layout)
         if counts is not None:
             return [], counts
         problems = _validate_tokens(table, layout)
     return problems, _count_modalities(table) if count else None
+
+
+def _nulls_inside(table: pa.Table) -> list[Problem]:
+    """Rows with null values inside a list column (no list may hold one, SPEC 7). Arrow records
+    each array's null count, so a table without any costs one look per chunk and column."""
+    rep = _Report(table.column("source_id"))
+    for name in ROW_COLUMNS:
+        row0 = 0
+        for chunk in table.column(name).chunks:
+            inner = chunk.values
+            deep = inner.values if isinstance(inner.type, pa.FixedSizeListType) else None
+            if inner.null_count or (deep is not None and deep.null_count):
+                flat = chunk.flatten()  # this chunk's slice of the values
+                null = flat.is_null().to_numpy(zero_copy_only=False)
+                if deep is not None:  # a patch position with a null among its 4 numbers
+                    null = null | flat.flatten().is_null().to_numpy(zero_copy_only=False).reshape(len(flat), -1).any(1)
+                offsets = chunk.offsets.to_numpy()
+                rows = _rows_of(null, offsets - offsets[0]) + row0
+                if len(rows):
+                    rep.rows(rows, name, "null values inside the list (columns are not nullable)")
+            row0 += len(chunk)
+    return rep.problems
 
 
 def _count_modalities(table: pa.Table) -> np.ndarray:

@@ -281,3 +281,19 @@ def test_text_fast_path_sends_a_fault_to_the_general_path(field, value, column):
     assert _proof(table, LAYOUT) is None
     problems = validate_table(table, LAYOUT)
     assert [(p.row, p.column) for p in problems if p.column == column] == [(2, column)], problems
+
+
+@pytest.mark.parametrize("name", ["tokens", "modality", "loss_mask", "local_pos", "step_starts", "patch_pos"])
+def test_null_values_inside_a_list_are_problems(name):
+    table = two_batch_table([episode(3, 0), episode(2, 1), episode(4, 2)])
+    values = table.column(name).to_pylist()
+    if name == "patch_pos":
+        values[2][1][3] = None  # one number of one patch's position
+    else:
+        values[2][1] = None
+    field = table.schema.field(name)
+    arr = pa.array(values, type=field.type)
+    chunked = pa.chunked_array([arr.slice(0, 2), arr.slice(2)])  # the null in a sliced second chunk
+    problems = validate_table(table.set_column(table.schema.get_field_index(name), field, chunked), LAYOUT)
+    assert reasons(problems) == [(2, name, "null values inside the list (columns are not nullable)")]
+    assert problems[0].source_id == "episode-2"
