@@ -63,12 +63,18 @@ OVERHEAD_TARGET = 0.85  # what 2 workers may cost in extra CPU (start-up, IPC) f
 
 # --- inputs --------------------------------------------------------------------------------------
 
-def text_input(directory: Path, megabytes: float, model: Path | None = None) -> tuple[list[str], list[str]]:
-    """(inputs, options) for `gato-tokenize text`."""
-    docs = make_documents(megabytes, seed=1)
-    corpus = write_corpus(docs, directory / f"text-{megabytes:g}MB.txt")
-    model = model or train_model(docs, directory)
-    return [str(corpus)], ["--text-tokenizer", str(model), "--split", "blank-line", "--unit-size", "1MiB"]
+def text_inputs(directory: Path, megabytes: list[float]) -> list[tuple[list[str], list[str]]]:
+    """(inputs, options) for `gato-tokenize text`, one per size: the documents are made once
+    (the largest size; smaller corpora are its first documents) and the model trained once."""
+    docs = make_documents(max(megabytes), seed=1)
+    model = train_model(docs, directory)
+    sizes = np.cumsum([len(doc) + 2 for doc in docs])
+    out = []
+    for mb in megabytes:
+        n = int(np.searchsorted(sizes, mb * 1e6)) + 1
+        corpus = write_corpus(docs[:n], directory / f"text-{mb:g}MB.txt")
+        out.append(([str(corpus)], ["--text-tokenizer", str(model), "--split", "blank-line", "--unit-size", "1MiB"]))
+    return out
 
 
 def rl_input(directory: Path, episodes: int, steps: int = 1000, seed: int = 0,
@@ -141,25 +147,35 @@ def run_cli(kind: str, inputs: list[str], options: list[str], out: Path, workers
     return time.perf_counter() - t0, m1 - m0, c1 - c0
 
 
-def peak_rss_mb(kind: str, inputs: list[str], options: list[str], out: Path) -> float:
-    """Peak resident memory of a fresh process running one conversion (one worker)."""
-    code = ("import json, resource, sys\n"
-            f"sys.path.insert(0, {str(ROOT)!r})\n"
-            "from converters.cli import main\n"
-            f"rc = main({[kind, *inputs, '--out', str(out), '--no-progress', *options]!r})\n"
-            "try:\n"  # VmHWM: peak RSS of this process image; ru_maxrss would also count the parent's
-            "    kb = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
-            "except OSError:\n"  # not Linux
-            "    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "print('@@' + json.dumps([rc, kb]))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@")), None)
-    if line is None:
-        raise SystemExit(f"memory run failed: {proc.stderr.strip().splitlines()[-1:]}")
-    rc, kb = json.loads(line[2:])
-    if rc != 0:
-        raise SystemExit(f"memory run exited {rc}: {proc.stderr.strip()}")
-    return kb / 1024
+def peak_rss_mb(runs: list[tuple[str, list[str], list[str], Path]]) -> list[float]:
+    """Peak resident memory of fresh processes, each running one conversion (one worker).
+
+    The processes run side by side: a peak is a peak however busy the machine, and the
+    benchmark's time is not spent waiting for them one after the other."""
+    procs = []
+    for kind, inputs, options, out in runs:
+        code = ("import json, resource, sys\n"
+                f"sys.path.insert(0, {str(ROOT)!r})\n"
+                "from converters.cli import main\n"
+                f"rc = main({[kind, *inputs, '--out', str(out), '--no-progress', *options]!r})\n"
+                "try:\n"  # VmHWM: peak RSS of this process image; ru_maxrss would also count the parent's
+                "    kb = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+                "except OSError:\n"  # not Linux
+                "    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+                "print('@@' + json.dumps([rc, kb]))\n")
+        procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, cwd=ROOT))
+    peaks = []
+    for proc in procs:
+        stdout, stderr = proc.communicate()
+        line = next((x for x in stdout.splitlines() if x.startswith("@@")), None)
+        if line is None:
+            raise SystemExit(f"memory run failed: {stderr.strip().splitlines()[-1:]}")
+        rc, kb = json.loads(line[2:])
+        if rc != 0:
+            raise SystemExit(f"memory run exited {rc}: {stderr.strip()}")
+        peaks.append(kb / 1024)
+    return peaks
 
 
 def tokens_of(out: Path) -> int:
@@ -176,11 +192,8 @@ def bench_kind(kind: str, tmp: Path, quick: bool) -> list[dict]:
     d = tmp / kind
     d.mkdir()
     if kind == "text":
-        inputs, opts = text_input(d, 6 if quick else 30)
-        model = Path(opts[1])
-        small, small_opts = text_input(d, 1 if quick else 3, model)
-        big, big_opts = text_input(d, 10 if quick else 30, model)
-        warm, warm_opts = text_input(d, 0.05, model)
+        sizes = [4, 0.5, 5, 0.05] if quick else [30, 3, 30, 0.05]  # timed, memory 1x and 10x, warm-up
+        (inputs, opts), (small, small_opts), (big, big_opts), (warm, warm_opts) = text_inputs(d, sizes)
     else:  # ~1 s (quick) or ~5 s (full) of one worker's CPU: start-up must not be what is measured
         inputs, opts = rl_input(d, 200, copies=4 if quick else 24)
         small, small_opts = rl_input(d, 8 if quick else 32, seed=1)
@@ -196,8 +209,7 @@ def bench_kind(kind: str, tmp: Path, quick: bool) -> list[dict]:
     cpu2 = main2 + child2
     same = hashes1 == shard_hashes(d / "w2")  # the manifests' sha256 of every shard
     shutil.rmtree(d / "w2")
-    m1 = peak_rss_mb(kind, small, small_opts, d / "m1")
-    m10 = peak_rss_mb(kind, big, big_opts, d / "m10")
+    m1, m10 = peak_rss_mb([(kind, small, small_opts, d / "m1"), (kind, big, big_opts, d / "m10")])
     scale = tokens_of(d / "m10") / max(tokens_of(d / "m1"), 1)
     rows = [  # names stay the same from run to run (run_all merges repeats by name); numbers go in notes
         {"name": f"{kind}: 2 workers vs 1, wall clock (same bytes: {same})", "figure": tokens / t2 / 1e6,
