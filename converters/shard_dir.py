@@ -115,3 +115,12 @@ class ShardDir:
             if hits >= 0:
                 return i, hits
         raise ShardDirError(f"no row with source_id {source_id!r} in {self.path}")
+
+
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as disks are sold)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""

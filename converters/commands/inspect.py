@@ -20,7 +20,7 @@ from schemas.shard import SHARD_PATTERN, row_from_table
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
 
-from ..shard_dir import ShardDir
+from ..shard_dir import ShardDir, human_bytes
 from ..writer import PACK_STATE, WORK_DIR, WORK_FORMAT
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
@@ -176,14 +176,6 @@ def summary(sd: ShardDir) -> dict:
     }
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
-
-
 def _layout_line(d: dict) -> str:
     lay = VocabLayout.from_dict(d)
     r = {MODALITY_NAMES[m]: lay.id_range(m) for m in (TEXT, 2, 3)}
@@ -228,7 +220,7 @@ def format_summary(s: dict) -> str:
         kv("actions", fmt(spec["actions"]))
     if s["tasks"] is not None:
         kv("tasks", ", ".join(s["tasks"]) or "-")
-    kv("shards", f"{len(s['shards'])} complete, {s['rows']:,} rows, {s['tokens']:,} tokens, {_human(s['bytes'])}")
+    kv("shards", f"{len(s['shards'])} complete, {s['rows']:,} rows, {s['tokens']:,} tokens, {human_bytes(s['bytes'])}")
     for n in s["missing_shards"]:
         out.append(f"    {n}: listed in the manifest but MISSING")
     for n in s["unlisted_shards"]:
@@ -240,7 +232,7 @@ def format_summary(s: dict) -> str:
             if sh is None:
                 out.append(f"    ... {len(s['shards']) - 10} more")
                 continue
-            out.append(f"    {sh['name']:<20}{sh['rows']:>8,}{sh['tokens']:>12,}{_human(sh['bytes']):>11}  "
+            out.append(f"    {sh['name']:<20}{sh['rows']:>8,}{sh['tokens']:>12,}{human_bytes(sh['bytes']):>11}  "
                        f"{(sh['sha256'] or '-')[:12]}")
     total = max(1, sum(v for v in s["tokens_by_modality"].values() if isinstance(v, (int, float))))
     kv("tokens", "  ".join(f"{k} {v:,} ({100 * v / total:.1f}%)" for k, v in s["tokens_by_modality"].items()

@@ -23,7 +23,7 @@ from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, ManifestError
 from schemas.validate import Problem, validate_and_count
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
-from ..shard_dir import ShardDir
+from ..shard_dir import ShardDir, human_bytes
 
 GROUP_BYTES = 32 << 20  # record batches are validated in groups of about this many token bytes (fewer
 # per-group costs; the fast path copies nothing, the general path about this much)
@@ -300,14 +300,6 @@ def format_simulation(sim: dict) -> str:
 
 # --- command line ------------------------------------------------------------------------------------
 
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
-
-
 def run(args: argparse.Namespace) -> int:
     res = verify_dir(args.dir)
     rate = res.bytes / max(res.seconds, 1e-9) / 1e9
@@ -317,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gato-tokenize verify: {len(res.problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1
     print(f"ok: {args.dir}: {len(res.shards)} shards, {res.rows:,} rows, {res.tokens:,} tokens, "
-          f"{_human(res.bytes)} verified in {res.seconds:.2f} s ({rate:.2f} GB/s)")
+          f"{human_bytes(res.bytes)} verified in {res.seconds:.2f} s ({rate:.2f} GB/s)")
     if args.simulate_ranks:
         lengths = np.concatenate([r.row_tokens for r in res.shards]) if res.shards else np.zeros(0, np.int64)
         sim = simulate_ranks([r.rows for r in res.shards], lengths, args.simulate_ranks, args.workers,
