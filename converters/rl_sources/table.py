@@ -28,6 +28,9 @@ REWARD_COLUMNS = ("rewards", "reward")
 ID_COLUMNS = ("episode_id", "id")
 
 
+_CURSOR: list = [None]  # (source, row group, columns, batch rows), next row, pending batch, batch iterator
+
+
 class Ragged(ValueError):
     """Steps of unequal shape: the column has to be converted row by row."""
 
@@ -151,17 +154,21 @@ class TableSource:
         return self._parquet().schema_arrow
 
     def _parquet(self):
-        """The open Parquet file (footer parsed once per process, not once per work unit)."""
-        if getattr(self, "_pf", None) is None:
-            import pyarrow.parquet as pq
-            try:
-                self._pf = pq.ParquetFile(self.path)
-            except (OSError, pa.ArrowException) as e:
-                raise SourceError(f"{self.path}: not a readable Parquet file ({_first_line(e)})") from None
-        return self._pf
+        """The Parquet file, opened afresh (a dataset may have thousands: none is kept open) but
+        with the footer parsed only once per process."""
+        import pyarrow.parquet as pq
+        try:
+            pf = pq.ParquetFile(self.path, metadata=getattr(self, "_md", None))
+        except (OSError, pa.ArrowException) as e:
+            raise SourceError(f"{self.path}: not a readable Parquet file ({_first_line(e)})") from None
+        self._md = pf.metadata
+        return pf
+
+    def _metadata(self):
+        return self._md if getattr(self, "_md", None) is not None else self._parquet().metadata
 
     def __getstate__(self):  # workers reopen the file / memory map themselves
-        return {k: v for k, v in self.__dict__.items() if k not in ("_table", "_pf", "_cursor")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_table", "_md")}
 
     def _hf_table(self) -> pa.Table:
         if getattr(self, "_table", None) is None:
@@ -192,22 +199,25 @@ class TableSource:
         """Rows start..stop-1, streamed row group by row group in small batches.
 
         Parquet cannot seek inside a row group: rows before `start` are decoded and dropped. A
-        work unit that ends inside a row group therefore leaves its reader there (`_cursor`), and
-        the next unit of this process, which usually starts at that row, goes on from it instead
-        of decoding the row group's first rows again (up to a fifth of all decoding otherwise).
+        work unit that ends inside a row group therefore leaves its reader there (`_CURSOR`, one
+        per process, so at most one file stays open), and the next unit of this process, which
+        usually starts at that row, goes on from it instead of decoding the row group's first rows
+        again (up to a fifth of all decoding otherwise).
         """
-        pf = self._parquet()
-        meta = pf.metadata
+        pf = None
+        meta = self._metadata()
         row = 0
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
             lo, hi = max(start, row), min(stop, row + n)
             if lo < hi:
-                cursor, self._cursor = getattr(self, "_cursor", None), None
-                if cursor is not None and cursor[0] == (g, columns, rows) and cursor[1] <= lo:
+                key = (self, g, columns, rows)  # this reader: a file re-opened later starts afresh
+                cursor, _CURSOR[0] = _CURSOR[0], None
+                if cursor is not None and cursor[0] == key and cursor[1] <= lo:
                     _, at, pending, it = cursor
                 else:
                     at, pending = row, None
+                    pf = pf or self._parquet()
                     it = pf.iter_batches(rows, row_groups=[g], columns=list(columns), use_threads=False)
                 while at < hi:
                     batch, pending = (pending if pending is not None else next(it, None)), None
@@ -222,13 +232,13 @@ class TableSource:
                     else:
                         at = end
                 if at < row + n:  # set only once the range is done: an abandoned read leaves none
-                    self._cursor = ((g, columns, rows), at, pending, it)
+                    _CURSOR[0] = (key, at, pending, it)
             row += n
             if row >= stop:
                 break
 
     def num_episodes(self) -> int:
-        return self._hf_table().num_rows if self._hf else self._parquet().metadata.num_rows
+        return self._hf_table().num_rows if self._hf else self._metadata().num_rows
 
     # --- fields ------------------------------------------------------------------------------
     def _infer_fields(self) -> dict[str, dict[str, FieldInfo]]:
