@@ -64,3 +64,18 @@ def test_fixed_size_episode_columns_and_a_null_row(tmp_path):
     assert good.observations["observations"].shape == (3, 4) and good.rewards.tolist() == [1.0, 2.0, 3.0]
     np.testing.assert_array_equal(good.actions["actions"], [0, 1, 2])
     assert bad.error == "column 'rewards': missing (null)"
+
+
+def test_sources_keep_no_file_open(tmp_path):
+    """A dataset of thousands of Parquet files must not run out of file descriptors."""
+    import os
+    import pytest
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    table, _ = _table([3] * 6)
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=4)
+    before = len(os.listdir("/proc/self/fd"))
+    sources = [TableSource(str(tmp_path / "t.parquet")) for _ in range(200)]
+    for src in sources:
+        assert [e.episode_id for e in src.episodes(1, 3)] == [101, 102]  # ends inside a row group
+    assert len(os.listdir("/proc/self/fd")) <= before + 1  # at most the one reader left to resume
