@@ -32,7 +32,7 @@ from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shar
 from schemas.validate import validate_table  # noqa: E402
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout  # noqa: E402
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode, build_text_row  # noqa: E402
-from tokenizer_kit.text import file_sha256  # noqa: E402
+from tokenizer_kit.files import file_sha256  # noqa: E402
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 

@@ -55,7 +55,7 @@ from schemas.shard import PATCH_BYTES, SHARD_PATTERN, rows_to_batch, shard_schem
 from schemas.validate import validate_table
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
-from tokenizer_kit.text import file_sha256
+from tokenizer_kit.files import atomic_path, file_sha256
 
 from .base import Converter, Record, SourceError, WorkUnit
 from .progress import Progress
@@ -323,13 +323,8 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
 
 
 def _write_json_atomic(path: Path, obj, fsync: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, fsync) as tmp:
+        tmp.write_text(json.dumps(obj, sort_keys=True))
 
 
 # --- worker processes ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
 
 from .shard import SCHEMA_VERSION
@@ -93,16 +94,9 @@ class Manifest:
     def write(self, directory: str | os.PathLike) -> Path:
         """Write atomically: temporary file, fsync, rename; numpy numbers in stats are fine."""
         path = Path(directory) / MANIFEST_NAME
-        tmp = path.with_name(f".{MANIFEST_NAME}.tmp{os.getpid()}")
         text = json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default) + "\n"
-        try:
-            with open(tmp, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
         return path
 
     @classmethod

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from tokenizer_kit.files import atomic_path
 from tokenizer_kit.sequence import Row
 
 SCHEMA_VERSION = 1
@@ -140,16 +141,9 @@ def write_shard(path: str | os.PathLike, batches: Iterable[pa.RecordBatch], sche
     appears under `path`, so a shard under its final name is always complete.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for b in batches:
-                writer.write_batch(b)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for b in batches:
+            writer.write_batch(b)
     return path.stat().st_size
 
 

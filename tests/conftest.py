@@ -84,7 +84,7 @@ def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *,
     from schemas.manifest import TOKENIZER_NAME, Manifest, ShardInfo
     from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
     from tokenizer_kit.layout import MODALITY_NAMES
-    from tokenizer_kit.text import file_sha256
+    from tokenizer_kit.files import file_sha256
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

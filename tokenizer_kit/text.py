@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -13,15 +12,8 @@ import numpy as np
 import sentencepiece as spm
 
 from .errors import TokenizeError
+from .files import atomic_path, file_sha256
 from .layout import VocabLayout
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class TextTokenizer:
@@ -141,13 +133,6 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, out: s
             raise failure[0] from None
         raise TokenizeError(f"SentencePiece training failed: {_spm_reason(e)}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(model_io.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(model_io.getvalue())
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -29,16 +30,8 @@ def checkpoint_path(run_dir_or_ckpt: str | os.PathLike) -> Path:
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """torch.save under a temporary name in the same directory, fsync, then rename over `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

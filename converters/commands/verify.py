@@ -185,7 +185,7 @@ def _check_tokenizer(sd: ShardDir, layout: VocabLayout) -> list[str]:
         return []
     if not p.is_file():
         return [f"{TOKENIZER_NAME}: missing, the manifest records sha256 {m.tokenizer_sha256[:12]}..."]
-    from tokenizer_kit.text import file_sha256
+    from tokenizer_kit.files import file_sha256
     if file_sha256(p) != m.tokenizer_sha256:
         return [f"{TOKENIZER_NAME}: sha256 differs from the manifest's"]
     tok = sd.text_tokenizer()

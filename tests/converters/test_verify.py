@@ -15,7 +15,7 @@ from converters.commands.verify import check_shard, simulate_ranks, verify_dir
 from schemas.manifest import Manifest
 from schemas.shard import iter_shard_batches, row_from_table, rows_to_batch, write_shard
 from tokenizer_kit.layout import CONTINUOUS, SEPARATOR
-from tokenizer_kit.text import file_sha256
+from tokenizer_kit.files import file_sha256
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
