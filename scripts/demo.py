@@ -50,7 +50,7 @@ class Size:
     caption_eval: int  # held-out digits captioned
 
 
-FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 300}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
+FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 80}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
             digits_held_out=297, text_chars=300_000, steps=2500, batch_size=16, seq_len=64, lr=3e-3,
             weights={"cartpole": 0.3, "pendulum": 0.55, "digits": 0.1, "text": 0.05},
             eval_episodes=20, caption_eval=297)
@@ -103,7 +103,7 @@ def make_data(out: Path, size: Size, seed: int) -> dict:
         t = time.time()
         buffers, returns = dd.record_expert(env_id, size.episodes[env_id], seed=seed, noise=size.noise[env_id],
                                             dither=env_id == "Pendulum-v1",
-                                            wide_starts=1.0 if env_id == "Pendulum-v1" else 0.0)
+                                            wide_starts=0.5 if env_id == "Pendulum-v1" else 0.0)
         name = env_id.split("-")[0].lower()
         path = dd.write_minari(f"demo/{name}-expert-v0", env_id, buffers)
         info["returns"][env_id] = returns
