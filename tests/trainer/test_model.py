@@ -17,15 +17,6 @@ LAYOUT = VocabLayout(text_vocab_size=512, eos_id=2)
 L = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on this shared 2-core machine two threads oversubscribe and run 4x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _sample(row, task=0):
     n = L + 1
     return Sample(row.tokens[:n], row.loss_mask[:n], row.local_pos[:n], row.patches, row.patch_pos, task)

@@ -28,15 +28,6 @@ from trainer.train import TrainArgs, lr_at
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on this shared 2-core machine two threads oversubscribe and run 4x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def write_shard_dir(path: Path, rows, task: str, converter: str, layout: VocabLayout, returns=None) -> Path:
     """A one-shard directory through the schema's own writer, manifest last (SPEC 7)."""
     path.mkdir(parents=True)
