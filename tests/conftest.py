@@ -241,3 +241,13 @@ def pong_like_env(size: int = 32):
             return self._obs(), reward, done, False, {}
 
     return PongLike()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two threads oversubscribe and run 4x slower."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

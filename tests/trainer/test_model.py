@@ -12,6 +12,8 @@ from tokenizer_kit.sequence import build_caption_row, build_text_row
 from trainer.batch import Sample, collate
 from trainer.model import PRESETS, GatoConfig, GatoModel
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 torch.set_flush_denormal(True)
 LAYOUT = VocabLayout(text_vocab_size=512, eos_id=2)
 L = 48

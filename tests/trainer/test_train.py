@@ -25,6 +25,8 @@ from trainer.checkpoint import CHECKPOINT_NAME, load_model, read_checkpoint
 from trainer.cli import main
 from trainer.train import TrainArgs, lr_at
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 
 
