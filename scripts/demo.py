@@ -48,16 +48,17 @@ class Size:
     weights: dict  # mixture weight (tokens) per directory
     eval_episodes: int
     caption_eval: int  # held-out digits captioned
+    perturb: float = 0.0  # Pendulum: per-step chance of a DART perturbation burst (demo_data.record_expert)
 
 
-FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 80}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
+FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 160}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
             digits_held_out=297, text_chars=300_000, steps=2500, batch_size=16, seq_len=64, lr=3e-3,
             weights={"cartpole": 0.3, "pendulum": 0.55, "digits": 0.1, "text": 0.05},
-            eval_episodes=20, caption_eval=297)
+            eval_episodes=20, caption_eval=297, perturb=0.03)
 QUICK = Size(episodes={"CartPole-v1": 12, "Pendulum-v1": 20}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
              digits_held_out=100, text_chars=50_000, steps=300, batch_size=16, seq_len=64, lr=3e-3,
              weights={"cartpole": 0.6, "pendulum": 0.25, "digits": 0.1, "text": 0.05},
-             eval_episodes=4, caption_eval=100)
+             eval_episodes=4, caption_eval=100, perturb=0.03)
 
 
 def log(msg: str) -> None:
@@ -103,7 +104,8 @@ def make_data(out: Path, size: Size, seed: int) -> dict:
         t = time.time()
         buffers, returns = dd.record_expert(env_id, size.episodes[env_id], seed=seed, noise=size.noise[env_id],
                                             dither=env_id == "Pendulum-v1",
-                                            wide_starts=0.5 if env_id == "Pendulum-v1" else 0.0)
+                                            wide_starts=0.5 if env_id == "Pendulum-v1" else 0.0,
+                                            perturb=size.perturb if env_id == "Pendulum-v1" else 0.0)
         name = env_id.split("-")[0].lower()
         path = dd.write_minari(f"demo/{name}-expert-v0", env_id, buffers)
         info["returns"][env_id] = returns
@@ -172,7 +174,10 @@ def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict) -
                                           "--episodes", str(size.eval_episodes), "--seed", str(seed + 1000),
                                           "--rescale-actions", "--random-baseline"])
         report = rollout(args)
-        rows.append({"task": env_id, "demonstrations": np.asarray(report["demonstrations"]),
+        returns = np.asarray(data["returns"][env_id])
+        # the expert's own return: its episodes without DART perturbation bursts (every other one)
+        expert = returns[0::2] if env_id == "Pendulum-v1" and size.perturb > 0 else returns
+        rows.append({"task": env_id, "demonstrations": np.asarray(report["demonstrations"]), "expert": expert,
                      "agent": np.asarray(report["agent"]), "random": np.asarray(report["random"])})
         log(f"    {env_id}: agent {np.mean(report['agent']):.1f} over {size.eval_episodes} episodes "
             f"({time.time() - t:.1f} s)")
@@ -245,13 +250,17 @@ def table(control: list[dict], captions: dict) -> str:
     for r in control:
         ratio = np.mean(r["agent"]) / np.mean(r["demonstrations"])
         lo = np.mean(r["random"])  # Pendulum returns are negative: show the share of the gap closed
-        closed = (np.mean(r["agent"]) - lo) / (np.mean(r["demonstrations"]) - lo)
+        closed = (np.mean(r["agent"]) - lo) / (np.mean(r["expert"]) - lo)
         score = f"{ratio:.2f}" if np.mean(r["demonstrations"]) > 0 else f"{closed:.2f}*"
         lines.append(f"{r['task']:<16}{fmt(r['demonstrations']):>22}{fmt(r['agent']):>22}{fmt(r['random']):>22}"
                      f"{score:>12}")
     lines.append(f"{'digit captions':<16}{'held-out accuracy':>22}{captions['accuracy']:>22.1%}"
                  f"{'chance 10%':>22}{'(n=' + str(captions['n']) + ')':>12}")
-    lines.append("* negative returns: (agent - random) / (demonstrations - random), the share of the gap closed")
+    lines.append("* negative returns: (agent - random) / (expert - random), the share of the gap closed")
+    for r in control:
+        if len(r["expert"]) != len(r["demonstrations"]):
+            lines.append(f"  {r['task']} expert = its {len(r['expert'])} unperturbed episodes, {fmt(r['expert']).strip()}; "
+                         f"the other {len(r['demonstrations']) - len(r['expert'])} had DART perturbation bursts")
     return "\n".join(lines)
 
 

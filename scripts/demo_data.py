@@ -36,7 +36,7 @@ def make_env(env_id: str):
 
 
 def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1, dither: bool = False,
-                  wide_starts: float = 0.0):
+                  wide_starts: float = 0.0, perturb: float = 0.0, perturb_steps: int = 20):
     """Episodes of the scripted expert with exploration noise: (EpisodeBuffers, returns).
 
     Discrete actions: with probability `noise` a uniformly random action. Continuous actions:
@@ -52,6 +52,14 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1,
     velocity up to 8 rad/s instead of 1, `reset(options={"y_init": 8})`, a superset of the standard
     starts), so the data also shows how the expert brakes a spinning pendulum, a state an imperfect
     agent gets into and the expert's own episodes from standard starts never visit.
+
+    `perturb` (continuous actions, every other episode): DART-style noise injection (Laskey et al.
+    2017). With this probability per step a burst of 5 to `perturb_steps` steps begins in which a constant random
+    torque (-1 or +1) is EXECUTED while the expert's own action for each visited state is RECORDED.
+    Single-step noise hardly moves a pendulum (dt = 0.05 s); bursts push it into the states a
+    cloned policy drifts into (wrong energy, wrong phase, spinning) and the data then shows the
+    expert's correct pump-or-brake answer there. The recorded actions are labels, not the executed
+    ones, in those steps; the rewards are those of the executed trajectory.
     """
     import gymnasium as gym
     from minari.data_collector import EpisodeBuffer
@@ -67,7 +75,7 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1,
         options = {"y_init": 8.0} if ep < round(wide_starts * episodes) else None
         obs, _ = env.reset(seed=seed + ep, options=options)
         observations, actions, rewards, terms, truncs = [obs], [], [], [], []
-        done = False
+        done, burst, burst_action = False, 0, None
         while not done:
             if isinstance(space, gym.spaces.Discrete):
                 a = expert(obs) if rng.random() >= noise else int(rng.integers(space.n))
@@ -79,7 +87,14 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1,
                 if dither:
                     a = np.where(rng.random(a.shape) < (1.0 + a) / 2.0, 1.0, -1.0)
                 a = a.astype(np.float32)
-            obs, r, term, trunc, _ = env.step(a)
+            executed = a
+            if perturb > 0 and ep % 2 == 1 and not isinstance(space, gym.spaces.Discrete):
+                if burst == 0 and rng.random() < perturb:
+                    burst = int(rng.integers(5, perturb_steps + 1))
+                    burst_action = np.where(rng.random(a.shape) < 0.5, 1.0, -1.0).astype(np.float32)
+                if burst > 0:
+                    executed, burst = burst_action, burst - 1
+            obs, r, term, trunc, _ = env.step(executed)
             observations.append(obs)
             actions.append(a)
             rewards.append(float(r))
