@@ -8,7 +8,6 @@ fresh child process so one benchmark's memory or threads never colour the next.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform

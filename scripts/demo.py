@@ -164,7 +164,7 @@ def train(out: Path, dirs: dict, size: Size, seed: int) -> Path:
 def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict) -> list[dict]:
     import numpy as np
 
-    from trainer.rollout import build_parser, random_returns, make_env_fn, rollout
+    from trainer.rollout import build_parser, rollout
 
     rows = []
     for env_id in CONTROL_TASKS:

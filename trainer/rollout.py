@@ -470,7 +470,6 @@ def build_parser() -> argparse.ArgumentParser:
 def training_args(checkpoint) -> dict:
     """The options the run was trained with (seq_len, prompt_len...): its config.json, else the checkpoint."""
     import json
-    from pathlib import Path
 
     from .checkpoint import checkpoint_path, read_checkpoint
 
