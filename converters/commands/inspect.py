@@ -114,7 +114,9 @@ def _pack_state(work: Path) -> tuple[dict | None, int]:
         path = work / PACK_STATE
         saved = path.stat().st_mtime_ns
         state = json.loads(path.read_text())
-        ok = all(_size(work / s["name"]) == s["bytes"] for s in state["shards"]) and (
+        # a finished shard may still be .part: the writer fsyncs and renames it in the background
+        ok = all(s["bytes"] in (_size(work / s["name"]), _size(work / (s["name"] + ".part")))
+                 for s in state["shards"]) and (
             state["open"] is None or _size(work / (f"{SHARD_PATTERN.format(len(state['shards']))}.part"))
             >= state["open"]["size"])
         int(state["next_unit"])

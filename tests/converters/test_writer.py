@@ -425,3 +425,86 @@ def test_filtered_records_are_counted_apart_from_skipped_ones(layout, tmp_path):
     assert min(all_rows(tmp_path / "out").column("episode_return").to_pylist()) >= 0
     m = convert(Episodes(layout), tmp_path / "all", layout=layout, on_error="skip", progress=False).manifest
     assert m.stats["filtered"] == 0
+
+
+class TellsWhoConverts(TextConverter):
+    """The text converter noting which process converted each unit (a file per unit in `seen`);
+    the main process waits (up to 60 s) before its first unit until a spawned worker has done one."""
+
+    parent_pid: int = 0
+    seen: str = ""
+
+    def convert_unit(self, unit):
+        import os
+        import time
+        from pathlib import Path
+        seen = Path(self.seen)
+        deadline = time.time() + 60
+        while os.getpid() == self.parent_pid and time.time() < deadline and not any(
+                p.read_text() != str(self.parent_pid) for p in seen.glob("*")):
+            time.sleep(0.05)
+        yield from super().convert_unit(unit)
+        (seen / unit.key.replace("/", "_")).write_text(str(os.getpid()))
+
+
+def _run_watching_rings(inputs, text_tokenizer, tmp_path, monkeypatch) -> list[dict]:
+    """A 2-worker run that must use a spawned worker; returns the markers packed from its ring."""
+    import os
+    import converters.writer as writer
+    packed, original = [], writer._Packer.add_ring
+
+    def add_ring(self, ring, marker, work):
+        packed.append({**marker, "ring_name": ring.name})
+        return original(self, ring, marker, work)
+
+    monkeypatch.setattr(writer._Packer, "add_ring", add_ring)
+    conv = text_converter(inputs, text_tokenizer, TellsWhoConverts)
+    (tmp_path / "seen").mkdir()
+    conv.parent_pid, conv.seen = os.getpid(), str(tmp_path / "seen")
+    out = tmp_path / "out"
+    run(conv, out, text_tokenizer, workers=2)
+    assert not (out / WORK_DIR).exists()
+    return packed
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_worker_units_reach_the_shards_through_shared_memory(reference, inputs, text_tokenizer, tmp_path,
+                                                             monkeypatch, start):
+    import os
+    import sys
+    import converters.writer as writer
+    if start == "fork" and sys.platform != "linux":
+        pytest.skip("fork is used on Linux only")
+    monkeypatch.setattr(writer, "_start_method", lambda: start)
+    packed = _run_watching_rings(inputs, text_tokenizer, tmp_path, monkeypatch)
+    assert packed and all(pos >= 0 for m in packed for pos in m["places"])  # no work file, no spill
+    assert shard_bytes(tmp_path / "out") == shard_bytes(reference)
+    assert not os.path.exists(f"/dev/shm/{packed[0]['ring_name'].lstrip('/')}")  # unlinked at the end
+
+
+def test_a_full_ring_spills_to_disk_and_the_bytes_stay_the_same(reference, inputs, text_tokenizer, tmp_path,
+                                                                monkeypatch):
+    import converters.writer as writer
+    monkeypatch.setattr(writer, "RING_BYTES", 4096)  # smaller than most batch messages
+    packed = _run_watching_rings(inputs, text_tokenizer, tmp_path, monkeypatch)
+    assert any(pos < 0 for m in packed for pos in m["places"])
+    assert shard_bytes(tmp_path / "out") == shard_bytes(reference)
+
+
+def test_ring_frees_a_region_once_every_region_before_it_is_consumed():
+    from converters.writer import _Ring
+    ring = _Ring(size=_Ring._HEADER + 100)
+    try:
+        a, b, c = (pa.py_buffer(bytes([k]) * 40) for k in (1, 2, 3))
+        assert ring.put(a) == 0 and ring.put(b) == 40
+        assert ring.put(c) is None  # 20 bytes left at the end, and a message never wraps
+        ring.consumed(40, 80)  # b is packed first (units are written out of packing order)...
+        assert ring.put(c) is None  # ...but a's bytes still come before it
+        ring.consumed(0, 40)
+        assert ring.put(c) == 100  # skips the 20 bytes at the end: offset 0 again
+        with ring.view(100, 40) as v:
+            assert bytes(v) == bytes([3]) * 40
+        ring.consumed(80, 140)
+        assert ring.put(a) == 140 and ring.written() == 180
+    finally:
+        ring.close(unlink=True)
