@@ -5,21 +5,21 @@ blank-line-separated .txt file; RL -- a directory of Parquet episode tables (the
 a big dataset: many files), HalfCheetah-sized random-walk episodes (17 continuous observations,
 6 continuous actions, 1000 steps each). Both go through the real command
 (`converters.cli.main`), so the figures include reading, tokenising, validating, writing the
-shards (the next unit in order goes straight into them, hashed as it is written; only units
-that a spawned worker finished ahead of their turn wait in `.work/` files, whose bytes are then
-copied in) and the manifest.
+shards (the next unit in order goes straight into them, hashed as it is written; units that
+the worker process finished ahead of their turn wait in its shared-memory ring, whose bytes are
+then copied in) and the manifest.
 
 * workers: wall time of `--workers 1` (in-process, after a warm-up run) over `--workers 2` (a
-  spawned process, start-up included) on the same input cut into many work units. Target 1.7x.
-  The input is big enough that the conversion dominates: ~5 s of one worker's CPU in full mode
-  (RL: 24 hard links to one 200-episode file, 110M values, ~1 GB of shards), against the ~0.5 s
-  of CPU (~1 s of wall) a spawned worker needs to start (imports: numpy, pyarrow and pandas,
-  which pyarrow pulls in; no torch, webdataset or datasets). With --quick the job is ~1 s and
-  start-up weighs several times more: read the quick figure as a smoke test, not as scaling.
-  What else 2 workers cost: the worker's units are written twice (its `.work/` file with a CRC32,
-  then read, checked and copied into the shards by this process). RL output is large for its CPU
-  (~8 bytes per token, ~150 MB per CPU-second of converting) and a page-cache write costs ~1.5 ms
-  of CPU per MB here, so RL pays far more for that detour than text does.
+  second process, start-up included) on the same input cut into many work units. Target 1.7x.
+  The input is big enough that the conversion dominates: ~5 s of one worker's CPU for text and
+  ~10 s for RL in full mode (RL: 48 hard links to one 200-episode file, 230M tokens, ~1.9 GB of
+  shards): on this shared machine a 5-second job's ratio swings by 0.2 from run to run. On Linux
+  the worker is forked (ready at once); where it is spawned it first spends ~0.6 s of CPU on
+  imports (numpy, pyarrow and the pandas it pulls in). With --quick the job is ~1 s: read the
+  quick figure as a smoke test, not as scaling. What else 2 workers cost: the worker's units
+  are copied once more, from its shared-memory ring into the shards (RL output is large for its
+  CPU, ~8 bytes per token, ~150 MB per CPU-second), and the two cores share one memory bus (a
+  memory-bound loop on the other core slows a 1-worker RL conversion by ~15% here).
   On a shared 2-core machine the wall ratio is bounded by whatever else runs: the load average
   at the start is printed with it.
 * CPU cost: CPU seconds of the 1-worker run over those of the 2-worker run (all processes). On a
@@ -129,14 +129,14 @@ def rl_available() -> bool:
 # --- measurements --------------------------------------------------------------------------------
 
 def _cpu() -> tuple[float, float]:
-    """CPU seconds of this process, and of its finished children (the spawned workers)."""
+    """CPU seconds of this process, and of its finished children (the worker processes)."""
     import resource
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time(), c.ru_utime + c.ru_stime
 
 
 def run_cli(kind: str, inputs: list[str], options: list[str], out: Path, workers: int) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds of this process, CPU seconds of the spawned workers) of one
+    """(wall seconds, CPU seconds of this process, CPU seconds of the worker processes) of one
     conversion through the command."""
     from converters.cli import main
     t0, (m0, c0) = time.perf_counter(), _cpu()
@@ -194,8 +194,8 @@ def bench_kind(kind: str, tmp: Path, quick: bool) -> list[dict]:
     if kind == "text":
         sizes = [4, 0.5, 5, 0.05] if quick else [30, 3, 30, 0.05]  # timed, memory 1x and 10x, warm-up
         (inputs, opts), (small, small_opts), (big, big_opts), (warm, warm_opts) = text_inputs(d, sizes)
-    else:  # ~1 s (quick) or ~5 s (full) of one worker's CPU: start-up must not be what is measured
-        inputs, opts = rl_input(d, 200, copies=4 if quick else 24)
+    else:  # ~1 s (quick) or ~10 s (full) of one worker's CPU: start-up must not be what is measured
+        inputs, opts = rl_input(d, 200, copies=4 if quick else 48)
         small, small_opts = rl_input(d, 8 if quick else 32, seed=1)
         big, big_opts = rl_input(d, 80 if quick else 320, seed=2)
         warm, warm_opts = rl_input(d, 2, steps=20, seed=3)
@@ -204,7 +204,7 @@ def bench_kind(kind: str, tmp: Path, quick: bool) -> list[dict]:
     t1, main1, child1 = run_cli(kind, inputs, opts, d / "w1", 1)
     cpu1 = main1 + child1
     tokens, hashes1 = tokens_of(d / "w1"), shard_hashes(d / "w1")
-    shutil.rmtree(d / "w1")  # ~1 GB for RL: one output on disk at a time
+    shutil.rmtree(d / "w1")  # ~2 GB for RL: one output on disk at a time
     t2, main2, child2 = run_cli(kind, inputs, opts, d / "w2", 2)
     cpu2 = main2 + child2
     same = hashes1 == shard_hashes(d / "w2")  # the manifests' sha256 of every shard
@@ -220,7 +220,7 @@ def bench_kind(kind: str, tmp: Path, quick: bool) -> list[dict]:
          "figure": max(main2, child2), "unit": "CPU s", "baseline": cpu1, "baseline_name": "1 worker",
          "ratio": cpu1 / max(main2, child2, 1e-9), "target": SCALING_TARGET,
          "note": f"this process {main2:.1f} CPU s (converts units, packs the worker's), "
-                 f"the spawned worker {child2:.1f} CPU s incl. start-up"},
+                 f"the worker process {child2:.1f} CPU s incl. start-up"},
         {"name": f"{kind}: CPU of 1 worker / CPU of 2 (1.0 = parallel work costs nothing extra)",
          "figure": cpu2, "unit": "CPU s", "baseline": cpu1, "baseline_name": "1 worker", "ratio": cpu1 / cpu2,
          "target": OVERHEAD_TARGET},
