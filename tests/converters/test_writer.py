@@ -508,3 +508,16 @@ def test_ring_frees_a_region_once_every_region_before_it_is_consumed():
         assert ring.put(a) == 140 and ring.written() == 180
     finally:
         ring.close(unlink=True)
+
+
+def test_workers_fork_on_linux_unless_hdf5_is_loaded(monkeypatch):
+    import sys
+    from converters.writer import _start_method
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delitem(sys.modules, "h5py", raising=False)
+    assert _start_method() == "fork"
+    monkeypatch.setitem(sys.modules, "h5py", object())  # HDF5's library state must not reach a child
+    assert _start_method() == "spawn"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.delitem(sys.modules, "h5py")
+    assert _start_method() == "spawn"
