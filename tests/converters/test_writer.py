@@ -521,3 +521,14 @@ def test_workers_fork_on_linux_unless_hdf5_is_loaded(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.delitem(sys.modules, "h5py")
     assert _start_method() == "spawn"
+
+
+def test_without_room_in_dev_shm_workers_fall_back_to_work_files(reference, inputs, text_tokenizer, tmp_path,
+                                                                 monkeypatch):
+    import os
+    import converters.writer as writer
+    monkeypatch.setattr(writer._Ring, "room", staticmethod(lambda count: False))
+    assert _run_watching_rings(inputs, text_tokenizer, tmp_path, monkeypatch) == []
+    pids = {p.read_text() for p in (tmp_path / "seen").glob("*")}
+    assert pids - {str(os.getpid())}, "no unit was converted by a worker"
+    assert shard_bytes(tmp_path / "out") == shard_bytes(reference)
