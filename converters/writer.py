@@ -5,7 +5,7 @@ once, as the IPC messages they will be in a shard. Shards take them *in unit ord
 `shard-00000.arrow, shard-00001.arrow, ...` of about `shard_size` bytes each, cut before the row
 that would overfill one, and `manifest.json` is written last. The next unit in order is converted
 straight into the shards (one write, hashed as it goes out: nothing is read back for its sha256).
-A spawned worker's unit waits for its turn in shared memory (`_Ring`, a fixed 64 MiB per worker,
+A worker process's unit waits for its turn in shared memory (`_Ring`, a fixed 64 MiB per worker,
 reused: no file written and read back), from which packing copies its messages into the shards.
 Any other unit converted ahead of its turn (by a `--partition` run, or by this process while it
 waits for a worker) goes to `OUT/.work/<uid>.arrow` (an IPC stream) with the marker
@@ -20,7 +20,9 @@ decoded and its slices re-serialised. So:
   packer saves its state (`.work/pack.state`: finished shards, the open shard's size, rows and
   sha256 so far), so a killed run resumes at the unit it died in, and work files of later units
   are reused (`uid` hashes the conversion's settings, the unit and its file's size and mtime, so
-  stale work is never reused; units still in a worker's ring are lost with it, and done again);
+  stale work is never reused; units still in a worker's ring are lost with it, and done again).
+  A packed unit's work file is deleted and its marker rewritten to say its rows are in the shards
+  only, so `.work/` and the shards together stay about the size of the output;
 * `--num-partitions K --partition i` converts units `i, i+K, i+2K, ...` into `OUT/.work` and stops
   there; the same command without `--partition` (run once every partition is done; it converts
   whatever is still missing) packs the shards and writes the manifest. Machines that do not share
@@ -69,7 +71,7 @@ from .progress import Progress
 
 WORK_DIR = ".work"
 WORK_FORMAT = 2  # of the work files and markers; part of every unit id, so older work is never reused
-LOOKAHEAD_UNITS = 4  # per worker: how far ahead of the packer spawned workers take units (see _Pool)
+LOOKAHEAD_UNITS = 4  # per worker: how far ahead of the packer worker processes take units (see _Pool)
 BATCH_ROWS = 1024  # rows per record batch inside a unit (fixed: batch boundaries are part of the bytes)
 BATCH_BYTES = 1 << 20  # ~bytes per record batch (a larger row makes a batch of its own)
 ON_ERROR = ("fail", "skip")
@@ -337,7 +339,7 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
 
 def convert_unit_to_ring(converter: Converter, unit: WorkUnit, uid: str, work: Path, ring: _Ring, on_error: str,
                          task: str | None, report: Callable[[int, int], None], layout: VocabLayout) -> dict:
-    """Convert one unit (in a spawned worker) into `ring`, shared memory the packer copies straight
+    """Convert one unit (in a worker process) into `ring`, shared memory the packer copies straight
     into the shards; batches that find the ring full go to `work/<uid>.spill` instead. Returns
     the unit's marker but writes none: the unit is not durable until it is in the shards."""
     stats, index, places = _UnitStats(), [], []
@@ -371,11 +373,11 @@ def _write_json_atomic(path: Path, obj, fsync: bool = False) -> None:
 
 # --- worker processes ----------------------------------------------------------------------------
 
-RING_BYTES = 64 << 20  # per spawned worker: its converted units wait here until the packer takes them
+RING_BYTES = 64 << 20  # per worker process: its converted units wait here until the packer takes them
 
 
 class _Ring:
-    """Shared memory between one spawned worker (writes batch messages) and the packer (copies them
+    """Shared memory between one worker process (writes batch messages) and the packer (copies them
     into the shards): a worker's unit reaches a shard with no work file on disk, written and read
     back, in between. Pages are reused, so the kernel allocates nothing per unit either.
 
@@ -502,12 +504,13 @@ def _worker_unit(unit: WorkUnit, uid: str) -> dict:
 
 
 class _Pool:
-    """workers-1 spawned processes converting units into work files, fed by a thread.
+    """workers-1 worker processes converting units ahead of the packer, fed by a thread.
 
     This process converts units too (it takes them with `take`), so nothing waits while the others
-    start (a spawned one needs about a second to import numpy, pyarrow...; see _start_method). The thread hands a spawned worker
-    units only once it says it is ready, at most two at a time, so a small job is simply done here
-    before they are up. Finished units' markers are collected by unit index (`result`).
+    start (a spawned one needs about a second to import numpy, pyarrow...; see _start_method). The
+    thread hands a worker units only once it says it is ready, at most two at a time, so a small
+    job is simply done here before they are up. Finished units' markers are collected by unit
+    index (`result`).
 
     A worker's unit reaches the shards through its `_Ring` (shared memory; `.work/<uid>.spill` for
     what does not fit), except in `--partition` runs, which write work files. A unit this process
@@ -825,6 +828,9 @@ class _Packer:
             if state["open"] is not None:
                 o = state["open"]
                 part = p._part()
+                finished = work / SHARD_PATTERN.format(len(p.infos))
+                if not part.exists() and finished.exists():  # a cut after the saved state: open it again
+                    os.replace(finished, part)
                 if os.stat(part).st_size < o["size"]:
                     return None
                 f = open(part, "r+b")
@@ -1058,7 +1064,7 @@ def _convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayou
                     bar.unit_done()
                 else:
                     time.sleep(0.01)
-            m = markers[i]
+            m, packed_file = markers[i], None
             if m.get("ring") is not None:  # from a worker's ring: into the shards, then marked as if direct
                 packer.add_ring(pool.rings[m["ring"]], m, work)
                 pool.rings[m["ring"]].consumed(*m["region"])
@@ -1070,6 +1076,9 @@ def _convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayou
             elif m["file"] and not m["direct"]:
                 try:
                     packer.add_file(work / m["file"], m)
+                    packed_file = work / m["file"]
+                    markers[i] = m = {**m, "direct": True}  # its rows now live in the shards only
+                    _write_json_atomic(work / f"{m['uid']}.json", m)
                 except DamagedWork:  # changed since its marker was written: back to the last state, convert it
                     packer.close()
                     (work / m["file"]).unlink(missing_ok=True)
@@ -1081,6 +1090,8 @@ def _convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayou
                                                       layout, packer)
                     converted += 1
             packer.save(i + 1)
+            if packed_file is not None:  # not kept twice: .work/ + shards stay about the output's size
+                packed_file.unlink()
         packer.cut()
         packer.settle()
         packer.save(len(units))

@@ -532,3 +532,49 @@ def test_without_room_in_dev_shm_workers_fall_back_to_work_files(reference, inpu
     pids = {p.read_text() for p in (tmp_path / "seen").glob("*")}
     assert pids - {str(os.getpid())}, "no unit was converted by a worker"
     assert shard_bytes(tmp_path / "out") == shard_bytes(reference)
+
+
+def test_packing_that_cannot_step_back_starts_over_and_ends_the_same(reference, inputs, text_tokenizer, tmp_path,
+                                                                     monkeypatch):
+    """A damaged work file found while packing, where the saved state cannot be resumed: every
+    shard is made again (units already packed, whose work files are gone, are converted again)."""
+    import json
+    import converters.writer as writer
+    out = tmp_path / "out"
+    for i in range(2):
+        run(text_converter(inputs, text_tokenizer), out, text_tokenizer, num_partitions=2, partition=i)
+    markers = sorted((json.loads(p.read_text()) for p in (out / WORK_DIR).glob("*.json")), key=lambda m: m["key"])
+    damaged = out / WORK_DIR / markers[5]["file"]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    calls, original = [], writer._Packer.resume.__func__
+
+    def resume(cls, *args):
+        calls.append(1)
+        return None if len(calls) == 2 else original(cls, *args)  # the 2nd: after the damaged file
+
+    monkeypatch.setattr(writer._Packer, "resume", classmethod(resume))
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    assert len(calls) >= 3 and res.units_converted >= 6  # started over: units 0-4 again, and the damaged one
+    assert shard_bytes(out) == shard_bytes(reference)
+
+
+def test_packed_work_files_are_deleted_as_packing_goes(reference, inputs, text_tokenizer, tmp_path, monkeypatch):
+    """After partition runs every unit is a work file: packing them must not need twice the disk."""
+    import converters.writer as writer
+    out = tmp_path / "out"
+    for i in range(2):
+        run(text_converter(inputs, text_tokenizer), out, text_tokenizer, num_partitions=2, partition=i)
+    left, original = [], writer._Packer.save
+
+    def save(self, next_unit):
+        left.append((next_unit, sum(1 for p in self.work.glob("*.arrow") if not p.name.startswith("shard-"))))
+        return original(self, next_unit)
+
+    monkeypatch.setattr(writer._Packer, "save", save)
+    total = len(text_converter(inputs, text_tokenizer).work_units())
+    run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
+    assert left[0] == (0, total) and left[-1] == (total, 0)
+    assert all(n <= total - max(k - 1, 0) for k, n in left)  # unit k-1's file goes right after save(k)
+    assert shard_bytes(out) == shard_bytes(reference)
