@@ -314,6 +314,15 @@ def _mark(work: Path, unit: WorkUnit, uid: str, stats: _UnitStats, index: list, 
     return marker
 
 
+def _mark_in_shards(work: Path, marker: dict) -> dict:
+    """Rewrite a packed unit's marker as if it had gone straight into the shards (`direct`): its
+    rows live there only, so a resume before the next saved state converts it again."""
+    marker = {k: v for k, v in marker.items() if k not in ("ring", "region", "places", "spill")}
+    marker["direct"] = True
+    _write_json_atomic(work / f"{marker['uid']}.json", marker)
+    return marker
+
+
 def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: Path, on_error: str,
                          task: str | None, report: Callable[[int, int], None], layout: VocabLayout) -> dict:
     """Convert one unit into the Arrow IPC stream `work/<uid>.arrow` and mark it complete with
@@ -337,8 +346,9 @@ def convert_unit_to_file(converter: Converter, unit: WorkUnit, uid: str, work: P
     return _mark(work, unit, uid, stats, index, data_name, sink.size if sink else 0, sink.digest if sink else 0)
 
 
-def convert_unit_to_ring(converter: Converter, unit: WorkUnit, uid: str, work: Path, ring: _Ring, on_error: str,
-                         task: str | None, report: Callable[[int, int], None], layout: VocabLayout) -> dict:
+def convert_unit_to_ring(converter: Converter, unit: WorkUnit, uid: str, work: Path, ring: _Ring, ring_index: int,
+                         on_error: str, task: str | None, report: Callable[[int, int], None],
+                         layout: VocabLayout) -> dict:
     """Convert one unit (in a worker process) into `ring`, shared memory the packer copies straight
     into the shards; batches that find the ring full go to `work/<uid>.spill` instead. Returns
     the unit's marker but writes none: the unit is not durable until it is in the shards."""
@@ -362,7 +372,7 @@ def convert_unit_to_ring(converter: Converter, unit: WorkUnit, uid: str, work: P
         raise
     if spill is not None:
         spill.close()
-    return {**_marker(unit, uid, stats, index), "ring": _W.get("ring_index"), "region": [start, ring.written()],
+    return {**_marker(unit, uid, stats, index), "ring": ring_index, "region": [start, ring.written()],
             "places": places, "spill": spill_name}
 
 
@@ -494,8 +504,8 @@ def _worker_unit(unit: WorkUnit, uid: str) -> dict:
             pending[:] = [0, 0, time.perf_counter()]
 
     if "ring" in _W:
-        marker = convert_unit_to_ring(_W["converter"], unit, uid, _W["work"], _W["ring"], _W["on_error"], _W["task"],
-                                      report, _W["layout"])
+        marker = convert_unit_to_ring(_W["converter"], unit, uid, _W["work"], _W["ring"], _W["ring_index"],
+                                      _W["on_error"], _W["task"], report, _W["layout"])
     else:
         marker = convert_unit_to_file(_W["converter"], unit, uid, _W["work"], _W["on_error"], _W["task"], report,
                                       _W["layout"])
@@ -738,10 +748,11 @@ class _Packer:
         return self.sync_thread
 
     def _settle_earlier(self) -> None:
-        """Raise the error of an earlier shard's fsync or rename, if one has failed by now."""
-        for f in self.closing:
-            if f.done():
-                f.result()
+        """Forget the shards already settled, raising the error of one whose fsync or rename failed."""
+        settled = [f for f in self.closing if f.done()]  # once: one finishing meanwhile waits its turn
+        self.closing = [f for f in self.closing if f not in settled]
+        for f in settled:
+            f.result()
 
     def settle(self) -> None:
         """Wait until every finished shard is on disk under its name; raises a failed fsync's error."""
@@ -1065,20 +1076,17 @@ def _convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayou
                 else:
                     time.sleep(0.01)
             m, packed_file = markers[i], None
-            if m.get("ring") is not None:  # from a worker's ring: into the shards, then marked as if direct
+            if m.get("ring") is not None:  # from a worker's ring
                 packer.add_ring(pool.rings[m["ring"]], m, work)
                 pool.rings[m["ring"]].consumed(*m["region"])
                 if m["spill"]:
                     (work / m["spill"]).unlink()
-                markers[i] = m = {k: v for k, v in m.items() if k not in ("ring", "region", "places", "spill")}
-                m["direct"] = True
-                _write_json_atomic(work / f"{m['uid']}.json", m)
+                markers[i] = _mark_in_shards(work, m)
             elif m["file"] and not m["direct"]:
                 try:
                     packer.add_file(work / m["file"], m)
                     packed_file = work / m["file"]
-                    markers[i] = m = {**m, "direct": True}  # its rows now live in the shards only
-                    _write_json_atomic(work / f"{m['uid']}.json", m)
+                    markers[i] = _mark_in_shards(work, m)
                 except DamagedWork:  # changed since its marker was written: back to the last state, convert it
                     packer.close()
                     (work / m["file"]).unlink(missing_ok=True)
