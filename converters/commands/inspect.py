@@ -20,7 +20,7 @@ from schemas.shard import SHARD_PATTERN, row_from_table
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
 
-from ..shard_dir import ShardDir, human_bytes
+from ..shard_dir import ShardDir, head_and_tail, human_bytes
 from ..writer import PACK_STATE, WORK_DIR, WORK_FORMAT
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
@@ -229,8 +229,7 @@ def format_summary(s: dict) -> str:
         out.append(f"    {n}: on disk, not in the manifest (being written?)")
     if s["shards"]:
         out.append(f"    {'name':<20}{'rows':>8}{'tokens':>12}{'bytes':>11}  sha256")
-        shown = s["shards"] if len(s["shards"]) <= 12 else s["shards"][:5] + [None] + s["shards"][-5:]
-        for sh in shown:
+        for sh in head_and_tail(s["shards"], 5, up_to=12):
             if sh is None:
                 out.append(f"    ... {len(s['shards']) - 10} more")
                 continue

@@ -23,7 +23,7 @@ from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, ManifestError
 from schemas.validate import Problem, validate_and_count
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
-from ..shard_dir import ShardDir, human_bytes
+from ..shard_dir import ShardDir, head_and_tail, human_bytes
 
 GROUP_BYTES = 32 << 20  # record batches are validated in groups of about this many token bytes (fewer
 # per-group costs; the fast path copies nothing, the general path about this much)
@@ -276,8 +276,7 @@ def format_simulation(sim: dict) -> str:
     rd = sim["readers"]
     out = [f"loader split (trainer.sharding.assign_rows) of {sim['rows']:,} rows, epoch {sim['epoch']}, seed "
            f"{sim['seed']}: {sim['world']} ranks x {max(1, sim['workers'])} workers = {len(rd)} readers"]
-    shown = rd if len(rd) <= 16 else rd[:8] + [None] + rd[-8:]
-    for r in shown:
+    for r in head_and_tail(rd, 8):
         if r is None:
             out.append(f"  ... {len(rd) - 16} more readers")
             continue
