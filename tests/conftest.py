@@ -11,6 +11,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 
+from converters.text import TextConverter
 from tokenizer_kit.layout import VocabLayout
 
 _WORDS = ("the agent moves left right up down and picks a red green blue ball box key door opens "
@@ -251,3 +252,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class CrashingText(TextConverter):
+    """The text converter, dying (like a killed process) when it reaches unit `crash_at`."""
+
+    crash_at: str = ""
+
+    def convert_unit(self, unit):
+        if unit.key == self.crash_at:
+            raise RuntimeError("simulated crash")
+        yield from super().convert_unit(unit)

@@ -23,7 +23,7 @@ from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 from tokenizer_kit.text import TextTokenizer
 from tokenizer_kit.values import bins_to_continuous
 
-from conftest import write_shard_dir
+from conftest import CrashingText, write_shard_dir
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -87,17 +87,6 @@ def test_summary_of_a_directory_still_being_written(tmp_path, caption_shard_dir,
 
 # --- an unfinished conversion, made by the real writer ---------------------------------------------------
 
-class _Crashes(TextConverter):
-    """The text converter, dying (like a killed process) when it reaches unit `crash_at`."""
-
-    crash_at: str = ""
-
-    def convert_unit(self, unit):
-        if unit.key == self.crash_at:
-            raise RuntimeError("simulated crash")
-        yield from super().convert_unit(unit)
-
-
 def _text_inputs(directory: Path, files: int = 4, docs: int = 20) -> list[str]:
     words = "the robot arm grasps a red cube and opens the door".split()
     rng = np.random.default_rng(0)
@@ -150,7 +139,7 @@ def test_unfinished_conversion_counts_what_the_writer_would_not_redo(tmp_path, t
 
     # the packing run dies at a unit of partition 2: what lies before it is in the shards
     k, j = 2, 5  # units of partition 2
-    dying = conv(_Crashes)
+    dying = conv(CrashingText)
     dying.crash_at = units[k].key
     with pytest.raises(RuntimeError, match="simulated crash"):
         _convert(dying, out, text_tokenizer)

@@ -19,16 +19,7 @@ from schemas.validate import validate_table
 from tokenizer_kit.layout import MODALITY_NAMES
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 
-
-class CrashingText(TextConverter):
-    """The text converter, dying (like a killed process) when it reaches unit `crash_at`."""
-
-    crash_at: str = ""
-
-    def convert_unit(self, unit):
-        if unit.key == self.crash_at:
-            raise RuntimeError("simulated crash")
-        yield from super().convert_unit(unit)
+from conftest import CrashingText
 
 
 def make_inputs(directory, files: int = 6, docs: int = 30, seed: int = 0) -> list[str]:
