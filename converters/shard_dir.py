@@ -19,7 +19,7 @@ from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestEr
 from schemas.shard import open_shard
 from tokenizer_kit.layout import VocabLayout
 
-SHARD_RE = re.compile(r"^shard-\d+\.arrow$")
+SHARD_RE = re.compile(r"^shard-\d+(-\d+)?\.arrow$")
 
 
 class ShardDirError(ManifestError):

@@ -263,3 +263,34 @@ class CrashingText(TextConverter):
         if unit.key == self.crash_at:
             raise RuntimeError("simulated crash")
         yield from super().convert_unit(unit)
+
+
+# --- an S3 API server on 127.0.0.1 (moto's server mode), reached through s3fs ---------------------
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server for the session; yields its endpoint URL, with AWS_ENDPOINT_URL and test
+    credentials in the environment so every fsspec/s3fs client (and child process) finds it."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

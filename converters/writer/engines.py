@@ -1,0 +1,95 @@
+"""Who runs the units: this process, a local process pool (--workers N), or Ray tasks (--engine ray).
+All run the same `run_unit`; a unit's output does not depend on where it ran."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from typing import Callable, Sequence
+
+from schemas.workunit import UnitMarker
+
+from ..base import Converter, SourceError
+from .unit import UnitJob, UnitSettings, run_unit
+
+ENGINES = ("local", "ray")
+RAY_RETRIES = 3  # a unit whose worker died (killed, node lost) runs again; its shards are simply replaced
+
+OnDone = Callable[[UnitMarker], None]
+
+
+def start_method() -> str:
+    """How worker processes start. A forked worker is ready at once; a spawned one first spends
+    ~0.6 s of CPU importing numpy and pyarrow. Fork on Linux, as HF datasets and PyTorch's
+    DataLoader do with pyarrow in the parent, except once HDF5 is loaded (its library state must
+    not be shared with a child: Minari and D4RL-style sources then spawn). Elsewhere, spawn (macOS
+    system libraries are not fork-safe)."""
+    return "fork" if sys.platform == "linux" and "h5py" not in sys.modules else "spawn"
+
+
+_W: dict = {}
+
+
+def _init_worker(converter: Converter, settings: UnitSettings) -> None:
+    _W.update(converter=converter, settings=settings)
+
+
+def _pool_unit(job: UnitJob) -> UnitMarker:
+    return run_unit(_W["converter"], _W["settings"], job)
+
+
+def run_local(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob], workers: int,
+              on_done: OnDone) -> None:
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_done(run_unit(converter, settings, job))
+        return
+    ctx = mp.get_context(start_method())
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(converter, settings)) as pool:
+        pending = {pool.submit(_pool_unit, job) for job in jobs}
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in finished:
+                    on_done(f.result())  # re-raises a unit's error
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
+def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob], address: str | None,
+            num_cpus: int | None, on_done: OnDone) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise SourceError("--engine ray needs Ray: pip install 'gato-kit[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SourceError(f"--engine ray: cannot reach Ray at {address or 'a new local instance'}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+        task = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(run_unit)
+        conv, sets = ray.put(converter), ray.put(settings)
+        pending = [task.remote(conv, sets, job) for job in jobs]
+        try:
+            while pending:
+                finished, pending = ray.wait(pending, num_returns=1)
+                for ref in finished:
+                    try:
+                        on_done(ray.get(ref))
+                    except ray.exceptions.RayTaskError as e:
+                        raise (e.cause if isinstance(e.cause, BaseException) else e) from None
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started:
+            ray.shutdown()
