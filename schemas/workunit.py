@@ -9,6 +9,7 @@ vouches for complete shards. The manifest is then merged from the markers in uni
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from .manifest import FieldError, ReturnStats, ShardInfo, SkippedRecord, Stats
@@ -70,20 +71,31 @@ class FieldErrorSum:
 
 @dataclass
 class ReturnSums:
-    """Episode returns of a unit, in a form units can be merged in (min/max None when count is 0)."""
+    """Episode returns of a unit in a form units merge in (count, mean and M2 as in Chan et al.'s
+    parallel variance: no sum of squares to overflow). min/max are None when count is 0."""
 
     count: int = 0
     min: float | None = None
     max: float | None = None
-    sum: float = 0.0
-    squares: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
 
     def add(self, other: "ReturnSums") -> None:
-        if other.count:
-            self.min = other.min if self.min is None else min(self.min, other.min)
-            self.max = other.max if self.max is None else max(self.max, other.max)
-            self.count, self.sum, self.squares = (self.count + other.count, self.sum + other.sum,
-                                                  self.squares + other.squares)
+        if not other.count:
+            return
+        if not self.count:
+            self.count, self.min, self.max, self.mean, self.m2 = other.count, other.min, other.max, other.mean, other.m2
+            return
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean += delta * (other.count / n)
+        self.m2 += other.m2 + delta * delta * (self.count * other.count / n)
+        self.min = other.min if self.min is None else min(self.min, other.min)
+        self.max = other.max if self.max is None else max(self.max, other.max)
+        self.count = n
+
+    def finite(self) -> bool:
+        return math.isfinite(self.mean) and math.isfinite(self.m2)
 
 
 @dataclass
@@ -145,9 +157,8 @@ def merge_stats(markers: list[UnitMarker], rl: bool, modality_names: dict[int, s
     ret = None
     if rl:
         n = returns.count
-        mean = returns.sum / n if n else None
-        std = float(max(returns.squares / n - mean * mean, 0.0) ** 0.5) if n else None
-        ret = ReturnStats(n, returns.min, returns.max, mean, std)
+        ret = ReturnStats(n, returns.min, returns.max, returns.mean if n else None,
+                          math.sqrt(returns.m2 / n) if n else None)
     return Stats(
         rows=sum(m.stats.rows for m in markers), tokens=sum(m.stats.tokens for m in markers),
         tokens_by_modality={modality_names[i]: c for i, c in enumerate(modality)},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -66,14 +66,17 @@ def _with_place(msg, unit: WorkUnit) -> str:
 
 
 def _unrepresentable(rec: Record, returns: ReturnSums) -> str | None:
-    """Why the record's statistics cannot be summed into a manifest (JSON has no inf or nan)."""
+    """Why the record's statistics cannot go into a manifest (JSON has no inf or nan), given the
+    unit's returns so far."""
     r = rec.episode_return
     if r is not None and not math.isnan(r):  # nan: no return recorded
-        if not math.isfinite(r) or not math.isfinite(returns.sum + r) or not math.isfinite(returns.squares + r * r):
-            return f"{rec.source_id}: episode return {r!r} cannot be summed into the statistics (not finite)"
+        probe = replace(returns)
+        probe.add(ReturnSums(1, r, r, r, 0.0))
+        if not (math.isfinite(r) and probe.finite()):
+            return f"{rec.source_id}: episode return {r!r} cannot go into the statistics (not a finite number)"
     for name, (mx, total, _) in rec.field_errors.items():
         if not (math.isfinite(mx) and math.isfinite(total)):
-            return f"{rec.source_id}: field {name!r}: quantisation error is not finite"
+            return f"{rec.source_id}: field {name!r}: quantisation error is not a finite number"
     return None
 
 
@@ -89,7 +92,7 @@ def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.
             stats.field_errors.setdefault(name, FieldErrorSum()).add(FieldErrorSum(float(mx), float(total), int(n)))
         r = rec.episode_return
         if r is not None and np.isfinite(r):
-            stats.returns.add(ReturnSums(1, float(r), float(r), float(r), float(r) * float(r)))
+            stats.returns.add(ReturnSums(1, float(r), float(r), float(r), 0.0))
 
 
 def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: UnitStats,
@@ -110,7 +113,7 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
 
     buf: list[Record] = []
     size = 0
-    pending = ReturnSums()  # returns of the records in `buf`, not yet counted
+    pending = ReturnSums()  # returns counted so far, with those of the records in `buf`
     try:
         for rec in converter.convert_unit(unit):
             if rec.filtered:
@@ -118,8 +121,7 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
                 continue
             reason = rec.skip_reason or ("no row" if rec.row is None else None)
             if reason is None:
-                probe = ReturnSums(0, None, None, stats.returns.sum + pending.sum, stats.returns.squares + pending.squares)
-                reason = _unrepresentable(rec, probe)
+                reason = _unrepresentable(rec, pending)
             if reason is not None:
                 if s.on_error == "fail":
                     raise _RecordFailed(reason)
@@ -127,12 +129,12 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
                 continue
             if rec.episode_return is not None and np.isfinite(rec.episode_return):
                 r = float(rec.episode_return)
-                pending.add(ReturnSums(1, r, r, r, r * r))
+                pending.add(ReturnSums(1, r, r, r, 0.0))
             buf.append(rec)
             size += _row_estimate(rec)
             if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
                 yield make_batch(buf)
-                buf, size, pending = [], 0, ReturnSums()
+                buf, size = [], 0
     except (_RecordFailed, InvalidRow):
         raise  # the converter's reason, as it is
     except (SourceError, TokenizeError) as e:  # the unit itself is unreadable

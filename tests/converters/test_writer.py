@@ -353,3 +353,123 @@ def test_filtered_records_are_counted_apart_from_skipped_ones(layout, tmp_path):
     assert m.stats["filtered"] == 0
 
 
+
+
+# --- statistics a manifest cannot hold --------------------------------------------------------------
+
+class HugeReturns(Episodes):
+    """Rewards of 1e308: most episodes return 1e308, the first of each unit two of them (inf)."""
+
+    def convert_unit(self, unit):
+        for rec in super().convert_unit(unit):
+            if rec.row is not None:
+                rec.episode_return = float(np.sum([1e308, 1e308 if rec.source_id.endswith("ep0") else 0.0]))
+            yield rec
+
+
+def test_returns_that_sum_to_infinity_are_refused_naming_the_record(layout, tmp_path):
+    import json
+    import warnings
+    warnings.simplefilter("ignore", RuntimeWarning)  # the overflow in np.sum
+    with pytest.raises(SourceError, match=r"^walk-0/ep0: episode return inf cannot go into the statistics"):
+        convert(HugeReturns(layout), tmp_path / "out", layout=layout, progress=False)
+    res = convert(HugeReturns(layout), tmp_path / "skip", layout=layout, on_error="skip", progress=False)
+
+    def no_constant(name):
+        raise AssertionError(f"{name} in the manifest")
+
+    r = json.loads((tmp_path / "skip" / "manifest.json").read_text(), parse_constant=no_constant)["stats"]
+    assert r["episode_return"] == {"count": 8, "min": 1e308, "max": 1e308, "mean": 1e308, "std": 0.0}
+    assert sorted(s["source"] for s in res.manifest.skipped) == ["walk-0/ep0", "walk-1/ep0", "walk-1/ep2",
+                                                                 "walk-2/ep0"]
+
+
+# --- compression ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_shards_hold_the_same_rows(reference, inputs, text_tokenizer, tmp_path, codec):
+    out = tmp_path / codec
+    m = run(text_converter(inputs, text_tokenizer), out, text_tokenizer, compression=codec).manifest
+    assert m.compression == codec and Manifest.read(out).compression == codec
+    assert all_rows(out).equals(all_rows(reference))
+    for s in m.shards:
+        assert s.sha256 == hashlib.sha256((out / s.name).read_bytes()).hexdigest()
+
+
+# --- one writer per output --------------------------------------------------------------------------------
+
+def test_a_second_writer_exits_2_and_a_stale_lock_is_taken_over(inputs, text_tokenizer, tmp_path, capsys):
+    import json
+    import socket
+    import subprocess
+    import sys
+    from converters.cli import main
+    from converters.writer.lock import OutLock
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line", "--out", str(out),
+            "--no-progress"]
+    with OutLock(str(out)):  # a live writer: this process
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"is being written by process {__import__('os').getpid()}" in err
+    assert not (out / "manifest.json").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    assert main(argv) == 0 and (out / "manifest.json").exists() and not (out / ".lock").exists()
+
+
+# --- write faults ------------------------------------------------------------------------------------------
+
+def test_a_write_the_disk_refuses_is_one_line_and_leaves_no_temporary_file(inputs, text_tokenizer, tmp_path):
+    """A real refusal by the kernel: the child may write no file larger than the tokenizer plus
+    64 KiB (RLIMIT_FSIZE: EFBIG at the write, as ENOSPC would be on a full disk)."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    inputs = make_inputs(tmp_path / "in", files=1, docs=3000)
+    limit = os.path.getsize(text_tokenizer.path) + (1 << 16)
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            "from converters.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line", "--out", str(out),
+            "--no-progress", "--unit-size", "1MB", "--shard-size", "1GB"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path.cwd())})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "cannot write shard-" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(out.rglob("*tmp*")) and not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
+    assert not (out / ".lock").exists()
+
+
+# --- kill -9 of the driver -----------------------------------------------------------------------------
+
+def test_kill_9_of_the_driver_then_the_same_command_converts_only_the_rest(reference, inputs, text_tokenizer,
+                                                                            tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "out"
+    code = ("import sys, time; from converters.text import TextConverter; import converters.text as t\n"
+            "class Slow(TextConverter):\n"
+            "    def convert_unit(self, unit):\n"
+            "        time.sleep(0.3); yield from super().convert_unit(unit)\n"
+            "t.TextConverter = Slow\n"
+            "from converters.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line", "--out", str(out),
+            "--no-progress", "--unit-size", "2000", "--shard-size", "5000"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 60
+    while len(list(out.glob(".work/unit-*.json"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob(".work/unit-*.json")))
+    assert 3 <= done < len(text_converter(inputs, text_tokenizer).work_units())
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)  # its lock is stale: taken over
+    assert res.units_converted == res.units_total - done
+    assert shard_bytes(out) == shard_bytes(reference) and not list(out.rglob("*tmp*"))
