@@ -33,7 +33,7 @@ class OutDir:
     def __init__(self, url: str | os.PathLike):
         self.url = os.fspath(url)
         try:
-            self.fs, root = fsspec.core.url_to_fs(self.url)
+            self.fs, root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True)
         except (ImportError, ValueError) as e:
             raise StorageError(f"{self.url}: {_one_line(e)}") from None
         self.local = isinstance(self.fs, LocalFileSystem)
