@@ -4,6 +4,7 @@ All run the same `run_unit`; a unit's output does not depend on where it ran."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 import sys
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Callable, Sequence
@@ -31,7 +32,9 @@ def start_method() -> str:
 _W: dict = {}
 
 
-def _init_worker(converter: Converter, settings: UnitSettings) -> None:
+def _init_worker(converter: Converter, settings: UnitSettings, forked: bool) -> None:
+    if forked:  # as spawn would give them: own file handles, a fresh object-store session (no parent's threads)
+        converter, settings = pickle.loads(pickle.dumps((converter, settings)))
     _W.update(converter=converter, settings=settings)
 
 
@@ -47,7 +50,7 @@ def run_local(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJ
         return
     ctx = mp.get_context(start_method())
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(converter, settings)) as pool:
+                             initargs=(converter, settings, ctx.get_start_method() == "fork")) as pool:
         pending = {pool.submit(_pool_unit, job) for job in jobs}
         try:
             while pending:

@@ -1,9 +1,9 @@
-"""OUT as fsspec sees it (a local path, file://, s3://, gs://...): a name only ever holds complete bytes.
+"""OUT as fsspec sees it (a path, file://, s3://, gs://...): a name only ever holds complete bytes.
 
 Local: written under a temporary name beside the target, fsynced, renamed. Object storage: written
-to a local temporary file, then uploaded in one request (an object appears only complete).
-Credentials and endpoints come the standard way (AWS_* variables incl. AWS_ENDPOINT_URL, fsspec's
-own config); any failure of the store becomes one `StorageError` line.
+to a local temporary file, then uploaded in one request. Credentials and endpoints come the
+standard way (AWS_* variables incl. AWS_ENDPOINT_URL, fsspec's config); whatever the store raises
+becomes one `StorageError` line.
 """
 
 from __future__ import annotations
@@ -19,27 +19,22 @@ from fsspec.implementations.local import LocalFileSystem
 
 from tokenizer_kit.files import atomic_path
 
+_STORE_MODULES = ("botocore", "aiohttp", "aiobotocore", "google", "s3fs", "gcsfs", "fsspec")
+
 
 class StorageError(OSError):
     """OUT cannot be read or written (no space, no permission, unreachable store, bad credentials)."""
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 class OutDir:
     def __init__(self, url: str | os.PathLike):
         self.url = os.fspath(url)
-        try:
+        with self.errors("open it"):
             self.fs, root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True)
-        except (ImportError, ValueError) as e:
-            raise StorageError(f"{self.url}: {_one_line(e)}") from None
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/")
 
-    def __reduce__(self):  # workers and Ray tasks reopen it from its URL (fsspec filesystems carry sessions)
+    def __reduce__(self):  # other processes reopen it from its URL (a filesystem carries sessions)
         return OutDir, (self.url,)
 
     def path(self, name: str) -> str:
@@ -47,41 +42,35 @@ class OutDir:
 
     @contextmanager
     def errors(self, what: str) -> Iterator[None]:
-        """Anything the store raises, as one line naming what was being done."""
         try:
             yield
         except StorageError:
             raise
-        except Exception as e:  # noqa: BLE001 - s3fs/gcsfs/botocore raise many types; all are one line
-            if isinstance(e, (KeyboardInterrupt, SystemExit)) or not (
-                    isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("botocore", "aiohttp", "google",
-                                                                                     "s3fs", "gcsfs", "fsspec")):
+        except Exception as e:  # noqa: BLE001 - stores raise many types (botocore, aiohttp...); each is one line
+            if not isinstance(e, (OSError, ImportError)) and type(e).__module__.split(".")[0] not in _STORE_MODULES:
                 raise
-            raise StorageError(f"{self.url}: cannot {what}: {_one_line(e)}") from None
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StorageError(f"{self.url}: cannot {what}: {msg}") from None
 
     def makedirs(self) -> None:
-        with self.errors("create the directory"):
+        with self.errors("create it"):
             if self.local:
                 Path(self.root, ".work").mkdir(parents=True, exist_ok=True)
             elif not self.fs.exists(self.root.split("/")[0]):
-                raise StorageError(f"{self.url}: no such bucket")
+                raise FileNotFoundError("no such bucket")
 
     def sizes(self, sub: str = "") -> dict[str, int]:
-        """{name: bytes} of the files directly in OUT (or OUT/sub), one listing."""
+        """{name: bytes} of the files directly in OUT (or OUT/sub), in one listing."""
         where = self.path(sub) if sub else self.root
         with self.errors("list it"):
-            if self.local:
-                try:
-                    return {e.name: e.stat().st_size for e in os.scandir(where) if e.is_file()}
-                except FileNotFoundError:
-                    return {}
             try:
+                if self.local:
+                    return {e.name: e.stat().st_size for e in os.scandir(where) if e.is_file()}
                 self.fs.invalidate_cache(where)
-                entries = self.fs.ls(where, detail=True)
+                return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+                        for e in self.fs.ls(where, detail=True) if e.get("type") == "file"}
             except FileNotFoundError:
                 return {}
-            return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries
-                    if e.get("type") == "file"}
 
     def read_text(self, name: str) -> str | None:
         with self.errors(f"read {name}"):

@@ -473,3 +473,23 @@ def test_kill_9_of_the_driver_then_the_same_command_converts_only_the_rest(refer
     res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)  # its lock is stale: taken over
     assert res.units_converted == res.units_total - done
     assert shard_bytes(out) == shard_bytes(reference) and not list(out.rglob("*tmp*"))
+
+
+def test_workers_fork_on_linux_unless_hdf5_is_loaded(monkeypatch):
+    import sys
+    from converters.writer.engines import start_method
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delitem(sys.modules, "h5py", raising=False)
+    assert start_method() == "fork"
+    monkeypatch.setitem(sys.modules, "h5py", object())  # HDF5's library state must not reach a child
+    assert start_method() == "spawn"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.delitem(sys.modules, "h5py")
+    assert start_method() == "spawn"
+
+
+def test_spawned_workers_write_the_same_bytes(reference, inputs, text_tokenizer, tmp_path, monkeypatch):
+    import converters.writer.engines as engines
+    monkeypatch.setattr(engines, "start_method", lambda: "spawn")
+    run(text_converter(inputs, text_tokenizer), tmp_path / "out", text_tokenizer, workers=2)
+    assert shard_bytes(tmp_path / "out") == shard_bytes(reference)

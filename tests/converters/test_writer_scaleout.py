@@ -52,7 +52,7 @@ def test_out_in_a_bucket_holds_the_same_shards_and_a_rerun_converts_nothing(refe
     url = f"s3://{name}/shards/text"
     res = run(text_converter(inputs, text_tokenizer), url, text_tokenizer, num_partitions=2, partition=0)
     assert not res.complete and not fs.exists(f"{url}/manifest.json")
-    again = run(text_converter(inputs, text_tokenizer), url, text_tokenizer)  # resumes from the bucket
+    again = run(text_converter(inputs, text_tokenizer), url, text_tokenizer, workers=2)  # resumes from the bucket
     assert again.units_converted == res.units_total - res.units_converted
     assert bucket_shards(fs, url) == shard_bytes(reference)
     fs.invalidate_cache()
