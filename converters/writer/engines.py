@@ -86,9 +86,13 @@ def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob
                 finished, pending = ray.wait(pending, num_returns=1)
                 for ref in finished:
                     try:
-                        on_done(ray.get(ref))
-                    except ray.exceptions.RayTaskError as e:
-                        raise (e.cause if isinstance(e.cause, BaseException) else e) from None
+                        marker = ray.get(ref)
+                    except ray.exceptions.RayError as e:  # the unit's own error, else one line
+                        cause = getattr(e, "cause", None)
+                        if isinstance(cause, Exception):
+                            raise cause from None
+                        raise SourceError(f"--engine ray: a unit failed: {str(e).strip().splitlines()[0]}") from None
+                    on_done(marker)
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
