@@ -130,13 +130,18 @@ class ShardWriter:
         return self.shards
 
     def abort(self) -> None:
-        """Drop the open shard's temporary file (shards already finished stay: a re-run replaces them)."""
+        """Remove the open shard's temporary file and the unit's finished shards (no marker will vouch
+        for them), best effort: the first error is the one to report."""
         if self._open is not None:
             stack, self._open = self._open, None
             try:
                 stack.__exit__(_Aborted, _Aborted(), None)
-            except _Aborted:
+            except (_Aborted, OSError):
                 pass
+        try:
+            self.out.remove([s.name for s in self.shards])
+        except OSError:
+            pass
 
 
 class _Aborted(Exception):

@@ -153,10 +153,10 @@ def run_unit(converter: Converter, s: UnitSettings, job: UnitJob) -> UnitMarker:
     try:
         for batch in unit_batches(converter, job.unit, s, stats, skipped):
             writer.add(batch)
-        shards = writer.close()
+        marker = UnitMarker(job.index, job.unit.key, job.uid, writer.close(), stats, skipped, os.getpid(),
+                            socket.gethostname())
+        s.out.write_text(marker_name(job.index), marker.to_json())
     except BaseException:
         writer.abort()
         raise
-    marker = UnitMarker(job.index, job.unit.key, job.uid, shards, stats, skipped, os.getpid(), socket.gethostname())
-    s.out.write_text(marker_name(job.index), marker.to_json())
     return marker

@@ -493,3 +493,30 @@ def test_spawned_workers_write_the_same_bytes(reference, inputs, text_tokenizer,
     monkeypatch.setattr(engines, "start_method", lambda: "spawn")
     run(text_converter(inputs, text_tokenizer), tmp_path / "out", text_tokenizer, workers=2)
     assert shard_bytes(tmp_path / "out") == shard_bytes(reference)
+
+
+def test_a_full_disk_is_one_line_and_leaves_what_a_resume_needs(text_tokenizer, tmp_path, capsys):
+    """A real full disk: a tmpfs with room for the tokenizer and a few shards (needs root to mount)."""
+    import os
+    import subprocess
+    from converters.cli import main
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = os.path.getsize(text_tokenizer.path) + 256 * 1024
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        inputs = make_inputs(tmp_path / "in", files=4, docs=800)
+        argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line",
+                "--out", str(disk / "out"), "--no-progress", "--unit-size", "8KB", "--shard-size", "64KB"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "No space left on device" in err and "cannot write" in err
+        out = disk / "out"
+        assert not list(out.rglob("*tmp*")) and not (out / "manifest.json").exists() and not (out / ".lock").exists()
+        done = list(out.glob(".work/unit-*.json"))
+        assert done and {p.name for p in out.glob("shard-*")} == {
+            s["name"] for p in done for s in __import__("json").loads(p.read_text())["shards"]}
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
