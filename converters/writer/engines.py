@@ -63,6 +63,17 @@ def run_local(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJ
             raise
 
 
+def _ray_unit(shared: list, job: UnitJob) -> UnitMarker:
+    """A Ray task: the converter is unpickled once per worker process (it may load a tokenizer),
+    not once per unit."""
+    import ray
+    key = shared[0].hex()
+    if key not in _W:
+        _W.clear()
+        _W[key] = ray.get(shared[0])
+    return run_unit(*_W[key], job)
+
+
 def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob], address: str | None,
             num_cpus: int | None, on_done: OnDone) -> None:
     try:
@@ -78,9 +89,9 @@ def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob
             raise SourceError(f"--engine ray: cannot reach Ray at {address or 'a new local instance'}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
-        task = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(run_unit)
-        conv, sets = ray.put(converter), ray.put(settings)
-        pending = [task.remote(conv, sets, job) for job in jobs]
+        task = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(_ray_unit)
+        shared = [ray.put((converter, settings))]  # in a list: Ray hands the task the reference itself
+        pending = [task.remote(shared, job) for job in jobs]
         try:
             while pending:
                 finished, pending = ray.wait(pending, num_returns=1)
