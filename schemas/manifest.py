@@ -12,6 +12,7 @@ import numpy as np
 
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec
 
 from .shard import SCHEMA_VERSION
 
@@ -131,6 +132,11 @@ class Manifest:
     @property
     def skipped_records(self) -> list[SkippedRecord]:
         return [SkippedRecord(**s) for s in self.skipped]
+
+    @property
+    def spec(self) -> EpisodeSpec | None:
+        """The RL episode spec, typed (None for captions and text)."""
+        return EpisodeSpec.from_dict(self.episode_spec) if self.episode_spec else None
 
     def to_dict(self) -> dict:
         return asdict(self)
