@@ -7,6 +7,7 @@ import multiprocessing as mp
 import pickle
 import sys
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
 from schemas.workunit import UnitMarker
@@ -57,6 +58,9 @@ def run_local(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJ
                 finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for f in finished:
                     on_done(f.result())  # re-raises a unit's error
+        except BrokenProcessPool:
+            raise SourceError("a worker process died (killed, or out of memory); run the same command again "
+                              "to convert the units it did not finish") from None
         except BaseException:
             for f in pending:
                 f.cancel()

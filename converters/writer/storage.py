@@ -79,6 +79,14 @@ class OutDir:
             except FileNotFoundError:
                 return None
 
+    def read_texts(self, names: list[str]) -> dict[str, str]:
+        """Several small files at once (an object store fetches them concurrently); absent ones left out."""
+        if self.local or not names:
+            return {n: t for n in names if (t := self.read_text(n)) is not None}
+        with self.errors("read the work directory"):
+            got = self.fs.cat([self.path(n) for n in names], on_error="omit")
+        return {n: got[self.path(n)].decode() for n in names if self.path(n) in got}
+
     @contextmanager
     def staged(self, name: str) -> Iterator[Path]:
         """A local path to write `name` to; on success it appears in OUT whole, on failure nowhere."""

@@ -41,18 +41,18 @@ class WorkDir:
     def done(self, plan: ConversionPlan) -> dict[int, UnitMarker]:
         """Finished units by index: a marker of this plan's unit (same uid) whose shards are all in
         OUT at the sizes it records. Anything else is converted again."""
-        markers = self.out.sizes(WORK_DIR)
+        listed = self.out.sizes(WORK_DIR)
         shards = self.out.sizes()
+        names = {marker_name(i): i for i in range(len(plan.uids))}
+        texts = self.out.read_texts([n for n in names if n.rsplit("/", 1)[-1] in listed])
         done = {}
-        for i, uid in enumerate(plan.uids):
-            name = marker_name(i)
-            if name.rsplit("/", 1)[-1] not in markers:
-                continue
+        for name, text in texts.items():
+            i = names[name]
             try:
-                m = UnitMarker.from_json(self.out.read_text(name) or "")
+                m = UnitMarker.from_json(text)
             except (ValueError, TypeError, KeyError):
                 continue
-            if m.uid == uid and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards):
+            if m.uid == plan.uids[i] and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards):
                 done[i] = m
         return done
 

@@ -520,3 +520,29 @@ def test_a_full_disk_is_one_line_and_leaves_what_a_resume_needs(text_tokenizer, 
             s["name"] for p in done for s in __import__("json").loads(p.read_text())["shards"]}
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+class KillsItsWorker(TextConverter):
+    """SIGKILLs the worker process converting unit `victim` (as the OOM killer would)."""
+
+    victim: str = ""
+
+    def convert_unit(self, unit):
+        import os
+        import signal
+        if unit.key == self.victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield from super().convert_unit(unit)
+
+
+def test_a_killed_local_worker_is_one_line_and_the_rerun_converts_the_rest(reference, inputs, text_tokenizer,
+                                                                           tmp_path):
+    conv = text_converter(inputs, text_tokenizer, KillsItsWorker)
+    conv.victim = conv.work_units()[4].key
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match="a worker process died"):
+        run(conv, out, text_tokenizer, workers=2)
+    done = len(list(out.glob(".work/unit-*.json")))
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer, workers=2)
+    assert res.units_converted == res.units_total - done
+    assert shard_bytes(out) == shard_bytes(reference) and not list(out.rglob("*tmp*"))
