@@ -66,17 +66,15 @@ class WorkDir:
                         sum(s.rows for m in done.values() for s in m.shards))
 
     def remove_temporaries(self, units: set[int] | None) -> None:
-        """Temporary files that killed processes left, of these units (None: all); never another
-        running partition's."""
-        def unit_of(name: str) -> int | None:
+        """Temporary files that killed processes left, of these units (None: all), never another
+        running partition's. (Uploads to an object store are whole: no temporary names there.)"""
+        if not self.out.local:
+            return
+        def mine(name: str) -> bool:
             m = _TEMPORARY.match(name)
-            return None if m is None else int(m.group(2) or m.group(3))
-        names = [n for n in self.out.sizes() if (u := unit_of(n)) is not None and (units is None or u in units)]
-        names += [f"{WORK_DIR}/{n}" for n in self.out.sizes(WORK_DIR)
-                  if (u := unit_of(n)) is not None and (units is None or u in units)]
-        if names and not self.out.local:
-            return  # an object store has no temporary names (uploads are whole)
-        self.out.remove(names)
+            return m is not None and (units is None or int(m.group(2) or m.group(3)) in units)
+        self.out.remove([n for n in self.out.sizes() if mine(n)]
+                        + [f"{WORK_DIR}/{n}" for n in self.out.sizes(WORK_DIR) if mine(n)])
 
     def unlisted_shards(self, listed: set[str]) -> list[str]:
         """Unit shards in OUT that the manifest does not list (left by an earlier conversion)."""
