@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
-from schemas.shard import open_shard
+from schemas.shard import SHARD_NAME_RE, open_shard
 from tokenizer_kit.layout import VocabLayout
 
-SHARD_RE = re.compile(r"^shard-\d+(-\d+)?\.arrow$")
+SHARD_RE = re.compile(SHARD_NAME_RE)
 
 
 class ShardDirError(ManifestError):

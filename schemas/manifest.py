@@ -82,6 +82,8 @@ class Stats:
     skipped: int = 0
     filtered: int = 0  # left out on purpose by the converter's own options (not errors)
     episode_return: ReturnStats | None = None  # RL only
+    counts: dict[str, dict[str, int]] | None = None  # converters' grouped event counts (Record.counts)
+    longest_unit: dict | None = None  # {tokens, row, source_id}: the longest step or pair
     conversion: dict | None = None  # what made the directory, so a re-run can tell it is up to date
 
     def to_dict(self) -> dict:
@@ -125,25 +127,8 @@ class Manifest:
     def total_tokens(self) -> int:
         return sum(s.tokens for s in self.shards)
 
-    @property
-    def typed_stats(self) -> Stats:
-        return Stats.from_dict(self.stats)
-
-    @property
-    def skipped_records(self) -> list[SkippedRecord]:
-        return [SkippedRecord(**s) for s in self.skipped]
-
-    @property
-    def spec(self) -> EpisodeSpec | None:
-        """The RL episode spec, typed (None for captions and text)."""
-        return EpisodeSpec.from_dict(self.episode_spec) if self.episode_spec else None
-
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def to_json(self) -> str:
-        """The file's text; a statistic that is not a finite number is refused (JSON has none)."""
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
@@ -161,6 +146,23 @@ class Manifest:
     def check_layout(self, layout: VocabLayout, what: str = "shards", against: str = "model") -> None:
         """Refuse (LayoutError naming both) when this directory's layout is not `layout`."""
         self.vocab_layout.check_same(layout, what, against)
+
+    @property
+    def typed_stats(self) -> Stats:
+        return Stats.from_dict(self.stats)
+
+    @property
+    def skipped_records(self) -> list[SkippedRecord]:
+        return [SkippedRecord(**s) for s in self.skipped]
+
+    @property
+    def spec(self) -> EpisodeSpec | None:
+        """The RL episode spec, typed (None for captions and text)."""
+        return EpisodeSpec.from_dict(self.episode_spec) if self.episode_spec else None
+
+    def to_json(self) -> str:
+        """The file's text; a statistic that is not a finite number is refused (JSON has none)."""
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
 
     def write(self, directory: str | os.PathLike) -> Path:
         """Write atomically: temporary file, fsync, rename; numpy numbers in stats are fine."""
