@@ -50,17 +50,9 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
             raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
         return n
 
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="input files or directories: paths or fsspec URLs (s3://, gs://, file://)")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="shard directory to write (created if missing): a path or fsspec URL (s3://bucket/prefix)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files or directories")
+    p.add_argument("--out", required=True, metavar="DIR", help="shard directory to write (created if missing)")
     p.add_argument("--workers", type=positive, default=1, metavar="N", help="worker processes (default 1)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="run the work units in local processes (default) or as Ray tasks")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="with --engine ray: the cluster to join (default: start a local Ray)")
-    p.add_argument("--compression", choices=("default", "none", "lz4", "zstd"), default="default",
-                   help="Arrow IPC buffer compression of the shards (default: per kind, see README)")
     p.add_argument("--num-partitions", type=positive, default=1, metavar="K",
                    help="split the work units into K disjoint partitions (with --partition)")
     p.add_argument("--partition", type=int, default=None, metavar="I",
@@ -79,6 +71,13 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                    help="vocab layout profile (default gato)")
     p.add_argument("--shard-size", type=size, default=256 * 10**6, metavar="BYTES",
                    help="target shard size, e.g. 64MB, 1GiB (default 256MB)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="run the work units in local processes (default) or as Ray tasks; INPUT and DIR "
+                        "may be fsspec URLs (s3://bucket/prefix, gs://, file://) with either")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --engine ray: the cluster to join (default: start a local Ray)")
+    p.add_argument("--compression", choices=("default", "none", "lz4", "zstd"), default="default",
+                   help="Arrow IPC buffer compression of the shards (default: zstd where rows hold images, else none)")
     p.add_argument("--task", default=None, metavar="NAME",
                    help=f"task name of every row (default: what the converter finds, else {kind!r})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,16 +122,6 @@ def register(subparsers) -> None:
         p.set_defaults(func=run, kind=kind, _parser=p)
 
 
-def default_compression(kind: str, converter) -> str:
-    """zstd where rows hold image patches (Atari frames: ~170x smaller, converted faster since less
-    is written); none otherwise (state RL and text shrink only 3-5x, and uncompressed shards are
-    memory-mapped by the loader with no decoding). Measured in benchmarks/bench_compression.py."""
-    if kind == "captions":
-        return "zstd"
-    spec = converter.options().get("episode_spec") or {}
-    return "zstd" if any(f.get("kind") == "image" for f in spec.get("observations", [])) else "none"
-
-
 def run(args) -> int:
     from tokenizer_kit.layout import VocabLayout
     from tokenizer_kit.text import TextTokenizer
@@ -169,3 +158,13 @@ def run(args) -> int:
         return 1
     print(result.summary(), file=sys.stderr)
     return 0
+
+
+def default_compression(kind: str, converter) -> str:
+    """zstd where rows hold image patches (Atari frames: ~170x smaller, converted faster since less
+    is written); none otherwise (state RL and text shrink only 3-5x, and uncompressed shards are
+    memory-mapped by the loader with no decoding). Measured in benchmarks/bench_compression.py."""
+    if kind == "captions":
+        return "zstd"
+    spec = converter.options().get("episode_spec") or {}
+    return "zstd" if any(f.get("kind") == "image" for f in spec.get("observations", [])) else "none"
