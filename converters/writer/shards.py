@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.manifest import ShardInfo
-from schemas.shard import PATCH_BYTES, shard_schema
-from schemas.workunit import UNIT_SHARD_PATTERN
+from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN, shard_schema
 
 from .storage import OutDir
 
