@@ -65,6 +65,7 @@ from schemas.validate import validate_table
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 from tokenizer_kit.files import atomic_path, file_sha256
+from tokenizer_kit.sequence import unit_tokens
 
 from .base import Converter, Record, SourceError, WorkUnit
 from .progress import Progress
@@ -153,6 +154,8 @@ class _UnitStats:
     tasks: dict[str, int] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
     filtered: int = 0  # records the converter left out on purpose (e.g. RL --min-return)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # Record.counts, summed
+    longest: list = field(default_factory=lambda: [0, -1, None])  # unit_tokens, row in the unit, source id
 
     def add_records(self, records: Sequence[Record], tasks: Sequence[str], batch: pa.RecordBatch) -> None:
         self.rows += len(records)
@@ -160,8 +163,12 @@ class _UnitStats:
         # one counting pass per code over uint8 (np.bincount would first widen every token to intp)
         self.modality = [a + int(np.count_nonzero(mod == code)) for code, a in enumerate(self.modality)]
         self.tokens += int(len(mod))
-        for rec, task in zip(records, tasks, strict=True):
+        for k, (rec, task) in enumerate(zip(records, tasks, strict=True)):
             self.tasks[task] = self.tasks.get(task, 0) + 1
+            add_counts(self.counts, rec.counts)
+            n = unit_tokens(rec.row)
+            if n > self.longest[0]:
+                self.longest = [n, self.rows - len(records) + k, rec.source_id]
             for name, (mx, total, n) in rec.field_errors.items():
                 cur = self.field_errors.setdefault(name, [0.0, 0.0, 0])
                 cur[0] = max(cur[0], float(mx))
@@ -861,6 +868,14 @@ class _Packer:
 
 # --- statistics ----------------------------------------------------------------------------------
 
+def add_counts(into: dict[str, dict[str, int]], counts: dict[str, dict[str, int]]) -> None:
+    """Sum grouped event counts (Record.counts) into `into`."""
+    for group, by_name in counts.items():
+        target = into.setdefault(group, {})
+        for name, n in by_name.items():
+            target[name] = target.get(name, 0) + int(n)
+
+
 def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], dict[str, int]]:
     """(stats, skipped, rows per task) of the whole conversion, from unit markers in unit order."""
     rows = tokens = 0
@@ -870,7 +885,13 @@ def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], di
     tasks: dict[str, int] = {}
     skipped: list[dict] = []
     filtered = 0
+    counts: dict[str, dict[str, int]] = {}
+    longest = {"tokens": 0, "row": None, "source_id": None}
     for m in markers:
+        add_counts(counts, m.get("counts", {}))
+        n, at, sid = m.get("longest", (0, -1, None))
+        if n > longest["tokens"]:
+            longest = {"tokens": n, "row": rows + at, "source_id": sid}
         rows += m["rows"]
         tokens += m["tokens"]
         modality = [a + b for a, b in zip(modality, m["modality"], strict=True)]
@@ -900,6 +921,10 @@ def merge_stats(markers: Sequence[dict], rl: bool) -> tuple[dict, list[dict], di
         "skipped": len(skipped),
         "filtered": filtered,  # left out on purpose by the converter's own options (not errors)
     }
+    if counts:
+        stats["counts"] = {g: dict(sorted(v.items())) for g, v in sorted(counts.items())}
+    if longest["tokens"]:  # the smallest --seq-len whose sequences hold every step (or pair) whole
+        stats["longest_unit"] = longest
     if rl:
         n = ret[0]
         mean = ret[3] / n if n else None
