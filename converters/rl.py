@@ -289,6 +289,16 @@ class RLConverter:
                 "steps_per_unit": None if self.episodes_per_unit else self.steps_per_unit,
                 "min_return": self.min_return or None, **self.settings, **extra}
 
+    def notes(self, manifest) -> list[str]:
+        """Warning lines about a finished conversion: continuous actions clipped to [-1, 1]."""
+        outside = manifest.stats.get("counts", {}).get("outside_unit_range", {})
+        if not outside:
+            return []
+        fields = ", ".join(f"{name} {n:,}" for name, n in sorted(outside.items()))
+        return [f"gato-tokenize rl: warning: continuous action values outside [-1, 1] were clipped to the end bins "
+                f"({fields}); declare their range with --action-bounds NAME=LOW:HIGH, or refuse them with "
+                f"--strict-ranges"]
+
     def _final_observation(self) -> str:
         """What became of the observation after an episode's last action: Minari stores it and it
         is dropped; flat HDF5 files and episode tables hold none (one observation per action)."""
@@ -483,6 +493,10 @@ def _make_converter(args) -> RLConverter:
                        frame_stack=getattr(args, "frame_stack", "auto") or "auto",
                        strict_ranges=bool(getattr(args, "strict_ranges", False)))
     conv._sources = {s.input: s for s in sources}
+    for src in sources:
+        if getattr(src, "last_episode_cut", False):
+            print(f"gato-tokenize rl: warning: {src.path}: the last episode ({int(src.episode_lengths()[-1])} steps) "
+                  f"has no terminal or timeout flag; taken whole, as a cut-off episode", file=sys.stderr)
     return conv
 
 

@@ -139,4 +139,7 @@ def run(args) -> int:
     except UsageError as e:
         parser.error(str(e))
     print(result.summary(), file=sys.stderr)
+    notes = getattr(converter, "notes", None)  # warnings the converter reads off the finished manifest
+    for line in notes(result.manifest) if notes is not None and result.manifest is not None else ():
+        print(line, file=sys.stderr)
     return 0
