@@ -291,6 +291,34 @@ class ShardSource:
         self._ensure_open()
         return np.concatenate([np.diff(c.tok_off) for c in self._chunks]) if self._chunks else np.zeros(0, np.int64)
 
+    def longest_unit(self) -> tuple[int, int | None, str | None]:
+        """(tokens, row, source id) of the longest piece a sequence must hold whole: a timestep of
+        an RL row, a whole image-caption row; (0, None, None) for text. From the manifest's
+        statistics when the converter recorded them, else by scanning the rows' step starts."""
+        if self.kind == "text":
+            return 0, None, None
+        rec = self.manifest.stats.get("longest_unit")
+        if isinstance(rec, dict) and isinstance(rec.get("tokens"), int):
+            return rec["tokens"], rec.get("row"), rec.get("source_id")
+        self._ensure_open()
+        best, at, base = 0, None, 0
+        for ch in self._chunks:
+            rows = len(ch.tok_off) - 1
+            if self.kind == "rl":
+                nsteps = np.diff(ch.ss_off)
+                starts = ch.step_starts[ch.ss_off[0]:ch.ss_off[-1]].astype(np.int64)
+                row_of = np.repeat(np.arange(rows), nsteps)
+                ends = np.append(starts[1:], 0)
+                last = np.cumsum(nsteps) - 1  # each row's last step ends at the row's end
+                ends[last[nsteps > 0]] = np.diff(ch.tok_off)[nsteps > 0]
+                lengths, owner = ends - starts, row_of
+            else:
+                lengths, owner = np.diff(ch.tok_off), np.arange(rows)
+            if len(lengths) and int(lengths.max()) > best:
+                best, at = int(lengths.max()), base + int(owner[int(np.argmax(lengths))])
+            base += rows
+        return best, at, None
+
     def row_task(self, r: int) -> int:
         """Index of row r's task in this directory's task list."""
         self._ensure_open()
