@@ -153,5 +153,13 @@ class VocabLayout:
         a, b = self.to_dict(), other.to_dict()
         diffs = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         if diffs:
+            text = {"text_vocab_size", "eos_id"} & {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+            fix = ""
+            if text:  # the text tokenizer decides these: the usual cause of a mismatch
+                fix = ("; convert every directory with the same --text-tokenizer (re-convert the odd one out)"
+                       if against != "model" and against != "checkpoint" else
+                       "; re-convert the data with the --text-tokenizer the model was trained with")
+            elif "profile" in {k for k in a if a.get(k) != b.get(k)}:
+                fix = "; convert every directory with the same --layout-profile"
             raise LayoutError(f"layout of {what} ({self.name()}) differs from the {against}'s ({other.name()}): "
-                              + "; ".join(diffs))
+                              + "; ".join(diffs) + fix)

@@ -156,6 +156,25 @@ def test_inspect_png_shows_the_frames(minari_root, pong_episodes, tmp_path, caps
     assert tokenize(["inspect", out]) == 0
     summary = capsys.readouterr().out
     assert "frame stacks" in summary and "obs: last 1" in summary
+    assert f"tokens/step   min 27  median 27  max 27 over {STEPS}; smallest --seq-len that fits: 27" in summary
+
+
+def test_inspect_into_a_closed_pipe_still_writes_the_png(minari_root, pong_episodes, tmp_path):
+    """`inspect ... --png F | head`: the reader is gone before the listing is printed."""
+    import os
+    import subprocess
+    import sys
+    path = make_minari("pong/pipe-v0", pong_stacked(), pong_episodes[:1])
+    out, png = tmp_path / "out", tmp_path / "row.png"
+    assert tokenize(["rl", path, "--out", out, "--no-progress"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "converters.cli", "inspect", str(out), "--row", "0", "--json",
+                             "--png", str(png)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # as `head` does once it has its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert png.is_file() and png.stat().st_size > 1000
 
 
 # --- Minari Box action bounds -------------------------------------------------------------------------
