@@ -71,6 +71,15 @@ class Manifest:
     def total_tokens(self) -> int:
         return sum(s.tokens for s in self.shards)
 
+    def frame_modes(self) -> dict[str, str]:
+        """{stacked image field: `last` or `split`}: how an agent builds that field's tokens, the way
+        most of this directory's episodes were converted (counted by the RL converter)."""
+        from tokenizer_kit.frames import acting_mode
+        counts = self.stats.get("counts") or {}
+        names = set(counts.get("frame_stack_last") or {}) | set(counts.get("frame_stack_split") or {})
+        return {n: acting_mode({m: (counts.get(f"frame_stack_{m}") or {}).get(n, 0) for m in ("last", "split")})
+                for n in sorted(names)}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .errors import TokenizeError
-from .frames import FrameStack
+from .frames import FrameStack, observation_frames
 from .images import (FIT_POLICIES, PATCH_BYTES, fit_grey_frames, image_grids, image_to_patches, patch_count,
                      patch_positions, patchify, patchify_grey, unpatchify)
 from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
@@ -544,6 +544,38 @@ def decode_episode(row: Row, spec: EpisodeSpec, layout: VocabLayout, text_tokeni
             raise TokenizeError(f"step {t}: fields end at token {pos}, the step at {bounds[t + 1]}")
         steps.append((obs, act))
     return steps
+
+
+def decode_actions(ids, spec: EpisodeSpec, layout: VocabLayout) -> dict[str, np.ndarray]:
+    """One step's action ids (in token order) -> field values, in the units the source declared
+    (rescaled actions mapped back from [-1, 1] to their bounds): what an environment takes."""
+    ids = np.asarray(ids)
+    out, pos = {}, 0
+    for f in spec.actions:
+        part = ids[pos:pos + f.size]
+        pos += f.size
+        if f.kind == "discrete":
+            value = tokens_to_discrete(part, layout)
+        elif f.kind == "continuous":
+            value = tokens_to_continuous(part, layout, mu_law=False)  # actions are never companded (SPEC 2)
+            if f.bounds is not None:
+                value = from_unit_range(value, *f.bounds)
+        else:
+            raise TokenizeError(f"action field {f.name!r} of kind {f.kind!r} cannot be decoded from ids alone")
+        out[f.name] = value.reshape(f.shape or ())
+    return out
+
+
+def acting_observation(fields: Mapping, spec: EpisodeSpec, frame_modes: Mapping[str, str] | None = None) -> dict:
+    """One environment step's observation fields (each with a leading step axis of 1) made into
+    what `build_episode` takes, as the converter made them: a frame stack becomes the (1, k, H, W)
+    grey frames of `frame_modes[field]` (`last` or `split`; default last, see frames.acting_mode)."""
+    out = dict(fields)
+    for f in spec.observations:
+        if f.frame_stack is not None:
+            mode = (frame_modes or {}).get(f.name, "last")
+            out[f.name] = observation_frames(np.asarray(fields[f.name])[0], f.frame_stack, mode, f.name)[None]
+    return out
 
 
 def decode_caption(row: Row, layout: VocabLayout, text_tokenizer=None) -> tuple[list[np.ndarray], object]:

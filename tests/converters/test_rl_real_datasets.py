@@ -21,7 +21,7 @@ from schemas.manifest import Manifest
 from schemas.shard import row_from_table
 from converters.shard_dir import ShardDir
 from tokenizer_kit.frames import FrameStack, detect, episode_frames, holds_last, observation_frames
-from tokenizer_kit.sequence import EpisodeSpec, build_episode, decode_episode
+from tokenizer_kit.sequence import EpisodeSpec, acting_observation, build_episode, decode_actions, decode_episode
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -142,6 +142,13 @@ def test_ale_frame_stacks_decode_back_exactly(minari_root, pong_episodes, tmp_pa
             assert int(act["action"]) == int(ep["actions"][t])
         patches_per_frame = 36
         assert len(row.patches) == len(stacks) * patches_per_frame * (1 if taken == "last" else 4)
+        # an agent builds step t from the env's observation exactly as the row holds it
+        assert m.frame_modes() == {"obs": taken}
+        t = 5
+        one = build_episode(acting_observation({"obs": stacks[t][None]}, spec, m.frame_modes()), None, spec,
+                            m.vocab_layout)
+        n = len(one.patches)
+        assert np.array_equal(row.patches[t * n:(t + 1) * n], one.patches)
 
 
 def test_inspect_png_shows_the_frames(minari_root, pong_episodes, tmp_path, capsys):
@@ -204,6 +211,10 @@ def test_minari_box_bounds_rescale_actions_and_decode_back_within_a_bin(minari_r
     for row, ep in zip(rows(out), eps, strict=True):
         got = np.array([a["action"] for _, a in decode_episode(row, spec, m.vocab_layout)]).reshape(-1)
         assert np.abs(got - ep["actions"].reshape(-1)).max() <= bin_width
+        # what rollout calls on sampled ids: the same values, in the env's units
+        ids = row.tokens[row.loss_mask.astype(bool)]
+        acted = np.array([decode_actions(ids[t:t + 1], spec, m.vocab_layout)["action"] for t in range(len(ids))])
+        assert np.array_equal(acted.reshape(-1), got)
     assert m.stats["field_errors"]["action"]["max"] <= bin_width / 2 + 1e-6
 
 
