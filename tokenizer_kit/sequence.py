@@ -383,6 +383,21 @@ def _assemble(blocks: list[_Block], steps: int, layout: VocabLayout, action_loca
     return row
 
 
+def patch_span(tokens: np.ndarray, start: int, stop: int, num_patches: int | None = None) -> tuple[int, int]:
+    """[first, last) indices into a row's patches of the image slots among tokens [start, stop).
+
+    Slots before `start` are counted from the shorter side of the row when the row's patch count
+    is known (a window near a long row's end costs its tail, not its head)."""
+    tokens = np.asarray(tokens)
+    if num_patches == 0:
+        return 0, 0
+    if num_patches is not None and start > len(tokens) - start:
+        first = num_patches - int(np.count_nonzero(tokens[start:] == PATCH_SLOT))
+    else:
+        first = int(np.count_nonzero(tokens[:start] == PATCH_SLOT))
+    return first, first + int(np.count_nonzero(tokens[start:stop] == PATCH_SLOT))
+
+
 def step_lengths(step_starts: np.ndarray, row_tokens: int) -> np.ndarray:
     """Tokens of each timestep of a row (int64), from its step starts and its length."""
     starts = np.asarray(step_starts, dtype=np.int64)

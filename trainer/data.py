@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from schemas.manifest import Manifest
 from schemas.shard import PATCH_BYTES, ROW_COLUMNS, open_shard
-from tokenizer_kit.layout import PATCH_SLOT, VocabLayout
+from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.sequence import patch_span
 
 from .batch import Batch, Sample, collate
 from .sharding import assign_rows, directory_seed
@@ -363,16 +364,8 @@ def randint(rng: np.random.Generator, n: int) -> int:
 
 
 def _patch_range(view: RowView, a: int, b: int) -> tuple[int, int]:
-    """Patches of the slots in tokens [a, b): count -1 slots before a (from the shorter side)."""
-    n_p = len(view.patches)
-    if n_p == 0:
-        return 0, 0
-    n = len(view.tokens)
-    if a <= n - a:
-        p0 = int(np.count_nonzero(view.tokens[:a] == PATCH_SLOT))
-    else:
-        p0 = n_p - int(np.count_nonzero(view.tokens[a:] == PATCH_SLOT))
-    return p0, p0 + int(np.count_nonzero(view.tokens[a:b] == PATCH_SLOT))
+    """Patches of the slots in tokens [a, b) (tokenizer_kit's one rule for a span's patches)."""
+    return patch_span(view.tokens, a, b, len(view.patches))
 
 
 def assemble(src: ShardSource, parts: list[Part], task_id: int) -> Sample:

@@ -21,8 +21,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, Row, acting_observation, build_caption_row, build_episode
+from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, TEXT, VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, Row, acting_observation, build_caption_row, build_episode, patch_span
 from tokenizer_kit.sequence import decode_actions as decode_action_ids
 
 from .batch import Sample, collate
@@ -36,11 +36,9 @@ def slice_steps(row: Row, start: int, stop: int) -> Row:
     """Timesteps [start, stop) of an episode row, with their patches."""
     bounds = np.append(row.step_starts, len(row.tokens)).astype(np.int64)
     a, b = int(bounds[start]), int(bounds[stop])
-    slots_before = np.count_nonzero(row.tokens[:a] == PATCH_SLOT)
-    n_patches = np.count_nonzero(row.tokens[a:b] == PATCH_SLOT)
+    p0, p1 = patch_span(row.tokens, a, b, len(row.patches))
     return Row(row.tokens[a:b], row.loss_mask[a:b], row.local_pos[a:b], row.modality[a:b],
-               (row.step_starts[start:stop] - a).astype(np.int32),
-               row.patches[slots_before:slots_before + n_patches], row.patch_pos[slots_before:slots_before + n_patches])
+               (row.step_starts[start:stop] - a).astype(np.int32), row.patches[p0:p1], row.patch_pos[p0:p1])
 
 
 def concat_rows(rows: Sequence[Row]) -> Row:
@@ -278,7 +276,7 @@ class Agent:
 
 def slice_tokens(row: Row, n: int) -> Row:
     """The first n tokens of a context row (with their patches)."""
-    k = int(np.count_nonzero(row.tokens[:n] == PATCH_SLOT))
+    _, k = patch_span(row.tokens, 0, n)
     return Row(row.tokens[:n], row.loss_mask[:n], row.local_pos[:n], row.modality[:n],
                patches=row.patches[:k], patch_pos=row.patch_pos[:k])
 
