@@ -198,13 +198,20 @@ def test_d4rl_observation_group_is_a_dict_of_fields(tmp_path):
                      {"action": ep["actions"]}, c.spec, c.layout)
 
 
-def test_d4rl_last_episode_without_flags_is_kept(tmp_path):
+def test_d4rl_last_episode_without_flags_is_kept_and_said(tmp_path, capsys):
     eps = rollouts(gym.make("CartPole-v1"), 3, 200, seed=5)  # random CartPole falls long before 200
     path = write_d4rl(tmp_path / "cut.hdf5", eps, timeouts_last=False)
+    c, recs = convert([path])
+    assert "warning" not in capsys.readouterr().err and "last_episode_cut" not in c.options()
     with h5py.File(path, "a") as f:
         f["terminals"][-1] = False  # the last episode has no flag at all
     c, recs = convert([path])
     assert [r.num_steps for r in recs] == [len(ep["actions"]) for ep in eps]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gato-tokenize rl: warning: {path}: the last episode ({len(eps[-1]['actions'])} steps) has no "
+                   "terminal or timeout flag; taken whole, as a cut-off episode"]
+    assert c.options()["last_episode_cut"] == [str(path)]
+    assert c.options()["final_observation"] == "none in the source"
 
 
 # --- episode tables --------------------------------------------------------------------------------
