@@ -79,6 +79,14 @@ def mosaic(images: list[np.ndarray], min_size: int = 96, columns: int = 10, pad:
 
 def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.ndarray]], title: str) -> None:
     """Write a PNG: the row's images (labelled) over its token strip with a legend."""
+    import matplotlib.pyplot as plt
+    fig = row_figure(row, images, title)
+    fig.savefig(path, dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def row_figure(row: Row, images: list[tuple[str, np.ndarray]], title: str):
+    """The figure `render_row` writes (matplotlib Agg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -127,5 +135,4 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
     # placed in inches from the top: suptitle's default (2% of the height) falls into the images of a tall figure
     fig.suptitle(title, fontsize=11, y=1 - 0.15 / (sum(heights) + 1.2), va="top")
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    return fig
