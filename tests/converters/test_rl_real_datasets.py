@@ -363,3 +363,24 @@ def test_step_too_long_for_seq_len_is_refused(pong_episodes, tmp_path, capsys, m
     del d["stats"]["longest_unit"]
     (out / "manifest.json").write_text(json.dumps(d))
     assert ShardSource(str(out)).longest_unit()[:2] == (102, 0)
+
+
+def test_flat_hdf5_channel_first_stacks_are_frames_not_discrete_values(pong_episodes, tmp_path):
+    """(N, 4, 84, 84) uint8 observations in a D4RL-style file: once typed as 28,224 discrete values."""
+    import h5py
+    path = tmp_path / "pong.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"] = np.concatenate([ep["observations"][:-1] for ep in pong_episodes])
+        f["actions"] = np.concatenate([ep["actions"] for ep in pong_episodes])
+        f["rewards"] = np.concatenate([ep["rewards"] for ep in pong_episodes]).astype(np.float32)
+        f["terminals"] = np.concatenate([ep["terminations"] for ep in pong_episodes])
+        f["timeouts"] = np.concatenate([ep["truncations"] for ep in pong_episodes])
+    out = tmp_path / "out"
+    assert tokenize(["rl", path, "--out", out, "--image-size", "96x96", "--image-fit", "pad", "--no-progress"]) == 0
+    m = Manifest.read(out)
+    spec = EpisodeSpec.from_dict(m.episode_spec)
+    assert (spec.observations[0].kind, spec.observations[0].shape) == ("image", (96, 96))
+    assert m.stats["counts"] == {"frame_stack_last": {"obs": 2}}
+    for row, ep in zip(rows(out), pong_episodes, strict=True):
+        got = np.stack([o["obs"][0, :84, :84] for o, _ in decode_episode(row, spec, m.vocab_layout)])
+        assert np.array_equal(got, ep["observations"][:-1, -1])
