@@ -63,8 +63,12 @@ def step_tokens(sd: ShardDir) -> dict | None:
     if not pieces:
         return None  # text: any crop of a document has targets
     x = np.concatenate(pieces)
-    return {"unit": "step" if (sd.manifest is None or sd.manifest.episode_spec) else "pair", "count": int(len(x)),
-            "min": int(x.min()), "median": float(np.median(x)), "max": int(x.max()), "min_seq_len": int(x.max())}
+    rl = sd.manifest is None or bool(sd.manifest.episode_spec)
+    longest = int(x.max())
+    # an RL sequence given a prompt (a quarter of --seq-len by default) keeps L + 1 - L // 4 tokens for its window
+    prompted = next(n for n in range(longest, 2 * longest + 8) if n + 1 - n // 4 >= longest) if rl else longest
+    return {"unit": "step" if rl else "pair", "count": int(len(x)), "min": int(x.min()), "median": float(np.median(x)),
+            "max": longest, "min_seq_len": longest, "min_seq_len_with_prompts": prompted}
 
 
 def _frame_stacks(stats: dict) -> dict | None:
@@ -281,8 +285,10 @@ def format_summary(s: dict) -> str:
                            if isinstance(v, (int, float))))
     st = s.get("step_tokens")
     if st:
+        prompts = (f" ({st['min_seq_len_with_prompts']:,} for prompted sequences too)"
+                   if st["min_seq_len_with_prompts"] != st["min_seq_len"] else "")
         kv(f"tokens/{st['unit']}", f"min {st['min']:,}  median {st['median']:g}  max {st['max']:,} over "
-                                  f"{st['count']:,}; smallest --seq-len that fits: {st['min_seq_len']:,}")
+                                  f"{st['count']:,}; smallest --seq-len that fits: {st['min_seq_len']:,}{prompts}")
     if s.get("frame_stacks"):
         kv("frame stacks", "  ".join(f"{name}: last {v['last']}, split {v['split']} episodes"
                                      for name, v in sorted(s["frame_stacks"].items())))

@@ -163,7 +163,8 @@ def test_inspect_png_shows_the_frames(minari_root, pong_episodes, tmp_path, caps
     assert tokenize(["inspect", out]) == 0
     summary = capsys.readouterr().out
     assert "frame stacks" in summary and "obs: last 1" in summary
-    assert f"tokens/step   min 27  median 27  max 27 over {STEPS}; smallest --seq-len that fits: 27" in summary
+    assert (f"tokens/step   min 27  median 27  max 27 over {STEPS}; smallest --seq-len that fits: 27 "
+            "(34 for prompted sequences too)") in summary  # 34 + 1 - 34 // 4 = 27; 33 + 1 - 8 = 26
 
 
 def test_inspect_into_a_closed_pipe_still_writes_the_png(minari_root, pong_episodes, tmp_path):
