@@ -43,6 +43,8 @@ class Record:
     field_errors: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # name: (max, sum, count)
     skip_reason: str | None = None
     filtered: bool = False
+    # events the manifest counts, by group and name: e.g. {"frame_stack_last": {"obs": 1}}
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Converter(Protocol):

@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - Pillow alone still converts everything
     simplejpeg = None
 
 from tokenizer_kit.images import FIT_POLICIES, MAX_PIXELS, fit_image, patch_positions, patchify
-from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
+from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SIZE, PATCH_SLOT, TEXT, VocabLayout
 from tokenizer_kit.sequence import Row
 from tokenizer_kit.text import TextTokenizer
 
@@ -70,8 +70,9 @@ def parse_image_size(text: str) -> tuple[int, int] | None:
         h, w = (int(v) for v in text.lower().split("x")) if "x" in text.lower() else (int(text),) * 2
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N, HxW or native, got {text!r}") from None
-    if h <= 0 or w <= 0 or h % 16 or w % 16:
-        raise argparse.ArgumentTypeError(f"image size {h}x{w} must be positive multiples of the 16-pixel patch")
+    if h <= 0 or w <= 0 or h % PATCH_SIZE or w % PATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"image size {h}x{w} must be positive multiples of the "
+                                         f"{PATCH_SIZE}-pixel patch")
     return h, w
 
 

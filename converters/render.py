@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, MODALITY_NAMES, SEPARATOR, TEXT
+from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, MODALITY_NAMES, PATCH_SIZE, SEPARATOR, TEXT
 from tokenizer_kit.sequence import Row
 
 # (context colour, target colour) per modality
@@ -79,6 +79,14 @@ def mosaic(images: list[np.ndarray], min_size: int = 96, columns: int = 10, pad:
 
 def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.ndarray]], title: str) -> None:
     """Write a PNG: the row's images (labelled) over its token strip with a legend."""
+    import matplotlib.pyplot as plt
+    fig = row_figure(row, images, title)
+    fig.savefig(path, dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def row_figure(row: Row, images: list[tuple[str, np.ndarray]], title: str):
+    """The figure `render_row` writes (matplotlib Agg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -108,7 +116,7 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
         for (label, _), (x, y) in zip(images, corners, strict=True):
             ax.text(x, y - 2, label, fontsize=8, va="bottom")
         ax.set_axis_off()
-        ax.set_title("images reassembled from their 16x16 patches", fontsize=10, pad=14)
+        ax.set_title(f"images reassembled from their {PATCH_SIZE}x{PATCH_SIZE} patches", fontsize=10, pad=14)
     ax = fig.add_subplot(grid[-1])
     ax.imshow(strip, interpolation="nearest")
     ax.set_yticks(np.arange(len(lines)) * CELL_H + CELL_H / 2, [lab for lab, _, _ in lines], fontsize=7)
@@ -125,6 +133,6 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
                      label=f"{MODALITY_NAMES[m]}{' (loss target: dark, bar)' if t else ''}")
                for m, t in sorted(present)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    # placed in inches from the top: suptitle's default (2% of the height) falls into the images of a tall figure
+    fig.suptitle(title, fontsize=11, y=1 - 0.15 / (sum(heights) + 1.2), va="top")
+    return fig

@@ -3,7 +3,9 @@
 Readers (converters/rl_sources) turn each format into flat named fields with T steps each; this
 module decides how every field is tokenised (an `EpisodeSpec`, recorded in the manifest so rows
 decode back), filters episodes by return, and builds one row per episode with
-`tokenizer_kit.sequence.build_episode`. Observations are mu-law companded, actions clipped (SPEC 2).
+`tokenizer_kit.sequence.build_episode`. Observations are mu-law companded; continuous actions are
+rescaled to [-1, 1] from their declared bounds where there are any, and values still outside are
+counted (SPEC 2 clips them). Frame stacks become grey frames (tokenizer_kit.frames).
 Work units are contiguous episode ranges of one input, so workers share a dataset and the order
 of rows is deterministic.
 """
@@ -20,10 +22,13 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from tokenizer_kit.errors import TokenizeError, locate
-from tokenizer_kit.images import FIT_POLICIES, fitted_size
+from tokenizer_kit.frames import MODES as FRAME_MODES
+from tokenizer_kit.frames import detect as detect_stack
+from tokenizer_kit.frames import episode_frames
+from tokenizer_kit.images import FIT_POLICIES, PATCH_SIZE, fitted_size
 from tokenizer_kit.layout import CONTINUOUS, VocabLayout
 from tokenizer_kit.sequence import KINDS, EpisodeSpec, FieldSpec, build_episode
-from tokenizer_kit.values import bins_to_continuous
+from tokenizer_kit.values import bins_to_continuous, from_unit_range, outside_unit_range, to_unit_range
 
 from .base import Record, SourceError, WorkUnit
 from .rl_sources import SOURCE_KINDS, FieldInfo, RawEpisode, Source, expand_inputs, open_source
@@ -61,6 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "nearest multiples of 16 of the dataset's frames)")
     g.add_argument("--action-local-pos", action="store_true",
                    help="give action tokens one shared local position (default: none, as in the paper)")
+    g.add_argument("--frame-stack", choices=FRAME_MODES, default="auto",
+                   help="image observations that stack grey frames ((C,H,W), or (H,W,C) with C not 1 or 3): "
+                        "last keeps each step's newest frame, split keeps every frame as its own image (oldest "
+                        "first), auto (default) takes last for episodes where it loses nothing, else split")
+    g.add_argument("--action-bounds", action="append", default=[], type=_pair, metavar="NAME=LOW:HIGH",
+                   help="declared range of continuous action NAME: rescaled from it to [-1, 1] (default: the "
+                        "bounds the source declares, e.g. a Minari Box; none: values are taken as they are)")
+    g.add_argument("--strict-ranges", action="store_true",
+                   help="an episode with continuous actions outside [-1, 1] (after rescaling) is a bad record "
+                        "(skipped, or an error with --on-error fail) instead of a warning")
+    g.add_argument("--field-loss", action="append", default=[], type=_pair, metavar="NAME=on|off",
+                   help="off: a text observation NAME stays in the context but is no training target "
+                        "(e.g. a mission repeated at every step)")
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -69,8 +87,9 @@ def _image_size(text: str) -> tuple[int, int]:
         size = (int(h), int(w or h))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW or N, got {text!r}") from None
-    if min(size) <= 0 or size[0] % 16 or size[1] % 16:
-        raise argparse.ArgumentTypeError(f"image size {text!r}: sides must be positive multiples of the 16-pixel patch")
+    if min(size) <= 0 or size[0] % PATCH_SIZE or size[1] % PATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: sides must be positive multiples of the "
+                                         f"{PATCH_SIZE}-pixel patch")
     return size
 
 
@@ -122,16 +141,24 @@ def _layout_and_tokenizer(args):
 
 def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict[str, str],
                mu_law: dict[str, bool], image_fit: str = "resize", action_local_pos: bool = False,
-               image_size: tuple[int, int] | None = None) -> EpisodeSpec:
-    """Fields as the reader found them, with --field and --mu-law overrides applied."""
+               image_size: tuple[int, int] | None = None, field_loss: dict[str, bool] | None = None,
+               action_bounds: dict[str, tuple[float, float]] | None = None) -> EpisodeSpec:
+    """Fields as the reader found them, with --field, --mu-law, --field-loss and --action-bounds
+    applied. An image field whose steps stack grey frames keeps that stack's geometry; a continuous
+    action field with declared finite bounds other than [-1, 1] is rescaled from them."""
+    field_loss, action_bounds = field_loss or {}, action_bounds or {}
+
     def spec(info: FieldInfo, is_obs: bool) -> FieldSpec | None:
         kind = kinds.get(info.name, info.kind)
         if kind == IGNORE:
             return None
-        shape = info.shape
+        shape, stack, bounds = info.shape, None, None
         if kind == "image":
             if not is_obs:
                 _usage(f"field {info.name!r}: actions cannot be images")
+            stack = detect_stack(shape, np.uint8)
+            if stack is not None:
+                shape = (stack.height, stack.width)
             if image_size is not None:
                 shape = tuple(image_size)
             elif shape is None or len(shape) < 2:
@@ -140,7 +167,12 @@ def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict
                 shape = fitted_size(shape[0], shape[1], image_fit)
         elif kind == "text":
             shape = None
-        return FieldSpec(info.name, kind, shape, is_obs and mu_law.get(info.name, True), image_fit)
+        if kind == "continuous" and not is_obs:
+            bounds = action_bounds.get(info.name, info.bounds)
+            if bounds is not None and all(lo == -1.0 for lo in bounds[0]) and all(hi == 1.0 for hi in bounds[1]):
+                bounds = None  # already the bins' range: nothing to rescale
+        return FieldSpec(info.name, kind, shape, is_obs and mu_law.get(info.name, True), image_fit, stack,
+                         field_loss.get(info.name, True), bounds)
 
     observations = tuple(f for f in (spec(i, True) for i in obs.values()) if f is not None)
     actions = tuple(f for f in (spec(i, False) for i in act.values()) if f is not None)
@@ -149,8 +181,18 @@ def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict
     return EpisodeSpec(observations, actions, action_local_pos)
 
 
-def _check_overrides(known: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict, mu_law: dict) -> None:
+def _check_overrides(known: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict, mu_law: dict,
+                     field_loss: dict | None = None, action_bounds: dict | None = None) -> None:
     names = sorted(known)
+    for name in field_loss or {}:
+        if name not in known:
+            _usage(f"--field-loss {name}: no field {name!r} (fields: {', '.join(names)})")
+        if name in act or kinds.get(name, known[name].kind) != "text":
+            _usage(f"--field-loss {name}: only text observations can be kept out of the loss "
+                   f"(actions are always targets, other observations never)")
+    for name in action_bounds or {}:
+        if name not in act or kinds.get(name, act[name].kind) != "continuous":
+            _usage(f"--action-bounds {name}: not a continuous action field (actions: {', '.join(sorted(act))})")
     for name, kind in kinds.items():
         if name not in known:
             _usage(f"--field {name}={kind}: no field {name!r} (fields: {', '.join(names)})")
@@ -174,7 +216,7 @@ class RLConverter:
     def __init__(self, inputs: Sequence[str], spec: EpisodeSpec, layout: VocabLayout, *, source_kind: str = "auto",
                  text_tokenizer=None, task: str | None = None, min_return: dict[str, float] | None = None,
                  episodes_per_unit: int | None = None, steps_per_unit: int = STEPS_PER_UNIT,
-                 settings: dict | None = None):
+                 settings: dict | None = None, frame_stack: str = "auto", strict_ranges: bool = False):
         self.inputs = list(inputs)
         self.spec = spec
         self.layout = layout
@@ -185,6 +227,8 @@ class RLConverter:
         self.episodes_per_unit = episodes_per_unit
         self.steps_per_unit = steps_per_unit
         self.settings = dict(settings or {})
+        self.frame_stack = frame_stack
+        self.strict_ranges = strict_ranges
         self._sources: dict[str, Source] = {}  # by input
         self._input_of: dict[str, str] = {}  # the path a source reads -> its input
         self._centres: dict[bool, np.ndarray] = {}
@@ -232,10 +276,36 @@ class RLConverter:
         return ranges
 
     def options(self) -> dict:
+        extra = {}
+        if any(f.frame_stack is not None for f in self.spec.observations):
+            extra["frame_stack"] = self.frame_stack
+        if any(f.kind == "continuous" for f in self.spec.actions):
+            extra["strict_ranges"] = self.strict_ranges
+        cut = [s.path for s in self._sources.values() if getattr(s, "last_episode_cut", False)]
+        if cut:
+            extra["last_episode_cut"] = sorted(cut)  # ends with no terminal/timeout flag: taken as it is
         return {"episode_spec": self.spec.to_dict(), "source": self.source_kind,
-                "final_observation": "dropped", "episodes_per_unit": self.episodes_per_unit,
+                "final_observation": self._final_observation(), "episodes_per_unit": self.episodes_per_unit,
                 "steps_per_unit": None if self.episodes_per_unit else self.steps_per_unit,
-                "min_return": self.min_return or None, **self.settings}
+                "min_return": self.min_return or None, **self.settings, **extra}
+
+    def notes(self, manifest) -> list[str]:
+        """Warning lines about a finished conversion: continuous actions clipped to [-1, 1]."""
+        outside = manifest.stats.get("counts", {}).get("outside_unit_range", {})
+        if not outside:
+            return []
+        fields = ", ".join(f"{name} {n:,}" for name, n in sorted(outside.items()))
+        return [f"gato-tokenize rl: warning: continuous action values outside [-1, 1] were clipped to the end bins "
+                f"({fields}); declare their range with --action-bounds NAME=LOW:HIGH, or refuse them with "
+                f"--strict-ranges"]
+
+    def _final_observation(self) -> str:
+        """What became of the observation after an episode's last action: Minari stores it and it
+        is dropped; flat HDF5 files and episode tables hold none (one observation per action)."""
+        kinds = {type(self.source(i)).__name__ for i in self.inputs}
+        if kinds == {"MinariSource"}:
+            return "dropped"
+        return "none in the source" if "MinariSource" not in kinds else "dropped where stored"
 
     def convert_unit(self, unit: WorkUnit) -> Iterator[Record]:
         src = self.source(unit.path)
@@ -270,11 +340,40 @@ class RLConverter:
         if threshold is not None and episode_return < threshold:
             # left out by --min-return: counted in the manifest, not an error
             return Record(sid, task=task, episode_return=episode_return, filtered=True)
-        observations = {f.name: _as_rgb(raw.observations[f.name]) if f.kind == "image" else raw.observations[f.name]
-                        for f in self.spec.observations}
+        counts: dict[str, dict[str, int]] = {}
+        observations = {}
+        for f in self.spec.observations:
+            value = raw.observations[f.name]
+            if f.frame_stack is not None:
+                value, taken = episode_frames(value, f.frame_stack, self.frame_stack, f.name)
+                counts[f"frame_stack_{taken}"] = {f.name: 1}
+            elif f.kind == "image":
+                value = _as_rgb(value)
+            observations[f.name] = value
+        outside = self._outside(raw.actions, steps)
+        if outside:
+            counts["outside_unit_range"] = {name: n for name, (n, _) in outside.items()}
+            if self.strict_ranges:
+                name, (n, where) = next(iter(outside.items()))
+                raise TokenizeError(f"field {name!r}: {n} values outside [-1, 1] after rescaling, the first at "
+                                    f"{where} (--strict-ranges; declare its range with --action-bounds)")
         row = build_episode(observations, raw.actions, self.spec, self.layout, self.text_tokenizer)
         return Record(sid, row=row, task=task, num_steps=steps, episode_return=episode_return,
-                      field_errors=self._field_errors(row, observations, raw.actions, steps))
+                      field_errors=self._field_errors(row, observations, raw.actions, steps), counts=counts)
+
+    def _outside(self, actions: dict, steps: int) -> dict[str, tuple[int, str]]:
+        """{field: (values outside [-1, 1] after rescaling, where the first is)} of continuous actions."""
+        out = {}
+        for f in self.spec.actions:
+            if f.kind != "continuous":
+                continue
+            x = np.asarray(actions[f.name])
+            if f.bounds is not None:
+                x = to_unit_range(x.reshape(steps, -1), *f.bounds, field=f.name)
+            bad = outside_unit_range(x)
+            if bad.any():
+                out[f.name] = (int(np.count_nonzero(bad)), locate(x, bad))
+        return out
 
     def _field_errors(self, row, observations: dict, actions: dict, steps: int) -> dict[str, tuple[float, float, int]]:
         """(max, sum, count) of |x - decode(token)| per continuous field: what
@@ -291,7 +390,10 @@ class RLConverter:
             if mu_law not in self._centres:
                 self._centres[mu_law] = bins_to_continuous(np.arange(self.layout.num_bins), self.layout, mu_law)
             x = np.asarray(values).reshape(steps, -1)
-            err = np.abs(x - self._centres[mu_law][bins[:, col:col + x.shape[1]]])
+            decoded = self._centres[mu_law][bins[:, col:col + x.shape[1]]]
+            if f.bounds is not None:  # compared in the action's own units
+                decoded = from_unit_range(decoded, *f.bounds)
+            err = np.abs(x - decoded)
             col += x.shape[1]
             errors[f.name] = (float(err.max()) if err.size else 0.0, float(err.sum()), int(err.size))
         return errors
@@ -343,10 +445,26 @@ def _make_converter(args) -> RLConverter:
         if value.lower() not in ("on", "off"):
             _usage(f"--mu-law {name}={value}: expected on or off")
         mu_law[name] = value.lower() == "on"
-    _check_overrides({**obs, **act}, act, kinds, mu_law)
+    field_loss = {}
+    for name, value in getattr(args, "field_loss", None) or []:
+        if value.lower() not in ("on", "off"):
+            _usage(f"--field-loss {name}={value}: expected on or off")
+        field_loss[name] = value.lower() == "on"
+    bounds = {}
+    for name, value in getattr(args, "action_bounds", None) or []:
+        low, _, high = value.partition(":")
+        try:
+            lo, hi = float(low), float(high)
+        except ValueError:
+            lo = hi = float("nan")
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            _usage(f"--action-bounds {name}={value}: expected LOW:HIGH, finite numbers with LOW < HIGH")
+        bounds[name] = ((lo,), (hi,))
+    _check_overrides({**obs, **act}, act, kinds, mu_law, field_loss, bounds)
     fit = getattr(args, "image_fit", "resize")
     image_size = getattr(args, "image_size", None)
-    spec = build_spec(obs, act, kinds, mu_law, fit, bool(getattr(args, "action_local_pos", False)), image_size)
+    spec = build_spec(obs, act, kinds, mu_law, fit, bool(getattr(args, "action_local_pos", False)), image_size,
+                      field_loss, bounds)
     text = [f.name for f in spec.observations + spec.actions if f.kind == "text"]
     if text and tok is None:
         _usage(f"field {text[0]!r} is text: pass --text-tokenizer MODEL (or --field {text[0]}=ignore)")
@@ -371,8 +489,14 @@ def _make_converter(args) -> RLConverter:
                        task=getattr(args, "task", None), min_return=thresholds, episodes_per_unit=per_unit,
                        steps_per_unit=steps_per_unit,
                        settings={"fields": kinds or None, "mu_law": mu_law or None, "image_fit": fit,
-                                 "min_return_fraction": fraction})
+                                 "min_return_fraction": fraction},
+                       frame_stack=getattr(args, "frame_stack", "auto") or "auto",
+                       strict_ranges=bool(getattr(args, "strict_ranges", False)))
     conv._sources = {s.input: s for s in sources}
+    for src in sources:
+        if getattr(src, "last_episode_cut", False):
+            print(f"gato-tokenize rl: warning: {src.path}: the last episode ({int(src.episode_lengths()[-1])} steps) "
+                  f"has no terminal or timeout flag; taken whole, as a cut-off episode", file=sys.stderr)
     return conv
 
 

@@ -71,6 +71,16 @@ class ReturnStats:
 
 
 @dataclass
+class LongestUnit:
+    """The longest piece of a row a training sequence must hold whole (a timestep, or a caption
+    pair): the smallest --seq-len whose sequences carry targets from every row."""
+
+    tokens: int
+    row: int
+    source_id: str | None
+
+
+@dataclass
 class Stats:
     """The keys of `Manifest.stats` (a plain dict in the file; `Stats.from_dict` reads it typed)."""
 
@@ -126,6 +136,15 @@ class Manifest:
     @property
     def total_tokens(self) -> int:
         return sum(s.tokens for s in self.shards)
+
+    def frame_modes(self) -> dict[str, str]:
+        """{stacked image field: `last` or `split`}: how an agent builds that field's tokens, the way
+        most of this directory's episodes were converted (counted by the RL converter)."""
+        from tokenizer_kit.frames import acting_mode
+        counts = self.stats.get("counts") or {}
+        names = set(counts.get("frame_stack_last") or {}) | set(counts.get("frame_stack_split") or {})
+        return {n: acting_mode({m: (counts.get(f"frame_stack_{m}") or {}).get(n, 0) for m in ("last", "split")})
+                for n in sorted(names)}
 
     def to_dict(self) -> dict:
         return asdict(self)

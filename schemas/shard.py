@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 
 from tokenizer_kit.files import atomic_path
+from tokenizer_kit.layout import PATCH_BYTES  # noqa: F401  (re-exported: the one patch geometry)
 from tokenizer_kit.sequence import Row
 
 SCHEMA_VERSION = 1
-PATCH_BYTES = 16 * 16 * 3
 SHARD_PATTERN = "shard-{:05d}.arrow"
 UNIT_SHARD_PATTERN = "shard-{:05d}-{:03d}.arrow"  # what the writer makes: work unit index, piece of that unit
 SHARD_NAME_RE = r"^shard-\d+(-\d+)?\.arrow$"  # either name

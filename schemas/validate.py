@@ -207,7 +207,8 @@ def _validate_tokens(table: pa.Table, layout: VocabLayout) -> list[Problem]:
         return rep.problems
     mask = cols["loss_mask"].astype(np.uint8, copy=False)
     pos, mod = cols["local_pos"], cols["modality"]
-    if not _check_values(rep, tokens, off, mask, pos, mod, layout):
+    episode_rows = np.diff(_flat(table.column("step_starts"))[1]) > 0
+    if not _check_values(rep, tokens, off, mask, pos, mod, layout, episode_rows):
         return rep.problems
 
     slot_at = np.flatnonzero(tokens == PATCH_SLOT)
@@ -272,9 +273,12 @@ _LEAST_MASK = np.array([1, 0, 0, 0, 0], np.uint8)
 _MOST_MASK = np.array([1, 0, 1, 1, 0], np.uint8)
 
 
-def _check_values(rep: _Report, tokens, off, mask, pos, mod, layout: VocabLayout) -> bool:
+def _check_values(rep: _Report, tokens, off, mask, pos, mod, layout: VocabLayout,
+                  episode_rows: np.ndarray | None = None) -> bool:
     """Modality codes, ids in their modality's range, loss mask per modality, local positions in
-    range, token by token. False when the modality codes are unknown (nothing else can be checked)."""
+    range, token by token. False when the modality codes are unknown (nothing else can be checked).
+    Text without loss is allowed only in episode rows (`episode_rows`, bool per row), whose
+    observation text may be kept out of the loss; _check_steps rules on it there."""
     if len(mod) and int(mod.max()) > SEPARATOR:
         bad_mod = mod > SEPARATOR
         rep.rows(_rows_of(bad_mod, off), "modality", f"unknown modality code (max {int(mod.max())})")
@@ -306,7 +310,11 @@ def _check_values(rep: _Report, tokens, off, mask, pos, mod, layout: VocabLayout
             rep.rows(_rows_of(wrong_mask, off), "loss_mask", "loss on an image patch or separator")
         text_unmasked = (mod == TEXT) & (mask != 1)
         if text_unmasked.any():
-            rep.rows(_rows_of(text_unmasked, off), "loss_mask", "text token without loss")
+            rows = _rows_of(text_unmasked, off)
+            if episode_rows is not None:
+                rows = rows[~episode_rows[rows]]
+            if len(rows):
+                rep.rows(rows, "loss_mask", "text token without loss")
     if len(pos) and (int(pos.min()) < NO_POSITION or int(pos.max()) >= layout.local_positions):
         bad_pos = (pos < NO_POSITION) | (pos >= layout.local_positions)
         rep.rows(_rows_of(bad_pos, off), "local_pos", f"outside [-1, {layout.local_positions})")
@@ -532,7 +540,7 @@ def _valid_pattern_slots(layout: VocabLayout, mod: bytes, mask: bytes, pos: byte
     rep = _Report(None)
     off = np.array([0, len(mod_a)])
     tokens = _id_ranges(layout)[0][mod_a]  # ids are checked per step position, apart from this
-    if not _check_values(rep, tokens, off, mask_a, pos_a, mod_a, layout) or rep.problems:
+    if not _check_values(rep, tokens, off, mask_a, pos_a, mod_a, layout, np.ones(1, bool)) or rep.problems:
         return None
     z = np.zeros(1, np.int64)
     _check_steps(rep, off, z, np.array([0, 1]), np.ones(1, np.int64), z, mod_a, mask_a, pos_a, layout)

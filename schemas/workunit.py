@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from .manifest import FieldError, ReturnStats, ShardInfo, SkippedRecord, Stats
+from .manifest import FieldError, LongestUnit, ReturnStats, ShardInfo, SkippedRecord, Stats
 
 WORK_DIR = ".work"
 PLAN_NAME = f"{WORK_DIR}/plan.json"
@@ -97,6 +97,14 @@ class ReturnSums:
         return math.isfinite(self.mean) and math.isfinite(self.m2)
 
 
+def add_counts(into: dict[str, dict[str, int]], counts: dict[str, dict[str, int]]) -> None:
+    """Sum grouped event counts (a converter's `Record.counts`) into `into`."""
+    for group, by_name in counts.items():
+        target = into.setdefault(group, {})
+        for name, n in by_name.items():
+            target[name] = target.get(name, 0) + int(n)
+
+
 @dataclass
 class UnitStats:
     rows: int = 0
@@ -106,11 +114,14 @@ class UnitStats:
     returns: ReturnSums = field(default_factory=ReturnSums)
     rows_per_task: dict[str, int] = field(default_factory=dict)
     filtered: int = 0  # left out on purpose by a converter option (e.g. RL --min-return)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # converters' events (Record.counts)
+    longest: LongestUnit | None = None  # row: within the unit
 
     @classmethod
     def from_dict(cls, d: dict) -> "UnitStats":
         return cls(**{**d, "field_errors": {k: FieldErrorSum(**v) for k, v in d["field_errors"].items()},
-                      "returns": ReturnSums(**d["returns"])})
+                      "returns": ReturnSums(**d["returns"]),
+                      "longest": LongestUnit(**d["longest"]) if d.get("longest") else None})
 
 
 @dataclass
@@ -145,8 +156,15 @@ def merge_stats(markers: list[UnitMarker], rl: bool, modality_names: dict[int, s
     returns = ReturnSums()
     tasks: dict[str, int] = {}
     modality = [0] * len(modality_names)
+    counts: dict[str, dict[str, int]] = {}
+    longest: LongestUnit | None = None
+    rows_before = 0
     for m in markers:
         s = m.stats
+        add_counts(counts, s.counts)
+        if s.longest is not None and (longest is None or s.longest.tokens > longest.tokens):
+            longest = LongestUnit(s.longest.tokens, rows_before + s.longest.row, s.longest.source_id)
+        rows_before += s.rows
         modality = [a + b for a, b in zip(modality, s.tokens_by_modality, strict=True)]
         for name, e in s.field_errors.items():
             errors.setdefault(name, FieldErrorSum()).add(e)
@@ -164,4 +182,6 @@ def merge_stats(markers: list[UnitMarker], rl: bool, modality_names: dict[int, s
         field_errors={k: FieldError(v.max, v.sum / v.count if v.count else 0.0, v.count)
                       for k, v in sorted(errors.items())},
         rows_per_task=dict(sorted(tasks.items())), skipped=sum(len(m.skipped) for m in markers),
-        filtered=sum(m.stats.filtered for m in markers), episode_return=ret)
+        filtered=sum(m.stats.filtered for m in markers), episode_return=ret,
+        counts={g: dict(sorted(v.items())) for g, v in sorted(counts.items())} or None,
+        longest_unit=asdict(longest) if longest is not None and longest.tokens else None)

@@ -9,8 +9,10 @@ import numpy as np
 from PIL import Image
 
 from .errors import TokenizeError
+from .layout import PATCH_BYTES, PATCH_SIZE  # noqa: F401  (re-exported: the patch geometry)
 
 FIT_POLICIES = ("resize", "pad")
+
 # Refuse decompression bombs well before PIL's own (much larger) limit would.
 MAX_PIXELS = 64 * 1024 * 1024
 
@@ -53,6 +55,11 @@ def _check_policy(policy: str) -> None:
         raise TokenizeError(f"unknown image fit policy {policy!r}; expected one of {', '.join(FIT_POLICIES)}")
 
 
+def patch_count(height: int, width: int, patch: int = PATCH_SIZE) -> int:
+    """Patches of a fitted image of height x width pixels."""
+    return (height // patch) * (width // patch)
+
+
 def fitted_size(height: int, width: int, policy: str = "resize", patch: int = 16) -> tuple[int, int]:
     """(H, W) that an image of this size becomes: nearest multiple of `patch` (resize, halves
     round up, at least one patch) or the next multiple (pad)."""
@@ -89,8 +96,23 @@ def fit_image(rgb: np.ndarray, policy: str = "resize", size: tuple[int, int] | N
         scale = min(th / h, tw / w)
         h, w = max(1, min(th, round(h * scale))), max(1, min(tw, round(w * scale)))
         rgb = _resize(rgb, h, w)
-    out = np.zeros((th, tw, 3), dtype=np.uint8)
+    out = np.zeros((th, tw) + rgb.shape[2:], dtype=np.uint8)
     out[:h, :w] = rgb
+    return out
+
+
+def fit_grey_frames(frames: np.ndarray, policy: str = "resize", size: tuple[int, int] | None = None,
+                    patch: int = 16) -> np.ndarray:
+    """(N, H, W) grey frames fitted as `fit_image` fits one image; resized in Pillow's one-channel
+    mode (a third of the work of resizing the frames as RGB, same values)."""
+    _check_policy(policy)
+    n, h, w = frames.shape
+    th, tw = (int(size[0]), int(size[1])) if size is not None else fitted_size(h, w, policy, patch)
+    if (th, tw) == (h, w):
+        return frames
+    out = np.empty((n, th, tw), np.uint8)
+    for i in range(n):  # one Pillow call per frame; the rest is vectorised
+        out[i] = fit_image(frames[i], policy, (th, tw), patch)
     return out
 
 
@@ -104,6 +126,13 @@ def patchify(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
     nl = len(lead)
     x = x.transpose(*range(nl), nl, nl + 2, nl + 1, nl + 3, nl + 4)
     return np.ascontiguousarray(x).reshape(*lead, gh * gw, patch * patch * c)
+
+
+def patchify_grey(grey: np.ndarray, patch: int = 16) -> np.ndarray:
+    """(..., H, W) grey -> (..., N, patch*patch*3) patches of the grey image as RGB (grey in every
+    channel), without first building the RGB image."""
+    p = patchify(np.asarray(grey, np.uint8)[..., None], patch)
+    return np.repeat(p, 3, axis=-1)
 
 
 def unpatchify(patches: np.ndarray, grid: tuple[int, int], patch: int = 16) -> np.ndarray:

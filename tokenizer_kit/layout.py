@@ -19,6 +19,10 @@ MODALITY_NAMES = {TEXT: "text", IMAGE: "image", DISCRETE: "discrete", CONTINUOUS
                   SEPARATOR: "separator"}
 PATCH_SLOT = -1  # the token id that marks an image patch's slot
 NO_POSITION = -1  # local_pos of tokens that have no local observation position
+# The patch geometry is fixed: shards store every patch as PATCH_BYTES bytes and models embed
+# patches of that size, so a layout's patch_size (kept in manifests) can only be PATCH_SIZE.
+PATCH_SIZE = 16
+PATCH_BYTES = PATCH_SIZE * PATCH_SIZE * 3
 
 
 # Ids that follow from the constants; to_dict writes them so a manifest can be read by eye.
@@ -43,7 +47,7 @@ class VocabLayout:
     num_discrete: int = 1024
     mu: float = 100.0
     m: float = 256.0
-    patch_size: int = 16
+    patch_size: int = PATCH_SIZE
     position_bins: int = 128
     local_positions: int = 512
     eos_id: int = -1  # end-of-text id of the SentencePiece model (-1: none known)
@@ -66,6 +70,9 @@ class VocabLayout:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
                 raise LayoutError(f"layout constant {name} must be a positive number, got {value!r}")
             object.__setattr__(self, name, float(value))
+        if self.patch_size != PATCH_SIZE:
+            raise LayoutError(f"patch_size {self.patch_size} is not supported: shards store "
+                              f"{PATCH_SIZE}x{PATCH_SIZE} patches")
         if self.position_bins > 255:  # shards store position bounds (0..position_bins) as uint8
             raise LayoutError(f"position_bins {self.position_bins} does not fit the uint8 patch_pos column")
         if not -1 <= self.eos_id < self.text_vocab_size:
@@ -146,5 +153,13 @@ class VocabLayout:
         a, b = self.to_dict(), other.to_dict()
         diffs = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         if diffs:
+            text = {"text_vocab_size", "eos_id"} & {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+            fix = ""
+            if text:  # the text tokenizer decides these: the usual cause of a mismatch
+                fix = ("; convert every directory with the same --text-tokenizer (re-convert the odd one out)"
+                       if against != "model" and against != "checkpoint" else
+                       "; re-convert the data with the --text-tokenizer the model was trained with")
+            elif "profile" in {k for k in a if a.get(k) != b.get(k)}:
+                fix = "; convert every directory with the same --layout-profile"
             raise LayoutError(f"layout of {what} ({self.name()}) differs from the {against}'s ({other.name()}): "
-                              + "; ".join(diffs))
+                              + "; ".join(diffs) + fix)

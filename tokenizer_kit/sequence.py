@@ -12,9 +12,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .errors import TokenizeError
-from .images import FIT_POLICIES, image_grids, image_to_patches, patch_positions, patchify, unpatchify
+from .frames import FrameStack, observation_frames
+from .images import (FIT_POLICIES, PATCH_BYTES, fit_grey_frames, image_grids, image_to_patches, patch_count,
+                     patch_positions, patchify, patchify_grey, unpatchify)
 from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
-from .values import continuous_to_tokens, discrete_to_tokens, tokens_to_continuous, tokens_to_discrete
+from .values import (continuous_to_tokens, discrete_to_tokens, from_unit_range, to_unit_range, tokens_to_continuous,
+                     tokens_to_discrete)
 
 KINDS = ("text", "image", "discrete", "continuous")
 _GROUP = {"text": 0, "image": 1, "discrete": 2, "continuous": 2}  # text, then images, then tensors
@@ -27,6 +30,10 @@ class FieldSpec:
 
     shape: per-step shape of a tensor field, or (H, W) an image is fitted to (None: each image
     keeps its own fitted size). mu_law: compand a continuous field (observations; not actions).
+    frame_stack: an image field whose steps are stacks of grey frames; a row holds one or all of
+    each step's frames (tokenizer_kit.frames). loss: text observations are targets unless off.
+    bounds: a continuous action's declared (low, high) per value (or one pair for all): values are
+    rescaled from them to [-1, 1] before binning, and decoded back to them.
     """
 
     name: str
@@ -34,6 +41,9 @@ class FieldSpec:
     shape: tuple[int, ...] | None = None
     mu_law: bool = True
     fit: str = "resize"
+    frame_stack: FrameStack | None = None
+    loss: bool = True
+    bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # declared (low, high) of an action
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -47,6 +57,16 @@ class FieldSpec:
                 what = "an image size (H, W)" if self.kind == "image" else "a shape"
                 raise TokenizeError(f"field {self.name!r}: {shape} is not {what}")
             object.__setattr__(self, "shape", shape)
+        if self.frame_stack is not None and self.kind != "image":
+            raise TokenizeError(f"field {self.name!r}: only image fields hold frame stacks")
+        if self.bounds is not None:
+            if self.kind != "continuous":
+                raise TokenizeError(f"field {self.name!r}: only continuous fields have bounds")
+            low, high = (tuple(float(v) for v in np.ravel(b)) for b in self.bounds)
+            if len(low) != len(high) or len(low) not in (1, self.size):
+                raise TokenizeError(f"field {self.name!r}: bounds of {len(low)} and {len(high)} values for "
+                                    f"{self.size} per step")
+            object.__setattr__(self, "bounds", (low, high))
 
     @property
     def size(self) -> int:
@@ -54,13 +74,23 @@ class FieldSpec:
         return int(np.prod(self.shape)) if self.shape else 1
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "shape": list(self.shape) if self.shape is not None else None,
-                "mu_law": self.mu_law, "fit": self.fit}
+        d = {"name": self.name, "kind": self.kind, "shape": list(self.shape) if self.shape is not None else None,
+             "mu_law": self.mu_law, "fit": self.fit}
+        if self.frame_stack is not None:  # keys only where used: older manifests read the same
+            d["frame_stack"] = self.frame_stack.to_dict()
+        if not self.loss:
+            d["loss"] = False
+        if self.bounds is not None:
+            d["bounds"] = {"low": list(self.bounds[0]), "high": list(self.bounds[1])}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "FieldSpec":
+        stack, bounds = d.get("frame_stack"), d.get("bounds")
         return cls(d["name"], d["kind"], tuple(d["shape"]) if d.get("shape") is not None else None,
-                   bool(d.get("mu_law", True)), d.get("fit", "resize"))
+                   bool(d.get("mu_law", True)), d.get("fit", "resize"),
+                   FrameStack.from_dict(stack) if stack is not None else None, bool(d.get("loss", True)),
+                   (tuple(bounds["low"]), tuple(bounds["high"])) if bounds is not None else None)
 
 
 def _ordered(fields: Sequence[FieldSpec]) -> tuple[FieldSpec, ...]:
@@ -80,6 +110,10 @@ class EpisodeSpec:
         object.__setattr__(self, "actions", _ordered(self.actions))
         if any(f.kind == "image" for f in self.actions):
             raise TokenizeError("image actions are not supported")
+        stacked = [f.name for f in self.observations if f.frame_stack is not None]
+        if len(stacked) > 1:
+            raise TokenizeError(f"fields {stacked[0]!r} and {stacked[1]!r} both hold frame stacks: a row could "
+                                "not tell their frames apart")
         for group in (self.observations, self.actions):
             names = [f.name for f in group]
             if len(set(names)) != len(names):
@@ -104,7 +138,7 @@ class Row:
     local_pos: np.ndarray  # int16
     modality: np.ndarray  # uint8
     step_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # int32
-    patches: np.ndarray = field(default_factory=lambda: np.zeros((0, 768), np.uint8))  # (N, 768) uint8
+    patches: np.ndarray = field(default_factory=lambda: np.zeros((0, PATCH_BYTES), np.uint8))  # (N, 768) uint8
     patch_pos: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.uint8))  # (N, 4) uint8
 
     def __len__(self) -> int:
@@ -123,6 +157,7 @@ class _Block:
 
 
 def _text_block(f: FieldSpec, values, tok, layout: VocabLayout, observation: bool) -> _Block:
+    """Text with its end-of-text; a loss target (observation or action) unless the field's loss is off."""
     if tok is None:
         raise TokenizeError(f"field {f.name!r}: text fields need a SentencePiece model (--text-tokenizer)")
     if tok.eos_id != layout.eos_id or tok.vocab_size > layout.text_vocab_size:
@@ -141,10 +176,29 @@ def _text_block(f: FieldSpec, values, tok, layout: VocabLayout, observation: boo
     ids = tok.encode_batch(texts, add_eos=True)  # eos closes each field: rows decode without side data
     counts = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-    return _Block(counts, flat.astype(np.int32, copy=False), TEXT, 1, observation)
+    return _Block(counts, flat.astype(np.int32, copy=False), TEXT, int(f.loss), observation)
+
+
+def _frames_block(f: FieldSpec, frames, layout: VocabLayout) -> _Block:
+    """(T, k, H, W) grey frames of a stacked field (tokenizer_kit.frames.episode_frames) -> k images a step."""
+    x = np.asarray(frames)
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise TokenizeError(f"field {f.name!r}: expected (steps, frames, H, W) uint8 grey frames, got "
+                            f"{x.dtype} {x.shape}")
+    steps, k = x.shape[:2]
+    grey = fit_grey_frames(x.reshape(steps * k, *x.shape[2:]), f.fit, f.shape, layout.patch_size)
+    patches = patchify_grey(grey, layout.patch_size)  # (T*k, N, 768)
+    n = patches.shape[1]
+    pos = np.broadcast_to(patch_positions(grey.shape[1], grey.shape[2], layout.patch_size, layout.position_bins),
+                          (steps * k, n, 4))
+    counts = np.full(steps, k * n, dtype=np.int64)
+    return _Block(counts, np.full(steps * k * n, PATCH_SLOT, np.int32), IMAGE, 0, True,
+                  patches.reshape(-1, patches.shape[-1]), pos.reshape(-1, 4))
 
 
 def _image_block(f: FieldSpec, values, layout: VocabLayout) -> _Block:
+    if f.frame_stack is not None:
+        return _frames_block(f, values, layout)
     p = layout.patch_size
     arr = values if isinstance(values, np.ndarray) else None
     if arr is not None and arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3 and f.shape in (
@@ -182,6 +236,8 @@ def _tensor_block(f: FieldSpec, values, layout: VocabLayout, observation: bool, 
     if f.kind == "discrete":
         ids = discrete_to_tokens(arr, layout, f.name)
     else:
+        if f.bounds is not None:
+            arr = to_unit_range(arr, *f.bounds, field=f.name)
         ids = continuous_to_tokens(arr, layout, f.mu_law and observation, f.name)
     counts = np.full(steps, arr.shape[1], dtype=np.int64)
     return _Block(counts, ids.reshape(-1), _MODALITY[f.kind], 0 if observation else 1, observation)
@@ -327,6 +383,36 @@ def _assemble(blocks: list[_Block], steps: int, layout: VocabLayout, action_loca
     return row
 
 
+def patch_span(tokens: np.ndarray, start: int, stop: int, num_patches: int | None = None) -> tuple[int, int]:
+    """[first, last) indices into a row's patches of the image slots among tokens [start, stop).
+
+    Slots before `start` are counted from the shorter side of the row when the row's patch count
+    is known (a window near a long row's end costs its tail, not its head)."""
+    tokens = np.asarray(tokens)
+    if num_patches == 0:
+        return 0, 0
+    if num_patches is not None and start > len(tokens) - start:
+        first = num_patches - int(np.count_nonzero(tokens[start:] == PATCH_SLOT))
+    else:
+        first = int(np.count_nonzero(tokens[:start] == PATCH_SLOT))
+    return first, first + int(np.count_nonzero(tokens[start:stop] == PATCH_SLOT))
+
+
+def step_lengths(step_starts: np.ndarray, row_tokens: int) -> np.ndarray:
+    """Tokens of each timestep of a row (int64), from its step starts and its length."""
+    starts = np.asarray(step_starts, dtype=np.int64)
+    return np.diff(starts, append=np.int64(row_tokens))
+
+
+def unit_tokens(row: Row) -> int:
+    """Tokens of the longest piece of a row a training sequence must hold whole for it to carry
+    targets: a timestep of an episode, the whole of an image-caption row; 0 for text (any crop of
+    a document has targets)."""
+    if len(row.step_starts):
+        return int(step_lengths(row.step_starts, len(row.tokens)).max())
+    return len(row.tokens) if len(row.patches) else 0
+
+
 def build_text_row(ids, layout: VocabLayout) -> Row:
     """A document's ids (+ end-of-text when missing); loss on all of it."""
     ids = np.asarray(ids, dtype=np.int32)
@@ -357,9 +443,47 @@ def _check_text_ids(ids: np.ndarray, layout: VocabLayout) -> None:
 
 # --- the inverse -------------------------------------------------------------------------------
 
+def _take_frames(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLayout,
+                 grids: dict[int, tuple[int, int]], frames: int):
+    """`frames` grey frames of a stacked field -> ((frames, H, W) uint8, next pos, next patch)."""
+    out = []
+    for _ in range(frames):
+        if patch_i not in grids:
+            raise TokenizeError(f"field {f.name!r}: no frame starts at patch {patch_i}")
+        gh, gw = grids[patch_i]
+        n = gh * gw
+        out.append(unpatchify(row.patches[patch_i:patch_i + n], (gh, gw), layout.patch_size)[..., 0])
+        pos, patch_i = pos + n, patch_i + n
+    return np.stack(out), pos, patch_i
+
+
+def frames_in_step(spec: EpisodeSpec, field: FieldSpec, observation_patches: int, layout: VocabLayout) -> int:
+    """How many frames of the stacked `field` a step with `observation_patches` patches holds:
+    1 (`last`) or the stack's depth (`split`); the other image fields must have a fixed size."""
+    per_frame = _patches_of(field, layout)
+    others = 0
+    for g in spec.observations:
+        if g.kind == "image" and g is not field:
+            if g.shape is None or g.frame_stack is not None:
+                raise TokenizeError(f"field {field.name!r}: cannot tell its frames from those of {g.name!r}")
+            others += _patches_of(g, layout)
+    k, rest = divmod(observation_patches - others, per_frame)
+    if rest or k not in (1, field.frame_stack.depth):
+        raise TokenizeError(f"field {field.name!r}: {observation_patches} patches in a step are neither 1 nor "
+                            f"{field.frame_stack.depth} frames")
+    return k
+
+
+def _patches_of(f: FieldSpec, layout: VocabLayout) -> int:
+    if f.shape is None:
+        raise TokenizeError(f"field {f.name!r}: frames of no fixed size")
+    return patch_count(f.shape[0], f.shape[1], layout.patch_size)
+
+
 def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLayout, tok, is_obs: bool,
-                grids: dict[int, tuple[int, int]]):
-    """Decode one field starting at token `pos`; return (value, next pos, next patch index)."""
+                grids: dict[int, tuple[int, int]], frames: int = 1):
+    """Decode one field starting at token `pos`; return (value, next pos, next patch index).
+    A stacked image field decodes to its `frames` grey frames, (frames, H, W)."""
     if f.kind == "text":
         ends = np.flatnonzero(row.tokens[pos:] == layout.eos_id) if layout.eos_id >= 0 else ()
         if len(ends) == 0:
@@ -368,6 +492,8 @@ def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLay
         ids = row.tokens[pos:end]
         value = tok.decode(ids) if tok is not None else ids.copy()
         return value, end + 1, patch_i
+    if f.kind == "image" and f.frame_stack is not None:
+        return _take_frames(f, row, pos, patch_i, layout, grids, frames)
     if f.kind == "image":
         if patch_i not in grids:
             raise TokenizeError(f"field {f.name!r}: no image starts at patch {patch_i}")
@@ -383,6 +509,8 @@ def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLay
             value = tokens_to_discrete(ids, layout)
         else:
             value = tokens_to_continuous(ids, layout, f.mu_law and is_obs)
+            if f.bounds is not None:
+                value = from_unit_range(value, *f.bounds)
     except TokenizeError as e:
         raise TokenizeError(f"field {f.name!r} at token {pos}: {e} (is this the row's episode spec?)") from None
     return value.reshape(f.shape or ()), pos + n, patch_i
@@ -392,9 +520,14 @@ def decode_episode(row: Row, spec: EpisodeSpec, layout: VocabLayout, text_tokeni
     """Row -> [(observation dict, action dict) per step]; values de-quantised to bin centres.
 
     The inverse of `build_episode` up to quantisation (for inspection and tests, not the hot path).
+    A stacked image field decodes to the (k, H, W) grey frames the step holds (k = 1 or depth).
     Steps without action tokens (as built with `actions=None`) decode to an empty action dict.
     """
     grids = {s: (gh, gw) for s, gh, gw in image_grids(row.patch_pos, layout.position_bins)}
+    stacked = [f for f in spec.observations if f.frame_stack is not None]
+    if len(stacked) > 1:
+        raise TokenizeError(f"fields {stacked[0].name!r} and {stacked[1].name!r} both hold frame stacks: a row "
+                            "cannot tell their frames apart")
     steps = []
     patch_i = 0
     bounds = [int(b) for b in row.step_starts] + [len(row.tokens)]
@@ -402,8 +535,16 @@ def decode_episode(row: Row, spec: EpisodeSpec, layout: VocabLayout, text_tokeni
         pos = bounds[t]
         obs, act = {}, {}
         try:
+            frames = 1
+            if stacked:
+                end = bounds[t + 1]
+                seps = np.flatnonzero(row.tokens[pos:end] == layout.separator_id)
+                obs_end = pos + int(seps[0]) if len(seps) else end
+                frames = frames_in_step(spec, stacked[0], int(np.count_nonzero(row.tokens[pos:obs_end] == PATCH_SLOT)),
+                                        layout)
             for f in spec.observations:
-                obs[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, True, grids)
+                obs[f.name], pos, patch_i = _take_field(f, row, pos, patch_i, layout, text_tokenizer, True, grids,
+                                                        frames)
             if pos >= bounds[t + 1] or row.tokens[pos] != layout.separator_id:
                 found = f"id {int(row.tokens[pos])}" if pos < len(row.tokens) else "the end of the row"
                 raise TokenizeError(f"expected the separator at token {pos}, found {found}")
@@ -418,6 +559,38 @@ def decode_episode(row: Row, spec: EpisodeSpec, layout: VocabLayout, text_tokeni
             raise TokenizeError(f"step {t}: fields end at token {pos}, the step at {bounds[t + 1]}")
         steps.append((obs, act))
     return steps
+
+
+def decode_actions(ids, spec: EpisodeSpec, layout: VocabLayout) -> dict[str, np.ndarray]:
+    """One step's action ids (in token order) -> field values, in the units the source declared
+    (rescaled actions mapped back from [-1, 1] to their bounds): what an environment takes."""
+    ids = np.asarray(ids)
+    out, pos = {}, 0
+    for f in spec.actions:
+        part = ids[pos:pos + f.size]
+        pos += f.size
+        if f.kind == "discrete":
+            value = tokens_to_discrete(part, layout)
+        elif f.kind == "continuous":
+            value = tokens_to_continuous(part, layout, mu_law=False)  # actions are never companded (SPEC 2)
+            if f.bounds is not None:
+                value = from_unit_range(value, *f.bounds)
+        else:
+            raise TokenizeError(f"action field {f.name!r} of kind {f.kind!r} cannot be decoded from ids alone")
+        out[f.name] = value.reshape(f.shape or ())
+    return out
+
+
+def acting_observation(fields: Mapping, spec: EpisodeSpec, frame_modes: Mapping[str, str] | None = None) -> dict:
+    """One environment step's observation fields (each with a leading step axis of 1) made into
+    what `build_episode` takes, as the converter made them: a frame stack becomes the (1, k, H, W)
+    grey frames of `frame_modes[field]` (`last` or `split`; default last, see frames.acting_mode)."""
+    out = dict(fields)
+    for f in spec.observations:
+        if f.frame_stack is not None:
+            mode = (frame_modes or {}).get(f.name, "last")
+            out[f.name] = observation_frames(np.asarray(fields[f.name])[0], f.frame_stack, mode, f.name)[None]
+    return out
 
 
 def decode_caption(row: Row, layout: VocabLayout, text_tokenizer=None) -> tuple[list[np.ndarray], object]:

@@ -94,6 +94,34 @@ def quantization_error(values, layout: VocabLayout, mu_law: bool = True, field: 
     return np.abs(x - bins_to_continuous(continuous_bins(values, layout, mu_law, field), layout, mu_law))
 
 
+def to_unit_range(values, low, high, field: str = "value") -> np.ndarray:
+    """Values declared to lie in [low, high] (per element, broadcast) mapped linearly onto [-1, 1]
+    (float64), so that actions of any declared range use all the bins. Bounds must be finite, low < high."""
+    lo, hi = _bounds(low, high, field)
+    x = _as_float(values, field).astype(np.float64)
+    return (x - lo) * (2.0 / (hi - lo)) - 1.0
+
+
+def from_unit_range(values, low, high) -> np.ndarray:
+    """Inverse of `to_unit_range`: [-1, 1] back to [low, high] (float64), e.g. decoded actions to
+    what an environment takes."""
+    lo, hi = _bounds(low, high, "value")
+    return (np.asarray(values, dtype=np.float64) + 1.0) * ((hi - lo) / 2.0) + lo
+
+
+def _bounds(low, high, field: str) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo < hi).all()):
+        raise TokenizeError(f"field {field!r}: bounds must be finite with low < high, got [{low}, {high}]")
+    return lo, hi
+
+
+def outside_unit_range(values) -> np.ndarray:
+    """Mask of values the bins cannot hold (outside [-1, 1]): they would be clipped to the end bins."""
+    x = np.asarray(values)
+    return (x < -1.0) | (x > 1.0)
+
+
 def discrete_to_tokens(values, layout: VocabLayout, field: str = "value") -> np.ndarray:
     """Ids of integer values in [0, num_discrete); anything else is refused, never wrapped."""
     try:

@@ -58,7 +58,7 @@ def collate(samples: "list[Sample]", seq_len: int, training: bool = True,
     the rounded mean (SPEC 3). Vectorised over the whole batch.
     """
     from tokenizer_kit.images import eval_positions, normalize_patches
-    from tokenizer_kit.layout import PATCH_SLOT
+    from tokenizer_kit.layout import PATCH_BYTES, PATCH_SLOT
 
     B, L = len(samples), seq_len
     tokens = np.zeros((B, L + 1), np.int64)
@@ -79,7 +79,7 @@ def collate(samples: "list[Sample]", seq_len: int, training: bool = True,
             raise ValueError(f"sample has {len(slots)} patch slots but {len(s.patches)} patches")
         keep = int(np.searchsorted(slots, L))  # a patch only in the last (target-only) position is never an input
         patch_idx.append(b * L + slots[:keep])
-        patch_list.append(np.asarray(s.patches).reshape(-1, 768)[:keep])  # a view: one copy below
+        patch_list.append(np.asarray(s.patches).reshape(-1, PATCH_BYTES)[:keep])  # a view: one copy below
         pos_list.append(np.asarray(s.patch_pos).reshape(-1, 4)[:keep])
     slot = tokens == PATCH_SLOT
     mask[slot] = 0.0
@@ -91,7 +91,7 @@ def collate(samples: "list[Sample]", seq_len: int, training: bool = True,
         col = pos[:, 2] + (rng.random(len(pos)) * (pos[:, 3] - pos[:, 2])).astype(np.int64)
     else:
         row, col = eval_positions(pos[:, 0], pos[:, 1]), eval_positions(pos[:, 2], pos[:, 3])
-    patches = np.concatenate(patch_list) if patch_list else np.zeros((0, 768), np.uint8)
+    patches = np.concatenate(patch_list) if patch_list else np.zeros((0, PATCH_BYTES), np.uint8)
     return Batch(
         tokens=torch.from_numpy(tokens[:, :L]),
         targets=torch.from_numpy(tokens[:, 1:]),

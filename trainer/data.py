@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from schemas.manifest import Manifest
 from schemas.shard import PATCH_BYTES, ROW_COLUMNS, open_shard
-from tokenizer_kit.layout import PATCH_SLOT, VocabLayout
+from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.sequence import patch_span
 
 from .batch import Batch, Sample, collate
 from .sharding import assign_rows, directory_seed
@@ -291,6 +292,34 @@ class ShardSource:
         self._ensure_open()
         return np.concatenate([np.diff(c.tok_off) for c in self._chunks]) if self._chunks else np.zeros(0, np.int64)
 
+    def longest_unit(self) -> tuple[int, int | None, str | None]:
+        """(tokens, row, source id) of the longest piece a sequence must hold whole: a timestep of
+        an RL row, a whole image-caption row; (0, None, None) for text. From the manifest's
+        statistics when the converter recorded them, else by scanning the rows' step starts."""
+        if self.kind == "text":
+            return 0, None, None
+        rec = self.manifest.stats.get("longest_unit")
+        if isinstance(rec, dict) and isinstance(rec.get("tokens"), int):
+            return rec["tokens"], rec.get("row"), rec.get("source_id")
+        self._ensure_open()
+        best, at, base = 0, None, 0
+        for ch in self._chunks:
+            rows = len(ch.tok_off) - 1
+            if self.kind == "rl":
+                nsteps = np.diff(ch.ss_off)
+                starts = ch.step_starts[ch.ss_off[0]:ch.ss_off[-1]].astype(np.int64)
+                row_of = np.repeat(np.arange(rows), nsteps)
+                ends = np.append(starts[1:], 0)
+                last = np.cumsum(nsteps) - 1  # each row's last step ends at the row's end
+                ends[last[nsteps > 0]] = np.diff(ch.tok_off)[nsteps > 0]
+                lengths, owner = ends - starts, row_of
+            else:
+                lengths, owner = np.diff(ch.tok_off), np.arange(rows)
+            if len(lengths) and int(lengths.max()) > best:
+                best, at = int(lengths.max()), base + int(owner[int(np.argmax(lengths))])
+            base += rows
+        return best, at, None
+
     def row_task(self, r: int) -> int:
         """Index of row r's task in this directory's task list."""
         self._ensure_open()
@@ -335,16 +364,8 @@ def randint(rng: np.random.Generator, n: int) -> int:
 
 
 def _patch_range(view: RowView, a: int, b: int) -> tuple[int, int]:
-    """Patches of the slots in tokens [a, b): count -1 slots before a (from the shorter side)."""
-    n_p = len(view.patches)
-    if n_p == 0:
-        return 0, 0
-    n = len(view.tokens)
-    if a <= n - a:
-        p0 = int(np.count_nonzero(view.tokens[:a] == PATCH_SLOT))
-    else:
-        p0 = n_p - int(np.count_nonzero(view.tokens[a:] == PATCH_SLOT))
-    return p0, p0 + int(np.count_nonzero(view.tokens[a:b] == PATCH_SLOT))
+    """Patches of the slots in tokens [a, b) (tokenizer_kit's one rule for a span's patches)."""
+    return patch_span(view.tokens, a, b, len(view.patches))
 
 
 def assemble(src: ShardSource, parts: list[Part], task_id: int) -> Sample:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, Row, build_caption_row, build_episode
-from tokenizer_kit.values import tokens_to_continuous, tokens_to_discrete
+from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, TEXT, VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, Row, acting_observation, build_caption_row, build_episode, patch_span
+from tokenizer_kit.sequence import decode_actions as decode_action_ids
 
 from .batch import Sample, collate
 
@@ -36,11 +36,9 @@ def slice_steps(row: Row, start: int, stop: int) -> Row:
     """Timesteps [start, stop) of an episode row, with their patches."""
     bounds = np.append(row.step_starts, len(row.tokens)).astype(np.int64)
     a, b = int(bounds[start]), int(bounds[stop])
-    slots_before = np.count_nonzero(row.tokens[:a] == PATCH_SLOT)
-    n_patches = np.count_nonzero(row.tokens[a:b] == PATCH_SLOT)
+    p0, p1 = patch_span(row.tokens, a, b, len(row.patches))
     return Row(row.tokens[a:b], row.loss_mask[a:b], row.local_pos[a:b], row.modality[a:b],
-               (row.step_starts[start:stop] - a).astype(np.int32),
-               row.patches[slots_before:slots_before + n_patches], row.patch_pos[slots_before:slots_before + n_patches])
+               (row.step_starts[start:stop] - a).astype(np.int32), row.patches[p0:p1], row.patch_pos[p0:p1])
 
 
 def concat_rows(rows: Sequence[Row]) -> Row:
@@ -156,15 +154,9 @@ def action_slots(spec: EpisodeSpec, layout: VocabLayout, action_space=None) -> l
 
 
 def decode_actions(ids: np.ndarray, spec: EpisodeSpec, layout: VocabLayout) -> dict[str, np.ndarray]:
-    """Sampled action ids (in slot order) -> field values, through the inverse tokenisation."""
-    out, pos = {}, 0
-    for f in spec.actions:
-        part = ids[pos:pos + f.size]
-        pos += f.size
-        value = tokens_to_discrete(part, layout) if f.kind == "discrete" else \
-            tokens_to_continuous(part, layout, mu_law=False)  # actions are never companded (SPEC 2)
-        out[f.name] = value.reshape(f.shape or ())
-    return out
+    """Sampled action ids (in slot order) -> field values in the env's units (tokenizer_kit's inverse,
+    which maps rescaled actions back to their declared bounds)."""
+    return decode_action_ids(ids, spec, layout)
 
 
 def env_action(values: dict[str, np.ndarray], spec: EpisodeSpec, action_space):
@@ -236,19 +228,23 @@ class Agent:
     """Acts in several environments at once: per environment a prompt, a history and the current step."""
 
     def __init__(self, model, layout: VocabLayout, spec: EpisodeSpec, seq_len: int, temperature: float = 0.0,
-                 text_tokenizer=None, seed: int = 0):
+                 text_tokenizer=None, seed: int = 0, frame_modes: dict[str, str] | None = None):
         self.model, self.layout, self.spec = model, layout, spec
         self.seq_len, self.temperature, self.text_tokenizer = seq_len, temperature, text_tokenizer
         self.generator = torch.Generator().manual_seed(seed)
+        self.frame_modes = frame_modes or {}  # Manifest.frame_modes(): frame stacks as the data has them
+
+    def _fields(self, obs) -> dict:
+        return acting_observation(observation_fields(obs, self.spec), self.spec, self.frame_modes)
 
     def observe(self, obs) -> Row:
         """Observation tokens + separator of one step, exactly as the converter writes them."""
-        return build_episode(observation_fields(obs, self.spec), None, self.spec, self.layout, self.text_tokenizer)
+        return build_episode(self._fields(obs), None, self.spec, self.layout, self.text_tokenizer)
 
     def step_row(self, obs, action_values: dict) -> Row:
         """The full timestep (observation, separator, action) as the converter writes it."""
-        acts = {k: np.asarray(v)[None] for k, v in action_values.items()}
-        return build_episode(observation_fields(obs, self.spec), acts, self.spec, self.layout, self.text_tokenizer)
+        acts = {k: np.asarray(v)[None] for k, v in action_values.items()}  # env units: rescaled as converted
+        return build_episode(self._fields(obs), acts, self.spec, self.layout, self.text_tokenizer)
 
     def context(self, prompt: Row, history: deque, current: Row, reserve: int = 0) -> Row:
         """Prompt + as many of the latest steps as fit + the current step, leaving `reserve` of the
@@ -280,7 +276,7 @@ class Agent:
 
 def slice_tokens(row: Row, n: int) -> Row:
     """The first n tokens of a context row (with their patches)."""
-    k = int(np.count_nonzero(row.tokens[:n] == PATCH_SLOT))
+    _, k = patch_span(row.tokens, 0, n)
     return Row(row.tokens[:n], row.loss_mask[:n], row.local_pos[:n], row.modality[:n],
                patches=row.patches[:k], patch_pos=row.patch_pos[:k])
 
@@ -409,6 +405,7 @@ class Demonstrations:
     returns: np.ndarray
     task: str
     text_tokenizer: object = None
+    frame_modes: dict = field(default_factory=dict)  # Manifest.frame_modes()
 
 
 def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None = None) -> Demonstrations:
@@ -438,7 +435,8 @@ def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None
     if not rows:
         raise ValueError(f"{shard_dir}: no episodes" + (f" of task {task!r}" if task else ""))
     return Demonstrations(EpisodeSpec.from_dict(d.manifest.episode_spec), d.layout, rows,
-                          np.asarray(returns, np.float64), task or next(iter(tasks)), d.text_tokenizer())
+                          np.asarray(returns, np.float64), task or next(iter(tasks)), d.text_tokenizer(),
+                          d.manifest.frame_modes())
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -496,7 +494,8 @@ def rollout(args: argparse.Namespace) -> dict:
     demos.layout.check_same(layout, f"shards {args.data}", "checkpoint")
     trained = training_args(args.checkpoint)
     seq_len = int(args.seq_len or getattr(config, "seq_len", None) or trained.get("seq_len") or 1024)
-    agent = Agent(model, layout, demos.spec, seq_len, args.temperature, demos.text_tokenizer, args.seed)
+    agent = Agent(model, layout, demos.spec, seq_len, args.temperature, demos.text_tokenizer, args.seed,
+                  demos.frame_modes)
     make_env = make_env_fn(args.env, args.rescale_actions)
     prompt_tokens = args.prompt_tokens or trained.get("prompt_len") or seq_len // 4  # as in training
     results = run_episodes(agent, make_env, args.episodes, demos.rows, prompt_tokens, args.prompt, args.seed,

@@ -185,6 +185,7 @@ class Trainer:
         self.layout = self.loader.layout
         if layout is not None:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
+        check_fits(self.loader.sources, args.seq_len)
         self.tasks = list(self.loader.tasks)
         config = (GatoConfig.from_dict(ckpt["config"]) if ckpt is not None
                   else GatoConfig.from_preset(args.preset, self.layout, seq_len=args.seq_len))
@@ -291,7 +292,8 @@ class Trainer:
             g["lr"] = lr
         micro = [self._next_batch().to(self.device) for _ in range(args.grad_accum)]
         counts = torch.tensor([float(b.loss_mask.sum()) for b in micro]).sum().reshape(1)
-        total = self.d.all_reduce(counts.to(self.device)).clamp(min=1.0)
+        targets = float(self.d.all_reduce(counts.to(self.device)).item())  # the same on every rank
+        total = max(targets, 1.0)
         # stats: loss sum, task loss sums (nt), task target counts (nt), input tokens
         stats = torch.zeros(2 + 2 * nt, device=self.device)
         for i, b in enumerate(micro):
@@ -307,7 +309,8 @@ class Trainer:
             stats[1 + nt:1 + 2 * nt].index_add_(0, b.task_id, n)
             stats[-1] += b.attention_mask.sum()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip)
-        self.opt.step()
+        if targets > 0:  # a batch without targets teaches nothing: no update (weight decay included)
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         stop = torch.tensor([float(self.stop_requested)], device=self.device)
         stats = self.d.all_reduce(torch.cat([stats, stop]))
@@ -316,7 +319,9 @@ class Trainer:
         # Every rank stops after the same step: only the all-reduced flag decides (a SIGTERM that
         # lands on one rank after its flag was sent is seen at the next step).
         self.stop_agreed = stats[-1] > 0
-        return {"step": self.step, "loss": stats[0] / float(total), "lr": lr, "grad_norm": float(grad_norm),
+        # no targets: no loss at all (null in metrics.jsonl), never a mean of nothing that reads as 0.0
+        return {"step": self.step, "loss": stats[0] / total if targets > 0 else None, "lr": lr,
+                "grad_norm": float(grad_norm), "target_tokens": int(targets),
                 "tokens": stats[-2], "task_sums": stats[1:1 + nt], "task_counts": stats[1 + nt:1 + 2 * nt]}
 
     @torch.no_grad()
@@ -398,6 +403,7 @@ class Trainer:
                     rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
                     t0, tokens = time.perf_counter(), 0.0
                     for name, ts, tc in zip(self.tasks, task_sums, task_counts, strict=True):
+                        rec[f"target_tokens/{name}"] = int(tc)  # since the last record
                         if tc > 0:
                             rec[f"loss/{name}"] = ts / tc
                     task_sums, task_counts = [0.0] * len(self.tasks), [0.0] * len(self.tasks)
@@ -406,7 +412,8 @@ class Trainer:
                     if self.d.main:
                         self._log(rec)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                        bar.set_postfix(loss="-" if rec["loss"] is None else f"{rec['loss']:.3f}",
+                                        tok_s=f"{rec['tokens_per_s']:.0f}")
                 if bar is not None:
                     bar.update(1)
                 if self.stop_agreed:
@@ -429,6 +436,18 @@ class Trainer:
         self.stop_requested = True
 
 
+def check_fits(sources, seq_len: int) -> None:
+    """Refuse (UsageError) directories with a timestep or image-caption pair longer than seq_len:
+    a sequence cut inside it has no targets, and training on such data only looks like training."""
+    for src in sources:
+        tokens, row, source_id = src.longest_unit()
+        if tokens > seq_len:
+            what = "timestep" if src.kind == "rl" else "image-caption pair"
+            raise UsageError(f"{src.path}: row {row}{f' ({source_id})' if source_id else ''} has a {what} of "
+                             f"{tokens} tokens, more than --seq-len {seq_len}: no sequence could hold it whole; "
+                             f"use --seq-len {tokens} or more, or convert with fewer tokens per {what}")
+
+
 def plot_metrics(metrics: Path, out: Path) -> Path | None:
     """Training loss (and eval loss where present) against step, as a PNG (matplotlib Agg)."""
     if not metrics.is_file():
@@ -437,7 +456,8 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    recs = [r for r in (json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip())
+            if r.get("loss") is not None]  # steps without targets have no loss to draw
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label="train loss")
     ev = [r for r in recs if "eval_loss" in r]

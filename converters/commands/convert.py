@@ -157,6 +157,9 @@ def run(args) -> int:
         print(f"gato-tokenize: error: {e}", file=sys.stderr)
         return 1
     print(result.summary(), file=sys.stderr)
+    notes = getattr(converter, "notes", None)  # warnings the converter reads off the finished manifest
+    for line in notes(result.manifest) if notes is not None and result.manifest is not None else ():
+        print(line, file=sys.stderr)
     return 0
 
 

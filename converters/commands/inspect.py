@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from schemas.shard import row_from_table
+from tokenizer_kit.frames import grey_to_rgb
+from tokenizer_kit.images import patch_count
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
 
@@ -37,6 +40,45 @@ def _modality_counts(sd: ShardDir) -> dict[str, int]:
         mod = sd.table(i).column("modality").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         counts += np.bincount(mod, minlength=len(counts))[:len(counts)]
     return {MODALITY_NAMES[m]: int(c) for m, c in enumerate(counts)}
+
+
+def step_tokens(sd: ShardDir) -> dict | None:
+    """Tokens per timestep (RL) or per image-caption row over the complete shards: min, median,
+    max, and the smallest --seq-len whose sequences hold every one of them whole (the max)."""
+    pieces = []
+    for i in range(len(sd.shards)):
+        t = sd.table(i)
+        tok = t.column("tokens").combine_chunks()
+        lengths = np.diff(tok.offsets.to_numpy())
+        ss = t.column("step_starts").combine_chunks()
+        nsteps = np.diff(ss.offsets.to_numpy())
+        if nsteps.any():
+            starts = ss.flatten().to_numpy().astype(np.int64)
+            ends = np.append(starts[1:], 0)
+            last = (np.cumsum(nsteps) - 1)[nsteps > 0]
+            ends[last] = lengths[nsteps > 0]
+            pieces.append(ends - starts)
+        elif len(t.column("patches").combine_chunks().flatten()):
+            pieces.append(lengths)
+    if not pieces:
+        return None  # text: any crop of a document has targets
+    x = np.concatenate(pieces)
+    rl = sd.manifest is None or bool(sd.manifest.episode_spec)
+    longest = int(x.max())
+    # an RL sequence given a prompt (a quarter of --seq-len by default) keeps L + 1 - L // 4 tokens for its window
+    prompted = next(n for n in range(longest, 2 * longest + 8) if n + 1 - n // 4 >= longest) if rl else longest
+    return {"unit": "step" if rl else "pair", "count": int(len(x)), "min": int(x.min()), "median": float(np.median(x)),
+            "max": longest, "min_seq_len": longest, "min_seq_len_with_prompts": prompted}
+
+
+def _frame_stacks(stats: dict) -> dict | None:
+    """{field: {"last": episodes, "split": episodes}} as the RL converter counted them."""
+    counts = stats.get("counts") or {}
+    out: dict[str, dict[str, int]] = {}
+    for mode in ("last", "split"):
+        for name, n in (counts.get(f"frame_stack_{mode}") or {}).items():
+            out.setdefault(name, {"last": 0, "split": 0})[mode] = n
+    return out or None
 
 
 def _returns(sd: ShardDir) -> dict | None:
@@ -117,6 +159,9 @@ def summary(sd: ShardDir) -> dict:
         "tokens_by_modality": by_mod,
         "episode_return": ret,
         "field_errors": _field_errors(stats),
+        "frame_stacks": _frame_stacks(stats),
+        "outside_unit_range": (stats.get("counts") or {}).get("outside_unit_range"),
+        "step_tokens": step_tokens(sd),
         "skipped": len(m.skipped) if m else None,
         "work": work_progress(sd.path) if m is None else None,
         "missing_shards": sd.missing,
@@ -180,6 +225,18 @@ def format_summary(s: dict) -> str:
     total = max(1, sum(v for v in s["tokens_by_modality"].values() if isinstance(v, (int, float))))
     kv("tokens", "  ".join(f"{k} {v:,} ({100 * v / total:.1f}%)" for k, v in s["tokens_by_modality"].items()
                            if isinstance(v, (int, float))))
+    st = s.get("step_tokens")
+    if st:
+        prompts = (f" ({st['min_seq_len_with_prompts']:,} for prompted sequences too)"
+                   if st["min_seq_len_with_prompts"] != st["min_seq_len"] else "")
+        kv(f"tokens/{st['unit']}", f"min {st['min']:,}  median {st['median']:g}  max {st['max']:,} over "
+                                  f"{st['count']:,}; smallest --seq-len that fits: {st['min_seq_len']:,}{prompts}")
+    if s.get("frame_stacks"):
+        kv("frame stacks", "  ".join(f"{name}: last {v['last']}, split {v['split']} episodes"
+                                     for name, v in sorted(s["frame_stacks"].items())))
+    if s.get("outside_unit_range"):
+        kv("clipped", "continuous action values outside [-1, 1]: "
+           + ", ".join(f"{k} {v:,}" for k, v in sorted(s["outside_unit_range"].items())))
     r = s["episode_return"]
     if r:
         kv("returns", "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
@@ -214,6 +271,9 @@ def _clip(text: str, limit: int = MAX_TEXT) -> str:
 
 def _show_field(f: FieldSpec, value, ids: np.ndarray, mask: np.ndarray) -> str:
     """`name=...`: images by size, text as text, tensors as value:id pairs ('*' = loss target)."""
+    if f.kind == "image" and f.frame_stack is not None:
+        mode = "last" if value.shape[0] == 1 else "split"
+        return f"{f.name}=<frames {mode} {value.shape[0]}x{value.shape[1]}x{value.shape[2]}, {len(ids)} patches>"
     if f.kind == "image":
         return f"{f.name}=<image {value.shape[0]}x{value.shape[1]}, {len(ids)} patches>"
     if f.kind == "text":
@@ -228,8 +288,10 @@ def _show_field(f: FieldSpec, value, ids: np.ndarray, mask: np.ndarray) -> str:
 
 def _field_len(f: FieldSpec, value, row: Row, pos: int, layout: VocabLayout) -> int:
     """Tokens the decoded field took (its ids are shown beside its values)."""
+    if f.kind == "image" and f.frame_stack is not None:  # (frames, H, W) grey
+        return value.shape[0] * patch_count(value.shape[1], value.shape[2], layout.patch_size)
     if f.kind == "image":
-        return (value.shape[0] // layout.patch_size) * (value.shape[1] // layout.patch_size)
+        return patch_count(value.shape[0], value.shape[1], layout.patch_size)
     if f.kind == "text":
         return int(np.argmax(row.tokens[pos:] == layout.eos_id)) + 1
     return f.size
@@ -288,8 +350,15 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
             spec = EpisodeSpec.from_dict(sd.manifest.episode_spec)
             steps = decode_episode(row, spec, layout, tok)
             lines = episode_lines(row, spec, layout, steps)
-            images = [(f"t={t} {f.name}", obs[f.name]) for t, (obs, _) in enumerate(steps)
-                      for f in spec.observations if f.kind == "image"]
+            images = []
+            for t, (obs, _) in enumerate(steps):
+                for f in spec.observations:
+                    if f.kind == "image" and f.frame_stack is not None:  # grey frames, oldest first
+                        k = len(obs[f.name])
+                        images += [(f"t={t} {f.name}" + (f" frame {j - k + 1}" if k > 1 else " newest"),
+                                    grey_to_rgb(frame)) for j, frame in enumerate(obs[f.name])]
+                    elif f.kind == "image":
+                        images.append((f"t={t} {f.name}", obs[f.name]))
         else:
             lines = ["(no manifest yet: values shown as ids; t=text i=image d=discrete c=continuous)"]
             lines += raw_step_lines(row)
@@ -301,7 +370,7 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
             imgs, caption = decode_caption(row, layout, tok)
             images = [(f"image {k}", im) for k, im in enumerate(imgs)]
             text_mask = row.modality == TEXT
-            lines = ["images: " + ", ".join(f"{im.shape[0]}x{im.shape[1]} ({im.shape[0] * im.shape[1] // 256} "
+            lines = ["images: " + ", ".join(f"{im.shape[0]}x{im.shape[1]} ({patch_count(*im.shape[:2])} "
                                              "patches)" for im in imgs),
                      f"caption: {_clip(caption)!r}" if tok is not None else "caption: (no tokenizer.model)",
                      "caption ids (* = loss): "
@@ -329,25 +398,34 @@ def run(args: argparse.Namespace) -> int:
             print("gato-tokenize inspect: --png needs --row or --source-id", file=sys.stderr)
             return 2
         s = summary(sd)
-        print(json.dumps(s, indent=1) if args.json else format_summary(s))
+        _print(json.dumps(s, indent=1) if args.json else format_summary(s))
         return 0
     shard, index = sd.find_source(args.source_id) if args.source_id is not None else sd.locate(args.row)
     row, scalars, lines, images = row_view(sd, shard, index)
     header = _row_header(sd, shard, index, row, scalars)
-    if args.json:
-        print(json.dumps({"header": header, **scalars, "lines": lines, "tokens": row.tokens.tolist(),
-                          "loss_mask": row.loss_mask.tolist(), "modality": row.modality.tolist(),
-                          "local_pos": row.local_pos.tolist(), "step_starts": row.step_starts.tolist()}))
-    else:
-        print(header)
-        print("\n".join(lines))
-    if args.png:
+    if args.png:  # before the listing: a reader that stops early (`| head`) must not lose the picture
         from ..render import render_row
         caption = [line for line in lines if line.startswith("caption: ")]
         title = f"{sd.path.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption)
         render_row(args.png, row, images, title)
         print(f"wrote {args.png}", file=sys.stderr)
+    if args.json:
+        _print(json.dumps({"header": header, **scalars, "lines": lines, "tokens": row.tokens.tolist(),
+                           "loss_mask": row.loss_mask.tolist(), "modality": row.modality.tolist(),
+                           "local_pos": row.local_pos.tolist(), "step_starts": row.step_starts.tolist()}))
+    else:
+        _print(header + "\n" + "\n".join(lines))
     return 0
+
+
+def _print(text: str) -> None:
+    """Print; a reader that closed the pipe (`| head`) ends the listing quietly, not with a traceback."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not raise again
 
 
 def register(subparsers) -> None:

@@ -16,6 +16,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from converters.base import SourceError
+from tokenizer_kit.frames import detect as detect_stack
 
 SOURCE_KINDS = ("auto", "minari", "hdf5", "table")
 MIN_IMAGE_SIDE = 16  # uint8 arrays smaller than one patch (e.g. MiniGrid's 7x7x3) stay discrete
@@ -28,6 +29,7 @@ class FieldInfo:
     name: str
     kind: str  # text, image, discrete or continuous
     shape: tuple[int, ...] | None  # per step; images (H, W) or (H, W, C); None when unknown (text)
+    bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # a Box's finite (low, high), flat
 
 
 @dataclass
@@ -66,12 +68,15 @@ class Source(Protocol):
 
 
 def guess_kind(dtype: np.dtype, shape: tuple[int, ...] | None) -> str:
-    """float -> continuous, integer/bool -> discrete, uint8 (H,W) or (H,W,1|3) -> image, str -> text."""
+    """float -> continuous, integer/bool -> discrete, uint8 (H,W) or (H,W,1|3) -> image, a uint8
+    frame stack (tokenizer_kit.frames.detect: (C,H,W) or (H,W,C)) -> image, str -> text."""
     dtype = np.dtype(dtype)
     if dtype.kind in "USO":
         return "text"
     if dtype == np.uint8 and shape is not None and (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))) \
             and min(shape[:2]) >= MIN_IMAGE_SIDE:
+        return "image"
+    if dtype == np.uint8 and detect_stack(shape, dtype) is not None:
         return "image"
     if dtype.kind in "iub":
         return "discrete"

@@ -44,6 +44,8 @@ class FlatHDF5Source:
             except OSError as e:
                 raise SourceError(f"{self.path}: unreadable HDF5 data ({_first_line(e)})") from None
         self._bounds = episode_bounds(done)
+        # steps after the last flag: an episode the recording may have cut off; the converter says so
+        self.last_episode_cut = bool(n and not done[-1])
 
     def _open(self):
         import h5py

@@ -38,8 +38,26 @@ def _data_path(path: str) -> Path:
     root = Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
     data = root / path / "data"
     if not (data / "metadata.json").is_file():
+        versions = _versions(root, path)
+        if len(versions) == 1:  # an id without its version: the one installed version
+            return versions[0] / "data"
+        if versions:
+            raise SourceError(f"{path}: several versions installed ({', '.join(v.name for v in versions)}); "
+                              f"name one")
         raise SourceError(f"{path}: no such file, directory or local Minari dataset (looked in {root})")
     return data
+
+
+def _versions(root: Path, dataset_id: str) -> list[Path]:
+    """Installed versions `ID-vN` of a dataset id given without its version."""
+    where = root / dataset_id
+    if not where.parent.is_dir():
+        return []
+    out = []
+    for d in where.parent.glob(f"{where.name}-v*"):
+        if d.name[len(where.name) + 2:].isdigit() and (d / "data" / "metadata.json").is_file():
+            out.append(d)
+    return sorted(out, key=lambda d: int(d.name[len(where.name) + 2:]))
 
 
 def space_fields(space, prefix: str, out: dict[str, FieldInfo]) -> dict[str, FieldInfo]:
@@ -52,7 +70,12 @@ def space_fields(space, prefix: str, out: dict[str, FieldInfo]) -> dict[str, Fie
         for i, sub in enumerate(space.spaces):
             space_fields(sub, f"{prefix}/{i}", out)
     elif isinstance(space, spaces.Box):
-        out[prefix] = FieldInfo(prefix, guess_kind(space.dtype, tuple(space.shape)), tuple(space.shape))
+        kind = guess_kind(space.dtype, tuple(space.shape))
+        low, high = np.asarray(space.low, np.float64).ravel(), np.asarray(space.high, np.float64).ravel()
+        bounds = None
+        if kind == "continuous" and np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all():
+            bounds = (tuple(low.tolist()), tuple(high.tolist()))
+        out[prefix] = FieldInfo(prefix, kind, tuple(space.shape), bounds)
     elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
         out[prefix] = FieldInfo(prefix, "discrete", tuple(space.shape))
     elif isinstance(space, spaces.Text):

@@ -56,9 +56,9 @@ class ConvertResult:
         rate = m.total_tokens / max(self.seconds, 1e-9) / 1e6
         head = "up to date: " if self.up_to_date else ""
         filtered = f", {m.stats['filtered']} filtered out" if m.stats.get("filtered") else ""
+        speed = "" if self.up_to_date else f", {self.seconds:.1f}s ({rate:.2f}M tok/s)"  # nothing was converted
         return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
-                f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}, {self.seconds:.1f}s ({rate:.2f}M tok/s) "
-                f"-> {self.out}")
+                f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}{speed} -> {self.out}")
 
 
 def _sha(obj) -> str:

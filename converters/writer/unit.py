@@ -12,12 +12,13 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from schemas.manifest import SkippedRecord
+from schemas.manifest import LongestUnit, SkippedRecord
 from schemas.shard import PATCH_BYTES, rows_to_batch
 from schemas.validate import validate_table
-from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, marker_name
+from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, add_counts, marker_name
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+from tokenizer_kit.sequence import unit_tokens
 
 from ..base import Converter, Record, SourceError, WorkUnit
 from .shards import ShardWriter
@@ -86,8 +87,13 @@ def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.
     # one counting pass per code over uint8 (np.bincount would first widen every token to intp)
     stats.tokens_by_modality = [a + int(np.count_nonzero(mod == code)) for code, a in enumerate(stats.tokens_by_modality)]
     stats.tokens += int(len(mod))
-    for rec, task in zip(records, tasks, strict=True):
+    first = stats.rows - len(records)  # the unit's row number of records[0]
+    for k, (rec, task) in enumerate(zip(records, tasks, strict=True)):
         stats.rows_per_task[task] = stats.rows_per_task.get(task, 0) + 1
+        add_counts(stats.counts, rec.counts)
+        n = unit_tokens(rec.row)
+        if n > (stats.longest.tokens if stats.longest else 0):
+            stats.longest = LongestUnit(n, first + k, rec.source_id)
         for name, (mx, total, n) in rec.field_errors.items():
             stats.field_errors.setdefault(name, FieldErrorSum()).add(FieldErrorSum(float(mx), float(total), int(n)))
 

@@ -119,11 +119,17 @@ def mu_law(x, mu=100.0, m=256.0):
     return np.sign(x) * np.log1p(mu * np.abs(x)) / math.log1p(m * mu)
 
 
-def assert_step_close(name: str, kind: str, is_obs: bool, mu: bool, got, want, num_bins: int = 1024):
-    """Continuous: within half a bin (in companded units for mu-law fields); others exact."""
+def assert_step_close(name: str, kind: str, is_obs: bool, mu: bool, got, want, num_bins: int = 1024,
+                      bounds=None):
+    """Continuous: within half a bin (in companded units for mu-law fields, in [-1, 1] units for
+    actions rescaled from `bounds`); image frames and others exact."""
     got, want = np.asarray(got), np.asarray(want)
     if kind == "continuous":
-        f = (lambda v: np.clip(mu_law(v), -1, 1)) if (is_obs and mu) else (lambda v: np.clip(v, -1, 1))
+        if bounds is not None:
+            lo, hi = (np.asarray(b, np.float64) for b in bounds)
+            f = lambda v: np.clip((v - lo) * (2.0 / (hi - lo)) - 1.0, -1, 1)  # noqa: E731
+        else:
+            f = (lambda v: np.clip(mu_law(v), -1, 1)) if (is_obs and mu) else (lambda v: np.clip(v, -1, 1))
         diff = np.abs(f(got.astype(np.float64)) - f(want.reshape(got.shape).astype(np.float64)))
         assert diff.max() <= 1.0 / num_bins + 1e-9, f"{name}: off by {diff.max()} (> half a bin)"
     elif kind == "text":
@@ -146,7 +152,7 @@ def check_row(row, obs: dict, act: dict, spec, layout, tok=None):
             assert_step_close(f.name, f.kind, True, f.mu_law, o[f.name], np.asarray(obs[f.name][t]) if f.kind != "text"
                               else obs[f.name][t])
         for f in spec.actions:
-            assert_step_close(f.name, f.kind, False, f.mu_law, a[f.name], np.asarray(act[f.name][t]))
+            assert_step_close(f.name, f.kind, False, f.mu_law, a[f.name], np.asarray(act[f.name][t]), bounds=f.bounds)
 
 
 class MissionObs(gym.ObservationWrapper):

@@ -283,3 +283,19 @@ def test_rl_row_without_a_manifest_shows_ids_per_step(tmp_path, rl_shard_dir, ca
     ids = row.tokens[:k]
     assert steps[0] == (f"t=0 obs{{patch patch patch patch d{ids[4]} " + " ".join(f"c{i}" for i in ids[5:9])
                         + f"}} | act[d{ids[10]}*]")
+
+
+def test_the_title_of_a_tall_png_stays_above_its_frames():
+    import matplotlib.pyplot as plt
+    from converters.render import row_figure
+    from tokenizer_kit.sequence import Row
+    row = Row(np.zeros(4, np.int32), np.zeros(4, np.uint8), np.zeros(4, np.int16), np.zeros(4, np.uint8))
+    for frames in (3, 400):  # a short and a very tall mosaic
+        images = [(f"t={i}", np.zeros((80, 80, 3), np.uint8)) for i in range(frames)]
+        fig = row_figure(row, images, "a title\nof two lines")
+        renderer = fig.canvas.get_renderer()
+        title = fig._suptitle.get_window_extent(renderer)
+        images_ax = fig.axes[0]
+        top = images_ax.title.get_window_extent(renderer).y1  # the frames' own heading, above them
+        assert title.y0 > top, (frames, title, top)
+        plt.close(fig)

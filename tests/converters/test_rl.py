@@ -86,17 +86,21 @@ def test_minari_discrete_actions_rows_decode_to_inputs(cartpole):
     assert "episode_spec" in c.options() and c.options()["final_observation"] == "dropped"
 
 
-def test_minari_arrow_continuous_actions_are_clipped_not_companded(minari_root):
-    env = gym.make("Pendulum-v1")
+def test_minari_arrow_continuous_actions_are_rescaled_from_their_box_not_companded(minari_root):
+    env = gym.make("Pendulum-v1")  # torque in Box(-2, 2)
     eps = rollouts(env, 3, 40, seed=7)
     path = make_minari("pendulum/random-v0", env, eps, data_format="arrow")
     c, recs = convert([path])
     assert [f.mu_law for f in c.spec.actions] == [False]
+    assert [f.bounds for f in c.spec.actions] == [((-2.0,), (2.0,))]
     assert len(recs) == 3
     for r, ep in zip(recs, eps):
         check_record(r, obs_of(ep), {"action": ep["actions"]}, c.spec, c.layout)
-        q = quantization_error(ep["actions"], c.layout, False)  # includes what clipping to [-1, 1] costs
-        assert r.field_errors["action"] == pytest.approx((q.max(), q.sum(), q.size))
+        # the error in torque units: half a bin of the [-2, 2] range at most, nothing clipped
+        q = 2.0 * quantization_error(np.asarray(ep["actions"], np.float64) / 2.0, c.layout, False)
+        assert r.field_errors["action"] == pytest.approx((q.max(), q.sum(), q.size), rel=1e-5)
+        assert r.field_errors["action"][0] <= 2.0 / 1024 + 1e-6
+        assert not r.counts.get("outside_unit_range")
         assert r.episode_return == pytest.approx(ep["rewards"].sum()) and r.episode_return < 0
 
 
@@ -194,13 +198,20 @@ def test_d4rl_observation_group_is_a_dict_of_fields(tmp_path):
                      {"action": ep["actions"]}, c.spec, c.layout)
 
 
-def test_d4rl_last_episode_without_flags_is_kept(tmp_path):
+def test_d4rl_last_episode_without_flags_is_kept_and_said(tmp_path, capsys):
     eps = rollouts(gym.make("CartPole-v1"), 3, 200, seed=5)  # random CartPole falls long before 200
     path = write_d4rl(tmp_path / "cut.hdf5", eps, timeouts_last=False)
+    c, recs = convert([path])
+    assert "warning" not in capsys.readouterr().err and "last_episode_cut" not in c.options()
     with h5py.File(path, "a") as f:
         f["terminals"][-1] = False  # the last episode has no flag at all
     c, recs = convert([path])
     assert [r.num_steps for r in recs] == [len(ep["actions"]) for ep in eps]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gato-tokenize rl: warning: {path}: the last episode ({len(eps[-1]['actions'])} steps) has no "
+                   "terminal or timeout flag; taken whole, as a cut-off episode"]
+    assert c.options()["last_episode_cut"] == [str(path)]
+    assert c.options()["final_observation"] == "none in the source"
 
 
 # --- episode tables --------------------------------------------------------------------------------

@@ -102,3 +102,15 @@ def test_impossible_layouts_are_refused(kwargs):
 def test_unknown_modality_code():
     with pytest.raises(LayoutError, match="unknown modality code 7"):
         VocabLayout(100).id_range(7)
+
+
+def test_a_tokenizer_mismatch_names_the_fix():
+    with pytest.raises(LayoutError, match="same --text-tokenizer"):
+        VocabLayout(1000).check_same(VocabLayout(32000), what="shard directory a", against="shard directory b")
+    with pytest.raises(LayoutError, match="re-convert the data with the --text-tokenizer the model"):
+        VocabLayout(1000).check_same(VocabLayout(32000), against="model")
+
+
+def test_the_patch_size_is_not_configurable():
+    with pytest.raises(LayoutError, match="patch_size 8 is not supported"):
+        VocabLayout(1000, patch_size=8)

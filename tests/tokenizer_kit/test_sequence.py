@@ -283,3 +283,12 @@ def test_spec_round_trips_through_dicts():
     spec = EpisodeSpec((FieldSpec("cam", "image", (32, 32), fit="pad"), FieldSpec("s", "continuous", (2,))),
                        (FieldSpec("a", "continuous", (1,), mu_law=False),), action_local_pos=True)
     assert EpisodeSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_patch_span_counts_a_spans_patches_from_either_side():
+    from tokenizer_kit.sequence import patch_span
+    tokens = np.array([-1, -1, 5, -1, 7, 8, -1, -1, 9])
+    for a in range(len(tokens) + 1):
+        for b in range(a, len(tokens) + 1):
+            want = (int((tokens[:a] == -1).sum()), int((tokens[:b] == -1).sum()))
+            assert patch_span(tokens, a, b, 5) == want == patch_span(tokens, a, b)

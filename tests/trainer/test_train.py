@@ -275,3 +275,35 @@ def test_eval_data_is_evaluated_per_task(data_dirs, tmp_path):
     assert main(_args(data_dirs, run, "--steps", "2", "--eval-steps", "1", "--eval-data", data_dirs["text"])) == 0
     last = _metrics(run)[-1]
     assert last["eval_loss/text"] == last["eval_loss"] and "eval_loss/cartpole" not in last
+
+
+def test_a_batch_without_targets_has_no_loss_and_changes_nothing(data_dirs, tmp_path):
+    args = TrainArgs(data=[data_dirs["rl"]], out=str(tmp_path / "run"), batch_size=2, seq_len=64, steps=2,
+                     warmup=1, progress=False)
+    trainer = train_mod.Trainer(args)
+    batch = next(iter(trainer.loader))
+    batch.loss_mask.zero_()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer._it = iter([batch])
+    rec = trainer.train_step()
+    assert rec["loss"] is None and rec["target_tokens"] == 0  # not 0.0: there was nothing to average
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    trainer._it = iter(trainer.loader)
+    rec = trainer.train_step()
+    assert rec["loss"] > 0 and rec["target_tokens"] > 0
+
+
+def test_metrics_count_target_tokens_per_step_and_task(data_dirs, tmp_path):
+    run = tmp_path / "run"
+    assert main(_args(data_dirs, run, "--steps", "4", "--log-every", "2", "--warmup", "1")) == 0
+    for r in _metrics(run):
+        assert r["target_tokens"] > 0
+        assert {"target_tokens/cartpole", "target_tokens/digits", "target_tokens/text"} <= set(r)
+
+
+def test_a_caption_pair_longer_than_seq_len_is_refused(data_dirs, tmp_path, capsys):
+    assert main(["--data", data_dirs["captions"], "--out", str(tmp_path / "run"), "--seq-len", "8",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert data_dirs["captions"] in err and "image-caption pair" in err and "--seq-len 8" in err
