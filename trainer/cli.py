@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return rollout_main(argv[1:])
     parser = build_parser()
     ns = parser.parse_args(argv)
-    from converters.errors import EXPECTED_ERRORS
+    from schemas.errors import EXPECTED_ERRORS
 
     from .checkpoint import CheckpointError
     from .train import TrainError, UsageError, train

@@ -31,7 +31,7 @@ from schemas.shard import PATCH_BYTES, ROW_COLUMNS, open_shard
 from tokenizer_kit.layout import PATCH_SLOT, VocabLayout
 
 from .batch import Batch, Sample, collate
-from .sharding import assign_rows, directory_seed
+from schemas.split import assign_rows, directory_seed
 
 KINDS = ("rl", "captions", "text")
 MAX_PAIRS = 5  # image-caption pairs concatenated into one sequence [paper]

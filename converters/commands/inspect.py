@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.reader import ShardDir
 from schemas.shard import SHARD_PATTERN, row_from_table
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
 
-from ..shard_dir import ShardDir, head_and_tail, human_bytes
 from ..writer import PACK_STATE, WORK_DIR, WORK_FORMAT
+from .listing import head_and_tail, human_bytes
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
 MAX_IDS = 256  # ids shown for a text row or caption
@@ -138,7 +139,7 @@ def summary(sd: ShardDir) -> dict:
             t = sd.table(i)
             off = t.column("tokens").combine_chunks().offsets
             shards.append({"name": s.name, "rows": t.num_rows, "tokens": int(off[-1].as_py() - off[0].as_py()),
-                           "bytes": s.path.stat().st_size, "sha256": None})
+                           "bytes": sd.file(i).stat().st_size, "sha256": None})
     by_mod = stats.get("tokens_per_modality") or stats.get("tokens_by_modality")
     if not isinstance(by_mod, dict):
         by_mod = _modality_counts(sd)
@@ -172,7 +173,7 @@ def summary(sd: ShardDir) -> dict:
         "episode_return": ret,
         "field_errors": _field_errors(stats),
         "skipped": len(m.skipped) if m else None,
-        "work": work_progress(sd.path) if m is None else None,
+        "work": work_progress(sd.local_root) if m is None and sd.local_root is not None else None,
         "missing_shards": sd.missing,
         "unlisted_shards": sd.unlisted,
     }
@@ -374,7 +375,7 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
 
 def _row_header(sd: ShardDir, shard: int, index: int, row: Row, scalars: dict) -> str:
     name = sd.shards[shard].name
-    glob = sum(sd.rows_per_shard[:shard]) + index
+    glob = sd.global_row(shard, index)
     extra = "".join(f", {k} {v}" for k, v in scalars.items() if k != "source_id")
     return (f"row {glob} = {name} row {index}: source_id {scalars.get('source_id')!r}{extra}; {len(row)} tokens, "
             f"{int(row.loss_mask.sum())} with loss ('*' marks them), {len(row.patches)} patches")
@@ -402,7 +403,7 @@ def run(args: argparse.Namespace) -> int:
     if args.png:
         from ..render import render_row
         caption = [line for line in lines if line.startswith("caption: ")]
-        title = f"{sd.path.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption)
+        title = f"{sd.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption)
         render_row(args.png, row, images, title)
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
@@ -411,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="summarise a shard directory, or decode one row back",
                               description=__doc__.splitlines()[0])
-    p.add_argument("dir", help="shard directory (may still be being written)")
+    p.add_argument("dir", help="shard directory, a path or a URL (s3://...); may still be being written")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--row", type=int, metavar="N", help="decode row N (counting over the shards in order)")
     which.add_argument("--source-id", metavar="ID", help="decode the row whose source_id is ID")

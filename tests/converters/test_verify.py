@@ -236,14 +236,14 @@ def test_simulated_ranks_read_every_row_once(rl_shard_dir, capsys, world, worker
 
 
 def test_simulation_catches_a_split_that_reads_rows_twice(monkeypatch):
-    import trainer.sharding
-    good = trainer.sharding.assign_rows
+    import schemas.split
+    good = schemas.split.assign_rows
     sim = simulate_ranks([10, 7], np.ones(17, np.int64), 2, 2)
     assert sim["exactly_once"] and sum(r["rows"] for r in sim["readers"]) == 17
     # a classic bug: every worker of a rank takes the same slice (worker index ignored)
     def buggy(rps, rank, ws, worker, nw, epoch, seed, shuffle=True):
         return good(rps, rank, ws, 0, 1, epoch, seed)
-    monkeypatch.setattr(trainer.sharding, "assign_rows", buggy)
+    monkeypatch.setattr(schemas.split, "assign_rows", buggy)
     bad = simulate_ranks([10, 7], np.ones(17, np.int64), 2, 2)
     assert not bad["exactly_once"] and bad["num_read_twice"] == 17
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainer.sharding import assign_rows, global_row, locate_rows, num_readers, reader_index
+from schemas.split import assign_rows, global_row, locate_rows, num_readers, reader_index
 
 SHARDS = [7, 0, 13, 5, 1]  # an empty shard and a one-row shard on purpose
 
