@@ -254,9 +254,11 @@ def loader_seed(seed: int, data_index: int = 0) -> int:
 
 
 def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int, workers: int, epoch: int = 0,
-                   seed: int = 0, data_index: int = 0) -> dict:
-    """Replay schemas.split.assign_rows for every (rank, worker) and count how often each row is read."""
-    from schemas.split import assign_rows, reader_index
+                   seed: int = 0, data_index: int = 0, split: str = "rows") -> dict:
+    """Replay the loader's row split (schemas.split: "rows" for a local directory, "shards" for
+    one streamed from a URL) for every (rank, worker) and count how often each row is read."""
+    import schemas.split
+    from schemas.split import reader_index
     total = int(sum(rows_per_shard))
     s = loader_seed(seed, data_index)
     reads = np.zeros(total, np.int64)
@@ -264,14 +266,14 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
     starts = np.concatenate([[0], np.cumsum(rows_per_shard)]).astype(np.int64)
     for rank in range(world):
         for worker in range(max(1, workers)):
-            rows = assign_rows(rows_per_shard, rank, world, worker, workers, epoch, s)
+            rows = schemas.split.split_rows(split, rows_per_shard, rank, world, worker, workers, epoch, s)
             np.add.at(reads, rows, 1)
             shards = np.unique(np.searchsorted(starts, rows, side="right") - 1)
             readers.append({"rank": rank, "worker": worker, "reader": reader_index(rank, world, worker, workers),
                             "rows": int(len(rows)), "tokens": int(row_tokens[rows].sum()) if len(row_tokens) else 0,
                             "shards": int(len(shards)), "first_rows": rows[:4].tolist()})
     twice, missed = np.flatnonzero(reads > 1), np.flatnonzero(reads == 0)
-    return {"world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s, "rows": total,
+    return {"split": split, "world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s, "rows": total,
             "readers": readers, "read_twice": twice.tolist()[:10], "num_read_twice": int(len(twice)),
             "skipped": missed.tolist()[:10], "num_skipped": int(len(missed)),
             "exactly_once": bool(len(twice) == 0 and len(missed) == 0)}
@@ -279,7 +281,8 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
 
 def format_simulation(sim: dict) -> str:
     rd = sim["readers"]
-    out = [f"loader split (schemas.split.assign_rows) of {sim['rows']:,} rows, epoch {sim['epoch']}, seed "
+    rule = "assign_rows" if sim.get("split", "rows") == "rows" else "assign_rows_by_shard"
+    out = [f"loader split (schemas.split.{rule}) of {sim['rows']:,} rows, epoch {sim['epoch']}, seed "
            f"{sim['seed']}: {sim['world']} ranks x {max(1, sim['workers'])} workers = {len(rd)} readers"]
     for r in head_and_tail(rd, 8):
         if r is None:
@@ -316,8 +319,10 @@ def run(args: argparse.Namespace) -> int:
           f"{human_bytes(res.bytes)} verified in {res.seconds:.2f} s ({rate:.2f} GB/s)")
     if args.simulate_ranks:
         lengths = np.concatenate([r.row_tokens for r in res.shards]) if res.shards else np.zeros(0, np.int64)
+        from schemas.storage import is_remote
+        split = args.split or ("shards" if is_remote(args.dir) else "rows")
         sim = simulate_ranks([r.rows for r in res.shards], lengths, args.simulate_ranks, args.workers,
-                             args.epoch, args.seed, args.data_index)
+                             args.epoch, args.seed, args.data_index, split)
         print(format_simulation(sim))
         return 0 if sim["exactly_once"] else 1
     return 0
@@ -347,5 +352,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="gato-train's --seed (with --simulate-ranks)")
     p.add_argument("--data-index", type=_count_arg(0), default=0,
                    help="position of DIR among gato-train's --data directories (its split seed depends on it)")
+    p.add_argument("--split", choices=("rows", "shards"),
+                   help="the loader's split rule to simulate (default: as gato-train reads DIR: shards for a URL, "
+                        "rows for a local directory)")
     p.set_defaults(func=run)
 

@@ -303,3 +303,24 @@ def test_damage_repeated_in_every_step_is_still_found(rl_copy, capsys):
     code, out, _ = run(["verify", str(rl_copy)], capsys)
     assert code == 1
     assert f"shard-00002.arrow: row 0 ({sid}), column loss_mask: action token without loss" in out
+
+
+# --- a directory in object storage (moto's S3 server through s3fs) ------------------------------------
+
+def test_verify_and_inspect_read_an_s3_directory(s3_server, rl_shard_dir, tmp_path, capsys):
+    import s3fs
+
+    from conftest import make_bucket, upload_dir
+    url = upload_dir(rl_shard_dir, make_bucket("verify") + "/rl")
+    code, out, _ = run(["verify", url, "--simulate-ranks", "2"], capsys)
+    assert code == 0 and out.startswith(f"ok: {url}: ") and "assign_rows_by_shard" in out
+    assert "every row is read exactly once per epoch" in out
+    code, out, _ = run(["inspect", url, "--row", "3"], capsys)
+    assert code == 0 and out.startswith("row 3 = ")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    name = sorted(p for p in fs.ls(url.removeprefix("s3://"), detail=False) if p.endswith(".arrow"))[0]
+    data = bytearray(fs.cat_file(name))
+    data[-50] ^= 1
+    fs.pipe_file(name, bytes(data))
+    code, out, _ = run(["verify", url], capsys)
+    assert code == 1 and f"{name.rsplit('/', 1)[-1]}: manifest says sha256" in out
