@@ -5,23 +5,25 @@ is renamed into place only after its hash matched) and a shard that changed upst
 anew. Several processes (DataLoader workers, ranks of one node) may share a cache directory: a
 lock file per shard makes one of them download while the others wait. Past `limit` bytes the
 least recently used copies are deleted (a process still mapping one keeps its pages: unlinking a
-mapped file is safe on POSIX). A background thread downloads the shards a reader will need next.
+mapped file is safe on POSIX). Background threads download the shards a reader will need next.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from tokenizer_kit.files import file_sha256
+
 from .errors import ReaderError
 from .storage import remote_fs, storage_error
 
-CHUNK = 8 << 20  # bytes per ranged read while downloading (and hashing)
+CHUNK = 8 << 20  # bytes per read while hashing
+PREFETCH_THREADS = 3  # downloads under way at once (a store serves several faster than one)
 
 
 def default_cache_dir() -> Path:
@@ -67,7 +69,7 @@ class ShardCache:
         return self._fetch(url, name, sha256)
 
     def prefetch(self, items: list[tuple[str, str, str]]) -> None:
-        """Start downloading (url, name, sha256) items in a background thread, in order."""
+        """Start downloading (url, name, sha256) items in background threads, in order."""
         for url, name, sha256 in items:
             if self.path_of(sha256).is_file():
                 continue
@@ -77,7 +79,7 @@ class ShardCache:
                 if sha256 in self._pending:
                     continue
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="gato-prefetch")
+                    self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="gato-prefetch")
                 self._pending[sha256] = self._pool.submit(self._fetch, url, name, sha256)
 
     def _take_pending(self, sha256: str) -> Future | None:
@@ -110,23 +112,21 @@ class ShardCache:
         return dst
 
     def _download(self, url: str, dst: Path) -> str:
-        """Copy url to dst under a temporary name, hashing while the bytes arrive; returns the hash.
-        dst appears only when the caller's hash check passed (it renames); a bad copy is removed."""
+        """Copy url to dst under a temporary name and hash it; returns the hash. dst appears only
+        when the hash is its name (the manifest's); a bad copy is removed. (The copy is hashed
+        from the page cache right after it lands: as fast as hashing while it streams, and the
+        download itself is the backend's own, as fast as a plain `get`.)"""
         fs, path = remote_fs(url)
-        tmp = dst.with_name(f".{dst.name}.part{os.getpid()}")
-        h = hashlib.sha256()
+        tmp = dst.with_name(f".{dst.name}.part{os.getpid()}-{threading.get_ident()}")
         try:
-            with fs.open(path, "rb", block_size=CHUNK, cache_type="none") as src, open(tmp, "wb") as out:
-                while block := src.read(CHUNK):
-                    h.update(block)
-                    out.write(block)
+            fs.get_file(path, str(tmp))
+            digest = file_sha256(tmp, CHUNK)
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
             raise ReaderError(f"{url}: shard listed in the manifest is missing from the store") from None
         except Exception as e:  # the store's errors (botocore, aiohttp) share no base but Exception
             tmp.unlink(missing_ok=True)
             raise storage_error(url, e) from None
-        digest = h.hexdigest()
         if digest == dst.stem:
             os.replace(tmp, dst)
         else:

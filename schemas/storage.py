@@ -31,14 +31,25 @@ def join(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name
 
 
+_FILESYSTEMS: dict[tuple, fsspec.AbstractFileSystem] = {}
+
+
 def remote_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path inside it) of a URL. fsspec caches filesystems per process, so this is
-    cheap to call again, and safe after a fork (a worker process gets its own)."""
+    """(filesystem, path inside it) of a URL: one filesystem per protocol and process, shared by
+    its threads (fsspec's own instance cache is per thread, and a new S3 client costs a session)."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    # credentials and endpoints come from the environment: a changed one needs a new client
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_"))))
+    key = (protocol, os.getpid(), env)
+    fs = _FILESYSTEMS.get(key)
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        if fs is None:
+            fs, path = fsspec.core.url_to_fs(url)
+            _FILESYSTEMS[key] = fs
+            return fs, path
+        return fs, fs._strip_protocol(url)
     except (ImportError, ValueError) as e:  # unknown protocol, or its backend is not installed
         raise ReaderError(f"{url}: cannot open ({str(e).splitlines()[0]})") from None
-    return fs, path
 
 
 def storage_error(url: str, e: BaseException) -> ReaderError:

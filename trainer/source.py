@@ -33,7 +33,7 @@ from schemas.storage import is_remote, local_path
 
 KINDS = ("rl", "captions", "text")
 MAX_MAPPED_REMOTE = 4  # shards of a remote directory kept mapped by one reader
-PREFETCH = 2  # shards of a reader's plan downloaded ahead of the one it reads
+PREFETCH = 3  # shards of a reader's plan downloaded ahead of the one it reads
 
 __all__ = ["DataError", "RowView", "ShardSource", "KINDS"]
 
