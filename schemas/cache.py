@@ -73,9 +73,7 @@ class ShardCache:
         for url, name, sha256 in items:
             if self.path_of(sha256).is_file():
                 continue
-            with self._lock:
-                if self._pid != os.getpid():  # a forked worker: the parent's thread is not ours
-                    self._pool, self._pending, self._pid = None, {}, os.getpid()
+            with self._own_lock():
                 if sha256 in self._pending:
                     continue
                 if self._pool is None:
@@ -83,10 +81,15 @@ class ShardCache:
                 self._pending[sha256] = self._pool.submit(self._fetch, url, name, sha256)
 
     def _take_pending(self, sha256: str) -> Future | None:
-        with self._lock:
-            if self._pid != os.getpid():
-                return None
+        with self._own_lock():
             return self._pending.pop(sha256, None)
+
+    def _own_lock(self) -> threading.Lock:
+        """This process's lock; a forked worker starts afresh (the parent's threads, downloads
+        under way and lock state are not its own)."""
+        if self._pid != os.getpid():
+            self._lock, self._pool, self._pending, self._pid = threading.Lock(), None, {}, os.getpid()
+        return self._lock
 
     def _fetch(self, url: str, name: str, sha256: str) -> Path:
         dst = self.path_of(sha256)
