@@ -12,6 +12,7 @@ import sys
 
 SUBCOMMAND_MODULES = (
     "converters.commands.convert",
+    "converters.commands.finalize",
     "converters.commands.train_tokenizer",
     "converters.commands.inspect",
     "converters.commands.verify",

@@ -12,6 +12,7 @@ import numpy as np
 
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec
 
 from .shard import SCHEMA_VERSION
 
@@ -44,6 +45,60 @@ class ShardInfo:
 
 
 @dataclass
+class SkippedRecord:
+    """A record left out under --on-error skip, and why (one line naming file, record and field)."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class FieldError:
+    """Absolute quantisation error of one field's 1024-bin round trip."""
+
+    max: float
+    mean: float
+    count: int
+
+
+@dataclass
+class ReturnStats:
+    count: int
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+
+
+@dataclass
+class Stats:
+    """The keys of `Manifest.stats` (a plain dict in the file; `Stats.from_dict` reads it typed)."""
+
+    rows: int = 0
+    tokens: int = 0
+    tokens_by_modality: dict[str, int] = field(default_factory=dict)
+    field_errors: dict[str, FieldError] = field(default_factory=dict)
+    rows_per_task: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    filtered: int = 0  # left out on purpose by the converter's own options (not errors)
+    episode_return: ReturnStats | None = None  # RL only
+    counts: dict[str, dict[str, int]] | None = None  # converters' grouped event counts (Record.counts)
+    longest_unit: dict | None = None  # {tokens, row, source_id}: the longest step or pair
+    conversion: dict | None = None  # what made the directory, so a re-run can tell it is up to date
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stats":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["field_errors"] = {k: FieldError(**v) for k, v in known.get("field_errors", {}).items()}
+        if known.get("episode_return") is not None:
+            known["episode_return"] = ReturnStats(**known["episode_return"])
+        return cls(**known)
+
+
+@dataclass
 class Manifest:
     """Everything a reader must know to trust and decode a shard directory."""
 
@@ -51,11 +106,12 @@ class Manifest:
     converter: str
     options: dict = field(default_factory=dict)
     shards: list[ShardInfo] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-    skipped: list[dict] = field(default_factory=list)  # {"source": ..., "reason": ...}
+    stats: dict = field(default_factory=dict)  # Stats.to_dict()
+    skipped: list[dict] = field(default_factory=list)  # asdict(SkippedRecord)
     tokenizer_sha256: str | None = None
     episode_spec: dict | None = None  # RL: EpisodeSpec.to_dict(), for decoding rows back
     tasks: list[str] = field(default_factory=list)
+    compression: str = "none"  # Arrow IPC buffer compression of the shards: none, lz4 or zstd
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -91,10 +147,27 @@ class Manifest:
         """Refuse (LayoutError naming both) when this directory's layout is not `layout`."""
         self.vocab_layout.check_same(layout, what, against)
 
+    @property
+    def typed_stats(self) -> Stats:
+        return Stats.from_dict(self.stats)
+
+    @property
+    def skipped_records(self) -> list[SkippedRecord]:
+        return [SkippedRecord(**s) for s in self.skipped]
+
+    @property
+    def spec(self) -> EpisodeSpec | None:
+        """The RL episode spec, typed (None for captions and text)."""
+        return EpisodeSpec.from_dict(self.episode_spec) if self.episode_spec else None
+
+    def to_json(self) -> str:
+        """The file's text; a statistic that is not a finite number is refused (JSON has none)."""
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
+
     def write(self, directory: str | os.PathLike) -> Path:
         """Write atomically: temporary file, fsync, rename; numpy numbers in stats are fine."""
         path = Path(directory) / MANIFEST_NAME
-        text = json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default) + "\n"
+        text = self.to_json()
         with atomic_path(path) as tmp:
             tmp.write_text(text)
         return path

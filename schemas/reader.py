@@ -28,11 +28,11 @@ from tokenizer_kit.layout import VocabLayout
 from .cache import ShardCache
 from .errors import ReaderError
 from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
-from .shard import PATCH_BYTES, open_shard
+from .shard import PATCH_BYTES, SHARD_NAME_RE, open_shard
 from .storage import is_remote, join, list_names, local_path, read_bytes, remote_fs, storage_error
 from .validate import Problem, validate_table
 
-SHARD_RE = re.compile(r"^shard-\d+\.arrow$")
+SHARD_RE = re.compile(SHARD_NAME_RE)
 
 
 # --- rows as views of a mapped record batch ---------------------------------------------------------

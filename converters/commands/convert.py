@@ -7,8 +7,8 @@ Each kind K lives in `converters.K` and exposes `add_arguments(parser)` (its own
 * `args.layout`: the `VocabLayout` every id must follow (from the tokenizer, or for RL without
   text from `--text-vocab-size`), with `--layout-profile` applied.
 
-The writer (converters/writer.py) then owns workers, partitions, resume, `--on-error` and the
-manifest. Kind modules are imported only when their subcommand runs, so a missing or broken one
+The writer (converters/writer/) then owns engines, workers, partitions, resume, `--on-error`,
+the output store and the manifest. Kind modules are imported only when their subcommand runs, so a missing or broken one
 never breaks the others.
 """
 
@@ -56,7 +56,8 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--num-partitions", type=positive, default=1, metavar="K",
                    help="split the work units into K disjoint partitions (with --partition)")
     p.add_argument("--partition", type=int, default=None, metavar="I",
-                   help="convert only partition I of K into DIR/.work; run again without it to write the shards")
+                   help="convert only partition I of K (its units' shards go straight into DIR); "
+                        "then `gato-tokenize finalize DIR` or the command without it writes the manifest")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="bad record: stop with exit 1 (fail, default) or skip it and list it in the manifest")
     required = kind in NEEDS_TEXT_TOKENIZER
@@ -70,6 +71,13 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                    help="vocab layout profile (default gato)")
     p.add_argument("--shard-size", type=size, default=256 * 10**6, metavar="BYTES",
                    help="target shard size, e.g. 64MB, 1GiB (default 256MB)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="run the work units in local processes (default) or as Ray tasks; INPUT and DIR "
+                        "may be fsspec URLs (s3://bucket/prefix, gs://, file://) with either")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --engine ray: the cluster to join (default: start a local Ray)")
+    p.add_argument("--compression", choices=("default", "none", "lz4", "zstd"), default="default",
+                   help="Arrow IPC buffer compression of the shards (default: zstd where rows hold images, else none)")
     p.add_argument("--task", default=None, metavar="NAME",
                    help=f"task name of every row (default: what the converter finds, else {kind!r})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -117,7 +125,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from tokenizer_kit.layout import VocabLayout
     from tokenizer_kit.text import TextTokenizer
-    from converters.writer import UsageError, convert
+    from converters.inputs import localize_inputs
+    from converters.writer import LockedError, StorageError, UsageError, convert
 
     parser: argparse.ArgumentParser = args._parser
     if args.num_partitions > 1 and args.partition is None:
@@ -130,13 +139,32 @@ def run(args) -> int:
         args.layout = args.tokenizer.layout(args.layout_profile)
     else:
         args.layout = VocabLayout(text_vocab_size=args.text_vocab_size, profile=args.layout_profile)
-    converter = _kind_module(args.kind).make_converter(args)
     try:
+        args.inputs = localize_inputs(args.inputs)
+        converter = _kind_module(args.kind).make_converter(args)
         result = convert(converter, args.out, layout=args.layout, tokenizer_path=args.text_tokenizer,
                          workers=args.workers, on_error=args.on_error, shard_size=args.shard_size,
                          num_partitions=args.num_partitions, partition=args.partition, task=args.task,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
+                         compression=default_compression(args.kind, converter) if args.compression == "default"
+                         else args.compression)
     except UsageError as e:
         parser.error(str(e))
+    except LockedError as e:
+        print(f"gato-tokenize: error: {e}", file=sys.stderr)
+        return 2
+    except StorageError as e:
+        print(f"gato-tokenize: error: {e}", file=sys.stderr)
+        return 1
     print(result.summary(), file=sys.stderr)
     return 0
+
+
+def default_compression(kind: str, converter) -> str:
+    """zstd where rows hold image patches (Atari frames: ~170x smaller, converted faster since less
+    is written); none otherwise (state RL and text shrink only 3-5x, and uncompressed shards are
+    memory-mapped by the loader with no decoding). Measured in benchmarks/bench_compression.py."""
+    if kind == "captions":
+        return "zstd"
+    spec = converter.options().get("episode_spec") or {}
+    return "zstd" if any(f.get("kind") == "image" for f in spec.get("observations", [])) else "none"

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from schemas.reader import ShardDir
-from schemas.shard import SHARD_PATTERN, row_from_table
+from schemas.shard import row_from_table
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
 
-from ..writer import PACK_STATE, WORK_DIR, WORK_FORMAT
+from ..writer import OutDir, WorkDir
 from .listing import head_and_tail, human_bytes
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
@@ -66,64 +66,10 @@ def _field_errors(stats: dict) -> dict | None:
 
 
 def work_progress(root: Path) -> dict | None:
-    """How far an unfinished conversion is, as its writer would resume it (converters/writer.py).
-
-    Units before `.work/pack.state`'s next_unit are in the shards (the state counts only where its
-    shards are on disk at their recorded sizes, as the writer checks). Later units count as done
-    only where the writer would reuse them: a work file converted ahead whose size matches its
-    marker. A marker left by a unit that went straight into the shards after the last saved state
-    (written after pack.state) is converted again, and markers of packed units are not "ahead".
-    Markers do not name their unit's index, so `units_ahead` takes every work-file marker past the
-    packed units' share: exact, unless an earlier run's pack state was lost (then it may be high)."""
-    work = root / WORK_DIR
-    if not work.is_dir():
-        return None
-    markers = []  # (marker, its mtime)
-    for p in work.glob("*.json"):
-        try:
-            m, mtime = json.loads(p.read_text()), p.stat().st_mtime_ns
-        except (OSError, ValueError):
-            continue
-        if isinstance(m, dict) and m.get("format") == WORK_FORMAT:
-            markers.append((m, mtime))
-    intact = sum(1 for m, _ in markers if not m.get("direct") and (
-        m.get("file") is None or _size(work / str(m["file"])) == m.get("size")))
-    state, saved = _pack_state(work)
-    if state is None:  # nothing packed (partition runs, or a state the writer would not trust)
-        return {"units_total": None, "units_in_shards": 0, "units_ahead": intact, "shards": 0, "rows_in_shards": 0}
-    packed, total = state["next_unit"], state["conversion"].get("units")
-    # every packed unit has a marker; those that went straight into the shards wrote it before the save
-    direct_packed = min(packed, sum(1 for m, t in markers if m.get("direct") and t <= saved))
-    ahead = max(0, intact - (packed - direct_packed))
-    if isinstance(total, int):
-        ahead = min(ahead, total - packed)
-    rows = sum(s["rows"] for s in state["shards"]) + (state["open"]["rows"] if state["open"] else 0)
-    return {"units_total": total, "units_in_shards": packed, "units_ahead": ahead, "shards": len(state["shards"]),
-            "rows_in_shards": rows}
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
-
-
-def _pack_state(work: Path) -> tuple[dict | None, int]:
-    """(`.work/pack.state`, its mtime) when its shards are on disk at the sizes it records; else None."""
-    try:
-        path = work / PACK_STATE
-        saved = path.stat().st_mtime_ns
-        state = json.loads(path.read_text())
-        # a finished shard may still be .part: the writer fsyncs and renames it in the background
-        ok = all(s["bytes"] in (_size(work / s["name"]), _size(work / (s["name"] + ".part")))
-                 for s in state["shards"]) and (
-            state["open"] is None or _size(work / (f"{SHARD_PATTERN.format(len(state['shards']))}.part"))
-            >= state["open"]["size"])
-        int(state["next_unit"])
-        return (state if ok else None), saved
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, 0
+    """How far an unfinished conversion is, as the writer itself would resume it."""
+    p = WorkDir(OutDir(root)).progress()
+    return None if p is None else {"units_total": p.units_total, "units_done": p.units_done, "shards": p.shards,
+                                   "rows": p.rows}
 
 
 def summary(sd: ShardDir) -> dict:
@@ -173,7 +119,7 @@ def summary(sd: ShardDir) -> dict:
         "episode_return": ret,
         "field_errors": _field_errors(stats),
         "skipped": len(m.skipped) if m else None,
-        "work": work_progress(sd.local_root) if m is None and sd.local_root is not None else None,
+        "work": work_progress(sd.path) if m is None else None,
         "missing_shards": sd.missing,
         "unlisted_shards": sd.unlisted,
     }
@@ -190,12 +136,8 @@ def _layout_line(d: dict) -> str:
 
 def _work_line(w: dict) -> str:
     """What an unfinished conversion has finished so far (see work_progress)."""
-    ahead = w["units_ahead"]
-    if w["units_total"] is None:
-        return f"{ahead} work units converted so far (.work/), none packed into shards yet"
-    return (f"{w['units_in_shards']} of {w['units_total']} work units in shards ({w['shards']} finished, "
-            f"{w['rows_in_shards']:,} rows, in .work/ until the manifest)"
-            + (f", {ahead} more converted ahead" if ahead else ""))
+    return (f"{w['units_done']} of {w['units_total']} work units converted ({w['shards']} shards, "
+            f"{w['rows']:,} rows)")
 
 
 def format_summary(s: dict) -> str:

@@ -89,7 +89,8 @@ def test_bad_data_exits_1_with_one_line_and_nothing_written(tmp_path, sp_model_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"{bad}: line 5 (byte 22): not UTF-8 text" in err
-    assert not (out / "manifest.json").exists() and not list(out.glob("shard-*")) and not list(out.rglob("*tmp*"))
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*tmp*"))
+    assert len(list(out.glob("shard-*"))) == len(list(out.glob(".work/unit-*.json"))) == 2  # the good units
     # --on-error skip: the same input converts and the record is listed
     assert main(text_cmd(inputs + [str(bad)], out, sp_model_path, "--on-error", "skip")) == 0
     m = Manifest.read(out)
@@ -108,10 +109,12 @@ def test_partitions_then_plain_run(tmp_path, sp_model_path, capsys):
     for i in range(2):
         assert main(text_cmd(inputs, out, sp_model_path, "--shard-size", "8KB", "--num-partitions", "2",
                              "--partition", str(i))) == 0
-        assert "run again without --partition" in capsys.readouterr().err
+        assert f"gato-tokenize finalize {out}" in capsys.readouterr().err
         assert not (out / "manifest.json").exists()
-    assert main(text_cmd(inputs, out, sp_model_path, "--shard-size", "8KB")) == 0
+    assert main(["finalize", str(out)]) == 0
     assert shards(out) == shards(tmp_path / "single")
+    assert main(text_cmd(inputs, out, sp_model_path, "--shard-size", "8KB")) == 0
+    assert "up to date" in capsys.readouterr().err
 
 
 def test_a_missing_kind_module_only_breaks_its_own_command(tmp_path, sp_model_path, monkeypatch, capsys):

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import converters.writer as writer
 from converters.cli import main
 from converters.text import TextConverter
-from converters.writer import PACK_STATE, WORK_DIR, convert
+from converters.writer import WORK_DIR, convert
 from converters.render import COLOURS, CELL_H, CELL_W, GAP, strip_image, token_lines
 from schemas.manifest import Manifest
 from schemas.shard import open_shard, row_from_table
@@ -23,7 +22,7 @@ from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 from tokenizer_kit.text import TextTokenizer
 from tokenizer_kit.values import bins_to_continuous
 
-from conftest import CrashingText, write_shard_dir
+from conftest import write_shard_dir
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -111,8 +110,7 @@ def _work(out: Path, capsys) -> tuple[dict, str]:
     return json.loads(text)["work"], line
 
 
-def test_unfinished_conversion_counts_what_the_writer_would_not_redo(tmp_path, text_tokenizer, capsys,
-                                                                     monkeypatch):
+def test_unfinished_conversion_counts_what_the_writer_would_not_redo(tmp_path, text_tokenizer, capsys):
     paths = _text_inputs(tmp_path / "in")
     conv = lambda cls=TextConverter: cls(paths, text_tokenizer, text_tokenizer.layout(),  # noqa: E731
                                          split="blank-line", unit_size=1500)
@@ -120,56 +118,19 @@ def test_unfinished_conversion_counts_what_the_writer_would_not_redo(tmp_path, t
     n = len(units)
     assert n >= 8
 
-    # partition runs: work files converted ahead, nothing packed; a short work file is converted again
     out = tmp_path / "out"
     _convert(conv(), out, text_tokenizer, num_partitions=3, partition=0)
     _convert(conv(), out, text_tokenizer, num_partitions=3, partition=1)
-    ahead = [i for i in range(n) if i % 3 != 2]
+    done = [i for i in range(n) if i % 3 != 2]
     w, line = _work(out, capsys)
-    assert w["units_ahead"] == len(ahead) and w["units_in_shards"] == 0
-    assert f"{len(ahead)} work units converted so far (.work/), none packed into shards yet" in line
-    marker = json.loads(next((out / WORK_DIR).glob("*.json")).read_text())
-    with open(out / WORK_DIR / marker["file"], "r+b") as f:  # unsynced, cut short by a crash
-        f.truncate(marker["size"] - 1)
-    assert _work(out, capsys)[0]["units_ahead"] == len(ahead) - 1
-    assert len(list((out / WORK_DIR).glob("*.json"))) == len(ahead)  # its marker is still there
-    (out / WORK_DIR / marker["file"]).unlink()
-    (out / WORK_DIR / f"{marker['uid']}.json").unlink()
-    ahead.remove(next(i for i, u in enumerate(units) if u.key == marker["key"]))
-
-    # the packing run dies at a unit of partition 2: what lies before it is in the shards
-    k, j = 2, 5  # units of partition 2
-    dying = conv(CrashingText)
-    dying.crash_at = units[k].key
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _convert(dying, out, text_tokenizer)
-    state = json.loads((out / WORK_DIR / PACK_STATE).read_text())
-    assert state["next_unit"] == k
-    w, line = _work(out, capsys)
-    waiting = sum(1 for i in ahead if i > k)  # converted ahead, not yet packed
-    assert w["units_total"] == n and w["units_in_shards"] == k
-    assert w["units_ahead"] == waiting  # markers of packed units are not counted again
-    assert w["shards"] == len(state["shards"]) and w["rows_in_shards"] > 0
-    assert f"{k} of {n} work units in shards ({len(state['shards'])} finished" in line
-
-    # a unit that went straight into the shards after the last saved state is converted again
-    real_save = writer._Packer.save
-
-    def dies_saving(self, next_unit):
-        if next_unit == j + 1:  # unit j is in the shards and has its marker, the state does not say so
-            raise KeyboardInterrupt
-        real_save(self, next_unit)
-
-    monkeypatch.setattr(writer._Packer, "save", dies_saving)
-    with pytest.raises(KeyboardInterrupt):
-        _convert(conv(), out, text_tokenizer)
-    monkeypatch.undo()
-    w, _ = _work(out, capsys)
-    later = sum(1 for i in ahead if i > j)
-    assert w["units_in_shards"] == j and w["units_ahead"] == later
-    assert len(list((out / WORK_DIR).glob("*.json"))) == j + 1 + later  # unit j's marker too
+    assert w["units_total"] == n and w["units_done"] == len(done) and w["rows"] > 0
+    assert f"{len(done)} of {n} work units converted" in line
+    # a unit whose shard is gone is not done: the writer would convert it again
+    marker = json.loads((out / WORK_DIR / "unit-00000.json").read_text())
+    (out / marker["shards"][0]["name"]).unlink()
+    assert _work(out, capsys)[0]["units_done"] == len(done) - 1
     res = _convert(conv(), out, text_tokenizer)
-    assert res.units_converted == n - j - later  # the writer agrees: the rest is reused
+    assert res.units_converted == n - len(done) + 1  # the writer agrees
 
 
 def test_unlisted_and_missing_shards_are_flagged(tmp_path, text_shard_dir, capsys):

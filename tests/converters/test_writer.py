@@ -1,5 +1,5 @@
-"""Shard writer: rolling shards, byte-identical output for any worker count, resume, partitions,
---on-error, statistics and the manifest."""
+"""Shard writer: per-unit shards rolled by size, byte-identical output for any worker count, engine
+or partitioning, resume, finalize, the lock, write faults, --on-error, statistics and the manifest."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from converters.base import Record, SourceError, WorkUnit
 from converters.text import TextConverter
-from converters.writer import WORK_DIR, UsageError, convert, parse_size
+from converters.writer import WORK_DIR, UsageError, convert, finalize, parse_size
 from schemas.manifest import Manifest
 from schemas.shard import open_shard
 from schemas.validate import validate_table
@@ -40,7 +40,7 @@ def text_converter(paths, tok, cls=TextConverter, unit_size=2000):
 
 
 def run(conv, out, tok, **kw):
-    kw.setdefault("shard_size", 30_000)
+    kw.setdefault("shard_size", 5_000)
     return convert(conv, out, layout=tok.layout(), tokenizer_path=tok.path, progress=False, **kw)
 
 
@@ -76,12 +76,14 @@ def test_shards_roll_at_target_size_and_manifest_vouches_for_them(reference, inp
         assert s.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         assert s.rows == table.num_rows
         assert s.tokens == sum(len(t) for t in table.column("tokens").to_pylist())
-        assert s.bytes < 30_000 * 1.3  # target plus a batch's framing; no shard is wildly over
+        assert s.bytes < 5_000 * 1.5  # target plus the framing of its batches; no shard is wildly over
         assert validate_table(table, m.vocab_layout) == []
     # the same rows as one big shard, in input order
     big = tmp_path / "big"
     run(text_converter(inputs, text_tokenizer), big, text_tokenizer, shard_size=10**9)
-    assert len(Manifest.read(big).shards) == 1
+    units = text_converter(inputs, text_tokenizer).work_units()
+    assert [s.name for s in Manifest.read(big).shards] == [f"shard-{i:05d}-000.arrow" for i in range(len(units))]
+    assert len(m.shards) > len(units)  # some units roll over into a second shard
     assert all_rows(big).equals(all_rows(reference))
     sources = all_rows(reference).column("source_id").to_pylist()
     assert [s.split("@")[0] for s in sources] == sorted(s.split("@")[0] for s in sources)
@@ -94,44 +96,11 @@ def test_shards_roll_at_target_size_and_manifest_vouches_for_them(reference, inp
     assert m.tasks == ["text"] and m.stats["rows_per_task"] == {"text": 180}
 
 
-@pytest.mark.slow
 def test_two_workers_write_the_same_bytes(reference, inputs, text_tokenizer, tmp_path):
     res = run(text_converter(inputs, text_tokenizer), tmp_path / "w2", text_tokenizer, workers=2)
     assert res.units_converted == res.units_total > 2
     assert shard_bytes(tmp_path / "w2") == shard_bytes(reference)
     assert Manifest.read(tmp_path / "w2").shards == Manifest.read(reference).shards
-
-
-class WaitsForHelp(TextConverter):
-    """The text converter whose main process, before its first unit, waits (up to 60 s) until a
-    spawned worker has finished a unit: proves the work is really shared."""
-
-    parent_pid: int = 0
-    work: str = ""
-
-    def convert_unit(self, unit):
-        import json
-        import os
-        import time
-        from pathlib import Path
-        deadline = time.time() + 60
-        while os.getpid() == self.parent_pid and time.time() < deadline and not any(
-                json.loads(p.read_text())["pid"] != self.parent_pid for p in Path(self.work).glob("*.json")):
-            time.sleep(0.05)
-        yield from super().convert_unit(unit)
-
-
-def test_spawned_workers_share_the_units_and_write_the_same_bytes(reference, inputs, text_tokenizer, tmp_path):
-    import json
-    import os
-    out = tmp_path / "out"
-    conv = text_converter(inputs, text_tokenizer, WaitsForHelp)
-    conv.parent_pid, conv.work = os.getpid(), str(out / WORK_DIR)
-    res = run(conv, out, text_tokenizer, workers=2, num_partitions=2, partition=0)  # keeps .work to look at
-    pids = [json.loads(p.read_text())["pid"] for p in (out / WORK_DIR).glob("*.json")]
-    assert len(pids) == res.units_converted and len(set(pids)) == 2
-    assert run(text_converter(inputs, text_tokenizer), out, text_tokenizer, workers=2).units_converted > 0
-    assert shard_bytes(out) == shard_bytes(reference)
 
 
 def test_resume_after_a_crash_converts_only_the_rest(reference, inputs, text_tokenizer, tmp_path):
@@ -141,31 +110,11 @@ def test_resume_after_a_crash_converts_only_the_rest(reference, inputs, text_tok
     crashing.crash_at = units[7].key
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(crashing, out, text_tokenizer)
-    assert not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
-    assert len(list((out / WORK_DIR).glob("*.json"))) == 7
+    assert not (out / "manifest.json").exists() and not list(out.glob(".*tmp*"))
+    assert len(list((out / WORK_DIR).glob("unit-*.json"))) == 7
     res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
     assert res.units_converted == len(units) - 7
     assert shard_bytes(out) == shard_bytes(reference)
-
-
-def test_interrupted_packing_is_redone_and_leftovers_removed(reference, inputs, text_tokenizer, tmp_path,
-                                                             monkeypatch):
-    out = tmp_path / "out"
-
-    def killed(self, directory):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as mp:
-        mp.setattr(Manifest, "write", killed)
-        with pytest.raises(KeyboardInterrupt):
-            run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
-    assert not (out / "manifest.json").exists() and (out / WORK_DIR).is_dir()
-    (out / "shard-00999.arrow").write_bytes(b"stale")
-    (out / ".shard-00000.arrow.tmp4242").write_bytes(b"half")
-    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
-    assert res.units_converted == 0
-    assert shard_bytes(out) == shard_bytes(reference)
-    assert not list(out.glob(".*tmp*"))
 
 
 def test_partitions_combine_into_the_single_run(reference, inputs, text_tokenizer, tmp_path):
@@ -174,12 +123,19 @@ def test_partitions_combine_into_the_single_run(reference, inputs, text_tokenize
     for i in range(3):
         res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer, num_partitions=3, partition=i)
         assert not res.complete and res.manifest is None
-        assert not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
+        assert not (out / "manifest.json").exists()
         total += res.units_converted
+        if i == 1:
+            with pytest.raises(SourceError, match=r"of \d+ work units are not converted yet"):
+                finalize(out)
     assert total == res.units_total
+    assert shard_bytes(out) == shard_bytes(reference)  # the shards are final as the partitions wrote them
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    assert finalize(out).shards == Manifest.read(reference).shards
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")} == before  # no byte copied
+    assert not (out / WORK_DIR).exists()
     final = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
-    assert final.units_converted == 0
-    assert shard_bytes(out) == shard_bytes(reference)
+    assert final.up_to_date and final.units_converted == 0
 
 
 def test_a_changed_input_is_converted_again(text_tokenizer, tmp_path):
@@ -213,8 +169,10 @@ def test_fail_with_workers_leaves_nothing_half_written(inputs, text_tokenizer, t
     out = tmp_path / "out"
     with pytest.raises(SourceError, match=r"bad\.txt: line 3 \(byte 19\): not UTF-8"):
         run(text_converter(inputs + [str(bad)], text_tokenizer), out, text_tokenizer, workers=2)
-    assert not (out / "manifest.json").exists()
-    assert not list(out.glob("shard-*")) and not list(out.rglob("*tmp*"))
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*tmp*"))
+    markers = list((out / WORK_DIR).glob("unit-*.json"))  # finished units stay, for a resume
+    assert {p.name for p in out.glob("shard-*")} == {
+        s["name"] for p in markers for s in __import__("json").loads(p.read_text())["shards"]}
 
 
 def test_units_finished_under_skip_fail_a_later_fail_run(inputs, text_tokenizer, tmp_path):
@@ -315,7 +273,7 @@ def test_a_row_breaking_the_contract_never_reaches_a_shard(layout, tmp_path):
     with pytest.raises(SourceError, match=r"the rl converter built a row that breaks the shard contract: row 0 "
                                           r"\(walk-1/ep0\), column tokens: id outside its modality's range"):
         convert(Broken(layout), tmp_path / "out", layout=layout, on_error="skip", progress=False)
-    assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("shard-*"))
+    assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("shard-00001-*"))
 
 
 def test_parse_size():
@@ -353,9 +311,9 @@ class DiesMidUnit(TextConverter):
             yield rec
 
 
-def test_killed_inside_a_unit_resumes_at_that_unit(inputs, text_tokenizer, tmp_path, monkeypatch):
-    import converters.writer as writer
-    monkeypatch.setattr(writer, "BATCH_ROWS", 3)  # so the unit has written batches when it dies
+def test_killed_inside_a_unit_resumes_at_that_unit(reference, inputs, text_tokenizer, tmp_path, monkeypatch):
+    import converters.writer.unit as unit_module
+    monkeypatch.setattr(unit_module, "BATCH_ROWS", 3)  # so the unit has written batches when it dies
     ref = tmp_path / "ref"
     run(text_converter(inputs, text_tokenizer), ref, text_tokenizer)
     conv = text_converter(inputs, text_tokenizer)
@@ -366,34 +324,11 @@ def test_killed_inside_a_unit_resumes_at_that_unit(inputs, text_tokenizer, tmp_p
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(dying, out, text_tokenizer)
-    assert not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
-    state = __import__("json").loads((out / WORK_DIR / writer.PACK_STATE).read_text())
-    assert state["next_unit"] == k and state["shards"]
-    part = out / WORK_DIR / (f"shard-{len(state['shards']):05d}.arrow.part")
-    assert part.stat().st_size > state["open"]["size"]  # the dead unit's first batches, past the saved state
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*tmp*"))
+    assert len(list((out / WORK_DIR).glob("unit-*.json"))) == k
     res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
     assert res.units_converted == len(units) - k
     assert shard_bytes(out) == shard_bytes(ref) and Manifest.read(out).shards == Manifest.read(ref).shards
-
-
-def test_work_files_are_checked_against_their_markers(reference, inputs, text_tokenizer, tmp_path):
-    """Work files are not fsynced: a short one (size, on resume) or a changed one (CRC32, while packing)
-    is converted again, whichever shard its rows fall in."""
-    import json
-    out = tmp_path / "out"
-    for i in range(2):
-        run(text_converter(inputs, text_tokenizer), out, text_tokenizer, num_partitions=2, partition=i)
-    markers = sorted((json.loads(p.read_text()) for p in (out / WORK_DIR).glob("*.json")), key=lambda m: m["key"])
-    files = [out / WORK_DIR / m["file"] for m in markers]
-    with open(files[3], "r+b") as f:
-        f.truncate(files[3].stat().st_size - 5)
-    for k in (1, 6, 10):  # same size, one byte changed inside a batch
-        data = bytearray(files[k].read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        files[k].write_bytes(bytes(data))
-    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
-    assert res.units_converted == 4
-    assert shard_bytes(out) == shard_bytes(reference)
 
 
 class Filtering(Episodes):
@@ -418,154 +353,196 @@ def test_filtered_records_are_counted_apart_from_skipped_ones(layout, tmp_path):
     assert m.stats["filtered"] == 0
 
 
-class TellsWhoConverts(TextConverter):
-    """The text converter noting which process converted each unit (a file per unit in `seen`);
-    the main process waits (up to 60 s) before its first unit until a spawned worker has done one."""
 
-    parent_pid: int = 0
-    seen: str = ""
+
+# --- statistics a manifest cannot hold --------------------------------------------------------------
+
+class HugeReturns(Episodes):
+    """Rewards of 1e308: most episodes return 1e308, the first of each unit two of them (inf)."""
 
     def convert_unit(self, unit):
-        import os
-        import time
-        from pathlib import Path
-        seen = Path(self.seen)
-        deadline = time.time() + 60
-        while os.getpid() == self.parent_pid and time.time() < deadline and not any(
-                p.read_text() != str(self.parent_pid) for p in seen.glob("*")):
-            time.sleep(0.05)
-        yield from super().convert_unit(unit)
-        (seen / unit.key.replace("/", "_")).write_text(str(os.getpid()))
+        for rec in super().convert_unit(unit):
+            if rec.row is not None:
+                rec.episode_return = float(np.sum([1e308, 1e308 if rec.source_id.endswith("ep0") else 0.0]))
+            yield rec
 
 
-def _run_watching_rings(inputs, text_tokenizer, tmp_path, monkeypatch) -> list[dict]:
-    """A 2-worker run that must use a spawned worker; returns the markers packed from its ring."""
-    import os
-    import converters.writer as writer
-    packed, original = [], writer._Packer.add_ring
+def test_returns_that_sum_to_infinity_are_refused_naming_the_record(layout, tmp_path):
+    import json
+    import warnings
+    warnings.simplefilter("ignore", RuntimeWarning)  # the overflow in np.sum
+    with pytest.raises(SourceError, match=r"^walk-0/ep0: episode return inf cannot go into the statistics"):
+        convert(HugeReturns(layout), tmp_path / "out", layout=layout, progress=False)
+    res = convert(HugeReturns(layout), tmp_path / "skip", layout=layout, on_error="skip", progress=False)
 
-    def add_ring(self, ring, marker, work):
-        packed.append({**marker, "ring_name": ring.name})
-        return original(self, ring, marker, work)
+    def no_constant(name):
+        raise AssertionError(f"{name} in the manifest")
 
-    monkeypatch.setattr(writer._Packer, "add_ring", add_ring)
-    conv = text_converter(inputs, text_tokenizer, TellsWhoConverts)
-    (tmp_path / "seen").mkdir()
-    conv.parent_pid, conv.seen = os.getpid(), str(tmp_path / "seen")
-    out = tmp_path / "out"
-    run(conv, out, text_tokenizer, workers=2)
-    assert not (out / WORK_DIR).exists()
-    return packed
+    r = json.loads((tmp_path / "skip" / "manifest.json").read_text(), parse_constant=no_constant)["stats"]
+    assert r["episode_return"] == {"count": 8, "min": 1e308, "max": 1e308, "mean": 1e308, "std": 0.0}
+    assert sorted(s["source"] for s in res.manifest.skipped) == ["walk-0/ep0", "walk-1/ep0", "walk-1/ep2",
+                                                                 "walk-2/ep0"]
 
 
-@pytest.mark.parametrize("start", ["fork", "spawn"])
-def test_worker_units_reach_the_shards_through_shared_memory(reference, inputs, text_tokenizer, tmp_path,
-                                                             monkeypatch, start):
-    import os
+# --- compression ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_shards_hold_the_same_rows(reference, inputs, text_tokenizer, tmp_path, codec):
+    out = tmp_path / codec
+    m = run(text_converter(inputs, text_tokenizer), out, text_tokenizer, compression=codec).manifest
+    assert m.compression == codec and Manifest.read(out).compression == codec
+    assert all_rows(out).equals(all_rows(reference))
+    for s in m.shards:
+        assert s.sha256 == hashlib.sha256((out / s.name).read_bytes()).hexdigest()
+
+
+# --- one writer per output --------------------------------------------------------------------------------
+
+def test_a_second_writer_exits_2_and_a_stale_lock_is_taken_over(inputs, text_tokenizer, tmp_path, capsys):
+    import json
+    import socket
+    import subprocess
     import sys
-    import converters.writer as writer
-    if start == "fork" and sys.platform != "linux":
-        pytest.skip("fork is used on Linux only")
-    monkeypatch.setattr(writer, "_start_method", lambda: start)
-    packed = _run_watching_rings(inputs, text_tokenizer, tmp_path, monkeypatch)
-    assert packed and all(pos >= 0 for m in packed for pos in m["places"])  # no work file, no spill
-    assert shard_bytes(tmp_path / "out") == shard_bytes(reference)
-    assert not os.path.exists(f"/dev/shm/{packed[0]['ring_name'].lstrip('/')}")  # unlinked at the end
+    from converters.cli import main
+    from converters.writer.lock import OutLock
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line", "--out", str(out),
+            "--no-progress"]
+    with OutLock(str(out)):  # a live writer: this process
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"is being written by process {__import__('os').getpid()}" in err
+    assert not (out / "manifest.json").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    assert main(argv) == 0 and (out / "manifest.json").exists() and not (out / ".lock").exists()
 
 
-def test_a_full_ring_spills_to_disk_and_the_bytes_stay_the_same(reference, inputs, text_tokenizer, tmp_path,
-                                                                monkeypatch):
-    import converters.writer as writer
-    monkeypatch.setattr(writer, "RING_BYTES", 4096)  # smaller than most batch messages
-    packed = _run_watching_rings(inputs, text_tokenizer, tmp_path, monkeypatch)
-    assert any(pos < 0 for m in packed for pos in m["places"])
-    assert shard_bytes(tmp_path / "out") == shard_bytes(reference)
+# --- write faults ------------------------------------------------------------------------------------------
+
+def test_a_write_the_disk_refuses_is_one_line_and_leaves_no_temporary_file(inputs, text_tokenizer, tmp_path):
+    """A real refusal by the kernel: the child may write no file larger than the tokenizer plus
+    64 KiB (RLIMIT_FSIZE: EFBIG at the write, as ENOSPC would be on a full disk)."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    inputs = make_inputs(tmp_path / "in", files=1, docs=3000)
+    limit = os.path.getsize(text_tokenizer.path) + (1 << 16)
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            "from converters.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line", "--out", str(out),
+            "--no-progress", "--unit-size", "1MB", "--shard-size", "1GB"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path.cwd())})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "cannot write shard-" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(out.rglob("*tmp*")) and not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
+    assert not (out / ".lock").exists()
 
 
-def test_ring_frees_a_region_once_every_region_before_it_is_consumed():
-    from converters.writer import _Ring
-    ring = _Ring(size=_Ring._HEADER + 100)
-    try:
-        a, b, c = (pa.py_buffer(bytes([k]) * 40) for k in (1, 2, 3))
-        assert ring.put(a) == 0 and ring.put(b) == 40
-        assert ring.put(c) is None  # 20 bytes left at the end, and a message never wraps
-        ring.consumed(40, 80)  # b is packed first (units are written out of packing order)...
-        assert ring.put(c) is None  # ...but a's bytes still come before it
-        ring.consumed(0, 40)
-        assert ring.put(c) == 100  # skips the 20 bytes at the end: offset 0 again
-        with ring.view(100, 40) as v:
-            assert bytes(v) == bytes([3]) * 40
-        ring.consumed(80, 140)
-        assert ring.put(a) == 140 and ring.written() == 180
-    finally:
-        ring.close(unlink=True)
+# --- kill -9 of the driver -----------------------------------------------------------------------------
+
+def test_kill_9_of_the_driver_then_the_same_command_converts_only_the_rest(reference, inputs, text_tokenizer,
+                                                                            tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "out"
+    code = ("import sys, time; from converters.text import TextConverter; import converters.text as t\n"
+            "class Slow(TextConverter):\n"
+            "    def convert_unit(self, unit):\n"
+            "        time.sleep(0.3); yield from super().convert_unit(unit)\n"
+            "t.TextConverter = Slow\n"
+            "from converters.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line", "--out", str(out),
+            "--no-progress", "--unit-size", "2000", "--shard-size", "5000"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 60
+    while len(list(out.glob(".work/unit-*.json"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob(".work/unit-*.json")))
+    assert 3 <= done < len(text_converter(inputs, text_tokenizer).work_units())
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)  # its lock is stale: taken over
+    assert res.units_converted == res.units_total - done
+    assert shard_bytes(out) == shard_bytes(reference) and not list(out.rglob("*tmp*"))
 
 
 def test_workers_fork_on_linux_unless_hdf5_is_loaded(monkeypatch):
     import sys
-    from converters.writer import _start_method
+    from converters.writer.engines import start_method
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.delitem(sys.modules, "h5py", raising=False)
-    assert _start_method() == "fork"
+    assert start_method() == "fork"
     monkeypatch.setitem(sys.modules, "h5py", object())  # HDF5's library state must not reach a child
-    assert _start_method() == "spawn"
+    assert start_method() == "spawn"
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.delitem(sys.modules, "h5py")
-    assert _start_method() == "spawn"
+    assert start_method() == "spawn"
 
 
-def test_without_room_in_dev_shm_workers_fall_back_to_work_files(reference, inputs, text_tokenizer, tmp_path,
-                                                                 monkeypatch):
-    import os
-    import converters.writer as writer
-    monkeypatch.setattr(writer._Ring, "room", staticmethod(lambda count: False))
-    assert _run_watching_rings(inputs, text_tokenizer, tmp_path, monkeypatch) == []
-    pids = {p.read_text() for p in (tmp_path / "seen").glob("*")}
-    assert pids - {str(os.getpid())}, "no unit was converted by a worker"
+def test_spawned_workers_write_the_same_bytes(reference, inputs, text_tokenizer, tmp_path, monkeypatch):
+    import converters.writer.engines as engines
+    monkeypatch.setattr(engines, "start_method", lambda: "spawn")
+    run(text_converter(inputs, text_tokenizer), tmp_path / "out", text_tokenizer, workers=2)
     assert shard_bytes(tmp_path / "out") == shard_bytes(reference)
 
 
-def test_packing_that_cannot_step_back_starts_over_and_ends_the_same(reference, inputs, text_tokenizer, tmp_path,
-                                                                     monkeypatch):
-    """A damaged work file found while packing, where the saved state cannot be resumed: every
-    shard is made again (units already packed, whose work files are gone, are converted again)."""
-    import json
-    import converters.writer as writer
+def test_a_full_disk_is_one_line_and_leaves_what_a_resume_needs(text_tokenizer, tmp_path, capsys):
+    """A real full disk: a tmpfs with room for the tokenizer and a few shards (needs root to mount)."""
+    import os
+    import subprocess
+    from converters.cli import main
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = os.path.getsize(text_tokenizer.path) + 256 * 1024
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        inputs = make_inputs(tmp_path / "in", files=4, docs=800)
+        argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line",
+                "--out", str(disk / "out"), "--no-progress", "--unit-size", "8KB", "--shard-size", "64KB"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "No space left on device" in err and "cannot write" in err
+        out = disk / "out"
+        assert not list(out.rglob("*tmp*")) and not (out / "manifest.json").exists() and not (out / ".lock").exists()
+        done = list(out.glob(".work/unit-*.json"))
+        assert done and {p.name for p in out.glob("shard-*")} == {
+            s["name"] for p in done for s in __import__("json").loads(p.read_text())["shards"]}
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+class KillsItsWorker(TextConverter):
+    """SIGKILLs the worker process converting unit `victim` (as the OOM killer would)."""
+
+    victim: str = ""
+
+    def convert_unit(self, unit):
+        import os
+        import signal
+        if unit.key == self.victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield from super().convert_unit(unit)
+
+
+def test_a_killed_local_worker_is_one_line_and_the_rerun_converts_the_rest(reference, inputs, text_tokenizer,
+                                                                           tmp_path):
+    conv = text_converter(inputs, text_tokenizer, KillsItsWorker)
+    conv.victim = conv.work_units()[4].key
     out = tmp_path / "out"
-    for i in range(2):
-        run(text_converter(inputs, text_tokenizer), out, text_tokenizer, num_partitions=2, partition=i)
-    markers = sorted((json.loads(p.read_text()) for p in (out / WORK_DIR).glob("*.json")), key=lambda m: m["key"])
-    damaged = out / WORK_DIR / markers[5]["file"]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
-    calls, original = [], writer._Packer.resume.__func__
-
-    def resume(cls, *args):
-        calls.append(1)
-        return None if len(calls) == 2 else original(cls, *args)  # the 2nd: after the damaged file
-
-    monkeypatch.setattr(writer._Packer, "resume", classmethod(resume))
-    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
-    assert len(calls) >= 3 and res.units_converted >= 6  # started over: units 0-4 again, and the damaged one
-    assert shard_bytes(out) == shard_bytes(reference)
-
-
-def test_packed_work_files_are_deleted_as_packing_goes(reference, inputs, text_tokenizer, tmp_path, monkeypatch):
-    """After partition runs every unit is a work file: packing them must not need twice the disk."""
-    import converters.writer as writer
-    out = tmp_path / "out"
-    for i in range(2):
-        run(text_converter(inputs, text_tokenizer), out, text_tokenizer, num_partitions=2, partition=i)
-    left, original = [], writer._Packer.save
-
-    def save(self, next_unit):
-        left.append((next_unit, sum(1 for p in self.work.glob("*.arrow") if not p.name.startswith("shard-"))))
-        return original(self, next_unit)
-
-    monkeypatch.setattr(writer._Packer, "save", save)
-    total = len(text_converter(inputs, text_tokenizer).work_units())
-    run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
-    assert left[0] == (0, total) and left[-1] == (total, 0)
-    assert all(n <= total - max(k - 1, 0) for k, n in left)  # unit k-1's file goes right after save(k)
-    assert shard_bytes(out) == shard_bytes(reference)
+    with pytest.raises(SourceError, match="a worker process died"):
+        run(conv, out, text_tokenizer, workers=2)
+    done = len(list(out.glob(".work/unit-*.json")))
+    res = run(text_converter(inputs, text_tokenizer), out, text_tokenizer, workers=2)
+    assert res.units_converted == res.units_total - done
+    assert shard_bytes(out) == shard_bytes(reference) and not list(out.rglob("*tmp*"))

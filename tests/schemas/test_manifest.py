@@ -89,3 +89,24 @@ def test_check_layout_refuses_another_layout():
     m.check_layout(VocabLayout(32000, eos_id=2))
     with pytest.raises(LayoutError, match=r"shards \(gato T=32000\) differs from the model's \(disjoint T=32000\)"):
         m.check_layout(VocabLayout(32000, profile="disjoint", eos_id=2))
+
+
+def test_the_writer_s_statistics_read_back_typed(tmp_path):
+    from schemas.manifest import FieldError, Manifest, ReturnStats, SkippedRecord, Stats
+    from tokenizer_kit.layout import VocabLayout
+    from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
+    stats = Stats(rows=2, tokens=10, tokens_by_modality={"text": 10}, field_errors={"obs/x": FieldError(0.1, 0.05, 4)},
+                  rows_per_task={"t": 2}, skipped=1, episode_return=ReturnStats(2, -1.0, 1.0, 0.0, 1.0),
+                  conversion={"fingerprint": "f"})
+    spec = EpisodeSpec((FieldSpec("x", "continuous", (2,)),), (FieldSpec("a", "discrete", (1,)),))
+    m = Manifest(layout=VocabLayout(text_vocab_size=32000).to_dict(), converter="rl", stats=stats.to_dict(),
+                 skipped=[{"source": "s", "reason": "r"}], episode_spec=spec.to_dict(), compression="zstd")
+    m.write(tmp_path)
+    back = Manifest.read(tmp_path)
+    assert back.typed_stats == stats and back.skipped_records == [SkippedRecord("s", "r")]
+    assert back.spec == spec and back.compression == "zstd"
+    assert "episode_return" not in Stats(rows=1).to_dict()  # RL only
+    bad = Manifest(layout=VocabLayout(text_vocab_size=32000).to_dict(), converter="rl", stats=Stats(tokens_by_modality={"x": float("inf")}).to_dict())
+    import pytest
+    with pytest.raises(ValueError):
+        bad.write(tmp_path / "bad")  # JSON has no Infinity: never written

@@ -1,0 +1,26 @@
+"""`gato-tokenize finalize DIR`: write the manifest once every partition has converted its units."""
+
+from __future__ import annotations
+
+import sys
+
+
+def run(args) -> int:
+    from converters.writer import LockedError, StorageError, finalize
+    try:
+        m = finalize(args.dir)
+    except LockedError as e:
+        print(f"gato-tokenize: error: {e}", file=sys.stderr)
+        return 2
+    except StorageError as e:
+        print(f"gato-tokenize: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("finalize", help="write the manifest of a directory converted by partitions",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("dir", help="shard directory (path or fsspec URL)")
+    p.set_defaults(func=run)

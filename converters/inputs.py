@@ -1,0 +1,61 @@
+"""Inputs given as fsspec URLs (s3://, gs://, ...) -> local files, for converters that read paths.
+
+Each remote file is fetched through fsspec once into a persistent cache ($GATO_KIT_INPUT_CACHE,
+else ~/.cache/gato-kit/inputs) and fetched again only when its ETag changes, so a re-run finds the
+same local file (same size and mtime: its work units are reused) and converters read plain paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fsspec
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GATO_KIT_INPUT_CACHE")
+                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gato-kit" / "inputs")
+
+
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def localize_inputs(inputs: list[str]) -> list[str]:
+    """Local paths stay; file:// loses its scheme; a remote file or prefix is fetched (every file
+    under a prefix, keeping its layout below the cache's per-URL folder)."""
+    out = []
+    for item in inputs:
+        if item.startswith("file://"):
+            out.append(item[len("file://"):])
+        elif not is_url(item):
+            out.append(item)
+        else:
+            out.append(_fetch(item))
+    return out
+
+
+def _fetch(url: str) -> str:
+    from .writer.storage import OutDir, StorageError
+    store = OutDir(url)
+    fs, root = store.fs, store.root
+    local_root = cache_dir() / url.replace("://", "/").rstrip("/")
+    with store.errors("read the input"):
+        if not fs.exists(root):
+            raise FileNotFoundError(f"{url}: no such input")
+        if fs.isfile(root):
+            files = {root: local_root}
+        else:
+            files = {f: local_root / f[len(root):].lstrip("/") for f in fs.find(root)}
+        for remote, local in files.items():
+            info = fs.info(remote)
+            stamp = local.with_name(f".{local.name}.etag")
+            tag = str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("size"))
+            if local.exists() and stamp.exists() and stamp.read_text() == tag:
+                continue  # unchanged: same local file, same work units
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local) + ".part")
+            os.replace(str(local) + ".part", local)
+            stamp.write_text(tag)
+    return str(local_root)

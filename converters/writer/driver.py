@@ -1,0 +1,211 @@
+"""The conversion driver: list the work units, skip the finished ones, run the rest on an engine,
+and write the manifest last (the only step that needs every unit, and a cheap one).
+
+Each unit becomes its own shards (`shard-UUUUU-KKK.arrow`) and marker (`.work/unit-UUUUU.json`),
+written by whichever process converted it, so output is byte-identical for any --workers, engine
+or partitioning; a re-run (after a crash, kill -9, or on another machine) converts only the units
+without a complete marker; nothing is copied after conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+
+from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord
+from schemas.workunit import PLAN_NAME, WORK_FORMAT, ConversionPlan, UnitMarker, merge_stats
+from tokenizer_kit.files import file_sha256
+from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+
+from ..base import Converter, SourceError, WorkUnit
+from ..progress import Progress
+from .engines import ENGINES, run_local, run_ray
+from .lock import OutLock
+from .shards import COMPRESSIONS
+from .storage import OutDir
+from .unit import UnitJob, UnitSettings
+from .workdir import WorkDir
+
+ON_ERROR = ("fail", "skip")
+
+
+class UsageError(ValueError):
+    """The command cannot run as asked (conflicting output directory, bad partition): exit 2."""
+
+
+@dataclass
+class ConvertResult:
+    out: str
+    complete: bool  # manifest written (False after a partition run)
+    units_total: int
+    units_converted: int  # converted by this run (the rest were already complete)
+    manifest: Manifest | None = None
+    seconds: float = 0.0
+    up_to_date: bool = False  # the directory already held this exact conversion
+
+    def summary(self) -> str:
+        if self.manifest is None:
+            return (f"{self.units_converted} units converted into {self.out} ({self.units_total} in all) in "
+                    f"{self.seconds:.1f}s; once every partition is done: gato-tokenize finalize {self.out}")
+        m = self.manifest
+        mb = sum(s.bytes for s in m.shards) / 1e6
+        rate = m.total_tokens / max(self.seconds, 1e-9) / 1e6
+        head = "up to date: " if self.up_to_date else ""
+        filtered = f", {m.stats['filtered']} filtered out" if m.stats.get("filtered") else ""
+        return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
+                f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}, {self.seconds:.1f}s ({rate:.2f}M tok/s) "
+                f"-> {self.out}")
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def unit_id(fingerprint: str, unit: WorkUnit) -> str:
+    """Changes with the settings, the unit, and its file's size/mtime: stale work is never reused."""
+    try:
+        st = os.stat(unit.path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    except (OSError, ValueError):
+        stamp = None
+    return _sha([fingerprint, unit.key, unit.path, unit.start, unit.stop, stamp])[:24]
+
+
+def _plan(converter: Converter, units: list[WorkUnit], layout: VocabLayout, tokenizer_path, task,
+          shard_size: int, on_error: str, compression: str) -> ConversionPlan:
+    options = dict(converter.options())
+    episode_spec = options.pop("episode_spec", None)
+    tok_sha = file_sha256(tokenizer_path) if tokenizer_path else None
+    fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter.name, "options": options,
+                        "episode_spec": episode_spec, "layout": layout.to_dict(), "tokenizer_sha256": tok_sha,
+                        "task": task, "rl": converter.rl, "shard_size": shard_size, "compression": compression})
+    return ConversionPlan(converter.name, converter.rl, fingerprint, [unit_id(fingerprint, u) for u in units],
+                          [u.key for u in units], layout.to_dict(), options, episode_spec, tok_sha, shard_size,
+                          on_error, compression)
+
+
+def _read_manifest(out: OutDir) -> Manifest | None:
+    text = out.read_text(MANIFEST_NAME)
+    try:
+        return Manifest.from_dict(json.loads(text)) if text else None
+    except (ManifestError, ValueError, TypeError, KeyError):
+        return None
+
+
+def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout,
+            tokenizer_path: str | os.PathLike | None = None, workers: int = 1, on_error: str = "fail",
+            shard_size: int = 256 * 10**6, num_partitions: int = 1, partition: int | None = None,
+            task: str | None = None, progress: bool = True, engine: str = "local", ray_address: str | None = None,
+            compression: str = "none") -> ConvertResult:
+    """Convert the work units of `converter` into the shard directory `out` (a path or fsspec URL)."""
+    t0 = time.perf_counter()
+    if on_error not in ON_ERROR:
+        raise UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    if engine not in ENGINES or compression not in COMPRESSIONS:
+        raise UsageError(f"--engine must be one of {ENGINES} and --compression one of {COMPRESSIONS}")
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if num_partitions < 1 or (partition is not None and not 0 <= partition < num_partitions):
+        raise UsageError(f"--partition must be in [0, {num_partitions}) and --num-partitions >= 1")
+    if num_partitions > 1 and partition is None:
+        raise UsageError("--num-partitions needs --partition i (or leave both out to finish the conversion)")
+    store = OutDir(out)
+    if store.local and os.path.exists(store.root) and not os.path.isdir(store.root):
+        raise UsageError(f"--out {out} exists and is not a directory")
+
+    units = list(converter.work_units())
+    keys = [u.key for u in units]
+    if len(set(keys)) != len(keys):
+        raise SourceError(f"two inputs give the same work unit {next(k for k in keys if keys.count(k) > 1)!r}")
+    plan = _plan(converter, units, layout, tokenizer_path, task, shard_size, on_error, compression)
+    if (old := _read_manifest(store)) is not None or store.read_text(MANIFEST_NAME) is not None:
+        if old is not None and old.stats.get("conversion") == plan.conversion_id():
+            return ConvertResult(store.url, True, len(units), 0, old, time.perf_counter() - t0, up_to_date=True)
+        raise UsageError(f"{out} already holds a finished conversion of other inputs or options; "
+                         f"choose another --out or delete it")
+
+    store.makedirs()
+    lock = ".lock" if partition is None else f".lock.partition-{partition}"
+    with OutLock(store.root if store.local else None, lock):
+        work = WorkDir(store)
+        work.save_plan(plan)
+        if tokenizer_path:
+            _copy_tokenizer(store, tokenizer_path)
+        mine = range(len(units)) if partition is None else range(partition, len(units), num_partitions)
+        work.remove_temporaries(set(mine))
+        done = work.done(plan)
+        if partition is None and on_error == "fail":
+            for m in done.values():  # a unit finished earlier under --on-error skip
+                if m.skipped:
+                    raise SourceError(m.skipped[0].reason)
+        jobs = [UnitJob(i, units[i], plan.uids[i]) for i in mine if i not in done]
+        settings = UnitSettings(store, layout, converter.rl, on_error, task, shard_size, compression)
+        bar = Progress(converter.name + (f" [{partition}/{num_partitions}]" if partition is not None else ""),
+                       len(jobs), enabled=progress)
+
+        def on_done(m: UnitMarker) -> None:
+            bar.update(m.stats.rows + len(m.skipped), m.stats.tokens)
+            bar.unit_done()
+
+        try:
+            if engine == "ray":
+                run_ray(converter, settings, jobs, ray_address, workers if workers > 1 else None, on_done)
+            else:
+                run_local(converter, settings, jobs, workers, on_done)
+        finally:
+            bar.close()
+        if partition is not None:
+            return ConvertResult(store.url, False, len(units), len(jobs), None, time.perf_counter() - t0)
+        manifest = _finalize(store, work, plan)
+    return ConvertResult(store.url, True, len(units), len(jobs), manifest, time.perf_counter() - t0)
+
+
+def _copy_tokenizer(store: OutDir, tokenizer_path) -> None:
+    if store.local and os.path.exists(store.path(TOKENIZER_NAME)) and \
+            os.path.samefile(tokenizer_path, store.path(TOKENIZER_NAME)):
+        return
+    with store.staged(TOKENIZER_NAME) as tmp:
+        shutil.copyfile(tokenizer_path, tmp)
+
+
+def finalize(out: str | os.PathLike) -> Manifest:
+    """Write the manifest of a directory whose units were all converted (by partitions, anywhere)."""
+    store = OutDir(out)
+    if (m := _read_manifest(store)) is not None:
+        return m
+    with OutLock(store.root if store.local else None):
+        work = WorkDir(store)
+        plan = work.plan()
+        if plan is None:
+            raise SourceError(f"{out}: no conversion to finish here (no {PLAN_NAME})")
+        return _finalize(store, work, plan)
+
+
+def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
+    done = work.done(plan)
+    if len(done) < len(plan.uids):
+        first = next(i for i in range(len(plan.uids)) if i not in done)
+        raise SourceError(f"{store.url}: {len(plan.uids) - len(done)} of {len(plan.uids)} work units are not "
+                          f"converted yet (first: unit {first}, {plan.keys[first]}); run the partitions that hold them")
+    markers = [done[i] for i in range(len(plan.uids))]
+    stats = merge_stats(markers, plan.rl, MODALITY_NAMES)
+    stats = replace(stats, conversion=plan.conversion_id())
+    shards: list[ShardInfo] = [s for m in markers for s in m.shards]
+    skipped: list[SkippedRecord] = [s for m in markers for s in m.skipped]
+    manifest = Manifest(layout=plan.layout, converter=plan.converter, options=plan.options, shards=shards,
+                        stats=stats.to_dict(), skipped=[{"source": s.source, "reason": s.reason} for s in skipped],
+                        tokenizer_sha256=plan.tokenizer_sha256, episode_spec=plan.episode_spec,
+                        tasks=sorted(stats.rows_per_task), compression=plan.compression)
+    try:
+        text = manifest.to_json()
+    except ValueError as e:  # a statistic JSON cannot hold: refused at conversion, so a bug if it gets here
+        raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
+    store.remove(work.unlisted_shards({s.name for s in shards}))
+    work.remove_temporaries(None)
+    store.write_text(MANIFEST_NAME, text)
+    work.remove()
+    return manifest

@@ -1,0 +1,117 @@
+"""Who runs the units: this process, a local process pool (--workers N), or Ray tasks (--engine ray).
+All run the same `run_unit`; a unit's output does not depend on where it ran."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import sys
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Sequence
+
+from schemas.workunit import UnitMarker
+
+from ..base import Converter, SourceError
+from .unit import UnitJob, UnitSettings, run_unit
+
+ENGINES = ("local", "ray")
+RAY_RETRIES = 3  # a unit whose worker died (killed, node lost) runs again; its shards are simply replaced
+
+OnDone = Callable[[UnitMarker], None]
+
+
+def start_method() -> str:
+    """How worker processes start. A forked worker is ready at once; a spawned one first spends
+    ~0.6 s of CPU importing numpy and pyarrow. Fork on Linux, as HF datasets and PyTorch's
+    DataLoader do with pyarrow in the parent, except once HDF5 is loaded (its library state must
+    not be shared with a child: Minari and D4RL-style sources then spawn). Elsewhere, spawn (macOS
+    system libraries are not fork-safe)."""
+    return "fork" if sys.platform == "linux" and "h5py" not in sys.modules else "spawn"
+
+
+_W: dict = {}
+
+
+def _init_worker(converter: Converter, settings: UnitSettings, forked: bool) -> None:
+    if forked:  # as spawn would give them: own file handles, a fresh object-store session (no parent's threads)
+        converter, settings = pickle.loads(pickle.dumps((converter, settings)))
+    _W.update(converter=converter, settings=settings)
+
+
+def _pool_unit(job: UnitJob) -> UnitMarker:
+    return run_unit(_W["converter"], _W["settings"], job)
+
+
+def run_local(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob], workers: int,
+              on_done: OnDone) -> None:
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_done(run_unit(converter, settings, job))
+        return
+    ctx = mp.get_context(start_method())
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(converter, settings, ctx.get_start_method() == "fork")) as pool:
+        pending = {pool.submit(_pool_unit, job) for job in jobs}
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in finished:
+                    on_done(f.result())  # re-raises a unit's error
+        except BrokenProcessPool:
+            raise SourceError("a worker process died (killed, or out of memory); run the same command again "
+                              "to convert the units it did not finish") from None
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
+def _ray_unit(shared: list, job: UnitJob) -> UnitMarker:
+    """A Ray task: the converter is unpickled once per worker process (it may load a tokenizer),
+    not once per unit."""
+    import ray
+    key = shared[0].hex()
+    if key not in _W:
+        _W.clear()
+        _W[key] = ray.get(shared[0])
+    return run_unit(*_W[key], job)
+
+
+def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob], address: str | None,
+            num_cpus: int | None, on_done: OnDone) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise SourceError("--engine ray needs Ray: pip install 'gato-kit[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SourceError(f"--engine ray: cannot reach Ray at {address or 'a new local instance'}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+        task = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(_ray_unit)
+        shared = [ray.put((converter, settings))]  # in a list: Ray hands the task the reference itself
+        pending = [task.remote(shared, job) for job in jobs]
+        try:
+            while pending:
+                finished, pending = ray.wait(pending, num_returns=1)
+                for ref in finished:
+                    try:
+                        marker = ray.get(ref)
+                    except ray.exceptions.RayError as e:  # the unit's own error, else one line
+                        cause = getattr(e, "cause", None)
+                        if isinstance(cause, Exception):
+                            raise cause from None
+                        raise SourceError(f"--engine ray: a unit failed: {str(e).strip().splitlines()[0]}") from None
+                    on_done(marker)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,162 @@
+"""One work unit, start to end, in whichever process or machine runs it: records -> checked record
+batches -> its own shards -> its marker (written after its shards, so it vouches for them)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from schemas.manifest import SkippedRecord
+from schemas.shard import PATCH_BYTES, rows_to_batch
+from schemas.validate import validate_table
+from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, marker_name
+from tokenizer_kit.errors import TokenizeError
+from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+
+from ..base import Converter, Record, SourceError, WorkUnit
+from .shards import ShardWriter
+from .storage import OutDir
+
+BATCH_ROWS = 1024  # rows per record batch (fixed: batch boundaries are part of the bytes)
+BATCH_BYTES = 1 << 20  # ~bytes per record batch (a larger row makes a batch of its own)
+
+
+class InvalidRow(SourceError):
+    """A row that fails schemas.validate (whatever --on-error says: it is a converter bug)."""
+
+
+class _RecordFailed(SourceError):
+    """A bad record under --on-error fail."""
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """What every unit of one conversion is converted with (sent once to each process)."""
+
+    out: OutDir
+    layout: VocabLayout
+    rl: bool
+    on_error: str
+    task: str | None
+    shard_size: int
+    compression: str
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    index: int
+    unit: WorkUnit
+    uid: str
+
+
+def _row_estimate(rec: Record) -> int:
+    r = rec.row
+    return len(r.tokens) * 8 + len(r.patches) * (PATCH_BYTES + 4) + len(r.step_starts) * 4 + len(rec.source_id) + 64
+
+
+def _with_place(msg, unit: WorkUnit) -> str:
+    msg = str(msg).splitlines()[0] if str(msg) else "unreadable"
+    return msg if unit.path and unit.path in msg else f"{unit.path or unit.key}: {msg}"
+
+
+def _unrepresentable(rec: Record, returns: ReturnSums) -> str | None:
+    """Why the record's statistics cannot go into a manifest (JSON has no inf or nan), given the
+    unit's returns so far."""
+    r = rec.episode_return
+    if r is not None and not math.isnan(r):  # nan: no return recorded
+        probe = replace(returns)
+        probe.add(ReturnSums(1, r, r, r, 0.0))
+        if not (math.isfinite(r) and probe.finite()):
+            return f"{rec.source_id}: episode return {r!r} cannot go into the statistics (not a finite number)"
+    for name, (mx, total, _) in rec.field_errors.items():
+        if not (math.isfinite(mx) and math.isfinite(total)):
+            return f"{rec.source_id}: field {name!r}: quantisation error is not a finite number"
+    return None
+
+
+def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.RecordBatch) -> None:
+    stats.rows += len(records)
+    mod = batch.column("modality").values.to_numpy(zero_copy_only=False)
+    # one counting pass per code over uint8 (np.bincount would first widen every token to intp)
+    stats.tokens_by_modality = [a + int(np.count_nonzero(mod == code)) for code, a in enumerate(stats.tokens_by_modality)]
+    stats.tokens += int(len(mod))
+    for rec, task in zip(records, tasks, strict=True):
+        stats.rows_per_task[task] = stats.rows_per_task.get(task, 0) + 1
+        for name, (mx, total, n) in rec.field_errors.items():
+            stats.field_errors.setdefault(name, FieldErrorSum()).add(FieldErrorSum(float(mx), float(total), int(n)))
+        r = rec.episode_return
+        if r is not None and np.isfinite(r):
+            stats.returns.add(ReturnSums(1, float(r), float(r), float(r), 0.0))
+
+
+def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: UnitStats,
+                 skipped: list[SkippedRecord]) -> Iterator[pa.RecordBatch]:
+    """The unit's rows as record batches, each checked with schemas.validate (a converter bug never
+    reaches a shard). Bad records: SourceError under on_error='fail', else listed in `skipped`."""
+    def make_batch(buf: list[Record]) -> pa.RecordBatch:
+        tasks = [s.task or rec.task or converter.name for rec in buf]
+        batch = rows_to_batch(
+            [rec.row for rec in buf], [rec.source_id for rec in buf], tasks,
+            [rec.num_steps if rec.num_steps is not None else len(rec.row.step_starts) for rec in buf] if s.rl else None,
+            [rec.episode_return if rec.episode_return is not None else float("nan") for rec in buf] if s.rl else None)
+        problems = validate_table(pa.Table.from_batches([batch]), s.layout)
+        if problems:
+            raise InvalidRow(f"the {converter.name} converter built a row that breaks the shard contract: {problems[0]}")
+        _count(stats, buf, tasks, batch)
+        return batch
+
+    buf: list[Record] = []
+    size = 0
+    pending = ReturnSums()  # returns counted so far, with those of the records in `buf`
+    try:
+        for rec in converter.convert_unit(unit):
+            if rec.filtered:
+                stats.filtered += 1
+                continue
+            reason = rec.skip_reason or ("no row" if rec.row is None else None)
+            if reason is None:
+                reason = _unrepresentable(rec, pending)
+            if reason is not None:
+                if s.on_error == "fail":
+                    raise _RecordFailed(reason)
+                skipped.append(SkippedRecord(rec.source_id, reason))
+                continue
+            if rec.episode_return is not None and np.isfinite(rec.episode_return):
+                r = float(rec.episode_return)
+                pending.add(ReturnSums(1, r, r, r, 0.0))
+            buf.append(rec)
+            size += _row_estimate(rec)
+            if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
+                yield make_batch(buf)
+                buf, size = [], 0
+    except (_RecordFailed, InvalidRow):
+        raise  # the converter's reason, as it is
+    except (SourceError, TokenizeError) as e:  # the unit itself is unreadable
+        if s.on_error == "fail":
+            raise SourceError(_with_place(e, unit)) from None
+        skipped.append(SkippedRecord(unit.key, _with_place(e, unit)))
+    if buf:
+        yield make_batch(buf)
+
+
+def run_unit(converter: Converter, s: UnitSettings, job: UnitJob) -> UnitMarker:
+    """Convert one unit into its shards, then write its marker; a failure leaves no temporary file."""
+    stats = UnitStats(tokens_by_modality=[0] * len(MODALITY_NAMES))
+    skipped: list[SkippedRecord] = []
+    writer = ShardWriter(s.out, job.index, s.rl, s.shard_size, s.compression)
+    try:
+        for batch in unit_batches(converter, job.unit, s, stats, skipped):
+            writer.add(batch)
+        marker = UnitMarker(job.index, job.unit.key, job.uid, writer.close(), stats, skipped, os.getpid(),
+                            socket.gethostname())
+        s.out.write_text(marker_name(job.index), marker.to_json())
+    except BaseException:
+        writer.abort()
+        raise
+    return marker

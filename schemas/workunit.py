@@ -1,0 +1,168 @@
+"""The work directory's contract: what a conversion plans (`ConversionPlan`) and what each finished
+work unit leaves (`UnitMarker`), in `OUT/.work/` until the manifest is written.
+
+Every unit is converted into its own shards, `shard-UUUUU-KKK.arrow` (unit index U, piece K), by
+whichever process or machine converted it; its marker is written after its shards, so a marker
+vouches for complete shards. The manifest is then merged from the markers in unit order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from .manifest import FieldError, ReturnStats, ShardInfo, SkippedRecord, Stats
+
+WORK_DIR = ".work"
+PLAN_NAME = f"{WORK_DIR}/plan.json"
+UNIT_SHARD_PATTERN = "shard-{:05d}-{:03d}.arrow"  # unit index, piece of that unit
+WORK_FORMAT = 3  # of plan and markers; part of every unit id, so older work is never reused
+
+
+def marker_name(index: int) -> str:
+    return f"{WORK_DIR}/unit-{index:05d}.json"
+
+
+@dataclass
+class ConversionPlan:
+    """What every process of one conversion agrees on; `finalize DIR` needs nothing else."""
+
+    converter: str
+    rl: bool
+    fingerprint: str  # settings that change rows (converter options, layout, tokenizer, task)
+    uids: list[str]  # one per work unit, in input order: changes with the unit's input file
+    keys: list[str]
+    layout: dict
+    options: dict
+    episode_spec: dict | None
+    tokenizer_sha256: str | None
+    shard_size: int
+    on_error: str
+    compression: str = "none"
+
+    def conversion_id(self) -> dict:
+        """What the manifest records so that a re-run can tell its own finished directory."""
+        import hashlib
+        return {"fingerprint": self.fingerprint, "units": len(self.uids),
+                "units_sha256": hashlib.sha256(json.dumps(self.uids).encode()).hexdigest(),
+                "shard_size": self.shard_size, "on_error": self.on_error, "compression": self.compression}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ConversionPlan":
+        d = json.loads(text)
+        if d.pop("format", WORK_FORMAT) != WORK_FORMAT:
+            raise ValueError("written by another version of the writer")
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class FieldErrorSum:
+    max: float = 0.0
+    sum: float = 0.0
+    count: int = 0
+
+    def add(self, other: "FieldErrorSum") -> None:
+        self.max, self.sum, self.count = max(self.max, other.max), self.sum + other.sum, self.count + other.count
+
+
+@dataclass
+class ReturnSums:
+    """Episode returns of a unit in a form units merge in (count, mean and M2 as in Chan et al.'s
+    parallel variance: no sum of squares to overflow). min/max are None when count is 0."""
+
+    count: int = 0
+    min: float | None = None
+    max: float | None = None
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, other: "ReturnSums") -> None:
+        if not other.count:
+            return
+        if not self.count:
+            self.count, self.min, self.max, self.mean, self.m2 = other.count, other.min, other.max, other.mean, other.m2
+            return
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean += delta * (other.count / n)
+        self.m2 += other.m2 + delta * delta * (self.count * other.count / n)
+        self.min = other.min if self.min is None else min(self.min, other.min)
+        self.max = other.max if self.max is None else max(self.max, other.max)
+        self.count = n
+
+    def finite(self) -> bool:
+        return math.isfinite(self.mean) and math.isfinite(self.m2)
+
+
+@dataclass
+class UnitStats:
+    rows: int = 0
+    tokens: int = 0
+    tokens_by_modality: list[int] = field(default_factory=list)  # indexed by modality code
+    field_errors: dict[str, FieldErrorSum] = field(default_factory=dict)
+    returns: ReturnSums = field(default_factory=ReturnSums)
+    rows_per_task: dict[str, int] = field(default_factory=dict)
+    filtered: int = 0  # left out on purpose by a converter option (e.g. RL --min-return)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UnitStats":
+        return cls(**{**d, "field_errors": {k: FieldErrorSum(**v) for k, v in d["field_errors"].items()},
+                      "returns": ReturnSums(**d["returns"])})
+
+
+@dataclass
+class UnitMarker:
+    """A finished unit: its shards (complete, hashed) and what the manifest needs from it."""
+
+    index: int
+    key: str
+    uid: str
+    shards: list[ShardInfo]
+    stats: UnitStats
+    skipped: list[SkippedRecord] = field(default_factory=list)
+    pid: int = 0
+    host: str = ""
+    format: int = WORK_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "UnitMarker":
+        d = json.loads(text)
+        if d.get("format") != WORK_FORMAT:
+            raise ValueError("written by another version of the writer")
+        return cls(**{**d, "shards": [ShardInfo(**s) for s in d["shards"]], "stats": UnitStats.from_dict(d["stats"]),
+                      "skipped": [SkippedRecord(**s) for s in d["skipped"]]})
+
+
+def merge_stats(markers: list[UnitMarker], rl: bool, modality_names: dict[int, str]) -> Stats:
+    """The whole conversion's statistics, from its unit markers in unit order."""
+    errors: dict[str, FieldErrorSum] = {}
+    returns = ReturnSums()
+    tasks: dict[str, int] = {}
+    modality = [0] * len(modality_names)
+    for m in markers:
+        s = m.stats
+        modality = [a + b for a, b in zip(modality, s.tokens_by_modality, strict=True)]
+        for name, e in s.field_errors.items():
+            errors.setdefault(name, FieldErrorSum()).add(e)
+        returns.add(s.returns)
+        for t, c in s.rows_per_task.items():
+            tasks[t] = tasks.get(t, 0) + c
+    ret = None
+    if rl:
+        n = returns.count
+        ret = ReturnStats(n, returns.min, returns.max, returns.mean if n else None,
+                          math.sqrt(returns.m2 / n) if n else None)
+    return Stats(
+        rows=sum(m.stats.rows for m in markers), tokens=sum(m.stats.tokens for m in markers),
+        tokens_by_modality={modality_names[i]: c for i, c in enumerate(modality)},
+        field_errors={k: FieldError(v.max, v.sum / v.count if v.count else 0.0, v.count)
+                      for k, v in sorted(errors.items())},
+        rows_per_task=dict(sorted(tasks.items())), skipped=sum(len(m.skipped) for m in markers),
+        filtered=sum(m.stats.filtered for m in markers), episode_return=ret)
