@@ -297,3 +297,26 @@ def test_two_torchrun_nodes_download_disjoint_shards(bucket, local, tmp_path):
         mine = json.loads((tmp_path / f"node{n}.json").read_text())["docs"]
         shards = {m.shards[int(np.searchsorted(starts, d, side="right") - 1)].name for b in mine for d in b}
         assert shards <= cached[n]
+
+
+def test_convert_into_a_bucket_verify_and_train_from_it(s3_server, corpus_path, sp_model_path, tmp_path, capsys):
+    """The whole path through the bucket: gato-tokenize writes zstd-compressed shards to s3://,
+    verify reads them back by URL, gato-train streams them through its cache."""
+    from converters.cli import main as tokenize
+    url = make_bucket("convert") + "/text"
+    lines = Path(corpus_path).read_text().splitlines()
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n\n".join(" ".join(lines[i:i + 5]) for i in range(0, 1500, 5)) + "\n")
+    assert tokenize(["text", str(docs), "--text-tokenizer", sp_model_path, "--out", url, "--compression", "zstd",
+                     "--split", "blank-line", "--unit-size", "8000", "--shard-size", "8000", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert tokenize(["verify", url, "--simulate-ranks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok: {url}") and "exactly once" in out
+    m = Manifest.parse(_s3_text(f"{url}/manifest.json"), url)
+    assert len(m.shards) > 2
+    assert main(["--data", url, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
+                 "--preset", "tiny", "--batch-size", "2", "--seq-len", "32", "--steps", "20", "--log-every", "5",
+                 "--no-progress"]) == 0
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert {p.stem for p in (tmp_path / "cache" / "shards").glob("*.arrow")} <= {s.sha256 for s in m.shards}
