@@ -151,3 +151,25 @@ def test_unreachable_store_is_one_line(tmp_path, monkeypatch):
         assert "\n" not in str(e.value)
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_bad_copy_is_downloaded_once_more(s3_server, local_dirs, tmp_path, capsys):
+    """The first copy is corrupt, the store is repaired before the second: the second is used."""
+    import s3fs
+    url = upload_dir(local_dirs["text"], make_bucket("reader-retry") + "/text")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    info = Manifest.read(local_dirs["text"]).shards[0]
+    key = f"reader-retry/text/{info.name}"
+    good = fs.cat_file(key)
+    fs.pipe_file(key, good[:-10])  # truncated
+
+    class RepairedAfterFirst(ShardCache):
+        def _download(self, url, dst):
+            got = super()._download(url, dst)
+            fs.pipe_file(key, good)
+            return got
+
+    cache = RepairedAfterFirst(tmp_path / "cache")
+    path = ShardDir.open(url, cache=cache).file(0)
+    assert path.read_bytes() == good and cache.downloaded == [info.name]
+    assert capsys.readouterr().err.count(f"refused {info.name}") == 1

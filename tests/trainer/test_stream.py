@@ -19,14 +19,14 @@ import pytest
 
 from conftest import make_bucket, upload_dir
 from loader_fixtures import make_rl_dir, write_dir
-from schemas.manifest import Manifest
 from schemas.cache import ShardCache
+from schemas.manifest import Manifest
 from schemas.shard import open_shard
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import build_text_row
 from trainer import train as train_mod
 from trainer.cli import main
-from trainer.data import DataError, build_loader
+from trainer.data import build_loader
 from trainer.source import ShardSource
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
