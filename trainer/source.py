@@ -237,6 +237,7 @@ class ShardSource:
         ahead of use (the first ones now, the next while the reader reads)."""
         if not self.remote or not len(rows):
             return
+        self._ensure_open()  # (a worker's first call: opening later would drop the plan)
         shard = np.searchsorted(np.asarray(self._starts), rows, side="right") - 1
         _, first = np.unique(shard, return_index=True)
         self._plan = shard[np.sort(first)].tolist()
