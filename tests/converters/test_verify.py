@@ -317,6 +317,8 @@ def test_verify_and_inspect_read_an_s3_directory(s3_server, rl_shard_dir, tmp_pa
     assert "every row is read exactly once per epoch" in out
     code, out, _ = run(["inspect", url, "--row", "3"], capsys)
     assert code == 0 and out.startswith("row 3 = ")
+    code, out, _ = run(["inspect", url], capsys)
+    assert code == 0 and out.startswith(f"shard directory {url}") and "DIFFERS" not in out
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     name = sorted(p for p in fs.ls(url.removeprefix("s3://"), detail=False) if p.endswith(".arrow"))[0]
     data = bytearray(fs.cat_file(name))
