@@ -89,13 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.errors import EXPECTED_ERRORS
 
     from .checkpoint import CheckpointError
+    from .source import DataError
     from .train import TrainError, UsageError, train
 
-    try:
-        from .data import DataError  # the loader's own error class, when it has one
-        expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError)
-    except ImportError:
-        expected = EXPECTED_ERRORS + (TrainError, CheckpointError)
+    expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError)
     try:
         return train(args_from_namespace(ns))
     except UsageError as e:
