@@ -68,7 +68,7 @@ def make_dir(out: Path, kind: str, total_bytes: int, shard_bytes: int) -> Path:
     rng = np.random.default_rng(0)
     batch, rows, spec = {"atari": rl_batch, "mujoco": state_batch, "text": text_batch}[kind](rng)
     rl = spec is not None
-    # record batches of about 1 MB, as converters/writer.py writes them
+    # record batches of about 1 MB, as converters/writer/ writes them
     per_batch = max(1, int(batch.num_rows * (1 << 20) / batch.nbytes))
     batches = pa.Table.from_batches([batch]).to_batches(max_chunksize=per_batch)
     per_shard = max(1, round(shard_bytes / batch.nbytes))

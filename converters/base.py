@@ -1,6 +1,6 @@
 """What a converter is: a deterministic list of work units, each turned into records lazily.
 
-The shard writer (converters/writer.py) owns parallelism, resume, shard rolling, statistics and
+The shard writer (converters/writer/) owns parallelism, resume, shard rolling, statistics and
 `--on-error`; a converter only reads its source and builds rows with tokenizer_kit.
 """
 

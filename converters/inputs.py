@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import fsspec
 
 
 def cache_dir() -> Path:
@@ -37,7 +36,7 @@ def localize_inputs(inputs: list[str]) -> list[str]:
 
 
 def _fetch(url: str) -> str:
-    from .writer.storage import OutDir, StorageError
+    from .writer.storage import OutDir
     store = OutDir(url)
     fs, root = store.fs, store.root
     local_root = cache_dir() / url.replace("://", "/").rstrip("/")

@@ -19,7 +19,8 @@ from tokenizer_kit.sequence import Row
 SCHEMA_VERSION = 1
 PATCH_BYTES = 16 * 16 * 3
 SHARD_PATTERN = "shard-{:05d}.arrow"
-SHARD_NAME_RE = r"^shard-\d+(-\d+)?\.arrow$"  # shard-N.arrow, or a work unit's shard-UUUUU-KKK.arrow
+UNIT_SHARD_PATTERN = "shard-{:05d}-{:03d}.arrow"  # what the writer makes: work unit index, piece of that unit
+SHARD_NAME_RE = r"^shard-\d+(-\d+)?\.arrow$"  # either name
 
 ROW_COLUMNS = {
     "tokens": pa.list_(pa.int32()),

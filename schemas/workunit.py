@@ -1,7 +1,7 @@
 """The work directory's contract: what a conversion plans (`ConversionPlan`) and what each finished
 work unit leaves (`UnitMarker`), in `OUT/.work/` until the manifest is written.
 
-Every unit is converted into its own shards, `shard-UUUUU-KKK.arrow` (unit index U, piece K), by
+Every unit is converted into its own shards, `shard-UUUUU-KKK.arrow` (schemas.shard.UNIT_SHARD_PATTERN), by
 whichever process or machine converted it; its marker is written after its shards, so a marker
 vouches for complete shards. The manifest is then merged from the markers in unit order.
 """
@@ -16,7 +16,6 @@ from .manifest import FieldError, ReturnStats, ShardInfo, SkippedRecord, Stats
 
 WORK_DIR = ".work"
 PLAN_NAME = f"{WORK_DIR}/plan.json"
-UNIT_SHARD_PATTERN = "shard-{:05d}-{:03d}.arrow"  # unit index, piece of that unit
 WORK_FORMAT = 3  # of plan and markers; part of every unit id, so older work is never reused
 
 

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.manifest import ShardInfo
-from schemas.shard import PATCH_BYTES, shard_schema
-from schemas.workunit import UNIT_SHARD_PATTERN
+from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN, shard_schema
 
 from .storage import OutDir
 
@@ -98,16 +97,13 @@ class ShardWriter:
 
     def _write(self, piece: pa.RecordBatch) -> None:
         with self.out.errors(f"write {self._name()}"):
-            self._write_batch(piece)
-
-    def _write_batch(self, piece: pa.RecordBatch) -> None:
-        if self._open is None:
-            self._open = ExitStack()
-            path = self._open.enter_context(self.out.staged(self._name()))
-            self._file = _Hashing(self._open.enter_context(open(path, "wb")))
-            self._stream = pa.ipc.new_stream(self._file, self.schema, options=self.options)
-            self._rows = self._tokens = 0
-        self._stream.write_batch(piece)
+            if self._open is None:
+                self._open = ExitStack()
+                path = self._open.enter_context(self.out.staged(self._name()))
+                self._file = _Hashing(self._open.enter_context(open(path, "wb")))
+                self._stream = pa.ipc.new_stream(self._file, self.schema, options=self.options)
+                self._rows = self._tokens = 0
+            self._stream.write_batch(piece)
         offs = piece.column("tokens").offsets
         self._rows += piece.num_rows
         self._tokens += int(offs[-1].as_py()) - int(offs[0].as_py())

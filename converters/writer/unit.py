@@ -90,9 +90,6 @@ def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.
         stats.rows_per_task[task] = stats.rows_per_task.get(task, 0) + 1
         for name, (mx, total, n) in rec.field_errors.items():
             stats.field_errors.setdefault(name, FieldErrorSum()).add(FieldErrorSum(float(mx), float(total), int(n)))
-        r = rec.episode_return
-        if r is not None and np.isfinite(r):
-            stats.returns.add(ReturnSums(1, float(r), float(r), float(r), 0.0))
 
 
 def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: UnitStats,
@@ -113,7 +110,6 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
 
     buf: list[Record] = []
     size = 0
-    pending = ReturnSums()  # returns counted so far, with those of the records in `buf`
     try:
         for rec in converter.convert_unit(unit):
             if rec.filtered:
@@ -121,15 +117,15 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
                 continue
             reason = rec.skip_reason or ("no row" if rec.row is None else None)
             if reason is None:
-                reason = _unrepresentable(rec, pending)
+                reason = _unrepresentable(rec, stats.returns)
             if reason is not None:
                 if s.on_error == "fail":
                     raise _RecordFailed(reason)
                 skipped.append(SkippedRecord(rec.source_id, reason))
                 continue
-            if rec.episode_return is not None and np.isfinite(rec.episode_return):
+            if rec.episode_return is not None and not math.isnan(rec.episode_return):  # counted as it is checked
                 r = float(rec.episode_return)
-                pending.add(ReturnSums(1, r, r, r, 0.0))
+                stats.returns.add(ReturnSums(1, r, r, r, 0.0))
             buf.append(rec)
             size += _row_estimate(rec)
             if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:

@@ -10,7 +10,7 @@ from schemas.workunit import PLAN_NAME, WORK_DIR, ConversionPlan, UnitMarker, ma
 
 from .storage import OutDir
 
-_TEMPORARY = re.compile(r"^\.(shard-(\d+)-\d+\.arrow|unit-(\d+)\.json)\.tmp\d+$")
+_TEMPORARY = re.compile(r"^\.(shard-(\d+)-\d+\.arrow|unit-(\d+)\.json|plan\.json|tokenizer\.model|manifest\.json)\.tmp\d+$")
 _UNIT_SHARD = re.compile(r"^shard-(\d+)-\d+\.arrow$")
 
 
@@ -70,9 +70,9 @@ class WorkDir:
         running partition's. (Uploads to an object store are whole: no temporary names there.)"""
         if not self.out.local:
             return
-        def mine(name: str) -> bool:
+        def mine(name: str) -> bool:  # a unit's own, or (units None) any
             m = _TEMPORARY.match(name)
-            return m is not None and (units is None or int(m.group(2) or m.group(3)) in units)
+            return m is not None and (units is None or int(m.group(2) or m.group(3) or -1) in units)
         self.out.remove([n for n in self.out.sizes() if mine(n)]
                         + [f"{WORK_DIR}/{n}" for n in self.out.sizes(WORK_DIR) if mine(n)])
 

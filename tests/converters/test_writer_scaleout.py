@@ -9,6 +9,7 @@ import pytest
 from converters.text import TextConverter
 from converters.writer import StorageError, convert, finalize
 
+from conftest import make_bucket
 from test_writer import make_inputs, shard_bytes, text_converter
 
 
@@ -31,13 +32,13 @@ def reference(tmp_path_factory, inputs, text_tokenizer):
 
 @pytest.fixture
 def bucket(s3_server):
+    """(an s3fs filesystem on the test server, a new empty bucket's name)."""
     import uuid
 
     import s3fs
     name = f"b{uuid.uuid4().hex[:12]}"
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
-    fs.mkdir(name)
-    return fs, name
+    make_bucket(name)
+    return s3fs.S3FileSystem(skip_instance_cache=True), name
 
 
 def bucket_shards(fs, prefix) -> dict[str, bytes]:
