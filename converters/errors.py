@@ -5,14 +5,11 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from schemas.manifest import ManifestError
-from tokenizer_kit.errors import TokenizeError
-from tokenizer_kit.layout import LayoutError
+from schemas.errors import EXPECTED_ERRORS as _READ_ERRORS
 
 from .base import SourceError
 
-EXPECTED_ERRORS = (TokenizeError, LayoutError, ManifestError, SourceError, FileNotFoundError,
-                   IsADirectoryError, PermissionError)
+EXPECTED_ERRORS = _READ_ERRORS + (SourceError,)
 
 
 def run_reporting_errors(func: Callable, args) -> int:

@@ -197,8 +197,17 @@ class Manifest:
         if not path.is_file():
             raise ManifestError(f"{path}: no manifest (not a shard directory, or its conversion has not finished)")
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            text = path.read_text()
+        except OSError as e:
+            raise ManifestError(f"{path}: unreadable manifest ({e})") from None
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def parse(cls, text: str | bytes, path: str) -> "Manifest":
+        """A manifest from its JSON text; `path` names it in errors (a file or a URL)."""
+        try:
+            d = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ManifestError(f"{path}: unreadable manifest ({e})") from None
         try:
             manifest = cls.from_dict(d)

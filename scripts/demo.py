@@ -188,7 +188,7 @@ def evaluate_captions(run: Path, dirs: dict, size: Size, held_out) -> dict:
     import numpy as np
 
     import demo_data as dd
-    from converters.shard_dir import ShardDir
+    from schemas.reader import ShardDir
     from trainer.checkpoint import load_model
     from trainer.rollout import generate_text, image_context
 

@@ -272,8 +272,11 @@ def s3_server():
     """Start moto's S3 server on a free port of 127.0.0.1 and point the standard AWS_* variables
     at it (in os.environ, so subprocesses such as the CLIs and torchrun inherit them); yields the
     endpoint URL. Buckets: `make_bucket(name)`."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines among the CLIs' stderr
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -14,11 +14,31 @@ import sys
 from .model import PRESETS
 
 
+def _bytes_arg(text: str) -> int:
+    """'1000', '500M', '50G' -> bytes (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        n = int(float(num) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 1000000, 500M, 50G)") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gato-train", description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]",
-                   help="shard directories, each with an optional mixture weight (tokens)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory (checkpoint, metrics.jsonl, loss.png)")
+                   help="shard directories (paths or URLs: s3://, gs://, file://), each with an optional "
+                        "mixture weight (tokens)")
+    p.add_argument("--out", required=True, metavar="RUN",
+                   help="run directory, a path or a URL (checkpoint, metrics.jsonl, loss.png)")
+    p.add_argument("--cache-dir", metavar="DIR", help="local cache of shards read from URLs, and the staging "
+                   "copy of a URL --out (default $XDG_CACHE_HOME/gato-kit or ~/.cache/gato-kit)")
+    p.add_argument("--cache-limit", type=_bytes_arg, metavar="BYTES",
+                   help="most bytes of shards kept in the cache (e.g. 50G); least recently used go first")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
     p.add_argument("--steps", type=int, help="optimiser steps in total (default 1000)")
     p.add_argument("--batch-size", type=int, help="sequences per micro-batch per process (default 8)")
@@ -66,16 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         return rollout_main(argv[1:])
     parser = build_parser()
     ns = parser.parse_args(argv)
-    from converters.errors import EXPECTED_ERRORS
+    from schemas.errors import EXPECTED_ERRORS
 
     from .checkpoint import CheckpointError
+    from .source import DataError
     from .train import TrainError, UsageError, train
 
-    try:
-        from .data import DataError  # the loader's own error class, when it has one
-        expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError)
-    except ImportError:
-        expected = EXPECTED_ERRORS + (TrainError, CheckpointError)
+    expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError)
     try:
         return train(args_from_namespace(ns))
     except UsageError as e:

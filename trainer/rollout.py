@@ -412,7 +412,7 @@ def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None
     """Episodes (and their returns) of `task` (default: the directory's only task)."""
     import pyarrow.compute as pc
 
-    from converters.shard_dir import ShardDir
+    from schemas.reader import ShardDir
     from schemas.shard import row_from_table
 
     d = ShardDir.open(shard_dir)

@@ -69,6 +69,8 @@ class TrainArgs:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     progress: bool = True
+    cache_dir: str | None = None  # remote shards and a remote run's staging copy (default ~/.cache/gato-kit)
+    cache_limit: int | None = None  # bytes of cached shards kept (least recently used go first)
 
     def resolve(self) -> "TrainArgs":
         if self.preset not in PRESETS:
@@ -165,8 +167,15 @@ class Trainer:
     """One training run in RUN: built from args (or the checkpoint in RUN), then `run()`."""
 
     def __init__(self, args: TrainArgs):
-        self.out = Path(args.out)
         self.d, self.device = _setup_dist(args.device)
+        from schemas.cache import ShardCache, default_cache_dir
+
+        from .run_store import RunStore
+        cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+        self.cache = ShardCache(cache_dir / "shards", args.cache_limit)
+        self.store = RunStore(args.out, cache_dir, self.d.rank)  # --out a URL: a local copy, uploaded
+        self.store.pull()
+        self.out = self.store.local
         self.stop_requested = False  # set by SIGTERM on this rank
         self.stop_agreed = False  # some rank was asked to stop: all stop after this step
         ckpt = self._resume_state(args)
@@ -181,7 +190,7 @@ class Trainer:
             layout = GatoConfig.from_dict(ckpt["config"]).vocab_layout
         self.loader = build_loader(args.data, args.seq_len, args.batch_size, seed=args.seed,
                                    num_workers=args.num_workers, rank=self.d.rank, world_size=self.d.world,
-                                   training=True, prompt_prob=args.prompt_prob, layout=layout)
+                                   training=True, prompt_prob=args.prompt_prob, layout=layout, cache=self.cache)
         self.layout = self.loader.layout
         if layout is not None:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
@@ -268,6 +277,7 @@ class Trainer:
                 "optimizer": self.opt.state_dict(), "config": self.config.to_dict(), "args": args,
                 "loader": loaders, "rng": rngs, "tasks": self.tasks, "world_size": self.d.world,
             }, self.out / CHECKPOINT_NAME)
+            self.store.push()
         if self.d.world > 1:
             dist.barrier()
 
@@ -340,7 +350,7 @@ class Trainer:
             for item in args.eval_data or args.data:
                 loader = build_loader([parse_data_arg(item)[0]], args.seq_len, args.batch_size, seed=args.seed,
                                       rank=self.d.rank, world_size=self.d.world, training=False,
-                                      prompt_prob=args.prompt_prob, layout=self.layout)
+                                      prompt_prob=args.prompt_prob, layout=self.layout, cache=self.cache)
                 self._eval_names += [n for n in loader.tasks if n not in self._eval_names]
                 task_map = torch.tensor([self._eval_names.index(n) for n in loader.tasks], dtype=torch.int64)
                 self._eval_loaders.append((loader, task_map.to(self.device)))
@@ -430,6 +440,7 @@ class Trainer:
                 bar.close()
         if self.d.main:
             plot_metrics(self.out / METRICS_NAME, self.out / PLOT_NAME)
+            self.store.push()
         return 0
 
     def _on_sigterm(self, signum, frame) -> None:

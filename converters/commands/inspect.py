@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.reader import ShardDir
 from schemas.shard import row_from_table
 from tokenizer_kit.frames import grey_to_rgb
 from tokenizer_kit.images import patch_count
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
 
-from ..shard_dir import ShardDir, head_and_tail, human_bytes
 from ..writer import OutDir, WorkDir
+from .listing import head_and_tail, human_bytes
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
 MAX_IDS = 256  # ids shown for a text row or caption
@@ -126,7 +127,7 @@ def summary(sd: ShardDir) -> dict:
             t = sd.table(i)
             off = t.column("tokens").combine_chunks().offsets
             shards.append({"name": s.name, "rows": t.num_rows, "tokens": int(off[-1].as_py() - off[0].as_py()),
-                           "bytes": s.path.stat().st_size, "sha256": None})
+                           "bytes": sd.file(i).stat().st_size, "sha256": None})
     by_mod = stats.get("tokens_per_modality") or stats.get("tokens_by_modality")
     if not isinstance(by_mod, dict):
         by_mod = _modality_counts(sd)
@@ -385,7 +386,7 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
 
 def _row_header(sd: ShardDir, shard: int, index: int, row: Row, scalars: dict) -> str:
     name = sd.shards[shard].name
-    glob = sum(sd.rows_per_shard[:shard]) + index
+    glob = sd.global_row(shard, index)
     extra = "".join(f", {k} {v}" for k, v in scalars.items() if k != "source_id")
     return (f"row {glob} = {name} row {index}: source_id {scalars.get('source_id')!r}{extra}; {len(row)} tokens, "
             f"{int(row.loss_mask.sum())} with loss ('*' marks them), {len(row.patches)} patches")
@@ -406,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
     if args.png:  # before the listing: a reader that stops early (`| head`) must not lose the picture
         from ..render import render_row
         caption = [line for line in lines if line.startswith("caption: ")]
-        title = f"{sd.path.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption)
+        title = f"{sd.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption)
         render_row(args.png, row, images, title)
         print(f"wrote {args.png}", file=sys.stderr)
     if args.json:
@@ -431,7 +432,7 @@ def _print(text: str) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="summarise a shard directory, or decode one row back",
                               description=__doc__.splitlines()[0])
-    p.add_argument("dir", help="shard directory (may still be being written)")
+    p.add_argument("dir", help="shard directory, a path or a URL (s3://...); may still be being written")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--row", type=int, metavar="N", help="decode row N (counting over the shards in order)")
     which.add_argument("--source-id", metavar="ID", help="decode the row whose source_id is ID")

@@ -20,10 +20,12 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, ManifestError
+from schemas.reader import ShardDir
+from schemas.storage import join
 from schemas.validate import Problem, validate_and_count
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
-from ..shard_dir import ShardDir, head_and_tail, human_bytes
+from .listing import head_and_tail, human_bytes
 
 GROUP_BYTES = 32 << 20  # record batches are validated in groups of about this many token bytes (fewer
 # per-group costs; the fast path copies nothing, the general path about this much)
@@ -154,7 +156,7 @@ def verify_dir(path: str | Path) -> VerifyResult:
     t0 = time.perf_counter()
     sd = ShardDir.open(path)
     if sd.manifest is None:
-        raise ManifestError(f"{sd.path / MANIFEST_NAME}: no manifest (conversion not finished?); "
+        raise ManifestError(f"{join(sd.path, MANIFEST_NAME)}: no manifest (conversion not finished?); "
                             f"{len(sd.shards)} complete shards on disk")
     m = sd.manifest
     layout = sd.layout
@@ -162,8 +164,11 @@ def verify_dir(path: str | Path) -> VerifyResult:
     problems += [f"{n}: complete shard on disk but not listed in the manifest" for n in sd.unlisted]
     problems += _check_tokenizer(sd, layout)
     reports = []
-    for s in sd.shards:
-        rep = check_shard(s.path, layout)
+    for i, s in enumerate(sd.shards):
+        local = sd.file(i, checked=False)  # verify reports a wrong hash itself, as a problem
+        rep = check_shard(local, layout)
+        if sd.remote:
+            local.unlink(missing_ok=True)  # one shard's copy on disk at a time
         for what in ("sha256", "bytes", "rows", "tokens"):
             want, got = getattr(s.info, what), getattr(rep, what)
             if want != got:
@@ -180,10 +185,10 @@ def verify_dir(path: str | Path) -> VerifyResult:
 
 def _check_tokenizer(sd: ShardDir, layout: VocabLayout) -> list[str]:
     m = sd.manifest
-    p = sd.path / TOKENIZER_NAME
     if m.tokenizer_sha256 is None:
         return []
-    if not p.is_file():
+    p = sd.tokenizer_path
+    if p is None:
         return [f"{TOKENIZER_NAME}: missing, the manifest records sha256 {m.tokenizer_sha256[:12]}..."]
     from tokenizer_kit.files import file_sha256
     if file_sha256(p) != m.tokenizer_sha256:
@@ -244,14 +249,16 @@ def _check_stats(stats: dict, reports: list[ShardReport]) -> list[str]:
 
 def loader_seed(seed: int, data_index: int = 0) -> int:
     """The seed gato-train's loader gives the row split of its `data_index`-th --data directory."""
-    from trainer.sharding import directory_seed
+    from schemas.split import directory_seed
     return directory_seed(seed, data_index)
 
 
 def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int, workers: int, epoch: int = 0,
-                   seed: int = 0, data_index: int = 0) -> dict:
-    """Replay trainer.sharding.assign_rows for every (rank, worker) and count how often each row is read."""
-    from trainer.sharding import assign_rows, reader_index
+                   seed: int = 0, data_index: int = 0, split: str = "rows") -> dict:
+    """Replay the loader's row split (schemas.split: "rows" for a local directory, "shards" for
+    one streamed from a URL) for every (rank, worker) and count how often each row is read."""
+    import schemas.split
+    from schemas.split import reader_index
     total = int(sum(rows_per_shard))
     s = loader_seed(seed, data_index)
     reads = np.zeros(total, np.int64)
@@ -259,14 +266,14 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
     starts = np.concatenate([[0], np.cumsum(rows_per_shard)]).astype(np.int64)
     for rank in range(world):
         for worker in range(max(1, workers)):
-            rows = assign_rows(rows_per_shard, rank, world, worker, workers, epoch, s)
+            rows = schemas.split.split_rows(split, rows_per_shard, rank, world, worker, workers, epoch, s)
             np.add.at(reads, rows, 1)
             shards = np.unique(np.searchsorted(starts, rows, side="right") - 1)
             readers.append({"rank": rank, "worker": worker, "reader": reader_index(rank, world, worker, workers),
                             "rows": int(len(rows)), "tokens": int(row_tokens[rows].sum()) if len(row_tokens) else 0,
                             "shards": int(len(shards)), "first_rows": rows[:4].tolist()})
     twice, missed = np.flatnonzero(reads > 1), np.flatnonzero(reads == 0)
-    return {"world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s, "rows": total,
+    return {"split": split, "world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s, "rows": total,
             "readers": readers, "read_twice": twice.tolist()[:10], "num_read_twice": int(len(twice)),
             "skipped": missed.tolist()[:10], "num_skipped": int(len(missed)),
             "exactly_once": bool(len(twice) == 0 and len(missed) == 0)}
@@ -274,7 +281,8 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
 
 def format_simulation(sim: dict) -> str:
     rd = sim["readers"]
-    out = [f"loader split (trainer.sharding.assign_rows) of {sim['rows']:,} rows, epoch {sim['epoch']}, seed "
+    rule = "assign_rows" if sim.get("split", "rows") == "rows" else "assign_rows_by_shard"
+    out = [f"loader split (schemas.split.{rule}) of {sim['rows']:,} rows, epoch {sim['epoch']}, seed "
            f"{sim['seed']}: {sim['world']} ranks x {max(1, sim['workers'])} workers = {len(rd)} readers"]
     for r in head_and_tail(rd, 8):
         if r is None:
@@ -311,8 +319,10 @@ def run(args: argparse.Namespace) -> int:
           f"{human_bytes(res.bytes)} verified in {res.seconds:.2f} s ({rate:.2f} GB/s)")
     if args.simulate_ranks:
         lengths = np.concatenate([r.row_tokens for r in res.shards]) if res.shards else np.zeros(0, np.int64)
+        from schemas.storage import is_remote
+        split = args.split or ("shards" if is_remote(args.dir) else "rows")
         sim = simulate_ranks([r.rows for r in res.shards], lengths, args.simulate_ranks, args.workers,
-                             args.epoch, args.seed, args.data_index)
+                             args.epoch, args.seed, args.data_index, split)
         print(format_simulation(sim))
         return 0 if sim["exactly_once"] else 1
     return 0
@@ -333,7 +343,7 @@ def _count_arg(least: int):
 def register(subparsers) -> None:
     p = subparsers.add_parser("verify", help="check a shard directory against its manifest and the shard contract",
                               description=__doc__.splitlines()[0])
-    p.add_argument("dir", help="shard directory (manifest.json + shard-NNNNN.arrow)")
+    p.add_argument("dir", help="shard directory (manifest.json + shard-NNNNN.arrow): a path or a URL (s3://...)")
     p.add_argument("--simulate-ranks", type=_count_arg(1), metavar="WORLD", default=0,
                    help="also show how WORLD trainer ranks split the rows, and prove none is read twice or skipped")
     p.add_argument("--workers", type=_count_arg(0), default=0, metavar="W",
@@ -342,5 +352,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="gato-train's --seed (with --simulate-ranks)")
     p.add_argument("--data-index", type=_count_arg(0), default=0,
                    help="position of DIR among gato-train's --data directories (its split seed depends on it)")
+    p.add_argument("--split", choices=("rows", "shards"),
+                   help="the loader's split rule to simulate (default: as gato-train reads DIR: shards for a URL, "
+                        "rows for a local directory)")
     p.set_defaults(func=run)
 

@@ -143,6 +143,17 @@ def test_unlisted_and_missing_shards_are_flagged(tmp_path, text_shard_dir, capsy
     assert "2 complete, 4 rows" in out
 
 
+def test_row_of_a_missing_shard_is_an_error_not_another_row(tmp_path, text_shard_dir, capsys):
+    d = Path(shutil.copytree(text_shard_dir, tmp_path / "txt"))
+    m = Manifest.read(d)
+    (d / m.shards[0].name).unlink()
+    code, out, err = run(["inspect", str(d), "--row", "0"], capsys)
+    assert code == 1 and not out and len(err.strip().splitlines()) == 1
+    assert f"row 0 is in {m.shards[0].name}" in err and "missing" in err
+    code, out, _ = run(["inspect", str(d), "--row", str(m.shards[0].rows)], capsys)
+    assert code == 0 and out.startswith(f"row {m.shards[0].rows} = {m.shards[1].name} row 0")
+
+
 # --- rows decoded back ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

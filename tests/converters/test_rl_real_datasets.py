@@ -19,7 +19,7 @@ from converters.cli import main as tokenize_main
 from rl_fixtures import make_minari, rollouts
 from schemas.manifest import Manifest
 from schemas.shard import row_from_table
-from converters.shard_dir import ShardDir
+from schemas.reader import ShardDir
 from tokenizer_kit.frames import FrameStack, detect, episode_frames, holds_last, observation_frames
 from tokenizer_kit.sequence import EpisodeSpec, acting_observation, build_episode, decode_actions, decode_episode
 

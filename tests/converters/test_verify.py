@@ -236,14 +236,14 @@ def test_simulated_ranks_read_every_row_once(rl_shard_dir, capsys, world, worker
 
 
 def test_simulation_catches_a_split_that_reads_rows_twice(monkeypatch):
-    import trainer.sharding
-    good = trainer.sharding.assign_rows
+    import schemas.split
+    good = schemas.split.assign_rows
     sim = simulate_ranks([10, 7], np.ones(17, np.int64), 2, 2)
     assert sim["exactly_once"] and sum(r["rows"] for r in sim["readers"]) == 17
     # a classic bug: every worker of a rank takes the same slice (worker index ignored)
     def buggy(rps, rank, ws, worker, nw, epoch, seed, shuffle=True):
         return good(rps, rank, ws, 0, 1, epoch, seed)
-    monkeypatch.setattr(trainer.sharding, "assign_rows", buggy)
+    monkeypatch.setattr(schemas.split, "assign_rows", buggy)
     bad = simulate_ranks([10, 7], np.ones(17, np.int64), 2, 2)
     assert not bad["exactly_once"] and bad["num_read_twice"] == 17
 
@@ -303,3 +303,26 @@ def test_damage_repeated_in_every_step_is_still_found(rl_copy, capsys):
     code, out, _ = run(["verify", str(rl_copy)], capsys)
     assert code == 1
     assert f"shard-00002.arrow: row 0 ({sid}), column loss_mask: action token without loss" in out
+
+
+# --- a directory in object storage (moto's S3 server through s3fs) ------------------------------------
+
+def test_verify_and_inspect_read_an_s3_directory(s3_server, rl_shard_dir, tmp_path, capsys):
+    import s3fs
+
+    from conftest import make_bucket, upload_dir
+    url = upload_dir(rl_shard_dir, make_bucket("verify") + "/rl")
+    code, out, _ = run(["verify", url, "--simulate-ranks", "2"], capsys)
+    assert code == 0 and out.startswith(f"ok: {url}: ") and "assign_rows_by_shard" in out
+    assert "every row is read exactly once per epoch" in out
+    code, out, _ = run(["inspect", url, "--row", "3"], capsys)
+    assert code == 0 and out.startswith("row 3 = ")
+    code, out, _ = run(["inspect", url], capsys)
+    assert code == 0 and out.startswith(f"shard directory {url}") and "DIFFERS" not in out
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    name = sorted(p for p in fs.ls(url.removeprefix("s3://"), detail=False) if p.endswith(".arrow"))[0]
+    data = bytearray(fs.cat_file(name))
+    data[-50] ^= 1
+    fs.pipe_file(name, bytes(data))
+    code, out, _ = run(["verify", url], capsys)
+    assert code == 1 and f"{name.rsplit('/', 1)[-1]}: manifest says sha256" in out

@@ -17,7 +17,7 @@ from tokenizer_kit.layout import PATCH_SLOT, LayoutError, VocabLayout
 from tokenizer_kit.sequence import build_text_row
 from trainer.batch import Batch
 from trainer.data import DataError, build_loader, parse_data_arg
-from trainer.sharding import locate_rows
+from schemas.split import locate_rows
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 FIELDS = ("tokens", "targets", "loss_mask", "attention_mask", "local_pos", "patches", "patch_index", "patch_row",

@@ -149,7 +149,7 @@ def test_acting_tokens_equal_what_the_rl_converter_wrote(env_id, tmp_path, monke
     from minari.data_collector import EpisodeBuffer
 
     from converters.cli import main as tokenize_main
-    from converters.shard_dir import ShardDir
+    from schemas.reader import ShardDir
     from schemas.shard import row_from_table
     from trainer.rollout import load_demonstrations, make_env_fn
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainer.sharding import assign_rows, global_row, locate_rows, num_readers, reader_index
+from schemas.split import assign_rows, global_row, locate_rows, num_readers, reader_index
 
 SHARDS = [7, 0, 13, 5, 1]  # an empty shard and a one-row shard on purpose
 
@@ -49,3 +49,43 @@ def test_reader_numbering_and_row_location():
     assert global_row(SHARDS, 3, 2) == 22
     with pytest.raises(IndexError):
         locate_rows(SHARDS, np.array([26]))
+
+
+# --- whole shards per reader (directories streamed from object storage) -------------------------------
+
+from schemas.split import assign_rows_by_shard, split_rows  # noqa: E402
+
+
+@pytest.mark.parametrize("rows_per_shard", [[5, 0, 7, 3, 9, 4, 6, 2], [10, 10, 10], [4], [3, 8]])
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 0), (2, 2), (3, 1), (4, 2)])
+def test_shard_split_reads_every_row_once_and_ranks_share_no_shard(rows_per_shard, world, workers):
+    starts = np.concatenate([[0], np.cumsum(rows_per_shard)])
+    total = int(starts[-1])
+    for epoch in (0, 1):
+        seen, shards_of_rank = [], []
+        for rank in range(world):
+            mine = set()
+            for worker in range(max(1, workers)):
+                rows = assign_rows_by_shard(rows_per_shard, rank, world, worker, workers, epoch, seed=3)
+                assert np.array_equal(rows, split_rows("shards", rows_per_shard, rank, world, worker, workers,
+                                                       epoch, seed=3))
+                seen += rows.tolist()
+                mine |= set((np.searchsorted(starts, rows, side="right") - 1).tolist())
+            shards_of_rank.append(mine)
+        assert sorted(seen) == list(range(total))
+        nonempty = sum(1 for r in rows_per_shard if r)
+        if nonempty >= world:  # enough shards: no two ranks touch the same one
+            assert all(not a & b for i, a in enumerate(shards_of_rank) for b in shards_of_rank[i + 1:])
+
+
+def test_shard_split_keeps_owners_and_reshuffles_each_epoch():
+    rps = [6] * 8
+    starts = np.arange(0, 54, 6)
+    e0 = assign_rows_by_shard(rps, 1, 2, 0, 0, epoch=0, seed=9)
+    e1 = assign_rows_by_shard(rps, 1, 2, 0, 0, epoch=1, seed=9)
+    own = lambda rows: set((np.searchsorted(starts, rows, side="right") - 1).tolist())  # noqa: E731
+    assert own(e0) == own(e1) and not np.array_equal(e0, e1)
+    # a reader moves through its shards one after another
+    shard_seq = np.searchsorted(starts, e0, side="right") - 1
+    assert (np.diff(shard_seq) != 0).sum() == len(own(e0)) - 1
+    assert np.array_equal(assign_rows_by_shard(rps, 0, 1, 0, 0, 0, 9, shuffle=False), np.arange(48))

@@ -1,0 +1,131 @@
+"""The loader streaming a shard directory from an S3 API server (moto's, on 127.0.0.1, in its own
+process), against that server's own download bound and against the local loader, in one run.
+
+    .venv/bin/python benchmarks/bench_stream.py [--quick]
+
+Fetch path: the cache downloading, hashing and renaming every shard (what the loader's prefetch
+threads do) against a plain s3fs `get` of the same shards. Cold: one evaluation pass (every row
+once) of `build_loader([s3://...])` with an empty cache, so every shard is downloaded, checked and
+mapped while batches are made, against the slower of the plain `get` and the same pass over the
+local directory (a streaming pass can beat neither). Warm: the pass again, all shards cached,
+against the local pass. Ratios are baseline time / our time (targets 0.8, 0.8, 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "trainer"))
+
+import numpy as np  # noqa: E402
+
+from tokenizer_kit.layout import VocabLayout  # noqa: E402
+
+LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
+SEQ_LEN, BATCH = 1024, 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in a child process (so it does not share the loader's GIL)."""
+    port = _free_port()
+    code = ("from moto.server import ThreadedMotoServer; import time; "
+            f"s = ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False); s.start(); time.sleep(1e9)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+    return proc, endpoint
+
+
+def one_pass(data: str, cache=None) -> float:
+    """Seconds of one evaluation pass (every row once) of one in-process reader."""
+    from trainer.data import build_loader
+    t = time.perf_counter()
+    for _ in build_loader([data], SEQ_LEN, BATCH, training=False, cache=cache):
+        pass
+    return time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="less data")
+    args = ap.parse_args(argv)
+    from loader_fixtures import make_text_dir
+
+    import s3fs
+
+    import trainer.data  # noqa: F401  (imported before any timing: torch takes seconds)
+    from schemas.cache import ShardCache
+    proc, _ = start_server()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_stream_") as tmp:
+            tmp = Path(tmp)
+            docs = 1500 if args.quick else 4000
+            local = make_text_dir(tmp / "text", LAYOUT, docs=docs, length=(50, 3000), rows_per_shard=docs // 8)
+            fs = s3fs.S3FileSystem(skip_instance_cache=True)
+            fs.mkdir("bench")
+            for p in sorted(local.iterdir()):
+                fs.put_file(str(p), f"bench/text/{p.name}")
+            url = "s3://bench/text"
+            size = sum(p.stat().st_size for p in local.glob("shard-*.arrow"))
+            shards = sorted(f"bench/text/{p.name}" for p in local.glob("shard-*.arrow"))
+            t = time.perf_counter()
+            fs.get(shards, str(tmp / "plain") + "/")
+            get_s = time.perf_counter() - t
+            from schemas.manifest import Manifest
+            from schemas.storage import remote_fs
+            remote_fs(url)[0].ls("bench")  # the loader's S3 client made (and used) before timing, as the baseline's
+            fill = ShardCache(tmp / "fill")  # the loader's download path alone: fetch, hash, rename
+            infos = Manifest.read(local).shards
+            t = time.perf_counter()
+            fill.prefetch([(f"{url}/{i.name}", i.name, i.sha256) for i in infos])
+            for i in infos:
+                fill.fetch(f"{url}/{i.name}", i.name, i.sha256)
+            fill_s = time.perf_counter() - t
+            local_s = one_pass(str(local))
+            cache = ShardCache(tmp / "cache")
+            cold_s = one_pass(url, cache)
+            assert len(cache.downloaded) == len(shards)
+            warm_s = one_pass(url, ShardCache(tmp / "cache"))
+    finally:
+        proc.terminate()
+        proc.wait()
+    mb = size / 1e6
+    bound = max(get_s, local_s)  # a streaming pass can be no faster than its download or its compute
+    print(f"{len(shards)} shards, {mb:.0f} MB: s3fs get {get_s:.2f} s ({mb / get_s:.0f} MB/s), the cache's fetch path "
+          f"{fill_s:.2f} s (ratio {get_s / fill_s:.2f}); loader pass: local {local_s:.2f} s, cold cache {cold_s:.2f} s "
+          f"(vs max(get, local pass) {bound / cold_s:.2f}, target >= 0.8), warm cache "
+          f"{warm_s:.2f} s (vs local {local_s / warm_s:.2f}, target >= 0.9)")
+    return [
+        {"name": "stream_fetch_path_vs_s3fs_get", "figure": mb / fill_s, "unit": "MB/s", "baseline": mb / get_s,
+         "baseline_name": "(s3fs get)", "ratio": get_s / fill_s, "target": 0.8},
+        {"name": "stream_cold_cache_pass_vs_bound", "figure": mb / cold_s, "unit": "MB/s", "baseline": mb / bound,
+         "baseline_name": "(slower of s3fs get and the local pass)", "ratio": bound / cold_s, "target": 0.8},
+        {"name": "stream_warm_cache_vs_local", "figure": mb / warm_s, "unit": "MB/s", "baseline": mb / local_s,
+         "baseline_name": "(local loader)", "ratio": local_s / warm_s, "target": 0.9},
+    ]
+
+
+if __name__ == "__main__":
+    main()

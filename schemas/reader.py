@@ -1,0 +1,291 @@
+"""The one reader of shard directories: manifest, shards memory-mapped, rows as numpy views.
+
+A directory is a local path or an fsspec URL. Local shards are mapped in place (zero-copy: a row
+is a few slices of the mapped file); remote ones are read through a ShardCache of copies checked
+against the manifest's sha256. Shards written with Arrow IPC buffer compression (lz4, zstd) read
+the same way; Arrow decompresses each record batch as it is read.
+
+Writers rename a shard into place only when it is complete (temporary files start with '.') and
+write manifest.json last, so a reader can look at a directory still being written: with a
+manifest, the listed shards count; without one, every `shard-N.arrow` present is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tokenizer_kit.layout import VocabLayout
+
+from .cache import ShardCache
+from .errors import ReaderError
+from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
+from .shard import PATCH_BYTES, SHARD_NAME_RE, open_shard
+from .storage import is_remote, join, list_names, local_path, read_bytes, remote_fs, storage_error
+from .validate import Problem, validate_table
+
+SHARD_RE = re.compile(SHARD_NAME_RE)
+
+
+# --- rows as views of a mapped record batch ---------------------------------------------------------
+
+@dataclass
+class RowView:
+    """One row as numpy views into the mapped shard (no copy)."""
+
+    tokens: np.ndarray  # int32
+    loss_mask: np.ndarray  # uint8
+    local_pos: np.ndarray  # int16
+    step_starts: np.ndarray  # int32
+    patches: np.ndarray  # (P, 768) uint8
+    patch_pos: np.ndarray  # (P, 4) uint8
+
+
+@dataclass
+class BatchView:
+    """Offsets and flat values of one record batch, all zero-copy views of the mapped file."""
+
+    tok_off: np.ndarray
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+    local_pos: np.ndarray
+    ss_off: np.ndarray
+    step_starts: np.ndarray
+    pt_off: np.ndarray
+    patches: np.ndarray
+    patch_pos: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.tok_off) - 1
+
+    def row(self, i: int) -> RowView:
+        a, b = self.tok_off[i:i + 2].tolist()
+        sa, sb = self.ss_off[i:i + 2].tolist()
+        pa_, pb = self.pt_off[i:i + 2].tolist()
+        return RowView(self.tokens[a:b], self.loss_mask[a:b], self.local_pos[a:b], self.step_starts[sa:sb],
+                       self.patches[pa_:pb], self.patch_pos[pa_:pb])
+
+
+def _flat(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, values) of a list array; offsets index `values` directly."""
+    values = arr.values
+    if pa.types.is_boolean(values.type):  # bool masks are bit-packed: one copy per batch
+        return arr.offsets.to_numpy(), values.to_numpy(zero_copy_only=False).astype(np.uint8)
+    return arr.offsets.to_numpy(), values.to_numpy()
+
+
+def batch_view(batch: pa.RecordBatch) -> BatchView:
+    """Views of a record batch's list columns (offsets are not read: check_batch proves them)."""
+    tok_off, tokens = _flat(batch.column("tokens"))
+    _, loss_mask = _flat(batch.column("loss_mask"))
+    _, local_pos = _flat(batch.column("local_pos"))
+    ss_off, step_starts = _flat(batch.column("step_starts"))
+    pcol = batch.column("patches")
+    pvals = pcol.values
+    npv = len(pvals) + pvals.offset
+    patches = (np.frombuffer(pvals.buffers()[1], np.uint8, count=npv * PATCH_BYTES).reshape(npv, PATCH_BYTES)
+               if npv else np.zeros((0, PATCH_BYTES), np.uint8))
+    qvals = batch.column("patch_pos").values  # fixed_size_list<uint8, 4>
+    nq = len(qvals) + qvals.offset
+    flat_q = qvals.values.to_numpy()
+    patch_pos = flat_q[:nq * 4].reshape(nq, 4) if nq else np.zeros((0, 4), np.uint8)
+    return BatchView(tok_off, tokens, loss_mask, local_pos, ss_off, step_starts, pcol.offsets.to_numpy(), patches,
+                     patch_pos)
+
+
+def check_batch(batch: pa.RecordBatch, layout: VocabLayout) -> Problem | None:
+    """The first way a record batch breaks the contract, or None: Arrow's own structure (list
+    offsets monotonic and inside their values) and then schemas.validate (its fast path for the
+    common shapes), so a reader never indexes a row that lies. Rows count from the batch's first."""
+    try:
+        batch.validate(full=True)
+    except pa.ArrowInvalid as e:
+        return Problem(None, _column_of(str(e), batch.schema.names), f"invalid Arrow data ({str(e).splitlines()[0]})")
+    problems = validate_table(pa.Table.from_batches([batch]), layout)
+    return problems[0] if problems else None
+
+
+def _column_of(message: str, names: list[str]) -> str:
+    """The column an Arrow validation message is about (it says 'Column N: ...'), else '?'."""
+    m = re.search(r"[Cc]olumn (\d+)", message)
+    return names[int(m.group(1))] if m and int(m.group(1)) < len(names) else "?"
+
+
+# --- a directory ----------------------------------------------------------------------------------
+
+@dataclass
+class ShardFile:
+    """One complete shard: its name, where it is (a path or URL), the manifest's record (None when unlisted)."""
+
+    name: str
+    path: str
+    info: ShardInfo | None = None
+
+
+@dataclass
+class ShardDir:
+    """A shard directory, local or remote. `shards` are the manifest's shards present, in order."""
+
+    path: str  # as given: a local path or a URL
+    manifest: Manifest | None
+    shards: list[ShardFile]
+    missing: list[str] = field(default_factory=list)  # listed in the manifest, absent
+    unlisted: list[str] = field(default_factory=list)  # complete, not (yet) in the manifest
+    cache: ShardCache | None = None  # remote shards' local copies (a temporary one when None)
+    _rows: list[int] | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, cache: ShardCache | None = None) -> "ShardDir":
+        """Read the manifest if there is one (a malformed one is an error) and list complete shards."""
+        text = os.fspath(path)
+        if is_remote(text):
+            text = text.rstrip("/")
+            names = list_names(text)
+            try:
+                manifest = Manifest.parse(read_bytes(join(text, MANIFEST_NAME)), join(text, MANIFEST_NAME)) \
+                    if MANIFEST_NAME in names else None
+            except FileNotFoundError:
+                manifest = None
+        else:
+            root = local_path(text)
+            if not root.is_dir():
+                raise FileNotFoundError(f"{root}: not a directory")
+            names = sorted(p.name for p in root.iterdir() if p.is_file())
+            manifest = Manifest.read(root) if MANIFEST_NAME in names else None
+        on_disk = [n for n in names if SHARD_RE.match(n)]
+        if manifest is None:
+            return cls(text, None, [ShardFile(n, join(text, n)) for n in on_disk], cache=cache)
+        present, listed = set(on_disk), [s.name for s in manifest.shards]
+        shards = [ShardFile(s.name, join(text, s.name), s) for s in manifest.shards if s.name in present]
+        return cls(text, manifest, shards, missing=[n for n in listed if n not in present],
+                   unlisted=[n for n in on_disk if n not in set(listed)], cache=cache)
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def local_root(self) -> Path | None:
+        """The directory on this machine (None when remote)."""
+        return None if self.remote else local_path(self.path)
+
+    # --- what the manifest says -------------------------------------------------------------------
+    @property
+    def layout(self) -> VocabLayout:
+        if self.manifest is None:
+            raise ManifestError(f"{join(self.path, MANIFEST_NAME)}: no manifest yet, so the vocab layout is unknown")
+        return self.manifest.vocab_layout
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        """The directory's SentencePiece model on this machine (a remote one is downloaded once)."""
+        if not self.remote:
+            p = local_path(self.path) / TOKENIZER_NAME
+            return p if p.is_file() else None
+        p = self._scratch() / TOKENIZER_NAME
+        if not p.is_file():
+            try:
+                data = read_bytes(join(self.path, TOKENIZER_NAME))
+            except FileNotFoundError:
+                return None
+            p.write_bytes(data)
+        return p
+
+    def text_tokenizer(self):
+        """The directory's SentencePiece model, or None when it has none (text then shows as ids)."""
+        from tokenizer_kit.text import TextTokenizer
+        p = self.tokenizer_path
+        return TextTokenizer(p) if p is not None else None
+
+    # --- shards -------------------------------------------------------------------------------------
+    def _scratch(self) -> Path:
+        """A temporary folder for this object's downloads, removed with it."""
+        if "_tmp" not in self.__dict__:
+            self._tmp = Path(tempfile.mkdtemp(prefix="gato-kit-"))
+            weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
+        return self._tmp
+
+    def file(self, i: int, checked: bool = True) -> Path:
+        """Shard i on this machine: the file itself, or a local copy of a remote one, checked
+        against the manifest's sha256 when the manifest lists it (checked=False: a private copy,
+        as is, for a caller that hashes it itself)."""
+        s = self.shards[i]
+        if not self.remote:
+            return local_path(s.path)
+        if s.info is None or not checked:
+            dst = self._scratch() / s.name
+            if not dst.is_file():
+                fs, p = remote_fs(s.path)
+                try:
+                    fs.get_file(p, str(dst))
+                except Exception as e:
+                    dst.unlink(missing_ok=True)
+                    raise storage_error(s.path, e) from None
+            return dst
+        if self.cache is None:
+            self.cache = ShardCache(self._scratch() / "shards")
+        return self.cache.fetch(s.path, s.name, s.info.sha256)
+
+    def table(self, i: int) -> pa.Table:
+        """Shard i, memory-mapped."""
+        s = self.shards[i]
+        try:
+            return open_shard(self.file(i))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ReaderError(f"{s.path}: unreadable shard ({str(e).splitlines()[0]})") from None
+
+    @property
+    def rows_per_shard(self) -> list[int]:
+        """Rows of each present shard (the manifest's count, else the shard's own)."""
+        if self._rows is None:
+            self._rows = [s.info.rows if s.info is not None else self.table(i).num_rows
+                          for i, s in enumerate(self.shards)]
+        return self._rows
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the directory: the manifest's total when there is one, else the shards present."""
+        return self.manifest.total_rows if self.manifest is not None else sum(self.rows_per_shard)
+
+    def locate(self, row: int) -> tuple[int, int]:
+        """Global row index -> (index into `shards`, row inside it). Rows are numbered through the
+        manifest's list, so a row of a missing shard is an error, never another shard's row."""
+        if not 0 <= row < self.num_rows:
+            raise ReaderError(f"row {row} is outside [0, {self.num_rows}) of {self.path}")
+        names = [s.name for s in self.manifest.shards] if self.manifest is not None else [s.name for s in self.shards]
+        counts = [s.rows for s in self.manifest.shards] if self.manifest is not None else self.rows_per_shard
+        ends = np.cumsum(counts)
+        k = int(np.searchsorted(ends, row, side="right"))
+        index = {s.name: i for i, s in enumerate(self.shards)}
+        if names[k] not in index:
+            raise ReaderError(f"row {row} is in {names[k]}, which the manifest of {self.path} lists but is missing")
+        return index[names[k]], row - (int(ends[k - 1]) if k else 0)
+
+    def global_row(self, shard: int, row: int) -> int:
+        """(index into `shards`, row) -> the global row number locate() takes."""
+        name = self.shards[shard].name
+        names = [s.name for s in self.manifest.shards] if self.manifest is not None else [s.name for s in self.shards]
+        counts = [s.rows for s in self.manifest.shards] if self.manifest is not None else self.rows_per_shard
+        return int(sum(counts[:names.index(name)])) + row
+
+    def find_source(self, source_id: str) -> tuple[int, int]:
+        """(shard index, row) of the first row whose source_id is `source_id`."""
+        import pyarrow.compute as pc
+        for i in range(len(self.shards)):
+            hits = pc.index(self.table(i).column("source_id"), source_id).as_py()
+            if hits >= 0:
+                return i, hits
+        raise ReaderError(f"no row with source_id {source_id!r} in {self.path}")

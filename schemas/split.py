@@ -1,0 +1,133 @@
+"""Which rows a reader (one rank's one DataLoader worker) reads in an epoch: pure functions.
+
+Every reader of every rank computes the same epoch permutation of a directory's rows from
+(seed, epoch) and takes every S-th entry from its own position, S = world_size * workers. So the
+readers' sets are disjoint and together cover every row exactly once, whatever S is, and a checker
+(`gato-tokenize verify --simulate-ranks`) can replay the split without reading any data.
+
+A directory streamed from object storage is split by whole shards instead (assign_rows_by_shard):
+each reader (or rank) owns a fixed set of shards, so a node downloads only the shards it reads.
+Both rules live here, below converters and trainer, so verify and the loader replay the same one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def num_readers(world_size: int, num_workers: int) -> int:
+    """Readers that share an epoch: every DataLoader worker of every rank (0 workers = 1 reader)."""
+    return world_size * max(1, num_workers)
+
+
+def reader_index(rank: int, world_size: int, worker: int, num_workers: int) -> int:
+    """Position of (rank, worker) among the readers: ranks outer, workers inner."""
+    nw = max(1, num_workers)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside [0, {world_size})")
+    if not 0 <= worker < nw:
+        raise ValueError(f"worker {worker} is outside [0, {nw})")
+    return rank * nw + worker
+
+
+def epoch_order(total_rows: int, epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """All global row ids of one epoch in reading order (a fresh permutation per epoch)."""
+    if not shuffle:
+        return np.arange(total_rows, dtype=np.int64)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)])
+    return rng.permutation(total_rows).astype(np.int64, copy=False)
+
+
+def directory_seed(seed: int, data_index: int) -> int:
+    """Seed of the row split of the `data_index`-th --data directory: one rule for the loader and
+    for `gato-tokenize verify --simulate-ranks`."""
+    return int(np.random.SeedSequence([seed, data_index]).generate_state(1, np.uint64)[0])
+
+
+def assign_rows(rows_per_shard: Sequence[int], rank: int, world_size: int, worker: int, num_workers: int,
+                epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """Global row ids (shard-major numbering) that reader (rank, worker) reads in `epoch`, in order.
+
+    `num_workers=0` means the rank reads in its main process (one reader, worker 0). Readers get
+    counts that differ by at most one; a reader may get none when there are fewer rows than readers.
+    """
+    total = int(np.sum(np.asarray(rows_per_shard, dtype=np.int64))) if len(rows_per_shard) else 0
+    order = epoch_order(total, epoch, seed, shuffle)
+    return order[reader_index(rank, world_size, worker, num_workers)::num_readers(world_size, num_workers)]
+
+
+def global_row(rows_per_shard: Sequence[int], shard: int, row: int) -> int:
+    """Global id of row `row` of shard `shard` (the numbering assign_rows uses)."""
+    return int(np.sum(np.asarray(rows_per_shard[:shard], dtype=np.int64))) + int(row)
+
+
+def locate_rows(rows_per_shard: Sequence[int], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global row ids -> (shard index, row inside the shard), vectorised."""
+    starts = np.concatenate([[0], np.cumsum(np.asarray(rows_per_shard, dtype=np.int64))])
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= starts[-1]):
+        raise IndexError(f"row id outside [0, {starts[-1]})")
+    shard = np.searchsorted(starts, rows, side="right") - 1
+    return shard, rows - starts[shard]
+
+
+# --- whole shards per reader: what a node streaming from object storage reads ----------------------
+
+SPLITS = ("rows", "shards")
+
+
+def shard_group(num_shards: int, rank: int, world_size: int, worker: int, num_workers: int
+                ) -> tuple[int, int, int, int]:
+    """(group, groups, member, members): who shares a set of whole shards. Each reader owns
+    shards when there are at least as many as readers; else each rank does (its workers share
+    them); else all readers share every shard."""
+    nw, readers = max(1, num_workers), num_readers(world_size, num_workers)
+    me = reader_index(rank, world_size, worker, num_workers)
+    if num_shards >= readers:
+        return me, readers, 0, 1
+    if num_shards >= world_size:
+        return rank, world_size, worker, nw
+    return 0, 1, me, readers
+
+
+def group_shards(rows_per_shard: Sequence[int], group: int, groups: int, seed: int) -> np.ndarray:
+    """Shards of a group: a seeded permutation of the non-empty shards dealt round robin. Fixed
+    across epochs, so a node's cache keeps serving it."""
+    rows = np.asarray(rows_per_shard, dtype=np.int64)
+    nonempty = np.flatnonzero(rows > 0)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, 0x5EED])
+    return rng.permutation(nonempty)[group::groups]
+
+
+def assign_rows_by_shard(rows_per_shard: Sequence[int], rank: int, world_size: int, worker: int, num_workers: int,
+                         epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """Global row ids that reader (rank, worker) reads in `epoch` when readers own whole shards.
+
+    The group's shards are taken in a fresh order each epoch, each one's rows shuffled inside it,
+    so a reader moves through its shards one after another (what lets the next ones download while
+    it reads) and touches no shard of another group; members of a group take every m-th row.
+    Disjoint and complete over all readers, as assign_rows."""
+    rows = np.asarray(rows_per_shard, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(rows)])
+    group, groups, member, members = shard_group(int((rows > 0).sum()), rank, world_size, worker, num_workers)
+    mine = group_shards(rows, group, groups, seed)
+    if not len(mine):
+        return np.zeros(0, np.int64)
+    if not shuffle:
+        order = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in np.sort(mine)])
+    else:
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), group])
+        order = np.concatenate([starts[s] + rng.permutation(rows[s]) for s in rng.permutation(mine)])
+    return order.astype(np.int64, copy=False)[member::members]
+
+
+def split_rows(split: str, rows_per_shard: Sequence[int], rank: int, world_size: int, worker: int,
+               num_workers: int, epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """The rows of a reader under `split` ("rows": assign_rows, "shards": assign_rows_by_shard)."""
+    if split == "rows":
+        return assign_rows(rows_per_shard, rank, world_size, worker, num_workers, epoch, seed, shuffle)
+    if split == "shards":
+        return assign_rows_by_shard(rows_per_shard, rank, world_size, worker, num_workers, epoch, seed, shuffle)
+    raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
