@@ -183,9 +183,6 @@ def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], p
                       f"{', '.join(map(str, columns))}; name it with --{what}-field)")
 
 
-@functools.lru_cache(maxsize=2)
-
-
 # --- CSV and JSON lines ------------------------------------------------------------------------
 
 def _swallowed(lines: list[str], width: int) -> bool:
