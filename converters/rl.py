@@ -197,7 +197,10 @@ class RLConverter:
         if input_ not in self.inputs:
             if input_ not in self._input_of:
                 for i in self.inputs:
-                    self._input_of[self.source(i).path] = i
+                    try:
+                        self._input_of[self.source(i).path] = i
+                    except SourceError:
+                        continue
             input_ = self._input_of.get(input_, input_)
         if input_ not in self._sources:
             self._sources[input_] = open_source(input_, self.source_kind)
@@ -206,7 +209,11 @@ class RLConverter:
     def work_units(self) -> list[WorkUnit]:
         units = []
         for i in self.inputs:
-            src = self.source(i)
+            try:
+                src = self.source(i)
+            except SourceError:  # unreadable (--on-error skip): one unit that is skipped when converted
+                units.append(WorkUnit(f"{_safe(Path(i).name)}-unreadable", i))
+                continue
             self._input_of[src.path] = i
             # the file read, not the input's spelling: a dataset id names the same units from any cwd
             tag = f"{_safe(Path(i).name)}-{hashlib.sha1(os.path.abspath(src.path).encode()).hexdigest()[:8]}"
@@ -331,7 +338,7 @@ def _make_converter(args) -> RLConverter:
     layout, tok = _layout_and_tokenizer(args)
     kind = getattr(args, "source", "auto") or "auto"
     inputs = expand_inputs(_inputs(args))
-    sources = [open_source(p, kind) for p in inputs]
+    sources, _ = _open_sources(inputs, kind, getattr(args, "on_error", "fail") == "skip")
     obs, act = sources[0].fields()
     for other in sources[1:]:
         if other.fields() != (obs, act):
@@ -374,6 +381,23 @@ def _make_converter(args) -> RLConverter:
                                  "min_return_fraction": fraction})
     conv._sources = {s.input: s for s in sources}
     return conv
+
+
+def _open_sources(inputs: list[str], kind: str, skip: bool) -> tuple[list[Source], list[str]]:
+    """Readers of the inputs; under --on-error skip an unreadable input is kept aside (its work unit
+    fails when converted, so it is listed as skipped) as long as one input can be read."""
+    sources, unreadable, first = [], [], None
+    for p in inputs:
+        try:
+            sources.append(open_source(p, kind))
+        except SourceError as e:
+            if not skip:
+                raise
+            unreadable.append(p)
+            first = first or e
+    if not sources and first is not None:
+        raise first
+    return sources, unreadable
 
 
 def _describe(fields: tuple[dict[str, FieldInfo], dict[str, FieldInfo]]) -> str:

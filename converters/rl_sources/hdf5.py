@@ -136,9 +136,14 @@ class FlatHDF5Source:
                     lo, hi = a, min(end, max(b, a + self.chunk_steps))
                     try:
                         buf = {n: f[p][lo:hi] for n, p in paths.items()}
-                    except OSError as err:
-                        raise SourceError(f"{self.path}: unreadable HDF5 data at steps {lo}-{hi} "
-                                          f"({_first_line(err)})") from None
+                    except OSError:  # damaged somewhere in the chunk: read this episode alone
+                        lo, hi = a, b
+                        try:
+                            buf = {n: f[p][lo:hi] for n, p in paths.items()}
+                        except OSError as err:
+                            hi = a  # the next episode reads afresh
+                            yield RawEpisode(e, error=f"unreadable HDF5 data at steps {a}-{b} ({_first_line(err)})")
+                            continue
                 s = slice(a - lo, b - lo)
                 yield RawEpisode(e, {n: buf[n][s] for n in self._keys["obs"]},
                                  {n: buf[n][s] for n in self._keys["action"]}, buf["rewards"][s].reshape(-1))

@@ -125,6 +125,14 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def _check_numeric_steps(path: str, column: str, t: pa.DataType) -> None:
+    """A per-step column that must hold numbers (rewards): a list of ints or floats."""
+    t = t.storage_type if isinstance(t, pa.ExtensionType) else t
+    value = t.value_type if _is_list(t) else t
+    if not (pa.types.is_integer(value) or pa.types.is_floating(value) or pa.types.is_boolean(value)):
+        raise SourceError(f"{path}: column {column!r} is {t}, expected a list of numbers per episode")
+
+
 class TableSource:
     """A Parquet file or HF datasets directory; episode positions are row numbers."""
 
@@ -138,6 +146,7 @@ class TableSource:
         self._rewards = next((c for c in REWARD_COLUMNS if c in names), None)
         if self._rewards is None:
             raise SourceError(f"{self.path}: no 'rewards' column (columns: {', '.join(names)})")
+        _check_numeric_steps(self.path, self._rewards, schema.field(self._rewards).type)
         self._id = next((c for c in ID_COLUMNS if c in names and not _is_list(schema.field(c).type)), None)
         lists = [f.name for f in schema if _is_list(f.type) and f.name != self._rewards]
         self._act_cols = sorted(c for c in lists if "action" in c)
@@ -312,6 +321,9 @@ class TableSource:
                 if bad is not None:
                     raw.error = f"column {bad!r}: {rows[bad][i] or 'missing (null)'}"
                 else:
-                    raw.rewards = np.asarray(rows[self._rewards][i], dtype=np.float64).reshape(-1)
+                    try:
+                        raw.rewards = np.asarray(rows[self._rewards][i], dtype=np.float64).reshape(-1)
+                    except (ValueError, TypeError) as e:
+                        raw.error = f"column {self._rewards!r}: not numbers ({_first_line(e)})"
                 yield raw
             pos += batch.num_rows
