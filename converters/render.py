@@ -126,5 +126,5 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
                for m, t in sorted(present)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png")  # the name as given, no ".png" added
     plt.close(fig)

@@ -14,9 +14,19 @@ import sys
 from .model import PRESETS
 
 
+def _data_item(text: str) -> str:
+    """A bad mixture weight (`DIR:-1`) is bad usage, found by the loader's own rule."""
+    from .data import DataError, parse_data_arg
+    try:
+        parse_data_arg(text)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gato-train", description=__doc__.splitlines()[0])
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]",
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]", type=_data_item,
                    help="shard directories, each with an optional mixture weight (tokens)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (checkpoint, metrics.jsonl, loss.png)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
