@@ -106,8 +106,8 @@ class Manifest:
             raise ManifestError(f"{path}: no manifest (not a shard directory, or its conversion has not finished)")
         try:
             d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{path}: unreadable manifest ({e})") from None
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+            raise ManifestError(f"{path}: unreadable manifest ({str(e).splitlines()[0] if str(e) else e!r})") from None
         try:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
