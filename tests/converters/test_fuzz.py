@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cli_outcome import check_message, check_out, run_cli
-from rl_fixtures import rollouts, write_d4rl
+from rl_fixtures import make_minari, rollouts, write_d4rl
 from test_captions import encode, photo, write_tar
 
 pytestmark = pytest.mark.slow
@@ -59,6 +60,10 @@ def inputs(tmp_path_factory, sp_model_path):
     (d / "docs.jsonl").write_text("".join(f'{{"text": "document {i} says hello to the world"}}\n' for i in range(20)))
     env = gym.make("CartPole-v1")
     write_d4rl(d / "cartpole.hdf5", rollouts(env, 4, 15))
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mp.setenv("MINARI_DATASETS_PATH", str(d / "minari"))
+        make_minari("cartpole/fuzz-v0", env, rollouts(env, 6, 15))
     shards = d / "shards"
     o = run_cli(["text", str(d / "docs.jsonl"), "--text-tokenizer", sp_model_path, "--out", str(shards),
                  "--no-progress", "--shard-size", "2KB"])
@@ -113,3 +118,19 @@ def test_corrupted_shards_to_verify_and_inspect(tmp_path, inputs):
         if victim.startswith("shard-"):
             o = run_cli(["verify", str(d)])
             assert o.code == 1 or data == (inputs / "shards" / victim).read_bytes(), str(o)
+
+
+def test_corrupted_minari_episodes_to_rl(tmp_path, inputs):
+    rng = random.Random(f"{SEED}-minari")
+    dataset = inputs / "minari" / "cartpole" / "fuzz-v0"
+    original = (dataset / "data" / "main_data.hdf5").read_bytes()
+    for trial in range(TRIALS):
+        d = tmp_path / f"t{trial}" / "fuzz-v0"
+        shutil.copytree(dataset, d)
+        data, how = mutate(original, rng)
+        (d / "data" / "main_data.hdf5").write_bytes(data)
+        out = tmp_path / f"t{trial}" / "out"
+        o = run_cli(["rl", str(d), "--out", str(out), "--no-progress"] + (["--on-error", "skip"] if trial % 2 else []))
+        o.argv.append(f"  [seed {SEED}, main_data.hdf5: {how}]")
+        check_message(o)
+        check_out(o, out)
