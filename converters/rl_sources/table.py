@@ -41,11 +41,20 @@ def _first_line(e: BaseException) -> str:
 
 def _decode_images(blobs: list) -> np.ndarray | list:
     from PIL import Image
+    from tokenizer_kit.images import MAX_PIXELS
     out = []
-    for b in blobs:
+    for step, b in enumerate(blobs):
         if b is None:
             raise Ragged("missing image")
-        out.append(np.asarray(Image.open(io.BytesIO(b))))
+        try:  # a damaged or oversized image is its episode's error, found before decoding where it can be
+            im = Image.open(io.BytesIO(b))
+            if im.width * im.height > MAX_PIXELS:
+                raise Ragged(f"image of step {step} has {im.width}x{im.height} pixels, over {MAX_PIXELS}")
+            out.append(np.asarray(im))
+        except Ragged:
+            raise
+        except Exception as e:  # Pillow raises many types for bad data
+            raise Ragged(f"image of step {step} is not readable ({_first_line(e)})") from None
     if out and all(x.shape == out[0].shape and x.dtype == out[0].dtype for x in out):
         return np.stack(out)
     return out
@@ -257,11 +266,14 @@ class TableSource:
         a batch of 16 long episodes would cost as much as converting a unit."""
         cols = self._obs_cols + self._act_cols
         first: dict[str, object] = {}
+        why: dict[str, str] = {}  # the first row error of a column, to say why it has no steps
         for batch in self._batches(0, self.num_episodes(), cols, rows=1):
             for c in cols:
                 if c not in first:
                     for v in _column_rows(batch.column(c)):
-                        if not isinstance(v, str) and v is not None and len(v):
+                        if isinstance(v, str):
+                            why.setdefault(c, v)
+                        elif v is not None and len(v):
                             first[c] = v
                             break
             if len(first) == len(cols):
@@ -269,7 +281,8 @@ class TableSource:
         out: dict[str, dict[str, FieldInfo]] = {"obs": {}, "action": {}}
         for c in cols:
             if c not in first:
-                raise SourceError(f"{self.path}: column {c!r} has no steps in any row")
+                raise SourceError(f"{self.path}: column {c!r} has no steps in any row"
+                                  + (f" (first row: {why[c]})" if c in why else ""))
             v = first[c]
             if isinstance(v, list) and v and isinstance(v[0], np.ndarray):  # images of several sizes
                 kind, shape = "image", None

@@ -96,3 +96,18 @@ def test_an_unreadable_caption_input_is_a_skipped_input(tmp_path, sp_model_path,
     assert code == 0, err
     [skipped] = _manifest(tmp_path / "skip")["skipped"]
     assert skipped["source"] == "b.parquet" and "not a readable Parquet file" in skipped["reason"]
+
+
+def test_an_episode_with_an_unreadable_image_is_skipped_alone(tmp_path, capsys):
+    from test_captions import encode
+    import numpy as np
+    frame = encode(np.full((16, 16), 7, np.uint8), "PNG")
+    p = tmp_path / "img.parquet"
+    pq.write_table(pa.table({"image_observations": [[frame, frame], [frame, b"garbage"], [frame, frame]],
+                             "discrete_actions": [[0, 1]] * 3, "rewards": [[1.0, 2.0]] * 3}), p)
+    out = tmp_path / "out"
+    code, err = tokenize(["rl", str(p), "--out", str(out), "--on-error", "skip", "--no-progress"], capsys)
+    assert code == 0, err
+    assert [s for s, _, _ in shard_rows(out)] == ["img/episode_0", "img/episode_2"]
+    [skipped] = _manifest(out)["skipped"]
+    assert skipped["source"] == "img/episode_1" and "image of step 1 is not readable" in skipped["reason"]
