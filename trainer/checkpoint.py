@@ -51,6 +51,10 @@ def _first_line(e: BaseException) -> str:
 def _update(h, value) -> None:
     """Feed a checkpoint value to the hash: type tags keep `[1]` and `(1,)` or `"1"` and `1` apart."""
     if isinstance(value, torch.Tensor):
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            # an expanded view (stride 0): a small file whose contiguous copy would take gigabytes
+            raise CheckpointError(f"a tensor of shape {tuple(value.shape)} is backed by only "
+                                  f"{value.untyped_storage().nbytes()} bytes (overlapping memory)")
         t = value.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
@@ -122,7 +126,11 @@ def read_checkpoint(run_dir_or_ckpt: str | os.PathLike, map_location="cpu") -> d
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: not a gato-kit checkpoint of version {CHECKPOINT_VERSION}")
     stored = state.get(DIGEST_KEY)
-    if stored is not None and stored != contents_digest(state):
+    try:
+        digest = contents_digest(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: refused: {e}") from None
+    if stored is not None and stored != digest:
         raise CheckpointError(f"{path}: damaged checkpoint (its contents do not match their sha256)")
     if "config" in state:
         check_config(state["config"], state.get("model"), path)
@@ -170,9 +178,9 @@ def check_config(config, weights: dict | None, path: str | os.PathLike = "checkp
                                   f"the config makes {shape}")
     params = sum(math.prod(s) for s in shapes.values())
     limit = _memory_bytes()
-    if limit and params * 4 * 4 > limit:  # weights, gradients and AdamW's two moments in fp32
-        raise CheckpointError(f"{path}: the model has {params:,} parameters, about {params * 16 / 2**30:.1f} GiB "
-                              f"to train, more than this machine's {limit / 2**30:.1f} GiB of memory")
+    if limit and params * 4 > limit:  # fp32 weights alone (training needs about 4x that)
+        raise CheckpointError(f"{path}: the model has {params:,} parameters, {params * 4 / 2**30:.1f} GiB of "
+                              f"weights, more than this machine's {limit / 2**30:.1f} GiB of memory")
 
 
 def _memory_bytes() -> int:

@@ -101,3 +101,10 @@ def test_gato_train_refuses_damaged_and_empty_checkpoints_in_one_line(tmp_path, 
     assert main(["--data", str(tmp_path), "--out", str(run), "--steps", "1"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "empty checkpoint (0 bytes)" in err
+
+
+def test_expanded_views_never_become_gigabytes(tmp_path):
+    state = _state()
+    state["model"]["embed.weight"] = torch.zeros(1).expand(1 << 20, 1 << 14)  # 64 GiB as floats, 4 bytes on disk
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    _refused(tmp_path, "overlapping memory")
