@@ -64,7 +64,7 @@ from schemas.shard import PATCH_BYTES, SHARD_PATTERN, rows_to_batch, shard_schem
 from schemas.validate import validate_table
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
-from tokenizer_kit.files import atomic_copy, atomic_path, file_sha256
+from tokenizer_kit.files import atomic_path, file_sha256
 
 from .base import Converter, Record, SourceError, WorkUnit
 from .progress import Progress
@@ -1118,7 +1118,8 @@ def _convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayou
     if tokenizer_path:
         dest = out / TOKENIZER_NAME
         if not (dest.exists() and os.path.samefile(tokenizer_path, dest)):
-            atomic_copy(tokenizer_path, dest)
+            from tokenizer_kit.files import atomic_copy
+            atomic_copy(tokenizer_path, dest)  # also removes what killed runs left
     for s in packer.infos:  # complete: the shards come out of .work/, the manifest last
         os.replace(work / s.name, out / s.name)
     manifest = Manifest(layout=layout.to_dict(), converter=converter.name, options=options, shards=packer.infos,
