@@ -9,10 +9,8 @@ import os
 import random
 import shutil
 import warnings
-from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
