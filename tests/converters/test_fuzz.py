@@ -56,6 +56,11 @@ def inputs(tmp_path_factory, sp_model_path):
     pq.write_table(pa.table({"jpg": [encode(photo(20, 20, i), "PNG") for i in range(4)],
                              "caption": [f"robot {i}" for i in range(4)]}), d / "caps.parquet", row_group_size=2)
     (d / "docs.jsonl").write_text("".join(f'{{"text": "document {i} says hello to the world"}}\n' for i in range(20)))
+    pq.write_table(pa.table({"text": [f"parquet document {i} with words" for i in range(12)]}), d / "docs.parquet",
+                   row_group_size=4)
+    pq.write_table(pa.table({"continuous_observations": [[[0.1 * i, 0.2], [0.3, 0.4], [0.5, 0.6]] for i in range(5)],
+                             "discrete_actions": [[0, 1, 0]] * 5, "rewards": [[1.0, 0.5, 2.0]] * 5}),
+                   d / "episodes.parquet", row_group_size=2)
     env = gym.make("CartPole-v1")
     write_d4rl(d / "cartpole.hdf5", rollouts(env, 4, 15))
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
@@ -74,6 +79,8 @@ CONVERT = {
     "caps.parquet": ["captions", "--image-size", "32"],
     "docs.jsonl": ["text"],
     "cartpole.hdf5": ["rl"],
+    "docs.parquet": ["text"],
+    "episodes.parquet": ["rl"],
 }
 
 
