@@ -348,7 +348,8 @@ def hf_dataset(path: str):
     try:
         ds = datasets.load_from_disk(path)
     except (FileNotFoundError, ValueError, OSError) as e:
-        raise SourceError(f"{path}: not a readable datasets directory ({str(e).splitlines()[0] if str(e) else e})") from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise SourceError(f"{path}: not a readable datasets directory ({reason})") from None
     if isinstance(ds, datasets.DatasetDict):
         raise SourceError(f"{path}: a DatasetDict; pass one split's folder ({', '.join(ds)})")
     return ds.with_format("arrow")

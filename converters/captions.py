@@ -181,7 +181,9 @@ class CaptionConverter:
     # Conversion ---------------------------------------------------------------------------------
     def _records(self, unit: WorkUnit):
         fmt = self.formats.get(unit.path) or detect_format(unit.path)
-        files = self._image_files(self.image_root or (unit.path if fmt == "hf" else os.path.dirname(unit.path) or "."))
+        # relative image paths live under --image-root, else the annotation file's folder (a datasets folder itself)
+        root = self.image_root or (unit.path if fmt == "hf" else os.path.dirname(unit.path) or ".")
+        files = self._image_files(root)
         stop = unit.stop if unit.stop is not None else 1 << 62
         if fmt == "tar":
             return tar_records(unit.path, self.caption_field)

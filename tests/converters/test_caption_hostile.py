@@ -125,7 +125,8 @@ def test_a_balanced_quote_that_swallows_rows_is_caught_too(tmp_path, text_tokeni
     assert [decode_caption(r.row, text_tokenizer.layout(), text_tokenizer)[1] for r in recs[1:]] == ["b", 'c"', "d"]
     multi = _folder(tmp_path, ['ok.png,"a caption\nover two lines"'], name="multi.csv")
     [rec] = run_all(conv([multi], text_tokenizer))
-    assert decode_caption(rec.row, text_tokenizer.layout(), text_tokenizer)[1] == "a caption over two lines"  # SentencePiece reads newlines as spaces
+    # one record over two lines (SentencePiece reads the newline as a space)
+    assert decode_caption(rec.row, text_tokenizer.layout(), text_tokenizer)[1] == "a caption over two lines"
 
 
 def test_csv_with_a_utf8_bom_header_is_read(tmp_path, text_tokenizer):
