@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from tokenizer_kit.images import FIT_POLICIES
+from tokenizer_kit.images import FIT_POLICIES, MAX_PIXELS
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.text import TextTokenizer
 
@@ -47,6 +47,8 @@ def parse_image_size(text: str) -> tuple[int, int] | None:
         raise argparse.ArgumentTypeError(f"expected N, HxW or native, got {text!r}") from None
     if h <= 0 or w <= 0 or h % 16 or w % 16:
         raise argparse.ArgumentTypeError(f"image size {h}x{w} must be positive multiples of the 16-pixel patch")
+    if h * w > MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"image size {h}x{w} is over the limit of {MAX_PIXELS} pixels")
     return h, w
 
 
