@@ -53,6 +53,8 @@ class ImageFiles:
         if not isinstance(rel, str) or not rel:
             raise BadField(field, "missing image path" if rel is None or rel == "" else
                            f"image path is {type(rel).__name__}, expected text")
+        if "\x00" in rel:
+            raise BadField(field, f"image path {rel!r} holds a NUL character")
         path = os.path.join(self.root, rel)  # an absolute `rel` replaces the root
         if not self.allow_outside:
             if os.path.isabs(rel):

@@ -51,7 +51,8 @@ def test_jsonl_coco_and_parquet_paths_follow_the_same_policy(tmp_path, text_toke
     root = tmp_path / "root"
     root.mkdir()
     (root / "ok.png").write_bytes(encode(photo(16, 16, 0), "PNG"))
-    (root / "a.jsonl").write_text(json.dumps({"image": "../secret.png", "text": "x"}) + "\n")
+    (root / "a.jsonl").write_text(json.dumps({"image": "../secret.png", "text": "x"}) + "\n"
+                                  + json.dumps({"image": "ok.png\u0000.txt", "text": "nul"}) + "\n")
     coco = {"images": [{"id": 1, "file_name": str(outside)}], "annotations": [{"id": 5, "image_id": 1, "caption": "c"}]}
     (root / "c.json").write_text(json.dumps(coco))
     pq.write_table(pa.table({"image": ["../secret.png", "ok.png"], "caption": ["p", "q"]}), root / "p.parquet")
@@ -59,6 +60,7 @@ def test_jsonl_coco_and_parquet_paths_follow_the_same_policy(tmp_path, text_toke
         recs = run_all(conv([root / path], text_tokenizer))
         assert "outside the image root" in recs[0].skip_reason, path
     assert run_all(conv([root / "p.parquet"], text_tokenizer))[1].skip_reason is None
+    assert "holds a NUL character" in run_all(conv([root / "a.jsonl"], text_tokenizer))[1].skip_reason
 
 
 def test_devices_and_fifos_are_never_read_and_files_have_a_size_limit(tmp_path, text_tokenizer):
