@@ -349,7 +349,7 @@ def hf_dataset(path: str):
     import datasets
     try:
         ds = datasets.load_from_disk(path)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except Exception as e:  # datasets raises many types for a damaged directory
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise SourceError(f"{path}: not a readable datasets directory ({reason})") from None
     if isinstance(ds, datasets.DatasetDict):

@@ -381,7 +381,7 @@ def _load_dataset(path: str):
     import datasets
     try:
         ds = datasets.load_from_disk(path)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except Exception as e:  # datasets raises many types for a damaged directory
         raise SourceError(f"{path}: not a readable datasets directory ({str(e).splitlines()[0]})") from None
     if not isinstance(ds, datasets.Dataset):
         raise SourceError(f"{path}: a DatasetDict; pass one split's directory")
