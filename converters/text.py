@@ -324,7 +324,12 @@ class TextConverter:
         import pyarrow as pa
         field = self.text_field
         binary = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
-        for i, value in enumerate(column.to_pylist()):
+        try:
+            values = column.to_pylist()
+        except UnicodeDecodeError:  # a string column whose bytes are not UTF-8 (a damaged file): row by row
+            large = pa.types.is_large_string(column.type)
+            values, binary = column.cast(pa.large_binary() if large else pa.binary()).to_pylist(), True
+        for i, value in enumerate(values):
             row = first_row + i
             sid = f"{path}#{row}"
             if value is None:

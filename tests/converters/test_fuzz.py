@@ -61,6 +61,8 @@ def inputs(tmp_path_factory, sp_model_path):
     pq.write_table(pa.table({"continuous_observations": [[[0.1 * i, 0.2], [0.3, 0.4], [0.5, 0.6]] for i in range(5)],
                              "discrete_actions": [[0, 1, 0]] * 5, "rewards": [[1.0, 0.5, 2.0]] * 5}),
                    d / "episodes.parquet", row_group_size=2)
+    import datasets
+    datasets.Dataset.from_dict({"text": [f"dataset row {i} speaks" for i in range(10)]}).save_to_disk(str(d / "docs-hf"))
     env = gym.make("CartPole-v1")
     write_d4rl(d / "cartpole.hdf5", rollouts(env, 4, 15))
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
@@ -137,5 +139,21 @@ def test_corrupted_minari_episodes_to_rl(tmp_path, inputs):
         out = tmp_path / f"t{trial}" / "out"
         o = run_cli(["rl", str(d), "--out", str(out), "--no-progress"] + (["--on-error", "skip"] if trial % 2 else []))
         o.argv.append(f"  [seed {SEED}, main_data.hdf5: {how}]")
+        check_message(o)
+        check_out(o, out)
+
+
+def test_corrupted_datasets_directories_to_text(tmp_path, inputs, sp_model_path):
+    rng = random.Random(f"{SEED}-hf")
+    for trial in range(TRIALS):
+        d = tmp_path / f"t{trial}" / "docs-hf"
+        shutil.copytree(inputs / "docs-hf", d)
+        victim = rng.choice(sorted(p.name for p in d.iterdir() if p.is_file()))
+        data, how = mutate((d / victim).read_bytes(), rng)
+        (d / victim).write_bytes(data)
+        out = tmp_path / f"t{trial}" / "out"
+        o = run_cli(["text", str(d), "--text-tokenizer", sp_model_path, "--out", str(out), "--no-progress"]
+                    + (["--on-error", "skip"] if trial % 2 else []))
+        o.argv.append(f"  [seed {SEED}, {victim}: {how}]")
         check_message(o)
         check_out(o, out)

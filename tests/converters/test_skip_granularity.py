@@ -111,3 +111,15 @@ def test_an_episode_with_an_unreadable_image_is_skipped_alone(tmp_path, capsys):
     assert [s for s, _, _ in shard_rows(out)] == ["img/episode_0", "img/episode_2"]
     [skipped] = _manifest(out)["skipped"]
     assert skipped["source"] == "img/episode_1" and "image of step 1 is not readable" in skipped["reason"]
+
+
+def test_a_string_column_with_bytes_that_are_not_utf8_skips_only_that_row(tmp_path, sp_model_path, capsys):
+    arr = pa.array([b"good words", b"bad \xff\xfe bytes", b"more words"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": arr}), tmp_path / "u.parquet")
+    out = tmp_path / "out"
+    code, err = tokenize(["text", str(tmp_path / "u.parquet"), "--text-tokenizer", sp_model_path, "--out", str(out),
+                          "--on-error", "skip", "--no-progress"], capsys)
+    assert code == 0, err
+    assert [s for s, _, _ in shard_rows(out)] == [f"{tmp_path / 'u.parquet'}#0", f"{tmp_path / 'u.parquet'}#2"]
+    [skipped] = _manifest(out)["skipped"]
+    assert skipped["reason"] == f"{tmp_path / 'u.parquet'}: row 1: field 'text' is not UTF-8 text (invalid start byte)"
