@@ -310,10 +310,20 @@ def coco_records(path: str, mode: str, start: int, stop: int, files: ImageFiles)
 
 # --- Parquet and datasets directories ----------------------------------------------------------
 
+def _pylist(column) -> list:
+    """Values of an Arrow column; a string column whose bytes are not UTF-8 (a damaged file) comes
+    back as bytes, so the record that holds them is named rather than the whole read failing."""
+    import pyarrow as pa
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        return column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()).to_pylist()
+
+
 def arrow_records(table, start: int, image_col: str, caption_col: str, files: ImageFiles):
     """Rows of an Arrow table: images as bytes, {"bytes", "path"} structs (datasets Image) or paths."""
-    images = table.column(image_col).to_pylist()
-    captions = table.column(caption_col).to_pylist()
+    images = _pylist(table.column(image_col))
+    captions = _pylist(table.column(caption_col))
     for j, (img, cap) in enumerate(zip(images, captions)):
         if isinstance(img, dict):
             img = img.get("bytes") or (files.read_or_bad(img.get("path"), image_col) if img.get("path") else None)

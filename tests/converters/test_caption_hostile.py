@@ -166,3 +166,12 @@ def test_an_image_size_over_the_pixel_limit_is_bad_usage():
     with pytest.raises(argparse.ArgumentTypeError, match="over the limit"):
         parse_image_size("16384x16384")
     assert parse_image_size("4096x4096") == (4096, 4096)
+
+
+def test_a_caption_column_with_bytes_that_are_not_utf8_names_the_record(tmp_path, text_tokenizer):
+    caps = pa.array([b"fine", b"bad \xff bytes"], pa.binary()).view(pa.string())
+    png = encode(photo(16, 16, 0), "PNG")
+    pq.write_table(pa.table({"jpg": [png, png], "caption": caps}), tmp_path / "u.parquet")
+    recs = run_all(conv([tmp_path / "u.parquet"], text_tokenizer))
+    assert recs[0].skip_reason is None
+    assert "record '1': field 'caption': caption is not UTF-8 (byte 0xff at offset 4)" in recs[1].skip_reason
