@@ -78,7 +78,10 @@ def steps_to_numpy(arr: pa.Array) -> np.ndarray | list:
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return _decode_images(arr.to_pylist())
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return arr.to_pylist()
+        try:
+            return arr.to_pylist()
+        except UnicodeDecodeError as e:  # a damaged file: the episode (read row by row) names it
+            raise Ragged(f"text that is not UTF-8 ({e.reason})") from None
     if pa.types.is_fixed_size_list(t):
         inner = steps_to_numpy(arr.flatten())
         return np.asarray(inner).reshape(len(arr), t.list_size, *np.shape(inner)[1:])

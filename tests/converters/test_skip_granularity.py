@@ -123,3 +123,17 @@ def test_a_string_column_with_bytes_that_are_not_utf8_skips_only_that_row(tmp_pa
     assert [s for s, _, _ in shard_rows(out)] == [f"{tmp_path / 'u.parquet'}#0", f"{tmp_path / 'u.parquet'}#2"]
     [skipped] = _manifest(out)["skipped"]
     assert skipped["reason"] == f"{tmp_path / 'u.parquet'}: row 1: field 'text' is not UTF-8 text (invalid start byte)"
+
+
+def test_an_episode_whose_text_is_not_utf8_is_skipped_alone(tmp_path, sp_model_path, capsys):
+    words = pa.array([b"go", b"go", b"go", b"\xff", b"left", b"right"], pa.binary()).view(pa.string())
+    text = pa.ListArray.from_arrays(pa.array([0, 2, 4, 6], pa.int32()), words)
+    pq.write_table(pa.table({"text_observations": text, "discrete_actions": [[0, 1]] * 3,
+                             "rewards": [[1.0, 2.0]] * 3}), tmp_path / "t.parquet")
+    out = tmp_path / "out"
+    code, err = tokenize(["rl", str(tmp_path / "t.parquet"), "--text-tokenizer", sp_model_path, "--out", str(out),
+                          "--on-error", "skip", "--no-progress"], capsys)
+    assert code == 0, err
+    assert [s for s, _, _ in shard_rows(out)] == ["t/episode_0", "t/episode_2"]
+    [skipped] = _manifest(out)["skipped"]
+    assert skipped["source"] == "t/episode_1" and "text that is not UTF-8" in skipped["reason"]
