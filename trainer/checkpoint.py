@@ -151,7 +151,8 @@ def check_config(config, weights: dict | None, path: str | os.PathLike = "checkp
         f = fields.get(name)
         if f is None:
             continue
-        want = {"int": int, "float": float, "str": str, "dict": dict}.get(str(f.type), object)
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        want = {"int": int, "float": float, "str": str, "dict": dict}.get(type_name, object)
         ok = isinstance(value, want) and not isinstance(value, bool)
         if want is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
