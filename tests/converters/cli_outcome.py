@@ -64,7 +64,8 @@ def check_out(o: Outcome, out: Path) -> None:
         for shard in manifest["shards"]:
             size = (out / shard["name"]).stat().st_size
             assert size == shard.get("bytes", size), str(o)
-        assert not _temporaries(out) and ".work" not in names, f"{o}\n{names}"
+        assert not _temporaries(out) and ".work" not in names and not any(n.startswith(".lock") for n in names), \
+            f"{o}\n{names}"
         return
-    extra = [n for n in names if n not in RESUME_STATE and not n.endswith(".lock")]
+    extra = [n for n in names if n not in RESUME_STATE and not n.startswith(".lock")]
     assert not extra, f"{o}\nleft in OUT besides resume state: {extra}"
