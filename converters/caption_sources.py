@@ -276,7 +276,7 @@ def table_records(path: str, fmt: str, start: int, stop: int, image_field, capti
 def coco_index(path: str, mode: str) -> list[tuple]:
     """[(record key, file_name, caption)] of a COCO caption file, in file order."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:  # -sig: a byte-order mark is no JSON
             d = json.load(f)
     except OSError as e:
         raise SourceError(f"{path}: cannot read ({e.strerror or e})") from None
