@@ -89,3 +89,12 @@ def test_check_layout_refuses_another_layout():
     m.check_layout(VocabLayout(32000, eos_id=2))
     with pytest.raises(LayoutError, match=r"shards \(gato T=32000\) differs from the model's \(disjoint T=32000\)"):
         m.check_layout(VocabLayout(32000, profile="disjoint", eos_id=2))
+
+
+@pytest.mark.parametrize("data, reason", [(b'{"converter": "te\xdc\xff"}', "unreadable manifest"),
+                                          (b"[" * 100_000 + b"]" * 100_000, "unreadable manifest")])
+def test_manifests_that_are_not_utf8_or_too_deep_are_one_line_errors(tmp_path, data, reason):
+    (tmp_path / MANIFEST_NAME).write_bytes(data)
+    with pytest.raises(ManifestError, match=reason) as e:
+        Manifest.read(tmp_path)
+    assert "\n" not in str(e.value)
