@@ -137,3 +137,26 @@ def test_an_episode_whose_text_is_not_utf8_is_skipped_alone(tmp_path, sp_model_p
     assert [s for s, _, _ in shard_rows(out)] == ["t/episode_0", "t/episode_2"]
     [skipped] = _manifest(out)["skipped"]
     assert skipped["source"] == "t/episode_1" and "text that is not UTF-8" in skipped["reason"]
+
+
+def test_a_damaged_chunk_of_a_flat_hdf5_file_skips_only_its_episodes(tmp_path, capsys):
+    import numpy as np
+    steps, length = 40, 10  # 4 episodes of 10 steps, observations stored in gzip chunks of 10 steps
+    path = tmp_path / "d4rl.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("observations", data=np.random.default_rng(0).normal(size=(steps, 3)).astype(np.float32),
+                         chunks=(length, 3), compression="gzip")
+        f["actions"] = np.zeros(steps, np.int64)
+        f["rewards"] = np.ones(steps, np.float32)
+        f["terminals"] = np.arange(steps) % length == length - 1
+        f["timeouts"] = np.zeros(steps, bool)
+        info = f["observations"].id.get_chunk_info(2)  # steps 20-29: episode 2
+    with open(path, "r+b") as raw:
+        raw.seek(info.byte_offset)
+        raw.write(b"\xff" * info.size)
+    out = tmp_path / "out"
+    code, err = tokenize(["rl", str(path), "--out", str(out), "--on-error", "skip", "--no-progress"], capsys)
+    assert code == 0, err
+    assert [s for s, _, _ in shard_rows(out)] == ["d4rl/episode_0", "d4rl/episode_1", "d4rl/episode_3"]
+    [skipped] = _manifest(out)["skipped"]
+    assert skipped["source"] == "d4rl/episode_2" and "unreadable HDF5 data at steps 20-30" in skipped["reason"]
