@@ -20,6 +20,11 @@ def run_reporting_errors(func: Callable, args) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 1
+    except OSError as e:  # disk full, read-only file system, ...: the system's reason, one line
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        reason = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"{prog}: error: {where}{reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

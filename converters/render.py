@@ -81,7 +81,7 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
     """Write a PNG: the row's images (labelled) over its token strip with a legend."""
     import matplotlib.pyplot as plt
     fig = row_figure(row, images, title)
-    fig.savefig(path, dpi=fig.dpi, bbox_inches="tight")
+    fig.savefig(path, dpi=fig.dpi, bbox_inches="tight", format="png")  # the name as given, no ".png" added
     plt.close(fig)
 
 

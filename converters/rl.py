@@ -241,7 +241,10 @@ class RLConverter:
         if input_ not in self.inputs:
             if input_ not in self._input_of:
                 for i in self.inputs:
-                    self._input_of[self.source(i).path] = i
+                    try:
+                        self._input_of[self.source(i).path] = i
+                    except SourceError:
+                        continue
             input_ = self._input_of.get(input_, input_)
         if input_ not in self._sources:
             self._sources[input_] = open_source(input_, self.source_kind)
@@ -250,7 +253,11 @@ class RLConverter:
     def work_units(self) -> list[WorkUnit]:
         units = []
         for i in self.inputs:
-            src = self.source(i)
+            try:
+                src = self.source(i)
+            except SourceError:  # unreadable (--on-error skip): one unit that is skipped when converted
+                units.append(WorkUnit(f"{_safe(Path(i).name)}-unreadable", i))
+                continue
             self._input_of[src.path] = i
             # the file read, not the input's spelling: a dataset id names the same units from any cwd
             tag = f"{_safe(Path(i).name)}-{hashlib.sha1(os.path.abspath(src.path).encode()).hexdigest()[:8]}"
@@ -299,10 +306,18 @@ class RLConverter:
                 f"({fields}); declare their range with --action-bounds NAME=LOW:HIGH, or refuse them with "
                 f"--strict-ranges"]
 
+    def _readable_sources(self) -> Iterator[Source]:
+        """The inputs' readers, without those unreadable (kept as skipped units under --on-error skip)."""
+        for i in self.inputs:
+            try:
+                yield self.source(i)
+            except SourceError:
+                continue
+
     def _final_observation(self) -> str:
         """What became of the observation after an episode's last action: Minari stores it and it
         is dropped; flat HDF5 files and episode tables hold none (one observation per action)."""
-        kinds = {type(self.source(i)).__name__ for i in self.inputs}
+        kinds = {type(src).__name__ for src in self._readable_sources()}
         if kinds == {"MinariSource"}:
             return "dropped"
         return "none in the source" if "MinariSource" not in kinds else "dropped where stored"
@@ -433,7 +448,7 @@ def _make_converter(args) -> RLConverter:
     layout, tok = _layout_and_tokenizer(args)
     kind = getattr(args, "source", "auto") or "auto"
     inputs = expand_inputs(_inputs(args))
-    sources = [open_source(p, kind) for p in inputs]
+    sources, _ = _open_sources(inputs, kind, getattr(args, "on_error", "fail") == "skip")
     obs, act = sources[0].fields()
     for other in sources[1:]:
         if other.fields() != (obs, act):
@@ -498,6 +513,23 @@ def _make_converter(args) -> RLConverter:
             print(f"gato-tokenize rl: warning: {src.path}: the last episode ({int(src.episode_lengths()[-1])} steps) "
                   f"has no terminal or timeout flag; taken whole, as a cut-off episode", file=sys.stderr)
     return conv
+
+
+def _open_sources(inputs: list[str], kind: str, skip: bool) -> tuple[list[Source], list[str]]:
+    """Readers of the inputs; under --on-error skip an unreadable input is kept aside (its work unit
+    fails when converted, so it is listed as skipped) as long as one input can be read."""
+    sources, unreadable, first = [], [], None
+    for p in inputs:
+        try:
+            sources.append(open_source(p, kind))
+        except SourceError as e:
+            if not skip:
+                raise
+            unreadable.append(p)
+            first = first or e
+    if not sources and first is not None:
+        raise first
+    return sources, unreadable
 
 
 def _describe(fields: tuple[dict[str, FieldInfo], dict[str, FieldInfo]]) -> str:

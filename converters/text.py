@@ -142,16 +142,21 @@ class TextConverter:
     def work_units(self) -> list[WorkUnit]:
         units: list[WorkUnit] = []
         for path, kind in self._files():
-            if kind == "txt" and self.split == "file":
+            try:
+                units.extend(self._units_of(path, kind))
+            except (SourceError, OSError):  # unreadable: one unit that fails (or is skipped) when converted
                 units.append(WorkUnit(path, path))
-            elif kind in ("txt", "jsonl"):
-                bounds = self._byte_bounds(path, kind == "txt")
-                units.extend(WorkUnit(f"{path}@{a}", path, a, b) for a, b in zip(bounds, bounds[1:], strict=False))
-            elif kind == "parquet":
-                units.extend(self._parquet_units(path))
-            else:
-                units.extend(self._dataset_units(path))
         return units
+
+    def _units_of(self, path: str, kind: str) -> list[WorkUnit]:
+        if kind == "txt" and self.split == "file":
+            return [WorkUnit(path, path)]
+        if kind in ("txt", "jsonl"):
+            bounds = self._byte_bounds(path, kind == "txt")
+            return [WorkUnit(f"{path}@{a}", path, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+        if kind == "parquet":
+            return self._parquet_units(path)
+        return self._dataset_units(path)
 
     def _byte_bounds(self, path: str, blank_line: bool) -> list[int]:
         """Unit boundaries of a text file: every ~unit_size bytes, moved forward to the next line
@@ -184,8 +189,7 @@ class TextConverter:
         return bounds
 
     def _parquet_units(self, path: str) -> list[WorkUnit]:
-        import pyarrow.parquet as pq
-        meta = pq.ParquetFile(path).metadata
+        meta = _parquet_file(path).metadata
         units, first, size = [], 0, 0
         for g in range(meta.num_row_groups):
             size += meta.row_group(g).total_byte_size
@@ -203,6 +207,12 @@ class TextConverter:
 
     # --- conversion ----------------------------------------------------------------------------
     def convert_unit(self, unit: WorkUnit) -> Iterator[Record]:
+        try:
+            yield from self._convert_unit(unit)
+        except OSError as e:
+            raise SourceError(f"{unit.path}: cannot read ({e.strerror or _first_line(e)})") from None
+
+    def _convert_unit(self, unit: WorkUnit) -> Iterator[Record]:
         kind = _kind_of(Path(unit.path))
         if kind == "txt":
             docs = self._whole_file(unit.path) if self.split == "file" else self._blocks(unit)
@@ -253,8 +263,9 @@ class TextConverter:
         with open(unit.path, "rb") as f:
             f.seek(unit.start)
             pos = unit.start
+            stop = unit.stop if unit.stop is not None else float("inf")
             for line in f:
-                if pos >= unit.stop:
+                if pos >= stop:
                     break
                 yield pos, line[3:] if pos == 0 and line.startswith(BOM_BYTES) else line
                 pos += len(line)
@@ -297,6 +308,9 @@ class TextConverter:
             except json.JSONDecodeError as e:
                 yield sid, None, f"{unit.path}: line {_line_of(unit.path, pos)}: not JSON ({e.msg})"
                 continue
+            except RecursionError:
+                yield sid, None, f"{unit.path}: line {_line_of(unit.path, pos)}: JSON nested too deeply to read"
+                continue
             if not isinstance(obj, dict) or field not in obj:
                 yield sid, None, f"{unit.path}: line {_line_of(unit.path, pos)}: field {field!r} is missing"
             elif not isinstance(obj[field], str):
@@ -310,7 +324,12 @@ class TextConverter:
         import pyarrow as pa
         field = self.text_field
         binary = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
-        for i, value in enumerate(column.to_pylist()):
+        try:
+            values = column.to_pylist()
+        except UnicodeDecodeError:  # a string column whose bytes are not UTF-8 (a damaged file): row by row
+            large = pa.types.is_large_string(column.type)
+            values, binary = column.cast(pa.large_binary() if large else pa.binary()).to_pylist(), True
+        for i, value in enumerate(values):
             row = first_row + i
             sid = f"{path}#{row}"
             if value is None:
@@ -334,8 +353,7 @@ class TextConverter:
             raise SourceError(f"{path}: column {self.text_field!r} is {t}, expected strings")
 
     def _parquet(self, unit: WorkUnit):
-        import pyarrow.parquet as pq
-        pf = pq.ParquetFile(unit.path)
+        pf = _parquet_file(unit.path)
         self._check_type(unit.path, pf.schema_arrow)
         row = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start))
         for batch in pf.iter_batches(batch_size=ARROW_BATCH_ROWS, row_groups=list(range(unit.start, unit.stop)),
@@ -352,11 +370,23 @@ class TextConverter:
             yield from self._column_texts(unit.path, part.column(self.text_field), a)
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _parquet_file(path: str):
+    import pyarrow.parquet as pq
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad files
+        raise SourceError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+
+
 def _load_dataset(path: str):
     import datasets
     try:
         ds = datasets.load_from_disk(path)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except Exception as e:  # datasets raises many types for a damaged directory
         raise SourceError(f"{path}: not a readable datasets directory ({str(e).splitlines()[0]})") from None
     if not isinstance(ds, datasets.Dataset):
         raise SourceError(f"{path}: a DatasetDict; pass one split's directory")

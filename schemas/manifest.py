@@ -198,8 +198,8 @@ class Manifest:
             raise ManifestError(f"{path}: no manifest (not a shard directory, or its conversion has not finished)")
         try:
             text = path.read_text()
-        except OSError as e:
-            raise ManifestError(f"{path}: unreadable manifest ({e})") from None
+        except (OSError, ValueError) as e:  # ValueError: bytes that are not UTF-8
+            raise ManifestError(f"{path}: unreadable manifest ({str(e).splitlines()[0] if str(e) else e!r})") from None
         return cls.parse(text, str(path))
 
     @classmethod
@@ -207,8 +207,8 @@ class Manifest:
         """A manifest from its JSON text; `path` names it in errors (a file or a URL)."""
         try:
             d = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{path}: unreadable manifest ({e})") from None
+        except (ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+            raise ManifestError(f"{path}: unreadable manifest ({str(e).splitlines()[0] if str(e) else e!r})") from None
         try:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory

@@ -115,6 +115,10 @@ def row_from_table(table: pa.Table | pa.RecordBatch, i: int) -> Row:
     """Row i of a shard back to numpy (for inspection and decoding, not for the hot path)."""
     if not 0 <= i < table.num_rows:
         raise IndexError(f"row {i} is outside the {table.num_rows} rows of the shard")
+    try:  # offsets past their values would make Arrow abort the process when the row is sliced
+        table.slice(i, 1).validate(full=True)
+    except pa.ArrowInvalid as e:
+        raise ShardError(f"row {i} is damaged ({str(e).splitlines()[0][:200]})") from None
 
     def values(name: str) -> pa.Array:
         return table.column(name)[i].values  # the row's slice of the flat child array

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +28,23 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_copy(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy `src` to `dest` through `atomic_path`, and remove what earlier copies that were killed
+    left beside `dest` (`.NAME.tmpPID`), so a finished copy leaves only `dest`."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    remove_stale_temporaries(dest)
+    return dest
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete `.NAME.tmp*` beside `path`: what writers of it that were killed left behind."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        stale.unlink(missing_ok=True)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

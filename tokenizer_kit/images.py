@@ -25,8 +25,7 @@ def to_rgb_array(image, field: str = "image") -> np.ndarray:
         if image.width * image.height > MAX_PIXELS:
             raise TokenizeError(f"field {field!r}: image of {image.width}x{image.height} pixels exceeds {MAX_PIXELS}")
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
-            raise TokenizeError(f"field {field!r}: image mode {image.mode} has more than 8 bits per channel; "
-                                "convert it to 8 bits first")
+            return wide_image_to_rgb(image, field)
         if image.mode != "RGB":
             image = image.convert("RGB")  # grey, palette, RGBA (alpha dropped), CMYK, ...
         return np.asarray(image, dtype=np.uint8)
@@ -48,6 +47,43 @@ def to_rgb_array(image, field: str = "image") -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     return np.ascontiguousarray(arr[:, :, :3])
+
+
+def wide_image_to_rgb(image: Image.Image, field: str = "image") -> np.ndarray:
+    """A 16-bit (I;16*), 32-bit integer (I) or float (F) grey image as (H,W,3) uint8, scaled by the
+    range its type stands for: 16 bits by 65535 (exactly rounded), floats by [0, 1]. Pillow's own
+    convert clips such values to 255 (16-bit images come out white, float ones black)."""
+    if image.mode.startswith("I;16"):
+        v = np.asarray(image).astype(np.uint32)
+        grey = ((v * 255 + 32767) // 65535).astype(np.uint8)
+    elif image.mode == "I":
+        v = np.asarray(image, dtype=np.int64)
+        if v.size and (v.min() < 0 or v.max() > 65535):
+            raise TokenizeError(f"field {field!r}: 32-bit integer pixels outside [0, 65535] "
+                                f"(min {v.min()}, max {v.max()}); convert the image to 8 bits first")
+        grey = ((v * 255 + 32767) // 65535).astype(np.uint8)
+    elif image.mode == "F":
+        v = np.asarray(image, dtype=np.float64)
+        finite = np.isfinite(v)
+        if not finite.all() or (v.size and (v.min() < 0 or v.max() > 1)):
+            lo, hi = (float(v[finite].min()), float(v[finite].max())) if finite.any() else (np.nan, np.nan)
+            raise TokenizeError(f"field {field!r}: float pixels must lie in [0, 1] (found "
+                                f"{'non-finite values, ' if not finite.all() else ''}min {lo:g}, max {hi:g}); "
+                                "convert the image to 8 bits first")
+        grey = np.rint(v * 255).astype(np.uint8)
+    else:
+        raise TokenizeError(f"field {field!r}: image mode {image.mode} is not supported; convert it to 8 bits")
+    return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+
+
+def scaled_size(height: int, width: int, size: tuple[int, int], policy: str = "resize") -> tuple[int, int]:
+    """(H, W) an image is resized to on its way to the fixed `size`: `size` itself (resize), or
+    the largest aspect-keeping size inside it, up or down (pad; the rest is zero padding)."""
+    th, tw = size
+    if policy == "resize":
+        return th, tw
+    s = min(th / height, tw / width)
+    return min(th, max(1, round(height * s))), min(tw, max(1, round(width * s)))
 
 
 def _check_policy(policy: str) -> None:

@@ -6,6 +6,7 @@ per-step count, and one vectorised scatter places all fields into the row at onc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -13,8 +14,8 @@ import numpy as np
 
 from .errors import TokenizeError
 from .frames import FrameStack, observation_frames
-from .images import (FIT_POLICIES, PATCH_BYTES, fit_grey_frames, image_grids, image_to_patches, patch_count,
-                     patch_positions, patchify, patchify_grey, unpatchify)
+from .images import (FIT_POLICIES, PATCH_BYTES, fit_grey_frames, fit_image, image_grids, image_to_patches,
+                     patch_count, patch_positions, patchify, patchify_grey, to_rgb_array, unpatchify)
 from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 from .values import (continuous_to_tokens, discrete_to_tokens, from_unit_range, to_unit_range, tokens_to_continuous,
                      tokens_to_discrete)
@@ -423,17 +424,38 @@ def build_text_row(ids, layout: VocabLayout) -> Row:
     return Row(ids, np.ones(n, np.uint8), np.full(n, NO_POSITION, np.int16), np.full(n, TEXT, np.uint8))
 
 
+@functools.lru_cache(maxsize=64)
+def _shared_positions(height: int, width: int, patch: int, bins: int) -> np.ndarray:
+    """Patch positions of an image size: the same for every image of that size, so made once (read-only)."""
+    pos = patch_positions(height, width, patch, bins)
+    pos.setflags(write=False)
+    return pos
+
+
 def build_caption_row(image, caption_ids, layout: VocabLayout, policy: str = "resize",
                       size: tuple[int, int] | None = None) -> Row:
-    """Image patches, then the caption (+ end-of-text); loss on the caption only."""
-    patches, pos = image_to_patches(image, policy, size, layout.patch_size, layout.position_bins)
-    text = build_text_row(caption_ids, layout)
+    """Image patches, then the caption (+ end-of-text); loss on the caption only.
+
+    Converters call this once per pair, so each column is written once into its final array and
+    the patch positions of an image size are shared between rows (read-only)."""
+    rgb = fit_image(to_rgb_array(image), policy, size, layout.patch_size)
+    patches = patchify(rgb, layout.patch_size)
+    ids = np.asarray(caption_ids, dtype=np.int32)
+    eos = layout.eos_id >= 0 and (len(ids) == 0 or ids[-1] != layout.eos_id)
     n = len(patches)
-    return Row(np.concatenate([np.full(n, PATCH_SLOT, np.int32), text.tokens]),
-               np.concatenate([np.zeros(n, np.uint8), text.loss_mask]),
-               np.full(n + len(text), NO_POSITION, np.int16),
-               np.concatenate([np.full(n, IMAGE, np.uint8), text.modality]),
-               patches=patches, patch_pos=pos)
+    total = n + len(ids) + eos
+    tokens = np.empty(total, np.int32)
+    tokens[:n] = PATCH_SLOT
+    tokens[n:n + len(ids)] = ids
+    if eos:
+        tokens[-1] = layout.eos_id
+    _check_text_ids(tokens[n:], layout)
+    loss = np.zeros(total, np.uint8)
+    loss[n:] = 1
+    modality = np.full(total, TEXT, np.uint8)
+    modality[:n] = IMAGE
+    return Row(tokens, loss, np.full(total, NO_POSITION, np.int16), modality, patches=patches,
+               patch_pos=_shared_positions(rgb.shape[0], rgb.shape[1], layout.patch_size, layout.position_bins))
 
 
 def _check_text_ids(ids: np.ndarray, layout: VocabLayout) -> None:

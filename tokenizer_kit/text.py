@@ -12,7 +12,7 @@ import numpy as np
 import sentencepiece as spm
 
 from .errors import TokenizeError
-from .files import atomic_path, file_sha256
+from .files import atomic_path, file_sha256, remove_stale_temporaries
 from .layout import VocabLayout
 
 
@@ -135,4 +135,5 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, out: s
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_bytes(model_io.getvalue())
+    remove_stale_temporaries(out)
     return out

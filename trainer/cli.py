@@ -28,9 +28,19 @@ def _bytes_arg(text: str) -> int:
     return n
 
 
+def _data_item(text: str) -> str:
+    """A bad mixture weight (`DIR:-1`) is bad usage, found by the loader's own rule."""
+    from .data import DataError, parse_data_arg
+    try:
+        parse_data_arg(text)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gato-train", description=__doc__.splitlines()[0])
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]",
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]", type=_data_item,
                    help="shard directories (paths or URLs: s3://, gs://, file://), each with an optional "
                         "mixture weight (tokens)")
     p.add_argument("--out", required=True, metavar="RUN",

@@ -122,6 +122,16 @@ def register(subparsers) -> None:
         p.set_defaults(func=run, kind=kind, _parser=p)
 
 
+def _check_out(parser: argparse.ArgumentParser, out: str) -> None:
+    """--out (or a folder it would be made in) that is a file is bad usage, found before any work."""
+    from pathlib import Path
+    for p in (Path(out), *Path(out).parents):
+        if p.exists():
+            if not p.is_dir():
+                parser.error(f"--out {out}: {p} exists and is not a directory")
+            return
+
+
 def run(args) -> int:
     from tokenizer_kit.layout import VocabLayout
     from tokenizer_kit.text import TextTokenizer
@@ -134,6 +144,7 @@ def run(args) -> int:
     if args.partition is not None and not 0 <= args.partition < args.num_partitions:
         parser.error(f"--partition must be in [0, {args.num_partitions})")
 
+    _check_out(parser, args.out)
     args.tokenizer = TextTokenizer(args.text_tokenizer) if args.text_tokenizer else None
     if args.tokenizer is not None:
         args.layout = args.tokenizer.layout(args.layout_profile)

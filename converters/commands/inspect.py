@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from schemas.reader import ShardDir
-from schemas.shard import row_from_table
+from schemas.shard import ShardError, row_from_table
 from tokenizer_kit.frames import grey_to_rgb
 from tokenizer_kit.images import patch_count
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
 
+from ..base import SourceError
 from ..writer import OutDir, WorkDir
 from .listing import head_and_tail, human_bytes
 
@@ -340,7 +341,10 @@ def raw_step_lines(row: Row) -> list[str]:
 def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str], list[tuple[str, np.ndarray]]]:
     """(row, its scalars, text lines, labelled images) of row `index` of shard `shard`."""
     table = sd.table(shard)
-    row = row_from_table(table, index)
+    try:
+        row = row_from_table(table, index)
+    except ShardError as e:  # a damaged shard (its sha256 is not checked here): one line, never an abort
+        raise SourceError(f"{sd.shards[shard].path}: {e}") from None
     scalars = {k: table.column(k)[index].as_py() for k in ("source_id", "task", "num_steps", "episode_return")
                if k in table.schema.names}
     tok = sd.text_tokenizer()

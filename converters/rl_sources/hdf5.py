@@ -19,6 +19,8 @@ from converters.base import SourceError
 from . import FieldInfo, RawEpisode, episode_bounds, guess_kind
 
 GROUPS = (("observations", "obs"), ("actions", "action"))
+# What h5py raises on a damaged file, besides OSError: damaged metadata surfaces as any of these.
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError)
 
 
 def _first_line(e: BaseException) -> str:
@@ -41,7 +43,9 @@ class FlatHDF5Source:
                     if flag in f:
                         done |= np.asarray(f[flag][()], dtype=bool).reshape(-1)
                 self._infos = self._field_infos(f)
-            except OSError as e:
+            except SourceError:
+                raise
+            except H5_ERRORS as e:
                 raise SourceError(f"{self.path}: unreadable HDF5 data ({_first_line(e)})") from None
         self._bounds = episode_bounds(done)
         # steps after the last flag: an episode the recording may have cut off; the converter says so
@@ -51,7 +55,7 @@ class FlatHDF5Source:
         import h5py
         try:
             return h5py.File(self.path, "r")
-        except OSError as e:
+        except H5_ERRORS as e:
             raise SourceError(f"{self.path}: not a readable HDF5 file ({_first_line(e)})") from None
 
     def _field_keys(self, f) -> dict[str, dict[str, str]]:
@@ -116,7 +120,7 @@ class FlatHDF5Source:
         with self._open() as f:
             try:
                 rewards = np.asarray(f["rewards"][()], dtype=np.float64).reshape(-1)
-            except OSError as e:
+            except H5_ERRORS as e:
                 raise SourceError(f"{self.path}: unreadable HDF5 data ({_first_line(e)})") from None
         if len(rewards) == 0:
             return np.zeros(0)
@@ -138,9 +142,14 @@ class FlatHDF5Source:
                     lo, hi = a, min(end, max(b, a + self.chunk_steps))
                     try:
                         buf = {n: f[p][lo:hi] for n, p in paths.items()}
-                    except OSError as err:
-                        raise SourceError(f"{self.path}: unreadable HDF5 data at steps {lo}-{hi} "
-                                          f"({_first_line(err)})") from None
+                    except H5_ERRORS:  # damaged somewhere in the chunk: read this episode alone
+                        lo, hi = a, b
+                        try:
+                            buf = {n: f[p][lo:hi] for n, p in paths.items()}
+                        except H5_ERRORS as err:
+                            hi = a  # the next episode reads afresh
+                            yield RawEpisode(e, error=f"unreadable HDF5 data at steps {a}-{b} ({_first_line(err)})")
+                            continue
                 s = slice(a - lo, b - lo)
                 yield RawEpisode(e, {n: buf[n][s] for n in self._keys["obs"]},
                                  {n: buf[n][s] for n in self._keys["action"]}, buf["rewards"][s].reshape(-1))

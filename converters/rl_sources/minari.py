@@ -163,18 +163,21 @@ class MinariSource:
             raise SourceError(f"{self.path}: unreadable episode rewards ({_first_line(e)})") from None
 
     def episodes(self, start: int, stop: int) -> Iterator[RawEpisode]:
-        indices = self._indices[start:stop]
-        if len(indices) == 0:
-            return
-        it = self._dataset().iterate_episodes(indices.tolist())
-        while True:
-            try:
-                ep = next(it)
-            except StopIteration:
-                return
-            except (OSError, KeyError, ValueError, AssertionError) as e:
-                raise SourceError(f"{self.path}: unreadable episode data ({_first_line(e)})") from None
-            yield self._episode(ep)
+        indices = self._indices[start:stop].tolist()
+        done = 0
+        while done < len(indices):  # an unreadable episode is skipped alone: read on after it
+            it = self._dataset().iterate_episodes(indices[done:])
+            while True:
+                try:
+                    ep = next(it)
+                except StopIteration:
+                    return
+                except (OSError, KeyError, ValueError, AssertionError, TypeError) as e:
+                    yield RawEpisode(int(indices[done]), error=f"unreadable episode data ({_first_line(e)})")
+                    done += 1
+                    break
+                done += 1
+                yield self._episode(ep)
 
     def _episode(self, ep) -> RawEpisode:
         rewards = np.asarray(ep.rewards).reshape(-1)

@@ -41,11 +41,20 @@ def _first_line(e: BaseException) -> str:
 
 def _decode_images(blobs: list) -> np.ndarray | list:
     from PIL import Image
+    from tokenizer_kit.images import MAX_PIXELS
     out = []
-    for b in blobs:
+    for step, b in enumerate(blobs):
         if b is None:
             raise Ragged("missing image")
-        out.append(np.asarray(Image.open(io.BytesIO(b))))
+        try:  # a damaged or oversized image is its episode's error, found before decoding where it can be
+            im = Image.open(io.BytesIO(b))
+            if im.width * im.height > MAX_PIXELS:
+                raise Ragged(f"image of step {step} has {im.width}x{im.height} pixels, over {MAX_PIXELS}")
+            out.append(np.asarray(im))
+        except Ragged:
+            raise
+        except Exception as e:  # Pillow raises many types for bad data
+            raise Ragged(f"image of step {step} is not readable ({_first_line(e)})") from None
     if out and all(x.shape == out[0].shape and x.dtype == out[0].dtype for x in out):
         return np.stack(out)
     return out
@@ -69,7 +78,10 @@ def steps_to_numpy(arr: pa.Array) -> np.ndarray | list:
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return _decode_images(arr.to_pylist())
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return arr.to_pylist()
+        try:
+            return arr.to_pylist()
+        except UnicodeDecodeError as e:  # a damaged file: the episode (read row by row) names it
+            raise Ragged(f"text that is not UTF-8 ({e.reason})") from None
     if pa.types.is_fixed_size_list(t):
         inner = steps_to_numpy(arr.flatten())
         return np.asarray(inner).reshape(len(arr), t.list_size, *np.shape(inner)[1:])
@@ -125,6 +137,14 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def _check_numeric_steps(path: str, column: str, t: pa.DataType) -> None:
+    """A per-step column that must hold numbers (rewards): a list of ints or floats."""
+    t = t.storage_type if isinstance(t, pa.ExtensionType) else t
+    value = t.value_type if _is_list(t) else t
+    if not (pa.types.is_integer(value) or pa.types.is_floating(value) or pa.types.is_boolean(value)):
+        raise SourceError(f"{path}: column {column!r} is {t}, expected a list of numbers per episode")
+
+
 class TableSource:
     """A Parquet file or HF datasets directory; episode positions are row numbers."""
 
@@ -138,6 +158,7 @@ class TableSource:
         self._rewards = next((c for c in REWARD_COLUMNS if c in names), None)
         if self._rewards is None:
             raise SourceError(f"{self.path}: no 'rewards' column (columns: {', '.join(names)})")
+        _check_numeric_steps(self.path, self._rewards, schema.field(self._rewards).type)
         self._id = next((c for c in ID_COLUMNS if c in names and not _is_list(schema.field(c).type)), None)
         lists = [f.name for f in schema if _is_list(f.type) and f.name != self._rewards]
         self._act_cols = sorted(c for c in lists if "action" in c)
@@ -248,11 +269,14 @@ class TableSource:
         a batch of 16 long episodes would cost as much as converting a unit."""
         cols = self._obs_cols + self._act_cols
         first: dict[str, object] = {}
+        why: dict[str, str] = {}  # the first row error of a column, to say why it has no steps
         for batch in self._batches(0, self.num_episodes(), cols, rows=1):
             for c in cols:
                 if c not in first:
                     for v in _column_rows(batch.column(c)):
-                        if not isinstance(v, str) and v is not None and len(v):
+                        if isinstance(v, str):
+                            why.setdefault(c, v)
+                        elif v is not None and len(v):
                             first[c] = v
                             break
             if len(first) == len(cols):
@@ -260,7 +284,8 @@ class TableSource:
         out: dict[str, dict[str, FieldInfo]] = {"obs": {}, "action": {}}
         for c in cols:
             if c not in first:
-                raise SourceError(f"{self.path}: column {c!r} has no steps in any row")
+                raise SourceError(f"{self.path}: column {c!r} has no steps in any row"
+                                  + (f" (first row: {why[c]})" if c in why else ""))
             v = first[c]
             if isinstance(v, list) and v and isinstance(v[0], np.ndarray):  # images of several sizes
                 kind, shape = "image", None
@@ -312,6 +337,9 @@ class TableSource:
                 if bad is not None:
                     raw.error = f"column {bad!r}: {rows[bad][i] or 'missing (null)'}"
                 else:
-                    raw.rewards = np.asarray(rows[self._rewards][i], dtype=np.float64).reshape(-1)
+                    try:
+                        raw.rewards = np.asarray(rows[self._rewards][i], dtype=np.float64).reshape(-1)
+                    except (ValueError, TypeError) as e:
+                        raw.error = f"column {self._rewards!r}: not numbers ({_first_line(e)})"
                 yield raw
             pos += batch.num_rows

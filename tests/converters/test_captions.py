@@ -148,22 +148,6 @@ def test_jpeg_decodes_at_dct_scale_for_exact_fit_and_falls_back_to_pillow(tmp_pa
     assert np.abs(got.astype(int) - ref).mean() < 3
 
 
-def test_caption_rows_equal_build_caption_row(text_tokenizer):
-    """The converter's row builder is tokenizer_kit's build_caption_row, array for array, only faster."""
-    from converters.captions import _caption_row
-    from tokenizer_kit.layout import VocabLayout
-    from tokenizer_kit.sequence import build_caption_row
-    layout = text_tokenizer.layout()
-    cases = [(photo(32, 48, 1), text_tokenizer.encode("a red ball")), (photo(16, 64, 2), np.zeros(0, np.int32)),
-             (photo(48, 16, 3), np.array([5, 6, layout.eos_id], np.int32))]
-    for lay in (layout, VocabLayout(layout.text_vocab_size)):  # with and without an end-of-text id
-        for rgb, ids in cases:
-            got, want = _caption_row(rgb, ids, lay), build_caption_row(rgb, ids, lay, "resize", rgb.shape[:2])
-            for f in ("tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches", "patch_pos"):
-                a, b = getattr(got, f), getattr(want, f)
-                assert a.dtype == b.dtype and np.array_equal(a, b), f
-
-
 def test_caption_ids_outside_the_layout_name_the_record(tmp_path, text_tokenizer):
     from tokenizer_kit.layout import VocabLayout
     ids = text_tokenizer.encode("zebra quartz")
@@ -517,11 +501,13 @@ def test_converter_pickles_for_worker_processes(tmp_path, text_tokenizer):
 
 def test_unreadable_files_and_duplicate_tar_members_are_one_line_source_errors(tmp_path, text_tokenizer):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    c = conv([tmp_path / "bad.parquet"], text_tokenizer)
+    assert [u.key for u in c.work_units()] == ["bad.parquet"]  # the unit fails (or is skipped) when converted
     with pytest.raises(SourceError, match=r"bad.parquet: not a readable Parquet file"):
-        conv([tmp_path / "bad.parquet"], text_tokenizer).work_units()
+        run_all(c)
     (tmp_path / "huge.csv").write_text("image,caption\nx.png," + "a" * 200_000 + "\n")  # over csv's field limit
-    with pytest.raises(SourceError, match=r"huge.csv: record 0: not a readable CSV file \(field larger than"):
-        run_all(conv([tmp_path / "huge.csv"], text_tokenizer))
+    [rec] = run_all(conv([tmp_path / "huge.csv"], text_tokenizer))
+    assert "huge.csv: record '0': field 'line 2': not a readable CSV record (field larger than" in rec.skip_reason
     png = encode(photo(16, 16, 0), "PNG")
     tar = tmp_path / "dup.tar"
     with wds.TarWriter(str(tar)) as w:

@@ -110,3 +110,12 @@ def test_the_writer_s_statistics_read_back_typed(tmp_path):
     import pytest
     with pytest.raises(ValueError):
         bad.write(tmp_path / "bad")  # JSON has no Infinity: never written
+
+
+@pytest.mark.parametrize("data, reason", [(b'{"converter": "te\xdc\xff"}', "unreadable manifest"),
+                                          (b"[" * 100_000 + b"]" * 100_000, "unreadable manifest")])
+def test_manifests_that_are_not_utf8_or_too_deep_are_one_line_errors(tmp_path, data, reason):
+    (tmp_path / MANIFEST_NAME).write_bytes(data)
+    with pytest.raises(ManifestError, match=reason) as e:
+        Manifest.read(tmp_path)
+    assert "\n" not in str(e.value)

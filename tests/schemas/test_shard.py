@@ -143,3 +143,20 @@ def test_datasets_reads_a_shard(tmp_path):
     ex = ds[2]
     assert ex["tokens"] == rows[2].tokens.tolist() and ex["num_steps"] == 5 and ex["task"] == "pong"
     assert ex["patches"][0] == rows[2].patches[0].tobytes() and ex["patch_pos"][0] == rows[2].patch_pos[0].tolist()
+
+
+def test_a_row_with_offsets_past_its_values_is_a_shard_error_not_an_abort():
+    """Arrow aborts the process when a list with offsets past its values is sliced; a damaged
+    shard read for inspection must be an error instead."""
+    layout = VocabLayout(text_vocab_size=100, eos_id=1)
+    batch = rows_to_batch([build_text_row(np.arange(3, 9), layout)], ["doc"], "text")
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as w:
+        w.write_batch(batch)
+    data = sink.getvalue().to_pybytes()
+    offsets = np.array([0, 7], np.int32).tobytes()  # a list column's offsets (the last: modality's)
+    at = data.rfind(offsets)
+    data = data[:at] + np.array([0, 1_473_238_878], np.int32).tobytes() + data[at + len(offsets):]
+    table = pa.ipc.open_stream(data).read_all()
+    with pytest.raises(ShardError, match="row 0 is damaged"):
+        row_from_table(table, 0)

@@ -85,7 +85,7 @@ def test_bool_masks_are_black_and_white():
     (np.full((4, 4), 300, np.int32), "outside"),
     (np.zeros((4, 4, 2), np.uint8), "expected an image"),
     (np.zeros((0, 4, 3), np.uint8), "0 pixels"),
-    (Image.new("I;16", (8, 8)), "more than 8 bits"),
+    (Image.fromarray(np.full((8, 8), 2.0, np.float32)), "float pixels must lie in"),
 ])
 def test_bad_images_are_one_line_errors_naming_the_field(image, reason):
     with pytest.raises(TokenizeError, match=reason) as e:
@@ -156,3 +156,19 @@ def test_eval_positions_are_inside_the_interval():
     mid = eval_positions(lo, hi)
     assert mid.tolist() == [0, 64, 11, 127]
     assert ((mid >= lo) & (mid < hi)).all()
+
+
+def test_16_bit_32_bit_and_float_grey_images_are_scaled_by_their_range():
+    from tokenizer_kit.images import to_rgb_array
+    v = np.array([[0, 1, 128, 129, 257, 32767, 32768, 65535]], np.uint16)
+    out = to_rgb_array(Image.fromarray(v))
+    assert out.shape == (1, 8, 3)
+    assert out[0, :, 0].tolist() == [round(x * 255 / 65535) for x in v[0].tolist()] == [0, 0, 0, 1, 1, 127, 128, 255]
+    i32 = Image.fromarray(v.astype(np.int32))
+    assert i32.mode == "I" and np.array_equal(to_rgb_array(i32), out)
+    f = np.array([[0.0, 0.5, 1.0, 0.25]], np.float32)
+    assert to_rgb_array(Image.fromarray(f))[0, :, 1].tolist() == [0, 128, 255, 64]
+    with pytest.raises(TokenizeError, match="outside \\[0, 65535\\]"):
+        to_rgb_array(Image.fromarray(np.array([[-1, 70000]], np.int32)))
+    with pytest.raises(TokenizeError, match="non-finite"):
+        to_rgb_array(Image.fromarray(np.array([[np.nan, 0.5]], np.float32)))
