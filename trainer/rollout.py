@@ -5,7 +5,9 @@ The agent sees exactly what training saw. Observation tokens come from the conve
 layout from the checkpoint); a demonstration prompt (a window of an expert episode of the same task)
 goes first; each action token is sampled from its slot's legal id range only and decoded through
 the inverse tokenisation; the context is cut to the model's sequence length by dropping the oldest
-steps (never the prompt). Episodes run side by side as one batch, one forward pass per action token.
+steps (never the prompt). Episodes run side by side as one batch; a key/value cache
+(trainer/decoding.py) makes each observation and each action token one forward pass over the new
+tokens only.
 
     gato-train rollout --checkpoint RUN --data SHARD_DIR --env CartPole-v1 --episodes 10
 """
@@ -15,17 +17,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
+from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, Row, build_caption_row, build_episode
 from tokenizer_kit.values import tokens_to_continuous, tokens_to_discrete
 
-from .batch import Sample, collate
+from .decoding import Decoder, concat_rows, generate_text, sample_in_ranges, slice_tokens  # noqa: F401
 
 PROMPT_MODES = ("end", "window", "none")
 
@@ -36,22 +38,9 @@ def slice_steps(row: Row, start: int, stop: int) -> Row:
     """Timesteps [start, stop) of an episode row, with their patches."""
     bounds = np.append(row.step_starts, len(row.tokens)).astype(np.int64)
     a, b = int(bounds[start]), int(bounds[stop])
-    slots_before = np.count_nonzero(row.tokens[:a] == PATCH_SLOT)
-    n_patches = np.count_nonzero(row.tokens[a:b] == PATCH_SLOT)
-    return Row(row.tokens[a:b], row.loss_mask[a:b], row.local_pos[a:b], row.modality[a:b],
-               (row.step_starts[start:stop] - a).astype(np.int32),
-               row.patches[slots_before:slots_before + n_patches], row.patch_pos[slots_before:slots_before + n_patches])
-
-
-def concat_rows(rows: Sequence[Row]) -> Row:
-    """Rows one after another (step_starts are not kept: a context is not an episode)."""
-    rows = [r for r in rows if len(r)]
-    if not rows:
-        return Row(np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int16), np.zeros(0, np.uint8))
-    return Row(np.concatenate([r.tokens for r in rows]), np.concatenate([r.loss_mask for r in rows]),
-               np.concatenate([r.local_pos for r in rows]), np.concatenate([r.modality for r in rows]),
-               patches=np.concatenate([r.patches for r in rows]),
-               patch_pos=np.concatenate([r.patch_pos for r in rows]))
+    part = slice_tokens(row, a, b)
+    part.step_starts = (row.step_starts[start:stop] - a).astype(np.int32)
+    return part
 
 
 def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.Generator | None = None) -> Row:
@@ -188,42 +177,6 @@ def env_action(values: dict[str, np.ndarray], spec: EpisodeSpec, action_space):
     return one(values[name], action_space)
 
 
-# --- the model as a sampler ---------------------------------------------------------------------
-
-def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, V) restricted logits -> (B,) indices: argmax when temperature is 0."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-@torch.inference_mode()
-def next_token_logits(model, contexts: Sequence[Row]) -> torch.Tensor:
-    """Logits (B, vocab) for the token after each context, in one padded forward pass."""
-    samples = []
-    for r in contexts:
-        # one dummy token at the end: collate's inputs are tokens[:-1], so the whole context is input
-        samples.append(Sample(np.append(r.tokens, 0).astype(np.int32), np.append(r.loss_mask, 0),
-                              np.append(r.local_pos, NO_POSITION).astype(np.int16), r.patches, r.patch_pos))
-    lens = [len(r) for r in contexts]
-    batch = collate(samples, max(lens), training=False)
-    device = next(model.parameters()).device
-    logits = model(batch.to(device))
-    return logits[torch.arange(len(contexts), device=device), torch.tensor(lens, device=device) - 1]
-
-
-def sample_in_ranges(logits: torch.Tensor, ranges: Sequence[tuple[int, int]], temperature: float = 0.0,
-                     generator: torch.Generator | None = None) -> np.ndarray:
-    """One id per row, drawn only from that row's legal half-open range [lo, hi)."""
-    lo = torch.tensor([r[0] for r in ranges], device=logits.device)
-    hi = torch.tensor([r[1] for r in ranges], device=logits.device)
-    ids = torch.arange(logits.shape[-1], device=logits.device)
-    legal = (ids[None] >= lo[:, None]) & (ids[None] < hi[:, None])
-    masked = logits.float().masked_fill(~legal, float("-inf"))
-    return _sample(masked, temperature, generator).cpu().numpy()
-
-
 # --- acting -------------------------------------------------------------------------------------
 
 @dataclass
@@ -232,14 +185,33 @@ class EpisodeResult:
     steps: int
 
 
+@dataclass
+class EpisodeContext:
+    """What one episode's agent conditions on: a demonstration prompt and the steps played so far."""
+
+    prompt: Row
+    history: deque = field(default_factory=deque)  # Rows of whole played steps, oldest first
+    trimmed: bool = True  # the context lost its oldest steps (or is new): the decoder must restart
+
+
 class Agent:
-    """Acts in several environments at once: per environment a prompt, a history and the current step."""
+    """Acts in several environments at once, one decoder row per environment.
+
+    Each step the context is prompt + the latest steps + the current observation. When it would
+    exceed seq_len, the oldest steps go (never the prompt), a quarter of seq_len more than needed so
+    the cache is rebuilt only every so many steps; the same rule holds without the cache, so both
+    see the same contexts and choose the same actions.
+    """
 
     def __init__(self, model, layout: VocabLayout, spec: EpisodeSpec, seq_len: int, temperature: float = 0.0,
-                 text_tokenizer=None, seed: int = 0):
+                 text_tokenizer=None, seed: int = 0, cache: bool = True, top_k: int = 0):
         self.model, self.layout, self.spec = model, layout, spec
         self.seq_len, self.temperature, self.text_tokenizer = seq_len, temperature, text_tokenizer
+        self.top_k = top_k
         self.generator = torch.Generator().manual_seed(seed)
+        self.cache = cache
+        self.decoder: Decoder | None = None
+        self._rows: list[int] = []  # id() of the EpisodeContext in each decoder row
 
     def observe(self, obs) -> Row:
         """Observation tokens + separator of one step, exactly as the converter writes them."""
@@ -250,85 +222,105 @@ class Agent:
         acts = {k: np.asarray(v)[None] for k, v in action_values.items()}
         return build_episode(observation_fields(obs, self.spec), acts, self.spec, self.layout, self.text_tokenizer)
 
-    def context(self, prompt: Row, history: deque, current: Row, reserve: int = 0) -> Row:
-        """Prompt + as many of the latest steps as fit + the current step, leaving `reserve` of the
-        seq_len tokens free (for the action tokens still to be sampled)."""
-        budget = self.seq_len - reserve - len(prompt) - len(current)
-        if budget < 0:
-            raise ValueError(f"prompt ({len(prompt)} tokens) and one step ({len(current) + reserve}) exceed the "
-                             f"sequence length {self.seq_len}; use a shorter prompt")
-        while history and sum(len(h) for h in history) > budget:
-            history.popleft()  # drop the oldest step; the prompt stays
-        return concat_rows([prompt, *history, current])
+    def step_template(self, obs) -> Row:
+        """The timestep with placeholder actions: the converter's columns for every action token;
+        only the sampled ids are put in."""
+        zeros = {f.name: np.zeros((1, *f.shape), np.int64 if f.kind == "discrete" else np.float32)
+                 for f in self.spec.actions}
+        return build_episode(observation_fields(obs, self.spec), zeros, self.spec, self.layout, self.text_tokenizer)
 
-    def act(self, observations: Sequence, prompts: Sequence[Row], histories: Sequence[deque],
+    def fit(self, ep: EpisodeContext, step_tokens: int) -> None:
+        """Drop the oldest steps until prompt + history + a step of `step_tokens` fits seq_len."""
+        budget = self.seq_len - len(ep.prompt) - step_tokens
+        if budget < 0:
+            raise ValueError(f"prompt ({len(ep.prompt)} tokens) and one step ({step_tokens}) exceed the "
+                             f"sequence length {self.seq_len}; use a shorter prompt")
+        used = sum(len(h) for h in ep.history)
+        if used > budget:
+            target = max(0, budget - self.seq_len // 4)
+            while ep.history and used > target:
+                used -= len(ep.history.popleft())
+            ep.trimmed = True
+
+    def context(self, ep: EpisodeContext, current: Row) -> Row:
+        return concat_rows([ep.prompt, *ep.history, current])
+
+    def act(self, observations: Sequence, episodes: Sequence[EpisodeContext],
             slots: Sequence[Sequence[ActionSlot]]) -> list[dict]:
-        """Sample every action token of one step for each environment; returns field values."""
+        """Sample every action token of one step for each environment; returns field values and
+        appends the played step to each episode's history."""
         n_act = len(slots[0])
-        # the last action token is predicted from everything before it: that context must fit seq_len
-        bases = [self.context(p, h, self.observe(o), reserve=n_act - 1)
-                 for o, p, h in zip(observations, prompts, histories)]
+        templates = [self.step_template(o) for o in observations]
+        n_obs = len(templates[0]) - n_act
+        currents = [slice_tokens(t, 0, len(t) - n_act) for t in templates]
+        for ep, t in zip(episodes, templates):
+            # the last action token is predicted from everything before it: that context must fit
+            self.fit(ep, len(t) - 1)
+        contexts = [self.context(ep, c) for ep, c in zip(episodes, currents)]
+        ids = [id(ep) for ep in episodes]
+        restart = self.decoder is None or any(ep.trimmed for ep in episodes) or not set(ids) <= set(self._rows)
+        if restart:
+            self.decoder = Decoder(self.model, self.cache)
+            logits = self.decoder.start(contexts)
+            for ep in episodes:
+                ep.trimmed = False
+        else:
+            self.decoder.keep([self._rows.index(i) for i in ids])
+            logits = self.decoder.extend([slice_tokens(c, n) for c, n in zip(contexts, self.decoder.lengths)])
+        self._rows = ids
         chosen = np.zeros((len(observations), n_act), np.int64)
         for j in range(n_act):
-            ctx = bases if j == 0 else [concat_rows([b, _action_row(chosen[i, :j], self.spec, self.layout)])
-                                        for i, b in enumerate(bases)]
-            logits = next_token_logits(self.model, ctx)
+            if j:
+                logits = self.decoder.extend([slice_tokens(t, n_obs + j - 1, n_obs + j) for t in templates])
             chosen[:, j] = sample_in_ranges(logits, [(s[j].lo, s[j].hi) for s in slots], self.temperature,
-                                            self.generator)
+                                            self.generator, self.top_k)
+            for t, c in zip(templates, chosen[:, j]):
+                t.tokens[n_obs + j] = c
+        for ep, t in zip(episodes, templates):
+            ep.history.append(t)
         return [decode_actions(chosen[i], self.spec, self.layout) for i in range(len(observations))]
-
-
-def slice_tokens(row: Row, n: int) -> Row:
-    """The first n tokens of a context row (with their patches)."""
-    k = int(np.count_nonzero(row.tokens[:n] == PATCH_SLOT))
-    return Row(row.tokens[:n], row.loss_mask[:n], row.local_pos[:n], row.modality[:n],
-               patches=row.patches[:k], patch_pos=row.patch_pos[:k])
-
-
-def _action_row(ids: np.ndarray, spec: EpisodeSpec, layout: VocabLayout) -> Row:
-    """Already sampled action tokens of the current step, with the converter's per-token columns."""
-    n = len(ids)
-    kinds = [f.kind for f in spec.actions for _ in range(f.size)][:n]
-    modality = np.array([DISCRETE if k == "discrete" else CONTINUOUS for k in kinds], np.uint8)
-    pos = layout.local_positions - 1 if spec.action_local_pos else NO_POSITION
-    return Row(ids.astype(np.int32), np.ones(n, np.uint8), np.full(n, pos, np.int16), modality)
 
 
 def run_episodes(agent: Agent, make_env: Callable[[], object], episodes: int, prompt_rows: Sequence[Row],
                  prompt_tokens: int, prompt_mode: str = "end", seed: int = 0, max_steps: int | None = None,
-                 progress: bool = False) -> list[EpisodeResult]:
+                 progress: bool = False, desc: str = "acting") -> list[EpisodeResult]:
     """Play `episodes` episodes side by side; each gets its own demonstration prompt."""
     rng = np.random.default_rng(seed)
     envs = [make_env() for _ in range(episodes)]
     slots = [action_slots(agent.spec, agent.layout, e.action_space) for e in envs]
-    prompts = [prompt_window(prompt_rows[int(rng.integers(len(prompt_rows)))], prompt_tokens, prompt_mode, rng)
-               if len(prompt_rows) else concat_rows([]) for _ in envs]
+    contexts = [EpisodeContext(prompt_window(prompt_rows[int(rng.integers(len(prompt_rows)))], prompt_tokens,
+                                             prompt_mode, rng) if len(prompt_rows) else concat_rows([]))
+                for _ in envs]
     obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
-    histories = [deque() for _ in envs]
     returns, steps = np.zeros(episodes), np.zeros(episodes, np.int64)
     active = list(range(episodes))
+    limit = max_steps or getattr(envs[0].spec, "max_episode_steps", None)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(desc="acting", unit="step", leave=False)
-    while active:
-        values = agent.act([obs[i] for i in active], [prompts[i] for i in active], [histories[i] for i in active],
-                           [slots[i] for i in active])
-        still = []
-        for i, v in zip(active, values):
-            histories[i].append(agent.step_row(obs[i], v))
-            obs[i], r, term, trunc, _ = envs[i].step(env_action(v, agent.spec, envs[i].action_space))
-            returns[i] += float(r)
-            steps[i] += 1
-            if not (term or trunc or (max_steps is not None and steps[i] >= max_steps)):
-                still.append(i)
-        active = still
+        bar = tqdm(total=limit * episodes if limit else None, desc=desc, unit="env-step", leave=False,
+                   dynamic_ncols=True)
+    try:
+        while active:
+            values = agent.act([obs[i] for i in active], [contexts[i] for i in active], [slots[i] for i in active])
+            still = []
+            for i, v in zip(active, values):
+                obs[i], r, term, trunc, _ = envs[i].step(env_action(v, agent.spec, envs[i].action_space))
+                returns[i] += float(r)
+                steps[i] += 1
+                if not (term or trunc or (max_steps is not None and steps[i] >= max_steps)):
+                    still.append(i)
+                elif bar is not None and limit:
+                    bar.update(max(0, limit - int(steps[i])))  # an early end: its unplayed steps are done too
+            if bar is not None:
+                bar.update(len(active))
+                bar.set_postfix(running=len(still), mean_return=f"{returns.mean():.1f}")
+            active = still
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    for e in envs:
-        e.close()
+            bar.close()
+        for e in envs:
+            e.close()
     return [EpisodeResult(float(r), int(s)) for r, s in zip(returns, steps)]
 
 
@@ -362,39 +354,13 @@ def make_env_fn(env_id: str, rescale_actions: bool = False) -> Callable[[], obje
     return make
 
 
-# --- text generation (captions) -------------------------------------------------------------------
-
-@torch.inference_mode()
-def generate_text(model, layout: VocabLayout, contexts: Sequence[Row], max_new_tokens: int = 16,
-                  temperature: float = 0.0, seed: int = 0) -> list[np.ndarray]:
-    """Continue each context with text ids (restricted to the text range) until end-of-text."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = layout.id_range(TEXT)
-    out = [[] for _ in contexts]
-    live = list(range(len(contexts)))
-    ctx = list(contexts)
-    for _ in range(max_new_tokens):
-        if not live:
-            break
-        ids = sample_in_ranges(next_token_logits(model, [ctx[i] for i in live]), [(lo, hi)] * len(live),
-                               temperature, g)
-        still = []
-        for i, t in zip(live, ids):
-            if int(t) == layout.eos_id:
-                continue
-            out[i].append(int(t))
-            ctx[i] = concat_rows([ctx[i], Row(np.array([t], np.int32), np.ones(1, np.uint8),
-                                              np.full(1, NO_POSITION, np.int16), np.full(1, TEXT, np.uint8))])
-            still.append(i)
-        live = still
-    return [np.asarray(o, np.int32) for o in out]
-
+# --- captions ------------------------------------------------------------------------------------
 
 def image_context(image, layout: VocabLayout, policy: str = "resize", size: tuple[int, int] | None = None) -> Row:
     """The image part of an image-caption row, as the captions converter writes it (caption left off)."""
     row = build_caption_row(image, np.zeros(0, np.int32), layout, policy, size)
     n = int(np.count_nonzero(row.modality == IMAGE))
-    return slice_tokens(row, n)
+    return slice_tokens(row, 0, n)
 
 
 # --- shard directories as prompt sources ------------------------------------------------------------
