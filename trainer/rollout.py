@@ -9,13 +9,11 @@ steps (never the prompt). Episodes run side by side as one batch; a key/value ca
 (trainer/decoding.py) makes each observation and each action token one forward pass over the new
 tokens only.
 
-    gato-train rollout --checkpoint RUN --data SHARD_DIR --env CartPole-v1 --episodes 10
+The command lines that act (`gato-train rollout`, `gato-train eval`) are in trainer/evaluate.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -28,6 +26,7 @@ from tokenizer_kit.sequence import EpisodeSpec, Row, build_caption_row, build_ep
 from tokenizer_kit.values import tokens_to_continuous, tokens_to_discrete
 
 from .decoding import Decoder, concat_rows, generate_text, sample_in_ranges, slice_tokens  # noqa: F401
+from .envs import EnvWrappers, make_env_fn  # noqa: F401
 
 PROMPT_MODES = ("end", "window", "none")
 
@@ -324,36 +323,6 @@ def run_episodes(agent: Agent, make_env: Callable[[], object], episodes: int, pr
     return [EpisodeResult(float(r), int(s)) for r, s in zip(returns, steps)]
 
 
-def random_returns(make_env: Callable[[], object], episodes: int, seed: int = 0) -> list[float]:
-    """Returns of a uniformly random policy: the floor an agent must clearly beat."""
-    out = []
-    for i in range(episodes):
-        env = make_env()
-        env.action_space.seed(seed + i)
-        env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total += float(r)
-            done = term or trunc
-        env.close()
-        out.append(total)
-    return out
-
-
-def make_env_fn(env_id: str, rescale_actions: bool = False) -> Callable[[], object]:
-    """A factory for `env_id`; `rescale_actions` maps Box actions to [-1, 1] (SPEC 2 assumes actions
-    there), the same wrapper the demonstrations must have been recorded with."""
-    import gymnasium as gym
-
-    def make():
-        env = gym.make(env_id)
-        if rescale_actions and isinstance(env.action_space, gym.spaces.Box):
-            env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
-        return env
-    return make
-
-
 # --- captions ------------------------------------------------------------------------------------
 
 def image_context(image, layout: VocabLayout, policy: str = "resize", size: tuple[int, int] | None = None) -> Row:
@@ -375,21 +344,41 @@ class Demonstrations:
     returns: np.ndarray
     task: str
     text_tokenizer: object = None
+    steps: np.ndarray | None = None  # each episode's number of steps
+    manifest: object = None
+
+    def returns_within(self, horizon: int | None) -> tuple[np.ndarray, bool]:
+        """The episodes' returns over the first `horizon` steps, and whether that is exact.
+
+        Shards keep each episode's return, not its rewards: an episode no longer than the horizon
+        is exact, a longer one is scaled by horizon / its length (exact for a constant reward per
+        step, an estimate otherwise) rather than compared whole with a shorter agent episode.
+        """
+        if horizon is None or self.steps is None or (self.steps <= horizon).all():
+            return self.returns, True
+        scale = np.minimum(1.0, horizon / np.maximum(self.steps, 1))
+        return self.returns * scale, False
 
 
 def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None = None) -> Demonstrations:
     """Episodes (and their returns) of `task` (default: the directory's only task)."""
+    from pathlib import Path
+
     import pyarrow.compute as pc
 
-    from converters.shard_dir import ShardDir
-    from schemas.shard import row_from_table
+    from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest
+    from schemas.shard import open_shard, row_from_table
+    from tokenizer_kit.text import TextTokenizer
 
-    d = ShardDir.open(shard_dir)
-    if d.manifest is None or not d.manifest.episode_spec:
-        raise ValueError(f"{shard_dir}: not an RL shard directory (its manifest has no episode_spec)")
-    rows, returns, tasks = [], [], set()
-    for i in range(len(d.shards)):
-        table = d.table(i)
+    root = Path(shard_dir)
+    if not (root / MANIFEST_NAME).is_file():
+        raise FileNotFoundError(f"{root}: no {MANIFEST_NAME} (not a finished shard directory)")
+    manifest = Manifest.read(root)
+    if not manifest.episode_spec:
+        raise ValueError(f"{root}: not an RL shard directory (its manifest has no episode_spec)")
+    rows, returns, steps, tasks = [], [], [], set()
+    for info in manifest.shards:
+        table = open_shard(root / info.name)
         names = table.column("task")
         tasks.update(pc.unique(names).to_pylist())
         keep = range(table.num_rows) if task is None else \
@@ -397,100 +386,14 @@ def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None
         for j in keep:
             rows.append(row_from_table(table, int(j)))
             returns.append(table.column("episode_return")[int(j)].as_py())
+            steps.append(table.column("num_steps")[int(j)].as_py())
             if max_rows is not None and len(rows) >= max_rows:
                 break
     if task is None and len(tasks) > 1:
-        raise ValueError(f"{shard_dir} holds several tasks {sorted(tasks)}; name one with --task")
+        raise ValueError(f"{root} holds several tasks {sorted(tasks)}; name one with --task")
     if not rows:
-        raise ValueError(f"{shard_dir}: no episodes" + (f" of task {task!r}" if task else ""))
-    return Demonstrations(EpisodeSpec.from_dict(d.manifest.episode_spec), d.layout, rows,
-                          np.asarray(returns, np.float64), task or next(iter(tasks)), d.text_tokenizer())
-
-
-# --- command line --------------------------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gato-train rollout", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="training run directory (as written by gato-train --out)")
-    p.add_argument("--data", required=True, help="RL shard directory of the task: its EpisodeSpec, prompts, "
-                                                 "and the demonstrations' return")
-    p.add_argument("--env", required=True, help="Gymnasium environment id, e.g. CartPole-v1")
-    p.add_argument("--task", default=None, help="task name inside --data when it holds several")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seq-len", type=int, default=None, help="context length (default: the training run's --seq-len)")
-    p.add_argument("--prompt", choices=PROMPT_MODES, default="end",
-                   help="demonstration prompt: the end of an expert episode, a random window, or none")
-    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default: the training run's, seq_len / 4)")
-    p.add_argument("--rescale-actions", action="store_true",
-                   help="wrap Box action spaces to [-1, 1] (use when the demonstrations were recorded so)")
-    p.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
-    p.add_argument("--random-baseline", action="store_true", help="also report a random policy's return")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice); acting "
-                                                          "runs small batches, where 1 thread is often fastest")
-    return p
-
-
-def training_args(checkpoint) -> dict:
-    """The options the run was trained with (seq_len, prompt_len...): its config.json, else the checkpoint."""
-    import json
-
-    from .checkpoint import checkpoint_path, read_checkpoint
-
-    cfg = checkpoint_path(checkpoint).parent / "config.json"
-    try:
-        return dict(json.loads(cfg.read_text()).get("train") or {})
-    except (OSError, ValueError, AttributeError):
-        return dict(read_checkpoint(checkpoint).get("args") or {})
-
-
-def format_returns(x) -> str:
-    x = np.asarray(x, np.float64)
-    return f"{x.mean():.1f} +/- {x.std():.1f} (n={len(x)})"
-
-
-def rollout(args: argparse.Namespace) -> dict:
-    from .checkpoint import load_model
-
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
-    model, layout, config = load_model(args.checkpoint, map_location=args.device)
-    model.eval()
-    demos = load_demonstrations(args.data, args.task)
-    demos.layout.check_same(layout, f"shards {args.data}", "checkpoint")
-    trained = training_args(args.checkpoint)
-    seq_len = int(args.seq_len or getattr(config, "seq_len", None) or trained.get("seq_len") or 1024)
-    agent = Agent(model, layout, demos.spec, seq_len, args.temperature, demos.text_tokenizer, args.seed)
-    make_env = make_env_fn(args.env, args.rescale_actions)
-    prompt_tokens = args.prompt_tokens or trained.get("prompt_len") or seq_len // 4  # as in training
-    results = run_episodes(agent, make_env, args.episodes, demos.rows, prompt_tokens, args.prompt, args.seed,
-                           args.max_steps, progress=sys.stderr.isatty())
-    report = {"env": args.env, "task": demos.task, "agent": [r.ret for r in results],
-              "demonstrations": demos.returns.tolist()}
-    if args.random_baseline:
-        report["random"] = random_returns(make_env, args.episodes, args.seed)
-    return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.episodes < 1:
-        print("gato-train rollout: --episodes must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        report = rollout(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"gato-train rollout: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 1
-    print(f"{report['env']} (task {report['task']})")
-    print(f"  agent          {format_returns(report['agent'])}")
-    print(f"  demonstrations {format_returns(report['demonstrations'])}")
-    if "random" in report:
-        print(f"  random policy  {format_returns(report['random'])}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise ValueError(f"{root}: no episodes" + (f" of task {task!r}" if task else ""))
+    tok = root / TOKENIZER_NAME
+    return Demonstrations(EpisodeSpec.from_dict(manifest.episode_spec), manifest.vocab_layout, rows,
+                          np.asarray(returns, np.float64), task or next(iter(tasks)),
+                          TextTokenizer(tok) if tok.is_file() else None, np.asarray(steps, np.int64), manifest)
