@@ -1,7 +1,7 @@
 """Real data for the demo, made on the spot: expert episodes as Minari datasets, handwritten digits
 as a WebDataset tar, and an English text corpus. Nothing is downloaded.
 
-- Control: scripted experts (trainer.controllers) act in Gymnasium; the executed actions, with a
+- Control: scripted experts (controllers.py, next to this file) act in Gymnasium; the executed actions, with a
   little exploration noise so the data also covers states off the expert's narrow path, are written
   with `minari.create_dataset_from_buffers`.
 - Images: scikit-learn's 1,797 8x8 handwritten digits, upscaled, captioned "a handwritten seven".
@@ -31,7 +31,7 @@ TEXT_MODULES = ("argparse", "asyncio", "collections", "contextlib", "csv", "data
 def make_env(env_id: str):
     """The environment the data is recorded in and the agent acts in: Box actions rescaled to
     [-1, 1], since actions are tokenised unscaled and clipped there (SPEC 2)."""
-    from trainer.rollout import make_env_fn
+    from trainer.envs import make_env_fn
     return make_env_fn(env_id, rescale_actions=True)()
 
 
@@ -64,7 +64,7 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1,
     import gymnasium as gym
     from minari.data_collector import EpisodeBuffer
 
-    from trainer.controllers import make_expert
+    from controllers import make_expert
 
     env = make_env(env_id)
     expert = make_expert(env_id, env)
