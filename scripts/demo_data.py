@@ -197,3 +197,56 @@ def write_text_corpus(path: str | os.PathLike, max_chars: int = 400_000) -> Path
             break
     path.write_text("\n".join(paragraphs) + "\n", encoding="utf-8")
     return path
+
+
+# --- BabyAI ------------------------------------------------------------------------------------------
+
+def record_babyai(episodes: int, seed: int = 0):
+    """Episodes of minigrid's own BabyAI expert (BabyAIBot) in the demo's BabyAI task, as one dict
+    of per-episode lists per column (the episode table `gato-tokenize rl` reads), and their returns."""
+    import gymnasium as gym
+    from minigrid.utils.baby_ai_bot import BabyAIBot
+
+    import demo_envs
+
+    env = gym.make(demo_envs.ENV_ID)
+    cols: dict[str, list] = {"episode_id": [], "obs/direction": [], "obs/image": [], "obs/mission": [],
+                             "action": [], "rewards": []}
+    returns = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        bot = BabyAIBot(env.unwrapped)
+        direction, images, missions, actions, rewards = [], [], [], [], []
+        done = False
+        while not done:
+            a = int(bot.replan())
+            direction.append(int(obs["direction"]))
+            images.append(obs["image"])
+            missions.append(obs["mission"])
+            obs, r, term, trunc, _ = env.step(a)
+            actions.append(a)
+            rewards.append(float(r))
+            done = term or trunc
+        cols["episode_id"].append(seed + ep)
+        cols["obs/direction"].append(direction)
+        cols["obs/image"].append(np.stack(images))
+        cols["obs/mission"].append(missions)
+        cols["action"].append(actions)
+        cols["rewards"].append(rewards)
+        returns.append(sum(rewards))
+    env.close()
+    return cols, np.asarray(returns)
+
+
+def write_episode_table(path: str | os.PathLike, cols: dict) -> Path:
+    """One Parquet row per episode, one list entry per step (images as (16, 16, 3) uint8 lists)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = pa.list_(pa.list_(pa.list_(pa.uint8(), 3), 16), 16)
+    arrays = {k: pa.array(v) for k, v in cols.items() if k != "obs/image"}
+    arrays["obs/image"] = pa.array([[im.tolist() for im in ep] for ep in cols["obs/image"]], pa.list_(image))
+    pq.write_table(pa.table(arrays), path)
+    return path

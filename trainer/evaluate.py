@@ -54,6 +54,8 @@ class TaskSpec:
     success: float | None = None  # return above which an episode counts as a success
     prompt: str = "end"
     rescale_actions: bool = False  # when the manifest does not say how actions were recorded
+    expert_return: float | None = None  # the expert's mean return over the horizon, when the
+    # demonstrations are not the expert's own play (e.g. recorded with perturbations)
 
     def __post_init__(self):
         self.name = self.name or self.env
@@ -184,9 +186,13 @@ def evaluate_task(policy: Policy, task: TaskSpec, progress: bool = False) -> Tas
     results = run_episodes(agent, make_env, task.episodes, demos.rows, policy.prompt_tokens, task.prompt,
                            policy.seed, task.max_steps, progress=progress, desc=task.name)
     probe = make_env()
-    horizon = task.max_steps or getattr(probe.spec, "max_episode_steps", None)
+    # the time limit: gymnasium's TimeLimit, else the environment's own (minigrid's max_steps)
+    horizon = task.max_steps or getattr(probe.spec, "max_episode_steps", None) or \
+        getattr(probe.unwrapped, "max_steps", None)
     probe.close()
     expert, exact = demos.returns_within(task.max_steps)
+    if task.expert_return is not None:
+        expert, exact = np.asarray([task.expert_return]), True
     rand = random_returns(make_env, task.episodes, policy.seed, task.max_steps)
     return TaskResult(task.name, task.env, [r.ret for r in results], rand, expert.tolist(), exact, horizon,
                       [r.steps for r in results], task.success)
