@@ -43,25 +43,21 @@ def slice_steps(row: Row, start: int, stop: int) -> Row:
 
 
 def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.Generator | None = None) -> Row:
-    """Whole timesteps of a demonstration, at most `max_tokens` tokens: its end (goal conditioning,
-    as in training) or a uniformly placed window."""
+    """A demonstration prompt of at most `max_tokens` tokens, chosen by the loader's own rule for
+    training prompts: the episode's end from a timestep boundary (goal conditioning), or
+    `max_tokens` tokens from a uniformly drawn boundary."""
+    from .data import goal_start, window_start
+
     if mode == "none" or max_tokens <= 0:
         return concat_rows([])
-    lens = np.diff(np.append(row.step_starts, len(row.tokens)))
-    steps = len(lens)
+    n = len(row.tokens)
     if mode == "end":
-        fits = np.cumsum(lens[::-1]) <= max_tokens
-        k = int(np.count_nonzero(fits))
-        return slice_steps(row, steps - k, steps)
-    if mode != "window":
+        start = goal_start(row.step_starts, n, max_tokens)
+    elif mode == "window":
+        start = window_start(row.step_starts, n, max_tokens, rng or np.random.default_rng())
+    else:
         raise ValueError(f"unknown prompt mode {mode!r}; expected one of {', '.join(PROMPT_MODES)}")
-    # the longest run of whole steps that fits, starting at a uniformly drawn step
-    k = int(np.count_nonzero(np.cumsum(np.sort(lens)[::-1]) <= max_tokens)) if steps else 0
-    k = max(1, min(k, steps))
-    start = int((rng or np.random.default_rng()).integers(0, steps - k + 1))
-    while k > 1 and int(lens[start:start + k].sum()) > max_tokens:
-        k -= 1
-    return slice_steps(row, start, start + k)
+    return slice_tokens(row, start, min(n, start + max_tokens))
 
 
 # --- from environment values to fields and back ------------------------------------------------

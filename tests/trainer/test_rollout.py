@@ -142,7 +142,10 @@ def test_prompt_window_takes_whole_steps():
     assert len(end) == 18  # 3 whole steps of 6 tokens
     np.testing.assert_array_equal(end.tokens, episode.tokens[-18:])
     win = prompt_window(episode, 20, "window", np.random.default_rng(1))
-    assert len(win) == 18 and win.modality[0] == CONTINUOUS and win.modality[-1] == DISCRETE
+    # as the loader's training prompts: 20 tokens from a timestep boundary
+    assert len(win) == 20 and win.modality[0] == CONTINUOUS
+    start = int(np.flatnonzero([(episode.tokens[s:s + 20] == win.tokens).all() for s in range(0, 160, 6)])[0]) * 6
+    np.testing.assert_array_equal(win.tokens, episode.tokens[start:start + 20])
     np.testing.assert_array_equal(slice_steps(episode, 2, 4).tokens, episode.tokens[12:24])
     assert len(prompt_window(episode, 20, "none")) == 0
 
