@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from tokenizer_kit.fields import flatten_value
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, Row, build_caption_row, build_episode
 from tokenizer_kit.values import tokens_to_continuous, tokens_to_discrete
@@ -65,7 +66,7 @@ def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.G
 def observation_fields(obs, spec: EpisodeSpec) -> dict:
     """One environment observation as the spec's fields, each with a leading step axis of 1."""
     if isinstance(obs, (Mapping, tuple)):
-        flat = _flatten(obs, "obs")
+        flat = flatten_value(obs, "obs")
         missing = [f.name for f in spec.observations if f.name not in flat]
         if missing:
             raise ValueError(f"observation has no field {missing[0]!r} (has {sorted(flat)})")
@@ -75,20 +76,6 @@ def observation_fields(obs, spec: EpisodeSpec) -> dict:
                          f"{[f.name for f in spec.observations]}")
     f = spec.observations[0]
     return {f.name: _one_step(obs, f.kind)}
-
-
-def _flatten(value, prefix: str) -> dict:
-    """Dict and Tuple observations as the RL converter names their fields: obs/KEY, obs/KEY/SUB, obs/0."""
-    if isinstance(value, Mapping):
-        items = value.items()
-    elif isinstance(value, tuple):
-        items = enumerate(value)
-    else:
-        return {prefix: value}
-    out = {}
-    for k, v in items:
-        out.update(_flatten(v, f"{prefix}/{k}"))
-    return out
 
 
 def _one_step(value, kind: str):
