@@ -63,3 +63,37 @@ def test_babyai_table_converts_and_acting_sees_the_same_tokens(tmp_path, sp_mode
         np.testing.assert_array_equal(current.tokens, row.tokens[:len(current)])
         np.testing.assert_array_equal(current.patches, row.patches[:len(current.patches)])
     env.close()
+
+
+def test_babyai_greedy_actions_same_with_and_without_cache(monkeypatch, sp_model_path):
+    """Missions of different token lengths side by side (rows of different widths in each chunk)."""
+    missions = set()
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import demo_envs
+
+    from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
+    from tokenizer_kit.text import TextTokenizer
+    from trainer.envs import make_env_fn
+    from trainer.model import GatoConfig, GatoModel
+    from trainer.rollout import Agent, run_episodes
+
+    spec = EpisodeSpec((FieldSpec("obs/image", "image", (16, 16)), FieldSpec("obs/direction", "discrete", ()),
+                        FieldSpec("obs/mission", "text", None)), (FieldSpec("action", "discrete", ()),))
+    tok = TextTokenizer(sp_model_path)
+    layout = tok.layout()
+    torch.manual_seed(0)
+    model = GatoModel(GatoConfig.from_preset("tiny", layout, n_layer=2, d_model=64, d_ff=128)).eval()
+    with torch.no_grad():
+        model.embed.weight.mul_(20.0)
+    outcomes = []
+    for cache in (True, False):
+        agent = Agent(model, layout, spec, seq_len=96, text_tokenizer=tok, cache=cache)
+        results = run_episodes(agent, make_env_fn("demo_envs:" + demo_envs.ENV_ID), 3, [], 0, "none", max_steps=12)
+        outcomes.append([(r.ret, r.steps) for r in results])
+    assert outcomes[0] == outcomes[1]
+    env = make_env_fn("demo_envs:" + demo_envs.ENV_ID)()
+    for seed in range(3):  # run_episodes resets episode i with seed i: their missions differ in length
+        missions.add(len(tok.encode(env.reset(seed=seed)[0]["mission"])))
+    assert len(missions) > 1

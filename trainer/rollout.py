@@ -233,8 +233,8 @@ class Agent:
         appends the played step to each episode's history."""
         n_act = len(slots[0])
         templates = [self.step_template(o) for o in observations]
-        n_obs = len(templates[0]) - n_act
-        currents = [slice_tokens(t, 0, len(t) - n_act) for t in templates]
+        n_obs = [len(t) - n_act for t in templates]  # text observations differ in length between episodes
+        currents = [slice_tokens(t, 0, n) for t, n in zip(templates, n_obs)]
         for ep, t in zip(episodes, templates):
             # the last action token is predicted from everything before it: that context must fit
             self.fit(ep, len(t) - 1)
@@ -253,11 +253,11 @@ class Agent:
         chosen = np.zeros((len(observations), n_act), np.int64)
         for j in range(n_act):
             if j:
-                logits = self.decoder.extend([slice_tokens(t, n_obs + j - 1, n_obs + j) for t in templates])
+                logits = self.decoder.extend([slice_tokens(t, n + j - 1, n + j) for t, n in zip(templates, n_obs)])
             chosen[:, j] = sample_in_ranges(logits, [(s[j].lo, s[j].hi) for s in slots], self.temperature,
                                             self.generator, self.top_k)
-            for t, c in zip(templates, chosen[:, j]):
-                t.tokens[n_obs + j] = c
+            for t, n, c in zip(templates, n_obs, chosen[:, j]):
+                t.tokens[n + j] = c
         for ep, t in zip(episodes, templates):
             ep.history.append(t)
         return [decode_actions(chosen[i], self.spec, self.layout) for i in range(len(observations))]
