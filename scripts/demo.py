@@ -57,7 +57,7 @@ class Size:
 FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 160, "babyai": 3000},
             noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
             digits_held_out=297, text_chars=300_000, steps=2500, batch_size=16, seq_len=64, lr=3e-3,
-            weights={"cartpole": 0.2, "pendulum": 0.45, "babyai": 0.2, "digits": 0.1, "text": 0.05},
+            weights={"cartpole": 0.15, "pendulum": 0.55, "babyai": 0.15, "digits": 0.1, "text": 0.05},
             eval_episodes=20, caption_eval=297, perturb=0.03)
 QUICK = Size(episodes={"CartPole-v1": 12, "Pendulum-v1": 20, "babyai": 300},
              noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},

@@ -186,6 +186,7 @@ def evaluate_task(policy: Policy, task: TaskSpec, progress: bool = False) -> Tas
     results = run_episodes(agent, make_env, task.episodes, demos.rows, policy.prompt_tokens, task.prompt,
                            policy.seed, task.max_steps, progress=progress, desc=task.name)
     probe = make_env()
+    probe.reset(seed=policy.seed)  # some environments (BabyAI) set their time limit at reset
     # the time limit: gymnasium's TimeLimit, else the environment's own (minigrid's max_steps)
     horizon = task.max_steps or getattr(probe.spec, "max_episode_steps", None) or \
         getattr(probe.unwrapped, "max_steps", None)

@@ -186,12 +186,12 @@ class Agent:
     """
 
     def __init__(self, model, layout: VocabLayout, spec: EpisodeSpec, seq_len: int, temperature: float = 0.0,
-                 text_tokenizer=None, seed: int = 0, cache: bool = True, top_k: int = 0):
+                 text_tokenizer=None, seed: int = 0, cache: bool = True, top_k: int = 0, trim: float = 0.25):
         self.model, self.layout, self.spec = model, layout, spec
         self.seq_len, self.temperature, self.text_tokenizer = seq_len, temperature, text_tokenizer
         self.top_k = top_k
         self.generator = torch.Generator().manual_seed(seed)
-        self.cache = cache
+        self.cache, self.trim = cache, trim  # trim: share of seq_len freed beyond need when steps are dropped
         self.decoder: Decoder | None = None
         self._rows: list[int] = []  # id() of the EpisodeContext in each decoder row
 
@@ -219,7 +219,7 @@ class Agent:
                              f"sequence length {self.seq_len}; use a shorter prompt")
         used = sum(len(h) for h in ep.history)
         if used > budget:
-            target = max(0, budget - self.seq_len // 4)
+            target = max(0, budget - int(self.seq_len * self.trim))
             while ep.history and used > target:
                 used -= len(ep.history.popleft())
             ep.trimmed = True
