@@ -173,3 +173,17 @@ def test_demonstration_returns_within_a_horizon(trained):
     assert exact and (full == demos.returns).all()
     cut, exact = demos.returns_within(10)
     assert not exact and cut.max() <= 10 + 1e-9
+
+
+def test_wrappers_recorded_in_the_manifest_are_applied_again():
+    from types import SimpleNamespace
+
+    from trainer.envs import EnvWrappers, make_env_fn
+
+    assert EnvWrappers.from_manifest(SimpleNamespace()) == EnvWrappers(False, 1)
+    recorded = EnvWrappers.from_manifest(SimpleNamespace(frame_stack=3, action_bounds=[[-2.0], [2.0]]))
+    assert recorded == EnvWrappers(True, 3)
+    env = make_env_fn("Pendulum-v1", wrappers=recorded)()
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (3, 3) and env.action_space.low[0] == -1.0 and env.action_space.high[0] == 1.0
+    env.close()
