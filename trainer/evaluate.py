@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .rollout import PROMPT_MODES, Agent, load_demonstrations, run_episodes
 from .envs import EnvWrappers, make_env_fn
+from .rollout import PROMPT_MODES, Agent, load_demonstrations, run_episodes
 
 EVAL_JSON, EVAL_PNG = "eval.json", "eval.png"
 

@@ -26,8 +26,7 @@ from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, Row, build_caption_row, build_episode
 from tokenizer_kit.values import tokens_to_continuous, tokens_to_discrete
 
-from .decoding import Decoder, concat_rows, generate_text, sample_in_ranges, slice_tokens  # noqa: F401
-from .envs import EnvWrappers, make_env_fn  # noqa: F401
+from .decoding import Decoder, concat_rows, sample_in_ranges, slice_tokens
 
 PROMPT_MODES = ("end", "window", "none")
 

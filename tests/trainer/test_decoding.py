@@ -10,7 +10,8 @@ from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_caption_row
 from trainer.decoding import Decoder, concat_rows, generate_text, slice_tokens, text_token_row
 from trainer.model import GatoConfig, GatoModel
-from trainer.rollout import Agent, make_env_fn, run_episodes
+from trainer.envs import make_env_fn
+from trainer.rollout import Agent, run_episodes
 
 LAYOUT = VocabLayout(text_vocab_size=1000, eos_id=2)
 

@@ -42,7 +42,7 @@ class AdversarialModel(torch.nn.Module):
 
 
 def _run(spec, env_id, model, steps=5, temperature=0.0, rescale=False):
-    from trainer.rollout import make_env_fn
+    from trainer.envs import make_env_fn
     agent = Agent(model, LAYOUT, spec, seq_len=64, temperature=temperature)
     return agent, run_episodes(agent, make_env_fn(env_id, rescale), 2, [], 0, "none", max_steps=steps)
 
@@ -159,7 +159,8 @@ def test_acting_tokens_equal_what_the_rl_converter_wrote(env_id, tmp_path, monke
     from converters.cli import main as tokenize_main
     from converters.shard_dir import ShardDir
     from schemas.shard import row_from_table
-    from trainer.rollout import load_demonstrations, make_env_fn
+    from trainer.envs import make_env_fn
+    from trainer.rollout import load_demonstrations
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     env = make_env_fn(env_id, rescale_actions=True)()
