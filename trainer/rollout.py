@@ -194,21 +194,26 @@ class Agent:
         self.decoder: Decoder | None = None
         self._rows: list[int] = []  # id() of the EpisodeContext in each decoder row
 
+    def _fields(self, obs) -> dict:
+        """The step's observation fields as the converter saw them: the one place where what the
+        manifest records about how observations were recorded (frame stacks) is applied."""
+        return observation_fields(obs, self.spec)
+
     def observe(self, obs) -> Row:
         """Observation tokens + separator of one step, exactly as the converter writes them."""
-        return build_episode(observation_fields(obs, self.spec), None, self.spec, self.layout, self.text_tokenizer)
+        return build_episode(self._fields(obs), None, self.spec, self.layout, self.text_tokenizer)
 
     def step_row(self, obs, action_values: dict) -> Row:
         """The full timestep (observation, separator, action) as the converter writes it."""
         acts = {k: np.asarray(v)[None] for k, v in action_values.items()}
-        return build_episode(observation_fields(obs, self.spec), acts, self.spec, self.layout, self.text_tokenizer)
+        return build_episode(self._fields(obs), acts, self.spec, self.layout, self.text_tokenizer)
 
     def step_template(self, obs) -> Row:
         """The timestep with placeholder actions: the converter's columns for every action token;
         only the sampled ids are put in."""
         zeros = {f.name: np.zeros((1, *f.shape), np.int64 if f.kind == "discrete" else np.float32)
                  for f in self.spec.actions}
-        return build_episode(observation_fields(obs, self.spec), zeros, self.spec, self.layout, self.text_tokenizer)
+        return build_episode(self._fields(obs), zeros, self.spec, self.layout, self.text_tokenizer)
 
     def fit(self, ep: EpisodeContext, step_tokens: int) -> None:
         """Drop the oldest steps until prompt + history + a step of `step_tokens` fits seq_len."""
