@@ -1,13 +1,15 @@
 """`make demo`: the whole pipeline on real data made on the spot, sized for a 2-core CPU.
 
 1. data      expert episodes of CartPole-v1 and Pendulum-v1 (scripted controllers) as Minari
-             datasets; scikit-learn's handwritten digits as a WebDataset tar (some held out);
-             standard-library docstrings as a text corpus
+             datasets, and of BabyAI GoToObj (minigrid's BabyAIBot; grid image + text mission) as
+             a Parquet episode table; scikit-learn's handwritten digits as a WebDataset tar (some
+             held out); standard-library docstrings as a text corpus
 2. tokenise  a ~1,000-piece SentencePiece model (`gato-tokenize train-tokenizer`), then
              `gato-tokenize rl|captions|text` (the layout follows the tokenizer); one row inspected
-3. train     one `tiny` Gato model on the mixture of the four directories (`gato-train`)
-4. evaluate  roll the model out in both control tasks next to the demonstrations and a random
-             policy, and caption held-out digit images; print a table, write the loss plot
+3. train     one `tiny` Gato model on the mixture of the five directories (`gato-train`)
+4. act       `gato-train eval` on a suite of the three control tasks: agent, random policy and
+             expert returns, expert-normalised scores
+5. caption   held-out digit images; print a table, write the loss plot
 
 Everything lands under --out (default demo_out/); re-running starts afresh.
 """
@@ -31,13 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MARKER = ".gato-demo"
 
 CONTROL_TASKS = ("CartPole-v1", "Pendulum-v1")
+BABYAI = "demo_envs:GatoDemo/BabyAI-GoToObj-v0"  # scripts/demo_envs.py registers it
 
 
 @dataclass
 class Size:
     """How big each part of the demo is; `quick` is what tests/test_demo.py runs."""
 
-    episodes: dict  # expert episodes per env
+    episodes: dict  # expert episodes per env (and "babyai")
     noise: dict  # exploration noise of the expert per env
     digits_held_out: int
     text_chars: int
@@ -51,13 +54,15 @@ class Size:
     perturb: float = 0.0  # Pendulum: per-step chance of a DART perturbation burst (demo_data.record_expert)
 
 
-FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 160}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
+FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 160, "babyai": 3000},
+            noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
             digits_held_out=297, text_chars=300_000, steps=2500, batch_size=16, seq_len=64, lr=3e-3,
-            weights={"cartpole": 0.3, "pendulum": 0.55, "digits": 0.1, "text": 0.05},
+            weights={"cartpole": 0.15, "pendulum": 0.55, "babyai": 0.15, "digits": 0.1, "text": 0.05},
             eval_episodes=20, caption_eval=297, perturb=0.03)
-QUICK = Size(episodes={"CartPole-v1": 12, "Pendulum-v1": 20}, noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
+QUICK = Size(episodes={"CartPole-v1": 12, "Pendulum-v1": 20, "babyai": 300},
+             noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
              digits_held_out=100, text_chars=50_000, steps=300, batch_size=16, seq_len=64, lr=3e-3,
-             weights={"cartpole": 0.6, "pendulum": 0.25, "digits": 0.1, "text": 0.05},
+             weights={"cartpole": 0.5, "pendulum": 0.2, "babyai": 0.15, "digits": 0.1, "text": 0.05},
              eval_episodes=4, caption_eval=100, perturb=0.03)
 
 
@@ -65,16 +70,18 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_cli(args: list[str], what: str) -> str:
-    """Run one of the toolkit's commands as a user would; stop the demo with its message if it fails."""
+def run_cli(args: list[str], what: str, progress: bool = False) -> str:
+    """Run one of the toolkit's commands as a user would; stop the demo with its message if it fails.
+    With `progress`, its stderr (the progress bar) goes to the terminal as it runs."""
     t = time.time()
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          env=os.environ | {"PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=None if progress else subprocess.PIPE, text=True,
+                          env=os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'scripts'}"})
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
+        sys.stderr.write(proc.stdout + (proc.stderr or ""))
         raise SystemExit(f"demo: {what} failed (exit {proc.returncode})")
     log(f"    {what}: {time.time() - t:.1f} s")
-    return proc.stdout + proc.stderr
+    return proc.stdout + (proc.stderr or "")
 
 
 def idle_cores() -> int:
@@ -112,6 +119,14 @@ def make_data(out: Path, size: Size, seed: int) -> dict:
         info[name] = path
         log(f"    {env_id}: {len(buffers)} expert episodes, return {returns.mean():.1f} +/- {returns.std():.1f} "
             f"-> {path.relative_to(out)} ({time.time() - t:.1f} s)")
+    t = time.time()
+    cols, returns = dd.record_babyai(size.episodes["babyai"], seed=seed)
+    info["babyai"] = dd.write_episode_table(out / "raw" / "babyai.parquet", cols)
+    info["returns"]["babyai"] = returns
+    info["missions"] = sorted({m for ep in cols["obs/mission"] for m in ep})
+    log(f"    BabyAI GoToObj: {len(returns)} BabyAIBot episodes, success {np.mean(returns > 0):.0%}, "
+        f"{np.mean([len(a) for a in cols['action']]):.1f} steps on average -> raw/babyai.parquet "
+        f"({time.time() - t:.1f} s)")
     images, labels = dd.digit_images(16)
     train_idx, held_idx = dd.split_digits(len(images), size.digits_held_out, seed)
     info["digits"] = dd.write_digits_tar(out / "raw" / "digits.tar", images[train_idx], labels[train_idx], train_idx)
@@ -121,7 +136,8 @@ def make_data(out: Path, size: Size, seed: int) -> dict:
     info["text"] = dd.write_text_corpus(out / "raw" / "text.txt", size.text_chars)
     # the captions' words are text too: the tokenizer is trained on both
     info["captions_txt"] = out / "raw" / "captions.txt"
-    info["captions_txt"].write_text("\n".join(dd.caption(i) for i in range(10)) * 20 + "\n")
+    info["captions_txt"].write_text("\n".join(dd.caption(i) for i in range(10)) * 20 + "\n"
+                                    + "\n".join(info["missions"]) * 5 + "\n")
     log(f"    text: {info['text'].stat().st_size // 1000} kB of standard-library docstrings -> raw/text.txt")
     return info
 
@@ -132,12 +148,14 @@ def tokenise(out: Path, data: dict) -> dict:
     run_cli(["-m", "converters.cli", "train-tokenizer", str(data["text"]), str(data["captions_txt"]),
              "--vocab-size", "1000", "--out", str(spm)], "gato-tokenize train-tokenizer (1,000 pieces)")
     common = ["--text-tokenizer", str(spm), "--no-progress"]
-    dirs = {"cartpole": shards / "cartpole", "pendulum": shards / "pendulum", "digits": shards / "digits",
-            "text": shards / "text"}
+    dirs = {"cartpole": shards / "cartpole", "pendulum": shards / "pendulum", "babyai": shards / "babyai",
+            "digits": shards / "digits", "text": shards / "text"}
     run_cli(["-m", "converters.cli", "rl", str(data["cartpole"]), "--out", str(dirs["cartpole"]), *common],
             "gato-tokenize rl CartPole-v1")
     run_cli(["-m", "converters.cli", "rl", str(data["pendulum"]), "--out", str(dirs["pendulum"]), *common],
             "gato-tokenize rl Pendulum-v1")
+    run_cli(["-m", "converters.cli", "rl", str(data["babyai"]), "--out", str(dirs["babyai"]), *common],
+            "gato-tokenize rl BabyAI (Parquet episode table)")
     run_cli(["-m", "converters.cli", "captions", str(data["digits"]), "--image-size", "16",
              "--out", str(dirs["digits"]), *common], "gato-tokenize captions digits")
     run_cli(["-m", "converters.cli", "text", str(data["text"]), "--out", str(dirs["text"]), *common],
@@ -154,33 +172,39 @@ def train(out: Path, dirs: dict, size: Size, seed: int) -> Path:
     data = [f"{dirs[k]}:{w}" for k, w in size.weights.items()]
     run_cli(["-m", "trainer.cli", "--data", *data, "--out", str(run), "--preset", "tiny",
              "--steps", str(size.steps), "--batch-size", str(size.batch_size), "--seq-len", str(size.seq_len),
-             "--lr", str(size.lr), "--seed", str(seed), "--log-every", "10", "--save-every", str(size.steps),
-             "--no-progress"], f"gato-train tiny, {size.steps} steps of {size.batch_size}x{size.seq_len} tokens")
+             "--lr", str(size.lr), "--seed", str(seed), "--log-every", "10", "--save-every", str(size.steps)],
+            f"gato-train tiny, {size.steps} steps of {size.batch_size}x{size.seq_len} tokens", progress=True)
     recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     log(f"    loss {recs[0]['loss']:.3f} (step {recs[0]['step']}) -> {recs[-1]['loss']:.3f} (step {recs[-1]['step']})")
     return run
 
 
-def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict) -> list[dict]:
+def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict, out: Path) -> list[dict]:
+    """`gato-train eval` on a suite of the three control tasks; its eval.json gives the table."""
     import numpy as np
 
-    from trainer.rollout import build_parser, rollout
-
+    pendulum = np.asarray(data["returns"]["Pendulum-v1"])
+    # the expert's own return: its episodes without DART perturbation bursts (every other one)
+    expert = float(pendulum[0::2].mean() if size.perturb > 0 else pendulum.mean())
+    suite = {"tasks": [
+        {"env": "CartPole-v1", "data": str(dirs["cartpole"]), "episodes": size.eval_episodes},
+        {"env": "Pendulum-v1", "data": str(dirs["pendulum"]), "episodes": size.eval_episodes,
+         "rescale_actions": True, "expert_return": expert},
+        {"env": BABYAI, "name": "BabyAI-GoToObj", "data": str(dirs["babyai"]), "episodes": 5 * size.eval_episodes,
+         "success": 0.0}]}
+    import yaml
+    (out / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    shown = run_cli(["-m", "trainer.cli", "eval", "--checkpoint", str(run), "--suite", str(out / "suite.yaml"),
+                     "--out", str(out), "--seed", str(seed + 1000), "--threads", "1"],
+                    "gato-train eval --suite suite.yaml", progress=True)
+    log("\n".join("      " + ln for ln in shown.splitlines()))
+    report = json.loads((out / "eval.json").read_text())
     rows = []
-    for env_id in CONTROL_TASKS:
-        name = env_id.split("-")[0].lower()
-        t = time.time()
-        args = build_parser().parse_args(["--checkpoint", str(run), "--data", str(dirs[name]), "--env", env_id,
-                                          "--episodes", str(size.eval_episodes), "--seed", str(seed + 1000),
-                                          "--rescale-actions", "--random-baseline"])
-        report = rollout(args)
-        returns = np.asarray(data["returns"][env_id])
-        # the expert's own return: its episodes without DART perturbation bursts (every other one)
-        expert = returns[0::2] if env_id == "Pendulum-v1" and size.perturb > 0 else returns
-        rows.append({"task": env_id, "demonstrations": np.asarray(report["demonstrations"]), "expert": expert,
-                     "agent": np.asarray(report["agent"]), "random": np.asarray(report["random"])})
-        log(f"    {env_id}: agent {np.mean(report['agent']):.1f} over {size.eval_episodes} episodes "
-            f"({time.time() - t:.1f} s)")
+    for r in report["tasks"]:
+        demos = np.asarray(data["returns"]["babyai" if r["env"] == BABYAI else r["env"]])
+        rows.append({"task": r["name"], "demonstrations": demos, "expert": np.asarray(r["expert"]),
+                     "agent": np.asarray(r["agent"]), "random": np.asarray(r["random"]), "score": r["score"],
+                     "success": r["success_rates"]})
     return rows
 
 
@@ -189,12 +213,14 @@ def evaluate_captions(run: Path, dirs: dict, size: Size, held_out) -> dict:
 
     import demo_data as dd
     from schemas.reader import ShardDir
+    from tokenizer_kit.text import TextTokenizer
     from trainer.checkpoint import load_model
-    from trainer.rollout import generate_text, image_context
+    from trainer.decoding import generate_text
+    from trainer.rollout import image_context
 
     t = time.time()
     model, layout, _ = load_model(run)
-    tok = ShardDir.open(dirs["digits"]).text_tokenizer()
+    tok = TextTokenizer(dirs["digits"] / "tokenizer.model")
     images, labels = held_out[0][:size.caption_eval], held_out[1][:size.caption_eval]
     contexts = [image_context(im, layout, "resize", (16, 16)) for im in images]
     captions = []
@@ -207,36 +233,6 @@ def evaluate_captions(run: Path, dirs: dict, size: Size, held_out) -> dict:
     return {"accuracy": acc, "n": len(images), "examples": list(zip(labels.tolist()[:10], captions[:10]))}
 
 
-def plot_losses(run: Path, out: Path) -> Path:
-    """Training loss per task against step (log scale): the mixed loss alone hides the tasks, as
-    text targets (loss ~5) outnumber action targets (~0.1) in whichever batch holds a document."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    keys = sorted({k for r in recs for k in r if k.startswith("loss/")})
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for k in keys:
-        pts = [(r["step"], r[k]) for r in recs if k in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k[5:])
-    for k in keys:
-        ev = [(r["step"], r["eval_" + k]) for r in recs if "eval_" + k in r]
-        if ev:
-            ax.plot([p[0] for p in ev], [p[1] for p in ev], "k.", ms=8)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy per target token")
-    ax.set_title("gato-kit demo: one tiny model, four tasks (dots: eval-mode loss at the end)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    path = out / "loss.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def fmt(x) -> str:
     import numpy as np
     x = np.asarray(x, dtype=np.float64)
@@ -245,22 +241,32 @@ def fmt(x) -> str:
 
 def table(control: list[dict], captions: dict) -> str:
     import numpy as np
-    lines = [f"{'task':<16}{'demonstrations':>22}{'agent':>22}{'random policy':>22}{'agent/demo':>12}",
-             "-" * 94]
+    lines = [f"{'task':<16}{'demonstrations':>22}{'agent':>22}{'random policy':>22}{'score*':>9}", "-" * 91]
     for r in control:
-        ratio = np.mean(r["agent"]) / np.mean(r["demonstrations"])
-        lo = np.mean(r["random"])  # Pendulum returns are negative: show the share of the gap closed
-        closed = (np.mean(r["agent"]) - lo) / (np.mean(r["expert"]) - lo)
-        score = f"{ratio:.2f}" if np.mean(r["demonstrations"]) > 0 else f"{closed:.2f}*"
         lines.append(f"{r['task']:<16}{fmt(r['demonstrations']):>22}{fmt(r['agent']):>22}{fmt(r['random']):>22}"
-                     f"{score:>12}")
+                     f"{r['score']:>9.2f}")
+        if r["success"]:
+            s = r["success"]
+            lines.append(f"{'  success':<16}{s['expert']:>22.0%}{s['agent']:>22.0%}{s['random']:>22.0%}")
     lines.append(f"{'digit captions':<16}{'held-out accuracy':>22}{captions['accuracy']:>22.1%}"
-                 f"{'chance 10%':>22}{'(n=' + str(captions['n']) + ')':>12}")
-    lines.append("* negative returns: (agent - random) / (expert - random), the share of the gap closed")
+                 f"{'chance 10%':>22}{'n=' + str(captions['n']):>9}")
+    lines.append("* expert-normalised: (agent - random) / (expert - random), from gato-train eval (eval.json)")
     for r in control:
-        if len(r["expert"]) != len(r["demonstrations"]):
-            lines.append(f"  {r['task']} expert = its {len(r['expert'])} unperturbed episodes, {fmt(r['expert']).strip()}; "
-                         f"the other {len(r['demonstrations']) - len(r['expert'])} had DART perturbation bursts")
+        if len(r["expert"]) == 1:
+            lines.append(f"  {r['task']} expert = its unperturbed episodes, {float(r['expert'][0]):.1f}; the others "
+                         f"had DART perturbation bursts")
+    by = {r["task"]: r for r in control}
+    checks = []
+    if "CartPole-v1" in by:
+        c = by["CartPole-v1"]
+        checks.append(("CartPole agent >= 95% of the demonstrations' return",
+                       np.mean(c["agent"]) >= 0.95 * np.mean(c["demonstrations"])))
+    if "Pendulum-v1" in by:
+        checks.append(("Pendulum closes >= 90% of the random-expert gap", by["Pendulum-v1"]["score"] >= 0.9))
+    if "BabyAI-GoToObj" in by:
+        checks.append(("BabyAI succeeds in >= 80% of episodes", by["BabyAI-GoToObj"]["success"]["agent"] >= 0.8))
+    checks.append(("held-out digit captions >= 95%", captions["accuracy"] >= 0.95))
+    lines.append("targets: " + "; ".join(f"{what}: {'met' if ok else 'MISSED'}" for what, ok in checks))
     return "\n".join(lines)
 
 
@@ -300,11 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     data = stage("data", make_data, out, size, args.seed)
     dirs = stage("tokenise", tokenise, out, data)
     run = stage("train", train, out, dirs, size, args.seed)
-    control = stage("act", evaluate_control, run, dirs, size, args.seed, data)
+    control = stage("act", evaluate_control, run, dirs, size, args.seed, data, out)
     captions = stage("caption", evaluate_captions, run, dirs, size, data["held_out"])
     total = time.time() - t0
 
-    plot_losses(run, out)
+    shutil.copyfile(run / "loss.png", out / "loss.png")  # one line per task, drawn by gato-train
     log("")
     log(table(control, captions))
     log("")

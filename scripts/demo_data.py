@@ -1,7 +1,7 @@
 """Real data for the demo, made on the spot: expert episodes as Minari datasets, handwritten digits
 as a WebDataset tar, and an English text corpus. Nothing is downloaded.
 
-- Control: scripted experts (trainer.controllers) act in Gymnasium; the executed actions, with a
+- Control: scripted experts (controllers.py, next to this file) act in Gymnasium; the executed actions, with a
   little exploration noise so the data also covers states off the expert's narrow path, are written
   with `minari.create_dataset_from_buffers`.
 - Images: scikit-learn's 1,797 8x8 handwritten digits, upscaled, captioned "a handwritten seven".
@@ -31,7 +31,7 @@ TEXT_MODULES = ("argparse", "asyncio", "collections", "contextlib", "csv", "data
 def make_env(env_id: str):
     """The environment the data is recorded in and the agent acts in: Box actions rescaled to
     [-1, 1], since actions are tokenised unscaled and clipped there (SPEC 2)."""
-    from trainer.rollout import make_env_fn
+    from trainer.envs import make_env_fn
     return make_env_fn(env_id, rescale_actions=True)()
 
 
@@ -64,7 +64,7 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1,
     import gymnasium as gym
     from minari.data_collector import EpisodeBuffer
 
-    from trainer.controllers import make_expert
+    from controllers import make_expert
 
     env = make_env(env_id)
     expert = make_expert(env_id, env)
@@ -196,4 +196,57 @@ def write_text_corpus(path: str | os.PathLike, max_chars: int = 400_000) -> Path
         if total >= max_chars:
             break
     path.write_text("\n".join(paragraphs) + "\n", encoding="utf-8")
+    return path
+
+
+# --- BabyAI ------------------------------------------------------------------------------------------
+
+def record_babyai(episodes: int, seed: int = 0):
+    """Episodes of minigrid's own BabyAI expert (BabyAIBot) in the demo's BabyAI task, as one dict
+    of per-episode lists per column (the episode table `gato-tokenize rl` reads), and their returns."""
+    import gymnasium as gym
+    from minigrid.utils.baby_ai_bot import BabyAIBot
+
+    import demo_envs
+
+    env = gym.make(demo_envs.ENV_ID)
+    cols: dict[str, list] = {"episode_id": [], "obs/direction": [], "obs/image": [], "obs/mission": [],
+                             "action": [], "rewards": []}
+    returns = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        bot = BabyAIBot(env.unwrapped)
+        direction, images, missions, actions, rewards = [], [], [], [], []
+        done = False
+        while not done:
+            a = int(bot.replan())
+            direction.append(int(obs["direction"]))
+            images.append(obs["image"])
+            missions.append(obs["mission"])
+            obs, r, term, trunc, _ = env.step(a)
+            actions.append(a)
+            rewards.append(float(r))
+            done = term or trunc
+        cols["episode_id"].append(seed + ep)
+        cols["obs/direction"].append(direction)
+        cols["obs/image"].append(np.stack(images))
+        cols["obs/mission"].append(missions)
+        cols["action"].append(actions)
+        cols["rewards"].append(rewards)
+        returns.append(sum(rewards))
+    env.close()
+    return cols, np.asarray(returns)
+
+
+def write_episode_table(path: str | os.PathLike, cols: dict) -> Path:
+    """One Parquet row per episode, one list entry per step (images as (16, 16, 3) uint8 lists)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = pa.list_(pa.list_(pa.list_(pa.uint8(), 3), 16), 16)
+    arrays = {k: pa.array(v) for k, v in cols.items() if k != "obs/image"}
+    arrays["obs/image"] = pa.array([[im.tolist() for im in ep] for ep in cols["obs/image"]], pa.list_(image))
+    pq.write_table(pa.table(arrays), path)
     return path

@@ -1,6 +1,10 @@
 """`gato-train`: train a Gato model on shard directories; re-running with the same --out resumes.
 
-`gato-train rollout --checkpoint RUN ...` runs a trained model in an environment (trainer/rollout.py).
+Subcommands use a trained run (RUN = its --out directory):
+  gato-train rollout  --checkpoint RUN --data SHARDS --env ID   act in one task
+  gato-train eval     --checkpoint RUN --suite suite.yaml       act in a suite of tasks, normalised scores
+  gato-train generate --checkpoint RUN --prompt TEXT            continue a text
+  gato-train caption  --checkpoint RUN IMAGE...                 caption images
 
 Exit codes: 0 ok (also after SIGTERM, once a checkpoint is saved), 1 bad data or run directory
 (one-line reason), 2 bad usage. Runs under `torchrun --nproc-per-node N` with DDP.
@@ -38,8 +42,22 @@ def _data_item(text: str) -> str:
     return text
 
 
+SUBCOMMANDS = {  # name -> (module, entry point)
+    "rollout": ("trainer.evaluate", "rollout_main"),
+    "eval": ("trainer.evaluate", "eval_main"),
+    "generate": ("trainer.generate", "generate_main"),
+    "caption": ("trainer.generate", "caption_main"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gato-train", description=__doc__.splitlines()[0])
+    from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int, probability
+
+    doc = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(prog="gato-train", description=doc[0], epilog=doc[1],
+                                usage="%(prog)s --data DIR[:W] ... --out RUN [options]\n"
+                                      "       %(prog)s {" + ",".join(SUBCOMMANDS) + "} --checkpoint RUN ...",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]", type=_data_item,
                    help="shard directories (paths or URLs: s3://, gs://, file://), each with an optional "
                         "mixture weight (tokens)")
@@ -50,39 +68,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-limit", type=_bytes_arg, metavar="BYTES",
                    help="most bytes of shards kept in the cache (e.g. 50G); least recently used go first")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
-    p.add_argument("--steps", type=int, help="optimiser steps in total (default 1000)")
-    p.add_argument("--batch-size", type=int, help="sequences per micro-batch per process (default 8)")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence (default 1024)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 tiny, 1e-4 paper sizes)")
-    p.add_argument("--warmup", type=int, help="linear warm-up steps (default min(15000, steps/10))")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step (default 1)")
-    p.add_argument("--seed", type=int, help="seed of data order and init (default 0)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.1)")
-    p.add_argument("--prompt-prob", type=float, help="fraction of RL sequences given a prompt (default 0.25)")
+    p.add_argument("--init-from", metavar="RUN", help="start from another run's weights (its model size and "
+                                                      "vocabulary; a fresh optimiser and schedule)")
+    p.add_argument("--steps", type=positive_int, help="optimiser steps in total (default 1000)")
+    p.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch per process (default 8)")
+    p.add_argument("--seq-len", type=positive_int, help="tokens per sequence (default 1024)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default 1e-3 tiny, 1e-4 paper sizes)")
+    p.add_argument("--warmup", type=nonnegative_int, help="linear warm-up steps (default min(15000, steps/10))")
+    p.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimiser step (default 1)")
+    p.add_argument("--seed", type=nonnegative_int, help="seed of data order and init (default 0)")
+    p.add_argument("--weight-decay", type=nonnegative_float, help="AdamW weight decay on matrices (default 0.1)")
+    p.add_argument("--prompt-prob", type=probability, help="fraction of RL sequences given a prompt (default 0.25)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="bf16 autocast or fp32 (default auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default 0: at the end)")
-    p.add_argument("--eval-steps", type=int, default=8, help="batches per evaluation (default 8)")
+    p.add_argument("--eval-every", type=nonnegative_int, default=0, help="evaluate every N steps (default 0: at the end)")
+    p.add_argument("--eval-steps", type=positive_int, default=8, help="batches per evaluation (default 8)")
     p.add_argument("--eval-data", nargs="+", metavar="DIR",
                    help="held-out shard directories (default: the training directories in eval mode)")
-    p.add_argument("--log-every", type=int, default=10, help="write metrics every N steps (default 10)")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
-    p.add_argument("--num-workers", type=int, help="loader worker processes per rank (default 0)")
+    p.add_argument("--log-every", type=positive_int, default=10, help="write metrics every N steps (default 10)")
+    p.add_argument("--save-every", type=positive_int, default=500, help="checkpoint every N steps (default 500)")
+    p.add_argument("--num-workers", type=nonnegative_int, help="loader worker processes per rank (default 0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     return p
 
 
-# Options whose parser default is None: a value the user did not give comes from the resumed run.
-_RUN_DEFINING = ("data", "num_workers", "preset", "steps", "batch_size", "seq_len", "lr", "warmup", "grad_accum",
-                 "seed", "weight_decay", "prompt_prob", "precision")
-
-
 def args_from_namespace(ns: argparse.Namespace):
-    from .train import TrainArgs
+    """TrainArgs from the command line; which run-defining options were given (train.FIXED_ARGS, and
+    --steps, which a resume may extend) is kept, since the others come from the run being resumed."""
+    from .train import FIXED_ARGS, TrainArgs
 
-    explicit = {k for k in _RUN_DEFINING if getattr(ns, k) is not None}
+    explicit = {k for k in (*FIXED_ARGS, "steps") if getattr(ns, k, None) is not None}
     values = {k: v for k, v in vars(ns).items() if v is not None}
     args = TrainArgs(**values)
     args._explicit = explicit
@@ -91,9 +108,10 @@ def args_from_namespace(ns: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["rollout"]:  # `gato-train rollout --checkpoint RUN ...`: act in an environment
-        from .rollout import main as rollout_main
-        return rollout_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        import importlib
+        module, entry = SUBCOMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), entry)(argv[1:])
     parser = build_parser()
     ns = parser.parse_args(argv)
     from schemas.errors import EXPECTED_ERRORS

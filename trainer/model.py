@@ -123,11 +123,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: "KVCache | None" = None, layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = _rope(q, cos, sin).to(v.dtype), _rope(k, cos, sin).to(v.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # the new tokens attend to every cached key of their row and causally to each other
+            k, v = cache.append(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -150,9 +155,44 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.ff = GEGLU(cfg)
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.norm1(x), cos, sin)
+    def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.norm1(x), cos, sin, cache, layer, mask)
         return x + self.ff(self.norm2(x))
+
+
+class KVCache:
+    """Keys and values of every layer for B contexts that grow a chunk at a time (acting, generation).
+
+    Chunks are right-padded to a common width, so a row's cache may hold padded columns; `valid`
+    masks them as keys for ever after, and `length` counts each row's real tokens, which is the
+    RoPE position of its next token. Attention over a row's cache is thus exactly attention over its
+    context without padding: the model's output does not depend on what else is in the batch.
+    """
+
+    def __init__(self, n_layer: int, batch: int, device: torch.device):
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+        self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+        self.length = torch.zeros(batch, dtype=torch.int64, device=device)
+
+    @property
+    def batch(self) -> int:
+        return self.length.shape[0]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k[layer] is not None:
+            k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def select(self, rows: torch.Tensor | list[int]) -> "KVCache":
+        """The cache of some rows only (episodes still running, generations not yet ended)."""
+        rows = torch.as_tensor(rows, dtype=torch.int64, device=self.length.device)
+        out = KVCache(len(self.k), len(rows), self.length.device)
+        out.k = [None if t is None else t.index_select(0, rows) for t in self.k]
+        out.v = [None if t is None else t.index_select(0, rows) for t in self.v]
+        out.valid, out.length = self.valid.index_select(0, rows), self.length.index_select(0, rows)
+        return out
 
 
 class GatoModel(nn.Module):
@@ -218,6 +258,33 @@ class GatoModel(nn.Module):
         for blk in self.blocks:
             x = blk(x, cos, sin)
         return self.norm(x)
+
+    def new_cache(self, batch: int) -> KVCache:
+        return KVCache(len(self.blocks), batch, self.inv_freq.device)
+
+    @torch.inference_mode()
+    def extend(self, batch: Batch, cache: KVCache) -> torch.Tensor:
+        """Feed the next chunk of each row's context (batch.attention_mask marks its real tokens)
+        through the model, growing `cache`; returns the logits (B, vocab) after each row's last real
+        token of the chunk. A chunk costs attention over the cache plus the chunk, not the context."""
+        x = self.embed_inputs(batch)
+        B, W = batch.tokens.shape
+        real = batch.attention_mask
+        # RoPE positions continue each row's own count of real tokens (padding takes no position)
+        pos = cache.length[:, None] + torch.cumsum(real.long(), 1) - real.long()
+        freqs = pos.to(torch.float32)[..., None] * self.inv_freq
+        cos, sin = freqs.cos()[:, None], freqs.sin()[:, None]
+        old = cache.valid.shape[1]
+        causal = torch.ones(W, W, dtype=torch.bool, device=x.device).tril()
+        keys = torch.cat([cache.valid[:, None, :].expand(B, W, old), causal[None] & real[:, None, :]], dim=2)
+        mask = (keys | ~real[:, :, None])[:, None]  # a padded query sees everything: no empty softmax rows
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cos, sin, cache, i, mask)
+        cache.valid = torch.cat([cache.valid, real], dim=1)
+        n = real.long().sum(1)
+        cache.length = cache.length + n
+        last = self.norm(x[torch.arange(B, device=x.device), (n - 1).clamp(min=0)])
+        return F.linear(last, self.embed.weight)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return F.linear(self.hidden(batch), self.embed.weight)  # tied output head

@@ -5,15 +5,15 @@ The agent sees exactly what training saw. Observation tokens come from the conve
 layout from the checkpoint); a demonstration prompt (a window of an expert episode of the same task)
 goes first; each action token is sampled from its slot's legal id range only and decoded through
 the inverse tokenisation; the context is cut to the model's sequence length by dropping the oldest
-steps (never the prompt). Episodes run side by side as one batch, one forward pass per action token.
+steps (never the prompt). Episodes run side by side as one batch; a key/value cache
+(trainer/decoding.py) makes each observation and each action token one forward pass over the new
+tokens only.
 
-    gato-train rollout --checkpoint RUN --data SHARD_DIR --env CartPole-v1 --episodes 10
+The command lines that act (`gato-train rollout`, `gato-train eval`) are in trainer/evaluate.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -21,11 +21,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, TEXT, VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, Row, acting_observation, build_caption_row, build_episode, patch_span
-from tokenizer_kit.sequence import decode_actions as decode_action_ids
+from tokenizer_kit.fields import flatten_value
+from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, Row, acting_observation, build_caption_row, build_episode, decode_actions
 
-from .batch import Sample, collate
+from .decoding import Decoder, concat_rows, sample_in_ranges, slice_tokens
 
 PROMPT_MODES = ("end", "window", "none")
 
@@ -36,42 +36,27 @@ def slice_steps(row: Row, start: int, stop: int) -> Row:
     """Timesteps [start, stop) of an episode row, with their patches."""
     bounds = np.append(row.step_starts, len(row.tokens)).astype(np.int64)
     a, b = int(bounds[start]), int(bounds[stop])
-    p0, p1 = patch_span(row.tokens, a, b, len(row.patches))
-    return Row(row.tokens[a:b], row.loss_mask[a:b], row.local_pos[a:b], row.modality[a:b],
-               (row.step_starts[start:stop] - a).astype(np.int32), row.patches[p0:p1], row.patch_pos[p0:p1])
-
-
-def concat_rows(rows: Sequence[Row]) -> Row:
-    """Rows one after another (step_starts are not kept: a context is not an episode)."""
-    rows = [r for r in rows if len(r)]
-    if not rows:
-        return Row(np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int16), np.zeros(0, np.uint8))
-    return Row(np.concatenate([r.tokens for r in rows]), np.concatenate([r.loss_mask for r in rows]),
-               np.concatenate([r.local_pos for r in rows]), np.concatenate([r.modality for r in rows]),
-               patches=np.concatenate([r.patches for r in rows]),
-               patch_pos=np.concatenate([r.patch_pos for r in rows]))
+    part = slice_tokens(row, a, b)
+    part.step_starts = (row.step_starts[start:stop] - a).astype(np.int32)
+    return part
 
 
 def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.Generator | None = None) -> Row:
-    """Whole timesteps of a demonstration, at most `max_tokens` tokens: its end (goal conditioning,
-    as in training) or a uniformly placed window."""
+    """A demonstration prompt of at most `max_tokens` tokens, chosen by the loader's own rule for
+    training prompts: the episode's end from a timestep boundary (goal conditioning), or
+    `max_tokens` tokens from a uniformly drawn boundary."""
+    from .data import goal_start, window_start
+
     if mode == "none" or max_tokens <= 0:
         return concat_rows([])
-    lens = np.diff(np.append(row.step_starts, len(row.tokens)))
-    steps = len(lens)
+    n = len(row.tokens)
     if mode == "end":
-        fits = np.cumsum(lens[::-1]) <= max_tokens
-        k = int(np.count_nonzero(fits))
-        return slice_steps(row, steps - k, steps)
-    if mode != "window":
+        start = goal_start(row.step_starts, n, max_tokens)
+    elif mode == "window":
+        start = window_start(row.step_starts, n, max_tokens, rng or np.random.default_rng())
+    else:
         raise ValueError(f"unknown prompt mode {mode!r}; expected one of {', '.join(PROMPT_MODES)}")
-    # the longest run of whole steps that fits, starting at a uniformly drawn step
-    k = int(np.count_nonzero(np.cumsum(np.sort(lens)[::-1]) <= max_tokens)) if steps else 0
-    k = max(1, min(k, steps))
-    start = int((rng or np.random.default_rng()).integers(0, steps - k + 1))
-    while k > 1 and int(lens[start:start + k].sum()) > max_tokens:
-        k -= 1
-    return slice_steps(row, start, start + k)
+    return slice_tokens(row, start, min(n, start + max_tokens))
 
 
 # --- from environment values to fields and back ------------------------------------------------
@@ -79,7 +64,7 @@ def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.G
 def observation_fields(obs, spec: EpisodeSpec) -> dict:
     """One environment observation as the spec's fields, each with a leading step axis of 1."""
     if isinstance(obs, (Mapping, tuple)):
-        flat = _flatten(obs, "obs")
+        flat = flatten_value(obs, "obs")
         missing = [f.name for f in spec.observations if f.name not in flat]
         if missing:
             raise ValueError(f"observation has no field {missing[0]!r} (has {sorted(flat)})")
@@ -89,20 +74,6 @@ def observation_fields(obs, spec: EpisodeSpec) -> dict:
                          f"{[f.name for f in spec.observations]}")
     f = spec.observations[0]
     return {f.name: _one_step(obs, f.kind)}
-
-
-def _flatten(value, prefix: str) -> dict:
-    """Dict and Tuple observations as the RL converter names their fields: obs/KEY, obs/KEY/SUB, obs/0."""
-    if isinstance(value, Mapping):
-        items = value.items()
-    elif isinstance(value, tuple):
-        items = enumerate(value)
-    else:
-        return {prefix: value}
-    out = {}
-    for k, v in items:
-        out.update(_flatten(v, f"{prefix}/{k}"))
-    return out
 
 
 def _one_step(value, kind: str):
@@ -153,12 +124,6 @@ def action_slots(spec: EpisodeSpec, layout: VocabLayout, action_space=None) -> l
     return slots
 
 
-def decode_actions(ids: np.ndarray, spec: EpisodeSpec, layout: VocabLayout) -> dict[str, np.ndarray]:
-    """Sampled action ids (in slot order) -> field values in the env's units (tokenizer_kit's inverse,
-    which maps rescaled actions back to their declared bounds)."""
-    return decode_action_ids(ids, spec, layout)
-
-
 def env_action(values: dict[str, np.ndarray], spec: EpisodeSpec, action_space):
     """Field values -> what `env.step` takes (an int for Discrete, an array for Box, a dict for Dict)."""
     import gymnasium as gym
@@ -180,42 +145,6 @@ def env_action(values: dict[str, np.ndarray], spec: EpisodeSpec, action_space):
     return one(values[name], action_space)
 
 
-# --- the model as a sampler ---------------------------------------------------------------------
-
-def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, V) restricted logits -> (B,) indices: argmax when temperature is 0."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-@torch.inference_mode()
-def next_token_logits(model, contexts: Sequence[Row]) -> torch.Tensor:
-    """Logits (B, vocab) for the token after each context, in one padded forward pass."""
-    samples = []
-    for r in contexts:
-        # one dummy token at the end: collate's inputs are tokens[:-1], so the whole context is input
-        samples.append(Sample(np.append(r.tokens, 0).astype(np.int32), np.append(r.loss_mask, 0),
-                              np.append(r.local_pos, NO_POSITION).astype(np.int16), r.patches, r.patch_pos))
-    lens = [len(r) for r in contexts]
-    batch = collate(samples, max(lens), training=False)
-    device = next(model.parameters()).device
-    logits = model(batch.to(device))
-    return logits[torch.arange(len(contexts), device=device), torch.tensor(lens, device=device) - 1]
-
-
-def sample_in_ranges(logits: torch.Tensor, ranges: Sequence[tuple[int, int]], temperature: float = 0.0,
-                     generator: torch.Generator | None = None) -> np.ndarray:
-    """One id per row, drawn only from that row's legal half-open range [lo, hi)."""
-    lo = torch.tensor([r[0] for r in ranges], device=logits.device)
-    hi = torch.tensor([r[1] for r in ranges], device=logits.device)
-    ids = torch.arange(logits.shape[-1], device=logits.device)
-    legal = (ids[None] >= lo[:, None]) & (ids[None] < hi[:, None])
-    masked = logits.float().masked_fill(~legal, float("-inf"))
-    return _sample(masked, temperature, generator).cpu().numpy()
-
-
 # --- acting -------------------------------------------------------------------------------------
 
 @dataclass
@@ -224,17 +153,39 @@ class EpisodeResult:
     steps: int
 
 
+@dataclass
+class EpisodeContext:
+    """What one episode's agent conditions on: a demonstration prompt and the steps played so far."""
+
+    prompt: Row
+    history: deque = field(default_factory=deque)  # Rows of whole played steps, oldest first
+    trimmed: bool = True  # the context lost its oldest steps (or is new): the decoder must restart
+
+
 class Agent:
-    """Acts in several environments at once: per environment a prompt, a history and the current step."""
+    """Acts in several environments at once, one decoder row per environment.
+
+    Each step the context is prompt + the latest steps + the current observation. When it would
+    exceed seq_len, the oldest steps go (never the prompt), a quarter of seq_len more than needed so
+    the cache is rebuilt only every so many steps; the same rule holds without the cache, so both
+    see the same contexts and choose the same actions.
+    """
 
     def __init__(self, model, layout: VocabLayout, spec: EpisodeSpec, seq_len: int, temperature: float = 0.0,
-                 text_tokenizer=None, seed: int = 0, frame_modes: dict[str, str] | None = None):
+                 text_tokenizer=None, seed: int = 0, cache: bool = True, top_k: int = 0, trim: float = 0.25,
+                 frame_modes: dict[str, str] | None = None):
         self.model, self.layout, self.spec = model, layout, spec
         self.seq_len, self.temperature, self.text_tokenizer = seq_len, temperature, text_tokenizer
-        self.generator = torch.Generator().manual_seed(seed)
+        self.top_k = top_k
         self.frame_modes = frame_modes or {}  # Manifest.frame_modes(): frame stacks as the data has them
+        self.generator = torch.Generator().manual_seed(seed)
+        self.cache, self.trim = cache, trim  # trim: share of seq_len freed beyond need when steps are dropped
+        self.decoder: Decoder | None = None
+        self._rows: list[int] = []  # id() of the EpisodeContext in each decoder row
 
     def _fields(self, obs) -> dict:
+        """The step's observation fields as the converter saw them: the one place where what the
+        manifest records about how observations were recorded (frame stacks) is applied."""
         return acting_observation(observation_fields(obs, self.spec), self.spec, self.frame_modes)
 
     def observe(self, obs) -> Row:
@@ -243,154 +194,118 @@ class Agent:
 
     def step_row(self, obs, action_values: dict) -> Row:
         """The full timestep (observation, separator, action) as the converter writes it."""
-        acts = {k: np.asarray(v)[None] for k, v in action_values.items()}  # env units: rescaled as converted
+        acts = {k: np.asarray(v)[None] for k, v in action_values.items()}
         return build_episode(self._fields(obs), acts, self.spec, self.layout, self.text_tokenizer)
 
-    def context(self, prompt: Row, history: deque, current: Row, reserve: int = 0) -> Row:
-        """Prompt + as many of the latest steps as fit + the current step, leaving `reserve` of the
-        seq_len tokens free (for the action tokens still to be sampled)."""
-        budget = self.seq_len - reserve - len(prompt) - len(current)
-        if budget < 0:
-            raise ValueError(f"prompt ({len(prompt)} tokens) and one step ({len(current) + reserve}) exceed the "
-                             f"sequence length {self.seq_len}; use a shorter prompt")
-        while history and sum(len(h) for h in history) > budget:
-            history.popleft()  # drop the oldest step; the prompt stays
-        return concat_rows([prompt, *history, current])
+    def step_template(self, obs) -> Row:
+        """The timestep with placeholder actions: the converter's columns for every action token;
+        only the sampled ids are put in."""
+        zeros = {f.name: np.zeros((1, *f.shape), np.int64 if f.kind == "discrete" else np.float32)
+                 for f in self.spec.actions}
+        return build_episode(self._fields(obs), zeros, self.spec, self.layout, self.text_tokenizer)
 
-    def act(self, observations: Sequence, prompts: Sequence[Row], histories: Sequence[deque],
+    def fit(self, ep: EpisodeContext, step_tokens: int) -> None:
+        """Drop the oldest steps until prompt + history + a step of `step_tokens` fits seq_len."""
+        budget = self.seq_len - len(ep.prompt) - step_tokens
+        if budget < 0:
+            raise ValueError(f"prompt ({len(ep.prompt)} tokens) and one step ({step_tokens}) exceed the "
+                             f"sequence length {self.seq_len}; use a shorter prompt")
+        used = sum(len(h) for h in ep.history)
+        if used > budget:
+            target = max(0, budget - int(self.seq_len * self.trim))
+            while ep.history and used > target:
+                used -= len(ep.history.popleft())
+            ep.trimmed = True
+
+    def context(self, ep: EpisodeContext, current: Row) -> Row:
+        return concat_rows([ep.prompt, *ep.history, current])
+
+    def act(self, observations: Sequence, episodes: Sequence[EpisodeContext],
             slots: Sequence[Sequence[ActionSlot]]) -> list[dict]:
-        """Sample every action token of one step for each environment; returns field values."""
+        """Sample every action token of one step for each environment; returns field values and
+        appends the played step to each episode's history."""
         n_act = len(slots[0])
-        # the last action token is predicted from everything before it: that context must fit seq_len
-        bases = [self.context(p, h, self.observe(o), reserve=n_act - 1)
-                 for o, p, h in zip(observations, prompts, histories)]
+        templates = [self.step_template(o) for o in observations]
+        n_obs = [len(t) - n_act for t in templates]  # text observations differ in length between episodes
+        currents = [slice_tokens(t, 0, n) for t, n in zip(templates, n_obs)]
+        for ep, t in zip(episodes, templates):
+            # the last action token is predicted from everything before it: that context must fit
+            self.fit(ep, len(t) - 1)
+        contexts = [self.context(ep, c) for ep, c in zip(episodes, currents)]
+        ids = [id(ep) for ep in episodes]
+        restart = self.decoder is None or any(ep.trimmed for ep in episodes) or not set(ids) <= set(self._rows)
+        if restart:
+            self.decoder = Decoder(self.model, self.cache)
+            logits = self.decoder.start(contexts)
+            for ep in episodes:
+                ep.trimmed = False
+        else:
+            self.decoder.keep([self._rows.index(i) for i in ids])
+            logits = self.decoder.extend([slice_tokens(c, n) for c, n in zip(contexts, self.decoder.lengths)])
+        self._rows = ids
         chosen = np.zeros((len(observations), n_act), np.int64)
         for j in range(n_act):
-            ctx = bases if j == 0 else [concat_rows([b, _action_row(chosen[i, :j], self.spec, self.layout)])
-                                        for i, b in enumerate(bases)]
-            logits = next_token_logits(self.model, ctx)
+            if j:
+                logits = self.decoder.extend([slice_tokens(t, n + j - 1, n + j) for t, n in zip(templates, n_obs)])
             chosen[:, j] = sample_in_ranges(logits, [(s[j].lo, s[j].hi) for s in slots], self.temperature,
-                                            self.generator)
+                                            self.generator, self.top_k)
+            for t, n, c in zip(templates, n_obs, chosen[:, j]):
+                t.tokens[n + j] = c
+        for ep, t in zip(episodes, templates):
+            ep.history.append(t)
         return [decode_actions(chosen[i], self.spec, self.layout) for i in range(len(observations))]
-
-
-def slice_tokens(row: Row, n: int) -> Row:
-    """The first n tokens of a context row (with their patches)."""
-    _, k = patch_span(row.tokens, 0, n)
-    return Row(row.tokens[:n], row.loss_mask[:n], row.local_pos[:n], row.modality[:n],
-               patches=row.patches[:k], patch_pos=row.patch_pos[:k])
-
-
-def _action_row(ids: np.ndarray, spec: EpisodeSpec, layout: VocabLayout) -> Row:
-    """Already sampled action tokens of the current step, with the converter's per-token columns."""
-    n = len(ids)
-    kinds = [f.kind for f in spec.actions for _ in range(f.size)][:n]
-    modality = np.array([DISCRETE if k == "discrete" else CONTINUOUS for k in kinds], np.uint8)
-    pos = layout.local_positions - 1 if spec.action_local_pos else NO_POSITION
-    return Row(ids.astype(np.int32), np.ones(n, np.uint8), np.full(n, pos, np.int16), modality)
 
 
 def run_episodes(agent: Agent, make_env: Callable[[], object], episodes: int, prompt_rows: Sequence[Row],
                  prompt_tokens: int, prompt_mode: str = "end", seed: int = 0, max_steps: int | None = None,
-                 progress: bool = False) -> list[EpisodeResult]:
+                 progress: bool = False, desc: str = "acting") -> list[EpisodeResult]:
     """Play `episodes` episodes side by side; each gets its own demonstration prompt."""
     rng = np.random.default_rng(seed)
     envs = [make_env() for _ in range(episodes)]
     slots = [action_slots(agent.spec, agent.layout, e.action_space) for e in envs]
-    prompts = [prompt_window(prompt_rows[int(rng.integers(len(prompt_rows)))], prompt_tokens, prompt_mode, rng)
-               if len(prompt_rows) else concat_rows([]) for _ in envs]
+    contexts = [EpisodeContext(prompt_window(prompt_rows[int(rng.integers(len(prompt_rows)))], prompt_tokens,
+                                             prompt_mode, rng) if len(prompt_rows) else concat_rows([]))
+                for _ in envs]
     obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
-    histories = [deque() for _ in envs]
     returns, steps = np.zeros(episodes), np.zeros(episodes, np.int64)
     active = list(range(episodes))
+    limit = max_steps or getattr(envs[0].spec, "max_episode_steps", None)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(desc="acting", unit="step", leave=False)
-    while active:
-        values = agent.act([obs[i] for i in active], [prompts[i] for i in active], [histories[i] for i in active],
-                           [slots[i] for i in active])
-        still = []
-        for i, v in zip(active, values):
-            histories[i].append(agent.step_row(obs[i], v))
-            obs[i], r, term, trunc, _ = envs[i].step(env_action(v, agent.spec, envs[i].action_space))
-            returns[i] += float(r)
-            steps[i] += 1
-            if not (term or trunc or (max_steps is not None and steps[i] >= max_steps)):
-                still.append(i)
-        active = still
+        bar = tqdm(total=limit * episodes if limit else None, desc=desc, unit="env-step", leave=False,
+                   dynamic_ncols=True)
+    try:
+        while active:
+            values = agent.act([obs[i] for i in active], [contexts[i] for i in active], [slots[i] for i in active])
+            still = []
+            for i, v in zip(active, values):
+                obs[i], r, term, trunc, _ = envs[i].step(env_action(v, agent.spec, envs[i].action_space))
+                returns[i] += float(r)
+                steps[i] += 1
+                if not (term or trunc or (max_steps is not None and steps[i] >= max_steps)):
+                    still.append(i)
+                elif bar is not None and limit:
+                    bar.update(max(0, limit - int(steps[i])))  # an early end: its unplayed steps are done too
+            if bar is not None:
+                bar.update(len(active))
+                bar.set_postfix(running=len(still), mean_return=f"{returns.mean():.1f}")
+            active = still
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    for e in envs:
-        e.close()
+            bar.close()
+        for e in envs:
+            e.close()
     return [EpisodeResult(float(r), int(s)) for r, s in zip(returns, steps)]
 
 
-def random_returns(make_env: Callable[[], object], episodes: int, seed: int = 0) -> list[float]:
-    """Returns of a uniformly random policy: the floor an agent must clearly beat."""
-    out = []
-    for i in range(episodes):
-        env = make_env()
-        env.action_space.seed(seed + i)
-        env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total += float(r)
-            done = term or trunc
-        env.close()
-        out.append(total)
-    return out
-
-
-def make_env_fn(env_id: str, rescale_actions: bool = False) -> Callable[[], object]:
-    """A factory for `env_id`; `rescale_actions` maps Box actions to [-1, 1] (SPEC 2 assumes actions
-    there), the same wrapper the demonstrations must have been recorded with."""
-    import gymnasium as gym
-
-    def make():
-        env = gym.make(env_id)
-        if rescale_actions and isinstance(env.action_space, gym.spaces.Box):
-            env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
-        return env
-    return make
-
-
-# --- text generation (captions) -------------------------------------------------------------------
-
-@torch.inference_mode()
-def generate_text(model, layout: VocabLayout, contexts: Sequence[Row], max_new_tokens: int = 16,
-                  temperature: float = 0.0, seed: int = 0) -> list[np.ndarray]:
-    """Continue each context with text ids (restricted to the text range) until end-of-text."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = layout.id_range(TEXT)
-    out = [[] for _ in contexts]
-    live = list(range(len(contexts)))
-    ctx = list(contexts)
-    for _ in range(max_new_tokens):
-        if not live:
-            break
-        ids = sample_in_ranges(next_token_logits(model, [ctx[i] for i in live]), [(lo, hi)] * len(live),
-                               temperature, g)
-        still = []
-        for i, t in zip(live, ids):
-            if int(t) == layout.eos_id:
-                continue
-            out[i].append(int(t))
-            ctx[i] = concat_rows([ctx[i], Row(np.array([t], np.int32), np.ones(1, np.uint8),
-                                              np.full(1, NO_POSITION, np.int16), np.full(1, TEXT, np.uint8))])
-            still.append(i)
-        live = still
-    return [np.asarray(o, np.int32) for o in out]
-
+# --- captions ------------------------------------------------------------------------------------
 
 def image_context(image, layout: VocabLayout, policy: str = "resize", size: tuple[int, int] | None = None) -> Row:
     """The image part of an image-caption row, as the captions converter writes it (caption left off)."""
     row = build_caption_row(image, np.zeros(0, np.int32), layout, policy, size)
     n = int(np.count_nonzero(row.modality == IMAGE))
-    return slice_tokens(row, n)
+    return slice_tokens(row, 0, n)
 
 
 # --- shard directories as prompt sources ------------------------------------------------------------
@@ -405,11 +320,25 @@ class Demonstrations:
     returns: np.ndarray
     task: str
     text_tokenizer: object = None
-    frame_modes: dict = field(default_factory=dict)  # Manifest.frame_modes()
+    steps: np.ndarray | None = None  # each episode's number of steps
+    manifest: object = None
+
+    def returns_within(self, horizon: int | None) -> tuple[np.ndarray, bool]:
+        """The episodes' returns over the first `horizon` steps, and whether that is exact.
+
+        Shards keep each episode's return, not its rewards: an episode no longer than the horizon
+        is exact, a longer one is scaled by horizon / its length (exact for a constant reward per
+        step, an estimate otherwise) rather than compared whole with a shorter agent episode.
+        """
+        if horizon is None or self.steps is None or (self.steps <= horizon).all():
+            return self.returns, True
+        scale = np.minimum(1.0, horizon / np.maximum(self.steps, 1))
+        return self.returns * scale, False
 
 
 def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None = None) -> Demonstrations:
-    """Episodes (and their returns) of `task` (default: the directory's only task)."""
+    """Episodes (and their returns) of `task` (default: the directory's only task), from a local
+    directory or a URL, through the one shard reader."""
     import pyarrow.compute as pc
 
     from schemas.reader import ShardDir
@@ -418,7 +347,7 @@ def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None
     d = ShardDir.open(shard_dir)
     if d.manifest is None or not d.manifest.episode_spec:
         raise ValueError(f"{shard_dir}: not an RL shard directory (its manifest has no episode_spec)")
-    rows, returns, tasks = [], [], set()
+    rows, returns, steps, tasks = [], [], [], set()
     for i in range(len(d.shards)):
         table = d.table(i)
         names = table.column("task")
@@ -428,6 +357,7 @@ def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None
         for j in keep:
             rows.append(row_from_table(table, int(j)))
             returns.append(table.column("episode_return")[int(j)].as_py())
+            steps.append(table.column("num_steps")[int(j)].as_py())
             if max_rows is not None and len(rows) >= max_rows:
                 break
     if task is None and len(tasks) > 1:
@@ -436,94 +366,4 @@ def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None
         raise ValueError(f"{shard_dir}: no episodes" + (f" of task {task!r}" if task else ""))
     return Demonstrations(EpisodeSpec.from_dict(d.manifest.episode_spec), d.layout, rows,
                           np.asarray(returns, np.float64), task or next(iter(tasks)), d.text_tokenizer(),
-                          d.manifest.frame_modes())
-
-
-# --- command line --------------------------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gato-train rollout", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="training run directory (as written by gato-train --out)")
-    p.add_argument("--data", required=True, help="RL shard directory of the task: its EpisodeSpec, prompts, "
-                                                 "and the demonstrations' return")
-    p.add_argument("--env", required=True, help="Gymnasium environment id, e.g. CartPole-v1")
-    p.add_argument("--task", default=None, help="task name inside --data when it holds several")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seq-len", type=int, default=None, help="context length (default: the training run's --seq-len)")
-    p.add_argument("--prompt", choices=PROMPT_MODES, default="end",
-                   help="demonstration prompt: the end of an expert episode, a random window, or none")
-    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default: the training run's, seq_len / 4)")
-    p.add_argument("--rescale-actions", action="store_true",
-                   help="wrap Box action spaces to [-1, 1] (use when the demonstrations were recorded so)")
-    p.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
-    p.add_argument("--random-baseline", action="store_true", help="also report a random policy's return")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice); acting "
-                                                          "runs small batches, where 1 thread is often fastest")
-    return p
-
-
-def training_args(checkpoint) -> dict:
-    """The options the run was trained with (seq_len, prompt_len...): its config.json, else the checkpoint."""
-    import json
-
-    from .checkpoint import checkpoint_path, read_checkpoint
-
-    cfg = checkpoint_path(checkpoint).parent / "config.json"
-    try:
-        return dict(json.loads(cfg.read_text()).get("train") or {})
-    except (OSError, ValueError, AttributeError):
-        return dict(read_checkpoint(checkpoint).get("args") or {})
-
-
-def format_returns(x) -> str:
-    x = np.asarray(x, np.float64)
-    return f"{x.mean():.1f} +/- {x.std():.1f} (n={len(x)})"
-
-
-def rollout(args: argparse.Namespace) -> dict:
-    from .checkpoint import load_model
-
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
-    model, layout, config = load_model(args.checkpoint, map_location=args.device)
-    model.eval()
-    demos = load_demonstrations(args.data, args.task)
-    demos.layout.check_same(layout, f"shards {args.data}", "checkpoint")
-    trained = training_args(args.checkpoint)
-    seq_len = int(args.seq_len or getattr(config, "seq_len", None) or trained.get("seq_len") or 1024)
-    agent = Agent(model, layout, demos.spec, seq_len, args.temperature, demos.text_tokenizer, args.seed,
-                  demos.frame_modes)
-    make_env = make_env_fn(args.env, args.rescale_actions)
-    prompt_tokens = args.prompt_tokens or trained.get("prompt_len") or seq_len // 4  # as in training
-    results = run_episodes(agent, make_env, args.episodes, demos.rows, prompt_tokens, args.prompt, args.seed,
-                           args.max_steps, progress=sys.stderr.isatty())
-    report = {"env": args.env, "task": demos.task, "agent": [r.ret for r in results],
-              "demonstrations": demos.returns.tolist()}
-    if args.random_baseline:
-        report["random"] = random_returns(make_env, args.episodes, args.seed)
-    return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.episodes < 1:
-        print("gato-train rollout: --episodes must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        report = rollout(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"gato-train rollout: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 1
-    print(f"{report['env']} (task {report['task']})")
-    print(f"  agent          {format_returns(report['agent'])}")
-    print(f"  demonstrations {format_returns(report['demonstrations'])}")
-    if "random" in report:
-        print(f"  random policy  {format_returns(report['random'])}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                          np.asarray(steps, np.int64), d.manifest)

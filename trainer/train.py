@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .checkpoint import CHECKPOINT_NAME, CHECKPOINT_VERSION, read_checkpoint, save_checkpoint
 from .model import PRESETS, GatoConfig, GatoModel
+from .report import plot_metrics, summary  # noqa: F401 (plot_metrics: part of this module's interface)
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
@@ -71,6 +72,7 @@ class TrainArgs:
     progress: bool = True
     cache_dir: str | None = None  # remote shards and a remote run's staging copy (default ~/.cache/gato-kit)
     cache_limit: int | None = None  # bytes of cached shards kept (least recently used go first)
+    init_from: str | None = None  # another run whose weights (and model config) a new run starts from
 
     def resolve(self) -> "TrainArgs":
         if self.preset not in PRESETS:
@@ -186,8 +188,9 @@ class Trainer:
         from .data import build_loader  # the streaming loader (trainer/data.py)
 
         layout = None
-        if ckpt is not None:
-            layout = GatoConfig.from_dict(ckpt["config"]).vocab_layout
+        init = read_checkpoint(args.init_from, map_location="cpu") if ckpt is None and args.init_from else None
+        if ckpt is not None or init is not None:
+            layout = GatoConfig.from_dict((ckpt or init)["config"]).vocab_layout
         self.loader = build_loader(args.data, args.seq_len, args.batch_size, seed=args.seed,
                                    num_workers=args.num_workers, rank=self.d.rank, world_size=self.d.world,
                                    training=True, prompt_prob=args.prompt_prob, layout=layout, cache=self.cache)
@@ -196,10 +199,16 @@ class Trainer:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
         check_fits(self.loader.sources, args.seq_len)
         self.tasks = list(self.loader.tasks)
-        config = (GatoConfig.from_dict(ckpt["config"]) if ckpt is not None
-                  else GatoConfig.from_preset(args.preset, self.layout, seq_len=args.seq_len))
+        if ckpt is not None:
+            config = GatoConfig.from_dict(ckpt["config"])
+        elif init is not None:  # fine-tuning: the other run's model, at this run's context length
+            config = GatoConfig.from_dict(init["config"] | {"seq_len": args.seq_len})
+        else:
+            config = GatoConfig.from_preset(args.preset, self.layout, seq_len=args.seq_len)
         self.config = config
         self.model = GatoModel(config).to(self.device)
+        if init is not None:
+            self.model.load_state_dict(init["model"])
         self.opt = torch.optim.AdamW(self.model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95),
                                      eps=1e-8, fused=self.device.type == "cuda")
         self.step = 0
@@ -392,6 +401,8 @@ class Trainer:
         self.model.train()
         self._it = iter(self.loader)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.d.main and self.step > 0:
+            print(f"gato-train: resumed from step {self.step} of {args.steps} in {self.out}", file=sys.stderr)
         bar = None
         if self.d.main and args.progress:
             from tqdm import tqdm
@@ -411,6 +422,7 @@ class Trainer:
                 if self.step % args.log_every == 0 or last or do_eval:
                     dt = time.perf_counter() - t0
                     rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
+                    rec["tokens"] = tokens
                     t0, tokens = time.perf_counter(), 0.0
                     for name, ts, tc in zip(self.tasks, task_sums, task_counts, strict=True):
                         rec[f"target_tokens/{name}"] = int(tc)  # since the last record
@@ -441,6 +453,7 @@ class Trainer:
         if self.d.main:
             plot_metrics(self.out / METRICS_NAME, self.out / PLOT_NAME)
             self.store.push()
+            print(summary(self.out / METRICS_NAME, self.out / CHECKPOINT_NAME, self.tasks))
         return 0
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -457,33 +470,6 @@ def check_fits(sources, seq_len: int) -> None:
             raise UsageError(f"{src.path}: row {row}{f' ({source_id})' if source_id else ''} has a {what} of "
                              f"{tokens} tokens, more than --seq-len {seq_len}: no sequence could hold it whole; "
                              f"use --seq-len {tokens} or more, or convert with fewer tokens per {what}")
-
-
-def plot_metrics(metrics: Path, out: Path) -> Path | None:
-    """Training loss (and eval loss where present) against step, as a PNG (matplotlib Agg)."""
-    if not metrics.is_file():
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = [r for r in (json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip())
-            if r.get("loss") is not None]  # steps without targets have no loss to draw
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label="train loss")
-    ev = [r for r in recs if "eval_loss" in r]
-    if ev:
-        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy per target token")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
 
 
 def train(args: TrainArgs) -> int:

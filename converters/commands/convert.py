@@ -34,21 +34,13 @@ def _kind_module(kind: str):
 
 def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     from converters.writer import parse_size
+    from tokenizer_kit.argtypes import positive_int as positive
 
     def size(text: str) -> int:
         try:
             return parse_size(text)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-
-    def positive(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-        return n
 
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files or directories")
     p.add_argument("--out", required=True, metavar="DIR", help="shard directory to write (created if missing)")

@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from converters.base import SourceError
+from tokenizer_kit.fields import field_name
 
 from . import FieldInfo, RawEpisode, guess_kind
 
@@ -65,10 +66,10 @@ def space_fields(space, prefix: str, out: dict[str, FieldInfo]) -> dict[str, Fie
     from gymnasium import spaces
     if isinstance(space, spaces.Dict):
         for key, sub in space.spaces.items():
-            space_fields(sub, f"{prefix}/{key}", out)
+            space_fields(sub, field_name(prefix, key), out)
     elif isinstance(space, spaces.Tuple):
         for i, sub in enumerate(space.spaces):
-            space_fields(sub, f"{prefix}/{i}", out)
+            space_fields(sub, field_name(prefix, i), out)
     elif isinstance(space, spaces.Box):
         kind = guess_kind(space.dtype, tuple(space.shape))
         low, high = np.asarray(space.low, np.float64).ravel(), np.asarray(space.high, np.float64).ravel()
@@ -89,10 +90,10 @@ def _flatten(space, value, prefix: str, out: dict) -> dict:
     from gymnasium import spaces
     if isinstance(space, spaces.Dict):
         for key, sub in space.spaces.items():
-            _flatten(sub, value[key], f"{prefix}/{key}", out)
+            _flatten(sub, value[key], field_name(prefix, key), out)
     elif isinstance(space, spaces.Tuple):
         for i, sub in enumerate(space.spaces):
-            _flatten(sub, value[i], f"{prefix}/{i}", out)
+            _flatten(sub, value[i], field_name(prefix, i), out)
     else:
         out[prefix] = value
     return out

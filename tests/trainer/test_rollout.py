@@ -12,8 +12,8 @@ import torch
 
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, SEPARATOR, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
-from trainer.rollout import (Agent, action_slots, concat_rows, decode_actions, prompt_window, run_episodes,
-                             sample_in_ranges, slice_steps)
+from trainer.rollout import (Agent, EpisodeContext, action_slots, concat_rows, decode_actions, prompt_window,
+                             run_episodes, sample_in_ranges, slice_steps)
 
 LAYOUT = VocabLayout(text_vocab_size=1000, eos_id=2)
 CARTPOLE = EpisodeSpec((FieldSpec("obs", "continuous", (4,)),), (FieldSpec("action", "discrete", ()),))
@@ -42,7 +42,7 @@ class AdversarialModel(torch.nn.Module):
 
 
 def _run(spec, env_id, model, steps=5, temperature=0.0, rescale=False):
-    from trainer.rollout import make_env_fn
+    from trainer.envs import make_env_fn
     agent = Agent(model, LAYOUT, spec, seq_len=64, temperature=temperature)
     return agent, run_episodes(agent, make_env_fn(env_id, rescale), 2, [], 0, "none", max_steps=steps)
 
@@ -75,7 +75,7 @@ def test_discrete_actions_are_restricted_to_the_action_space():
     # greedy: the favoured legal value 1, despite the separator and discrete 7 scoring far higher
     agent = Agent(model, LAYOUT, CARTPOLE, seq_len=64)
     obs = [np.zeros(4, np.float32)] * 3
-    acts = agent.act(obs, [concat_rows([])] * 3, [deque() for _ in obs], [slots] * 3)
+    acts = agent.act(obs, [EpisodeContext(concat_rows([])) for _ in obs], [slots] * 3)
     assert [int(a["action"]) for a in acts] == [1, 1, 1]
 
 
@@ -85,7 +85,7 @@ def test_continuous_actions_are_bins_decoded_without_mu_law():
     agent = Agent(model, LAYOUT, PENDULUM, seq_len=64)
     slots = action_slots(PENDULUM, LAYOUT, gym.spaces.Box(-1, 1, (1,)))
     assert [(s.lo, s.hi) for s in slots] == [(lo, hi)]
-    acts = agent.act([np.array([1.0, 0.0, 0.0], np.float32)], [concat_rows([])], [deque()], [slots])
+    acts = agent.act([np.array([1.0, 0.0, 0.0], np.float32)], [EpisodeContext(concat_rows([]))], [slots])
     assert acts[0]["action"].shape == (1,)
     assert abs(float(acts[0]["action"][0]) - 0.25) <= 1.0 / 1024  # bin centre of 0.25, no companding
     assert decode_actions(np.array([lo]), PENDULUM, LAYOUT)["action"][0] == pytest.approx(-1 + 1 / 1024)
@@ -120,14 +120,19 @@ def test_context_keeps_the_prompt_and_drops_the_oldest_steps():
             for t in range(20)]
     prompt = concat_rows(rows[:2])
     agent = Agent(None, LAYOUT, CARTPOLE, seq_len=40)
-    history = deque(rows[2:19])
-    ctx = agent.context(prompt, history, rows[19])
-    assert len(ctx) <= 40
+    ep = EpisodeContext(prompt, deque(rows[2:19]), trimmed=False)
+    agent.fit(ep, 6)
+    ctx = agent.context(ep, rows[19])
+    assert len(ctx) <= 40 and ep.trimmed
     np.testing.assert_array_equal(ctx.tokens[:len(prompt)], prompt.tokens)  # prompt first, whole
     np.testing.assert_array_equal(ctx.tokens[-6:], rows[19].tokens)  # current step last
-    kept = (40 - len(prompt) - 6) // 6
-    assert len(history) == kept
-    np.testing.assert_array_equal(ctx.tokens[len(prompt):len(prompt) + 6], rows[19 - kept].tokens)
+    # 40 - 12 prompt - 6 current leaves 22 tokens; trimmed a quarter of seq_len further (to 12): 2 steps
+    assert len(ep.history) == 2
+    np.testing.assert_array_equal(ctx.tokens[len(prompt):len(prompt) + 6], rows[17].tokens)
+    before = list(ep.history)
+    ep.trimmed = False
+    agent.fit(ep, 6)  # fits: nothing dropped, the cache may carry on
+    assert list(ep.history) == before and not ep.trimmed
 
 
 def test_prompt_window_takes_whole_steps():
@@ -137,7 +142,10 @@ def test_prompt_window_takes_whole_steps():
     assert len(end) == 18  # 3 whole steps of 6 tokens
     np.testing.assert_array_equal(end.tokens, episode.tokens[-18:])
     win = prompt_window(episode, 20, "window", np.random.default_rng(1))
-    assert len(win) == 18 and win.modality[0] == CONTINUOUS and win.modality[-1] == DISCRETE
+    # as the loader's training prompts: 20 tokens from a timestep boundary
+    assert len(win) == 20 and win.modality[0] == CONTINUOUS
+    start = int(np.flatnonzero([(episode.tokens[s:s + 20] == win.tokens).all() for s in range(0, 160, 6)])[0]) * 6
+    np.testing.assert_array_equal(win.tokens, episode.tokens[start:start + 20])
     np.testing.assert_array_equal(slice_steps(episode, 2, 4).tokens, episode.tokens[12:24])
     assert len(prompt_window(episode, 20, "none")) == 0
 
@@ -151,7 +159,8 @@ def test_acting_tokens_equal_what_the_rl_converter_wrote(env_id, tmp_path, monke
     from converters.cli import main as tokenize_main
     from schemas.reader import ShardDir
     from schemas.shard import row_from_table
-    from trainer.rollout import load_demonstrations, make_env_fn
+    from trainer.envs import make_env_fn
+    from trainer.rollout import load_demonstrations
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     env = make_env_fn(env_id, rescale_actions=True)()
@@ -208,8 +217,11 @@ def test_multi_token_actions_keep_every_context_within_seq_len():
     model = Recording(LAYOUT, favourite=lo + 4)  # legal for the second slot only
     agent = Agent(model, LAYOUT, spec, seq_len=23)  # a step is 3 + 1 + 2 = 6 tokens
     rows = [agent.step_row(np.full(3, t, np.float32), {"action": np.array([t % 3, 4])}) for t in range(6)]
-    history = deque(rows)
-    acts = agent.act([np.zeros(3, np.float32)], [concat_rows(rows[:1])], [history], [slots])
+    ep = EpisodeContext(concat_rows(rows[:1]), deque(rows))
+    acts = agent.act([np.zeros(3, np.float32)], [ep], [slots])
     assert acts[0]["action"].tolist() == [0, 4]  # slot 0 may not take 4: the best legal value there is 0
     assert max(model.lengths) - 1 <= 23 and len(model.lengths) == 2
-    assert len(history) == 2  # 6 prompt + 2 x 6 history + 4 current + 1 pending action = 23
+    # 23 - 6 prompt - 5 (current + 1 pending action) leaves 12; trimmed to 12 - 23 // 4 = 7: one step,
+    # then the played step is appended
+    assert len(ep.history) == 2
+    np.testing.assert_array_equal(ep.history[-1].tokens[-2:], [lo + 0, lo + 4])

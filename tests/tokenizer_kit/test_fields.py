@@ -1,0 +1,28 @@
+"""Nested observations as flat fields, and the shared argument types."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from tokenizer_kit.argtypes import nonnegative_float, positive_int, probability
+from tokenizer_kit.fields import field_name, flatten_value
+
+
+def test_nested_values_are_named_obs_key_sub_and_index():
+    value = {"image": np.zeros(2), "pos": ({"x": 1}, 2.0), "mission": "go"}
+    flat = flatten_value(value, "obs")
+    assert sorted(flat) == ["obs/image", "obs/mission", "obs/pos/0/x", "obs/pos/1"]
+    assert flat["obs/pos/0/x"] == 1 and field_name("action", "turn") == "action/turn"
+    arr = np.ones(3)
+    assert flatten_value(arr, "obs")["obs"] is arr  # a plain array is the field itself
+
+
+def test_argument_types_reject_with_one_line():
+    assert positive_int("3") == 3 and probability("0.5") == 0.5 and nonnegative_float("0") == 0.0
+    for fn, bad in ((positive_int, "0"), (positive_int, "x"), (probability, "1.5"), (nonnegative_float, "-1"),
+                    (nonnegative_float, "nan")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            fn(bad)

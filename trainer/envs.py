@@ -1,0 +1,112 @@
+"""Environments for acting: any id an installed package registers, wrapped as the data was recorded.
+
+Gymnasium knows only its own ids until a plugin is imported: `ALE/Breakout-v5` exists once ale-py
+is, `BabyAI-GoToLocal-v0` once minigrid is. `make_env_fn` tries the id as typed, then with every
+installed plugin registered, and fails with one line naming what it tried.
+
+The wrappers the demonstrations were recorded through must wrap the acting environment too, or
+the agent sees other observations and its actions mean other things: `EnvWrappers` says which
+(frame stacking, actions rescaled to [-1, 1]); `EnvWrappers.from_manifest` reads them from a
+shard directory's manifest where the converter recorded them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+# Packages whose import (or `gymnasium.register_envs(module)`) registers environment ids.
+PLUGINS = ("ale_py", "minigrid", "shimmy", "gymnasium_robotics", "metaworld", "highway_env")
+
+
+class UnknownEnvError(ValueError):
+    """An environment id no installed package registers."""
+
+
+@dataclass(frozen=True)
+class EnvWrappers:
+    """How the recorded environment was wrapped: actions rescaled from [-1, 1], frames stacked."""
+
+    rescale_actions: bool = False
+    frame_stack: int = 1
+
+    @classmethod
+    def from_manifest(cls, manifest, rescale_actions: bool = False) -> "EnvWrappers":
+        """The wrappers the recorded data implies. A stacked observation field (its `frame_stack`
+        in the episode spec) means the environment's frames are stacked to that depth where the
+        environment does not stack them itself. Actions rescaled from declared bounds need no
+        wrapper: the agent maps them back to the environment's units (tokenizer_kit's
+        decode_actions); `rescale_actions` is for data recorded through gymnasium's RescaleAction."""
+        from tokenizer_kit.sequence import EpisodeSpec
+
+        spec = EpisodeSpec.from_dict(manifest.episode_spec) if manifest is not None and manifest.episode_spec else None
+        stacks = [f.frame_stack for f in spec.observations if f.frame_stack is not None] if spec else []
+        return cls(rescale_actions, stacks[0].depth if stacks else 1)
+
+
+def _register_plugins() -> tuple[list[str], list[str]]:
+    """Import every installed plugin so its ids are registered; (registered, not installed)."""
+    import gymnasium as gym
+
+    done, missing = [], []
+    for name in PLUGINS:
+        if importlib.util.find_spec(name) is None:
+            missing.append(name)
+            continue
+        try:
+            module = importlib.import_module(name)
+            gym.register_envs(module)
+            done.append(name)
+        except Exception:  # a broken plugin must not hide the others
+            missing.append(name)
+    return done, missing
+
+
+def resolve_env_id(env_id: str) -> str:
+    """`env_id` as gymnasium will find it, registering installed plugins when it is not yet known."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import registry
+
+    if env_id in registry or ":" in env_id:
+        return env_id
+    done, missing = _register_plugins()
+    if env_id in registry:
+        return env_id
+    try:
+        gym.spec(env_id)  # versionless or near spellings: gymnasium's own message says which
+        return env_id
+    except gym.error.Error as e:
+        hint = str(e).splitlines()[0] if str(e) else ""
+        raise UnknownEnvError(
+            f"unknown environment {env_id!r}: not registered by gymnasium or the installed plugins "
+            f"({', '.join(done) or 'none'}); not installed: {', '.join(missing) or 'none'}"
+            + (f" ({hint})" if "provides" in hint or "Did you mean" in hint else "")) from None
+
+
+def _stacks_itself(space, depth: int) -> bool:
+    """Whether observations already hold `depth` frames (channel-first or channel-last)."""
+    shape = getattr(space, "shape", None) or ()
+    return len(shape) == 3 and depth in (shape[0], shape[-1])
+
+
+def make_env_fn(env_id: str, rescale_actions: bool = False, frame_stack: int = 1,
+                wrappers: EnvWrappers | None = None) -> Callable[[], object]:
+    """A factory for `env_id` wrapped as recorded: Box actions from [-1, 1] (SPEC 2 assumes actions
+    there), the last `frame_stack` observations stacked."""
+    import gymnasium as gym
+
+    wrappers = wrappers or EnvWrappers(rescale_actions, frame_stack)
+    env_id = resolve_env_id(env_id)
+
+    def make():
+        env = gym.make(env_id)
+        if wrappers.rescale_actions and isinstance(env.action_space, gym.spaces.Box):
+            env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
+        if wrappers.frame_stack > 1 and not _stacks_itself(env.observation_space, wrappers.frame_stack):
+            env = gym.wrappers.FrameStackObservation(env, wrappers.frame_stack)
+        return env
+    return make

@@ -1,0 +1,74 @@
+"""What a training run tells its user: the loss plot (one line per task) and the closing summary.
+
+Both read RUN/metrics.jsonl, the one record of the run, so they describe a resumed run whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def read_metrics(metrics: Path) -> list[dict]:
+    if not metrics.is_file():
+        return []
+    return [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+
+
+def plot_metrics(metrics: Path, out: Path) -> Path | None:
+    """Loss per task against step, log scale (the mixed loss alone hides the tasks: text targets
+    outnumber action targets in any batch holding a document), the mixed training loss, and eval
+    losses as dots. A PNG via matplotlib's Agg backend, written atomically."""
+    recs = [r for r in read_metrics(metrics) if r.get("loss") is not None]  # steps without targets: no loss
+    if not recs:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], color="k", lw=1.5, alpha=0.5, label="train (all)")
+    tasks = sorted({k[5:] for r in recs for k in r if k.startswith("loss/")})
+    for i, name in enumerate(tasks):
+        pts = [(r["step"], r["loss/" + name]) for r in recs if "loss/" + name in r]
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=name)
+        ev = [(r["step"], r["eval_loss/" + name]) for r in recs if "eval_loss/" + name in r]
+        if ev:
+            ax.plot([p[0] for p in ev], [p[1] for p in ev], "o", color=line.get_color(), ms=5)
+    ev = [(r["step"], r["eval_loss"]) for r in recs if "eval_loss" in r]
+    if ev:
+        ax.plot([p[0] for p in ev], [p[1] for p in ev], "ko", ms=6, label="eval (dots)")
+    if all(r["loss"] > 0 for r in recs):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy per target token")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def summary(metrics: Path, checkpoint: Path, tasks: list[str]) -> str:
+    """Steps, tokens seen, the last train and eval loss per task, and where the checkpoint is."""
+    every = read_metrics(metrics)
+    recs = [r for r in every if r.get("loss") is not None]  # steps without targets have no loss
+    if not recs:
+        return f"gato-train: done; checkpoint {checkpoint}"
+    last = recs[-1]
+    tokens = sum(r.get("tokens", 0.0) for r in every)
+    lines = [f"gato-train: {last['step']} steps, {tokens / 1e6:.2f} M tokens, final loss {last['loss']:.4f}"
+             + (f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")]
+    width = max([len(t) for t in tasks] + [4])
+    lines.append(f"  {'task':<{width}}  {'train loss':>10}  {'eval loss':>10}")
+    for t in tasks:
+        train = next((r["loss/" + t] for r in reversed(recs) if "loss/" + t in r), None)
+        ev = next((r["eval_loss/" + t] for r in reversed(recs) if "eval_loss/" + t in r), None)
+        lines.append(f"  {t:<{width}}  {'-' if train is None else f'{train:.4f}':>10}  "
+                     f"{'-' if ev is None else f'{ev:.4f}':>10}")
+    lines.append(f"  checkpoint: {checkpoint}")
+    return "\n".join(lines)
