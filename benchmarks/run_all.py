@@ -77,7 +77,7 @@ def fmt(x) -> str:
 
 
 def machine_lines() -> list[str]:
-    import numpy, pyarrow, sentencepiece, PIL, torch  # noqa: E401 - versions for the report
+    import numpy, pyarrow, sentencepiece, PIL, torch  # noqa: E401 - versions for BENCHMARKS.md
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):

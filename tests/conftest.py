@@ -76,7 +76,8 @@ def _pong_frames(steps: int, rng, size: int = 32):
 
 def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *, rows_per_shard: int = 2,
                     episode_spec=None, returns=None, tokenizer_path=None, options=None, field_errors=None):
-    """Write rows as shards + manifest the way SPEC 7 says (until the real writer is used)."""
+    """Write rows as shards + manifest the way docs/SPEC.md section 7 says, without the converters' writer,
+    so readers' tests depend only on tokenizer_kit and schemas."""
     import shutil
     from pathlib import Path
 
@@ -99,7 +100,7 @@ def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *,
         infos.append(ShardInfo(name, len(rows[sl]), int(sum(len(r) for r in rows[sl])), size,
                                file_sha256(out / name)))
     mods = np.bincount(np.concatenate([r.modality for r in rows]), minlength=5)
-    stats = {"rows": len(rows), "tokens": int(mods.sum()),  # the keys converters/writer.py writes
+    stats = {"rows": len(rows), "tokens": int(mods.sum()),  # spellings of manifests older than the typed Stats, still read
              "tokens_per_modality": {MODALITY_NAMES[m]: int(c) for m, c in enumerate(mods)},
              "rows_per_task": {task: len(rows)}, "skipped": 0}
     if rl:

@@ -195,7 +195,7 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, map_location="cpu"):
     """(model in eval mode, its VocabLayout, its GatoConfig) from a run directory or checkpoint file."""
     from .model import GatoConfig, GatoModel
 
-    torch.set_flush_denormal(True)  # CPU inference with denormals can run 10x slower (FACTS.md)
+    torch.set_flush_denormal(True)  # tiny weights and activations turn denormal on CPU, and denormal arithmetic can run ~10x slower
     state = read_checkpoint(run_dir_or_ckpt, map_location)
     if "config" not in state or "model" not in state:
         raise CheckpointError(f"{checkpoint_path(run_dir_or_ckpt)}: checkpoint has no model config or weights")

@@ -95,8 +95,8 @@ def _stacks_itself(space, depth: int) -> bool:
 
 def make_env_fn(env_id: str, rescale_actions: bool = False, frame_stack: int = 1,
                 wrappers: EnvWrappers | None = None) -> Callable[[], object]:
-    """A factory for `env_id` wrapped as recorded: Box actions from [-1, 1] (SPEC 2 assumes actions
-    there), the last `frame_stack` observations stacked."""
+    """A factory for `env_id` wrapped as recorded: Box actions from [-1, 1] (docs/SPEC.md section 2
+    bins actions there), the last `frame_stack` observations stacked."""
     import gymnasium as gym
 
     wrappers = wrappers or EnvWrappers(rescale_actions, frame_stack)

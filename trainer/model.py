@@ -1,6 +1,6 @@
 """The Gato model: a decoder-only transformer over one shared token embedding plus image patches.
 
-Decisions the paper leaves open (made here, once; see the report / README):
+Decisions the paper leaves open (made here, once; README "Model and loop", docs/SPEC.md section 5):
 - Sequence order: rotary position embeddings (RoPE) on queries and keys. The paper names only the
   local observation positions and the patch row/column encodings; a causal decoder still needs to
   know token order, and RoPE adds no parameters and does not fix a maximum context length (acting

@@ -1,4 +1,4 @@
-"""`gato-tokenize verify DIR`: prove a shard directory holds to SPEC 7 before anything trains on it.
+"""`gato-tokenize verify DIR`: prove a shard directory holds to docs/SPEC.md section 7 before training.
 
 Each shard is memory-mapped once: a thread hashes the mapped bytes (hashlib releases the GIL) while
 the main thread validates the same pages batch by batch with schemas.validate, so verifying costs
