@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# Top-level names a failed conversion may leave in OUT: its resume state and the writer's lock.
+# Top-level names a failed conversion may leave in OUT: its work directory, the writer's lock, and
+# the shards of finished work units (each vouched for by its marker in the work directory).
 RESUME_STATE = (".work",)
 
 
@@ -67,5 +68,9 @@ def check_out(o: Outcome, out: Path) -> None:
         assert not _temporaries(out) and ".work" not in names and not any(n.startswith(".lock") for n in names), \
             f"{o}\n{names}"
         return
-    extra = [n for n in names if n not in RESUME_STATE and not n.startswith(".lock")]
+    vouched = {s["name"]: s["bytes"] for marker in (out / ".work").glob("unit-*.json")
+               for s in json.loads(marker.read_text())["shards"]}
+    for name, size in vouched.items():  # a marker vouches only for complete shards
+        assert (out / name).stat().st_size == size, f"{o}\n{name} is not the shard its marker lists"
+    extra = [n for n in names if n not in RESUME_STATE and not n.startswith(".lock") and n not in vouched]
     assert not extra, f"{o}\nleft in OUT besides resume state: {extra}"
