@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import build_text_row
 from tokenizer_kit.text import TextTokenizer
@@ -38,20 +39,12 @@ BOM, BOM_BYTES = "\ufeff", b"\xef\xbb\xbf"  # a UTF-8 byte-order mark at the sta
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .writer import parse_size
-
-    def size(text: str) -> int:
-        try:
-            return parse_size(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
     g = p.add_argument_group("text")
     g.add_argument("--split", choices=SPLITS, default="file",
                    help=".txt files: one document per file (default) or per blank-line-separated block")
     g.add_argument("--text-field", default="text", metavar="NAME",
                    help="field of .jsonl records / column of Parquet and HF datasets (default text)")
-    g.add_argument("--unit-size", type=size, default=16 * 2**20, metavar="BYTES",
+    g.add_argument("--unit-size", type=byte_size, default=16 * 2**20, metavar="BYTES",
                    help="cut inputs into work units of about this size so workers can share a file "
                         "(default 16MiB)")
 

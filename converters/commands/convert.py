@@ -33,14 +33,8 @@ def _kind_module(kind: str):
 
 
 def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
-    from converters.writer import parse_size
+    from tokenizer_kit.argtypes import byte_size
     from tokenizer_kit.argtypes import positive_int as positive
-
-    def size(text: str) -> int:
-        try:
-            return parse_size(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
 
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files or directories")
     p.add_argument("--out", required=True, metavar="DIR", help="shard directory to write (created if missing)")
@@ -61,7 +55,7 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                        help="text vocab size of the layout when no --text-tokenizer is given (default 32000)")
     p.add_argument("--layout-profile", choices=("gato", "disjoint"), default="gato",
                    help="vocab layout profile (default gato)")
-    p.add_argument("--shard-size", type=size, default=256 * 10**6, metavar="BYTES",
+    p.add_argument("--shard-size", type=byte_size, default=256 * 10**6, metavar="BYTES",
                    help="target shard size, e.g. 64MB, 1GiB (default 256MB)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="run the work units in local processes (default) or as Ray tasks; INPUT and DIR "

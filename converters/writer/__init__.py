@@ -14,9 +14,9 @@ from schemas.workunit import WORK_DIR
 from .driver import ConvertResult, UsageError, convert, finalize
 from .engines import ENGINES
 from .lock import LockedError
-from .shards import COMPRESSIONS, parse_size, row_nbytes
+from .shards import COMPRESSIONS, row_nbytes
 from .storage import OutDir, StorageError
 from .workdir import WorkDir
 
 __all__ = ["COMPRESSIONS", "ENGINES", "WORK_DIR", "ConvertResult", "LockedError", "OutDir", "StorageError",
-           "UsageError", "WorkDir", "convert", "finalize", "parse_size", "row_nbytes"]
+           "UsageError", "WorkDir", "convert", "finalize", "row_nbytes"]

@@ -16,25 +16,6 @@ from .storage import OutDir
 
 COMPRESSIONS = ("none", "lz4", "zstd")
 
-_SUFFIXES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "K": 2**10, "M": 2**20, "G": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(text: str | int) -> int:
-    """'256MB' -> 256_000_000, '64MiB' or '64M' -> 67_108_864, '1000' -> 1000 (bytes)."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().upper().replace(" ", "")
-    num = s.rstrip("KMGTIB")
-    try:
-        value = float(num) * _SUFFIXES[s[len(num):]]
-    except (KeyError, ValueError):
-        raise ValueError(f"not a size: {text!r} (examples: 1000, 64MB, 1GiB)") from None
-    if value < 1:
-        raise ValueError(f"size must be at least 1 byte: {text!r}")
-    return int(value)
-
-
 def row_nbytes(batch: pa.RecordBatch) -> np.ndarray:
     """Estimated bytes of each row (what shard rolling counts, whatever the compression), vectorised."""
     def lengths(name: str) -> np.ndarray:

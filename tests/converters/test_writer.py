@@ -12,7 +12,7 @@ import pytest
 
 from converters.base import Record, SourceError, WorkUnit
 from converters.text import TextConverter
-from converters.writer import WORK_DIR, UsageError, convert, finalize, parse_size
+from converters.writer import WORK_DIR, UsageError, convert, finalize
 from schemas.manifest import Manifest
 from schemas.shard import open_shard
 from schemas.validate import validate_table
@@ -274,15 +274,6 @@ def test_a_row_breaking_the_contract_never_reaches_a_shard(layout, tmp_path):
                                           r"\(walk-1/ep0\), column tokens: id outside its modality's range"):
         convert(Broken(layout), tmp_path / "out", layout=layout, on_error="skip", progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("shard-00001-*"))
-
-
-def test_parse_size():
-    assert parse_size("256MB") == 256 * 10**6
-    assert parse_size("64MiB") == parse_size("64M") == 64 * 2**20
-    assert parse_size("1.5kb") == 1500 and parse_size("1000") == 1000
-    for bad in ("", "MB", "12XB", "0", "-5MB"):
-        with pytest.raises(ValueError):
-            parse_size(bad)
 
 
 # --- what makes it cheap must not cost a guarantee --------------------------------------------------
