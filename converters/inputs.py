@@ -36,7 +36,7 @@ def localize_inputs(inputs: list[str]) -> list[str]:
 
 
 def _fetch(url: str) -> str:
-    from .writer.storage import OutDir
+    from schemas.storage import OutDir
     store = OutDir(url)
     fs, root = store.fs, store.root
     local_root = cache_dir() / url.replace("://", "/").rstrip("/")

@@ -19,13 +19,14 @@ import numpy as np
 
 from schemas.reader import ShardDir
 from schemas.shard import ShardError, row_from_table
+from schemas.storage import OutDir
+from schemas.workunit import WorkDir
 from tokenizer_kit.frames import grey_to_rgb
 from tokenizer_kit.images import patch_count
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
 
 from ..base import SourceError
-from ..writer import OutDir, WorkDir
 from .listing import head_and_tail, human_bytes
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"

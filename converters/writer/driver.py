@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, replace
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord
-from schemas.workunit import PLAN_NAME, WORK_FORMAT, ConversionPlan, UnitMarker, merge_stats
+from schemas.storage import OutDir
+from schemas.workunit import PLAN_NAME, WORK_FORMAT, ConversionPlan, UnitMarker, WorkDir, merge_stats
 from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
@@ -26,9 +27,8 @@ from ..progress import Progress
 from .engines import ENGINES, run_local, run_ray
 from .lock import OutLock
 from .shards import COMPRESSIONS
-from .storage import OutDir
 from .unit import UnitJob, UnitSettings
-from .workdir import WorkDir
+from .leftovers import remove_temporaries, remove_unlisted_shards, remove_work_dir
 
 ON_ERROR = ("fail", "skip")
 
@@ -88,12 +88,13 @@ def _plan(converter: Converter, units: list[WorkUnit], layout: VocabLayout, toke
                           on_error, compression)
 
 
-def _read_manifest(out: OutDir) -> Manifest | None:
+def _read_manifest(out: OutDir) -> tuple[bool, Manifest | None]:
+    """(whether OUT has a manifest, the manifest if it is readable)."""
     text = out.read_text(MANIFEST_NAME)
     try:
-        return Manifest.from_dict(json.loads(text)) if text else None
-    except (ManifestError, ValueError, TypeError, KeyError):
-        return None
+        return text is not None, Manifest.parse(text, MANIFEST_NAME) if text else None
+    except ManifestError:
+        return True, None
 
 
 def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout,
@@ -122,7 +123,8 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
     if len(set(keys)) != len(keys):
         raise SourceError(f"two inputs give the same work unit {next(k for k in keys if keys.count(k) > 1)!r}")
     plan = _plan(converter, units, layout, tokenizer_path, task, shard_size, on_error, compression)
-    if (old := _read_manifest(store)) is not None or store.read_text(MANIFEST_NAME) is not None:
+    finished, old = _read_manifest(store)
+    if finished:
         if old is not None and old.stats.get("conversion") == plan.conversion_id():
             return ConvertResult(store.url, True, len(units), 0, old, time.perf_counter() - t0, up_to_date=True)
         raise UsageError(f"{out} already holds a finished conversion of other inputs or options; "
@@ -136,7 +138,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
         if tokenizer_path:
             _copy_tokenizer(store, tokenizer_path)
         mine = range(len(units)) if partition is None else range(partition, len(units), num_partitions)
-        work.remove_temporaries(set(mine))
+        remove_temporaries(store, set(mine))
         done = work.done(plan)
         if partition is None and on_error == "fail":
             for m in done.values():  # a unit finished earlier under --on-error skip
@@ -175,7 +177,7 @@ def _copy_tokenizer(store: OutDir, tokenizer_path) -> None:
 def finalize(out: str | os.PathLike) -> Manifest:
     """Write the manifest of a directory whose units were all converted (by partitions, anywhere)."""
     store = OutDir(out)
-    if (m := _read_manifest(store)) is not None:
+    if (m := _read_manifest(store)[1]) is not None:
         return m
     with OutLock(store.root if store.local else None):
         work = WorkDir(store)
@@ -204,8 +206,8 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
         text = manifest.to_json()
     except ValueError as e:  # a statistic JSON cannot hold: refused at conversion, so a bug if it gets here
         raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
-    store.remove(work.unlisted_shards({s.name for s in shards}))
-    work.remove_temporaries(None)
+    remove_unlisted_shards(store, {s.name for s in shards})
+    remove_temporaries(store, None)
     store.write_text(MANIFEST_NAME, text)
-    work.remove()
+    remove_work_dir(store)
     return manifest

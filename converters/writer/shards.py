@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 
 from schemas.manifest import ShardInfo
 from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN, shard_schema
+from schemas.storage import OutDir
 
-from .storage import OutDir
 
 COMPRESSIONS = ("none", "lz4", "zstd")
 

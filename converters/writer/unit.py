@@ -15,6 +15,7 @@ import pyarrow as pa
 from schemas.manifest import LongestUnit, SkippedRecord
 from schemas.shard import PATCH_BYTES, rows_to_batch
 from schemas.validate import validate_table
+from schemas.storage import OutDir
 from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, add_counts, marker_name
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
@@ -22,7 +23,6 @@ from tokenizer_kit.sequence import unit_tokens
 
 from ..base import Converter, Record, SourceError, WorkUnit
 from .shards import ShardWriter
-from .storage import OutDir
 
 BATCH_ROWS = 1024  # rows per record batch (fixed: batch boundaries are part of the bytes)
 BATCH_BYTES = 1 << 20  # ~bytes per record batch (a larger row makes a batch of its own)
