@@ -153,11 +153,27 @@ def run(args) -> int:
     except StorageError as e:
         print(f"gato-tokenize: error: {e}", file=sys.stderr)
         return 1
-    print(result.summary(), file=sys.stderr)
+    print(summary(result), file=sys.stderr)
     notes = getattr(converter, "notes", None)  # warnings the converter reads off the finished manifest
     for line in notes(result.manifest) if notes is not None and result.manifest is not None else ():
         print(line, file=sys.stderr)
     return 0
+
+
+def summary(result) -> str:
+    """The one line a finished (or partition) run prints: what it wrote and how fast."""
+    if result.manifest is None:
+        return (f"{result.units_converted} units converted into {result.out} ({result.units_total} in all) in "
+                f"{result.seconds:.1f}s; once every partition is done: gato-tokenize finalize {result.out}")
+    m = result.manifest
+    mb = sum(s.bytes for s in m.shards) / 1e6
+    rate = m.total_tokens / max(result.seconds, 1e-9) / 1e6
+    head = "up to date: " if result.up_to_date else ""
+    filtered = m.typed_stats.filtered
+    filtered = f", {filtered} filtered out" if filtered else ""
+    speed = "" if result.up_to_date else f", {result.seconds:.1f}s ({rate:.2f}M tok/s)"  # nothing was converted
+    return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
+            f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}{speed} -> {result.out}")
 
 
 def default_compression(kind: str, converter) -> str:

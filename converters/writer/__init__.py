@@ -17,7 +17,7 @@ from schemas.workunit import WORK_DIR, WorkDir
 from .driver import ConvertResult, UsageError, convert, finalize
 from .engines import ENGINES
 from .lock import LockedError
-from .shards import COMPRESSIONS, row_nbytes
+from .shards import COMPRESSIONS
 
 __all__ = ["COMPRESSIONS", "ENGINES", "WORK_DIR", "ConvertResult", "LockedError", "OutDir", "StorageError",
-           "UsageError", "WorkDir", "convert", "finalize", "row_nbytes"]
+           "UsageError", "WorkDir", "convert", "finalize"]

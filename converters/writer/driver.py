@@ -39,6 +39,8 @@ class UsageError(ValueError):
 
 @dataclass
 class ConvertResult:
+    """What a run did (the command prints it as one line)."""
+
     out: str
     complete: bool  # manifest written (False after a partition run)
     units_total: int
@@ -46,19 +48,6 @@ class ConvertResult:
     manifest: Manifest | None = None
     seconds: float = 0.0
     up_to_date: bool = False  # the directory already held this exact conversion
-
-    def summary(self) -> str:
-        if self.manifest is None:
-            return (f"{self.units_converted} units converted into {self.out} ({self.units_total} in all) in "
-                    f"{self.seconds:.1f}s; once every partition is done: gato-tokenize finalize {self.out}")
-        m = self.manifest
-        mb = sum(s.bytes for s in m.shards) / 1e6
-        rate = m.total_tokens / max(self.seconds, 1e-9) / 1e6
-        head = "up to date: " if self.up_to_date else ""
-        filtered = f", {m.stats['filtered']} filtered out" if m.stats.get("filtered") else ""
-        speed = "" if self.up_to_date else f", {self.seconds:.1f}s ({rate:.2f}M tok/s)"  # nothing was converted
-        return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
-                f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}{speed} -> {self.out}")
 
 
 def _sha(obj) -> str:
@@ -125,7 +114,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
     plan = _plan(converter, units, layout, tokenizer_path, task, shard_size, on_error, compression)
     finished, old = _read_manifest(store)
     if finished:
-        if old is not None and old.stats.get("conversion") == plan.conversion_id():
+        if old is not None and old.typed_stats.conversion == plan.conversion_id():
             return ConvertResult(store.url, True, len(units), 0, old, time.perf_counter() - t0, up_to_date=True)
         raise UsageError(f"{out} already holds a finished conversion of other inputs or options; "
                          f"choose another --out or delete it")

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.manifest import LongestUnit, SkippedRecord
-from schemas.shard import PATCH_BYTES, rows_to_batch
+from schemas.shard import rows_to_batch
 from schemas.validate import validate_table
 from schemas.storage import OutDir
 from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, add_counts, marker_name
@@ -22,7 +22,7 @@ from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 from tokenizer_kit.sequence import unit_tokens
 
 from ..base import Converter, Record, SourceError, WorkUnit
-from .shards import ShardWriter
+from .shards import ShardWriter, estimated_bytes
 
 BATCH_ROWS = 1024  # rows per record batch (fixed: batch boundaries are part of the bytes)
 BATCH_BYTES = 1 << 20  # ~bytes per record batch (a larger row makes a batch of its own)
@@ -54,11 +54,6 @@ class UnitJob:
     index: int
     unit: WorkUnit
     uid: str
-
-
-def _row_estimate(rec: Record) -> int:
-    r = rec.row
-    return len(r.tokens) * 8 + len(r.patches) * (PATCH_BYTES + 4) + len(r.step_starts) * 4 + len(rec.source_id) + 64
 
 
 def _with_place(msg, unit: WorkUnit) -> str:
@@ -133,7 +128,8 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
                 r = float(rec.episode_return)
                 stats.returns.add(ReturnSums(1, r, r, r, 0.0))
             buf.append(rec)
-            size += _row_estimate(rec)
+            size += estimated_bytes(len(rec.row.tokens), len(rec.row.patches), len(rec.row.step_starts),
+                                    len(rec.source_id))
             if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
                 yield make_batch(buf)
                 buf, size = [], 0

@@ -335,9 +335,10 @@ def test_filtered_records_are_counted_apart_from_skipped_ones(layout, tmp_path):
     dropped = sum(ep[3] < 0 and not ep[4] for u in conv.work_units() for ep in conv.episodes(u))
     assert 0 < dropped < 11
     res = convert(conv, tmp_path / "out", layout=layout, on_error="skip", progress=False)
+    from converters.commands.convert import summary
     m = res.manifest
     assert m.stats["filtered"] == dropped and m.total_rows == 11 - dropped
-    assert f"1 skipped, {dropped} filtered out," in res.summary()
+    assert f"1 skipped, {dropped} filtered out," in summary(res)
     assert m.stats["skipped"] == 1 and [s["source"] for s in m.skipped] == ["walk-1/ep2"]
     assert min(all_rows(tmp_path / "out").column("episode_return").to_pylist()) >= 0
     m = convert(Episodes(layout), tmp_path / "all", layout=layout, on_error="skip", progress=False).manifest
