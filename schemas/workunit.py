@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence
 
 from .manifest import FieldError, LongestUnit, ReturnStats, ShardInfo, SkippedRecord, Stats
 from .storage import OutDir
@@ -24,6 +26,29 @@ WORK_FORMAT = 3  # of plan and markers; part of every unit id, so older work is 
 
 def marker_name(index: int) -> str:
     return f"{WORK_DIR}/unit-{index:05d}.json"
+
+
+class Unit(Protocol):
+    """What the plan needs of a work unit (converters.base.WorkUnit)."""
+
+    key: str
+    path: str
+    start: int
+    stop: int | None
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def unit_id(fingerprint: str, unit: Unit) -> str:
+    """Changes with the settings, the unit, and its file's size/mtime: stale work is never reused."""
+    try:
+        st = os.stat(unit.path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    except (OSError, ValueError):
+        stamp = None
+    return _sha([fingerprint, unit.key, unit.path, unit.start, unit.stop, stamp])[:24]
 
 
 @dataclass
@@ -42,6 +67,18 @@ class ConversionPlan:
     shard_size: int
     on_error: str
     compression: str = "none"
+
+    @classmethod
+    def create(cls, converter: str, rl: bool, options: dict, units: Sequence[Unit], layout: dict,
+               tokenizer_sha256: str | None, task: str | None, shard_size: int, on_error: str,
+               compression: str) -> "ConversionPlan":
+        options = dict(options)
+        episode_spec = options.pop("episode_spec", None)
+        fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter, "options": options,
+                            "episode_spec": episode_spec, "layout": layout, "tokenizer_sha256": tokenizer_sha256,
+                            "task": task, "rl": rl, "shard_size": shard_size, "compression": compression})
+        return cls(converter, rl, fingerprint, [unit_id(fingerprint, u) for u in units], [u.key for u in units],
+                   layout, options, episode_spec, tokenizer_sha256, shard_size, on_error, compression)
 
     def conversion_id(self) -> dict:
         """What the manifest records so that a re-run can tell its own finished directory."""

@@ -9,8 +9,6 @@ without a complete marker; nothing is copied after conversion.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -18,11 +16,11 @@ from dataclasses import dataclass, replace
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord
 from schemas.storage import OutDir
-from schemas.workunit import PLAN_NAME, WORK_FORMAT, ConversionPlan, UnitMarker, WorkDir, merge_stats
+from schemas.workunit import PLAN_NAME, ConversionPlan, UnitMarker, WorkDir, merge_stats
 from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
-from ..base import Converter, SourceError, WorkUnit
+from ..base import Converter, SourceError
 from ..progress import Progress
 from .engines import ENGINES, run_local, run_ray
 from .lock import OutLock
@@ -48,33 +46,6 @@ class ConvertResult:
     manifest: Manifest | None = None
     seconds: float = 0.0
     up_to_date: bool = False  # the directory already held this exact conversion
-
-
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def unit_id(fingerprint: str, unit: WorkUnit) -> str:
-    """Changes with the settings, the unit, and its file's size/mtime: stale work is never reused."""
-    try:
-        st = os.stat(unit.path)
-        stamp = [st.st_size, st.st_mtime_ns]
-    except (OSError, ValueError):
-        stamp = None
-    return _sha([fingerprint, unit.key, unit.path, unit.start, unit.stop, stamp])[:24]
-
-
-def _plan(converter: Converter, units: list[WorkUnit], layout: VocabLayout, tokenizer_path, task,
-          shard_size: int, on_error: str, compression: str) -> ConversionPlan:
-    options = dict(converter.options())
-    episode_spec = options.pop("episode_spec", None)
-    tok_sha = file_sha256(tokenizer_path) if tokenizer_path else None
-    fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter.name, "options": options,
-                        "episode_spec": episode_spec, "layout": layout.to_dict(), "tokenizer_sha256": tok_sha,
-                        "task": task, "rl": converter.rl, "shard_size": shard_size, "compression": compression})
-    return ConversionPlan(converter.name, converter.rl, fingerprint, [unit_id(fingerprint, u) for u in units],
-                          [u.key for u in units], layout.to_dict(), options, episode_spec, tok_sha, shard_size,
-                          on_error, compression)
 
 
 def _read_manifest(out: OutDir) -> tuple[bool, Manifest | None]:
@@ -111,7 +82,9 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
     keys = [u.key for u in units]
     if len(set(keys)) != len(keys):
         raise SourceError(f"two inputs give the same work unit {next(k for k in keys if keys.count(k) > 1)!r}")
-    plan = _plan(converter, units, layout, tokenizer_path, task, shard_size, on_error, compression)
+    plan = ConversionPlan.create(converter.name, converter.rl, converter.options(), units, layout.to_dict(),
+                                 file_sha256(tokenizer_path) if tokenizer_path else None, task, shard_size, on_error,
+                                 compression)
     finished, old = _read_manifest(store)
     if finished:
         if old is not None and old.typed_stats.conversion == plan.conversion_id():

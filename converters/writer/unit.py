@@ -61,18 +61,22 @@ def _with_place(msg, unit: WorkUnit) -> str:
     return msg if unit.path and unit.path in msg else f"{unit.path or unit.key}: {msg}"
 
 
-def _unrepresentable(rec: Record, returns: ReturnSums) -> str | None:
-    """Why the record's statistics cannot go into a manifest (JSON has no inf or nan), given the
-    unit's returns so far."""
+def _add_return(rec: Record, stats: UnitStats) -> str | None:
+    """Add the record's episode return to the unit's, or say why its statistics cannot go into a
+    manifest (JSON has no inf or nan) and add nothing."""
     r = rec.episode_return
+    probe = None
     if r is not None and not math.isnan(r):  # nan: no return recorded
-        probe = replace(returns)
+        r = float(r)
+        probe = replace(stats.returns)
         probe.add(ReturnSums(1, r, r, r, 0.0))
         if not (math.isfinite(r) and probe.finite()):
             return f"{rec.source_id}: episode return {r!r} cannot go into the statistics (not a finite number)"
     for name, (mx, total, _) in rec.field_errors.items():
         if not (math.isfinite(mx) and math.isfinite(total)):
             return f"{rec.source_id}: field {name!r}: quantisation error is not a finite number"
+    if probe is not None:
+        stats.returns = probe
     return None
 
 
@@ -116,17 +120,12 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
             if rec.filtered:
                 stats.filtered += 1
                 continue
-            reason = rec.skip_reason or ("no row" if rec.row is None else None)
-            if reason is None:
-                reason = _unrepresentable(rec, stats.returns)
+            reason = rec.skip_reason or ("no row" if rec.row is None else None) or _add_return(rec, stats)
             if reason is not None:
                 if s.on_error == "fail":
                     raise _RecordFailed(reason)
                 skipped.append(SkippedRecord(rec.source_id, reason))
                 continue
-            if rec.episode_return is not None and not math.isnan(rec.episode_return):  # counted as it is checked
-                r = float(rec.episode_return)
-                stats.returns.add(ReturnSums(1, r, r, r, 0.0))
             buf.append(rec)
             size += estimated_bytes(len(rec.row.tokens), len(rec.row.patches), len(rec.row.step_starts),
                                     len(rec.source_id))
