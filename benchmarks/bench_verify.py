@@ -82,7 +82,7 @@ def make_dir(out: Path, kind: str, total_bytes: int, shard_bytes: int) -> Path:
                                file_sha256(out / name)))
     mods = np.bincount(np.concatenate([r.modality for r in rows]), minlength=5) * per_shard * n_shards
     stats = {"rows": sum(i.rows for i in infos), "tokens": sum(i.tokens for i in infos),
-             "tokens_per_modality": {MODALITY_NAMES[m]: int(c) for m, c in enumerate(mods)}}
+             "tokens_by_modality": {MODALITY_NAMES[m]: int(c) for m, c in enumerate(mods)}}
     Manifest(layout=LAYOUT.to_dict(), converter=kind, shards=infos, stats=stats,
              episode_spec=spec.to_dict() if spec else None,
              tasks=sorted(set(batch.column("task").to_pylist()))).write(out)

@@ -298,7 +298,7 @@ class RLConverter:
 
     def notes(self, manifest) -> list[str]:
         """Warning lines about a finished conversion: continuous actions clipped to [-1, 1]."""
-        outside = manifest.stats.get("counts", {}).get("outside_unit_range", {})
+        outside = (manifest.typed_stats.counts or {}).get("outside_unit_range", {})
         if not outside:
             return []
         fields = ", ".join(f"{name} {n:,}" for name, n in sorted(outside.items()))
