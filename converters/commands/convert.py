@@ -8,8 +8,8 @@ Each kind K lives in `converters.K` and exposes `add_arguments(parser)` (its own
   text from `--text-vocab-size`), with `--layout-profile` applied.
 
 The writer (converters/writer/) then owns engines, workers, partitions, resume, `--on-error`,
-the output store and the manifest. Kind modules are imported only when their subcommand runs, so a missing or broken one
-never breaks the others.
+the output store and the manifest. Kind modules are imported only when their subcommand runs, so one
+command does not pay for the others' imports.
 """
 
 from __future__ import annotations
@@ -75,27 +75,17 @@ class _LazyKindParser(argparse.ArgumentParser):
     kind: str = ""
     _kind_loaded = False
 
-    def _load_kind(self, strict: bool) -> None:
-        if self._kind_loaded:
-            return
-        self._kind_loaded = True
-        try:
-            module = _kind_module(self.kind)
-        except ModuleNotFoundError as e:
-            if e.name != f"converters.{self.kind}" or not strict:
-                raise
-            self.error(f"the {self.kind!r} converter is not available in this installation")
-        module.add_arguments(self)
+    def _load_kind(self) -> None:
+        if not self._kind_loaded:
+            self._kind_loaded = True
+            _kind_module(self.kind).add_arguments(self)
 
     def parse_known_args(self, args=None, namespace=None):
-        self._load_kind(strict=True)
+        self._load_kind()
         return super().parse_known_args(args, namespace)
 
     def format_help(self):
-        try:
-            self._load_kind(strict=False)
-        except ModuleNotFoundError:
-            pass
+        self._load_kind()
         return super().format_help()
 
 
