@@ -30,9 +30,10 @@ from converters.commands.verify import check_shard, verify_dir  # noqa: E402
 from schemas.manifest import Manifest, ShardInfo  # noqa: E402
 from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard  # noqa: E402
 from schemas.validate import validate_table  # noqa: E402
-from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout  # noqa: E402
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode, build_text_row  # noqa: E402
 from tokenizer_kit.files import file_sha256  # noqa: E402
+from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout  # noqa: E402
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode  # noqa: E402
+from tokenizer_kit.text_rows import build_text_row  # noqa: E402
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 

@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 
 from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import build_text_row
 from tokenizer_kit.text import TextTokenizer
+from tokenizer_kit.text_rows import build_text_row
 
 from .base import Record, SourceError, WorkUnit
 from .hf_datasets import hf_kind, load_dataset

@@ -84,8 +84,8 @@ def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *,
 
     from schemas.manifest import TOKENIZER_NAME, FieldError, Manifest, ReturnStats, ShardInfo, Stats
     from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
-    from tokenizer_kit.layout import MODALITY_NAMES
     from tokenizer_kit.files import file_sha256
+    from tokenizer_kit.layout import MODALITY_NAMES
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,8 +149,8 @@ def make_caption_shard_dir(out, sp_model_path, pairs: int = 5):
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from tokenizer_kit.sequence import build_caption_row
     from tokenizer_kit.text import TextTokenizer
+    from tokenizer_kit.text_rows import build_caption_row
 
     tok = TextTokenizer(sp_model_path)
     layout = tok.layout()
@@ -168,8 +168,8 @@ def make_caption_shard_dir(out, sp_model_path, pairs: int = 5):
 
 def make_text_shard_dir(out, sp_model_path, corpus_path, docs: int = 6):
     """Each line of the corpus a document."""
-    from tokenizer_kit.sequence import build_text_row
     from tokenizer_kit.text import TextTokenizer
+    from tokenizer_kit.text_rows import build_text_row
 
     tok = TextTokenizer(sp_model_path)
     layout = tok.layout()

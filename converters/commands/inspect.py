@@ -23,10 +23,12 @@ from schemas.reader import ShardDir
 from schemas.shard import ShardError, row_from_table
 from schemas.storage import OutDir
 from schemas.workunit import WorkDir
+from tokenizer_kit.episode_decode import decode_episode
 from tokenizer_kit.frames import grey_to_rgb
 from tokenizer_kit.images import patch_count
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row
+from tokenizer_kit.text_rows import decode_caption
 
 from ..base import SourceError
 from .listing import head_and_tail, human_bytes
