@@ -124,10 +124,11 @@ class OutDir:
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise StorageError(f"{self.url}: cannot {what}: {msg}") from None
 
-    def makedirs(self) -> None:
+    def makedirs(self, sub: str = "") -> None:
+        """OUT (and OUT/sub) locally; in object storage (no directories) only check the bucket exists."""
         with self.errors("create it"):
             if self.local:
-                Path(self.root, ".work").mkdir(parents=True, exist_ok=True)
+                Path(self.root, sub).mkdir(parents=True, exist_ok=True)
             elif not self.fs.exists(self.root.split("/")[0]):
                 raise FileNotFoundError("no such bucket")
 

@@ -11,13 +11,13 @@ Where OUT lives (a path or fsspec URL) is schemas.storage.OutDir; what OUT/.work
 schemas.workunit.WorkDir (the reader side of the same contract, which `inspect` asks too).
 """
 
-from schemas.storage import OutDir, StorageError
-from schemas.workunit import WORK_DIR, WorkDir
+from schemas.storage import StorageError
+from schemas.workunit import WORK_DIR
 
 from .driver import ConvertResult, UsageError, convert, finalize
 from .engines import ENGINES
 from .lock import LockedError
 from .shards import COMPRESSIONS
 
-__all__ = ["COMPRESSIONS", "ENGINES", "WORK_DIR", "ConvertResult", "LockedError", "OutDir", "StorageError",
-           "UsageError", "WorkDir", "convert", "finalize"]
+__all__ = ["COMPRESSIONS", "ENGINES", "WORK_DIR", "ConvertResult", "LockedError", "StorageError", "UsageError",
+           "convert", "finalize"]

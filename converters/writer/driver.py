@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord
 from schemas.storage import OutDir
-from schemas.workunit import PLAN_NAME, ConversionPlan, UnitMarker, WorkDir, merge_stats
+from schemas.workunit import PLAN_NAME, WORK_DIR, ConversionPlan, UnitMarker, WorkDir, merge_stats
 from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
@@ -92,7 +92,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
         raise UsageError(f"{out} already holds a finished conversion of other inputs or options; "
                          f"choose another --out or delete it")
 
-    store.makedirs()
+    store.makedirs(WORK_DIR)
     lock = ".lock" if partition is None else f".lock.partition-{partition}"
     with OutLock(store.root if store.local else None, lock):
         work = WorkDir(store)
