@@ -91,6 +91,8 @@ def list_names(url: str) -> list[str]:
     return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
 
+# --- the write side: a directory a conversion writes --------------------------------------------
+
 _STORE_MODULES = ("botocore", "aiohttp", "aiobotocore", "google", "s3fs", "gcsfs", "fsspec")
 
 
@@ -99,6 +101,9 @@ class StorageError(OSError):
 
 
 class OutDir:
+    """A directory to write (the writer's OUT, or a fetched input's prefix) as one fsspec filesystem.
+    Its own filesystem instance, not the shared read-side one: workers reopen it from its URL."""
+
     def __init__(self, url: str | os.PathLike):
         self.url = os.fspath(url)
         with self.errors("open it"):
