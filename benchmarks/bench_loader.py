@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from tokenizer_kit.layout import VocabLayout  # noqa: E402
-from tokenizer_kit.sequence import build_caption_row, build_text_row  # noqa: E402
+from tokenizer_kit.text_rows import build_caption_row, build_text_row  # noqa: E402
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 SEQ_LEN = 1024

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import build_caption_row, build_text_row
+from tokenizer_kit.text_rows import build_caption_row, build_text_row
 from trainer.batch import Sample, collate
 from trainer.model import GatoConfig, GatoModel
 

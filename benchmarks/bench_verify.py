@@ -30,9 +30,10 @@ from converters.commands.verify import check_shard, verify_dir  # noqa: E402
 from schemas.manifest import Manifest, ShardInfo  # noqa: E402
 from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard  # noqa: E402
 from schemas.validate import validate_table  # noqa: E402
-from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout  # noqa: E402
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode, build_text_row  # noqa: E402
 from tokenizer_kit.files import file_sha256  # noqa: E402
+from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout  # noqa: E402
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode  # noqa: E402
+from tokenizer_kit.text_rows import build_text_row  # noqa: E402
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 
@@ -82,7 +83,7 @@ def make_dir(out: Path, kind: str, total_bytes: int, shard_bytes: int) -> Path:
                                file_sha256(out / name)))
     mods = np.bincount(np.concatenate([r.modality for r in rows]), minlength=5) * per_shard * n_shards
     stats = {"rows": sum(i.rows for i in infos), "tokens": sum(i.tokens for i in infos),
-             "tokens_per_modality": {MODALITY_NAMES[m]: int(c) for m, c in enumerate(mods)}}
+             "tokens_by_modality": {MODALITY_NAMES[m]: int(c) for m, c in enumerate(mods)}}
     Manifest(layout=LAYOUT.to_dict(), converter=kind, shards=infos, stats=stats,
              episode_spec=spec.to_dict() if spec else None,
              tasks=sorted(set(batch.column("task").to_pylist()))).write(out)

@@ -120,14 +120,6 @@ def rl_input(directory: Path, episodes: int, steps: int = 1000, seed: int = 0,
     return [str(many)], ["--episodes-per-unit", "50"]
 
 
-def rl_available() -> bool:
-    try:
-        import converters.rl  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 # --- measurements --------------------------------------------------------------------------------
 
 def _cpu() -> tuple[float, float]:
@@ -266,9 +258,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_workers_") as tmp:
         for kind in args.kinds:
-            if kind == "rl" and not rl_available():
-                print("rl: converter not available, skipped")
-                continue
             rows += bench_kind(kind, Path(tmp), args.quick)
     for r in rows:
         print(f"{r['name']}: {r['figure']:.3g} {r['unit']} vs {r['baseline']:.3g} -> ratio {r['ratio']:.2f} "

@@ -29,7 +29,8 @@ import simplejpeg  # libjpeg-turbo's DCT scaling by M/8 (Pillow's draft offers o
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.images import MAX_PIXELS, fit_image, fitted_size, scaled_size, wide_image_to_rgb
 from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import Row, build_caption_row
+from tokenizer_kit.sequence import Row
+from tokenizer_kit.text_rows import build_caption_row
 
 DEFAULT_IMAGE_SIZE = 192
 

@@ -30,6 +30,7 @@ from typing import Sequence
 
 from .base import SourceError
 from .caption_decode import BadField
+from .hf_datasets import hf_kind, load_dataset
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # tar member suffixes, in order of preference
 IMAGE_COLUMNS = ("image", "file", "file_name", "filename", "image_path", "img", "jpg", "png", "path")
@@ -356,15 +357,7 @@ def parquet_file(path: str):
 
 @functools.lru_cache(maxsize=2)
 def hf_dataset(path: str):
-    import datasets
-    try:
-        ds = datasets.load_from_disk(path)
-    except Exception as e:  # datasets raises many types for a damaged directory
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise SourceError(f"{path}: not a readable datasets directory ({reason})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise SourceError(f"{path}: a DatasetDict; pass one split's folder ({', '.join(ds)})")
-    return ds.with_format("arrow")
+    return load_dataset(path).with_format("arrow")
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -372,7 +365,7 @@ def hf_dataset(path: str):
 def detect_format(path: str) -> str:
     p = Path(path)
     if p.is_dir():
-        if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+        if hf_kind(p) is not None:
             return "hf"
         raise SourceError(f"{path}: a directory that is not a datasets directory")
     fmt = _EXT_FORMAT.get(p.suffix.lower())
@@ -388,8 +381,7 @@ def expand_inputs(inputs: Sequence[str], fmt: str) -> list[tuple[str, str]]:
         p = Path(raw)
         if not p.exists():
             raise FileNotFoundError(f"input not found: {raw}")
-        if p.is_dir() and fmt in ("auto", "tar", "parquet") and not (p / "state.json").exists() \
-                and not (p / "dataset_dict.json").exists():
+        if p.is_dir() and fmt in ("auto", "tar", "parquet") and hf_kind(p) is None:
             for ext, f in ((".tar", "tar"), (".parquet", "parquet")):
                 files = sorted(str(x) for x in p.iterdir() if x.suffix == ext and x.is_file())
                 if files and fmt in ("auto", f):

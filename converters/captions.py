@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.images import FIT_POLICIES, MAX_PIXELS
 from tokenizer_kit.layout import PATCH_SIZE, VocabLayout
 from tokenizer_kit.text import TextTokenizer
@@ -53,14 +54,6 @@ def parse_image_size(text: str) -> tuple[int, int] | None:
     return h, w
 
 
-def _size(text: str) -> int:
-    from .writer import parse_size
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("captions")
     g.add_argument("--input-format", choices=FORMATS, default="auto",
@@ -78,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="folder that relative image paths are under (default: the captions file's folder)")
     g.add_argument("--allow-outside-root", action="store_true",
                    help="read image paths that are absolute or lead outside the image root (default: bad record)")
-    g.add_argument("--max-image-bytes", type=_size, default=MAX_IMAGE_BYTES, metavar="BYTES",
+    g.add_argument("--max-image-bytes", type=byte_size, default=MAX_IMAGE_BYTES, metavar="BYTES",
                    help=f"largest image file read from a path (default {MAX_IMAGE_BYTES // 2**20}MiB)")
     g.add_argument("--coco-captions", choices=("all", "first"), default="all",
                    help="COCO: one row per caption (all) or per image with its first caption (first)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from schemas.storage import OutDir, is_remote
+from tokenizer_kit.files import atomic_path
 
 
 def cache_dir() -> Path:
@@ -17,26 +19,13 @@ def cache_dir() -> Path:
                 or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gato-kit" / "inputs")
 
 
-def is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def localize_inputs(inputs: list[str]) -> list[str]:
     """Local paths stay; file:// loses its scheme; a remote file or prefix is fetched (every file
     under a prefix, keeping its layout below the cache's per-URL folder)."""
-    out = []
-    for item in inputs:
-        if item.startswith("file://"):
-            out.append(item[len("file://"):])
-        elif not is_url(item):
-            out.append(item)
-        else:
-            out.append(_fetch(item))
-    return out
+    return [_fetch(item) if is_remote(item) else item.removeprefix("file://") for item in inputs]
 
 
 def _fetch(url: str) -> str:
-    from .writer.storage import OutDir
     store = OutDir(url)
     fs, root = store.fs, store.root
     local_root = cache_dir() / url.replace("://", "/").rstrip("/")
@@ -54,7 +43,7 @@ def _fetch(url: str) -> str:
             if local.exists() and stamp.exists() and stamp.read_text() == tag:
                 continue  # unchanged: same local file, same work units
             local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(local) + ".part")
-            os.replace(str(local) + ".part", local)
+            with atomic_path(local, fsync=False) as tmp:
+                fs.get_file(remote, str(tmp))
             stamp.write_text(tag)
     return str(local_root)

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import build_text_row
 from tokenizer_kit.text import TextTokenizer
+from tokenizer_kit.text_rows import build_text_row
 
 from .base import Record, SourceError, WorkUnit
+from .hf_datasets import hf_kind, load_dataset
 
 TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".parquet": "parquet"}
@@ -38,20 +40,12 @@ BOM, BOM_BYTES = "\ufeff", b"\xef\xbb\xbf"  # a UTF-8 byte-order mark at the sta
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .writer import parse_size
-
-    def size(text: str) -> int:
-        try:
-            return parse_size(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
     g = p.add_argument_group("text")
     g.add_argument("--split", choices=SPLITS, default="file",
                    help=".txt files: one document per file (default) or per blank-line-separated block")
     g.add_argument("--text-field", default="text", metavar="NAME",
                    help="field of .jsonl records / column of Parquet and HF datasets (default text)")
-    g.add_argument("--unit-size", type=size, default=16 * 2**20, metavar="BYTES",
+    g.add_argument("--unit-size", type=byte_size, default=16 * 2**20, metavar="BYTES",
                    help="cut inputs into work units of about this size so workers can share a file "
                         "(default 16MiB)")
 
@@ -63,11 +57,7 @@ def make_converter(args) -> "TextConverter":
 
 def _kind_of(path: Path) -> str | None:
     if path.is_dir():
-        if (path / "dataset_dict.json").is_file():
-            return "hf-dict"
-        if (path / "state.json").is_file() or (path / "dataset_info.json").is_file():
-            return "hf"
-        return "dir"
+        return {"dict": "hf-dict", "dataset": "hf", None: "dir"}[hf_kind(path)]
     return TEXT_SUFFIXES.get(path.suffix.lower())
 
 
@@ -199,7 +189,7 @@ class TextConverter:
         return units
 
     def _dataset_units(self, path: str) -> list[WorkUnit]:
-        ds = _load_dataset(path)
+        ds = load_dataset(path)
         n = ds.num_rows
         per_row = max(1, ds.data.nbytes // max(n, 1))
         step = max(1, self.unit_size // per_row)
@@ -362,7 +352,7 @@ class TextConverter:
             row += batch.num_rows
 
     def _dataset(self, unit: WorkUnit):
-        ds = _load_dataset(unit.path)
+        ds = load_dataset(unit.path)
         self._check_type(unit.path, ds.data.schema)
         table = ds.with_format("arrow")
         for a in range(unit.start, unit.stop, ARROW_BATCH_ROWS):
@@ -380,14 +370,3 @@ def _parquet_file(path: str):
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad files
         raise SourceError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
-
-
-def _load_dataset(path: str):
-    import datasets
-    try:
-        ds = datasets.load_from_disk(path)
-    except Exception as e:  # datasets raises many types for a damaged directory
-        raise SourceError(f"{path}: not a readable datasets directory ({str(e).splitlines()[0]})") from None
-    if not isinstance(ds, datasets.Dataset):
-        raise SourceError(f"{path}: a DatasetDict; pass one split's directory")
-    return ds

@@ -93,7 +93,7 @@ class Stats:
     filtered: int = 0  # left out on purpose by the converter's own options (not errors)
     episode_return: ReturnStats | None = None  # RL only
     counts: dict[str, dict[str, int]] | None = None  # converters' grouped event counts (Record.counts)
-    longest_unit: dict | None = None  # {tokens, row, source_id}: the longest step or pair
+    longest_unit: LongestUnit | None = None  # the longest step or pair
     conversion: dict | None = None  # what made the directory, so a re-run can tell it is up to date
 
     def to_dict(self) -> dict:
@@ -105,6 +105,8 @@ class Stats:
         known["field_errors"] = {k: FieldError(**v) for k, v in known.get("field_errors", {}).items()}
         if known.get("episode_return") is not None:
             known["episode_return"] = ReturnStats(**known["episode_return"])
+        if known.get("longest_unit") is not None:
+            known["longest_unit"] = LongestUnit(**known["longest_unit"])
         return cls(**known)
 
 
@@ -141,7 +143,7 @@ class Manifest:
         """{stacked image field: `last` or `split`}: how an agent builds that field's tokens, the way
         most of this directory's episodes were converted (counted by the RL converter)."""
         from tokenizer_kit.frames import acting_mode
-        counts = self.stats.get("counts") or {}
+        counts = self.typed_stats.counts or {}
         names = set(counts.get("frame_stack_last") or {}) | set(counts.get("frame_stack_split") or {})
         return {n: acting_mode({m: (counts.get(f"frame_stack_{m}") or {}).get(n, 0) for m in ("last", "split")})
                 for n in sorted(names)}
@@ -212,6 +214,7 @@ class Manifest:
         try:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
+            manifest.typed_stats  # statistics of the wrong shape: unreadable too, not a traceback later
         except ManifestError as e:
             raise ManifestError(f"{path}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:

@@ -10,6 +10,9 @@ by one step, on zero-copy views of the Arrow buffers) and that every id lies in 
 position's range (min/max per step position); plain text rows by min/max of each column. Anything
 else, and any table the proof does not go through for, takes the general path, which checks
 every token and names every problem (so the fast path never decides what is reported).
+
+Both paths stay in one module (over 500 lines on purpose): the proof is only sound because it
+checks the very rules the general path checks, and a reader sees that best side by side.
 """
 
 from __future__ import annotations

@@ -3,16 +3,21 @@ work unit leaves (`UnitMarker`), in `OUT/.work/` until the manifest is written.
 
 Every unit is converted into its own shards, `shard-UUUUU-KKK.arrow` (schemas.shard.UNIT_SHARD_PATTERN), by
 whichever process or machine converted it; its marker is written after its shards, so a marker
-vouches for complete shards. The manifest is then merged from the markers in unit order.
+vouches for complete shards. The manifest is then merged from the markers in unit order. `WorkDir` is the one place that reads
+what is done, for the writer (resume, finalize) and for `inspect` alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence
 
 from .manifest import FieldError, LongestUnit, ReturnStats, ShardInfo, SkippedRecord, Stats
+from .storage import OutDir
 
 WORK_DIR = ".work"
 PLAN_NAME = f"{WORK_DIR}/plan.json"
@@ -21,6 +26,29 @@ WORK_FORMAT = 3  # of plan and markers; part of every unit id, so older work is 
 
 def marker_name(index: int) -> str:
     return f"{WORK_DIR}/unit-{index:05d}.json"
+
+
+class Unit(Protocol):
+    """What the plan needs of a work unit (converters.base.WorkUnit)."""
+
+    key: str
+    path: str
+    start: int
+    stop: int | None
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def unit_id(fingerprint: str, unit: Unit) -> str:
+    """Changes with the settings, the unit, and its file's size/mtime: stale work is never reused."""
+    try:
+        st = os.stat(unit.path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    except (OSError, ValueError):
+        stamp = None
+    return _sha([fingerprint, unit.key, unit.path, unit.start, unit.stop, stamp])[:24]
 
 
 @dataclass
@@ -40,9 +68,20 @@ class ConversionPlan:
     on_error: str
     compression: str = "none"
 
+    @classmethod
+    def create(cls, converter: str, rl: bool, options: dict, units: Sequence[Unit], layout: dict,
+               tokenizer_sha256: str | None, task: str | None, shard_size: int, on_error: str,
+               compression: str) -> "ConversionPlan":
+        options = dict(options)
+        episode_spec = options.pop("episode_spec", None)
+        fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter, "options": options,
+                            "episode_spec": episode_spec, "layout": layout, "tokenizer_sha256": tokenizer_sha256,
+                            "task": task, "rl": rl, "shard_size": shard_size, "compression": compression})
+        return cls(converter, rl, fingerprint, [unit_id(fingerprint, u) for u in units], [u.key for u in units],
+                   layout, options, episode_spec, tokenizer_sha256, shard_size, on_error, compression)
+
     def conversion_id(self) -> dict:
         """What the manifest records so that a re-run can tell its own finished directory."""
-        import hashlib
         return {"fingerprint": self.fingerprint, "units": len(self.uids),
                 "units_sha256": hashlib.sha256(json.dumps(self.uids).encode()).hexdigest(),
                 "shard_size": self.shard_size, "on_error": self.on_error, "compression": self.compression}
@@ -184,4 +223,57 @@ def merge_stats(markers: list[UnitMarker], rl: bool, modality_names: dict[int, s
         rows_per_task=dict(sorted(tasks.items())), skipped=sum(len(m.skipped) for m in markers),
         filtered=sum(m.stats.filtered for m in markers), episode_return=ret,
         counts={g: dict(sorted(v.items())) for g, v in sorted(counts.items())} or None,
-        longest_unit=asdict(longest) if longest is not None and longest.tokens else None)
+        longest_unit=longest if longest is not None and longest.tokens else None)
+
+
+@dataclass
+class Progress:
+    units_total: int
+    units_done: int
+    shards: int
+    rows: int
+
+
+class WorkDir:
+    """What OUT/.work/ says: the plan, and which units are done (a run may skip them)."""
+
+    def __init__(self, out: OutDir):
+        self.out = out
+
+    def plan(self) -> ConversionPlan | None:
+        text = self.out.read_text(PLAN_NAME)
+        try:
+            return ConversionPlan.from_json(text) if text else None
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def save_plan(self, plan: ConversionPlan) -> None:
+        """Every partition writes the same plan; a different one (changed inputs or options) replaces it."""
+        if self.plan() != plan:
+            self.out.write_text(PLAN_NAME, plan.to_json())
+
+    def done(self, plan: ConversionPlan) -> dict[int, UnitMarker]:
+        """Finished units by index: a marker of this plan's unit (same uid) whose shards are all in
+        OUT at the sizes it records. Anything else is converted again."""
+        listed = self.out.sizes(WORK_DIR)
+        shards = self.out.sizes()
+        names = {marker_name(i): i for i in range(len(plan.uids))}
+        done = {}
+        for name, text in self.out.read_texts([n for n in names if n.rsplit("/", 1)[-1] in listed]).items():
+            i = names[name]
+            try:
+                m = UnitMarker.from_json(text)
+            except (ValueError, TypeError, KeyError):
+                continue
+            if m.uid == plan.uids[i] and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards):
+                done[i] = m
+        return done
+
+    def progress(self) -> Progress | None:
+        """How far an unfinished conversion is (None: no plan, e.g. a finished directory)."""
+        plan = self.plan()
+        if plan is None:
+            return None
+        done = self.done(plan)
+        return Progress(len(plan.uids), len(done), sum(len(m.shards) for m in done.values()),
+                        sum(s.rows for m in done.values() for s in m.shards))

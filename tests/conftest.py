@@ -76,17 +76,17 @@ def _pong_frames(steps: int, rng, size: int = 32):
 
 def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *, rows_per_shard: int = 2,
                     episode_spec=None, returns=None, tokenizer_path=None, options=None, field_errors=None):
-    """Write rows as shards + manifest the way docs/SPEC.md section 7 says, without the converters' writer,
-    so readers' tests depend only on tokenizer_kit and schemas."""
+    """Write rows as shards + a manifest with the statistics the writer records (docs/SPEC.md section 7),
+    without the converters' writer, so readers' tests depend only on tokenizer_kit and schemas."""
     import shutil
     from pathlib import Path
 
     import numpy as np
 
-    from schemas.manifest import TOKENIZER_NAME, Manifest, ShardInfo
+    from schemas.manifest import TOKENIZER_NAME, FieldError, Manifest, ReturnStats, ShardInfo, Stats
     from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
-    from tokenizer_kit.layout import MODALITY_NAMES
     from tokenizer_kit.files import file_sha256
+    from tokenizer_kit.layout import MODALITY_NAMES
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,15 +100,13 @@ def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *,
         infos.append(ShardInfo(name, len(rows[sl]), int(sum(len(r) for r in rows[sl])), size,
                                file_sha256(out / name)))
     mods = np.bincount(np.concatenate([r.modality for r in rows]), minlength=5)
-    stats = {"rows": len(rows), "tokens": int(mods.sum()),  # spellings of manifests older than the typed Stats, still read
-             "tokens_per_modality": {MODALITY_NAMES[m]: int(c) for m, c in enumerate(mods)},
-             "rows_per_task": {task: len(rows)}, "skipped": 0}
-    if rl:
-        r = np.asarray(returns, np.float64)
-        stats["episode_returns"] = {"count": len(r), "min": float(r.min()), "max": float(r.max()),
-                                    "mean": float(r.mean())}
-    if field_errors:
-        stats["field_errors"] = field_errors
+    r = np.asarray(returns if rl else [], np.float64)
+    stats = Stats(rows=len(rows), tokens=int(mods.sum()),
+                  tokens_by_modality={MODALITY_NAMES[m]: int(c) for m, c in enumerate(mods)},
+                  rows_per_task={task: len(rows)},
+                  field_errors={k: FieldError(**v) for k, v in (field_errors or {}).items()},
+                  episode_return=ReturnStats(len(r), float(r.min()), float(r.max()), float(r.mean()), float(r.std()))
+                  if rl else None).to_dict()
     sha = None
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, out / TOKENIZER_NAME)
@@ -152,8 +150,8 @@ def make_caption_shard_dir(out, sp_model_path, pairs: int = 5):
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from tokenizer_kit.sequence import build_caption_row
     from tokenizer_kit.text import TextTokenizer
+    from tokenizer_kit.text_rows import build_caption_row
 
     tok = TextTokenizer(sp_model_path)
     layout = tok.layout()
@@ -171,8 +169,8 @@ def make_caption_shard_dir(out, sp_model_path, pairs: int = 5):
 
 def make_text_shard_dir(out, sp_model_path, corpus_path, docs: int = 6):
     """Each line of the corpus a document."""
-    from tokenizer_kit.sequence import build_text_row
     from tokenizer_kit.text import TextTokenizer
+    from tokenizer_kit.text_rows import build_text_row
 
     tok = TextTokenizer(sp_model_path)
     layout = tok.layout()

@@ -46,3 +46,23 @@ def probability(text: str) -> float:
     if not 0.0 <= x <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return x
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def byte_size(text: str | int) -> int:
+    """A size in bytes: '256MB' -> 256_000_000; '64MiB' or '64M' -> 67_108_864; '1000' -> 1000.
+    (--shard-size, --cache-limit, --max-image-bytes and every other byte count.)"""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    try:
+        value = float(num) * _SIZE_UNITS[s[len(num):]]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1000, 64MB, 1GiB)") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"size must be at least 1 byte: {text!r}")
+    return int(value)

@@ -18,20 +18,6 @@ import sys
 from .model import PRESETS
 
 
-def _bytes_arg(text: str) -> int:
-    """'1000', '500M', '50G' -> bytes (powers of 1024)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
-    try:
-        n = int(float(num) * units[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 1000000, 500M, 50G)") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return n
-
-
 def _data_item(text: str) -> str:
     """A bad mixture weight (`DIR:-1`) is bad usage, found by the loader's own rule."""
     from .data import DataError, parse_data_arg
@@ -51,7 +37,8 @@ SUBCOMMANDS = {  # name -> (module, entry point)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int, probability
+    from tokenizer_kit.argtypes import (byte_size, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                                        probability)
 
     doc = __doc__.split("\n\n")
     p = argparse.ArgumentParser(prog="gato-train", description=doc[0], epilog=doc[1],
@@ -65,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory, a path or a URL (checkpoint, metrics.jsonl, loss.png)")
     p.add_argument("--cache-dir", metavar="DIR", help="local cache of shards read from URLs, and the staging "
                    "copy of a URL --out (default $XDG_CACHE_HOME/gato-kit or ~/.cache/gato-kit)")
-    p.add_argument("--cache-limit", type=_bytes_arg, metavar="BYTES",
+    p.add_argument("--cache-limit", type=byte_size, metavar="BYTES",
                    help="most bytes of shards kept in the cache (e.g. 50G); least recently used go first")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
     p.add_argument("--init-from", metavar="RUN", help="start from another run's weights (its model size and "

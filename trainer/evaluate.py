@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenizer_kit.files import atomic_path
+
 from .envs import EnvWrappers, make_env_fn
 from .rollout import PROMPT_MODES, Agent, load_demonstrations, run_episodes
 
@@ -265,7 +267,8 @@ def plot_suite(results: list[TaskResult], overall: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -281,8 +284,6 @@ def run_suite(policy: Policy, tasks: list[TaskSpec], out: Path | None, progress:
     report = {"tasks": [asdict(r) | {"score": r.score, "success_rates": r.success_rates()} for r in results],
               "overall": overall}
     if out is not None:
-        from tokenizer_kit.files import atomic_path
-
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / EVAL_JSON) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=1) + "\n")

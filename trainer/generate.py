@@ -87,7 +87,7 @@ def caption(args: argparse.Namespace) -> list[str]:
     from PIL import Image
 
     from tokenizer_kit.layout import IMAGE
-    from tokenizer_kit.sequence import build_caption_row
+    from tokenizer_kit.text_rows import build_caption_row
 
     from .checkpoint import load_model
 

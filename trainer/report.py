@@ -6,8 +6,9 @@ Both read RUN/metrics.jsonl, the one record of the run, so they describe a resum
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from tokenizer_kit.files import atomic_path
 
 
 def read_metrics(metrics: Path) -> list[dict]:
@@ -46,10 +47,9 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

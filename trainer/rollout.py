@@ -21,9 +21,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from tokenizer_kit.episode_decode import acting_observation, decode_actions
 from tokenizer_kit.fields import flatten_value
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, Row, acting_observation, build_caption_row, build_episode, decode_actions
+from tokenizer_kit.sequence import EpisodeSpec, Row, build_episode
+from tokenizer_kit.text_rows import build_caption_row
 
 from .decoding import Decoder, concat_rows, sample_in_ranges, slice_tokens
 

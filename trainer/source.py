@@ -326,9 +326,9 @@ class ShardSource:
         statistics when the converter recorded them, else by scanning the rows' step starts."""
         if self.kind == "text":
             return 0, None, None
-        rec = self.manifest.stats.get("longest_unit")
-        if isinstance(rec, dict) and isinstance(rec.get("tokens"), int):
-            return rec["tokens"], rec.get("row"), rec.get("source_id")
+        rec = self.manifest.typed_stats.longest_unit
+        if rec is not None:
+            return rec.tokens, rec.row, rec.source_id
         best, at = 0, None
         for s in range(len(self.rows_per_shard)):
             base = self._starts[s]

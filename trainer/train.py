@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from tokenizer_kit.files import atomic_path
+
 from .checkpoint import CHECKPOINT_NAME, CHECKPOINT_VERSION, read_checkpoint, save_checkpoint
 from .model import PRESETS, GatoConfig, GatoModel
 from .report import plot_metrics, summary  # noqa: F401 (plot_metrics: part of this module's interface)
@@ -269,9 +271,8 @@ class Trainer:
         if not path.is_file():
             return
         keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        tmp = path.with_name(f".{METRICS_NAME}.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in keep))
 
     def save(self) -> None:
         """Every rank contributes its loader and RNG state; rank 0 writes the file atomically."""

@@ -8,8 +8,8 @@ Each kind K lives in `converters.K` and exposes `add_arguments(parser)` (its own
   text from `--text-vocab-size`), with `--layout-profile` applied.
 
 The writer (converters/writer/) then owns engines, workers, partitions, resume, `--on-error`,
-the output store and the manifest. Kind modules are imported only when their subcommand runs, so a missing or broken one
-never breaks the others.
+the output store and the manifest. Kind modules are imported only when their subcommand runs, so one
+command does not pay for the others' imports.
 """
 
 from __future__ import annotations
@@ -33,14 +33,8 @@ def _kind_module(kind: str):
 
 
 def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
-    from converters.writer import parse_size
+    from tokenizer_kit.argtypes import byte_size
     from tokenizer_kit.argtypes import positive_int as positive
-
-    def size(text: str) -> int:
-        try:
-            return parse_size(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
 
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files or directories")
     p.add_argument("--out", required=True, metavar="DIR", help="shard directory to write (created if missing)")
@@ -61,7 +55,7 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                        help="text vocab size of the layout when no --text-tokenizer is given (default 32000)")
     p.add_argument("--layout-profile", choices=("gato", "disjoint"), default="gato",
                    help="vocab layout profile (default gato)")
-    p.add_argument("--shard-size", type=size, default=256 * 10**6, metavar="BYTES",
+    p.add_argument("--shard-size", type=byte_size, default=256 * 10**6, metavar="BYTES",
                    help="target shard size, e.g. 64MB, 1GiB (default 256MB)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="run the work units in local processes (default) or as Ray tasks; INPUT and DIR "
@@ -81,27 +75,17 @@ class _LazyKindParser(argparse.ArgumentParser):
     kind: str = ""
     _kind_loaded = False
 
-    def _load_kind(self, strict: bool) -> None:
-        if self._kind_loaded:
-            return
-        self._kind_loaded = True
-        try:
-            module = _kind_module(self.kind)
-        except ModuleNotFoundError as e:
-            if e.name != f"converters.{self.kind}" or not strict:
-                raise
-            self.error(f"the {self.kind!r} converter is not available in this installation")
-        module.add_arguments(self)
+    def _load_kind(self) -> None:
+        if not self._kind_loaded:
+            self._kind_loaded = True
+            _kind_module(self.kind).add_arguments(self)
 
     def parse_known_args(self, args=None, namespace=None):
-        self._load_kind(strict=True)
+        self._load_kind()
         return super().parse_known_args(args, namespace)
 
     def format_help(self):
-        try:
-            self._load_kind(strict=False)
-        except ModuleNotFoundError:
-            pass
+        self._load_kind()
         return super().format_help()
 
 
@@ -159,11 +143,27 @@ def run(args) -> int:
     except StorageError as e:
         print(f"gato-tokenize: error: {e}", file=sys.stderr)
         return 1
-    print(result.summary(), file=sys.stderr)
+    print(summary(result), file=sys.stderr)
     notes = getattr(converter, "notes", None)  # warnings the converter reads off the finished manifest
     for line in notes(result.manifest) if notes is not None and result.manifest is not None else ():
         print(line, file=sys.stderr)
     return 0
+
+
+def summary(result) -> str:
+    """The one line a finished (or partition) run prints: what it wrote and how fast."""
+    if result.manifest is None:
+        return (f"{result.units_converted} units converted into {result.out} ({result.units_total} in all) in "
+                f"{result.seconds:.1f}s; once every partition is done: gato-tokenize finalize {result.out}")
+    m = result.manifest
+    mb = sum(s.bytes for s in m.shards) / 1e6
+    rate = m.total_tokens / max(result.seconds, 1e-9) / 1e6
+    head = "up to date: " if result.up_to_date else ""
+    filtered = m.typed_stats.filtered
+    filtered = f", {filtered} filtered out" if filtered else ""
+    speed = "" if result.up_to_date else f", {result.seconds:.1f}s ({rate:.2f}M tok/s)"  # nothing was converted
+    return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
+            f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}{speed} -> {result.out}")
 
 
 def default_compression(kind: str, converter) -> str:

@@ -13,19 +13,24 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from schemas.manifest import Stats
 from schemas.reader import ShardDir
 from schemas.shard import ShardError, row_from_table
+from schemas.storage import OutDir
+from schemas.workunit import WorkDir
+from tokenizer_kit.episode_decode import decode_episode
 from tokenizer_kit.frames import grey_to_rgb
 from tokenizer_kit.images import patch_count
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, decode_caption, decode_episode
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row
+from tokenizer_kit.text_rows import decode_caption
 
 from ..base import SourceError
-from ..writer import OutDir, WorkDir
 from .listing import head_and_tail, human_bytes
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
@@ -73,9 +78,9 @@ def step_tokens(sd: ShardDir) -> dict | None:
             "max": longest, "min_seq_len": longest, "min_seq_len_with_prompts": prompted}
 
 
-def _frame_stacks(stats: dict) -> dict | None:
+def _frame_stacks(st: Stats | None) -> dict | None:
     """{field: {"last": episodes, "split": episodes}} as the RL converter counted them."""
-    counts = stats.get("counts") or {}
+    counts = (st.counts if st is not None else None) or {}
     out: dict[str, dict[str, int]] = {}
     for mode in ("last", "split"):
         for name, n in (counts.get(f"frame_stack_{mode}") or {}).items():
@@ -93,19 +98,9 @@ def _returns(sd: ShardDir) -> dict | None:
             "max": float(r.max())} if len(r) else {"count": 0}
 
 
-def _field_errors(stats: dict) -> dict | None:
+def _field_errors(st: Stats | None) -> dict | None:
     """Per-field quantisation error from the manifest, as {field: {max, mean, count}}."""
-    fe = next((stats[k] for k in ("field_errors", "quantization_error", "quantisation_error") if k in stats), None)
-    if not isinstance(fe, dict):
-        return None
-    out = {}
-    for name, v in fe.items():
-        if isinstance(v, dict):
-            mean = v.get("mean", (v["sum"] / v["count"]) if v.get("count") and "sum" in v else None)
-            out[name] = {"max": v.get("max"), "mean": mean, "count": v.get("count")}
-        elif isinstance(v, (list, tuple)) and len(v) == 3:  # (max, sum, count)
-            out[name] = {"max": v[0], "mean": v[1] / v[2] if v[2] else None, "count": v[2]}
-    return out
+    return {name: asdict(e) for name, e in st.field_errors.items()} if st is not None and st.field_errors else None
 
 
 def work_progress(root: Path) -> dict | None:
@@ -118,7 +113,7 @@ def work_progress(root: Path) -> dict | None:
 def summary(sd: ShardDir) -> dict:
     """Everything the summary shows, as plain JSON-able data."""
     m = sd.manifest
-    stats = m.stats if m is not None else {}
+    st = m.typed_stats if m is not None else None
     shards = []
     for i, s in enumerate(sd.shards):
         if s.info is not None:
@@ -129,14 +124,12 @@ def summary(sd: ShardDir) -> dict:
             off = t.column("tokens").combine_chunks().offsets
             shards.append({"name": s.name, "rows": t.num_rows, "tokens": int(off[-1].as_py() - off[0].as_py()),
                            "bytes": sd.file(i).stat().st_size, "sha256": None})
-    by_mod = stats.get("tokens_per_modality") or stats.get("tokens_by_modality")
-    if not isinstance(by_mod, dict):
-        by_mod = _modality_counts(sd)
+    by_mod = st.tokens_by_modality if st is not None and st.tokens_by_modality else _modality_counts(sd)
     by_mod = {name: by_mod.get(name, 0) for name in MODALITY_NAMES.values()}
-    ret = stats.get("episode_returns") or stats.get("episode_return")
-    if not isinstance(ret, dict) and (m is None or m.episode_spec is not None):
+    ret = asdict(st.episode_return) if st is not None and st.episode_return is not None else None
+    if ret is None and (m is None or m.episode_spec is not None):
         ret = _returns(sd)
-    if isinstance(ret, dict):
+    if ret is not None:
         ret = {k: ret[k] for k in ("count", "mean", "std", "min", "max") if ret.get(k) is not None}
     tok = None
     if sd.tokenizer_path is not None:
@@ -160,9 +153,9 @@ def summary(sd: ShardDir) -> dict:
         "bytes": sum(s["bytes"] for s in shards),
         "tokens_by_modality": by_mod,
         "episode_return": ret,
-        "field_errors": _field_errors(stats),
-        "frame_stacks": _frame_stacks(stats),
-        "outside_unit_range": (stats.get("counts") or {}).get("outside_unit_range"),
+        "field_errors": _field_errors(st),
+        "frame_stacks": _frame_stacks(st),
+        "outside_unit_range": ((st.counts if st is not None else None) or {}).get("outside_unit_range"),
         "step_tokens": step_tokens(sd),
         "skipped": len(m.skipped) if m else None,
         "work": work_progress(sd.path) if m is None else None,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, ManifestError
+from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError
 from schemas.reader import ShardDir
 from schemas.storage import join
 from schemas.validate import Problem, validate_and_count
@@ -179,7 +179,7 @@ def verify_dir(path: str | Path) -> VerifyResult:
             rep.add("the manifest has an episode spec but the shard has no RL columns")
         problems += rep.problems
         reports.append(rep)
-    problems += _check_stats(m.stats, reports)
+    problems += _check_stats(m, reports)
     return VerifyResult(reports, problems, time.perf_counter() - t0)
 
 
@@ -200,47 +200,37 @@ def _check_tokenizer(sd: ShardDir, layout: VocabLayout) -> list[str]:
     return []
 
 
-def _stat(stats: dict, *keys):
-    for k in keys:
-        if k in stats:
-            return stats[k]
-    return None
-
-
-def _check_stats(stats: dict, reports: list[ShardReport]) -> list[str]:
-    """Manifest totals against what the shards hold; statistics a writer did not record are skipped."""
-    out = []
+def _check_stats(m: Manifest, reports: list[ShardReport]) -> list[str]:
+    """Manifest totals against what the shards hold (a manifest without statistics is not checked)."""
+    if not m.stats:
+        return []
+    st, out = m.typed_stats, []
     rows, tokens = sum(r.rows for r in reports), sum(r.tokens for r in reports)
-    for key, got in (("rows", rows), ("tokens", tokens)):
-        want = stats.get(key)
-        if isinstance(want, dict):
-            want = want.get("total")
-        if isinstance(want, (int, float)) and want != got:
+    for key, want, got in (("rows", st.rows, rows), ("tokens", st.tokens, tokens)):
+        if want != got:
             out.append(f"{MANIFEST_NAME}: stats {key} {want}, the shards hold {got}")
-    by_mod = _stat(stats, "tokens_per_modality", "tokens_by_modality")
-    if isinstance(by_mod, dict):
+    if st.tokens_by_modality:
         counts = sum((r.modality_tokens for r in reports), np.zeros(len(MODALITY_NAMES), np.int64))
         for code, name in MODALITY_NAMES.items():
-            want = by_mod.get(name)
-            if isinstance(want, (int, float)) and want != counts[code]:
+            want = st.tokens_by_modality.get(name, 0)
+            if want != counts[code]:
                 out.append(f"{MANIFEST_NAME}: stats {name} tokens {want}, the shards hold {int(counts[code])}")
-    per_task = stats.get("rows_per_task")
-    if isinstance(per_task, dict):
+    if st.rows_per_task:
         got_tasks: dict[str, int] = {}
         for r in reports:
             for t, c in r.tasks.items():
                 got_tasks[t] = got_tasks.get(t, 0) + c
-        if {k: v for k, v in per_task.items() if v} != got_tasks:
-            out.append(f"{MANIFEST_NAME}: stats rows_per_task {per_task}, the shards hold {got_tasks}")
-    ret = _stat(stats, "episode_returns", "episode_return")
-    if isinstance(ret, dict) and any(r.returns for r in reports):
+        if {k: v for k, v in st.rows_per_task.items() if v} != got_tasks:
+            out.append(f"{MANIFEST_NAME}: stats rows_per_task {st.rows_per_task}, the shards hold {got_tasks}")
+    ret = st.episode_return
+    if ret is not None and any(r.returns for r in reports):
         values = np.concatenate([x for r in reports for x in r.returns])
         got = {"count": len(values), "min": values.min() if len(values) else None,
                "max": values.max() if len(values) else None,
                "mean": values.mean() if len(values) else None}
         for k, v in got.items():
-            want = ret.get(k)
-            if isinstance(want, (int, float)) and v is not None and not np.isclose(want, v, rtol=1e-6, atol=1e-9):
+            want = getattr(ret, k)
+            if want is not None and v is not None and not np.isclose(want, v, rtol=1e-6, atol=1e-9):
                 out.append(f"{MANIFEST_NAME}: stats episode_return {k} {want}, the shards hold {v}")
     return out
 

@@ -16,6 +16,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from converters.base import SourceError
+from converters.hf_datasets import hf_kind
 from tokenizer_kit.frames import detect as detect_stack
 
 SOURCE_KINDS = ("auto", "minari", "hdf5", "table")
@@ -91,9 +92,9 @@ def detect_kind(path: str) -> str:
     if p.is_dir():
         if (p / "metadata.json").is_file() or (p / "data" / "metadata.json").is_file():
             return "minari"
-        if (p / "state.json").is_file() or (p / "dataset_info.json").is_file():
+        if hf_kind(p) == "dataset":
             return "table"
-        if (p / "dataset_dict.json").is_file():
+        if hf_kind(p) == "dict":
             raise SourceError(f"{path}: a HF DatasetDict; pass one split's directory (e.g. {p / 'train'})")
         if any(p.glob("*.parquet")):
             return "table"
@@ -127,7 +128,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
     out = []
     for path in paths:
         p = Path(path)
-        if p.is_dir() and not (p / "state.json").is_file() and not (p / "metadata.json").is_file() \
+        if p.is_dir() and hf_kind(p) is None and not (p / "metadata.json").is_file() \
                 and not (p / "data" / "metadata.json").is_file():
             files = sorted(str(f) for f in p.glob("*.parquet"))
             if files:

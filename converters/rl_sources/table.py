@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from converters.base import SourceError
+from converters.hf_datasets import load_dataset
 
 from . import FieldInfo, RawEpisode, guess_kind
 
@@ -197,14 +198,7 @@ class TableSource:
         return self._table
 
     def _load_hf(self) -> pa.Table:
-        import datasets
-        try:
-            ds = datasets.load_from_disk(self.path)
-        except (OSError, ValueError, pa.ArrowException) as e:
-            raise SourceError(f"{self.path}: not a readable HF datasets directory ({_first_line(e)})") from None
-        if not isinstance(ds, datasets.Dataset):
-            raise SourceError(f"{self.path}: a HF DatasetDict; pass one split's directory")
-        return ds.data.table  # memory-mapped
+        return load_dataset(self.path).data.table  # memory-mapped
 
     def _batches(self, start: int, stop: int, columns: list[str], rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         try:

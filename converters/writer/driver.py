@@ -9,26 +9,24 @@ without a complete marker; nothing is copied after conversion.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, replace
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord
-from schemas.workunit import PLAN_NAME, WORK_FORMAT, ConversionPlan, UnitMarker, merge_stats
+from schemas.storage import OutDir
+from schemas.workunit import PLAN_NAME, WORK_DIR, ConversionPlan, UnitMarker, WorkDir, merge_stats
 from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
-from ..base import Converter, SourceError, WorkUnit
+from ..base import Converter, SourceError
 from ..progress import Progress
 from .engines import ENGINES, run_local, run_ray
 from .lock import OutLock
 from .shards import COMPRESSIONS
-from .storage import OutDir
 from .unit import UnitJob, UnitSettings
-from .workdir import WorkDir
+from .leftovers import remove_temporaries, remove_unlisted_shards, remove_work_dir
 
 ON_ERROR = ("fail", "skip")
 
@@ -39,6 +37,8 @@ class UsageError(ValueError):
 
 @dataclass
 class ConvertResult:
+    """What a run did (the command prints it as one line)."""
+
     out: str
     complete: bool  # manifest written (False after a partition run)
     units_total: int
@@ -47,53 +47,14 @@ class ConvertResult:
     seconds: float = 0.0
     up_to_date: bool = False  # the directory already held this exact conversion
 
-    def summary(self) -> str:
-        if self.manifest is None:
-            return (f"{self.units_converted} units converted into {self.out} ({self.units_total} in all) in "
-                    f"{self.seconds:.1f}s; once every partition is done: gato-tokenize finalize {self.out}")
-        m = self.manifest
-        mb = sum(s.bytes for s in m.shards) / 1e6
-        rate = m.total_tokens / max(self.seconds, 1e-9) / 1e6
-        head = "up to date: " if self.up_to_date else ""
-        filtered = f", {m.stats['filtered']} filtered out" if m.stats.get("filtered") else ""
-        speed = "" if self.up_to_date else f", {self.seconds:.1f}s ({rate:.2f}M tok/s)"  # nothing was converted
-        return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
-                f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}{speed} -> {self.out}")
 
-
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def unit_id(fingerprint: str, unit: WorkUnit) -> str:
-    """Changes with the settings, the unit, and its file's size/mtime: stale work is never reused."""
-    try:
-        st = os.stat(unit.path)
-        stamp = [st.st_size, st.st_mtime_ns]
-    except (OSError, ValueError):
-        stamp = None
-    return _sha([fingerprint, unit.key, unit.path, unit.start, unit.stop, stamp])[:24]
-
-
-def _plan(converter: Converter, units: list[WorkUnit], layout: VocabLayout, tokenizer_path, task,
-          shard_size: int, on_error: str, compression: str) -> ConversionPlan:
-    options = dict(converter.options())
-    episode_spec = options.pop("episode_spec", None)
-    tok_sha = file_sha256(tokenizer_path) if tokenizer_path else None
-    fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter.name, "options": options,
-                        "episode_spec": episode_spec, "layout": layout.to_dict(), "tokenizer_sha256": tok_sha,
-                        "task": task, "rl": converter.rl, "shard_size": shard_size, "compression": compression})
-    return ConversionPlan(converter.name, converter.rl, fingerprint, [unit_id(fingerprint, u) for u in units],
-                          [u.key for u in units], layout.to_dict(), options, episode_spec, tok_sha, shard_size,
-                          on_error, compression)
-
-
-def _read_manifest(out: OutDir) -> Manifest | None:
+def _read_manifest(out: OutDir) -> tuple[bool, Manifest | None]:
+    """(whether OUT has a manifest, the manifest if it is readable)."""
     text = out.read_text(MANIFEST_NAME)
     try:
-        return Manifest.from_dict(json.loads(text)) if text else None
-    except (ManifestError, ValueError, TypeError, KeyError):
-        return None
+        return text is not None, Manifest.parse(text, MANIFEST_NAME) if text else None
+    except ManifestError:
+        return True, None
 
 
 def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout,
@@ -121,14 +82,17 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
     keys = [u.key for u in units]
     if len(set(keys)) != len(keys):
         raise SourceError(f"two inputs give the same work unit {next(k for k in keys if keys.count(k) > 1)!r}")
-    plan = _plan(converter, units, layout, tokenizer_path, task, shard_size, on_error, compression)
-    if (old := _read_manifest(store)) is not None or store.read_text(MANIFEST_NAME) is not None:
-        if old is not None and old.stats.get("conversion") == plan.conversion_id():
+    plan = ConversionPlan.create(converter.name, converter.rl, converter.options(), units, layout.to_dict(),
+                                 file_sha256(tokenizer_path) if tokenizer_path else None, task, shard_size, on_error,
+                                 compression)
+    finished, old = _read_manifest(store)
+    if finished:
+        if old is not None and old.typed_stats.conversion == plan.conversion_id():
             return ConvertResult(store.url, True, len(units), 0, old, time.perf_counter() - t0, up_to_date=True)
         raise UsageError(f"{out} already holds a finished conversion of other inputs or options; "
                          f"choose another --out or delete it")
 
-    store.makedirs()
+    store.makedirs(WORK_DIR)
     lock = ".lock" if partition is None else f".lock.partition-{partition}"
     with OutLock(store.root if store.local else None, lock):
         work = WorkDir(store)
@@ -136,7 +100,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
         if tokenizer_path:
             _copy_tokenizer(store, tokenizer_path)
         mine = range(len(units)) if partition is None else range(partition, len(units), num_partitions)
-        work.remove_temporaries(set(mine))
+        remove_temporaries(store, set(mine))
         done = work.done(plan)
         if partition is None and on_error == "fail":
             for m in done.values():  # a unit finished earlier under --on-error skip
@@ -175,7 +139,7 @@ def _copy_tokenizer(store: OutDir, tokenizer_path) -> None:
 def finalize(out: str | os.PathLike) -> Manifest:
     """Write the manifest of a directory whose units were all converted (by partitions, anywhere)."""
     store = OutDir(out)
-    if (m := _read_manifest(store)) is not None:
+    if (m := _read_manifest(store)[1]) is not None:
         return m
     with OutLock(store.root if store.local else None):
         work = WorkDir(store)
@@ -204,8 +168,8 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
         text = manifest.to_json()
     except ValueError as e:  # a statistic JSON cannot hold: refused at conversion, so a bug if it gets here
         raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
-    store.remove(work.unlisted_shards({s.name for s in shards}))
-    work.remove_temporaries(None)
+    remove_unlisted_shards(store, {s.name for s in shards})
+    remove_temporaries(store, None)
     store.write_text(MANIFEST_NAME, text)
-    work.remove()
+    remove_work_dir(store)
     return manifest

@@ -1,8 +1,9 @@
-"""One work unit's record batches -> its shard files, rolled at --shard-size, hashed as written."""
+"""One work unit's record batches -> its shard files, rolled at --shard-size, each hashed once
+complete (read back from the page cache it was just written through)."""
 
 from __future__ import annotations
 
-import hashlib
+import os
 from contextlib import ExitStack
 
 import numpy as np
@@ -11,56 +12,23 @@ import pyarrow.compute as pc
 
 from schemas.manifest import ShardInfo
 from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN, shard_schema
-
-from .storage import OutDir
+from schemas.storage import OutDir
+from tokenizer_kit.files import file_sha256
 
 COMPRESSIONS = ("none", "lz4", "zstd")
 
-_SUFFIXES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "K": 2**10, "M": 2**20, "G": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(text: str | int) -> int:
-    """'256MB' -> 256_000_000, '64MiB' or '64M' -> 67_108_864, '1000' -> 1000 (bytes)."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().upper().replace(" ", "")
-    num = s.rstrip("KMGTIB")
-    try:
-        value = float(num) * _SUFFIXES[s[len(num):]]
-    except (KeyError, ValueError):
-        raise ValueError(f"not a size: {text!r} (examples: 1000, 64MB, 1GiB)") from None
-    if value < 1:
-        raise ValueError(f"size must be at least 1 byte: {text!r}")
-    return int(value)
+def estimated_bytes(tokens, patches, steps, string_bytes):
+    """A row's bytes as shard rolling and batch cutting count them (whatever the compression), from
+    its list lengths: ints for one row, or numpy arrays for a batch's rows at once."""
+    return tokens * 8 + patches * (PATCH_BYTES + 4) + steps * 4 + string_bytes + 64
 
 
 def row_nbytes(batch: pa.RecordBatch) -> np.ndarray:
-    """Estimated bytes of each row (what shard rolling counts, whatever the compression), vectorised."""
     def lengths(name: str) -> np.ndarray:
         return np.diff(batch.column(name).offsets.to_numpy()).astype(np.int64)
     strings = (pc.binary_length(batch.column("source_id")).to_numpy(zero_copy_only=False)
                + pc.binary_length(batch.column("task")).to_numpy(zero_copy_only=False))
-    return (lengths("tokens") * 8 + lengths("patches") * (PATCH_BYTES + 4) + lengths("step_starts") * 4
-            + strings.astype(np.int64) + 64)
-
-
-class _Hashing:
-    """The file pyarrow's stream writer writes to: the sha256 is taken as the bytes go out."""
-
-    def __init__(self, file):
-        self.file, self.sha, self.size, self.closed = file, hashlib.sha256(), 0, False
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.file.write(data)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> None:
-        self.closed = True
+    return estimated_bytes(lengths("tokens"), lengths("patches"), lengths("step_starts"), strings.astype(np.int64))
 
 
 class ShardWriter:
@@ -99,9 +67,8 @@ class ShardWriter:
         with self.out.errors(f"write {self._name()}"):
             if self._open is None:
                 self._open = ExitStack()
-                path = self._open.enter_context(self.out.staged(self._name()))
-                self._file = _Hashing(self._open.enter_context(open(path, "wb")))
-                self._stream = pa.ipc.new_stream(self._file, self.schema, options=self.options)
+                self._path = str(self._open.enter_context(self.out.staged(self._name())))
+                self._stream = pa.ipc.new_stream(self._path, self.schema, options=self.options)  # closed once, by cut()
                 self._rows = self._tokens = 0
             self._stream.write_batch(piece)
         offs = piece.column("tokens").offsets
@@ -115,8 +82,8 @@ class ShardWriter:
             return
         with self.out.errors(f"write {self._name()}"):
             self._stream.close()
-            self._file.flush()
-            info = ShardInfo(self._name(), self._rows, self._tokens, self._file.size, self._file.sha.hexdigest())
+            info = ShardInfo(self._name(), self._rows, self._tokens, os.path.getsize(self._path),
+                             file_sha256(self._path))
             stack, self._open = self._open, None
             stack.close()
         self.shards.append(info)
@@ -130,15 +97,12 @@ class ShardWriter:
         for them), best effort: the first error is the one to report."""
         if self._open is not None:
             stack, self._open = self._open, None
-            try:
-                stack.__exit__(_Aborted, _Aborted(), None)
-            except (_Aborted, OSError):
+            try:  # raised into the staged file's context, which removes it instead of publishing it
+                stack.__exit__(OSError, OSError("aborted"), None)
+            except OSError:
                 pass
         try:
             self.out.remove([s.name for s in self.shards])
         except OSError:
             pass
 
-
-class _Aborted(Exception):
-    """Thrown into an open shard's context so that its temporary file is removed."""

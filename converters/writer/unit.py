@@ -13,16 +13,16 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.manifest import LongestUnit, SkippedRecord
-from schemas.shard import PATCH_BYTES, rows_to_batch
+from schemas.shard import rows_to_batch
 from schemas.validate import validate_table
+from schemas.storage import OutDir
 from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, add_counts, marker_name
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 from tokenizer_kit.sequence import unit_tokens
 
 from ..base import Converter, Record, SourceError, WorkUnit
-from .shards import ShardWriter
-from .storage import OutDir
+from .shards import ShardWriter, estimated_bytes
 
 BATCH_ROWS = 1024  # rows per record batch (fixed: batch boundaries are part of the bytes)
 BATCH_BYTES = 1 << 20  # ~bytes per record batch (a larger row makes a batch of its own)
@@ -56,28 +56,27 @@ class UnitJob:
     uid: str
 
 
-def _row_estimate(rec: Record) -> int:
-    r = rec.row
-    return len(r.tokens) * 8 + len(r.patches) * (PATCH_BYTES + 4) + len(r.step_starts) * 4 + len(rec.source_id) + 64
-
-
 def _with_place(msg, unit: WorkUnit) -> str:
     msg = str(msg).splitlines()[0] if str(msg) else "unreadable"
     return msg if unit.path and unit.path in msg else f"{unit.path or unit.key}: {msg}"
 
 
-def _unrepresentable(rec: Record, returns: ReturnSums) -> str | None:
-    """Why the record's statistics cannot go into a manifest (JSON has no inf or nan), given the
-    unit's returns so far."""
+def _add_return(rec: Record, stats: UnitStats) -> str | None:
+    """Add the record's episode return to the unit's, or say why its statistics cannot go into a
+    manifest (JSON has no inf or nan) and add nothing."""
     r = rec.episode_return
+    probe = None
     if r is not None and not math.isnan(r):  # nan: no return recorded
-        probe = replace(returns)
+        r = float(r)
+        probe = replace(stats.returns)
         probe.add(ReturnSums(1, r, r, r, 0.0))
         if not (math.isfinite(r) and probe.finite()):
             return f"{rec.source_id}: episode return {r!r} cannot go into the statistics (not a finite number)"
     for name, (mx, total, _) in rec.field_errors.items():
         if not (math.isfinite(mx) and math.isfinite(total)):
             return f"{rec.source_id}: field {name!r}: quantisation error is not a finite number"
+    if probe is not None:
+        stats.returns = probe
     return None
 
 
@@ -121,19 +120,15 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
             if rec.filtered:
                 stats.filtered += 1
                 continue
-            reason = rec.skip_reason or ("no row" if rec.row is None else None)
-            if reason is None:
-                reason = _unrepresentable(rec, stats.returns)
+            reason = rec.skip_reason or ("no row" if rec.row is None else None) or _add_return(rec, stats)
             if reason is not None:
                 if s.on_error == "fail":
                     raise _RecordFailed(reason)
                 skipped.append(SkippedRecord(rec.source_id, reason))
                 continue
-            if rec.episode_return is not None and not math.isnan(rec.episode_return):  # counted as it is checked
-                r = float(rec.episode_return)
-                stats.returns.add(ReturnSums(1, r, r, r, 0.0))
             buf.append(rec)
-            size += _row_estimate(rec)
+            size += estimated_bytes(len(rec.row.tokens), len(rec.row.patches), len(rec.row.step_starts),
+                                    len(rec.source_id))
             if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
                 yield make_batch(buf)
                 buf, size = [], 0

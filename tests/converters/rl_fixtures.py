@@ -10,7 +10,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from tokenizer_kit.sequence import decode_episode
+from tokenizer_kit.episode_decode import decode_episode
 
 # --- environments --------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from test_captions import conv, encode, photo, png_header_only, run_all, write_tar
-from tokenizer_kit.sequence import decode_caption
+from tokenizer_kit.text_rows import decode_caption
 
 
 def _folder(tmp_path, rows: list[str], name: str = "caps.csv", header: str = "file,caption"):

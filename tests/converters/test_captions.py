@@ -20,7 +20,7 @@ from converters.base import SourceError
 from converters.captions import CaptionConverter, add_arguments, make_converter, parse_image_size
 from tokenizer_kit.images import MAX_PIXELS, fit_image, patch_positions
 from tokenizer_kit.layout import IMAGE, TEXT
-from tokenizer_kit.sequence import decode_caption
+from tokenizer_kit.text_rows import decode_caption
 
 SIZE = (32, 48)  # H, W: 2x3 patches keeps tests fast
 

@@ -118,23 +118,6 @@ def test_partitions_then_plain_run(tmp_path, sp_model_path, capsys):
     assert "up to date" in capsys.readouterr().err
 
 
-def test_a_missing_kind_module_only_breaks_its_own_command(tmp_path, sp_model_path, monkeypatch, capsys):
-    import converters.commands.convert as convert_cmd
-    real = convert_cmd._kind_module
-
-    def only_text(kind):
-        if kind != "text":
-            raise ModuleNotFoundError(f"No module named 'converters.{kind}'", name=f"converters.{kind}")
-        return real(kind)
-
-    monkeypatch.setattr(convert_cmd, "_kind_module", only_text)
-    with pytest.raises(SystemExit) as e:
-        main(["captions", "x", "--out", str(tmp_path / "o"), "--text-tokenizer", sp_model_path])
-    assert e.value.code == 2 and "'captions' converter is not available" in capsys.readouterr().err
-    inputs = write_docs(tmp_path / "in", files=1, docs=2)
-    assert main(text_cmd(inputs, tmp_path / "out", sp_model_path)) == 0
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_shards(tmp_path, sp_model_path):
     """A real SIGKILL in the middle of a two-worker run; the re-run ends with the uninterrupted shards."""

@@ -47,8 +47,8 @@ def test_summary_of_an_rl_directory_shows_everything(rl_shard_dir, capsys):
     assert f"3 complete, 5 rows, {m.total_tokens} tokens" in out
     for s in m.shards:
         assert re.search(rf"{s.name}\s+{s.rows}\s+{s.tokens}\s+.*{s.sha256[:12]}", out)
-    r = m.stats["episode_returns"]
-    assert f"returns       count 5  mean {r['mean']:.4g}  min {r['min']:.4g}  max {r['max']:.4g}" in out
+    r = m.stats["episode_return"]
+    assert f"returns       count 5  mean {r['mean']:.4g}  std {r['std']:.4g}  min {r['min']:.4g}  max {r['max']:.4g}" in out
     fe = m.stats["field_errors"]["observation/ram"]
     assert re.search(rf"observation/ram\s+{fe['max']:.4g}\s+{fe['mean']:.4g}\s+116", out)
     assert lay.mu == 100.0 and "mu 100, M 256, 1024 bins" in out

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from converters.base import SourceError
-from converters.rl import RLConverter, add_arguments, make_converter
+from converters.rl import add_arguments, make_converter
+from converters.rl_converter import RLConverter
 from converters.rl_sources.hdf5 import FlatHDF5Source
 from rl_fixtures import (DictObs, MissionObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
 from tokenizer_kit.layout import VocabLayout

@@ -20,8 +20,9 @@ from rl_fixtures import make_minari, rollouts
 from schemas.manifest import Manifest
 from schemas.shard import row_from_table
 from schemas.reader import ShardDir
+from tokenizer_kit.episode_decode import acting_observation, decode_actions, decode_episode
 from tokenizer_kit.frames import FrameStack, detect, episode_frames, holds_last, observation_frames
-from tokenizer_kit.sequence import EpisodeSpec, acting_observation, build_episode, decode_actions, decode_episode
+from tokenizer_kit.sequence import EpisodeSpec, build_episode
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -112,9 +112,9 @@ def test_truncated_shard_is_unreadable_and_short(rl_copy, capsys):
     ("shard tokens", lambda m: m["shards"][0].update(tokens=1), "shard-00000.arrow: manifest says tokens 1"),
     ("total rows", lambda m: m["stats"].update(rows=6), "manifest.json: stats rows 6, the shards hold 5"),
     ("total tokens", lambda m: m["stats"].update(tokens=7), "manifest.json: stats tokens 7"),
-    ("modality", lambda m: m["stats"]["tokens_per_modality"].update(image=1), "stats image tokens 1, the shards hold"),
+    ("modality", lambda m: m["stats"]["tokens_by_modality"].update(image=1), "stats image tokens 1, the shards hold"),
     ("tasks", lambda m: m["stats"].update(rows_per_task={"pong-like": 4}), "stats rows_per_task"),
-    ("returns", lambda m: m["stats"]["episode_returns"].update(max=99.0), "stats episode_return max 99.0"),
+    ("returns", lambda m: m["stats"]["episode_return"].update(max=99.0), "stats episode_return max 99.0"),
 ])
 def test_edited_manifest_totals_are_named(rl_copy, capsys, key, edit, expected):
     edit_manifest(rl_copy, edit)

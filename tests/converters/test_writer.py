@@ -12,7 +12,7 @@ import pytest
 
 from converters.base import Record, SourceError, WorkUnit
 from converters.text import TextConverter
-from converters.writer import WORK_DIR, UsageError, convert, finalize, parse_size
+from converters.writer import WORK_DIR, UsageError, convert, finalize
 from schemas.manifest import Manifest
 from schemas.shard import open_shard
 from schemas.validate import validate_table
@@ -276,15 +276,6 @@ def test_a_row_breaking_the_contract_never_reaches_a_shard(layout, tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("shard-00001-*"))
 
 
-def test_parse_size():
-    assert parse_size("256MB") == 256 * 10**6
-    assert parse_size("64MiB") == parse_size("64M") == 64 * 2**20
-    assert parse_size("1.5kb") == 1500 and parse_size("1000") == 1000
-    for bad in ("", "MB", "12XB", "0", "-5MB"):
-        with pytest.raises(ValueError):
-            parse_size(bad)
-
-
 # --- what makes it cheap must not cost a guarantee --------------------------------------------------
 
 def test_shards_are_plain_arrow_streams(reference):
@@ -344,9 +335,10 @@ def test_filtered_records_are_counted_apart_from_skipped_ones(layout, tmp_path):
     dropped = sum(ep[3] < 0 and not ep[4] for u in conv.work_units() for ep in conv.episodes(u))
     assert 0 < dropped < 11
     res = convert(conv, tmp_path / "out", layout=layout, on_error="skip", progress=False)
+    from converters.commands.convert import summary
     m = res.manifest
     assert m.stats["filtered"] == dropped and m.total_rows == 11 - dropped
-    assert f"1 skipped, {dropped} filtered out," in res.summary()
+    assert f"1 skipped, {dropped} filtered out," in summary(res)
     assert m.stats["skipped"] == 1 and [s["source"] for s in m.skipped] == ["walk-1/ep2"]
     assert min(all_rows(tmp_path / "out").column("episode_return").to_pylist()) >= 0
     m = convert(Episodes(layout), tmp_path / "all", layout=layout, on_error="skip", progress=False).manifest

@@ -7,7 +7,8 @@ import pytest
 from schemas.shard import (PATCH_BYTES, SCHEMA_VERSION, ShardError, iter_shard_batches, open_shard, row_from_table,
                            rows_to_batch, shard_schema, write_shard)
 from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, build_caption_row, build_episode, build_text_row
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, build_episode
+from tokenizer_kit.text_rows import build_caption_row, build_text_row
 
 LAYOUT = VocabLayout(32000, eos_id=2)
 

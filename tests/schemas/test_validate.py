@@ -7,7 +7,8 @@ import pytest
 from schemas.shard import rows_to_batch
 from schemas.validate import Problem, _proof, check_schema, validate_and_count, validate_table
 from tokenizer_kit.layout import CONTINUOUS, IMAGE, SEPARATOR, TEXT, VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_caption_row, build_episode, build_text_row
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+from tokenizer_kit.text_rows import build_caption_row, build_text_row
 
 LAYOUT = VocabLayout(32000, eos_id=2)
 SPEC = EpisodeSpec((FieldSpec("cam", "image", (16, 32)), FieldSpec("s", "continuous", (2,))),

@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import pytest
 
-from tokenizer_kit.argtypes import nonnegative_float, positive_int, probability
+from tokenizer_kit.argtypes import byte_size, nonnegative_float, positive_int, probability
 from tokenizer_kit.fields import field_name, flatten_value
 
 
@@ -26,3 +26,12 @@ def test_argument_types_reject_with_one_line():
                     (nonnegative_float, "nan")):
         with pytest.raises(argparse.ArgumentTypeError):
             fn(bad)
+
+
+def test_byte_sizes_are_decimal_with_b_and_binary_without():
+    assert byte_size("256MB") == 256 * 10**6
+    assert byte_size("64MiB") == byte_size("64M") == 64 * 2**20
+    assert byte_size("1.5kb") == 1500 and byte_size("1000") == 1000
+    for bad in ("", "MB", "12XB", "0", "-5MB", "nan", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            byte_size(bad)

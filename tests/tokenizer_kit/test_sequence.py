@@ -8,11 +8,12 @@ size from step to step).
 import numpy as np
 import pytest
 
+from tokenizer_kit.episode_decode import decode_episode
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.images import image_to_patches
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
-from tokenizer_kit.sequence import (EpisodeSpec, FieldSpec, Row, build_caption_row, build_episode, build_text_row,
-                                    decode_caption, decode_episode)
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, build_episode
+from tokenizer_kit.text_rows import build_caption_row, build_text_row, decode_caption
 from tokenizer_kit.values import continuous_to_tokens, discrete_to_tokens
 
 GROUP = {"text": 0, "image": 1, "discrete": 2, "continuous": 2}

@@ -16,7 +16,8 @@ import numpy as np
 from schemas.manifest import Manifest, ShardInfo
 from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
 from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, build_caption_row, build_episode, build_text_row
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row, build_episode
+from tokenizer_kit.text_rows import build_caption_row, build_text_row
 
 STATE_SPEC = EpisodeSpec((FieldSpec("obs", "continuous", (8,)),), (FieldSpec("act", "discrete", (1,)),))
 PIXEL_SPEC = EpisodeSpec((FieldSpec("pixels", "image", (32, 32)), FieldSpec("obs", "continuous", (3,))),

@@ -14,7 +14,7 @@ from schemas.manifest import ManifestError
 from schemas.shard import open_shard, row_from_table
 from tokenizer_kit.images import eval_positions, normalize_patches
 from tokenizer_kit.layout import PATCH_SLOT, LayoutError, VocabLayout
-from tokenizer_kit.sequence import build_text_row
+from tokenizer_kit.text_rows import build_text_row
 from trainer.batch import Batch
 from trainer.data import DataError, build_loader, parse_data_arg
 from schemas.split import locate_rows

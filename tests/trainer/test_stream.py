@@ -23,7 +23,7 @@ from schemas.cache import ShardCache
 from schemas.manifest import Manifest
 from schemas.shard import open_shard
 from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import build_text_row
+from tokenizer_kit.text_rows import build_text_row
 from trainer import train as train_mod
 from trainer.cli import main
 from trainer.data import build_loader

@@ -17,9 +17,10 @@ import torch
 
 from schemas.manifest import Manifest, ShardInfo
 from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
-from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_caption_row, build_episode, build_text_row
 from tokenizer_kit.files import file_sha256
+from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+from tokenizer_kit.text_rows import build_caption_row, build_text_row
 from trainer import train as train_mod
 from trainer.checkpoint import CHECKPOINT_NAME, load_model, read_checkpoint
 from trainer.cli import main
