@@ -20,8 +20,8 @@ import numpy as np
 
 from tokenizer_kit.frames import MODES as FRAME_MODES
 from tokenizer_kit.frames import detect as detect_stack
-from tokenizer_kit.images import FIT_POLICIES, PATCH_SIZE, fitted_size
-from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.images import FIT_POLICIES, fitted_size
+from tokenizer_kit.layout import PATCH_SIZE, VocabLayout
 from tokenizer_kit.sequence import KINDS, EpisodeSpec, FieldSpec
 
 from .base import SourceError

@@ -185,6 +185,14 @@ class OutDir:
         with self.staged(name) as tmp:
             tmp.write_text(text)
 
+    def move(self, src: str, dst: str) -> None:
+        """Put `src` in OUT under `dst` whole (a rename locally; a server-side copy in a store)."""
+        with self.errors(f"move {src} to {dst}"):
+            if self.local:
+                os.replace(self.path(src), self.path(dst))
+            else:
+                self.fs.mv(self.path(src), self.path(dst))
+
     def remove(self, names: list[str]) -> None:
         with self.errors("remove leftovers"):
             for name in names:

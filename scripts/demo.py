@@ -212,7 +212,6 @@ def evaluate_captions(run: Path, dirs: dict, size: Size, held_out) -> dict:
     import numpy as np
 
     import demo_data as dd
-    from schemas.reader import ShardDir
     from tokenizer_kit.text import TextTokenizer
     from trainer.checkpoint import load_model
     from trainer.decoding import generate_text

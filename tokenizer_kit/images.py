@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import TokenizeError
-from .layout import PATCH_BYTES, PATCH_SIZE  # noqa: F401  (re-exported: the patch geometry)
+from .layout import PATCH_SIZE
 
 FIT_POLICIES = ("resize", "pad")
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from .errors import TokenizeError
 from .frames import FrameStack
-from .images import (FIT_POLICIES, PATCH_BYTES, fit_grey_frames, image_to_patches, patch_positions, patchify,
+from .images import (FIT_POLICIES, fit_grey_frames, image_to_patches, patch_positions, patchify,
                      patchify_grey)
-from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
+from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_BYTES, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 from .values import continuous_to_tokens, discrete_to_tokens, to_unit_range
 
 KINDS = ("text", "image", "discrete", "continuous")

@@ -20,7 +20,8 @@ from .model import PRESETS
 
 def _data_item(text: str) -> str:
     """A bad mixture weight (`DIR:-1`) is bad usage, found by the loader's own rule."""
-    from .data import DataError, parse_data_arg
+    from .data import parse_data_arg
+    from .source import DataError
     try:
         parse_data_arg(text)
     except DataError as e:

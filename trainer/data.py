@@ -29,9 +29,8 @@ from schemas.split import directory_seed, split_rows
 from tokenizer_kit.layout import VocabLayout
 
 from .batch import Batch, Sample, collate
-from .sampling import (MAX_PAIRS, Part, SampleConfig, assemble, caption_parts, goal_start,  # noqa: F401
-                       randint, rl_parts, text_parts, window_start)
-from .source import KINDS, DataError, RowView, ShardSource, _mapped_mb, _mapped_region  # noqa: F401
+from .sampling import MAX_PAIRS, Part, SampleConfig, assemble, caption_parts, rl_parts, text_parts
+from .source import DataError, ShardSource, _mapped_mb
 
 STATE_FORMAT = "gato-loader/1"
 # Mapped shard pages allowed to pile up (MB) before a reader unmaps them: keeps RSS flat as data grows.

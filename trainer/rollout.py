@@ -47,7 +47,7 @@ def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.G
     """A demonstration prompt of at most `max_tokens` tokens, chosen by the loader's own rule for
     training prompts: the episode's end from a timestep boundary (goal conditioning), or
     `max_tokens` tokens from a uniformly drawn boundary."""
-    from .data import goal_start, window_start
+    from .sampling import goal_start, window_start
 
     if mode == "none" or max_tokens <= 0:
         return concat_rows([])

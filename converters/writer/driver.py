@@ -128,11 +128,12 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
     return ConvertResult(store.url, True, len(units), len(jobs), manifest, time.perf_counter() - t0)
 
 
+_STAGED_TOKENIZER = f"{WORK_DIR}/{TOKENIZER_NAME}"
+
+
 def _copy_tokenizer(store: OutDir, tokenizer_path) -> None:
-    if store.local and os.path.exists(store.path(TOKENIZER_NAME)) and \
-            os.path.samefile(tokenizer_path, store.path(TOKENIZER_NAME)):
-        return
-    with store.staged(TOKENIZER_NAME) as tmp:
+    """Into the work directory: OUT holds nothing but resume state until its manifest is written."""
+    with store.staged(_STAGED_TOKENIZER) as tmp:
         shutil.copyfile(tokenizer_path, tmp)
 
 
@@ -170,6 +171,8 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
         raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
     remove_unlisted_shards(store, {s.name for s in shards})
     remove_temporaries(store, None)
+    if plan.tokenizer_sha256 and TOKENIZER_NAME in store.sizes(WORK_DIR):  # else moved by an interrupted finalize
+        store.move(_STAGED_TOKENIZER, TOKENIZER_NAME)
     store.write_text(MANIFEST_NAME, text)
     remove_work_dir(store)
     return manifest

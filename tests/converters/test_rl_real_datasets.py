@@ -360,7 +360,7 @@ def test_step_too_long_for_seq_len_is_refused(pong_episodes, tmp_path, capsys, m
     assert code == 2 and len(errors) == 1 and errors == err[-1:]  # after argparse's usage lines
     assert str(out) in err[-1] and "row 0" in err[-1] and "102 tokens" in err[-1] and "--seq-len 64" in err[-1]
     # without the manifest's record the rows are scanned, with the same answer
-    from trainer.data import ShardSource
+    from trainer.source import ShardSource
     d = json.loads((out / "manifest.json").read_text())
     del d["stats"]["longest_unit"]
     (out / "manifest.json").write_text(json.dumps(d))

@@ -16,7 +16,8 @@ from tokenizer_kit.images import eval_positions, normalize_patches
 from tokenizer_kit.layout import PATCH_SLOT, LayoutError, VocabLayout
 from tokenizer_kit.text_rows import build_text_row
 from trainer.batch import Batch
-from trainer.data import DataError, build_loader, parse_data_arg
+from trainer.data import build_loader, parse_data_arg
+from trainer.source import DataError
 from schemas.split import locate_rows
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
