@@ -8,14 +8,18 @@ from typing import Callable
 from schemas.errors import EXPECTED_ERRORS as _READ_ERRORS
 
 from .base import SourceError
+from .writer.lock import LockedError
 
 EXPECTED_ERRORS = _READ_ERRORS + (SourceError,)
 
 
 def run_reporting_errors(func: Callable, args) -> int:
-    prog = sys.argv[0].rsplit("/", 1)[-1] or "gato-kit"
+    prog = "gato-tokenize"
     try:
         code = func(args)
+    except LockedError as e:  # another live conversion writes this OUT: bad usage, not bad data
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except EXPECTED_ERRORS as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)

@@ -112,7 +112,7 @@ def run(args) -> int:
     from tokenizer_kit.layout import VocabLayout
     from tokenizer_kit.text import TextTokenizer
     from converters.inputs import localize_inputs
-    from converters.writer import LockedError, StorageError, UsageError, convert
+    from converters.writer import UsageError, convert
 
     parser: argparse.ArgumentParser = args._parser
     if args.num_partitions > 1 and args.partition is None:
@@ -137,12 +137,6 @@ def run(args) -> int:
                          else args.compression)
     except UsageError as e:
         parser.error(str(e))
-    except LockedError as e:
-        print(f"gato-tokenize: error: {e}", file=sys.stderr)
-        return 2
-    except StorageError as e:
-        print(f"gato-tokenize: error: {e}", file=sys.stderr)
-        return 1
     print(summary(result), file=sys.stderr)
     notes = getattr(converter, "notes", None)  # warnings the converter reads off the finished manifest
     for line in notes(result.manifest) if notes is not None and result.manifest is not None else ():
