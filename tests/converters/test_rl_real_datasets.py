@@ -29,22 +29,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 STEPS = 24  # agent steps per episode (each 4 emulator frames): enough to see shifts, fast
 
 
-class Resize84(gym.ObservationWrapper):
-    """ALE's grey screen at 84x84 with Pillow (AtariPreprocessing's resize needs OpenCV, absent here)."""
-
-    def __init__(self, env):
-        super().__init__(env)
-        self.observation_space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
-
-    def observation(self, obs):
-        return np.asarray(Image.fromarray(obs).resize((84, 84), Image.BILINEAR))
-
-
 def pong_stacked():
+    """Frames as Atari agents record them: gymnasium's AtariPreprocessing (grey, 84x84, 4 emulator
+    frames a step) then FrameStackObservation, the (4, 84, 84) stacks of a DQN-style dataset."""
     import ale_py
     gym.register_envs(ale_py)
-    env = gym.make("ALE/Pong-v5", obs_type="grayscale", repeat_action_probability=0.0)
-    return gym.wrappers.FrameStackObservation(Resize84(env), 4)
+    env = gym.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0)
+    env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=0)
+    return gym.wrappers.FrameStackObservation(env, 4)
 
 
 @pytest.fixture(scope="module")
