@@ -313,3 +313,17 @@ def upload_dir(local, url: str) -> str:
         if p.is_file():
             fs.put_file(str(p), f"{url.removeprefix('s3://')}/{p.name}")
     return url
+
+
+@pytest.fixture(scope="module")
+def minari_root(tmp_path_factory):
+    """A fresh Minari datasets folder per test module, and no hub: Minari's own writer makes the data."""
+    import warnings
+    from pathlib import Path
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield Path(tmp_path_factory.getbasetemp())

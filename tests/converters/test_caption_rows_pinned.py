@@ -11,6 +11,7 @@ import hashlib
 import json
 
 import numpy as np
+from row_hash import update_with_row
 import pytest
 from PIL import Image
 
@@ -63,11 +64,7 @@ def _rows_sha256(inputs, tok, **kw) -> str:
         for r in c.convert_unit(u):
             assert r.skip_reason is None, r.skip_reason
             h.update(r.source_id.encode())
-            for col in (r.row.tokens, r.row.loss_mask, r.row.local_pos, r.row.modality, r.row.step_starts,
-                        r.row.patches, r.row.patch_pos):
-                a = np.ascontiguousarray(col)
-                h.update(str((a.dtype.str, a.shape)).encode())
-                h.update(a.tobytes())
+            update_with_row(h, r.row)
     return h.hexdigest()
 
 

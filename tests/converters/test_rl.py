@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -50,16 +49,6 @@ def obs_of(ep, prefix="obs"):
     """The observations a row must hold: minari's T+1 minus the final one, flattened like the reader."""
     o = ep["observations"]
     return {f"{prefix}/{k}": v[:-1] for k, v in o.items()} if isinstance(o, dict) else {prefix: o[:-1]}
-
-
-@pytest.fixture(scope="module")
-def minari_root(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield Path(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

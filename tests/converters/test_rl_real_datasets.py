@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -37,16 +36,6 @@ def pong_stacked():
     env = gym.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0)
     env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=0)
     return gym.wrappers.FrameStackObservation(env, 4)
-
-
-@pytest.fixture(scope="module")
-def minari_root(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import json
 
 import gymnasium as gym
 import numpy as np
+from row_hash import update_with_row
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -43,11 +44,7 @@ def _rows_sha256(converter, root) -> str:
         for r in converter.convert_unit(unit):
             assert r.skip_reason is None, r.skip_reason
             h.update(repr((r.source_id.replace(str(root), ""), r.task, r.num_steps, r.episode_return)).encode())
-            for col in (r.row.tokens, r.row.loss_mask, r.row.local_pos, r.row.modality, r.row.step_starts,
-                        r.row.patches, r.row.patch_pos):
-                a = np.ascontiguousarray(col)
-                h.update(str((a.dtype.str, a.shape)).encode())
-                h.update(a.tobytes())
+            update_with_row(h, r.row)
     return h.hexdigest()
 
 
