@@ -34,6 +34,8 @@ PRESETS: dict[str, dict] = {
     "gato-1.18b": dict(n_layer=24, d_model=2048, n_head=16, d_ff=8192),
 }
 
+VALUE_EMBED_INITS = ("smooth", "normal")
+
 
 @dataclass
 class GatoConfig:
@@ -49,6 +51,7 @@ class GatoConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    value_embed: str = "smooth"  # initial embeddings of the continuous-value bins: smooth or normal
     preset: str = ""
     seq_len: int = 1024  # context length it was trained with (RoPE sets no hard limit; acting uses it)
 
@@ -59,6 +62,8 @@ class GatoConfig:
             raise ValueError("head size must be even for rotary position embeddings")
         if self.patch_channels % self.patch_groups:
             raise ValueError(f"patch_channels {self.patch_channels} not divisible by patch_groups {self.patch_groups}")
+        if self.value_embed not in VALUE_EMBED_INITS:
+            raise ValueError(f"value_embed must be one of {', '.join(VALUE_EMBED_INITS)}, not {self.value_embed!r}")
         VocabLayout.from_dict(self.layout)  # validates the layout dict
 
     @property
@@ -82,6 +87,27 @@ class GatoConfig:
     def from_dict(cls, d: dict) -> "GatoConfig":
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def smooth_value_rows(noise: torch.Tensor, std: float, share: float = 0.8,
+                      periods: tuple[float, float] = (2.0, 1 / 32)) -> torch.Tensor:
+    """Initial embeddings for the value bins (rows of `noise`, in bin order) that vary smoothly
+    with the bin's value: `share` of each row's variance is a fixed random projection of Fourier
+    features of the bin centre z in [-1, 1] (z itself and 16 sines and cosines with periods from
+    2 down to 1/32 of z, log-spaced), the rest is `noise`.
+
+    Why: a lookup table starts every bin independent of its neighbours, and a small model spends
+    thousands of steps learning from data that bin k and bin k + 1 mean nearly the same number.
+    Started smooth, neighbouring bins start close (cosine ~0.8) and distant ones unrelated, and
+    training still moves each row freely. Measured on the demo's Pendulum (README, "Model and loop").
+    """
+    n, d = noise.shape
+    z = ((torch.arange(n, dtype=torch.float32, device=noise.device) + 0.5) / n * 2 - 1)[:, None]
+    freq = 2 * math.pi / torch.logspace(math.log10(periods[0]), math.log10(periods[1]), 16, device=noise.device)
+    feats = torch.cat([z, torch.sin(z * freq), torch.cos(z * freq)], 1)
+    smooth = feats @ torch.randn(feats.shape[1], d, device=noise.device)
+    smooth = smooth / smooth.std().clamp_min(1e-12)
+    return math.sqrt(1 - share) * noise + std * math.sqrt(share) * smooth
 
 
 class PatchEmbed(nn.Module):
@@ -227,6 +253,11 @@ class GatoModel(nn.Module):
         for blk in self.blocks:
             for lin in (blk.attn.out, blk.ff.out):
                 nn.init.normal_(lin.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+        if self.config.value_embed == "smooth":
+            lay = self.layout
+            rows = self.embed.weight[lay.continuous_offset:lay.continuous_offset + lay.num_bins]
+            with torch.no_grad():
+                rows.copy_(smooth_value_rows(rows, std))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

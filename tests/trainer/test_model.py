@@ -143,6 +143,29 @@ def test_init_and_param_groups(model):
     assert len(d) + len(nd) == len(list(model.parameters()))
 
 
+def _value_rows(value_embed: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    m = GatoModel(GatoConfig.from_preset("tiny", LAYOUT, value_embed=value_embed))
+    lo = LAYOUT.continuous_offset
+    return m.embed.weight[lo:lo + LAYOUT.num_bins].detach()
+
+
+def test_value_embeddings_start_smooth_in_the_value():
+    """Neighbouring continuous-value bins start close, distant ones unrelated; "normal" (the plain
+    lookup-table init) has no such structure, and both keep the init scale."""
+    def cos(rows, gap):
+        a, b = rows[:-gap], rows[gap:]
+        return F.cosine_similarity(a, b, dim=1).mean().item()
+
+    smooth, plain = _value_rows("smooth"), _value_rows("normal")
+    for rows in (smooth, plain):
+        assert rows.std().item() == pytest.approx(0.02, rel=0.1)
+    assert cos(smooth, 1) > 0.7 and abs(cos(smooth, 512)) < 0.2
+    assert abs(cos(plain, 1)) < 0.1
+    with pytest.raises(ValueError, match="value_embed"):
+        GatoConfig.from_preset("tiny", LAYOUT, value_embed="fourier")
+
+
 @pytest.mark.parametrize("name,layers,width,heads", [("gato-79m", 8, 768, 24), ("gato-364m", 12, 1536, 12),
                                                      ("gato-1.18b", 24, 2048, 16)])
 def test_paper_presets(name, layers, width, heads):
