@@ -50,12 +50,45 @@ class Sample:
     task_id: int = 0
 
 
+@dataclass(frozen=True)
+class ActionInputNoise:
+    """A share of the continuous action tokens among a batch's inputs, each replaced by another
+    continuous action token of the same batch; the targets keep the true actions.
+
+    Why: in a context that holds the past actions, a model learns to predict an action from the
+    previous ones (right most of the time in smooth demonstrations) more than from the observation.
+    Acting, its own slightly-off actions then lead it further off: the copycat failure of
+    behaviour cloning. With some input actions untrustworthy, the observation is the evidence it
+    must use. Continuous ids only: they are unambiguous in every layout, while discrete actions
+    share ids with text in the gato profile.
+    """
+
+    share: float  # of the continuous action tokens among the inputs, in [0, 1)
+    lo: int  # continuous value ids [lo, hi)
+    hi: int
+
+    def __post_init__(self):
+        if not 0.0 <= self.share < 1.0:
+            raise ValueError(f"action input noise must be in [0, 1), got {self.share}")
+
+    def apply(self, inputs: "np.ndarray", is_target: "np.ndarray", rng: "np.random.Generator") -> "np.ndarray":
+        """`inputs` (B, L) with the chosen action tokens replaced; `is_target` marks input tokens
+        that are themselves training targets (actions and text, never observations)."""
+        where = np.flatnonzero(is_target & (inputs >= self.lo) & (inputs < self.hi))
+        if len(where) < 2:
+            return inputs
+        out = np.array(inputs)
+        chosen = where[rng.random(len(where)) < self.share]
+        out.flat[chosen] = out.flat[where[rng.integers(len(where), size=len(chosen))]]
+        return out
+
+
 def collate(samples: "list[Sample]", seq_len: int, training: bool = True,
-            rng: "np.random.Generator | None" = None) -> Batch:
+            rng: "np.random.Generator | None" = None, action_noise: "ActionInputNoise | None" = None) -> Batch:
     """Pad samples to L positions, shift targets, normalise patches, pick patch positions.
 
     Training samples each patch's row/column uniformly inside its interval; evaluation takes
-    the rounded mean (SPEC 3). Vectorised over the whole batch.
+    the rounded mean (SPEC 3); `action_noise` applies in training only. Vectorised over the whole batch.
     """
     from tokenizer_kit.images import eval_positions, normalize_patches
     from tokenizer_kit.layout import PATCH_BYTES, PATCH_SLOT
@@ -92,8 +125,11 @@ def collate(samples: "list[Sample]", seq_len: int, training: bool = True,
     else:
         row, col = eval_positions(pos[:, 0], pos[:, 1]), eval_positions(pos[:, 2], pos[:, 3])
     patches = np.concatenate(patch_list) if patch_list else np.zeros((0, PATCH_BYTES), np.uint8)
+    inputs = tokens[:, :L]
+    if training and action_noise is not None and action_noise.share > 0:
+        inputs = action_noise.apply(inputs, mask[:, :L] > 0, rng)
     return Batch(
-        tokens=torch.from_numpy(tokens[:, :L]),
+        tokens=torch.from_numpy(inputs),
         targets=torch.from_numpy(tokens[:, 1:]),
         loss_mask=torch.from_numpy(mask[:, 1:] * attn),
         attention_mask=torch.from_numpy(attn),

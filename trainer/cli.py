@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonnegative_int, help="seed of data order and init (default 0)")
     p.add_argument("--weight-decay", type=nonnegative_float, help="AdamW weight decay on matrices (default 0.1)")
     p.add_argument("--prompt-prob", type=probability, help="fraction of RL sequences given a prompt (default 0.25)")
+    p.add_argument("--action-noise", type=probability, metavar="SHARE",
+                   help="in training inputs (never targets), replace this share of continuous action tokens by "
+                        "other action tokens of the batch: a guard against copying past actions (default 0)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="bf16 autocast or fp32 (default auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--eval-every", type=nonnegative_int, default=0, help="evaluate every N steps (default 0: at the end)")

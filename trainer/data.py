@@ -28,7 +28,7 @@ from schemas.cache import ShardCache
 from schemas.split import directory_seed, split_rows
 from tokenizer_kit.layout import VocabLayout
 
-from .batch import Batch, Sample, collate
+from .batch import ActionInputNoise, Batch, Sample, collate
 from .sampling import MAX_PAIRS, Part, SampleConfig, assemble, caption_parts, rl_parts, text_parts
 from .source import DataError, ShardSource, _mapped_mb
 
@@ -103,8 +103,9 @@ class GatoStream(IterableDataset):
 
     def __init__(self, sources: list[ShardSource], tasks: list[str], seq_len: int, batch_size: int, seed: int,
                  num_workers: int, rank: int, world_size: int, training: bool, prompt_prob: float,
-                 prompt_len: int | None):
+                 prompt_len: int | None, action_noise: ActionInputNoise | None = None):
         self.sources, self.tasks = sources, tasks
+        self.action_noise = action_noise
         self.cfg = SampleConfig(seq_len, prompt_prob, prompt_len)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.num_workers, self.rank, self.world_size, self.training = num_workers, rank, world_size, training
@@ -195,7 +196,8 @@ class GatoStream(IterableDataset):
                 samples.append(out[0])
             if not samples:
                 return
-            batch = collate(samples, self.seq_len, self.training, self._rng(reader, state["batches"], 1))
+            batch = collate(samples, self.seq_len, self.training, self._rng(reader, state["batches"], 1),
+                            self.action_noise)
             state["batches"] += 1
             if _mapped_mb() - mapped_floor > MAPPED_BUDGET_MB:
                 for src in self.sources:
@@ -314,9 +316,11 @@ class GatoLoader:
 def build_loader(data: list[str], seq_len: int, batch_size: int, seed: int = 0, num_workers: int = 0,
                  rank: int = 0, world_size: int = 1, training: bool = True, prompt_prob: float = 0.25,
                  prompt_len: int | None = None, layout: VocabLayout | None = None,
-                 cache: ShardCache | None = None) -> GatoLoader:
+                 cache: ShardCache | None = None, action_noise: float = 0.0) -> GatoLoader:
     """Loader over `data` ("DIR" or "DIR:WEIGHT", a DIR a path or an fsspec URL); refuses
     directories whose layout differs from each other's or from `layout` (the model's).
+
+    `action_noise`: the share of continuous action inputs replaced in training (ActionInputNoise).
 
     Remote directories are read through `cache` (default: schemas.cache.default_cache_dir(), no
     size limit); local ones are mapped in place.
@@ -334,6 +338,8 @@ def build_loader(data: list[str], seq_len: int, batch_size: int, seed: int = 0, 
         raise DataError(f"rank {rank} is outside [0, {world_size})")
     if not 0.0 <= prompt_prob <= 1.0:
         raise DataError(f"prompt probability must be in [0, 1], got {prompt_prob}")
+    if not 0.0 <= action_noise < 1.0:
+        raise DataError(f"action input noise must be in [0, 1), got {action_noise}")
     if prompt_len is not None and not 0 < prompt_len <= seq_len:
         raise DataError(f"prompt length must be in [1, seq_len={seq_len}], got {prompt_len}")
     sources = []
@@ -352,6 +358,9 @@ def build_loader(data: list[str], seq_len: int, batch_size: int, seed: int = 0, 
     tasks: list[str] = []
     for s in sources:
         tasks += [t for t in s.task_names if t not in tasks]
+    lay = layout if layout is not None else sources[0].layout
+    noise = (ActionInputNoise(action_noise, lay.continuous_offset, lay.continuous_offset + lay.num_bins)
+             if training and action_noise > 0 else None)
     stream = GatoStream(sources, tasks, seq_len, batch_size, seed, num_workers, rank, world_size, training,
-                        prompt_prob, prompt_len)
-    return GatoLoader(stream, layout if layout is not None else sources[0].layout, list(data))
+                        prompt_prob, prompt_len, noise)
+    return GatoLoader(stream, lay, list(data))

@@ -34,7 +34,7 @@ PLOT_NAME = "loss.png"
 
 # Arguments that define the run; a resume must not change them (it would not continue the run).
 FIXED_ARGS = ("data", "preset", "batch_size", "seq_len", "grad_accum", "seed", "lr", "warmup", "weight_decay",
-              "min_lr_ratio", "clip", "prompt_prob", "precision", "num_workers")
+              "min_lr_ratio", "clip", "prompt_prob", "action_noise", "precision", "num_workers")
 DEFAULT_LR = {"tiny": 1e-3}  # paper presets: 1e-4 (the paper's peak learning rate)
 
 
@@ -62,6 +62,7 @@ class TrainArgs:
     min_lr_ratio: float = 0.1
     clip: float = 1.0
     prompt_prob: float = 0.25
+    action_noise: float = 0.0  # share of continuous action inputs replaced (trainer.batch.ActionInputNoise)
     eval_every: int = 0  # 0: evaluate only at the end
     eval_steps: int = 8
     eval_data: list[str] | None = None
@@ -86,6 +87,8 @@ class TrainArgs:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "save_every", "eval_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0.0 <= self.action_noise < 1.0:
+            raise UsageError(f"--action-noise must be in [0, 1), not {self.action_noise}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageError(f"--precision must be auto, fp32 or bf16, not {self.precision!r}")
         return self
@@ -195,7 +198,8 @@ class Trainer:
             layout = GatoConfig.from_dict((ckpt or init)["config"]).vocab_layout
         self.loader = build_loader(args.data, args.seq_len, args.batch_size, seed=args.seed,
                                    num_workers=args.num_workers, rank=self.d.rank, world_size=self.d.world,
-                                   training=True, prompt_prob=args.prompt_prob, layout=layout, cache=self.cache)
+                                   training=True, prompt_prob=args.prompt_prob, layout=layout, cache=self.cache,
+                                   action_noise=args.action_noise)
         self.layout = self.loader.layout
         if layout is not None:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
@@ -236,7 +240,7 @@ class Trainer:
         saved = ckpt["args"]
         explicit = getattr(args, "_explicit", set(FIXED_ARGS) | {"steps"})
         for name in FIXED_ARGS:
-            given, was = getattr(args, name), saved.get(name)
+            given, was = getattr(args, name), saved.get(name, getattr(TrainArgs, name, None))  # new since: its default
             if isinstance(was, tuple):
                 was = list(was)
             if given is not None and given != was and name in explicit:
