@@ -52,18 +52,19 @@ class Size:
     eval_episodes: int
     caption_eval: int  # held-out digits captioned
     perturb: float = 0.0  # Pendulum: per-step chance of a DART perturbation burst (demo_data.record_expert)
+    action_noise: float = 0.0  # gato-train --action-noise: continuous action inputs replaced (copycat guard)
 
 
 FULL = Size(episodes={"CartPole-v1": 40, "Pendulum-v1": 160, "babyai": 3000},
             noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
-            digits_held_out=297, text_chars=300_000, steps=2500, batch_size=16, seq_len=64, lr=3e-3,
-            weights={"cartpole": 0.15, "pendulum": 0.55, "babyai": 0.15, "digits": 0.1, "text": 0.05},
-            eval_episodes=20, caption_eval=297, perturb=0.03)
+            digits_held_out=297, text_chars=300_000, steps=3600, batch_size=16, seq_len=64, lr=3e-3,
+            weights={"cartpole": 0.2, "pendulum": 0.6, "babyai": 0.1, "digits": 0.06, "text": 0.04},
+            eval_episodes=20, caption_eval=297, perturb=0.03, action_noise=0.3)
 QUICK = Size(episodes={"CartPole-v1": 12, "Pendulum-v1": 20, "babyai": 300},
              noise={"CartPole-v1": 0.1, "Pendulum-v1": 0.0},
              digits_held_out=100, text_chars=50_000, steps=300, batch_size=16, seq_len=64, lr=3e-3,
              weights={"cartpole": 0.5, "pendulum": 0.2, "babyai": 0.15, "digits": 0.1, "text": 0.05},
-             eval_episodes=4, caption_eval=100, perturb=0.03)
+             eval_episodes=4, caption_eval=100, perturb=0.03, action_noise=0.3)
 
 
 def log(msg: str) -> None:
@@ -110,7 +111,6 @@ def make_data(out: Path, size: Size, seed: int) -> dict:
     for env_id in CONTROL_TASKS:
         t = time.time()
         buffers, returns = dd.record_expert(env_id, size.episodes[env_id], seed=seed, noise=size.noise[env_id],
-                                            dither=env_id == "Pendulum-v1",
                                             wide_starts=0.5 if env_id == "Pendulum-v1" else 0.0,
                                             perturb=size.perturb if env_id == "Pendulum-v1" else 0.0)
         name = env_id.split("-")[0].lower()
@@ -172,7 +172,8 @@ def train(out: Path, dirs: dict, size: Size, seed: int) -> Path:
     data = [f"{dirs[k]}:{w}" for k, w in size.weights.items()]
     run_cli(["-m", "trainer.cli", "--data", *data, "--out", str(run), "--preset", "tiny",
              "--steps", str(size.steps), "--batch-size", str(size.batch_size), "--seq-len", str(size.seq_len),
-             "--lr", str(size.lr), "--seed", str(seed), "--log-every", "10", "--save-every", str(size.steps)],
+             "--lr", str(size.lr), "--action-noise", str(size.action_noise), "--seed", str(seed),
+             "--log-every", "10", "--save-every", str(size.steps)],
             f"gato-train tiny, {size.steps} steps of {size.batch_size}x{size.seq_len} tokens", progress=True)
     recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     log(f"    loss {recs[0]['loss']:.3f} (step {recs[0]['step']}) -> {recs[-1]['loss']:.3f} (step {recs[-1]['step']})")
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "demo_out"), help="output directory (default demo_out/)")
     p.add_argument("--quick", action="store_true", help="a shortened run (what tests/test_demo.py runs)")
-    p.add_argument("--steps", type=int, help="training steps (default 2500, quick 300)")
+    p.add_argument("--steps", type=int, help="training steps (default 3600, quick 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: the cores the load average leaves idle, at least 1)")

@@ -36,18 +36,19 @@ def make_env(env_id: str):
     return make_env_fn(env_id, rescale_actions=True)()
 
 
-def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1, dither: bool = False,
-                  wide_starts: float = 0.0, perturb: float = 0.0, perturb_steps: int = 20):
+def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1, wide_starts: float = 0.0,
+                  perturb: float = 0.0, perturb_steps: int = 20):
     """Episodes of the scripted expert with exploration noise: (EpisodeBuffers, returns).
 
     Discrete actions: with probability `noise` a uniformly random action. Continuous actions:
-    Gaussian noise of std `noise` (in the [-1, 1] action units), then, with `dither`, stochastic
-    rounding to -1 or +1 with the probability that keeps the mean torque: a smooth swing-up expert
-    changes its action about once an episode, so a model that sees the history learns to copy the
-    last action and ignore the state (the "copycat" failure of behaviour cloning); dithered, the last
-    action says little, the state everything, and the expert's return hardly changes (greedy
-    decoding of the learned policy is then the bang-bang controller sign(u)). What is recorded is
-    what was executed, so the data set is a true trajectory of the environment.
+    Gaussian noise of std `noise` (in the [-1, 1] action units; 0 records the expert's own torque).
+    What is recorded is what was executed (outside perturbation bursts, below), so the data set is
+    a true trajectory of the environment.
+
+    A smooth expert changes its action little from step to step, so a model that sees the history
+    can learn to copy the last action instead of reading the state (the "copycat" failure of
+    behaviour cloning); the demo trains with `gato-train --action-noise` against it, rather than
+    making the labels noisy.
 
     `wide_starts`: the fraction of episodes started from a wider set of states (Pendulum: angular
     velocity up to 8 rad/s instead of 1, `reset(options={"y_init": 8})`, a superset of the standard
@@ -85,8 +86,6 @@ def record_expert(env_id: str, episodes: int, seed: int = 0, noise: float = 0.1,
                 low, high = env.unwrapped.action_space.low, env.unwrapped.action_space.high
                 a = 2.0 * (torque - low) / (high - low) - 1.0
                 a = np.clip(a + rng.normal(0.0, noise, a.shape), -1.0, 1.0)
-                if dither:
-                    a = np.where(rng.random(a.shape) < (1.0 + a) / 2.0, 1.0, -1.0)
                 a = a.astype(np.float32)
             executed = a
             if perturb > 0 and ep % 2 == 1 and not isinstance(space, gym.spaces.Discrete):
