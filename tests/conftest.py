@@ -117,6 +117,35 @@ def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *,
     return out
 
 
+def cartpole_episodes(layout: VocabLayout, episodes: int, random_share: float = 0.0, seed: int = 0):
+    """(rows, returns) of real CartPole-v1 episodes capped at 60 steps, played by a balancing rule
+    that takes a uniformly random action with probability `random_share`; field names and kinds
+    as the RL converter writes them (obs continuous (4,), action discrete)."""
+    import gymnasium as gym
+    import numpy as np
+
+    from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+
+    spec = EpisodeSpec((FieldSpec("obs", "continuous", (4,)),), (FieldSpec("action", "discrete", ()),))
+    env = gym.make("CartPole-v1")
+    rng = np.random.default_rng(seed)
+    rows, rets = [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=ep)
+        o, a = [], []
+        for _ in range(60):
+            balance = random_share == 0 or rng.random() > random_share
+            act = int(obs[2] + 0.5 * obs[3] > 0) if balance else int(rng.integers(2))
+            o.append(obs)
+            a.append(act)
+            obs, _, term, trunc, _ = env.step(act)
+            if term or trunc:
+                break
+        rows.append(build_episode({"obs": np.asarray(o, np.float32)}, {"action": np.asarray(a)}, spec, layout))
+        rets.append(float(len(a)))
+    return rows, rets
+
+
 def make_rl_shard_dir(out, sp_model_path, episodes: int = 5, seed: int = 0):
     """Atari-like episodes: a 32x32 frame (4 patches), continuous `ram` (4,), discrete `lives`;
     a discrete `action` in [0, 3). Rewards are random, so returns differ between episodes."""

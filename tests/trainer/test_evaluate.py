@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_caption_shard_dir, make_text_shard_dir, write_shard_dir
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+from conftest import cartpole_episodes, make_caption_shard_dir, make_text_shard_dir, write_shard_dir
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text import TextTokenizer
 from trainer.cli import main
 from trainer.evaluate import TaskResult, aggregate, iqm, read_suite
@@ -24,23 +24,8 @@ CARTPOLE = EpisodeSpec((FieldSpec("obs", "continuous", (4,)),), (FieldSpec("acti
 
 def _cartpole_dir(out: Path, sp_model_path: str, episodes: int = 16) -> Path:
     """CartPole episodes of a balancing rule, capped at 60 steps (the env's own horizon is 500)."""
-    import gymnasium as gym
-
     layout = TextTokenizer(sp_model_path).layout()
-    env = gym.make("CartPole-v1")
-    rows, rets = [], []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=ep)
-        o, a = [], []
-        for _ in range(60):
-            act = int(obs[2] + 0.5 * obs[3] > 0)
-            o.append(obs)
-            a.append(act)
-            obs, _, term, trunc, _ = env.step(act)
-            if term or trunc:
-                break
-        rows.append(build_episode({"obs": np.asarray(o, np.float32)}, {"action": np.asarray(a)}, CARTPOLE, layout))
-        rets.append(float(len(a)))
+    rows, rets = cartpole_episodes(layout, episodes)
     return write_shard_dir(out, rows, [f"cp-{i}" for i in range(episodes)], layout, "rl", "cartpole",
                            rows_per_shard=8, episode_spec=CARTPOLE, returns=rets, tokenizer_path=sp_model_path)
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cartpole_episodes
 from schemas.manifest import Manifest, ShardInfo
 from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
 from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 from tokenizer_kit.text_rows import build_caption_row, build_text_row
 from trainer import train as train_mod
 from trainer.checkpoint import CHECKPOINT_NAME, load_model, read_checkpoint
@@ -44,29 +44,6 @@ def write_shard_dir(path: Path, rows, task: str, converter: str, layout: VocabLa
     return path
 
 
-def cartpole_rows(layout: VocabLayout, episodes: int = 24):
-    """Real CartPole-v1 episodes from a noisy balancing policy."""
-    import gymnasium as gym
-
-    env = gym.make("CartPole-v1")
-    spec = EpisodeSpec((FieldSpec("obs", "continuous", (4,)),), (FieldSpec("action", "discrete", ()),))
-    rng = np.random.default_rng(0)
-    rows, rets = [], []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=ep)
-        o, a = [], []
-        for _ in range(60):
-            act = int(obs[2] + 0.5 * obs[3] > 0) if rng.random() > 0.2 else int(rng.integers(2))
-            o.append(obs)
-            a.append(act)
-            obs, _, term, trunc, _ = env.step(act)
-            if term or trunc:
-                break
-        rows.append(build_episode({"obs": np.asarray(o, np.float32)}, {"action": np.asarray(a)}, spec, layout))
-        rets.append(float(len(a)))
-    return rows, rets
-
-
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory, text_tokenizer, corpus_path):
     """Three real directories: CartPole episodes, digit image-caption pairs, pseudo-English text."""
@@ -74,7 +51,7 @@ def data_dirs(tmp_path_factory, text_tokenizer, corpus_path):
 
     layout = text_tokenizer.layout()
     root = tmp_path_factory.mktemp("shards")
-    rl_rows, rets = cartpole_rows(layout)
+    rl_rows, rets = cartpole_episodes(layout, 24, random_share=0.2)  # noisy: states off the rule's path too
     rl = write_shard_dir(root / "cartpole", rl_rows, "cartpole", "rl", layout, rets)
     digits = load_digits()
     names = "zero one two three four five six seven eight nine".split()
