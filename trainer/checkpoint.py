@@ -206,3 +206,70 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, map_location="cpu"):
     model.eval()
     layout: VocabLayout = config.vocab_layout
     return model, layout, config
+
+
+# --- the checkpoints of a run: the latest, step copies, the best ------------------------------------
+
+STEP_DIR = "checkpoints"
+BEST_NAME = "best.pt"
+
+
+def step_copy_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / STEP_DIR / f"step-{step:08d}.pt"
+
+
+def step_copies(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of RUN/checkpoints/step-N.pt, oldest first (names not of that form are ignored)."""
+    found = []
+    for p in (Path(run_dir) / STEP_DIR).glob("step-*.pt"):
+        digits = p.name[5:-3]
+        if digits.isdigit():
+            found.append((int(digits), p))
+    return sorted(found)
+
+
+def link_or_copy(src: Path, dest: Path) -> Path:
+    """`dest` names the bytes of `src` (a hard link: no second copy on disk; a copy where links are not
+    possible), replacing any earlier `dest` atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest, fsync=False) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+            shutil.copyfile(src, tmp)
+    return dest
+
+
+def keep_step_copy(run_dir: str | os.PathLike, step: int, keep_last: int) -> Path:
+    """Add the step copy of RUN/checkpoint.pt, then remove all but the newest `keep_last` (0: keep all)."""
+    path = link_or_copy(Path(run_dir) / CHECKPOINT_NAME, step_copy_path(run_dir, step))
+    if keep_last:
+        for _, old in step_copies(run_dir)[:-keep_last]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The checkpoint a resume continues from: RUN/checkpoint.pt (written before its step copy, so never
+    older than one), else, when it is missing or fails its checks, the newest step copy that reads back
+    whole (the reason for passing over each is printed). None for a new run; when nothing reads, the
+    first error is raised."""
+    import sys
+
+    run_dir = Path(run_dir)
+    paths = [run_dir / CHECKPOINT_NAME] + [p for _, p in reversed(step_copies(run_dir))]
+    paths = [p for p in paths if p.is_file()]
+    errors: list[CheckpointError] = []
+    for path in paths:
+        try:
+            state = read_checkpoint(path)
+        except CheckpointError as e:
+            errors.append(e)
+            continue
+        for e in errors:
+            print(f"gato-train: passing over {e}; resuming from {path}", file=sys.stderr)
+        return path, state
+    if errors:
+        raise errors[0]
+    return None

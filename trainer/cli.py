@@ -15,20 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .model import PRESETS
-
-
-def _data_item(text: str) -> str:
-    """A bad mixture weight (`DIR:-1`) is bad usage, found by the loader's own rule."""
-    from .data import parse_data_arg
-    from .source import DataError
-    try:
-        parse_data_arg(text)
-    except DataError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
 SUBCOMMANDS = {  # name -> (module, entry point)
     "rollout": ("trainer.evaluate", "rollout_main"),
     "eval": ("trainer.evaluate", "eval_main"),
@@ -37,64 +23,87 @@ SUBCOMMANDS = {  # name -> (module, entry point)
 }
 
 
+def _arg_type(name: str):
+    """The command line's parser of option `name`: its type, then the one range check (run_config)."""
+    from .run_config import FIELDS, UsageError, check_value
+
+    kind = FIELDS[name].type if isinstance(FIELDS[name].type, str) else str(FIELDS[name].type)
+    size = FIELDS[name].metadata["size"]
+
+    def parse(text: str):
+        value = text
+        if kind.startswith("int") and not size:
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        elif kind.startswith("float"):
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            if kind.startswith("list"):  # one item of a list option
+                return check_value(name, [value])[0]
+            return check_value(name, value)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = name
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from tokenizer_kit.argtypes import (byte_size, nonnegative_float, nonnegative_int, positive_float, positive_int,
-                                        probability)
+    """Built from the fields of run_config.TrainArgs (default, range, help defined there only); an
+    option not given is absent from the namespace, so --config and the run being resumed fill it."""
+    import dataclasses
+
+    from .run_config import TrainArgs, flag
 
     doc = __doc__.split("\n\n")
-    p = argparse.ArgumentParser(prog="gato-train", description=doc[0], epilog=doc[1],
+    p = argparse.ArgumentParser(prog="gato-train", description=doc[0], epilog=doc[1], allow_abbrev=False,
+                                argument_default=argparse.SUPPRESS,
                                 usage="%(prog)s --data DIR[:W] ... --out RUN [options]\n"
+                                      "       %(prog)s --config run.yaml [options]\n"
                                       "       %(prog)s {" + ",".join(SUBCOMMANDS) + "} --checkpoint RUN ...",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR[:W]", type=_data_item,
-                   help="shard directories (paths or URLs: s3://, gs://, file://), each with an optional "
-                        "mixture weight (tokens)")
-    p.add_argument("--out", required=True, metavar="RUN",
-                   help="run directory, a path or a URL (checkpoint, metrics.jsonl, loss.png)")
-    p.add_argument("--cache-dir", metavar="DIR", help="local cache of shards read from URLs, and the staging "
-                   "copy of a URL --out (default $XDG_CACHE_HOME/gato-kit or ~/.cache/gato-kit)")
-    p.add_argument("--cache-limit", type=byte_size, metavar="BYTES",
-                   help="most bytes of shards kept in the cache (e.g. 50G); least recently used go first")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="model size (default tiny)")
-    p.add_argument("--init-from", metavar="RUN", help="start from another run's weights (its model size and "
-                                                      "vocabulary; a fresh optimiser and schedule)")
-    p.add_argument("--steps", type=positive_int, help="optimiser steps in total (default 1000)")
-    p.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch per process (default 8)")
-    p.add_argument("--seq-len", type=positive_int, help="tokens per sequence (default 1024)")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate (default 1e-3 tiny, 1e-4 paper sizes)")
-    p.add_argument("--warmup", type=nonnegative_int, help="linear warm-up steps (default min(15000, steps/10))")
-    p.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimiser step (default 1)")
-    p.add_argument("--seed", type=nonnegative_int, help="seed of data order and init (default 0)")
-    p.add_argument("--weight-decay", type=nonnegative_float, help="AdamW weight decay on matrices (default 0.1)")
-    p.add_argument("--prompt-prob", type=probability, help="fraction of RL sequences given a prompt (default 0.25)")
-    p.add_argument("--action-noise", type=probability, metavar="SHARE",
-                   help="in training inputs (never targets), replace this share of continuous action tokens by "
-                        "other action tokens of the batch: a guard against copying past actions (default 0)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="bf16 autocast or fp32 (default auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--eval-every", type=nonnegative_int, default=0, help="evaluate every N steps (default 0: at the end)")
-    p.add_argument("--eval-steps", type=positive_int, default=8, help="batches per evaluation (default 8)")
-    p.add_argument("--eval-data", nargs="+", metavar="DIR",
-                   help="held-out shard directories (default: the training directories in eval mode)")
-    p.add_argument("--log-every", type=positive_int, default=10, help="write metrics every N steps (default 10)")
-    p.add_argument("--save-every", type=positive_int, default=500, help="checkpoint every N steps (default 500)")
-    p.add_argument("--num-workers", type=nonnegative_int, help="loader worker processes per rank (default 0)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    p.add_argument("--config", metavar="RUN.YAML", help="a YAML file of options (keys as the long options, "
+                   "`batch_size: 8`); options given on the command line override it")
+    for f in dataclasses.fields(TrainArgs):
+        m = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = m["help"] + ("" if default in (None, [], "") or "default" in m["help"] else f" (default {default})")
+        if m["cli"] == "flag":
+            if default:
+                p.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=text)
+            else:
+                p.add_argument(flag(f.name), action="store_true", help=text)
+            continue
+        kw = {"nargs": "+"} if m["cli"] == "list" else {}
+        if m["choices"] is not None:
+            kw["choices"] = m["choices"]
+        else:
+            kw["type"] = _arg_type(f.name)
+        kind = f.type if isinstance(f.type, str) else str(f.type)
+        metavar = m["metavar"] or (None if m["choices"] else "N" if kind.startswith("int") else
+                                   "X" if kind.startswith("float") else "VALUE")
+        p.add_argument(flag(f.name), metavar=metavar, help=text, **kw)
     return p
 
 
-def args_from_namespace(ns: argparse.Namespace):
-    """TrainArgs from the command line; which run-defining options were given (train.FIXED_ARGS, and
-    --steps, which a resume may extend) is kept, since the others come from the run being resumed."""
-    from .train import FIXED_ARGS, TrainArgs
+def args_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
+    """TrainArgs from the defaults, then --config, then the command line. Which options were given
+    (in either) is kept: the run-defining ones not given come from the run being resumed."""
+    from .run_config import TrainArgs, read_yaml_config
 
-    explicit = {k for k in (*FIXED_ARGS, "steps") if getattr(ns, k, None) is not None}
-    values = {k: v for k, v in vars(ns).items() if v is not None}
-    args = TrainArgs(**values)
-    args._explicit = explicit
-    return args
+    given = dict(vars(ns))
+    config = given.pop("config", None)
+    values = read_yaml_config(config) if config else {}
+    values.update(given)
+    if parser is not None:
+        for name in ("data", "out"):
+            if not values.get(name):
+                parser.error(f"the following arguments are required: --{name}")
+    return TrainArgs(**values), set(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,13 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     from schemas.errors import EXPECTED_ERRORS
 
+    from .run_config import RunConfigError
+    try:
+        args, explicit = args_from_namespace(ns, parser)
+    except RunConfigError as e:  # a bad --config file: bad usage
+        parser.print_usage(sys.stderr)
+        print(f"gato-train: error: {e}", file=sys.stderr)
+        return 2
+
     from .checkpoint import CheckpointError
     from .source import DataError
     from .train import TrainError, UsageError, train
 
-    expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError)
+    expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError, RunConfigError)
     try:
-        return train(args_from_namespace(ns))
+        return train(args, explicit)
     except UsageError as e:
         parser.print_usage(sys.stderr)
         print(f"gato-train: error: {e}", file=sys.stderr)

@@ -162,20 +162,22 @@ def load_policy(checkpoint, device: str = "cpu", seq_len: int | None = None, pro
 
     model, layout, config = load_model(checkpoint, map_location=device)
     trained = training_args(checkpoint)
-    seq_len = int(seq_len or getattr(config, "seq_len", None) or trained.get("seq_len") or 1024)
-    prompt = int(prompt_tokens or trained.get("prompt_len") or seq_len // 4)  # as in training
+    seq_len = int(seq_len or config.seq_len or (trained.seq_len if trained else 1024))
+    prompt = int(prompt_tokens or seq_len // 4)  # as in training (trainer.sampling.SampleConfig)
     return Policy(model, layout, seq_len, prompt, temperature, seed, cache)
 
 
-def training_args(checkpoint) -> dict:
-    """The options the run was trained with (seq_len, prompt_len...): its config.json, else the checkpoint."""
+def training_args(checkpoint):
+    """The options the run was trained with (a typed TrainArgs): its config.json, else the checkpoint's;
+    None when neither records them."""
     from .checkpoint import checkpoint_path, read_checkpoint
+    from .run_config import CONFIG_NAME, RunRecord, TrainArgs
 
-    cfg = checkpoint_path(checkpoint).parent / "config.json"
-    try:
-        return dict(json.loads(cfg.read_text()).get("train") or {})
-    except (OSError, ValueError, AttributeError):
-        return dict(read_checkpoint(checkpoint).get("args") or {})
+    run = checkpoint_path(checkpoint).parent
+    if (run / CONFIG_NAME).is_file():
+        return RunRecord.read(run).train
+    saved = read_checkpoint(checkpoint).get("args")
+    return TrainArgs.from_dict(saved, f"{checkpoint_path(checkpoint)}: field 'args'") if saved else None
 
 
 def evaluate_task(policy: Policy, task: TaskSpec, progress: bool = False) -> TaskResult:

@@ -11,7 +11,6 @@ tokenised as the captions converter does (`--image-size`, `--image-policy`), cap
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,12 +30,12 @@ def run_tokenizer(checkpoint: str, given: str | None):
 
     if given:
         return TextTokenizer(given)
-    cfg = checkpoint_path(checkpoint).parent / "config.json"
-    try:
-        data = json.loads(cfg.read_text())["train"]["data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        data = []
     from .data import parse_data_arg
+    from .run_config import CONFIG_NAME, RunRecord
+
+    run = checkpoint_path(checkpoint).parent
+    cfg = run / CONFIG_NAME
+    data = RunRecord.read(run).train.data if cfg.is_file() else []
 
     for item in data:
         path = Path(parse_data_arg(str(item))[0])

@@ -53,20 +53,37 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     return out
 
 
+def window_losses(recs: list[dict], tasks: list[str]) -> tuple[float | None, dict[str, float | None]]:
+    """The mean loss over every target of one record's log window, and each task's over the same
+    window: the per-task losses weighted by their target counts (`target_tokens/TASK`), so the
+    overall number is the per-task numbers' own mix, never a different span of steps."""
+    rec = recs[-1]
+    per = {t: rec.get("loss/" + t) for t in tasks}
+    counts = {t: rec.get("target_tokens/" + t, 0) for t in tasks}
+    total = sum(counts[t] for t in tasks if per[t] is not None)
+    overall = sum(per[t] * counts[t] for t in tasks if per[t] is not None) / total if total else rec.get("loss")
+    return overall, per
+
+
 def summary(metrics: Path, checkpoint: Path, tasks: list[str]) -> str:
-    """Steps, tokens seen, the last train and eval loss per task, and where the checkpoint is."""
+    """Steps, tokens seen, the train loss over the last log window (overall and per task, the same
+    steps), the last eval loss per task, and where the checkpoint is."""
     every = read_metrics(metrics)
     recs = [r for r in every if r.get("loss") is not None]  # steps without targets have no loss
     if not recs:
         return f"gato-train: done; checkpoint {checkpoint}"
     last = recs[-1]
+    before = [r["step"] for r in every if r["step"] < last["step"]]
+    first = (before[-1] if before else 0) + 1
     tokens = sum(r.get("tokens", 0.0) for r in every)
-    lines = [f"gato-train: {last['step']} steps, {tokens / 1e6:.2f} M tokens, final loss {last['loss']:.4f}"
+    overall, per = window_losses(recs, tasks)
+    lines = [f"gato-train: {last['step']} steps, {tokens / 1e6:.2f} M tokens, final loss {overall:.4f} "
+             f"(steps {first}-{last['step']})"
              + (f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")]
     width = max([len(t) for t in tasks] + [4])
     lines.append(f"  {'task':<{width}}  {'train loss':>10}  {'eval loss':>10}")
     for t in tasks:
-        train = next((r["loss/" + t] for r in reversed(recs) if "loss/" + t in r), None)
+        train = per[t]
         ev = next((r["eval_loss/" + t] for r in reversed(recs) if "eval_loss/" + t in r), None)
         lines.append(f"  {t:<{width}}  {'-' if train is None else f'{train:.4f}':>10}  "
                      f"{'-' if ev is None else f'{ev:.4f}':>10}")

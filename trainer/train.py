@@ -25,73 +25,18 @@ import torch.nn as nn
 
 from tokenizer_kit.files import atomic_path
 
-from .checkpoint import CHECKPOINT_NAME, CHECKPOINT_VERSION, read_checkpoint, save_checkpoint
-from .model import PRESETS, GatoConfig, GatoModel
+from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, CHECKPOINT_VERSION, keep_step_copy, latest_checkpoint,
+                         link_or_copy, read_checkpoint, save_checkpoint)
+from .loggers import METRICS_NAME, MetricLog
+from .model import GatoConfig, GatoModel
 from .report import plot_metrics, summary  # noqa: F401 (plot_metrics: part of this module's interface)
+from .run_config import (DEFAULT_LR, FIXED_ARGS, RunConfigError, RunRecord, TrainArgs,  # noqa: F401 (interface)
+                         UsageError, git_commit, versions)
 
-METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
-
-# Arguments that define the run; a resume must not change them (it would not continue the run).
-FIXED_ARGS = ("data", "preset", "batch_size", "seq_len", "grad_accum", "seed", "lr", "warmup", "weight_decay",
-              "min_lr_ratio", "clip", "prompt_prob", "action_noise", "precision", "num_workers")
-DEFAULT_LR = {"tiny": 1e-3}  # paper presets: 1e-4 (the paper's peak learning rate)
-
 
 class TrainError(ValueError):
     """Bad data or a run directory that cannot be continued: one line, exit 1."""
-
-
-class UsageError(ValueError):
-    """Arguments that contradict each other or the run being resumed: exit 2."""
-
-
-@dataclass
-class TrainArgs:
-    data: list[str]
-    out: str
-    preset: str = "tiny"
-    steps: int = 1000
-    batch_size: int = 8
-    seq_len: int = 1024
-    lr: float | None = None  # None: the preset's default
-    warmup: int | None = None  # None: min(15000, steps // 10)
-    grad_accum: int = 1
-    seed: int = 0
-    weight_decay: float = 0.1
-    min_lr_ratio: float = 0.1
-    clip: float = 1.0
-    prompt_prob: float = 0.25
-    action_noise: float = 0.0  # share of continuous action inputs replaced (trainer.batch.ActionInputNoise)
-    eval_every: int = 0  # 0: evaluate only at the end
-    eval_steps: int = 8
-    eval_data: list[str] | None = None
-    log_every: int = 10
-    save_every: int = 500
-    num_workers: int = 0
-    compile: bool = False
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    progress: bool = True
-    cache_dir: str | None = None  # remote shards and a remote run's staging copy (default ~/.cache/gato-kit)
-    cache_limit: int | None = None  # bytes of cached shards kept (least recently used go first)
-    init_from: str | None = None  # another run whose weights (and model config) a new run starts from
-
-    def resolve(self) -> "TrainArgs":
-        if self.preset not in PRESETS:
-            raise UsageError(f"unknown preset {self.preset!r}; expected one of {', '.join(PRESETS)}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR.get(self.preset, 1e-4)
-        if self.warmup is None:
-            self.warmup = min(15000, self.steps // 10)
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "save_every", "eval_steps"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if not 0.0 <= self.action_noise < 1.0:
-            raise UsageError(f"--action-noise must be in [0, 1), not {self.action_noise}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UsageError(f"--precision must be auto, fp32 or bf16, not {self.precision!r}")
-        return self
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
@@ -173,7 +118,9 @@ def _plain(obj):
 class Trainer:
     """One training run in RUN: built from args (or the checkpoint in RUN), then `run()`."""
 
-    def __init__(self, args: TrainArgs):
+    def __init__(self, args: TrainArgs, explicit: set[str] | None = None):
+        """`explicit`: the options the user gave (the others of a resumed run come from its checkpoint);
+        None: all of them."""
         self.d, self.device = _setup_dist(args.device)
         from schemas.cache import ShardCache, default_cache_dir
 
@@ -185,8 +132,10 @@ class Trainer:
         self.out = self.store.local
         self.stop_requested = False  # set by SIGTERM on this rank
         self.stop_agreed = False  # some rank was asked to stop: all stop after this step
-        ckpt = self._resume_state(args)
+        ckpt = self._resume_state(args, set(FIXED_ARGS) | {"steps"} if explicit is None else explicit)
         self.args = args.resolve()
+        if "wandb" in args.loggers or "tensorboard" in args.loggers:
+            self._check_loggers(args.loggers)
         self.use_bf16 = args.precision == "bf16" or (args.precision == "auto" and self.device.type == "cuda")
         torch.manual_seed(args.seed + self.d.rank)
 
@@ -232,17 +181,19 @@ class Trainer:
                 blk.compile()
 
     # --- resume -----------------------------------------------------------------------------------
-    def _resume_state(self, args: TrainArgs) -> dict | None:
-        """The checkpoint in RUN, with the run's fixed arguments restored (or checked against the CLI)."""
-        if not (self.out / CHECKPOINT_NAME).is_file():
+    def _resume_state(self, args: TrainArgs, explicit: set[str]) -> dict | None:
+        """The latest complete checkpoint in RUN, with the run's fixed arguments restored (or checked
+        against those given), and the run record (config.json) read back typed."""
+        from .run_config import CONFIG_NAME
+        self.record = RunRecord.read(self.out) if (self.out / CONFIG_NAME).is_file() else None
+        self.elapsed, self.best = 0.0, None
+        found = latest_checkpoint(self.out)
+        if found is None:
             return None
-        ckpt = read_checkpoint(self.out / CHECKPOINT_NAME, map_location="cpu")
-        saved = ckpt["args"]
-        explicit = getattr(args, "_explicit", set(FIXED_ARGS) | {"steps"})
+        path, ckpt = found
+        saved = TrainArgs.from_dict(ckpt["args"], f"{path}: field 'args'")
         for name in FIXED_ARGS:
-            given, was = getattr(args, name), saved.get(name, getattr(TrainArgs, name, None))  # new since: its default
-            if isinstance(was, tuple):
-                was = list(was)
+            given, was = getattr(args, name), getattr(saved, name)
             if given is not None and given != was and name in explicit:
                 raise UsageError(f"{self.out} was started with --{name.replace('_', '-')} {was}, not {given}; "
                                  f"use another --out to start a new run")
@@ -251,8 +202,19 @@ class Trainer:
             raise UsageError(f"{self.out} was trained on {ckpt.get('world_size', 1)} processes, not {self.d.world}: "
                              f"each process's loader state is saved, so resume with the same number")
         if "steps" not in explicit:
-            args.steps = saved["steps"]
+            args.steps = saved.steps
+        self.elapsed = float(ckpt.get("elapsed_s", 0.0))
+        self.best = ckpt.get("best")
         return ckpt
+
+    @staticmethod
+    def _check_loggers(kinds: list[str]) -> None:
+        """A logger asked for but not installed is bad usage, found before any data is read."""
+        import importlib.util
+        install = {"tensorboard": "pip install tensorboard", "wandb": "pip install 'gato-kit[wandb]'"}
+        for kind in kinds:
+            if kind in install and importlib.util.find_spec(kind) is None:
+                raise UsageError(f"--log {kind} needs the {kind} package ({install[kind]})")
 
     def _load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -278,19 +240,24 @@ class Trainer:
         with atomic_path(path) as tmp:
             tmp.write_text("".join(ln + "\n" for ln in keep))
 
-    def save(self) -> None:
-        """Every rank contributes its loader and RNG state; rank 0 writes the file atomically."""
+    def save(self, best: bool = False) -> None:
+        """Every rank contributes its loader and RNG state; rank 0 writes the file atomically, then
+        its step copy (pruned to --keep-last) and, when `best`, RUN/best.pt."""
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         loaders = _gather(_plain(self.loader.state_dict()), self.d)
         rngs = _gather(rng, self.d)
         if self.d.main:
-            args = {k: v for k, v in asdict(self.args).items()}
+            args = asdict(self.args)
             save_checkpoint({
                 "version": CHECKPOINT_VERSION, "step": self.step, "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "config": self.config.to_dict(), "args": args,
                 "loader": loaders, "rng": rngs, "tasks": self.tasks, "world_size": self.d.world,
+                "elapsed_s": self._elapsed(), "best": self.best,
             }, self.out / CHECKPOINT_NAME)
+            keep_step_copy(self.out, self.step, self.args.keep_last)
+            if best:
+                link_or_copy(self.out / CHECKPOINT_NAME, self.out / BEST_NAME)
             self.store.push()
         if self.d.world > 1:
             dist.barrier()
@@ -391,9 +358,21 @@ class Trainer:
         return out
 
     # --- the loop ---------------------------------------------------------------------------------
-    def _log(self, record: dict) -> None:
-        with open(self.out / METRICS_NAME, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    def _elapsed(self) -> float:
+        """Seconds of training in this run, resumed attempts included."""
+        return self.elapsed + (time.perf_counter() - self._t_start)
+
+    def _improves(self, rec: dict) -> bool:
+        """Whether this record's --keep-best metric beats the best so far (lower for a loss)."""
+        metric = self.args.keep_best
+        if metric is None or rec.get(metric) is None:
+            return False
+        value = float(rec[metric])
+        lower = "loss" in metric
+        if self.best is None or (value < self.best["value"] if lower else value > self.best["value"]):
+            self.best = {"metric": metric, "value": value, "step": self.step}
+            return True
+        return False
 
     def run(self) -> int:
         args = self.args
@@ -401,8 +380,14 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.step == 0:
                 self._truncate_metrics(0)  # records of an earlier attempt that never checkpointed
-            (self.out / "config.json").write_text(json.dumps({"model": self.config.to_dict(), "train": asdict(args),
-                                                             "tasks": self.tasks}, indent=1) + "\n")
+            wandb_id = self.record.wandb_id if self.record is not None else None
+            if wandb_id is None and "wandb" in args.loggers:
+                import uuid
+                wandb_id = uuid.uuid4().hex[:12]
+            self.record = RunRecord(args, self.config, self.tasks, git_commit(), versions(), wandb_id)
+            self.record.write(self.out)
+            self.log = MetricLog(self.out, args.loggers, self.step, self.record.to_dict(), wandb_id)
+        self._t_start = time.perf_counter()
         self.model.train()
         self._it = iter(self.loader)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -424,10 +409,13 @@ class Trainer:
                 task_counts = [a + b for a, b in zip(task_counts, rec.pop("task_counts"), strict=True)]
                 last = self.step == args.steps
                 do_eval = last or (args.eval_every and self.step % args.eval_every == 0)
+                new_best = False
                 if self.step % args.log_every == 0 or last or do_eval:
                     dt = time.perf_counter() - t0
                     rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
                     rec["tokens"] = tokens
+                    rec["time"] = time.time()  # wall clock (unix seconds)
+                    rec["elapsed_s"] = self._elapsed()  # seconds of training, resumed attempts included
                     t0, tokens = time.perf_counter(), 0.0
                     for name, ts, tc in zip(self.tasks, task_sums, task_counts, strict=True):
                         rec[f"target_tokens/{name}"] = int(tc)  # since the last record
@@ -436,25 +424,28 @@ class Trainer:
                     task_sums, task_counts = [0.0] * len(self.tasks), [0.0] * len(self.tasks)
                     if do_eval:
                         rec.update(self.evaluate())
+                    new_best = self._improves(rec)
                     if self.d.main:
-                        self._log(rec)
+                        self.log.write(rec)
                     if bar is not None:
                         bar.set_postfix(loss="-" if rec["loss"] is None else f"{rec['loss']:.3f}",
                                         tok_s=f"{rec['tokens_per_s']:.0f}")
                 if bar is not None:
                     bar.update(1)
                 if self.stop_agreed:
-                    self.save()
+                    self.save(best=new_best)
                     if self.d.main:
                         print(f"gato-train: stopped by SIGTERM at step {self.step}; checkpoint saved in {self.out}",
                               file=sys.stderr)
                     return 0
-                if self.step % args.save_every == 0 or last:
-                    self.save()
+                if self.step % args.save_every == 0 or last or new_best:
+                    self.save(best=new_best)
         finally:
             signal.signal(signal.SIGTERM, previous)
             if bar is not None:
                 bar.close()
+            if self.d.main:
+                self.log.close()
         if self.d.main:
             plot_metrics(self.out / METRICS_NAME, self.out / PLOT_NAME)
             self.store.push()
@@ -477,10 +468,10 @@ def check_fits(sources, seq_len: int) -> None:
                              f"use --seq-len {tokens} or more, or convert with fewer tokens per {what}")
 
 
-def train(args: TrainArgs) -> int:
+def train(args: TrainArgs, explicit: set[str] | None = None) -> int:
     """Run (or resume) training; torch.distributed is set up from torchrun's environment."""
     torch.set_flush_denormal(True)
-    trainer = Trainer(args)
+    trainer = Trainer(args, explicit)
     try:
         return trainer.run()
     finally:
