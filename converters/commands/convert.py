@@ -56,7 +56,8 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--layout-profile", choices=("gato", "disjoint"), default="gato",
                    help="vocab layout profile (default gato)")
     p.add_argument("--shard-size", type=byte_size, default=256 * 10**6, metavar="BYTES",
-                   help="target shard size, e.g. 64MB, 1GiB (default 256MB)")
+                   help="largest shard file on disk, after compression, e.g. 64MB, 1GiB (default 256MB; "
+                        "a single row larger than it gets a shard of its own)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="run the work units in local processes (default) or as Ray tasks; INPUT and DIR "
                         "may be fsspec URLs (s3://bucket/prefix, gs://, file://) with either")

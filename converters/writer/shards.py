@@ -1,5 +1,5 @@
-"""One work unit's record batches -> its shard files, rolled at --shard-size, each hashed once
-complete (read back from the page cache it was just written through)."""
+"""One work unit's record batches -> its shard files, rolled at --shard-size (bytes on disk, after
+compression), each hashed once complete (read back from the page cache it was just written through)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,19 @@ def row_nbytes(batch: pa.RecordBatch) -> np.ndarray:
     return estimated_bytes(lengths("tokens"), lengths("patches"), lengths("step_starts"), strings.astype(np.int64))
 
 
+EOS_BYTES = 8  # the end-of-stream marker closing a shard
+PIECES_PER_SHARD = 8  # a shard is written in at least this many record batches: the last ones are small,
+# so a shard ends close to --shard-size on disk whatever the compression ratio does within it
+
+
 class ShardWriter:
     """Shards `shard-UUUUU-000.arrow, -001, ...` of one unit: plain Arrow IPC streams, cut before
-    the row that would overfill one (a row larger than a shard gets one of its own). Each appears
-    under its name only complete (see OutDir.staged)."""
+    the row that would make the file larger than --shard-size on disk (a row larger than a shard gets
+    one of its own). Each appears under its name only complete (see OutDir.staged).
+
+    Why on disk: with zstd, pixel rows compress 10-100x, so a size counted before compression made
+    thousands of tiny files. A row's compressed size is known only once written, so rows are written
+    in pieces, each sized by the bytes on disk per estimated byte measured so far in this unit."""
 
     def __init__(self, out: OutDir, unit_index: int, rl: bool, shard_size: int, compression: str = "none"):
         self.out, self.unit_index, self.shard_size = out, unit_index, shard_size
@@ -42,23 +51,49 @@ class ShardWriter:
         self.options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
         self.shards: list[ShardInfo] = []
         self._open: ExitStack | None = None
-        self._rows = self._tokens = self._filled = 0
+        self._rows = self._tokens = self._filled = 0  # _filled: the open shard's bytes on disk
+        self._est_total = self._disk_total = 0  # estimated bytes written, and what they took on disk
+        self._framing: int | None = None  # bytes of an empty stream (schema and end marker)
+
+    def _ratio(self) -> float:
+        """Bytes on disk per estimated byte (compression and framing) over what this unit wrote."""
+        return self._disk_total / self._est_total if self._est_total else 1.0
 
     def add(self, batch: pa.RecordBatch) -> None:
         sizes = row_nbytes(batch)
         start = 0
         while start < len(sizes):
-            cum = np.cumsum(sizes[start:])
-            take = int(np.searchsorted(cum, self.shard_size - self._filled, side="right"))
-            if take == 0 and self._filled == 0:
+            cum = np.cumsum(sizes[start:]) * self._ratio()  # expected bytes on disk
+            room = self.shard_size - (self._filled or self._framing or 0) - EOS_BYTES
+            take = int(np.searchsorted(cum, min(room, self.shard_size / PIECES_PER_SHARD), side="right"))
+            if take == 0 and (self._filled == 0 or cum[0] <= room):
                 take = 1
+            if take and cum[take - 1] > room / 2:  # near the limit: the piece's exact size decides
+                while take > 1 and self._exact_size(batch.slice(start, take)) > room:
+                    take //= 2
+                if self._filled and self._exact_size(batch.slice(start, take)) > room:
+                    take = 0
             if take == 0:
                 self.cut()
                 continue
             piece = batch if start == 0 and take == len(sizes) else batch.slice(start, take)
+            before = self._filled
             self._write(piece)
-            self._filled += int(cum[take - 1])
+            self._filled = self._sink.tell()
+            self._est_total += int(sizes[start:start + take].sum())
+            self._disk_total += self._filled - before
             start += take
+
+    def _exact_size(self, piece: pa.RecordBatch) -> int:
+        """The bytes `piece` takes in a shard (compressed as it will be), written to memory."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.schema, options=self.options) as w:
+            w.write_batch(piece)
+        if self._framing is None:
+            empty = pa.BufferOutputStream()
+            pa.ipc.new_stream(empty, self.schema, options=self.options).close()
+            self._framing = empty.tell()
+        return sink.tell() - self._framing
 
     def _name(self) -> str:
         return UNIT_SHARD_PATTERN.format(self.unit_index, len(self.shards))
@@ -68,7 +103,8 @@ class ShardWriter:
             if self._open is None:
                 self._open = ExitStack()
                 self._path = str(self._open.enter_context(self.out.staged(self._name())))
-                self._stream = pa.ipc.new_stream(self._path, self.schema, options=self.options)  # closed once, by cut()
+                self._sink = pa.OSFile(self._path, "wb")
+                self._stream = pa.ipc.new_stream(self._sink, self.schema, options=self.options)  # closed by cut()
                 self._rows = self._tokens = 0
             self._stream.write_batch(piece)
         offs = piece.column("tokens").offsets
@@ -82,6 +118,7 @@ class ShardWriter:
             return
         with self.out.errors(f"write {self._name()}"):
             self._stream.close()
+            self._sink.close()
             info = ShardInfo(self._name(), self._rows, self._tokens, os.path.getsize(self._path),
                              file_sha256(self._path))
             stack, self._open = self._open, None
@@ -97,6 +134,10 @@ class ShardWriter:
         for them), best effort: the first error is the one to report."""
         if self._open is not None:
             stack, self._open = self._open, None
+            try:
+                self._sink.close()
+            except OSError:
+                pass
             try:  # raised into the staged file's context, which removes it instead of publishing it
                 stack.__exit__(OSError, OSError("aborted"), None)
             except OSError:
