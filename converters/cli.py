@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "converters.commands.train_tokenizer",
     "converters.commands.inspect",
     "converters.commands.verify",
+    "converters.commands.view",
 )
 
 
