@@ -45,6 +45,8 @@ class Record:
     filtered: bool = False
     # events the manifest counts, by group and name: e.g. {"frame_stack_last": {"obs": 1}}
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # "test": a record the source itself holds out (a dataset's own test files); None: --test-share decides
+    split: str | None = None
 
 
 class Converter(Protocol):

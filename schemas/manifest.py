@@ -35,6 +35,10 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+SPLITS = ("train", "test")  # a shard's rows are training rows, or held out (a source's own test files,
+# or `gato-tokenize --test-share`); readers take one split or both
+
+
 @dataclass
 class ShardInfo:
     name: str
@@ -42,6 +46,11 @@ class ShardInfo:
     tokens: int
     bytes: int
     sha256: str
+    split: str = "train"
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ManifestError(f"shard {self.name!r}: split {self.split!r} is not one of {', '.join(SPLITS)}")
 
 
 @dataclass
@@ -134,6 +143,14 @@ class Manifest:
     @property
     def total_rows(self) -> int:
         return sum(s.rows for s in self.shards)
+
+    def only(self, split: str) -> "Manifest":
+        """This manifest with only the shards of `split` (rows numbered over those)."""
+        from dataclasses import replace
+        return replace(self, shards=[s for s in self.shards if s.split == split])
+
+    def rows_in(self, split: str) -> int:
+        return sum(s.rows for s in self.shards if s.split == split)
 
     @property
     def total_tokens(self) -> int:

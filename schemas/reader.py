@@ -144,8 +144,9 @@ class ShardDir:
     _rows: list[int] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, cache: ShardCache | None = None) -> "ShardDir":
-        """Read the manifest if there is one (a malformed one is an error) and list complete shards."""
+    def open(cls, path: str | os.PathLike, cache: ShardCache | None = None, split: str | None = None) -> "ShardDir":
+        """Read the manifest if there is one (a malformed one is an error) and list complete shards;
+        with `split` ("train" or "test"), only that split's shards (rows numbered over them)."""
         text = os.fspath(path)
         if is_remote(text):
             text = text.rstrip("/")
@@ -165,8 +166,10 @@ class ShardDir:
         if manifest is None:
             return cls(text, None, [ShardFile(n, join(text, n)) for n in on_disk], cache=cache)
         present, listed = set(on_disk), [s.name for s in manifest.shards]
+        if split is not None:
+            manifest = manifest.only(split)
         shards = [ShardFile(s.name, join(text, s.name), s) for s in manifest.shards if s.name in present]
-        return cls(text, manifest, shards, missing=[n for n in listed if n not in present],
+        return cls(text, manifest, shards, missing=[s.name for s in manifest.shards if s.name not in present],
                    unlisted=[n for n in on_disk if n not in set(listed)], cache=cache)
 
     @property

@@ -67,24 +67,27 @@ class ConversionPlan:
     shard_size: int
     on_error: str
     compression: str = "none"
+    test_share: float = 0.0  # --test-share: records held out as the test split
 
     @classmethod
     def create(cls, converter: str, rl: bool, options: dict, units: Sequence[Unit], layout: dict,
                tokenizer_sha256: str | None, task: str | None, shard_size: int, on_error: str,
-               compression: str) -> "ConversionPlan":
+               compression: str, test_share: float = 0.0) -> "ConversionPlan":
         options = dict(options)
         episode_spec = options.pop("episode_spec", None)
         fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter, "options": options,
                             "episode_spec": episode_spec, "layout": layout, "tokenizer_sha256": tokenizer_sha256,
-                            "task": task, "rl": rl, "shard_size": shard_size, "compression": compression})
+                            "task": task, "rl": rl, "shard_size": shard_size, "compression": compression,
+                            **({"test_share": test_share} if test_share else {})})
         return cls(converter, rl, fingerprint, [unit_id(fingerprint, u) for u in units], [u.key for u in units],
-                   layout, options, episode_spec, tokenizer_sha256, shard_size, on_error, compression)
+                   layout, options, episode_spec, tokenizer_sha256, shard_size, on_error, compression, test_share)
 
     def conversion_id(self) -> dict:
         """What the manifest records so that a re-run can tell its own finished directory."""
         return {"fingerprint": self.fingerprint, "units": len(self.uids),
                 "units_sha256": hashlib.sha256(json.dumps(self.uids).encode()).hexdigest(),
-                "shard_size": self.shard_size, "on_error": self.on_error, "compression": self.compression}
+                "shard_size": self.shard_size, "on_error": self.on_error, "compression": self.compression,
+                **({"test_share": self.test_share} if self.test_share else {})}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -316,11 +316,12 @@ class GatoLoader:
 def build_loader(data: list[str], seq_len: int, batch_size: int, seed: int = 0, num_workers: int = 0,
                  rank: int = 0, world_size: int = 1, training: bool = True, prompt_prob: float = 0.25,
                  prompt_len: int | None = None, layout: VocabLayout | None = None,
-                 cache: ShardCache | None = None, action_noise: float = 0.0) -> GatoLoader:
+                 cache: ShardCache | None = None, action_noise: float = 0.0, subset: str | None = None) -> GatoLoader:
     """Loader over `data` ("DIR" or "DIR:WEIGHT", a DIR a path or an fsspec URL); refuses
     directories whose layout differs from each other's or from `layout` (the model's).
 
     `action_noise`: the share of continuous action inputs replaced in training (ActionInputNoise).
+    `subset`: "train" or "test": only the shards of that split of each directory (None: all).
 
     Remote directories are read through `cache` (default: schemas.cache.default_cache_dir(), no
     size limit); local ones are mapped in place.
@@ -348,7 +349,7 @@ def build_loader(data: list[str], seq_len: int, batch_size: int, seed: int = 0, 
         if cache is None and "://" in path and not path.startswith("file://"):
             from schemas.cache import default_cache_dir
             cache = ShardCache(default_cache_dir() / "shards")
-        src = ShardSource(path, weight, cache=cache)
+        src = ShardSource(path, weight, cache=cache, subset=subset)
         if layout is not None:
             src.layout.check_same(layout, what=f"shard directory {path}", against="model")
         elif sources:

@@ -80,8 +80,8 @@ class TrainArgs:
     num_workers: int = opt(0, "loader worker processes per rank", lo=0, fixed=True)
     eval_every: int = opt(0, "evaluate every N steps (0: at the end only)", lo=0)
     eval_steps: int = opt(8, "batches per evaluation", lo=1)
-    eval_data: list[str] | None = opt(None, "held-out shard directories (default: the training directories in "
-                                            "eval mode)",
+    eval_data: list[str] | None = opt(None, "held-out shard directories (default: the test split of each training "
+                                            "directory, else its training rows)",
                                       cli="list", metavar="DIR")
     log_every: int = opt(10, "write metrics every N steps", lo=1)
     log: str = opt("jsonl", "where metrics go besides metrics.jsonl: a comma list of jsonl, tensorboard "

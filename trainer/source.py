@@ -127,7 +127,8 @@ class ShardSource:
     "shards" for a remote one, so that a node downloads only its own shards.
     """
 
-    def __init__(self, path: str, weight: float = 1.0, cache: ShardCache | None = None):
+    def __init__(self, path: str, weight: float = 1.0, cache: ShardCache | None = None, subset: str | None = None):
+        """`subset`: "train" or "test" reads only the shards of that split (the manifest's); None: all."""
         self.path = str(path)
         self.weight = float(weight)
         self.remote = is_remote(self.path)
@@ -135,7 +136,7 @@ class ShardSource:
             raise DataError(f"{path}: not a directory")
         self.cache = cache
         try:
-            self.dir = ShardDir.open(self.path, cache=cache)
+            self.dir = ShardDir.open(self.path, cache=cache, split=subset)
         except FileNotFoundError as e:
             raise DataError(str(e)) from None
         if self.dir.manifest is None:

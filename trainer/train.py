@@ -148,7 +148,7 @@ class Trainer:
         self.loader = build_loader(args.data, args.seq_len, args.batch_size, seed=args.seed,
                                    num_workers=args.num_workers, rank=self.d.rank, world_size=self.d.world,
                                    training=True, prompt_prob=args.prompt_prob, layout=layout, cache=self.cache,
-                                   action_noise=args.action_noise)
+                                   action_noise=args.action_noise, subset="train")
         self.layout = self.loader.layout
         if layout is not None:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
@@ -319,19 +319,32 @@ class Trainer:
     def evaluate(self) -> dict:
         """Mean target-token loss, overall and per task, on `eval_steps` batches of each directory.
 
-        Reads --eval-data (held-out directories) when given, else the training directories; each
-        directory gets its own loader in evaluation mode (rows in order, deterministic windows and
-        patch positions), so every task is measured, on the same batches at every evaluation.
+        Reads --eval-data (held-out directories) when given, else each training directory's test
+        split (`gato-tokenize --test-share`, or a source's own test files), else (said once on
+        stderr) its training rows. Each directory gets its own loader in evaluation mode (rows in
+        order, deterministic windows and patch positions), so every task is measured, on the same
+        batches at every evaluation.
         """
+        from schemas.reader import ShardDir
+
         from .data import build_loader, parse_data_arg
 
         args = self.args
         if not hasattr(self, "_eval_loaders"):
             self._eval_loaders, self._eval_names = [], list(self.tasks)
             for item in args.eval_data or args.data:
-                loader = build_loader([parse_data_arg(item)[0]], args.seq_len, args.batch_size, seed=args.seed,
+                path = parse_data_arg(item)[0]
+                subset = None
+                if not args.eval_data:
+                    held_out = ShardDir.open(path, cache=self.cache).manifest.rows_in("test") > 0
+                    subset = "test" if held_out else "train"
+                    if not held_out and self.d.main:
+                        print(f"gato-train: {path} has no test split: its eval loss is measured on training rows "
+                              f"(convert with --test-share, or give --eval-data)", file=sys.stderr)
+                loader = build_loader([path], args.seq_len, args.batch_size, seed=args.seed,
                                       rank=self.d.rank, world_size=self.d.world, training=False,
-                                      prompt_prob=args.prompt_prob, layout=self.layout, cache=self.cache)
+                                      prompt_prob=args.prompt_prob, layout=self.layout, cache=self.cache,
+                                      subset=subset)
                 self._eval_names += [n for n in loader.tasks if n not in self._eval_names]
                 task_map = torch.tensor([self._eval_names.index(n) for n in loader.tasks], dtype=torch.int64)
                 self._eval_loaders.append((loader, task_map.to(self.device)))

@@ -63,6 +63,10 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                         "may be fsspec URLs (s3://bucket/prefix, gs://, file://) with either")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="with --engine ray: the cluster to join (default: start a local Ray)")
+    p.add_argument("--test-share", type=_test_share, default=0.0, metavar="SHARE",
+                   help="hold out this share of episodes/documents/pairs (chosen by a hash of their source id: "
+                        "the same ones on every run) as the test split, in shards of their own that the "
+                        "manifest marks test; gato-train reports eval loss on them (default 0)")
     p.add_argument("--compression", choices=("default", "none", "lz4", "zstd"), default="default",
                    help="Arrow IPC buffer compression of the shards (default: zstd where rows hold images, else none)")
     p.add_argument("--task", default=None, metavar="NAME",
@@ -135,7 +139,7 @@ def run(args) -> int:
                          num_partitions=args.num_partitions, partition=args.partition, task=args.task,
                          progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
                          compression=default_compression(args.kind, converter) if args.compression == "default"
-                         else args.compression)
+                         else args.compression, test_share=args.test_share)
     except UsageError as e:
         parser.error(str(e))
     print(summary(result), file=sys.stderr)
@@ -159,6 +163,14 @@ def summary(result) -> str:
     speed = "" if result.up_to_date else f", {result.seconds:.1f}s ({rate:.2f}M tok/s)"  # nothing was converted
     return (f"{head}{m.converter}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards "
             f"({mb:.1f} MB), {len(m.skipped)} skipped{filtered}{speed} -> {result.out}")
+
+
+def _test_share(text: str) -> float:
+    from tokenizer_kit.argtypes import probability
+    x = probability(text)
+    if x >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be below 1 (some rows must stay for training), got {text}")
+    return x
 
 
 def default_compression(kind: str, converter) -> str:

@@ -149,6 +149,7 @@ def summary(sd: ShardDir) -> dict:
         "tasks": m.tasks if m else None,
         "shards": shards,
         "rows": sum(s["rows"] for s in shards),
+        "test_rows": m.rows_in("test") if m is not None else None,
         "tokens": sum(s["tokens"] for s in shards),
         "bytes": sum(s["bytes"] for s in shards),
         "tokens_by_modality": by_mod,
@@ -205,6 +206,8 @@ def format_summary(s: dict) -> str:
     if s["tasks"] is not None:
         kv("tasks", ", ".join(s["tasks"]) or "-")
     kv("shards", f"{len(s['shards'])} complete, {s['rows']:,} rows, {s['tokens']:,} tokens, {human_bytes(s['bytes'])}")
+    if s.get("test_rows"):
+        kv("test split", f"{s['test_rows']:,} rows held out (shards marked test in the manifest)")
     for n in s["missing_shards"]:
         out.append(f"    {n}: listed in the manifest but MISSING")
     for n in s["unlisted_shards"]:

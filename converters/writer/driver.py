@@ -61,7 +61,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
             tokenizer_path: str | os.PathLike | None = None, workers: int = 1, on_error: str = "fail",
             shard_size: int = 256 * 10**6, num_partitions: int = 1, partition: int | None = None,
             task: str | None = None, progress: bool = True, engine: str = "local", ray_address: str | None = None,
-            compression: str = "none") -> ConvertResult:
+            compression: str = "none", test_share: float = 0.0) -> ConvertResult:
     """Convert the work units of `converter` into the shard directory `out` (a path or fsspec URL)."""
     t0 = time.perf_counter()
     if on_error not in ON_ERROR:
@@ -70,6 +70,8 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
         raise UsageError(f"--engine must be one of {ENGINES} and --compression one of {COMPRESSIONS}")
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
+    if not 0.0 <= test_share < 1.0:
+        raise UsageError(f"--test-share must be in [0, 1), got {test_share}")
     if num_partitions < 1 or (partition is not None and not 0 <= partition < num_partitions):
         raise UsageError(f"--partition must be in [0, {num_partitions}) and --num-partitions >= 1")
     if num_partitions > 1 and partition is None:
@@ -84,7 +86,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
         raise SourceError(f"two inputs give the same work unit {next(k for k in keys if keys.count(k) > 1)!r}")
     plan = ConversionPlan.create(converter.name, converter.rl, converter.options(), units, layout.to_dict(),
                                  file_sha256(tokenizer_path) if tokenizer_path else None, task, shard_size, on_error,
-                                 compression)
+                                 compression, test_share)
     finished, old = _read_manifest(store)
     if finished:
         if old is not None and old.typed_stats.conversion == plan.conversion_id():
@@ -107,7 +109,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
                 if m.skipped:
                     raise SourceError(m.skipped[0].reason)
         jobs = [UnitJob(i, units[i], plan.uids[i]) for i in mine if i not in done]
-        settings = UnitSettings(store, layout, converter.rl, on_error, task, shard_size, compression)
+        settings = UnitSettings(store, layout, converter.rl, on_error, task, shard_size, compression, test_share)
         bar = Progress(converter.name + (f" [{partition}/{num_partitions}]" if partition is not None else ""),
                        len(jobs), enabled=progress)
 

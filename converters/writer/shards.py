@@ -3,8 +3,10 @@ compression), each hashed once complete (read back from the page cache it was ju
 
 from __future__ import annotations
 
+import itertools
 import os
 from contextlib import ExitStack
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -45,8 +47,13 @@ class ShardWriter:
     thousands of tiny files. A row's compressed size is known only once written, so rows are written
     in pieces, each sized by the bytes on disk per estimated byte measured so far in this unit."""
 
-    def __init__(self, out: OutDir, unit_index: int, rl: bool, shard_size: int, compression: str = "none"):
-        self.out, self.unit_index, self.shard_size = out, unit_index, shard_size
+    def __init__(self, out: OutDir, unit_index: int, rl: bool, shard_size: int, compression: str = "none",
+                 split: str = "train", numbers: Iterator[int] | None = None):
+        """`split`: what the manifest says of these shards' rows; `numbers`: where shard numbers come
+        from (a unit's train and test writers share one count, so their names never collide)."""
+        self.out, self.unit_index, self.shard_size, self.split = out, unit_index, shard_size, split
+        self._numbers = numbers if numbers is not None else itertools.count()
+        self._number = 0
         self.schema = shard_schema(rl)
         self.options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
         self.shards: list[ShardInfo] = []
@@ -96,9 +103,11 @@ class ShardWriter:
         return sink.tell() - self._framing
 
     def _name(self) -> str:
-        return UNIT_SHARD_PATTERN.format(self.unit_index, len(self.shards))
+        return UNIT_SHARD_PATTERN.format(self.unit_index, self._number)
 
     def _write(self, piece: pa.RecordBatch) -> None:
+        if self._open is None:
+            self._number = next(self._numbers)
         with self.out.errors(f"write {self._name()}"):
             if self._open is None:
                 self._open = ExitStack()
@@ -120,7 +129,7 @@ class ShardWriter:
             self._stream.close()
             self._sink.close()
             info = ShardInfo(self._name(), self._rows, self._tokens, os.path.getsize(self._path),
-                             file_sha256(self._path))
+                             file_sha256(self._path), self.split)
             stack, self._open = self._open, None
             stack.close()
         self.shards.append(info)

@@ -3,6 +3,8 @@ batches -> its own shards -> its marker (written after its shards, so it vouches
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
 import os
 import socket
@@ -47,6 +49,7 @@ class UnitSettings:
     task: str | None
     shard_size: int
     compression: str
+    test_share: float = 0.0  # the share of records (by their source_id) held out as the test split
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,16 @@ class UnitJob:
     index: int
     unit: WorkUnit
     uid: str
+
+
+def held_out(source_id: str, share: float) -> bool:
+    """Whether --test-share holds this record out: the first 8 bytes of sha256(source_id) as a
+    fraction of 2^64, below `share`. The same records for any worker count, partition or re-run,
+    and a record keeps its side when the share grows (the test set only gains records)."""
+    if share <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(source_id.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+    return h < share * 2.0**64
 
 
 def _with_place(msg, unit: WorkUnit) -> str:
@@ -98,9 +111,10 @@ def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.
 
 
 def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: UnitStats,
-                 skipped: list[SkippedRecord]) -> Iterator[pa.RecordBatch]:
-    """The unit's rows as record batches, each checked with schemas.validate (a converter bug never
-    reaches a shard). Bad records: SourceError under on_error='fail', else listed in `skipped`."""
+                 skipped: list[SkippedRecord]) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """The unit's rows as (split, record batch), each checked with schemas.validate (a converter bug
+    never reaches a shard). Bad records: SourceError under on_error='fail', else listed in `skipped`.
+    A record's split: its own (a source's test files), else `held_out` by --test-share."""
     def make_batch(buf: list[Record]) -> pa.RecordBatch:
         tasks = [s.task or rec.task or converter.name for rec in buf]
         batch = rows_to_batch(
@@ -113,8 +127,8 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
         _count(stats, buf, tasks, batch)
         return batch
 
-    buf: list[Record] = []
-    size = 0
+    bufs: dict[str, list[Record]] = {"train": [], "test": []}
+    sizes = {"train": 0, "test": 0}
     try:
         for rec in converter.convert_unit(unit):
             if rec.filtered:
@@ -126,34 +140,40 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
                     raise _RecordFailed(reason)
                 skipped.append(SkippedRecord(rec.source_id, reason))
                 continue
-            buf.append(rec)
-            size += estimated_bytes(len(rec.row.tokens), len(rec.row.patches), len(rec.row.step_starts),
-                                    len(rec.source_id))
-            if len(buf) >= BATCH_ROWS or size >= BATCH_BYTES:
-                yield make_batch(buf)
-                buf, size = [], 0
+            split = rec.split or ("test" if held_out(rec.source_id, s.test_share) else "train")
+            bufs[split].append(rec)
+            sizes[split] += estimated_bytes(len(rec.row.tokens), len(rec.row.patches), len(rec.row.step_starts),
+                                            len(rec.source_id))
+            if len(bufs[split]) >= BATCH_ROWS or sizes[split] >= BATCH_BYTES:
+                yield split, make_batch(bufs[split])
+                bufs[split], sizes[split] = [], 0
     except (_RecordFailed, InvalidRow):
         raise  # the converter's reason, as it is
     except (SourceError, TokenizeError) as e:  # the unit itself is unreadable
         if s.on_error == "fail":
             raise SourceError(_with_place(e, unit)) from None
         skipped.append(SkippedRecord(unit.key, _with_place(e, unit)))
-    if buf:
-        yield make_batch(buf)
+    for split, buf in bufs.items():
+        if buf:
+            yield split, make_batch(buf)
 
 
 def run_unit(converter: Converter, s: UnitSettings, job: UnitJob) -> UnitMarker:
     """Convert one unit into its shards, then write its marker; a failure leaves no temporary file."""
     stats = UnitStats(tokens_by_modality=[0] * len(MODALITY_NAMES))
     skipped: list[SkippedRecord] = []
-    writer = ShardWriter(s.out, job.index, s.rl, s.shard_size, s.compression)
+    numbers = itertools.count()
+    writers = {split: ShardWriter(s.out, job.index, s.rl, s.shard_size, s.compression, split, numbers)
+               for split in ("train", "test")}
     try:
-        for batch in unit_batches(converter, job.unit, s, stats, skipped):
-            writer.add(batch)
-        marker = UnitMarker(job.index, job.unit.key, job.uid, writer.close(), stats, skipped, os.getpid(),
+        for split, batch in unit_batches(converter, job.unit, s, stats, skipped):
+            writers[split].add(batch)
+        shards = sorted(writers["train"].close() + writers["test"].close(), key=lambda x: x.name)
+        marker = UnitMarker(job.index, job.unit.key, job.uid, shards, stats, skipped, os.getpid(),
                             socket.gethostname())
         s.out.write_text(marker_name(job.index), marker.to_json())
     except BaseException:
-        writer.abort()
+        for w in writers.values():
+            w.abort()
         raise
     return marker

@@ -164,6 +164,7 @@ def test_a_damaged_run_record_is_refused_on_resume(data_dirs, tmp_path, capsys):
     rec = json.loads((run / "config.json").read_text())
     rec["train"]["batch_size"] = "four"
     (run / "config.json").write_text(json.dumps(rec))
+    capsys.readouterr()
     assert main(_args(data_dirs, run, "--steps", "2")) == 1
     err = capsys.readouterr().err
     assert "config.json" in err and "batch-size" in err and err.strip().count("\n") == 0
@@ -237,3 +238,34 @@ def test_train_args_from_dict_refuses_wrong_types():
     with pytest.raises(ValueError, match="--steps must be an integer"):
         TrainArgs.from_dict({"steps": 1.5})
     assert TrainArgs.from_dict({"steps": 3, "data": ["x"]}).steps == 3
+
+
+def test_eval_loss_is_measured_on_the_held_out_split(tmp_path, sp_model_path, corpus_path, capsys):
+    """A directory converted with --test-share: training reads only its train shards, evaluation only
+    its test shards; a directory without a test split says so once."""
+    from converters.cli import main as tokenize
+    from schemas.manifest import Manifest
+
+    docs = tmp_path / "docs.txt"
+    lines = Path(corpus_path).read_text().splitlines()[:400]
+    docs.write_text("\n\n".join(" ".join(lines[i:i + 4]) for i in range(0, 400, 4)) + "\n")
+    shards = tmp_path / "text"
+    assert tokenize(["text", str(docs), "--out", str(shards), "--text-tokenizer", sp_model_path, "--split",
+                     "blank-line", "--test-share", "0.2", "--shard-size", "8KB", "--no-progress"]) == 0
+    m = Manifest.read(shards)
+    assert m.rows_in("test") > 5 and m.rows_in("train") > 50
+    args = TrainArgs(data=[str(shards)], out=str(tmp_path / "run"), batch_size=2, seq_len=64, steps=2,
+                     eval_steps=2, progress=False)
+    trainer = train_mod.Trainer(args)
+    assert trainer.loader.sources[0].total_rows == m.rows_in("train")
+    capsys.readouterr()
+    assert "eval_loss" in trainer.evaluate()
+    (loader, _), = trainer._eval_loaders
+    assert loader.sources[0].total_rows == m.rows_in("test")
+    from schemas.shard import open_shard
+    test_ids = {i for s in m.shards if s.split == "test" for i in open_shard(shards / s.name).column("source_id").to_pylist()}
+    src = loader.sources[0]
+    seen = {src.dir.table(k).column("source_id")[j].as_py() for k in range(len(src.dir.shards))
+            for j in range(src.dir.table(k).num_rows)}
+    assert seen == test_ids
+    assert "no test split" not in capsys.readouterr().err
