@@ -83,6 +83,10 @@ class TrainArgs:
     eval_data: list[str] | None = opt(None, "held-out shard directories (default: the test split of each training "
                                             "directory, else its training rows)",
                                       cli="list", metavar="DIR")
+    eval_suite: str | None = opt(None, "a suite YAML (as `gato-train eval` reads) played at every evaluation with "
+                                       "the current weights: eval/TASK/return, eval/TASK/score and eval/score "
+                                       "(the mean expert-normalised score) logged like the loss",
+                                 metavar="SUITE.YAML")
     log_every: int = opt(10, "write metrics every N steps", lo=1)
     log: str = opt("jsonl", "where metrics go besides metrics.jsonl: a comma list of jsonl, tensorboard "
                             "(RUN/tb), wandb (offline unless WANDB_MODE says otherwise)", metavar="LIST")

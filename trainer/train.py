@@ -153,6 +153,13 @@ class Trainer:
         if layout is not None:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
         check_fits(self.loader.sources, args.seq_len)
+        self.suite = None
+        if args.eval_suite:
+            from .evaluate import SuiteError, read_suite
+            try:
+                self.suite = read_suite(args.eval_suite)
+            except SuiteError as e:
+                raise TrainError(str(e)) from None
         self.tasks = list(self.loader.tasks)
         if ckpt is not None:
             config = GatoConfig.from_dict(ckpt["config"])
@@ -370,6 +377,44 @@ class Trainer:
                 out[f"eval_loss/{name}"] = stats[t] / stats[ne + t]
         return out
 
+    @torch.no_grad()
+    def evaluate_suite(self) -> dict:
+        """Act in the --eval-suite tasks with the current weights (greedy, the suite's seeds): each
+        task's mean return and expert-normalised score, and the mean score (eval/score). Played on
+        rank 0 (the numbers are broadcast), inside saved and restored RNG states: the training
+        stream is the same with or without it, and a resumed run logs the same numbers."""
+        import random
+
+        import numpy as np
+
+        from .evaluate import Policy, evaluate_task
+
+        out: dict = {}
+        if self.d.main:
+            np_state, py_state = np.random.get_state(), random.getstate()
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                self.model.eval()
+                try:
+                    policy = Policy(self.model, self.layout, self.args.seq_len, self.args.seq_len // 4, 0.0,
+                                    self.args.seed, True)
+                    scores = []
+                    for task in self.suite:
+                        r = evaluate_task(policy, task)
+                        out[f"eval/{task.name}/return"] = float(np.mean(r.agent))
+                        out[f"eval/{task.name}/score"] = r.score
+                        scores.append(r.score)
+                    out["eval/score"] = float(np.mean(scores))
+                finally:
+                    self.model.train()
+                    np.random.set_state(np_state)
+                    random.setstate(py_state)
+        if self.d.world > 1:
+            box = [out]
+            dist.broadcast_object_list(box, src=0)
+            out = box[0]
+        return out
+
     # --- the loop ---------------------------------------------------------------------------------
     def _elapsed(self) -> float:
         """Seconds of training in this run, resumed attempts included."""
@@ -437,6 +482,8 @@ class Trainer:
                     task_sums, task_counts = [0.0] * len(self.tasks), [0.0] * len(self.tasks)
                     if do_eval:
                         rec.update(self.evaluate())
+                        if self.suite:
+                            rec.update(self.evaluate_suite())
                     new_best = self._improves(rec)
                     if self.d.main:
                         self.log.write(rec)

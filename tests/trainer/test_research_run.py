@@ -269,3 +269,59 @@ def test_eval_loss_is_measured_on_the_held_out_split(tmp_path, sp_model_path, co
             for j in range(src.dir.table(k).num_rows)}
     assert seen == test_ids
     assert "no test split" not in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def cartpole_with_spec(tmp_path_factory, text_tokenizer, sp_model_path):
+    """A CartPole directory an eval suite can act from (its manifest holds the episode spec)."""
+    from conftest import cartpole_episodes, write_shard_dir
+    from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
+
+    layout = text_tokenizer.layout()
+    rows, rets = cartpole_episodes(layout, 12)
+    spec = EpisodeSpec((FieldSpec("obs", "continuous", (4,)),), (FieldSpec("action", "discrete", ()),))
+    return write_shard_dir(tmp_path_factory.mktemp("cps") / "cartpole", rows, [f"cp-{i}" for i in range(12)],
+                           layout, "rl", "cartpole", rows_per_shard=6, episode_spec=spec, returns=rets,
+                           tokenizer_path=sp_model_path)
+
+
+def test_eval_suite_during_training_logs_scores_and_keeps_the_stream(cartpole_with_spec, data_dirs, tmp_path,
+                                                                      monkeypatch):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"tasks:\n  - env: CartPole-v1\n    name: cartpole\n    data: {cartpole_with_spec}\n"
+                     "    episodes: 2\n    max_steps: 15\n")
+    base = ["--data", str(cartpole_with_spec), data_dirs["text"], "--preset", "tiny", "--batch-size", "4",
+            "--seq-len", "64", "--no-progress", "--steps", "6", "--log-every", "1", "--save-every", "2",
+            "--eval-every", "2", "--eval-steps", "1", "--warmup", "2"]
+    plain, straight, stopped = tmp_path / "plain", tmp_path / "a", tmp_path / "b"
+    assert main(base + ["--out", str(plain)]) == 0
+    with_suite = base + ["--eval-suite", str(suite), "--log", "jsonl,tensorboard", "--keep-best", "eval/score"]
+    assert main(with_suite + ["--out", str(straight)]) == 0
+    recs = _metrics(straight)
+    assert [r["step"] for r in recs if "eval/score" in r] == [2, 4, 6]
+    for r in recs:
+        if "eval/score" in r:
+            assert 1 <= r["eval/cartpole/return"] <= 15 and r["eval/score"] == r["eval/cartpole/score"]
+    # the training stream is the same as without the suite
+    assert [r["loss"] for r in recs] == [r["loss"] for r in _metrics(plain)]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(straight / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/score")] == [2, 4, 6]
+    # stopped by SIGTERM at step 3, resumed: the same metrics, evaluation scores included
+    original = train_mod.Trainer.train_step
+
+    def step_then_sigterm(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(train_mod.Trainer, "train_step", step_then_sigterm)
+    assert main(with_suite + ["--out", str(stopped)]) == 0
+    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
+    assert main(with_suite + ["--out", str(stopped)]) == 0
+    drop = ("time", "elapsed_s", "tokens_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _metrics(stopped)] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in recs]
+    best = max((r["eval/score"], -r["step"]) for r in recs if "eval/score" in r)
+    assert read_checkpoint(stopped / BEST_NAME)["step"] == read_checkpoint(straight / BEST_NAME)["step"] == -best[1]
