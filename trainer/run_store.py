@@ -17,7 +17,7 @@ from pathlib import Path
 from schemas.errors import ReaderError
 from schemas.storage import is_remote, join, local_path, remote_fs, storage_error
 
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME, STEP_DIR
 
 
 class RunStore:
@@ -40,27 +40,41 @@ class RunStore:
         self.local.mkdir(parents=True)
         fs, root = remote_fs(self.url)
         try:
-            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False, refresh=True)]
+            names = [p[len(root):].strip("/") for p in fs.find(root, detail=False)]
         except FileNotFoundError:
             return  # a new run
         except Exception as e:
             raise storage_error(self.url, e) from None
         for name in names:
+            dest = (self.local / name).resolve()
+            if not name or self.local.resolve() not in dest.parents:  # a key that would leave the folder
+                raise ReaderError(f"{join(self.url, name)}: not a file name inside the run")
+            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fs.get_file(f"{root}/{name}", str(self.local / name))
+                fs.get_file(f"{root}/{name}", str(dest))
             except Exception as e:
                 raise storage_error(join(self.url, name), e) from None
 
     def push(self) -> None:
-        """Upload every file of the staging copy, the checkpoint last."""
+        """Upload every file of the staging copy (step copies and TensorBoard events too), the
+        checkpoint last; then remove the step copies --keep-last pruned from the store."""
         if self.url is None:
             return
         fs, root = remote_fs(self.url)
-        files = sorted((p for p in self.local.iterdir() if p.is_file() and not p.name.startswith(".")),
-                       key=lambda p: (p.name == CHECKPOINT_NAME, p.name))
+        files = sorted((p for p in self.local.rglob("*") if p.is_file()
+                        and not any(part.startswith(".") for part in p.relative_to(self.local).parts)),
+                       key=lambda p: (p.name == CHECKPOINT_NAME, str(p)))
         for p in files:
+            name = p.relative_to(self.local).as_posix()
             try:
-                fs.put_file(str(p), f"{root}/{p.name}")
+                fs.put_file(str(p), f"{root}/{name}")
             except Exception as e:
-                raise ReaderError(f"{join(self.url, p.name)}: cannot write to the store "
+                raise ReaderError(f"{join(self.url, name)}: cannot write to the store "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        try:
+            stored = fs.ls(f"{root}/{STEP_DIR}", detail=False, refresh=True)
+        except FileNotFoundError:
+            stored = []
+        pruned = [p for p in stored if not (self.local / STEP_DIR / p.rstrip("/").rsplit("/", 1)[-1]).is_file()]
+        if pruned:
+            fs.rm(pruned)

@@ -325,3 +325,33 @@ def test_eval_suite_during_training_logs_scores_and_keeps_the_stream(cartpole_wi
         [{k: v for k, v in r.items() if k not in drop} for r in recs]
     best = max((r["eval/score"], -r["step"]) for r in recs if "eval/score" in r)
     assert read_checkpoint(stopped / BEST_NAME)["step"] == read_checkpoint(straight / BEST_NAME)["step"] == -best[1]
+
+
+def test_a_run_in_a_bucket_keeps_its_step_copies_and_events_there(data_dirs, tmp_path, s3_server, monkeypatch):
+    """--out s3://: step copies pruned to --keep-last and TensorBoard events are uploaded too, and a
+    resume on another machine (an empty cache) continues from the bucket."""
+    import s3fs
+
+    from conftest import make_bucket
+    url = make_bucket("research-runs") + "/a"
+    common = ["--steps", "6", "--log-every", "1", "--save-every", "2", "--keep-last", "2", "--log", "tensorboard"]
+    original = train_mod.Trainer.train_step
+
+    def step_then_sigterm(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(train_mod.Trainer, "train_step", step_then_sigterm)
+    assert main(_args(data_dirs, url, "--cache-dir", str(tmp_path / "c1"), *common)) == 0
+    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
+    assert main(_args(data_dirs, url, "--cache-dir", str(tmp_path / "c2"), *common)) == 0
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    root = url.removeprefix("s3://")
+    names = sorted(p[len(root) + 1:] for p in fs.find(root))
+    assert [n for n in names if n.startswith("checkpoints/")] == ["checkpoints/step-00000004.pt",
+                                                                  "checkpoints/step-00000006.pt"]
+    assert any(n.startswith("tb/events.out.tfevents") for n in names)
+    assert {"checkpoint.pt", "config.json", "metrics.jsonl", "loss.png"} <= set(names)
+    metrics = [json.loads(x) for x in fs.cat_file(f"{root}/metrics.jsonl").decode().splitlines()]
+    assert [r["step"] for r in metrics] == [1, 2, 3, 4, 5, 6]
