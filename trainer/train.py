@@ -160,6 +160,13 @@ class Trainer:
                 self.suite = read_suite(args.eval_suite)
             except SuiteError as e:
                 raise TrainError(str(e)) from None
+        if args.keep_best is not None:
+            known = ["eval_loss"] + ([f"eval/{t.name}/{k}" for t in self.suite for k in ("return", "score")]
+                                     + ["eval/score"] if self.suite else [])
+            if args.keep_best not in known and not args.keep_best.startswith("eval_loss/"):
+                raise UsageError(f"--keep-best {args.keep_best!r} is not a metric this run evaluates; "
+                                 f"expected eval_loss, eval_loss/TASK{', ' if self.suite else ''}"
+                                 f"{', '.join(known[1:])}")
         self.tasks = list(self.loader.tasks)
         if ckpt is not None:
             config = GatoConfig.from_dict(ckpt["config"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pyarrow as pa
 import pytest
 
 from converters.cli import main
@@ -94,4 +93,3 @@ def test_a_manifest_with_an_unknown_split_is_refused(tmp_path, text_shard_dir):
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ManifestError, match="split 'validation'"):
         Manifest.read(d)
-    assert pa is not None

@@ -355,3 +355,8 @@ def test_a_run_in_a_bucket_keeps_its_step_copies_and_events_there(data_dirs, tmp
     assert {"checkpoint.pt", "config.json", "metrics.jsonl", "loss.png"} <= set(names)
     metrics = [json.loads(x) for x in fs.cat_file(f"{root}/metrics.jsonl").decode().splitlines()]
     assert [r["step"] for r in metrics] == [1, 2, 3, 4, 5, 6]
+
+
+def test_keep_best_of_a_metric_never_evaluated_is_bad_usage(data_dirs, tmp_path, capsys):
+    assert main(_args(data_dirs, tmp_path / "r", "--steps", "1", "--keep-best", "eval/score")) == 2
+    assert "--keep-best 'eval/score' is not a metric this run evaluates" in capsys.readouterr().err
