@@ -28,8 +28,9 @@ def _masked_crc(data: bytes) -> int:
 
 
 def read_records(path: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes | RecordError]]:
-    """(record number, data) of records start..stop-1; a damaged record ends the file there, given
-    as a RecordError in place of the data (nothing after it can be found again)."""
+    """(record number, data) of records start..stop-1, a damaged record as a RecordError in place
+    of its data. Bad data (CRC) is that record's alone; a bad or cut-off length ends the file there,
+    since nothing after it can be found again."""
     with open(path, "rb") as f:
         i = 0
         while stop is None or i < stop:
@@ -54,10 +55,10 @@ def read_records(path: str, start: int = 0, stop: int | None = None) -> Iterator
             if len(data) < length or len(tail) < 4:
                 yield i, RecordError(f"{path}: record {i}: cut off ({len(data)} of {length} bytes)")
                 return
-            if struct.unpack("<I", tail)[0] != _masked_crc(data):
+            if struct.unpack("<I", tail)[0] != _masked_crc(data):  # its length was checked: go on after it
                 yield i, RecordError(f"{path}: record {i}: bad CRC of the data")
-                return
-            yield i, data
+            else:
+                yield i, data
             i += 1
 
 
