@@ -245,17 +245,29 @@ class RLDSSource:
 
 
 def _decode_images(d: Declared, blobs: list[bytes]) -> np.ndarray:
+    """Encoded step images -> (T, H, W[, C]) uint8; JPEG (what OXE stores) through simplejpeg,
+    other formats through Pillow; a size is checked before any pixel is decoded."""
+    import simplejpeg
     from PIL import Image
+    rgb = len(d.shape) == 3 and d.shape[2] == 3
     frames = []
     for t, b in enumerate(blobs):
         try:
+            if simplejpeg.is_jpeg(b):
+                h, w, _, _ = simplejpeg.decode_jpeg_header(b)
+                if h * w > MAX_PIXELS:
+                    raise ValueError(f"{w}x{h} pixels, over {MAX_PIXELS}")
+                pic = simplejpeg.decode_jpeg(b, colorspace="RGB" if rgb else "GRAY")
+                frames.append(pic if rgb else pic[..., 0])
+                continue
             im = Image.open(io.BytesIO(b))
             if im.width * im.height > MAX_PIXELS:
                 raise ValueError(f"{im.width}x{im.height} pixels, over {MAX_PIXELS}")
-            frames.append(np.asarray(im.convert("RGB") if len(d.shape) == 3 and d.shape[2] == 3 else im))
-        except Exception as e:  # Pillow raises many types for bad data
+            frames.append(np.asarray(im.convert("RGB") if rgb else im))
+        except Exception as e:  # the decoders raise many types for bad data
             raise ValueError(f"feature {d.key!r}, step {t}: not a readable image ({_first_line(e)})") from None
-        if len(d.shape) >= 2 and -1 not in d.shape[:2] and frames[-1].shape[:2] != tuple(d.shape[:2]):
-            raise ValueError(f"feature {d.key!r}, step {t}: image {frames[-1].shape[:2]}, features.json says "
-                             f"{tuple(d.shape[:2])}")
+        finally:
+            if frames and len(d.shape) >= 2 and -1 not in d.shape[:2] and frames[-1].shape[:2] != tuple(d.shape[:2]):
+                raise ValueError(f"feature {d.key!r}, step {t}: image {frames[-1].shape[:2]}, features.json says "
+                                 f"{tuple(d.shape[:2])}")
     return np.stack(frames) if frames else np.zeros((0, *d.shape), np.uint8)

@@ -43,17 +43,18 @@ class Episode:
         return len(self.state)
 
 
-def frame(camera: int, episode: int, t: int) -> np.ndarray:
+def frame(camera: int, episode: int, t: int, size: tuple[int, int] = (H, W)) -> np.ndarray:
     """A smooth picture that moves with t (codecs keep it recognisable), different per camera."""
-    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
-    img = np.empty((H, W, 3), np.float32)
+    y, x = np.mgrid[0:size[0], 0:size[1]].astype(np.float32)
+    img = np.empty((*size, 3), np.float32)
     img[..., 0] = 128 + 100 * np.sin((x + 4 * t) / 9.0 + episode)
     img[..., 1] = 128 + 100 * np.cos((y - 3 * t) / 7.0 + camera)
     img[..., 2] = (40 * camera + 20 * episode + 8 * t) % 256
     return img.clip(0, 255).astype(np.uint8)
 
 
-def make_episodes(lengths: list[int], seed: int = 0, rewards: bool = False) -> list[Episode]:
+def make_episodes(lengths: list[int], seed: int = 0, rewards: bool = False,
+                  size: tuple[int, int] = (H, W)) -> list[Episode]:
     rng = np.random.default_rng(seed)
     out = []
     for e, n in enumerate(lengths):
@@ -61,7 +62,7 @@ def make_episodes(lengths: list[int], seed: int = 0, rewards: bool = False) -> l
         action = (ACTION_LOW + u * (ACTION_HIGH - ACTION_LOW)).astype(np.float32)
         action[:, 5] = (u[:, 5] > 0.5).astype(np.float32)  # a gripper: open or closed
         ep = Episode(rng.normal(size=(n, STATE)).astype(np.float32), action, e % len(TASKS),
-                     {cam: np.stack([frame(c, e, t) for t in range(n)]) for c, cam in enumerate(CAMERAS)},
+                     {cam: np.stack([frame(c, e, t, size) for t in range(n)]) for c, cam in enumerate(CAMERAS)},
                      rng.uniform(size=n).astype(np.float32) if rewards else None)
         out.append(ep)
     return out
@@ -73,7 +74,8 @@ def encode(path: Path, frames: np.ndarray, codec: str, drop: tuple[int, ...] = (
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=FPS)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = "yuv420p"
         s.options = {"g": "2", "crf": "30", **({"preset": "12"} if codec == "libsvtav1" else {})}
         for g, img in enumerate(frames):
             if g in drop:
@@ -90,11 +92,13 @@ def _vec(values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
 
 
-def _features(rewards: bool) -> dict:
+def _features(episodes: list[Episode]) -> dict:
+    rewards = episodes[0].reward is not None
+    h, w = episodes[0].frames[next(iter(CAMERAS))].shape[1:3]
     feats = {}
     for cam, codec in CAMERAS.items():
-        feats[cam] = {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
-                      "info": {"video.height": H, "video.width": W, "video.codec": "av1" if "av1" in codec else "h264",
+        feats[cam] = {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
+                      "info": {"video.height": h, "video.width": w, "video.codec": "av1" if "av1" in codec else "h264",
                                "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": FPS,
                                "video.channels": 3, "has_audio": False}}
     feats["observation.state"] = {"dtype": "float32", "shape": [STATE], "names": [f"joint_{i}" for i in range(STATE)]}
@@ -132,7 +136,8 @@ def _stats(episodes: list[Episode]) -> dict:
     return out
 
 
-def write_lerobot_v3(root: Path, episodes: list[Episode], data_files: int = 2, drop: dict | None = None) -> Path:
+def write_lerobot_v3(root: Path, episodes: list[Episode], data_files: int = 2, drop: dict | None = None,
+                     codecs: dict | None = None) -> Path:
     """A v3.0 folder: episodes split over `data_files` Parquet files, every camera's episodes back to
     back in one MP4. `drop` {camera: global frame numbers} leaves frames out of a video."""
     root.mkdir(parents=True, exist_ok=True)
@@ -142,7 +147,7 @@ def write_lerobot_v3(root: Path, episodes: list[Episode], data_files: int = 2, d
             "splits": {"train": f"0:{len(episodes)}"},
             "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
             "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-            "features": _features(episodes[0].reward is not None)}
+            "features": _features(episodes)}
     (root / "meta").mkdir(exist_ok=True)
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
     groups = np.array_split(np.arange(len(episodes)), data_files)
@@ -156,7 +161,7 @@ def write_lerobot_v3(root: Path, episodes: list[Episode], data_files: int = 2, d
             file_of[int(i)] = (f, index)
             index += episodes[i].length
     starts = np.concatenate([[0], np.cumsum([e.length for e in episodes])])
-    for cam, codec in CAMERAS.items():
+    for cam, codec in (codecs or CAMERAS).items():
         encode(root / "videos" / cam / "chunk-000" / "file-000.mp4",
                np.concatenate([e.frames[cam] for e in episodes]), codec, tuple((drop or {}).get(cam, ())))
     meta = {"episode_index": list(range(len(episodes))), "tasks": [[TASKS[e.task_index]] for e in episodes],
@@ -188,7 +193,7 @@ def write_lerobot_v21(root: Path, episodes: list[Episode]) -> Path:
             "chunks_size": 1000, "fps": FPS, "splits": {"train": f"0:{len(episodes)}"},
             "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
             "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
-            "features": _features(episodes[0].reward is not None)}
+            "features": _features(episodes)}
     (root / "meta").mkdir(exist_ok=True)
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
     index = 0
