@@ -42,6 +42,7 @@ class VideoFile:
         except (OSError, IndexError, av.FFmpegError) as e:
             raise VideoError(f"not a readable video ({getattr(e, 'strerror', None) or _first_line(e)})") from None
         self._stream.thread_type = "AUTO"
+        self._tb = float(self._stream.time_base)  # a float: Fraction arithmetic per frame costs more than decoding
         self._frames = None  # the decoding iterator
         self._pending = None  # a decoded frame past the last request, kept for the next one
         self._position = -math.inf  # time of the last frame decoded
@@ -54,8 +55,8 @@ class VideoFile:
         self._frames, self._pending, self._position = None, None, -math.inf
 
     def _seek(self, t: float) -> None:
-        tb = self._stream.time_base
-        self._container.seek(max(0, int(math.floor((t - self.tolerance) / tb))), stream=self._stream, backward=True)
+        self._container.seek(max(0, int(math.floor((t - self.tolerance) / self._stream.time_base))),
+                             stream=self._stream, backward=True)
         self._frames, self._pending, self._position = self._container.decode(self._stream), None, -math.inf
 
     def _next(self, frame_no: int):
@@ -85,7 +86,7 @@ class VideoFile:
                 break
             if frame.pts is None:
                 continue
-            t = float(frame.pts * self._stream.time_base)
+            t = frame.pts * self._tb
             if t > hi:
                 self._pending = frame
                 break
@@ -119,7 +120,8 @@ def decode_all(path: str) -> tuple[np.ndarray, np.ndarray]:
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        tb = float(stream.time_base)
         for frame in container.decode(stream):
-            times.append(float(frame.pts * stream.time_base))
+            times.append(frame.pts * tb)
             frames.append(frame.to_ndarray(format="rgb24"))
     return np.asarray(times), np.stack(frames)

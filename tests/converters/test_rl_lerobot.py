@@ -209,7 +209,9 @@ def test_bad_input_is_one_line_or_skipped_alone(case, v3, tmp_path, sp_model_pat
                     "--on-error", "skip", "--episodes-per-unit", 1)
     m = Manifest.read(tmp_path / "skip")
     kept = {int(s.source_id.rsplit("_", 1)[1]) for s in _sources(tmp_path / "skip")}
-    if survivors is not None:
+    if survivors is None:  # every episode lies in the damaged file: all skipped, none converted
+        assert kept == set() and len(m.skipped_records) == len(LENGTHS)
+    else:
         assert code == 0 and kept == survivors
         assert all(needle.split(":")[0] in s.reason for s in m.skipped_records)
 
@@ -243,3 +245,19 @@ def test_paths_from_info_json_stay_inside_the_folder(v3, tmp_path, sp_model_path
     capsys.readouterr()
     assert tokenize("rl", root, "--out", tmp_path / "o", "--text-tokenizer", sp_model_path) == 1
     assert "points outside the dataset folder" in capsys.readouterr().err
+
+
+def test_a_unit_opens_each_video_file_once(v3, monkeypatch):
+    """Four episodes in one MP4 per camera: two opens for the whole unit, not one per episode or frame."""
+    import converters.rl_sources.lerobot as lerobot_mod
+    opened = []
+
+    class Counted(lerobot_mod.VideoFile):  # the real decoder, counted
+        def __init__(self, path, tolerance_s):
+            opened.append(Path(path).parent.parent.name)
+            super().__init__(path, tolerance_s)
+
+    monkeypatch.setattr(lerobot_mod, "VideoFile", Counted)
+    eps = list(LeRobotSource(str(v3)).episodes(0, len(LENGTHS)))
+    assert all(e.error is None for e in eps)
+    assert sorted(opened) == sorted(CAMERAS)
