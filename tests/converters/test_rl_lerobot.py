@@ -261,3 +261,25 @@ def test_a_unit_opens_each_video_file_once(v3, monkeypatch):
     eps = list(LeRobotSource(str(v3)).episodes(0, len(LENGTHS)))
     assert all(e.error is None for e in eps)
     assert sorted(opened) == sorted(CAMERAS)
+
+
+def test_a_failed_run_resumes_with_the_units_it_finished(v3, tmp_path, sp_model_path):
+    """Episodes 2 and 3's data file goes missing mid-dataset: the run stops at unit 2 keeping units
+    0 and 1; with the file back, the re-run converts only the rest and ends with the same rows."""
+    root = _copy(v3, tmp_path)
+    data = root / "data" / "chunk-000" / "file-001.parquet"
+    saved = data.read_bytes()
+    data.unlink()
+    out = tmp_path / "out"
+    args = ("rl", root, "--out", out, "--text-tokenizer", sp_model_path, "--episodes-per-unit", 1)
+    assert tokenize(*args) == 1
+    assert len(list((out / ".work").glob("unit-*.json"))) == 2
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.arrow")}
+    assert sorted(kept) == ["shard-00000-000.arrow", "shard-00001-000.arrow"]
+    data.write_bytes(saved)
+    assert tokenize(*args) == 0
+    assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # units 0 and 1 not converted again
+    assert tokenize("rl", root, "--out", tmp_path / "ref", "--text-tokenizer", sp_model_path,
+                    "--episodes-per-unit", 1) == 0
+    a, b = rows(out), rows(tmp_path / "ref")
+    assert len(a) == len(LENGTHS) and all(np.array_equal(x.tokens, y.tokens) for x, y in zip(a, b))
