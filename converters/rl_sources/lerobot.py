@@ -338,7 +338,7 @@ class LeRobotSource:
                 videos[path] = VideoError("video file missing")
             else:
                 try:
-                    videos[path] = VideoFile(str(path), TOLERANCE_S)
+                    videos[path] = VideoFile(str(path), TOLERANCE_S, _image_shape(self.features[key])[:2])
                 except VideoError as e:
                     videos[path] = e
         video = videos[path]

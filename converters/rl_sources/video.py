@@ -33,7 +33,9 @@ def _first_line(e: BaseException) -> str:
 class VideoFile:
     """One MP4, decoded forward; `frames_at` returns the frames nearest the given times."""
 
-    def __init__(self, path: str, tolerance_s: float = TOLERANCE_S):
+    def __init__(self, path: str, tolerance_s: float = TOLERANCE_S, size: tuple[int, int] | None = None):
+        """`size` (H, W): what the dataset declares; a stream of another size is refused before any
+        frame is decoded (no allocation sized by the file)."""
         import av
         self.path, self.tolerance = path, tolerance_s
         try:
@@ -41,6 +43,10 @@ class VideoFile:
             self._stream = self._container.streams.video[0]
         except (OSError, IndexError, av.FFmpegError) as e:
             raise VideoError(f"not a readable video ({getattr(e, 'strerror', None) or _first_line(e)})") from None
+        got = (self._stream.codec_context.height, self._stream.codec_context.width)
+        if size is not None and got != tuple(size):
+            self._container.close()
+            raise VideoError(f"frames are {got[0]}x{got[1]}, the dataset declares {size[0]}x{size[1]}")
         self._stream.thread_type = "AUTO"
         self._tb = float(self._stream.time_base)  # a float: Fraction arithmetic per frame costs more than decoding
         self._frames = None  # the decoding iterator

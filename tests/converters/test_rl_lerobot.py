@@ -191,7 +191,15 @@ def _episode_without_frames(root):
     return "data/chunk-000/file-000.parquet: episode 1: no frames", {0, 2, 3}
 
 
-CASES = {"missing_video": _missing_video, "truncated_mp4": _truncated_mp4,
+def _wrong_frame_size(root):
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"]["observation.images.top"]["shape"] = [96, 64, 3]
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    return "videos/observation.images.top/chunk-000/file-000.mp4: episode 0: frames are 48x64, the dataset " \
+           "declares 96x64", None
+
+
+CASES = {"missing_video": _missing_video, "wrong_frame_size": _wrong_frame_size, "truncated_mp4": _truncated_mp4,
          "undeclared_feature": _undeclared_feature, "episode_without_frames": _episode_without_frames}
 
 
@@ -253,9 +261,9 @@ def test_a_unit_opens_each_video_file_once(v3, monkeypatch):
     opened = []
 
     class Counted(lerobot_mod.VideoFile):  # the real decoder, counted
-        def __init__(self, path, tolerance_s):
+        def __init__(self, path, tolerance_s, size):
             opened.append(Path(path).parent.parent.name)
-            super().__init__(path, tolerance_s)
+            super().__init__(path, tolerance_s, size)
 
     monkeypatch.setattr(lerobot_mod, "VideoFile", Counted)
     eps = list(LeRobotSource(str(v3)).episodes(0, len(LENGTHS)))
