@@ -133,7 +133,7 @@ def test_rewards_give_returns(tmp_path, sp_model_path):
     assert r is not None and r.max == pytest.approx(max(float(e.reward.sum()) for e in eps), rel=1e-5)
 
 
-def test_two_workers_and_ray_give_the_same_rows(v3, tmp_path, sp_model_path):
+def test_two_workers_give_the_same_rows(v3, tmp_path, sp_model_path):
     base = ("rl", v3, "--text-tokenizer", sp_model_path, "--episodes-per-unit", 1)
     assert tokenize(*base, "--out", tmp_path / "one") == 0
     assert tokenize(*base, "--out", tmp_path / "two", "--workers", 2) == 0
