@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from converters.base import SourceError
+from converters.read_ahead import read_ahead
 
 from . import FieldInfo, RawEpisode
 from .robot import inside, stat_bounds
@@ -261,6 +262,11 @@ class LeRobotSource:
         return table
 
     def episodes(self, start: int, stop: int, images: bool = True) -> Iterator[RawEpisode]:
+        """Read (and the cameras decoded) one episode ahead of the consumer, in a thread: PyAV
+        decodes without the GIL while the previous episode is tokenised and written."""
+        return read_ahead(self._read(start, stop, images))
+
+    def _read(self, start: int, stop: int, images: bool) -> Iterator[RawEpisode]:
         stop = min(stop, self.num_episodes())
         videos: dict[Path, VideoFile | VideoError] = {}  # opened once per unit
         table, table_file, table_error = None, None, None

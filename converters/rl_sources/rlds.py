@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from converters.base import SourceError
+from converters.read_ahead import read_ahead
 from tokenizer_kit.images import MAX_PIXELS
 
 from . import FieldInfo, RawEpisode
@@ -167,6 +168,11 @@ class RLDSSource:
                            for e in self.episodes(0, self.num_episodes())])
 
     def episodes(self, start: int, stop: int) -> Iterator[RawEpisode]:
+        """Read and decoded one episode ahead of the consumer, in a thread: simplejpeg and the CRC
+        check run without the GIL while the previous episode is tokenised and written."""
+        return read_ahead(self._read(start, stop))
+
+    def _read(self, start: int, stop: int) -> Iterator[RawEpisode]:
         stop = min(stop, self.num_episodes())
         for k, path in enumerate(self.files):
             a, b = max(start, int(self._starts[k])), min(stop, int(self._starts[k + 1]))

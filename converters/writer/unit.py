@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -147,13 +148,27 @@ def run_unit(converter: Converter, s: UnitSettings, job: UnitJob) -> UnitMarker:
     stats = UnitStats(tokens_by_modality=[0] * len(MODALITY_NAMES))
     skipped: list[SkippedRecord] = []
     writer = ShardWriter(s.out, job.index, s.rl, s.shard_size, s.compression)
+    # Batch k is written (compressed, hashed, fsynced: all without the GIL) in a thread while batch
+    # k+1 is built; one writer thread, one batch in flight, so the shards' bytes and order are
+    # those of writing in line.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
+    pending: Future | None = None
     try:
         for batch in unit_batches(converter, job.unit, s, stats, skipped):
-            writer.add(batch)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.add, batch)
+        if pending is not None:
+            pending, done = None, pending
+            done.result()
         marker = UnitMarker(job.index, job.unit.key, job.uid, writer.close(), stats, skipped, os.getpid(),
                             socket.gethostname())
         s.out.write_text(marker_name(job.index), marker.to_json())
     except BaseException:
+        if pending is not None:
+            wait([pending])  # its error, if any, is not the one to report
         writer.abort()
         raise
+    finally:
+        pool.shutdown(wait=True)
     return marker
