@@ -250,30 +250,48 @@ class RLDSSource:
         return out
 
 
+class _SizeError(ValueError):
+    """An image whose size disagrees with features.json or with the episode's earlier steps."""
+
+
 def _decode_images(d: Declared, blobs: list[bytes]) -> np.ndarray:
     """Encoded step images -> (T, H, W[, C]) uint8; JPEG (what OXE stores) through simplejpeg,
-    other formats through Pillow; a size is checked before any pixel is decoded."""
+    other formats through Pillow. Each size is checked from the header before any pixel is decoded,
+    and JPEGs decode straight into the episode's array (no per-step array to stack)."""
     import simplejpeg
     from PIL import Image
     rgb = len(d.shape) == 3 and d.shape[2] == 3
-    frames = []
+    declared = tuple(d.shape[:2]) if len(d.shape) >= 2 and -1 not in d.shape[:2] else None
+    out: np.ndarray | None = None
+
+    def slot(t: int, h: int, w: int) -> np.ndarray:
+        nonlocal out
+        if h * w > MAX_PIXELS:
+            raise ValueError(f"{w}x{h} pixels, over {MAX_PIXELS}")
+        if declared is not None and (h, w) != declared:
+            raise _SizeError(f"feature {d.key!r}, step {t}: image {(h, w)}, features.json says {declared}")
+        if out is None:
+            out = np.empty((len(blobs), h, w, 3 if rgb else 1), np.uint8)
+        elif out.shape[1:3] != (h, w):
+            raise _SizeError(f"feature {d.key!r}, step {t}: image {(h, w)}, step 0 {out.shape[1:3]}")
+        return out[t]
+
     for t, b in enumerate(blobs):
         try:
             if simplejpeg.is_jpeg(b):
                 h, w, _, _ = simplejpeg.decode_jpeg_header(b)
-                if h * w > MAX_PIXELS:
-                    raise ValueError(f"{w}x{h} pixels, over {MAX_PIXELS}")
-                pic = simplejpeg.decode_jpeg(b, colorspace="RGB" if rgb else "GRAY")
-                frames.append(pic if rgb else pic[..., 0])
+                simplejpeg.decode_jpeg(b, colorspace="RGB" if rgb else "GRAY", buffer=slot(t, h, w))
                 continue
             im = Image.open(io.BytesIO(b))
-            if im.width * im.height > MAX_PIXELS:
-                raise ValueError(f"{im.width}x{im.height} pixels, over {MAX_PIXELS}")
-            frames.append(np.asarray(im.convert("RGB") if rgb else im))
+            dest = slot(t, im.height, im.width)
+            pic = np.asarray(im.convert("RGB") if rgb else im)
+            if pic.dtype != np.uint8:
+                raise ValueError(f"{pic.dtype} pixels, not 8-bit")
+            dest[...] = pic if rgb else pic.reshape(dest.shape)
+        except _SizeError:
+            raise
         except Exception as e:  # the decoders raise many types for bad data
             raise ValueError(f"feature {d.key!r}, step {t}: not a readable image ({_first_line(e)})") from None
-        finally:
-            if frames and len(d.shape) >= 2 and -1 not in d.shape[:2] and frames[-1].shape[:2] != tuple(d.shape[:2]):
-                raise ValueError(f"feature {d.key!r}, step {t}: image {frames[-1].shape[:2]}, features.json says "
-                                 f"{tuple(d.shape[:2])}")
-    return np.stack(frames) if frames else np.zeros((0, *d.shape), np.uint8)
+    if out is None:
+        return np.zeros((0, *d.shape), np.uint8)
+    return out if rgb else out[..., 0]
