@@ -137,3 +137,35 @@ def test_undeclared_feature_is_that_episodes_error(episodes, tmp_path, sp_model_
     assert tokenize("rl", root, "--out", tmp_path / "skip", "--text-tokenizer", sp_model_path,
                     "--on-error", "skip", "--episodes-per-unit", 1) == 0
     assert [int(sid.rsplit("_", 1)[1]) for sid, _ in table_rows(tmp_path / "skip")] == [0, 2, 3, 4]
+
+
+def _png(a: np.ndarray) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, "PNG")
+    return b.getvalue()
+
+
+def test_step_images_decode_into_one_array_or_are_refused_naming_the_step():
+    """JPEGs decode straight into the episode's array: the same pixels simplejpeg gives alone; a
+    step of another size than step 0 (shape left open in features.json) or a 16-bit image (no
+    silent narrowing to uint8) is that episode's error naming feature and step."""
+    import simplejpeg
+    from converters.rl_sources.rlds import Declared, _decode_images
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 256, (32, 48, 3), np.uint8) for _ in range(3)]
+    jpegs = [simplejpeg.encode_jpeg(p, 90) for p in pics]
+    got = _decode_images(Declared("steps/observation/image", "image", (32, 48, 3), "uint8", True), jpegs)
+    assert got.shape == (3, 32, 48, 3) and got.flags.c_contiguous
+    for g, j in zip(got, jpegs):
+        assert np.array_equal(g, simplejpeg.decode_jpeg(j))
+    grey = _decode_images(Declared("steps/observation/depth", "image", (32, 48, 1), "uint8", True),
+                          [_png(p[..., 0]) for p in pics])
+    assert np.array_equal(grey, np.stack([p[..., 0] for p in pics]))
+    open_shape = Declared("steps/observation/image", "image", (-1, -1, 3), "uint8", True)
+    other = simplejpeg.encode_jpeg(rng.integers(0, 256, (16, 48, 3), np.uint8), 90)
+    with pytest.raises(ValueError, match=r"'steps/observation/image', step 2: image \(16, 48\), step 0 \(32, 48\)"):
+        _decode_images(open_shape, jpegs[:2] + [other])
+    deep = _png((rng.integers(0, 65536, (32, 48))).astype(np.uint16))
+    with pytest.raises(ValueError, match=r"'steps/observation/depth', step 1: not a readable image \(uint16 pixels"):
+        _decode_images(Declared("steps/observation/depth", "image", (32, 48, 1), "uint8", True),
+                       [_png(pics[0][..., 0]), deep])
