@@ -159,15 +159,23 @@ class RLConverter:
         steps = len(raw.observations[first])
         if steps == 0:
             raise TokenizeError("empty episode (0 steps)")
-        rewards = np.asarray(raw.rewards, dtype=np.float64).reshape(-1)
-        if len(rewards) != steps:
+        if raw.rewards is None:  # a dataset without rewards (LeRobot, some RLDS): no return, not 0
+            if threshold is not None:
+                raise TokenizeError("no rewards, so no return to compare with --min-return")
+            rewards = None
+        else:
+            rewards = np.asarray(raw.rewards, dtype=np.float64).reshape(-1)
+        if rewards is None:
+            episode_return = None
+        elif len(rewards) != steps:
             raise TokenizeError(f"episode arrays disagree in length: 'rewards' has {len(rewards)} steps, "
                                 f"observation {first!r} {steps}")
-        finite = np.isfinite(rewards)
-        if not finite.all():
+        elif not np.isfinite(rewards).all():
+            finite = np.isfinite(rewards)
             raise TokenizeError(f"field 'rewards': {'NaN' if np.isnan(rewards[~finite][0]) else 'infinite'} "
                                 f"value at step {int(np.argmin(finite))}")
-        episode_return = float(rewards.sum())
+        else:
+            episode_return = float(rewards.sum())
         if threshold is not None and episode_return < threshold:
             # left out by --min-return: counted in the manifest, not an error
             return Record(sid, task=task, episode_return=episode_return, filtered=True)

@@ -94,7 +94,9 @@ def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Se
         "step_starts": _list([r.step_starts for r in rows], pa.int32()),
     }
     patch_counts = [len(r.patches) for r in rows]
-    flat_patches = (np.concatenate([r.patches for r in rows]) if n else np.zeros((0, PATCH_BYTES), np.uint8))
+    # one row (an RL episode of images makes a batch of its own) is taken as it is: no copy of its pixels
+    flat_patches = (np.concatenate([r.patches for r in rows]) if n > 1 else rows[0].patches if n
+                    else np.zeros((0, PATCH_BYTES), np.uint8))
     patch_values = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(PATCH_BYTES), len(flat_patches), [None, pa.py_buffer(np.ascontiguousarray(flat_patches, np.uint8))])
     cols["patches"] = pa.ListArray.from_arrays(_offsets(patch_counts), patch_values)

@@ -152,16 +152,23 @@ def fit_grey_frames(frames: np.ndarray, policy: str = "resize", size: tuple[int,
     return out
 
 
-def patchify(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
-    """(..., H, W, 3) uint8 -> (..., N, patch*patch*3) in raster order (row by row, left to right)."""
+def patch_grid(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
+    """(..., H, W, C) -> (..., gh, gw, patch, patch, C): the patches as a view (no copy), for
+    writing them straight into their destination; `patchify` is its contiguous (..., N, P) form."""
     *lead, h, w, c = rgb.shape
     if h % patch or w % patch:
         raise TokenizeError(f"image of {h}x{w} pixels is not a multiple of the patch size {patch}; fit it first")
     gh, gw = h // patch, w // patch
     x = rgb.reshape(*lead, gh, patch, gw, patch, c)
     nl = len(lead)
-    x = x.transpose(*range(nl), nl, nl + 2, nl + 1, nl + 3, nl + 4)
-    return np.ascontiguousarray(x).reshape(*lead, gh * gw, patch * patch * c)
+    return x.transpose(*range(nl), nl, nl + 2, nl + 1, nl + 3, nl + 4)
+
+
+def patchify(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., N, patch*patch*3) in raster order (row by row, left to right)."""
+    *lead, h, w, c = rgb.shape
+    x = patch_grid(rgb, patch)
+    return np.ascontiguousarray(x).reshape(*lead, (h // patch) * (w // patch), patch * patch * c)
 
 
 def patchify_grey(grey: np.ndarray, patch: int = 16) -> np.ndarray:

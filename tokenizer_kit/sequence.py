@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import TokenizeError
 from .frames import FrameStack
-from .images import (FIT_POLICIES, fit_grey_frames, image_to_patches, patch_positions, patchify,
+from .images import (FIT_POLICIES, fit_grey_frames, image_to_patches, patch_grid, patch_positions, patchify,
                      patchify_grey)
 from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_BYTES, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 from .values import continuous_to_tokens, discrete_to_tokens, to_unit_range
@@ -153,8 +153,14 @@ class _Block:
     modality: int
     loss: int
     observation: bool
-    patches: np.ndarray | None = None
-    patch_pos: np.ndarray | None = None
+    patches: np.ndarray | None = None  # (N, 768); None for an image block kept as `grid`
+    patch_pos: np.ndarray | None = None  # (N, 4); set for every image block
+    grid: np.ndarray | None = None  # (T, gh, gw, p, p, 3) view of the images (images.patch_grid)
+
+    def flat_patches(self) -> np.ndarray:
+        if self.patches is None:
+            self.patches = np.ascontiguousarray(self.grid).reshape(-1, int(np.prod(self.grid.shape[3:])))
+        return self.patches
 
 
 def _text_block(f: FieldSpec, values, tok, layout: VocabLayout, observation: bool) -> _Block:
@@ -204,12 +210,13 @@ def _image_block(f: FieldSpec, values, layout: VocabLayout) -> _Block:
     arr = values if isinstance(values, np.ndarray) else None
     if arr is not None and arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3 and f.shape in (
             None, tuple(arr.shape[1:3])) and arr.shape[1] % p == 0 and arr.shape[2] % p == 0:
-        patches = patchify(arr, p)  # all steps at once: (T, N, 768)
+        grid = patch_grid(arr, p)  # all steps at once, a view: copied once, into the row
+        n = grid.shape[1] * grid.shape[2]
         pos = np.broadcast_to(patch_positions(arr.shape[1], arr.shape[2], p, layout.position_bins),
-                              (arr.shape[0],) + patches.shape[1:2] + (4,))
-        counts = np.full(arr.shape[0], patches.shape[1], dtype=np.int64)
+                              (arr.shape[0], n, 4))
+        counts = np.full(arr.shape[0], n, dtype=np.int64)
         return _Block(counts, np.full(int(counts.sum()), PATCH_SLOT, np.int32), IMAGE, 0, True,
-                      patches.reshape(-1, patches.shape[-1]), pos.reshape(-1, 4))
+                      None, pos.reshape(-1, 4), grid)
     plist, qlist = [], []
     for t, img in enumerate(values):
         try:
@@ -330,14 +337,25 @@ def _assemble_uniform(blocks: list[_Block], steps: int, layout: VocabLayout, act
             local_pos[:, cols] = np.arange(off, off + w, dtype=np.int16)
         elif action_local_pos and b.modality != SEPARATOR:
             local_pos[:, cols] = layout.local_positions - 1
-        if b.patches is not None:
+        if b.patch_pos is not None:
             image_blocks.append((b, w))
         off += w
     row = Row(tokens.reshape(-1), loss.reshape(-1), local_pos.reshape(-1), modality.reshape(-1),
               np.arange(steps, dtype=np.int32) * np.int32(step_len))
     if image_blocks:  # slot order: step by step, blocks in field order within a step
-        row.patches = np.concatenate([b.patches.reshape(steps, w, -1) for b, w in image_blocks], axis=1).reshape(
-            -1, image_blocks[0][0].patches.shape[-1])
+        patches = np.empty((steps, sum(w for _, w in image_blocks), layout.patch_values), np.uint8)
+        at = 0
+        for b, w in image_blocks:
+            dest = patches[:, at:at + w]
+            if b.patches is None:  # patchified straight from the images into the row
+                into = dest.reshape(b.grid.shape)
+                if into.size and not np.shares_memory(into, patches):
+                    raise AssertionError("patch destination is not a view")
+                into[...] = b.grid
+            else:
+                dest[...] = b.patches.reshape(steps, w, -1)
+            at += w
+        row.patches = patches.reshape(-1, layout.patch_values)
         row.patch_pos = np.concatenate([b.patch_pos.reshape(steps, w, 4) for b, w in image_blocks],
                                        axis=1).reshape(-1, 4)
     return row
@@ -371,9 +389,9 @@ def _assemble(blocks: list[_Block], steps: int, layout: VocabLayout, action_loca
             local_pos[dest] = (np.repeat(offset, b.counts) + within).astype(np.int16)
         elif action_local_pos and b.modality != SEPARATOR:
             local_pos[dest] = layout.local_positions - 1
-        if b.patches is not None:
+        if b.patch_pos is not None:
             patch_dest.append(dest)
-            patches.append(b.patches)
+            patches.append(b.flat_patches())
             patch_pos.append(b.patch_pos)
         offset += b.counts
     row = Row(tokens, loss, local_pos, modality, step_starts.astype(np.int32))

@@ -1,4 +1,5 @@
-"""Readers of RL episode formats: Minari datasets, D4RL-style flat HDF5, episode tables.
+"""Readers of RL episode formats: Minari datasets, D4RL-style flat HDF5, episode tables, LeRobot
+datasets and RLDS (Open X-Embodiment) folders.
 
 Every reader turns its format into the same thing, `RawEpisode`s: a dict of observation fields
 and a dict of action fields, each holding T per-step entries, plus T rewards. Field names are
@@ -19,7 +20,7 @@ from converters.base import SourceError
 from converters.hf_datasets import hf_kind
 from tokenizer_kit.frames import detect as detect_stack
 
-SOURCE_KINDS = ("auto", "minari", "hdf5", "table")
+SOURCE_KINDS = ("auto", "minari", "hdf5", "table", "lerobot", "rlds")
 MIN_IMAGE_SIDE = 16  # uint8 arrays smaller than one patch (e.g. MiniGrid's 7x7x3) stay discrete
 
 
@@ -90,6 +91,10 @@ def detect_kind(path: str) -> str:
     """Which reader a path needs: minari (dataset dir or name), hdf5 (flat file) or table."""
     p = Path(path)
     if p.is_dir():
+        if (p / "meta" / "info.json").is_file():
+            return "lerobot"
+        if (p / "features.json").is_file() and (p / "dataset_info.json").is_file():
+            return "rlds"
         if (p / "metadata.json").is_file() or (p / "data" / "metadata.json").is_file():
             return "minari"
         if hf_kind(p) == "dataset":
@@ -120,6 +125,12 @@ def open_source(path: str, kind: str = "auto") -> Source:
     if kind == "table":
         from .table import TableSource
         return TableSource(path)
+    if kind == "lerobot":
+        from .lerobot import LeRobotSource
+        return LeRobotSource(path)
+    if kind == "rlds":
+        from .rlds import RLDSSource
+        return RLDSSource(path)
     raise SourceError(f"unknown RL source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
 
 
