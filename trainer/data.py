@@ -5,9 +5,15 @@ streamed from object storage); cutting sequences from rows is trainer/sampling.p
 the torch side: the mixture of directories, the readers (one per rank and DataLoader worker), and
 their resume state.
 
-Determinism and resume: the randomness of sample k of a reader is drawn from a generator seeded
-with (seed, rank, world size, reader, workers, k), and a reader's rows come from the directory's
-row split (schemas.split). A reader's whole state is therefore a few counters (samples and batches
+What an epoch is: each directory's units (trainer.sampling.EpochUnits: text windows that cover
+every token once, RL row windows spread over each row, caption rows), dealt to the readers by the
+directory's split (schemas.split). Text windows whose per-token columns are text's constants are
+sliced straight from the mapped token buffers (the fast path: no per-token column is read).
+
+Determinism and resume: the directories of batch b of a reader are drawn at once from a generator
+keyed by (seed, rank, world size, reader, workers, b, 2); the randomness of sample k that needs
+any (RL windows and prompts, caption crops) from one keyed by (..., k, 0); its units come from the
+directory's split (schemas.split). A reader's whole state is therefore a few counters (samples and batches
 made, epoch and cursor of each directory's row stream); each batch travels with its reader's state,
 so `GatoLoader.state_dict()` after n batches restarts every reader exactly where it was.
 """
@@ -17,7 +23,6 @@ from __future__ import annotations
 import bisect
 import math
 import os
-from dataclasses import fields
 from typing import Iterator
 
 import numpy as np
@@ -28,8 +33,9 @@ from schemas.cache import ShardCache
 from schemas.split import directory_seed, split_rows
 from tokenizer_kit.layout import VocabLayout
 
-from .batch import ActionInputNoise, Batch, Sample, collate
-from .sampling import MAX_PAIRS, Part, SampleConfig, assemble, caption_parts, rl_parts, text_parts
+from .batch import ActionInputNoise, Batch, CompactBatch, Sample, compact, expand
+from .sampling import (MAX_PAIRS, EpochUnits, Part, SampleConfig, assemble, caption_parts, epoch_units, rl_parts,
+                       text_parts)
 from .source import DataError, ShardSource, _mapped_mb
 
 STATE_FORMAT = "gato-loader/1"
@@ -69,22 +75,42 @@ class _Streams:
         if hit is not None and hit[0] == epoch:
             return hit[1]
         ds = self.ds
-        src = ds.sources[d]
+        src, units = ds.sources[d], ds.units[d]
         seed = ds.dir_seed(d)
         nw = max(1, ds.num_workers)
-        rows = split_rows(src.split, src.rows_per_shard, ds.rank, ds.world_size, self.reader, ds.num_workers, epoch,
+        rows = split_rows(src.split, units.per_shard, ds.rank, ds.world_size, self.reader, ds.num_workers, epoch,
                           seed, shuffle=ds.training)
-        if len(rows) == 0 and ds.training and src.total_rows:
-            # Fewer rows than readers: this reader shares another reader's rows rather than starving.
-            idx = (ds.rank * nw + self.reader) % src.total_rows
-            rows = split_rows(src.split, src.rows_per_shard, idx // nw, ds.world_size, idx % nw, ds.num_workers,
+        if len(rows) == 0 and ds.training and units.total:
+            # Fewer units than readers: this reader shares another reader's units rather than starving.
+            idx = (ds.rank * nw + self.reader) % units.total
+            rows = split_rows(src.split, units.per_shard, idx // nw, ds.world_size, idx % nw, ds.num_workers,
                               epoch, seed)
         self._cache[d] = (epoch, rows)
-        src.plan(rows[self.state["cursor"][d]:] if epoch == self.state["epoch"][d] else rows)
+        if src.remote:
+            src.plan(units.shards_of(rows[self.state["cursor"][d]:] if epoch == self.state["epoch"][d] else rows,
+                                     src.row_starts))
         return rows
 
+    def take_many(self, d: int, n: int) -> np.ndarray:
+        """The next n units of directory d (training: epochs roll over), as `take` n times would."""
+        st, out = self.state, []
+        while n > 0:
+            rows = self._rows(d, st["epoch"][d])
+            if st["cursor"][d] >= len(rows):
+                if len(rows) == 0:
+                    raise DataError(f"{self.ds.sources[d].path}: no units to read")
+                st["epoch"][d] += 1
+                st["cursor"][d] = 0
+                continue
+            c = st["cursor"][d]
+            k = min(n, len(rows) - c)
+            out.append(rows[c:c + k])
+            st["cursor"][d] = c + k
+            n -= k
+        return np.concatenate(out) if len(out) != 1 else out[0]
+
     def take(self, d: int) -> int | None:
-        """Next row id of directory d; None at the end of the (only) epoch in evaluation."""
+        """Next unit of directory d; None at the end of the (only) epoch in evaluation."""
         st = self.state
         rows = self._rows(d, st["epoch"][d])
         if st["cursor"][d] >= len(rows):
@@ -110,6 +136,9 @@ class GatoStream(IterableDataset):
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.num_workers, self.rank, self.world_size, self.training = num_workers, rank, world_size, training
         self.task_maps = [np.asarray([tasks.index(t) for t in s.task_names], np.int64) for s in sources]
+        self.units: list[EpochUnits] = [epoch_units(s, self.cfg) for s in sources]
+        vocab = max(s.layout.vocab_size for s in sources)
+        self.id_dtype = np.uint16 if vocab <= 2**16 else np.int32  # ids as they cross the worker pipe
         self.probs = self._mixture()
         self._cum_probs = np.cumsum(self.probs).tolist()
         self.start_states: list[dict] = [_fresh_state(len(sources)) for _ in range(max(1, num_workers))]
@@ -121,6 +150,9 @@ class GatoStream(IterableDataset):
         L1, P = self.cfg.sample_len, min(self.cfg.prompt_tokens, self.seq_len)
         per = []
         for s in self.sources:
+            if s.kind == "text":  # full windows: the manifest's token count says all
+                per.append(float(min(L1, s.total_tokens)))
+                continue
             lens = s.row_lengths().astype(np.float64)
             if len(lens) == 0:
                 per.append(0.0)
@@ -129,10 +161,8 @@ class GatoStream(IterableDataset):
                 pp = self.cfg.prompt_prob
                 e = (1 - pp) * np.minimum(lens, L1).mean() + pp * (
                     np.minimum(lens, P).mean() + np.minimum(lens, L1 - P).mean())
-            elif s.kind == "captions":
-                e = min(float(L1), MAX_PAIRS * lens.mean())
             else:
-                e = min(float(L1), lens.sum())
+                e = min(float(L1), MAX_PAIRS * lens.mean())
             per.append(float(e))
         w = np.asarray([s.weight / e if e > 0 else 0.0 for s, e in zip(self.sources, per, strict=True)])
         if w.sum() <= 0:
@@ -157,54 +187,116 @@ class GatoStream(IterableDataset):
                                  "buffer": np.zeros(4, np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
         return g
 
-    def sample(self, streams: _Streams, reader: int) -> tuple[Sample, int, list[Part]] | None:
-        """Sample number state['samples'] of this reader: a pure function of the counters."""
+    def draw(self, streams: _Streams, reader: int, with_parts: bool = False
+             ) -> list[tuple[Sample, int, list[Part] | None]]:
+        """The samples of batch number state['batches'] of this reader as (sample, directory,
+        parts; parts only `with_parts` for a text window): a pure function of the counters."""
         st = streams.state
-        rng = self._rng(reader, st["samples"], 0)
+        B, D = self.batch_size, len(self.sources)
         if self.training:
-            d = min(bisect.bisect_right(self._cum_probs, rng.random()), len(self.sources) - 1)
-            first = streams.take(d)
-        else:  # one pass, directories taken in turn (any prefix of the pass covers every task)
-            D, first = len(self.sources), None
-            for i in range(D):
-                d = (st["samples"] + i) % D
-                first = streams.take(d)
-                if first is not None:
+            dirs, units = self._plan_batch(streams, reader)
+            dirs, units = dirs.tolist(), units.tolist()
+        out = []
+        for i in range(B):
+            if self.training:
+                d, unit = dirs[i], units[i]
+            else:  # one pass, directories taken in turn (any prefix of the pass covers every task)
+                unit = None
+                for k in range(D):
+                    d = (st["samples"] + k) % D
+                    unit = streams.take(d)
+                    if unit is not None:
+                        break
+                if unit is None:
                     break
-            if first is None:
-                return None
-        src = self.sources[d]
-        if src.kind == "rl":
-            parts = rl_parts(src, first, rng, self.cfg)
-        elif src.kind == "captions":
-            parts = caption_parts(src, first, lambda: streams.take(d), rng, self.cfg)
-        else:
-            parts = text_parts(src, first, lambda: streams.take(d), rng, self.cfg)
-        st["samples"] += 1
-        return assemble(src, parts, int(self.task_maps[d][src.row_task(first)])), d, parts
+            out.append(self._one(streams, reader, d, unit, with_parts))
+            st["samples"] += 1
+        return out
 
-    def iterate(self, reader: int) -> Iterator[tuple[int, Batch, dict]]:
+    def _plan_batch(self, streams: _Streams, reader: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training: the directory and unit of every sample of the next batch, drawn at once."""
+        u = self._rng(reader, streams.state["batches"], 2).random(self.batch_size)
+        dirs = np.minimum(np.searchsorted(self._cum_probs, u, side="right"), len(self.sources) - 1)
+        units = np.zeros(self.batch_size, np.int64)
+        for d in np.unique(dirs).tolist():
+            sel = dirs == d
+            units[sel] = streams.take_many(d, int(np.count_nonzero(sel)))
+        return dirs, units
+
+    def _text_batch(self, streams: _Streams, dirs: np.ndarray, units: np.ndarray) -> CompactBatch | None:
+        """The fast path: a training batch of text windows only, cut by offset arithmetic from the
+        mapped token buffers (None when a shard's per-token columns are not text's constants)."""
+        B, L, L1 = self.batch_size, self.seq_len, self.cfg.sample_len
+        tokens = np.zeros((B, L1), self.id_dtype)
+        lengths = np.zeros(B, np.int32)
+        tasks = np.zeros(B, np.int32)
+        for d in np.unique(dirs).tolist():
+            src, eu = self.sources[d], self.units[d]
+            sel = np.flatnonzero(dirs == d)
+            g = units[sel]
+            shards = np.searchsorted(eu.cum, g, side="right") - 1
+            if not all(src.text_constant(s) for s in np.unique(shards).tolist()):
+                return None
+            a = (g - eu.cum[shards]) * L
+            b = np.minimum(a + L1, np.asarray(src.tokens_per_shard, np.int64)[shards])
+            view = tokens if len(sel) == B else np.zeros((len(sel), L1), self.id_dtype)
+            src.fill_windows(view, shards, a, b)
+            if view is not tokens:
+                tokens[sel] = view
+            lengths[sel] = b - a
+            tasks[sel] = self.task_maps[d][src.window_tasks(shards, a)]
+        streams.state["samples"] += B
+        none = np.zeros(0, np.int64)
+        return CompactBatch(tokens, lengths, None, None, _NO_PATCHES, np.zeros(0, np.int32), np.zeros(0, np.uint8),
+                            np.zeros(0, np.uint8), tasks, none, none)
+
+    def _one(self, streams: _Streams, reader: int, d: int, unit: int, with_parts: bool
+             ) -> tuple[Sample, int, list[Part] | None]:
+        src, units, cfg = self.sources[d], self.units[d], self.cfg
+        if src.kind == "text":
+            s, j, _ = units.locate(unit)
+            a = j * cfg.seq_len
+            if src.text_constant(s) and not with_parts:  # the fast path: one slice of the mapped tokens
+                toks = src.window(s, a, min(a + cfg.sample_len, src.tokens_per_shard[s]))
+                return Sample(toks, None, None, _NO_PATCHES, _NO_POS,
+                              int(self.task_maps[d][src.window_task(s, a)])), d, None
+            parts = text_parts(src, unit, units, cfg.seq_len)
+        else:
+            rng = self._rng(reader, streams.state["samples"], 0)
+            if src.kind == "rl":
+                row, j, k = units.locate(unit)
+                parts = rl_parts(src, row, rng, cfg, (j, k))
+            else:
+                parts = caption_parts(src, unit, lambda: streams.take(d), rng, cfg)
+        task_row = parts[0].row if src.kind == "text" else row if src.kind == "rl" else unit
+        return assemble(src, parts, int(self.task_maps[d][src.row_task(task_row)])), d, parts
+
+    def iterate(self, reader: int) -> Iterator[tuple[int, CompactBatch, dict]]:
         state = {k: (list(v) if isinstance(v, list) else v) for k, v in self.start_states[reader].items()}
         streams = _Streams(self, reader, state)
         mapped_floor = _mapped_mb()  # file-backed RSS at the start or after the last release
+        fast = self.training and all(s.kind == "text" for s in self.sources)
         while True:
-            samples = []
-            while len(samples) < self.batch_size:
-                out = self.sample(streams, reader)
-                if out is None:
-                    break
-                samples.append(out[0])
-            if not samples:
-                return
-            batch = collate(samples, self.seq_len, self.training, self._rng(reader, state["batches"], 1),
-                            self.action_noise)
+            batch = None
+            if fast:
+                saved = {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+                dirs, units = self._plan_batch(streams, reader)
+                batch = self._text_batch(streams, dirs, units)
+                if batch is None:  # a shard with other per-token columns: this batch the general way
+                    state.update(saved)
+            if batch is None:
+                samples = [s for s, _, _ in self.draw(streams, reader)]
+                if not samples:
+                    return
+                batch = compact(samples, self.seq_len, self.training, self._rng(reader, state["batches"], 1),
+                                self.action_noise, self.id_dtype)
             state["batches"] += 1
             if _mapped_mb() - mapped_floor > MAPPED_BUDGET_MB:
                 for src in self.sources:
                     src.release_pages()
                 mapped_floor = _mapped_mb()
             yield reader, batch, {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
-            if len(samples) < self.batch_size:
+            if len(batch.lengths) < self.batch_size:
                 return
 
     def __iter__(self):
@@ -212,17 +304,19 @@ class GatoStream(IterableDataset):
         physical = info.id if info is not None else 0
         nw = max(1, self.num_workers)
         try:
-            for reader, batch, state in self.iterate((physical + self.rotation) % nw):
-                if info is not None:  # numpy crosses the worker pipe by value: measured 2-5x faster than
-                    # shared-memory tensors (a file and a mapping per tensor), image batches included
-                    batch = {f.name: getattr(batch, f.name).numpy() for f in fields(batch)}
-                yield reader, batch, state
+            # a CompactBatch (numpy, smallest types) crosses the worker pipe by value: measured 2-5x
+            # faster than shared-memory tensors (a file and a mapping per tensor), image batches included
+            yield from self.iterate((physical + self.rotation) % nw)
         except DataError as e:
             if info is None:
                 raise
             # torch re-raises a worker's exception with its traceback as the message: pass the one
             # line on instead, for the main process to raise
             yield -1, str(e), None
+
+
+_NO_PATCHES = np.zeros((0, 768), np.uint8)
+_NO_POS = np.zeros((0, 4), np.uint8)
 
 
 def _identity(x):
@@ -268,11 +362,9 @@ class GatoLoader:
         for reader, batch, state in it:
             if reader < 0:
                 raise DataError(batch)
-            if isinstance(batch, dict):
-                batch = Batch(**{k: torch.from_numpy(v) for k, v in batch.items()})
             self._states[reader] = state
             self._consumed += 1
-            yield batch
+            yield expand(batch)
 
     def trace(self, num_samples: int, reader: int = 0) -> list[tuple[Sample, int, list[Part]]]:
         """The first samples of a reader as (sample, directory index, row parts), for inspection:
@@ -280,11 +372,12 @@ class GatoLoader:
         streams = _Streams(self.stream, reader, _fresh_state(len(self.sources)))
         out = []
         while len(out) < num_samples:
-            s = self.stream.sample(streams, reader)
-            if s is None:
+            items = self.stream.draw(streams, reader, with_parts=True)
+            out += items
+            streams.state["batches"] += 1
+            if len(items) < self.stream.batch_size:
                 break
-            out.append(s)
-        return out
+        return out[:num_samples]
 
     def state_dict(self) -> dict:
         """Counters only (plain Python types): loads with torch.load(weights_only=True)."""

@@ -53,6 +53,29 @@ def write_dir(out: str | Path, rows: Sequence[Row], layout: VocabLayout, convert
     return out
 
 
+def expected_targets(path: str | Path):
+    """Every token of a text directory but the first of each shard (no window predicts it): what
+    one epoch must hold as training targets, each exactly once (a Counter of ids)."""
+    from collections import Counter
+
+    from schemas.manifest import Manifest
+    from schemas.shard import open_shard
+    out = Counter()
+    for info in Manifest.read(path).shards:
+        toks = open_shard(f"{path}/{info.name}").column("tokens").combine_chunks().values.to_numpy()
+        out.update(toks[1:].tolist())
+    return out
+
+
+def batch_targets(batches):
+    """Counter of the training targets (loss mask on) of some batches."""
+    from collections import Counter
+    out = Counter()
+    for b in batches:
+        out.update(b.targets[b.loss_mask > 0].tolist())
+    return out
+
+
 def state_episode(rng: np.random.Generator, steps: int, layout: VocabLayout) -> Row:
     obs = {"obs": rng.normal(size=(steps, 8)).astype(np.float32)}
     act = {"act": rng.integers(0, 4, size=(steps, 1))}
