@@ -174,23 +174,30 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
 
 def expand(cb: CompactBatch) -> Batch:
     """The model's Batch from a CompactBatch: int64 inputs and shifted targets, float loss mask,
-    normalised float patches (in the main process: 29 bytes a position never cross a pipe)."""
+    normalised float patches (in the main process: 29 bytes a position never cross a pipe).
+    Inputs and targets are views of one int64 buffer and a text batch's local positions one
+    broadcast value: the model reads them, nothing writes to them."""
     from tokenizer_kit.images import normalize_patches
 
     B, L = cb.tokens.shape[0], cb.tokens.shape[1] - 1
-    full = cb.tokens.astype(np.int64)
-    attn = np.arange(L) < (cb.lengths.astype(np.int64) - 1)[:, None]
-    inputs = full[:, :L].copy()
+    full = torch.from_numpy(cb.tokens.astype(np.int64))
+    attn = torch.from_numpy(np.arange(L) < (cb.lengths.astype(np.int64) - 1)[:, None])
+    inputs, targets = full[:, :L], full[:, 1:]  # views of one (B, L + 1) buffer: no copy
     if len(cb.noise_index):
-        inputs.reshape(-1)[cb.noise_index] = cb.noise_value
-    mask = attn.astype(np.float32) if cb.loss_mask is None else cb.loss_mask[:, 1:] * attn.astype(np.float32)
-    local = (np.full((B, L), -1, np.int64) if cb.local_pos is None else cb.local_pos[:, :L].astype(np.int64))
+        inputs = inputs.clone()
+        inputs.view(-1)[torch.from_numpy(cb.noise_index)] = torch.from_numpy(cb.noise_value)
+    mask = attn.to(torch.float32)
+    if cb.loss_mask is not None:
+        mask *= torch.from_numpy(cb.loss_mask[:, 1:])
+    # text's "no local position" everywhere: one value broadcast (read-only, as the model uses it)
+    local = (torch.full((1, 1), -1, dtype=torch.int64).expand(B, L) if cb.local_pos is None
+             else torch.from_numpy(cb.local_pos[:, :L].astype(np.int64)))
     return Batch(
-        tokens=torch.from_numpy(inputs),
-        targets=torch.from_numpy(full[:, 1:].copy()),
-        loss_mask=torch.from_numpy(mask),
-        attention_mask=torch.from_numpy(attn),
-        local_pos=torch.from_numpy(local),
+        tokens=inputs,
+        targets=targets,
+        loss_mask=mask,
+        attention_mask=attn,
+        local_pos=local,
         patches=torch.from_numpy(normalize_patches(cb.patches)),
         patch_index=torch.from_numpy(cb.patch_index.astype(np.int64)),
         patch_row=torch.from_numpy(cb.patch_row.astype(np.int64)),
