@@ -41,6 +41,7 @@ from .source import DataError, ShardSource, _mapped_mb
 STATE_FORMAT = "gato-loader/1"
 # Mapped shard pages allowed to pile up (MB) before a reader unmaps them: keeps RSS flat as data grows.
 MAPPED_BUDGET_MB = 128
+RSS_CHECK_EVERY = 8  # batches between two looks at that RSS (a look costs about a text batch's 5%)
 
 
 def parse_data_arg(item: str) -> tuple[str, float]:
@@ -138,7 +139,8 @@ class GatoStream(IterableDataset):
         self.task_maps = [np.asarray([tasks.index(t) for t in s.task_names], np.int64) for s in sources]
         self.units: list[EpochUnits] = [epoch_units(s, self.cfg) for s in sources]
         vocab = max(s.layout.vocab_size for s in sources)
-        self.id_dtype = np.uint16 if vocab <= 2**16 else np.int32  # ids as they cross the worker pipe
+        # ids as they cross the worker pipe; read in this process, straight to the model's int64
+        self.id_dtype = np.int64 if num_workers == 0 else np.uint16 if vocab <= 2**16 else np.int32
         self.probs = self._mixture()
         self._cum_probs = np.cumsum(self.probs).tolist()
         self.start_states: list[dict] = [_fresh_state(len(sources)) for _ in range(max(1, num_workers))]
@@ -291,7 +293,7 @@ class GatoStream(IterableDataset):
                 batch = compact(samples, self.seq_len, self.training, self._rng(reader, state["batches"], 1),
                                 self.action_noise, self.id_dtype)
             state["batches"] += 1
-            if _mapped_mb() - mapped_floor > MAPPED_BUDGET_MB:
+            if state["batches"] % RSS_CHECK_EVERY == 0 and _mapped_mb() - mapped_floor > MAPPED_BUDGET_MB:
                 for src in self.sources:
                     src.release_pages()
                 mapped_floor = _mapped_mb()
@@ -340,6 +342,21 @@ class GatoLoader:
     @property
     def sources(self) -> list[ShardSource]:
         return self.stream.sources
+
+    def epoch_lines(self) -> list[str]:
+        """Tokens one epoch of each directory delivers at this seq_len (schemas.split.epoch_tokens)."""
+        from schemas.split import epoch_tokens
+        out = []
+        for src in self.sources:
+            e = epoch_tokens(src.kind, src.tokens_per_shard, None if src.kind == "text" else src.row_lengths(),
+                             self.stream.seq_len)
+            d = e["directory_tokens"] or 1
+            what = (f"{e['distinct_targets']:,} of {e['directory_tokens']:,} tokens as targets "
+                    f"({100 * e['distinct_targets'] / d:.2f}%)" if e["distinct_targets"] is not None else
+                    f"windows holding {e['tokens']:,} tokens for {e['directory_tokens']:,} "
+                    f"({100 * e['tokens'] / d:.1f}%, overlaps counted)")
+            out.append(f"  epoch of {src.path}: {e['sequences']:,} sequences, {what}")
+        return out
 
     @property
     def mixture(self) -> dict[str, float]:

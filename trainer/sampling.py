@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from schemas.split import epoch_tokens, row_windows, text_windows
 from tokenizer_kit.sequence import patch_span
 
 from .batch import Sample
@@ -228,18 +229,19 @@ class EpochUnits:
 
 
 def epoch_units(src: ShardSource, cfg: SampleConfig) -> EpochUnits:
-    """The units of one epoch of `src` for sequences of cfg.seq_len (see the module docstring)."""
-    L, L1 = cfg.seq_len, cfg.sample_len
+    """The units of one epoch of `src` for sequences of cfg.seq_len (see the module docstring;
+    the counts are schemas.split's rule, which `inspect` reports too)."""
+    L = cfg.seq_len
     if src.kind == "text":
-        toks = np.asarray(src.tokens_per_shard, np.int64)
-        per = np.where(toks > 1, (toks - 1 + L - 1) // L, 0)
+        per = text_windows(src.tokens_per_shard, L)
         return EpochUnits("window", per.tolist(), np.concatenate([[0], np.cumsum(per)]).astype(np.int64),
-                          tokens=int(np.maximum(toks, 0).sum() + np.sum(per) - np.count_nonzero(per)))
+                          tokens=epoch_tokens("text", src.tokens_per_shard, None, L)["tokens"])
     lens = src.row_lengths()
+    held = epoch_tokens(src.kind, src.tokens_per_shard, lens, L)["tokens"]
     if src.kind == "rl":
-        k = np.maximum(1, np.ceil(np.asarray(lens, np.float64) / L1)).astype(np.int64)
+        k = row_windows(lens, L)
         cum = np.concatenate([[0], np.cumsum(k)]).astype(np.int64)
         bounds = np.asarray(src.row_starts, np.int64)
         per = (cum[bounds[1:]] - cum[bounds[:-1]]).tolist()
-        return EpochUnits("row-windows", per, cum, k, tokens=int(np.minimum(lens, L1).astype(np.int64) @ k))
-    return EpochUnits("row", list(src.rows_per_shard), np.zeros(1, np.int64), tokens=int(np.sum(lens)))
+        return EpochUnits("row-windows", per, cum, k, tokens=held)
+    return EpochUnits("row", list(src.rows_per_shard), np.zeros(1, np.int64), tokens=held)

@@ -189,19 +189,25 @@ class ShardSource:
         return d
 
     def _open(self) -> None:
-        """Local: map every shard now (their views and per-row tasks are a few ints a row).
-        Remote: map nothing yet; tasks are the manifest's."""
+        """Map nothing yet: a shard is mapped (and its token stream indexed) when first read, in
+        each process once. Tasks are the manifest's; a local directory whose manifest lists none
+        is mapped whole to learn them (a shard's task names join the list in shard order)."""
         self._mapped: OrderedDict[int, _Mapped] = OrderedDict()
         self._recent: dict[int, RowView] = {}
         self._task_rows: dict = {}
         self._plan: list[int] = []
         self._names: list[str] = list(self.manifest.tasks)
-        if not self.remote:
-            for s in range(len(self.manifest.shards)):
-                self._map(s)
-            self._row_task_local = (np.concatenate([m.tasks for m in self._mapped.values()]) if self._mapped
-                                    else np.zeros(0, np.int32))
+        self._row_task_local: np.ndarray | None = None
         self._pid = os.getpid()
+        if not self.remote and not self._names:
+            self._local_tasks()
+
+    def _local_tasks(self) -> np.ndarray:
+        """Task index of every row of a local directory (maps every shard, once per process)."""
+        if self._row_task_local is None:
+            tasks = [self._shard(s).tasks for s in range(len(self.manifest.shards))]
+            self._row_task_local = np.concatenate(tasks) if tasks else np.zeros(0, np.int32)
+        return self._row_task_local
 
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
@@ -295,7 +301,7 @@ class ShardSource:
             return self.manifest.converter
         if self.remote:
             return "rl" if self.manifest.episode_spec else "text"
-        mapped = list(self._mapped.values())
+        mapped = [self._shard(s) for s in range(len(self.manifest.shards))]
         if any(m.batches and "num_steps" in m.batches[0].schema.names for m in mapped[:1]):
             return "rl"
         return "captions" if any(len(v.patches) for m in mapped for v in m.views) else "text"
@@ -425,8 +431,10 @@ class ShardSource:
         if self.remote:
             return np.repeat(np.asarray([s.tokens / s.rows if s.rows else 0.0 for s in self.manifest.shards]),
                              self.rows_per_shard)
-        lens = [np.diff(v.tok_off) for m in self._mapped.values() for v in m.views]
-        return np.concatenate(lens) if lens else np.zeros(0, np.int64)
+        if self.__dict__.get("_row_lengths") is None:  # once: it travels to the workers with the source
+            lens = [np.diff(v.tok_off) for s in range(len(self.manifest.shards)) for v in self._shard(s).views]
+            self._row_lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
+        return self._row_lengths
 
     def longest_unit(self) -> tuple[int, int | None, str | None]:
         """(tokens, row, source id) of the longest piece a sequence must hold whole: a timestep of
@@ -460,7 +468,7 @@ class ShardSource:
         """Index of row r's task in this directory's task list."""
         self._ensure_open()
         if not self.remote:
-            return int(self._row_task_local[r])
+            return int(self._local_tasks()[r])
         s, i = self._locate(r)
         return int(self._shard(s).tasks[i])
 
@@ -469,9 +477,10 @@ class ShardSource:
         directory when local, r's own shard when remote (a node reads only its own shards)."""
         self._ensure_open()
         if not self.remote:
-            t = int(self._row_task_local[r])
+            tasks = self._local_tasks()
+            t = int(tasks[r])
             if t not in self._task_rows:
-                self._task_rows[t] = np.flatnonzero(self._row_task_local == t)
+                self._task_rows[t] = np.flatnonzero(tasks == t)
             return self._task_rows[t]
         s, i = self._locate(r)
         tasks = self._shard(s).tasks

@@ -391,6 +391,7 @@ def test_released_pages_read_back_the_same(dirs, monkeypatch):
     data = [dirs["pix"], dirs["cap"]]
     kept = _take(build_loader(data, 40, 4, seed=2), 4)
     monkeypatch.setattr(td, "MAPPED_BUDGET_MB", -1)  # release after every batch
+    monkeypatch.setattr(td, "RSS_CHECK_EVERY", 1)
     calls = []
     real = td.ShardSource.release_pages
     monkeypatch.setattr(td.ShardSource, "release_pages", lambda self: (calls.append(1), real(self)))

@@ -74,10 +74,16 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_decreases_and_logs(data_dirs, tmp_path):
+def test_loss_decreases_and_logs(data_dirs, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(_args(data_dirs, run, "--steps", "40", "--log-every", "5", "--eval-every", "20",
                       "--eval-steps", "2", "--warmup", "4")) == 0
+    out = capsys.readouterr().out  # the summary says what an epoch of each directory delivers
+    from schemas.manifest import Manifest
+    m = Manifest.read(data_dirs["text"])
+    assert f"epoch of {data_dirs['text']}: " in out
+    assert f"{m.total_tokens - len(m.shards):,} of {m.total_tokens:,} tokens as targets" in out, out
+    assert f"epoch of {data_dirs['rl']}: " in out and "overlaps counted" in out
     recs = _metrics(run)
     assert [r["step"] for r in recs] == list(range(5, 41, 5))
     assert np.mean([r["loss"] for r in recs[-2:]]) < recs[0]["loss"] - 1.0
