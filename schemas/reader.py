@@ -28,7 +28,7 @@ from tokenizer_kit.layout import VocabLayout
 from .cache import ShardCache
 from .errors import ReaderError
 from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
-from .shard import PATCH_BYTES, SHARD_NAME_RE, open_shard
+from .shard import PATCH_BYTES, SHARD_NAME_RE, is_text_form, open_shard
 from .storage import is_remote, join, list_names, local_path, read_bytes, remote_fs, storage_error
 from .validate import Problem, validate_table
 
@@ -84,7 +84,15 @@ def _flat(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def batch_view(batch: pa.RecordBatch) -> BatchView:
-    """Views of a record batch's list columns (offsets are not read: check_batch proves them)."""
+    """Views of a record batch's list columns (offsets are not read: check_batch proves them).
+    A version-2 text batch's derived columns are broadcast constants: no memory per token."""
+    if is_text_form(batch.schema):
+        from tokenizer_kit.layout import NO_POSITION
+        tok_off, tokens = _flat(batch.column("tokens"))
+        n, none = len(tokens), np.zeros(batch.num_rows + 1, np.int32)
+        return BatchView(tok_off, tokens, np.broadcast_to(np.uint8(1), (n,)),
+                         np.broadcast_to(np.int16(NO_POSITION), (n,)), none, np.zeros(0, np.int32), none,
+                         np.zeros((0, PATCH_BYTES), np.uint8), np.zeros((0, 4), np.uint8))
     tok_off, tokens = _flat(batch.column("tokens"))
     _, loss_mask = _flat(batch.column("loss_mask"))
     _, local_pos = _flat(batch.column("local_pos"))

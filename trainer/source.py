@@ -28,7 +28,7 @@ from schemas.cache import ShardCache
 from schemas.errors import ReaderError
 from schemas.manifest import MANIFEST_NAME, ManifestError
 from schemas.reader import BatchView, RowView, ShardDir, batch_view, check_batch
-from schemas.shard import ROW_COLUMNS, open_shard
+from schemas.shard import ROW_COLUMNS, is_text_form, open_shard
 from schemas.storage import is_remote, local_path
 
 KINDS = ("rl", "captions", "text")
@@ -113,7 +113,7 @@ def _index_tokens(m: "_Mapped", where: str, tokens: int) -> None:
         m.flat.append(v.tokens[a:b])
         rows.append(v.tok_off[1:].astype(np.int64) - a + starts[-1])
         starts.append(starts[-1] + b - a)
-        if constant and b > a:
+        if constant and b > a and v.loss_mask.strides != (0,):  # (broadcast: a version-2 text shard)
             lm, lp = v.loss_mask[a:b], v.local_pos[a:b]
             constant = (len(lm) == b - a and len(lp) == b - a and int(lm.min()) == 1 and int(lp.min()) == -1
                         and int(lp.max()) == -1 and int(v.pt_off[-1]) == int(v.pt_off[0]))
@@ -218,13 +218,14 @@ class ShardSource:
         info = self.manifest.shards[s]
         try:
             f = self.dir.file(s)  # the manifest's shards are all present (checked at construction)
-            table = open_shard(f)
+            table = open_shard(f, full=False)  # a text shard's tokens alone, as stored
         except ReaderError as e:
             raise DataError(str(e)) from None
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{self.path}/{info.name}: unreadable shard ({str(e).splitlines()[0]})") from None
         where = f"{self.path}/{info.name}"
-        missing = [c for c in list(ROW_COLUMNS) + ["task"] if c not in table.column_names]
+        need = ["tokens", "task"] if is_text_form(table.schema) else list(ROW_COLUMNS) + ["task"]
+        missing = [c for c in need if c not in table.column_names]
         if missing:
             raise DataError(f"{where}: column {missing[0]!r} is missing")
         if table.num_rows != info.rows:

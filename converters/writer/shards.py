@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.manifest import ShardInfo
-from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN, shard_schema
+from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN
 from schemas.storage import OutDir
 from tokenizer_kit.files import file_sha256
 
@@ -25,6 +25,8 @@ def estimated_bytes(tokens, patches, steps, string_bytes):
 
 def row_nbytes(batch: pa.RecordBatch) -> np.ndarray:
     def lengths(name: str) -> np.ndarray:
+        if name not in batch.schema.names:  # a version-2 text batch: no steps, no patches
+            return np.zeros(batch.num_rows, np.int64)
         return np.diff(batch.column(name).offsets.to_numpy()).astype(np.int64)
     strings = (pc.binary_length(batch.column("source_id")).to_numpy(zero_copy_only=False)
                + pc.binary_length(batch.column("task")).to_numpy(zero_copy_only=False))
@@ -36,9 +38,9 @@ class ShardWriter:
     the row that would overfill one (a row larger than a shard gets one of its own). Each appears
     under its name only complete (see OutDir.staged)."""
 
-    def __init__(self, out: OutDir, unit_index: int, rl: bool, shard_size: int, compression: str = "none"):
+    def __init__(self, out: OutDir, unit_index: int, schema: pa.Schema, shard_size: int, compression: str = "none"):
         self.out, self.unit_index, self.shard_size = out, unit_index, shard_size
-        self.schema = shard_schema(rl)
+        self.schema = schema
         self.options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
         self.shards: list[ShardInfo] = []
         self._open: ExitStack | None = None

@@ -50,6 +50,11 @@ def check_rows(out, tok, expected: list[tuple[str, str]]) -> None:
         assert np.array_equal(t, tok.encode(doc, add_eos=True)), sid
         assert tok.decode(t) == " ".join(doc.split()), sid  # SentencePiece collapses whitespace
     assert validate_table(table, Manifest.read(out).vocab_layout) == []
+    m = Manifest.read(out)
+    for s in m.shards:  # version-2 text shards: uint16 ids only, the constant columns derived on read
+        raw = open_shard(out / s.name, full=False).schema
+        assert raw.names == ["tokens", "source_id", "task"] and raw.field("tokens").type == pa.list_(pa.uint16())
+    assert m.schema_version == 2
     modality = table.column("modality").combine_chunks().values.to_numpy()
     assert (modality == TEXT).all()
     assert (table.column("loss_mask").combine_chunks().values.to_numpy() == 1).all()

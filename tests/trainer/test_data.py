@@ -90,6 +90,23 @@ def test_one_pass_sees_every_token_once(dirs, world_size, num_workers):
     assert got == expected_targets(dirs["tagged"])
 
 
+def test_v2_text_shards_give_the_same_batches_as_full_ones(tmp_path):
+    """Tokens-only uint16 text shards (schema version 2) read as the same batches as shards that
+    store every column, in training and evaluation."""
+    from schemas.shard import shard_schema
+    rng = np.random.default_rng(5)
+    rows = [build_text_row(rng.integers(3, 30000, size=int(rng.integers(5, 200))), LAYOUT) for _ in range(40)]
+    full = write_dir(tmp_path / "full", rows, LAYOUT, "text", "t", rows_per_shard=15, batch_rows=6)
+    lean = write_dir(tmp_path / "lean", rows, LAYOUT, "text", "t", rows_per_shard=15, batch_rows=6,
+                     schema=shard_schema(False, text=True, vocab_size=LAYOUT.vocab_size))
+    size = {d: sum(p.stat().st_size for p in d.glob("shard-*")) for d in (full, lean)}
+    assert size[lean] < 0.4 * size[full]
+    for training, workers in ((True, 0), (True, 2), (False, 0)):
+        a = _take(build_loader([str(full)], 32, 4, seed=1, training=training, num_workers=workers), 6)
+        b = _take(build_loader([str(lean)], 32, 4, seed=1, training=training, num_workers=workers), 6)
+        assert len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_one_training_epoch_sees_every_token_once(dirs, num_workers):
     """Training: the first epoch's samples (as many as the directory has windows) hold every
