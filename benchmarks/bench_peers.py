@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_peers.py [--quick]
 
 The same documents (random ids of a vocabulary of 8,000, 50 to 3,000 tokens each, end-of-text
-closing each) are written three ways: gato-kit shards (schemas.shard, as `gato-tokenize text`
-writes them), LitData's `optimize(..., item_loader=TokensLoader())` chunks, and Streaming's
+closing each) are written three ways: gato-kit shards (schema version 2 text shards, uint16 ids,
+as `gato-tokenize text` writes them), LitData's `optimize(..., item_loader=TokensLoader())` chunks, and Streaming's
 MDSWriter with the documents concatenated into (L + 1)-token samples (what llm-foundry's
 ConcatTokensDataset writes). Each is read in training order (shuffled) as batches of
 32 x (L + 1 = 1025) tokens, with 0 and 2 DataLoader workers, the three interleaved in one run:
@@ -69,12 +69,14 @@ def dir_bytes(path: str | Path) -> int:
 
 def write_gato(out: Path, docs: list[np.ndarray]) -> str:
     from loader_fixtures import write_dir
+    from schemas.shard import shard_schema
     from tokenizer_kit.layout import VocabLayout
     from tokenizer_kit.text_rows import build_text_row
     layout = VocabLayout(text_vocab_size=VOCAB, eos_id=EOS)
     rows = [build_text_row(d[:-1], layout) for d in docs]
     rows_per_shard = max(1, len(rows) // 4)
-    return str(write_dir(out, rows, layout, "text", "text", rows_per_shard=rows_per_shard, batch_rows=1024))
+    return str(write_dir(out, rows, layout, "text", "text", rows_per_shard=rows_per_shard, batch_rows=1024,
+                         schema=shard_schema(False, text=True, vocab_size=layout.vocab_size)))
 
 
 def _litdata_doc(doc):

@@ -135,7 +135,7 @@ class _Mapped:
     views: list[BatchView]
     bounds: list[int]  # first row of each batch, then the shard's row count (for bisect)
     tasks: np.ndarray  # task index (into the source's list) of every row
-    region: tuple[int, int] | None
+    region: tuple[int, int] | None | Path  # the shard's path until the span is first needed
     checked: list[bool] = field(default_factory=list)
     flat: list[np.ndarray] = field(default_factory=list)  # each batch's tokens, rows back to back
     tok_starts: list[int] = field(default_factory=list)  # first token of each batch in the shard, then the total
@@ -248,7 +248,7 @@ class ShardSource:
         views = [batch_view(b) for b in batches]
         m = _Mapped(info.name, batches, views, bounds,
                     np.concatenate(codes) if codes else np.zeros(0, np.int32),
-                    _mapped_region(table, f) if not self.remote else None, [False] * len(batches))
+                    Path(f) if not self.remote else None, [False] * len(batches))
         _index_tokens(m, where, info.tokens)
         self._mapped[s] = m
         return m
@@ -260,7 +260,7 @@ class ShardSource:
                 self._mapped.move_to_end(s)
             return m
         m = self._map(s)
-        if len(self._mapped) > MAX_MAPPED_REMOTE:
+        if self.remote and len(self._mapped) > MAX_MAPPED_REMOTE:  # a local directory stays mapped
             self._mapped.popitem(last=False)
             self._recent.clear()  # its views may point into the shard let go
         self._prefetch_after(s)
@@ -294,6 +294,8 @@ class ShardSource:
         folios, so without this a process's RSS creeps up to the size of the data it has read."""
         if self._pid == os.getpid():
             for m in self._mapped.values():
+                if isinstance(m.region, Path):  # found once, when first released (reading the maps costs)
+                    m.region = _mapped_region(pa.Table.from_batches(m.batches), m.region) if m.batches else None
                 if m.region is not None:
                     _madvise_dontneed(*m.region)
 
