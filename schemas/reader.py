@@ -130,6 +130,23 @@ def _column_of(message: str, names: list[str]) -> str:
 
 # --- a directory ----------------------------------------------------------------------------------
 
+def _manifest_copy(cache: ShardCache, url: str) -> Path:
+    import hashlib
+    return cache.root / "manifests" / f"{hashlib.sha256(url.encode()).hexdigest()}.json"
+
+
+def _remember_manifest(cache: ShardCache, url: str, manifest: Manifest) -> None:
+    """Keep the manifest read from `url` beside the cached shards (atomically; best effort)."""
+    from tokenizer_kit.files import atomic_path
+    p = _manifest_copy(cache, url)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(p) as tmp:
+            Path(tmp).write_text(manifest.to_json())
+    except OSError:
+        pass
+
+
 @dataclass
 class ShardFile:
     """One complete shard: its name, where it is (a path or URL), the manifest's record (None when unlisted)."""
@@ -155,6 +172,10 @@ class ShardDir:
     def open(cls, path: str | os.PathLike, cache: ShardCache | None = None) -> "ShardDir":
         """Read the manifest if there is one (a malformed one is an error) and list complete shards."""
         text = os.fspath(path)
+        if is_remote(text) and cache is not None:
+            warm = cls._warm(text.rstrip("/"), cache)
+            if warm is not None:
+                return warm
         if is_remote(text):
             text = text.rstrip("/")
             names = list_names(text)
@@ -174,8 +195,26 @@ class ShardDir:
             return cls(text, None, [ShardFile(n, join(text, n)) for n in on_disk], cache=cache)
         present, listed = set(on_disk), [s.name for s in manifest.shards]
         shards = [ShardFile(s.name, join(text, s.name), s) for s in manifest.shards if s.name in present]
-        return cls(text, manifest, shards, missing=[n for n in listed if n not in present],
-                   unlisted=[n for n in on_disk if n not in set(listed)], cache=cache)
+        out = cls(text, manifest, shards, missing=[n for n in listed if n not in present],
+                  unlisted=[n for n in on_disk if n not in set(listed)], cache=cache)
+        if is_remote(text) and cache is not None and not out.missing:
+            _remember_manifest(cache, text, manifest)
+        return out
+
+    @classmethod
+    def _warm(cls, url: str, cache: ShardCache) -> "ShardDir | None":
+        """The directory from the cache alone, when it holds the manifest last read from `url`
+        and every shard it lists (a warm start: no request). Objects under a URL are written
+        once (shards named by unit, manifest last), so a cached manifest stays true until the
+        directory is converted anew in place; remove the cache's manifests/ to read it again."""
+        p = _manifest_copy(cache, url)
+        try:
+            manifest = Manifest.parse(p.read_bytes(), str(p))
+        except (OSError, ManifestError):
+            return None
+        if not all(cache.path_of(s.sha256).is_file() for s in manifest.shards):
+            return None
+        return cls(url, manifest, [ShardFile(s.name, join(url, s.name), s) for s in manifest.shards], cache=cache)
 
     @property
     def remote(self) -> bool:

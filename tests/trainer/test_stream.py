@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from conftest import make_bucket, upload_dir
 from loader_fixtures import batch_targets, expected_targets, make_rl_dir, write_dir
@@ -87,6 +88,25 @@ def test_a_reader_downloads_only_its_own_shards(bucket, local, tmp_path):
     assert fetched[0] and fetched[1] and not fetched[0] & fetched[1]
     assert len(fetched[0] | fetched[1]) == len(Manifest.read(local["tagged"]).shards)
     assert got == expected_targets(local["tagged"])  # every token once over the two ranks
+
+
+def test_a_warm_start_makes_no_request(bucket, local, tmp_path, monkeypatch):
+    """Once a node's cache holds a directory's manifest and shards, a new loader over it starts
+    without asking the store anything, and reads the same batches."""
+    import schemas.reader as reader
+    import schemas.storage as storage
+    cache = ShardCache(tmp_path / "node")
+    cold = build_loader([bucket["rl"], bucket["tagged"]], 32, 2, seed=5, training=False, cache=cache)
+    first = list(cold)  # one pass: every shard downloaded
+    calls = []
+    for mod, name in ((reader, "list_names"), (reader, "read_bytes"), (storage, "remote_fs")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: (calls.append(_n), _r(*a, **k))[1])
+    warm = build_loader([bucket["rl"], bucket["tagged"]], 32, 2, seed=5, training=False,
+                        cache=ShardCache(tmp_path / "node"))
+    again = list(warm)
+    assert calls == [] and warm.sources[0].dir.cache.downloaded == []
+    assert len(again) == len(first) and all(torch.equal(a.tokens, b.tokens) for a, b in zip(first, again, strict=True))
 
 
 # --- gato-train from s3:// ------------------------------------------------------------------------------
