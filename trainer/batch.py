@@ -137,6 +137,10 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
     for b in general:
         s, n = samples[b], int(lengths[b])
         mask[b, :n] = s.loss_mask if s.loss_mask is not None else 1
+        if not len(s.patches):  # no patches: no slot may be left either (a min, not a search)
+            if n and int(s.tokens.min()) < 0:
+                raise ValueError(f"sample has {int(np.count_nonzero(s.tokens == PATCH_SLOT))} patch slots but 0 patches")
+            continue
         slots = np.flatnonzero(s.tokens == PATCH_SLOT)
         if len(slots) != len(s.patches):
             raise ValueError(f"sample has {len(slots)} patch slots but {len(s.patches)} patches")

@@ -11,8 +11,8 @@ directory's split (schemas.split). Text windows whose per-token columns are text
 sliced straight from the mapped token buffers (the fast path: no per-token column is read).
 
 Determinism and resume: the directories of batch b of a reader are drawn at once from a generator
-keyed by (seed, rank, world size, reader, workers, b, 2); the randomness of sample k that needs
-any (RL windows and prompts, caption crops) from one keyed by (..., k, 0); its units come from the
+keyed by (seed, rank, world size, reader, workers, b, 2), and the uniforms its samples use (RL
+windows and prompts, caption crops) at once from one keyed by (..., b, 3); units come from the
 directory's split (schemas.split). A reader's whole state is therefore a few counters (samples and batches
 made, epoch and cursor of each directory's row stream); each batch travels with its reader's state,
 so `GatoLoader.state_dict()` after n batches restarts every reader exactly where it was.
@@ -198,7 +198,7 @@ class GatoStream(IterableDataset):
         if self.training:
             dirs, units = self._plan_batch(streams, reader)
             dirs, units = dirs.tolist(), units.tolist()
-        out = []
+        out, uniforms = [], None
         for i in range(B):
             if self.training:
                 d, unit = dirs[i], units[i]
@@ -211,7 +211,10 @@ class GatoStream(IterableDataset):
                         break
                 if unit is None:
                     break
-            out.append(self._one(streams, reader, d, unit, with_parts))
+            if uniforms is None and self.sources[d].kind != "text":  # one draw for the batch's samples
+                uniforms = self._rng(reader, st["batches"], 3).random((B, DRAWS_PER_SAMPLE))
+            rng = _Uniforms(uniforms[i], self, reader, st["samples"]) if uniforms is not None else None
+            out.append(self._one(streams, rng, d, unit, with_parts))
             st["samples"] += 1
         return out
 
@@ -252,7 +255,7 @@ class GatoStream(IterableDataset):
         return CompactBatch(tokens, lengths, None, None, _NO_PATCHES, np.zeros(0, np.int32), np.zeros(0, np.uint8),
                             np.zeros(0, np.uint8), tasks, none, none)
 
-    def _one(self, streams: _Streams, reader: int, d: int, unit: int, with_parts: bool
+    def _one(self, streams: _Streams, rng: "_Uniforms | None", d: int, unit: int, with_parts: bool
              ) -> tuple[Sample, int, list[Part] | None]:
         src, units, cfg = self.sources[d], self.units[d], self.cfg
         if src.kind == "text":
@@ -264,7 +267,6 @@ class GatoStream(IterableDataset):
                               int(self.task_maps[d][src.window_task(s, a)])), d, None
             parts = text_parts(src, unit, units, cfg.seq_len)
         else:
-            rng = self._rng(reader, streams.state["samples"], 0)
             if src.kind == "rl":
                 row, j, k = units.locate(unit)
                 parts = rl_parts(src, row, rng, cfg, (j, k))
@@ -315,6 +317,29 @@ class GatoStream(IterableDataset):
             # torch re-raises a worker's exception with its traceback as the message: pass the one
             # line on instead, for the main process to raise
             yield -1, str(e), None
+
+
+DRAWS_PER_SAMPLE = 8  # uniforms drawn per sample with its batch (an RL sample with a prompt uses 5)
+
+
+class _Uniforms:
+    """A sample's share of its batch's uniform draws, handed out by `random()` (all that the
+    samplers ask of a generator); past its share, a generator keyed by the sample's number."""
+
+    __slots__ = ("u", "i", "more")
+
+    def __init__(self, u: np.ndarray, stream: "GatoStream", reader: int, sample: int):
+        self.u, self.i = u.tolist(), 0
+        self.more = (stream, reader, sample)
+
+    def random(self) -> float:
+        if self.i < len(self.u):
+            self.i += 1
+            return self.u[self.i - 1]
+        if isinstance(self.more, tuple):
+            stream, reader, sample = self.more
+            self.more = stream._rng(reader, sample, 0)
+        return float(self.more.random())
 
 
 _NO_PATCHES = np.zeros((0, 768), np.uint8)
