@@ -61,7 +61,7 @@ def parse_data_arg(item: str) -> tuple[str, float]:
 # --- the reader (one rank's one worker) ----------------------------------------------------------------
 
 def _fresh_state(num_dirs: int) -> dict:
-    return {"samples": 0, "batches": 0, "epoch": [0] * num_dirs, "cursor": [0] * num_dirs}
+    return {"samples": 0, "batches": 0, "epoch": [0] * num_dirs, "cursor": [0] * num_dirs, "carry": [-1] * num_dirs}
 
 
 class _Streams:
@@ -70,6 +70,7 @@ class _Streams:
     def __init__(self, ds: "GatoStream", reader: int, state: dict):
         self.ds, self.reader, self.state = ds, reader, state
         self._cache: dict[int, tuple[int, np.ndarray]] = {}
+        self._carried: dict[int, np.ndarray] = {}
 
     def _rows(self, d: int, epoch: int) -> np.ndarray:
         hit = self._cache.get(d)
@@ -92,9 +93,26 @@ class _Streams:
                                      src.row_starts))
         return rows
 
+    def _carry(self, d: int) -> np.ndarray | None:
+        """This reader's share of the units an earlier run with another worker count left unread
+        in its epochs of directory d (GatoStream.carry_units); None once read, or when there are none."""
+        carry = self.state.get("carry")
+        if carry is None or carry[d] < 0:
+            return None
+        if d not in self._carried:
+            self._carried[d] = self.ds.carry_units(d)[self.reader::max(1, self.ds.num_workers)]
+        return self._carried[d]
+
     def take_many(self, d: int, n: int) -> np.ndarray:
         """The next n units of directory d (training: epochs roll over), as `take` n times would."""
         st, out = self.state, []
+        left = self._carry(d)
+        if left is not None:
+            c = st["carry"][d]
+            k = min(n, len(left) - c)
+            out.append(left[c:c + k])
+            st["carry"][d] = c + k if c + k < len(left) else -1
+            n -= k
         while n > 0:
             rows = self._rows(d, st["epoch"][d])
             if st["cursor"][d] >= len(rows):
@@ -112,6 +130,8 @@ class _Streams:
 
     def take(self, d: int) -> int | None:
         """Next unit of directory d; None at the end of the (only) epoch in evaluation."""
+        if self._carry(d) is not None:
+            return int(self.take_many(d, 1)[0])
         st = self.state
         rows = self._rows(d, st["epoch"][d])
         if st["cursor"][d] >= len(rows):
@@ -144,6 +164,7 @@ class GatoStream(IterableDataset):
         self.probs = self._mixture()
         self._cum_probs = np.cumsum(self.probs).tolist()
         self.start_states: list[dict] = [_fresh_state(len(sources)) for _ in range(max(1, num_workers))]
+        self.transition: list[dict | None] = [None] * len(sources)  # see carry_units
         self.rotation = 0
 
     def _mixture(self) -> np.ndarray:
@@ -170,6 +191,22 @@ class GatoStream(IterableDataset):
         if w.sum() <= 0:
             raise DataError("no rows to read in " + ", ".join(s.path for s in self.sources))
         return w / w.sum()
+
+    def carry_units(self, d: int) -> np.ndarray:
+        """Units of directory d that the readers of a run with another worker count (`transition`,
+        set by GatoLoader.load_state_dict) had not read in the epochs they were in, in epoch order:
+        the new readers share them out before their own epochs begin, so no unit of those epochs
+        is read twice or skipped."""
+        t = self.transition[d]
+        src, units = self.sources[d], self.units[d]
+        parts = []
+        for e in range(min(t["epoch"]), max(t["epoch"]) + 1):
+            for r in range(max(1, t["workers"])):
+                rows = split_rows(src.split, units.per_shard, self.rank, self.world_size, r, t["workers"], e,
+                                  self.dir_seed(d), shuffle=True)
+                done = t["cursor"][r] if e == t["epoch"][r] else (len(rows) if e < t["epoch"][r] else 0)
+                parts.append(rows[done:])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def dir_seed(self, d: int) -> int:
         return directory_seed(self.seed, d)
@@ -427,13 +464,23 @@ class GatoLoader:
         return {"format": STATE_FORMAT, "consumed": self._consumed, "seed": s.seed, "rank": s.rank,
                 "world_size": s.world_size, "num_workers": s.num_workers, "seq_len": s.seq_len,
                 "batch_size": s.batch_size, "training": s.training, "data": list(self.data),
-                "readers": [{k: (list(v) if isinstance(v, list) else v) for k, v in st.items()} for st in self._states]}
+                "readers": [{k: (list(v) if isinstance(v, list) else v) for k, v in st.items()} for st in self._states],
+                "transition": [None if t is None or all(st["carry"][d] < 0 for st in self._states)  # (carried)
+                               else {k: (list(v) if isinstance(v, list) else v) for k, v in t.items()}
+                               for d, t in enumerate(s.transition)]}
 
     def load_state_dict(self, sd: dict) -> None:
-        """Resume exactly where `sd` was taken; the run's shape must be the same."""
+        """Resume exactly where `sd` was taken; the run's shape must be the same, but for the
+        worker count in training: then the units the old readers had not read in their epochs
+        are shared out among the new ones first (GatoStream.carry_units), so every unit of those
+        epochs is still read once, and the new readers' own epochs follow."""
         if sd.get("format") != STATE_FORMAT:
             raise ValueError(f"loader state of format {sd.get('format')!r}, expected {STATE_FORMAT!r}")
         s = self.stream
+        pending = [t for t in sd.get("transition") or [] if t is not None]
+        if sd.get("num_workers") != s.num_workers and s.training and sd.get("training") and not pending:
+            self._load_other_workers(sd)
+            return
         for key in ("seed", "rank", "world_size", "num_workers", "seq_len", "batch_size", "training", "weights"):
             # Directories may have moved; their number and weights must not have changed.
             mine = [parse_data_arg(x)[1] for x in self.data] if key == "weights" else getattr(s, key)
@@ -444,6 +491,32 @@ class GatoLoader:
         if len(readers) != max(1, s.num_workers) or any(len(r["epoch"]) != len(s.sources) for r in readers):
             raise ValueError("loader state does not match this loader's readers and directories")
         self._states = [{k: (list(v) if isinstance(v, list) else int(v)) for k, v in r.items()} for r in readers]
+        for st in self._states:  # (a state from before carries existed)
+            st.setdefault("carry", [-1] * len(s.sources))
+        s.transition = [None if t is None else dict(t) for t in sd.get("transition") or [None] * len(s.sources)]
+        self._consumed = int(sd["consumed"])
+        self._pass_start = (self._consumed, list(self._states))
+
+    def _load_other_workers(self, sd: dict) -> None:
+        s = self.stream
+        for key in ("seed", "rank", "world_size", "seq_len", "batch_size", "weights"):
+            mine = [parse_data_arg(x)[1] for x in self.data] if key == "weights" else getattr(s, key)
+            theirs = [parse_data_arg(x)[1] for x in sd["data"]] if key == "weights" else sd[key]
+            if mine != theirs:
+                raise ValueError(f"loader state was saved with {key}={theirs!r}, this loader has {key}={mine!r}")
+        old = sd["readers"]
+        D = len(s.sources)
+        if len(old) != max(1, sd["num_workers"]) or any(len(r["epoch"]) != D for r in old):
+            raise ValueError("loader state does not match its worker count and this loader's directories")
+        s.transition = [{"workers": int(sd["num_workers"]), "epoch": [int(r["epoch"][d]) for r in old],
+                         "cursor": [int(r["cursor"][d]) for r in old]} for d in range(D)]
+        fresh = []
+        for _ in range(max(1, s.num_workers)):
+            st = _fresh_state(D)
+            st["epoch"] = [max(t["epoch"]) + 1 for t in s.transition]
+            st["carry"] = [0] * D
+            fresh.append(st)
+        self._states = fresh
         self._consumed = int(sd["consumed"])
         self._pass_start = (self._consumed, list(self._states))
 

@@ -201,8 +201,41 @@ def test_resume_refuses_a_different_run(dirs):
     sd = a.state_dict()
     with pytest.raises(ValueError, match="seed"):
         build_loader([dirs["rl"]], 32, 2, seed=1).load_state_dict(sd)
-    with pytest.raises(ValueError, match="num_workers"):
-        build_loader([dirs["rl"]], 32, 2, num_workers=1).load_state_dict(sd)
+    with pytest.raises(ValueError, match="num_workers"):  # evaluation passes are per worker count
+        ev = build_loader([dirs["rl"]], 32, 2, num_workers=0, training=False).state_dict()
+        build_loader([dirs["rl"]], 32, 2, num_workers=1, training=False).load_state_dict(ev)
+
+
+@pytest.mark.parametrize("old,new", [(2, 0), (2, 3), (0, 2)])
+def test_resume_with_another_worker_count_reads_every_unit_once(dirs, tmp_path, old, new):
+    """Training resumed with another worker count: the units the old readers had not read in
+    their epoch are shared out among the new readers first, so the epoch still reads each once."""
+    from schemas.split import split_rows
+    from trainer.data import _Streams
+    kw = dict(seq_len=48, batch_size=3, seed=7)
+    first = build_loader([dirs["tagged"]], num_workers=old, **kw)
+    _take(first, 5)
+    torch.save(first.state_dict(), tmp_path / "loader.pt")
+    sd = torch.load(tmp_path / "loader.pt", weights_only=True)
+    units = first.stream.units[0]
+    before = []
+    for r, st in enumerate(sd["readers"]):
+        assert st["epoch"] == [0]
+        before += split_rows("rows", units.per_shard, 0, 1, r, old, 0, first.stream.dir_seed(0))[:st["cursor"][0]].tolist()
+    resumed = build_loader([dirs["tagged"]], num_workers=new, **kw)
+    resumed.load_state_dict(sd)
+    after = []
+    for r in range(max(1, new)):
+        streams = _Streams(resumed.stream, r, {k: list(v) if isinstance(v, list) else v
+                                               for k, v in resumed._states[r].items()})
+        while streams.state["carry"][0] >= 0:
+            after.append(streams.take(0))
+        assert streams.state["epoch"] == [1]  # then the reader's own next epoch
+    assert len(before) == 15 and sorted(before + after) == list(range(units.total))
+    batches = _take(resumed, 4)  # and it trains on
+    assert len(batches) == 4 and all(b.tokens.shape == (3, 48) for b in batches)
+    again = resumed.state_dict()  # mid-carry the transition is saved with the readers
+    assert again["num_workers"] == new and again["transition"][0] is not None
 
 
 # --- what samples are made of ---------------------------------------------------------------------------
