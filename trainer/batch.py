@@ -185,7 +185,10 @@ def expand(cb: CompactBatch) -> Batch:
 
     B, L = cb.tokens.shape[0], cb.tokens.shape[1] - 1
     full = torch.from_numpy(cb.tokens if cb.tokens.dtype == np.int64 else cb.tokens.astype(np.int64))
-    attn = torch.from_numpy(np.arange(L) < (cb.lengths.astype(np.int64) - 1)[:, None])
+    if B and int(cb.lengths.min()) == L + 1:  # full sequences (most text batches): no comparison
+        attn = torch.ones((B, L), dtype=torch.bool)
+    else:
+        attn = torch.from_numpy(np.arange(L) < (cb.lengths.astype(np.int64) - 1)[:, None])
     inputs, targets = full[:, :L], full[:, 1:]  # views of one (B, L + 1) buffer: no copy
     if len(cb.noise_index):
         inputs = inputs.clone()
