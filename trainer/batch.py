@@ -179,23 +179,27 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
 def expand(cb: CompactBatch) -> Batch:
     """The model's Batch from a CompactBatch: int64 inputs and shifted targets, float loss mask,
     normalised float patches (in the main process: 29 bytes a position never cross a pipe).
-    Inputs and targets are views of one int64 buffer and a text batch's local positions one
-    broadcast value: the model reads them, nothing writes to them."""
+    Inputs and targets are views of one int64 buffer; a text batch's local positions (and, for
+    full windows, its masks) one broadcast value: the model reads them, nothing writes to them."""
     from tokenizer_kit.images import normalize_patches
 
     B, L = cb.tokens.shape[0], cb.tokens.shape[1] - 1
     full = torch.from_numpy(cb.tokens if cb.tokens.dtype == np.int64 else cb.tokens.astype(np.int64))
-    if B and int(cb.lengths.min()) == L + 1:  # full sequences (most text batches): no comparison
-        attn = torch.ones((B, L), dtype=torch.bool)
+    full_rows = B > 0 and int(cb.lengths.min()) == L + 1
+    if full_rows and cb.loss_mask is None:  # a batch of full text windows: every position counts,
+        # one broadcast value each (read-only, as the model and the loop use them)
+        attn = torch.ones((1, 1), dtype=torch.bool).expand(B, L)
+        mask = torch.ones((1, 1), dtype=torch.float32).expand(B, L)
     else:
-        attn = torch.from_numpy(np.arange(L) < (cb.lengths.astype(np.int64) - 1)[:, None])
+        attn = (torch.ones((B, L), dtype=torch.bool) if full_rows else
+                torch.from_numpy(np.arange(L) < (cb.lengths.astype(np.int64) - 1)[:, None]))
+        mask = attn.to(torch.float32)
+        if cb.loss_mask is not None:
+            mask *= torch.from_numpy(cb.loss_mask[:, 1:])
     inputs, targets = full[:, :L], full[:, 1:]  # views of one (B, L + 1) buffer: no copy
     if len(cb.noise_index):
         inputs = inputs.clone()
         inputs.view(-1)[torch.from_numpy(cb.noise_index)] = torch.from_numpy(cb.noise_value)
-    mask = attn.to(torch.float32)
-    if cb.loss_mask is not None:
-        mask *= torch.from_numpy(cb.loss_mask[:, 1:])
     # text's "no local position" everywhere: one value broadcast (read-only, as the model uses it)
     local = (torch.full((1, 1), -1, dtype=torch.int64).expand(B, L) if cb.local_pos is None
              else torch.from_numpy(cb.local_pos[:, :L].astype(np.int64)))
