@@ -20,7 +20,6 @@ so `GatoLoader.state_dict()` after n batches restarts every reader exactly where
 
 from __future__ import annotations
 
-import bisect
 import math
 import os
 from typing import Iterator
