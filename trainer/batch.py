@@ -190,12 +190,12 @@ def expand(cb: CompactBatch) -> Batch:
         # one broadcast value each (read-only, as the model and the loop use them)
         attn = torch.ones((1, 1), dtype=torch.bool).expand(B, L)
         mask = torch.ones((1, 1), dtype=torch.float32).expand(B, L)
-    else:
-        attn = (torch.ones((B, L), dtype=torch.bool) if full_rows else
-                torch.from_numpy(np.arange(L) < (cb.lengths.astype(np.int64) - 1)[:, None]))
-        mask = attn.to(torch.float32)
+    else:  # (numpy: single-threaded and cheap at this size; torch's kernels are not, on a busy machine)
+        real = (np.ones((B, L), bool) if full_rows else np.arange(L) < (cb.lengths.astype(np.int64) - 1)[:, None])
+        m = real.astype(np.float32)
         if cb.loss_mask is not None:
-            mask *= torch.from_numpy(cb.loss_mask[:, 1:])
+            m *= cb.loss_mask[:, 1:]
+        attn, mask = torch.from_numpy(real), torch.from_numpy(m)
     inputs, targets = full[:, :L], full[:, 1:]  # views of one (B, L + 1) buffer: no copy
     if len(cb.noise_index):
         inputs = inputs.clone()

@@ -72,6 +72,12 @@ def _patch_range(view: RowView, a: int, b: int) -> tuple[int, int]:
 
 def assemble(src: ShardSource, parts: list[Part], task_id: int) -> Sample:
     """Concatenate row slices into one Sample; patches travel with their slots."""
+    if len(parts) == 1 and parts[0].loss:  # one window (most RL samples): views of the row, no copy
+        p = parts[0]
+        v = src.row(p.row)
+        p0, p1 = _patch_range(v, p.start, p.stop) if len(v.patches) else (0, 0)
+        return Sample(v.tokens[p.start:p.stop], v.loss_mask[p.start:p.stop], v.local_pos[p.start:p.stop],
+                      v.patches[p0:p1], v.patch_pos[p0:p1], task_id)
     toks, masks, lpos, patches, ppos = [], [], [], [], []
     for p in parts:
         v = src.row(p.row)
