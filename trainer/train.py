@@ -34,7 +34,7 @@ PLOT_NAME = "loss.png"
 
 # Arguments that define the run; a resume must not change them (it would not continue the run).
 FIXED_ARGS = ("data", "preset", "batch_size", "seq_len", "grad_accum", "seed", "lr", "warmup", "weight_decay",
-              "min_lr_ratio", "clip", "prompt_prob", "action_noise", "precision", "num_workers")
+              "min_lr_ratio", "clip", "prompt_prob", "action_noise", "precision")  # (--num-workers may change)
 DEFAULT_LR = {"tiny": 1e-3}  # paper presets: 1e-4 (the paper's peak learning rate)
 
 

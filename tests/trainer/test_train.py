@@ -142,6 +142,16 @@ def test_resume_refuses_changed_run_arguments(data_dirs, tmp_path, capsys):
     assert [r["step"] for r in _metrics(run)] == [2, 3]
 
 
+def test_resume_with_another_worker_count(data_dirs, tmp_path):
+    """The loader shares out what the old workers left unread; the run goes on with the new count."""
+    run = tmp_path / "run"
+    assert main(_args(data_dirs, run, "--steps", "3", "--num-workers", "2", "--save-every", "3")) == 0
+    assert main(_args(data_dirs, run, "--steps", "5", "--num-workers", "0")) == 0
+    assert [r["step"] for r in _metrics(run)] == [3, 5]  # logged at the end of each part
+    ckpt = read_checkpoint(run)
+    assert ckpt["step"] == 5 and ckpt["loader"][0]["num_workers"] == 0 and ckpt["loader"][0]["consumed"] == 5
+
+
 def test_bad_data_exits_1_with_one_line(data_dirs, tmp_path, capsys, text_tokenizer):
     assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--steps", "1"]) == 1
     err = capsys.readouterr().err.strip()
