@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 QUICK ?=
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -30,7 +31,14 @@ test-fast: $(STAMP) browser
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-bench: $(STAMP)
+# The peers bench_peers.py measures side by side, without their torchvision dependency: PyPI's
+# torchvision is a CUDA build that fails beside the CPU torch wheel (their light deps: [bench]).
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[bench]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps litdata==0.2.76 mosaicml-streaming==0.13.0
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick,)
 
 clean:

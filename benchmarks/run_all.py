@@ -60,6 +60,9 @@ def verdict(row: dict) -> str:
     target = row.get("target")
     if row.get("error"):
         return "error"
+    if isinstance(row.get("target_max"), (int, float)):  # an upper bound on the figure (bytes, seconds)
+        value = row.get("figure")
+        return "-" if not isinstance(value, (int, float)) else "met" if value <= row["target_max"] else "MISSED"
     if not isinstance(target, (int, float)):
         return "-" if target in (None, "") else str(target)
     value = row.get("ratio") if row.get("target_on", "ratio") == "ratio" else row.get("figure")
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             lines.append(f"| {stem} | {r['name']} | {fmt(r.get('figure'))} | {r.get('unit', '')} | "
                          f"{fmt(r.get('baseline'))} {r.get('baseline_name', '')} | {fmt(r.get('ratio'))} | "
-                         f"{fmt(r.get('target'))} | {verdict(r)}{' ' + r['error'] if r.get('error') else ''} |")
+                         f"{fmt(r.get('target')) or ('<= ' + fmt(r['target_max']) if 'target_max' in r else '')} | "
+                         f"{verdict(r)}{' ' + r['error'] if r.get('error') else ''} |")
     lines += ["", "Time per benchmark: " + ", ".join(f"{s} {t:.0f} s" for s, _, t in results), ""]
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")

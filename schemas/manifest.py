@@ -14,7 +14,7 @@ from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec
 
-from .shard import SCHEMA_VERSION
+from .shard import READ_VERSIONS, SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.model"
@@ -173,9 +173,9 @@ class Manifest:
         """Parse a manifest dict; an unknown schema version is refused, unknown keys ignored."""
         if not isinstance(d, dict):
             raise ManifestError(f"a manifest must be a JSON object, got {type(d).__name__}")
-        if d.get("schema_version") != SCHEMA_VERSION:
+        if d.get("schema_version") not in READ_VERSIONS:
             raise ManifestError(f"schema version {d.get('schema_version')!r} is not supported "
-                                f"(this gato-kit reads version {SCHEMA_VERSION})")
+                                f"(this gato-kit reads versions {', '.join(map(str, READ_VERSIONS))})")
         known = set(cls.__dataclass_fields__)
         d = {k: v for k, v in d.items() if k in known}
         d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]

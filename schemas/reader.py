@@ -28,7 +28,7 @@ from tokenizer_kit.layout import VocabLayout
 from .cache import ShardCache
 from .errors import ReaderError
 from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
-from .shard import PATCH_BYTES, SHARD_NAME_RE, open_shard
+from .shard import PATCH_BYTES, SHARD_NAME_RE, is_text_form, open_shard
 from .storage import is_remote, join, list_names, local_path, read_bytes, remote_fs, storage_error
 from .validate import Problem, validate_table
 
@@ -84,7 +84,15 @@ def _flat(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def batch_view(batch: pa.RecordBatch) -> BatchView:
-    """Views of a record batch's list columns (offsets are not read: check_batch proves them)."""
+    """Views of a record batch's list columns (offsets are not read: check_batch proves them).
+    A version-2 text batch's derived columns are broadcast constants: no memory per token."""
+    if is_text_form(batch.schema):
+        from tokenizer_kit.layout import NO_POSITION
+        tok_off, tokens = _flat(batch.column("tokens"))
+        n, none = len(tokens), np.zeros(batch.num_rows + 1, np.int32)
+        return BatchView(tok_off, tokens, np.broadcast_to(np.uint8(1), (n,)),
+                         np.broadcast_to(np.int16(NO_POSITION), (n,)), none, np.zeros(0, np.int32), none,
+                         np.zeros((0, PATCH_BYTES), np.uint8), np.zeros((0, 4), np.uint8))
     tok_off, tokens = _flat(batch.column("tokens"))
     _, loss_mask = _flat(batch.column("loss_mask"))
     _, local_pos = _flat(batch.column("local_pos"))
@@ -122,6 +130,23 @@ def _column_of(message: str, names: list[str]) -> str:
 
 # --- a directory ----------------------------------------------------------------------------------
 
+def _manifest_copy(cache: ShardCache, url: str) -> Path:
+    import hashlib
+    return cache.root / "manifests" / f"{hashlib.sha256(url.encode()).hexdigest()}.json"
+
+
+def _remember_manifest(cache: ShardCache, url: str, manifest: Manifest) -> None:
+    """Keep the manifest read from `url` beside the cached shards (atomically; best effort)."""
+    from tokenizer_kit.files import atomic_path
+    p = _manifest_copy(cache, url)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(p) as tmp:
+            Path(tmp).write_text(manifest.to_json())
+    except OSError:
+        pass
+
+
 @dataclass
 class ShardFile:
     """One complete shard: its name, where it is (a path or URL), the manifest's record (None when unlisted)."""
@@ -148,6 +173,10 @@ class ShardDir:
         """Read the manifest if there is one (a malformed one is an error) and list complete shards;
         with `split` ("train" or "test"), only that split's shards (rows numbered over them)."""
         text = os.fspath(path)
+        if is_remote(text) and cache is not None:
+            warm = cls._warm(text.rstrip("/"), cache, split)
+            if warm is not None:
+                return warm
         if is_remote(text):
             text = text.rstrip("/")
             names = list_names(text)
@@ -165,12 +194,32 @@ class ShardDir:
         on_disk = [n for n in names if SHARD_RE.match(n)]
         if manifest is None:
             return cls(text, None, [ShardFile(n, join(text, n)) for n in on_disk], cache=cache)
-        present, listed = set(on_disk), [s.name for s in manifest.shards]
+        present, listed, full = set(on_disk), [s.name for s in manifest.shards], manifest
         if split is not None:
             manifest = manifest.only(split)
         shards = [ShardFile(s.name, join(text, s.name), s) for s in manifest.shards if s.name in present]
-        return cls(text, manifest, shards, missing=[s.name for s in manifest.shards if s.name not in present],
-                   unlisted=[n for n in on_disk if n not in set(listed)], cache=cache)
+        out = cls(text, manifest, shards, missing=[s.name for s in manifest.shards if s.name not in present],
+                  unlisted=[n for n in on_disk if n not in set(listed)], cache=cache)
+        if is_remote(text) and cache is not None and present.issuperset(listed):
+            _remember_manifest(cache, text, full)
+        return out
+
+    @classmethod
+    def _warm(cls, url: str, cache: ShardCache, split: str | None) -> "ShardDir | None":
+        """The directory from the cache alone, when it holds the manifest last read from `url`
+        and every shard it lists (a warm start: no request). Objects under a URL are written
+        once (shards named by unit, manifest last), so a cached manifest stays true until the
+        directory is converted anew in place; remove the cache's manifests/ to read it again."""
+        p = _manifest_copy(cache, url)
+        try:
+            manifest = Manifest.parse(p.read_bytes(), str(p))
+        except (OSError, ManifestError):
+            return None
+        if split is not None:
+            manifest = manifest.only(split)
+        if not all(cache.path_of(s.sha256).is_file() for s in manifest.shards):
+            return None
+        return cls(url, manifest, [ShardFile(s.name, join(url, s.name), s) for s in manifest.shards], cache=cache)
 
     @property
     def remote(self) -> bool:

@@ -131,3 +131,36 @@ def split_rows(split: str, rows_per_shard: Sequence[int], rank: int, world_size:
     if split == "shards":
         return assign_rows_by_shard(rows_per_shard, rank, world_size, worker, num_workers, epoch, seed, shuffle)
     raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+
+
+# --- what one epoch of a directory is made of: the one rule for the loader and `inspect` ------------
+
+def text_windows(tokens_per_shard: Sequence[int], seq_len: int) -> np.ndarray:
+    """Windows per shard of a text directory: each shard's token stream cut into windows of
+    seq_len + 1 tokens overlapping by one, window j holding tokens [j*L, j*L + L + 1), the last
+    one shorter. Every token of a shard but its first is a training target once per epoch."""
+    t = np.asarray(tokens_per_shard, dtype=np.int64)
+    return np.where(t > 1, (t - 2 + seq_len) // seq_len, 0)
+
+
+def row_windows(row_lengths: Sequence[float], seq_len: int) -> np.ndarray:
+    """Windows per epoch of each RL row: ceil(n / (seq_len + 1)), at least one."""
+    n = np.asarray(row_lengths, dtype=np.float64)
+    return np.maximum(1, np.ceil(n / (seq_len + 1))).astype(np.int64)
+
+
+def epoch_tokens(kind: str, tokens_per_shard: Sequence[int], row_lengths: Sequence[float] | None,
+                 seq_len: int) -> dict:
+    """What one epoch of a directory delivers at `seq_len`: sequences, the tokens they hold
+    (overlaps counted), the targets among them that are distinct tokens of the directory (text:
+    exact; RL and captions: None, their windows are drawn) and the directory's tokens."""
+    total = int(np.sum(np.asarray(tokens_per_shard, dtype=np.int64)))
+    if kind == "text":
+        w = text_windows(tokens_per_shard, seq_len)
+        held = total + int(w.sum()) - int(np.count_nonzero(w))
+        targets = int(np.sum(np.maximum(np.asarray(tokens_per_shard, dtype=np.int64) - 1, 0)))
+        return {"sequences": int(w.sum()), "tokens": held, "distinct_targets": targets, "directory_tokens": total}
+    lens = np.asarray(row_lengths if row_lengths is not None else [], dtype=np.float64)
+    k = row_windows(lens, seq_len) if kind == "rl" else np.ones(len(lens), np.int64)
+    held = int(np.minimum(lens, seq_len + 1) @ k) if kind == "rl" else int(lens.sum())
+    return {"sequences": int(k.sum()), "tokens": held, "distinct_targets": None, "directory_tokens": total}

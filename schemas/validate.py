@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 
-from .shard import RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS
+from .shard import RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS, TOKEN_TYPES, full_columns, is_text_form, schema_version
 
 MAX_PROBLEMS_PER_CHECK = 5  # beyond this a check reports a count, so output stays readable
 
@@ -107,8 +107,15 @@ class _Report:
 
 
 def check_schema(schema: pa.Schema) -> list[Problem]:
+    """Columns and types of version 1, or of a version-2 text shard (tokens, uint16 or int32,
+    with source_id and task: the per-token columns are derived, schemas.shard.full_columns)."""
     problems = []
     expected = dict(ROW_COLUMNS) | SCALAR_COLUMNS
+    if schema_version(schema) == 2 and is_text_form(schema) and "tokens" in schema.names:
+        got = schema.field("tokens").type
+        if got not in [pa.list_(t) for t in TOKEN_TYPES]:
+            problems.append(Problem(None, "tokens", f"wrong type {got}, expected list<uint16> or list<int32>"))
+        expected = dict(SCALAR_COLUMNS)
     if "episode_return" in schema.names or "num_steps" in schema.names:
         expected |= RL_COLUMNS
     for name, typ in expected.items():
@@ -144,7 +151,12 @@ def _validate(table: pa.Table, layout: VocabLayout, count: bool) -> tuple[list[P
     problems = check_schema(table.schema)
     problems += [Problem(None, name, f"{table.column(name).null_count} null values (columns are not nullable)")
                  for name in table.schema.names if table.column(name).null_count]
+    if not problems and is_text_form(table.schema):
+        counts = _proved_text_form(table, layout)
+        if counts is not None:
+            return [], counts
     if not problems:
+        table = full_columns(table)  # a version-2 text shard's derived columns, as version 1 stores them
         problems = _nulls_inside(table)
     if not problems:
         counts = _proof(table, layout)
@@ -448,6 +460,24 @@ def _proved_text(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
         if len(tokens) and not (tokens.min() >= lo[TEXT] and tokens.max() < hi[TEXT]):
             return None
         n += len(tokens)
+    counts = np.zeros(SEPARATOR + 1, np.int64)
+    counts[TEXT] = n
+    return counts
+
+
+def _proved_text_form(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
+    """Tokens per modality of a version-2 text table whose ids all lie in the text range (its
+    other columns are constants by construction): a min/max per chunk, nothing derived. Else None."""
+    lo, hi = _id_ranges(layout)
+    n = 0
+    for chunk in table.column("tokens").chunks:
+        if chunk.null_count or chunk.values.null_count:
+            return None
+        offsets = chunk.offsets.to_numpy()
+        values = chunk.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy()
+        if len(values) and not (int(values.min()) >= lo[TEXT] and int(values.max()) < hi[TEXT]):
+            return None
+        n += len(values)
     counts = np.zeros(SEPARATOR + 1, np.int64)
     counts[TEXT] = n
     return counts

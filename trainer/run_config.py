@@ -77,7 +77,8 @@ class TrainArgs:
                                    "actions", lo=0, hi=1, hi_open=True, fixed=True, metavar="SHARE")
     precision: str = opt("auto", "bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on CPU)",
                          choices=("auto", "fp32", "bf16"), fixed=True)
-    num_workers: int = opt(0, "loader worker processes per rank", lo=0, fixed=True)
+    # not fixed: a resume may change it (the loader shares the units the old workers left unread)
+    num_workers: int = opt(0, "loader worker processes per rank", lo=0)
     eval_every: int = opt(0, "evaluate every N steps (0: at the end only)", lo=0)
     eval_steps: int = opt(8, "batches per evaluation", lo=1)
     eval_data: list[str] | None = opt(None, "held-out shard directories (default: the test split of each training "

@@ -1,16 +1,34 @@
-"""How a training sequence is cut from rows: RL windows and prompts, text crops and packing,
-image-caption pairs (SPEC 5). Pure functions of a row source and a random generator.
+"""How a training sequence is cut from rows: RL windows and prompts, text windows, image-caption
+pairs (SPEC 5). Pure functions of a row source and a random generator.
 
 A sample is a list of Parts (token ranges of rows); `assemble` concatenates them, patches
 travelling with their slots, so choosing what to read and reading it stay apart.
+
+What an epoch is made of (`EpochUnits`), so that one epoch visits every token:
+- text: the directory's token stream (each shard's rows back to back, every document closed by
+  end-of-text) cut into windows of L + 1 tokens that overlap by one token, window j of a shard
+  holding tokens [j*L, j*L + L + 1). Every token of a shard but its first is a target exactly
+  once per epoch, and every token but its last an input exactly once (LitData's TokensLoader and
+  llm-foundry's concatenation do the same; a document's cut-off rest opens the next window).
+- RL: a row of n tokens gives k = ceil(n / (L + 1)) windows per epoch, each starting on a
+  timestep boundary among those a window may start on (up to the first one that reaches the
+  row's end). With k = 1 the start is drawn uniformly from all of them; with k > 1 the first
+  window starts the row, the last one ends it (its first boundary that reaches the end), and the
+  j-th in between starts on a boundary drawn uniformly from the j-th of k equal groups. So every
+  epoch holds each row's first and last steps, every start boundary of a short row (k <= 2: all
+  but the row's ends) can be drawn, and the windows hold at least n tokens when no prompt shares
+  their sequences; middle tokens of long rows are covered in expectation, not surely.
+- captions: one unit per row (up to 5 pairs are packed after it, as before).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
 
+from schemas.split import epoch_tokens, row_windows, text_windows
 from tokenizer_kit.sequence import patch_span
 
 from .batch import Sample
@@ -54,6 +72,12 @@ def _patch_range(view: RowView, a: int, b: int) -> tuple[int, int]:
 
 def assemble(src: ShardSource, parts: list[Part], task_id: int) -> Sample:
     """Concatenate row slices into one Sample; patches travel with their slots."""
+    if len(parts) == 1 and parts[0].loss:  # one window (most RL samples): views of the row, no copy
+        p = parts[0]
+        v = src.row(p.row)
+        p0, p1 = _patch_range(v, p.start, p.stop) if len(v.patches) else (0, 0)
+        return Sample(v.tokens[p.start:p.stop], v.loss_mask[p.start:p.stop], v.local_pos[p.start:p.stop],
+                      v.patches[p0:p1], v.patch_pos[p0:p1], task_id)
     toks, masks, lpos, patches, ppos = [], [], [], [], []
     for p in parts:
         v = src.row(p.row)
@@ -70,16 +94,24 @@ def assemble(src: ShardSource, parts: list[Part], task_id: int) -> Sample:
                   np.concatenate(patches), np.concatenate(ppos), task_id)
 
 
-def window_start(step_starts: np.ndarray, n: int, length: int, rng: np.random.Generator) -> int:
+def window_start(step_starts: np.ndarray, n: int, length: int, rng: np.random.Generator,
+                 group: tuple[int, int] = (0, 1)) -> int:
     """A uniformly drawn timestep boundary for a window of `length` tokens of an n-token episode.
 
     Candidates are the boundaries up to the first one at or after n - length, so the episode's end
-    can be reached; a shorter episode starts at 0.
+    can be reached; a shorter episode starts at 0. `group` (j, k): draw from the j-th of k equal
+    consecutive groups of the candidates (an epoch's k windows of a row, spread over it).
     """
     if n <= length or len(step_starts) == 0:
         return 0
-    k_max = min(int(np.searchsorted(step_starts, n - length, side="left")), len(step_starts) - 1)
-    return int(step_starts[randint(rng, k_max + 1)])
+    c = min(int(np.searchsorted(step_starts, n - length, side="left")), len(step_starts) - 1) + 1
+    j, k = group
+    if k > 1 and j in (0, k - 1):  # an epoch's first window opens the row, its last one closes it
+        return int(step_starts[0 if j == 0 else c - 1])
+    lo, hi = (j * c) // k, ((j + 1) * c) // k
+    if hi <= lo:  # more groups than candidates: this group is one candidate
+        lo, hi = min(lo, c - 1), min(lo, c - 1) + 1
+    return int(step_starts[lo + randint(rng, hi - lo)])
 
 
 def goal_start(step_starts: np.ndarray, n: int, length: int) -> int:
@@ -105,9 +137,11 @@ class SampleConfig:
         return self.prompt_len if self.prompt_len is not None else self.seq_len // 4
 
 
-def rl_parts(src: ShardSource, r: int, rng: np.random.Generator, cfg: SampleConfig) -> list[Part]:
-    """A window starting on a timestep boundary, after a prompt from another episode of the task
-    for `prompt_prob` of sequences (half the episode's end, half a uniform window)."""
+def rl_parts(src: ShardSource, r: int, rng: np.random.Generator, cfg: SampleConfig,
+             group: tuple[int, int] = (0, 1)) -> list[Part]:
+    """A window starting on a timestep boundary (in group j of k of the candidate boundaries,
+    `group` = (j, k)), after a prompt from another episode of the task for `prompt_prob` of
+    sequences (half the episode's end, half a uniform window)."""
     budget = cfg.sample_len
     parts: list[Part] = []
     if cfg.prompt_prob > 0 and rng.random() < cfg.prompt_prob:
@@ -123,28 +157,16 @@ def rl_parts(src: ShardSource, r: int, rng: np.random.Generator, cfg: SampleConf
         budget -= b - a
     v = src.row(r)
     n = len(v.tokens)
-    a = window_start(v.step_starts, n, budget, rng)
+    a = window_start(v.step_starts, n, budget, rng, group)
     parts.append(Part(r, a, min(n, a + budget)))
     return parts
 
 
-def text_parts(src: ShardSource, first: int, take, rng: np.random.Generator, cfg: SampleConfig) -> list[Part]:
-    """A random crop of a long document, or short documents packed (each ends with end-of-text)."""
-    L1 = cfg.sample_len
-    n = len(src.row(first).tokens)
-    if n >= L1:
-        a = randint(rng, n - L1 + 1)
-        return [Part(first, a, a + L1, role="doc")]
-    parts, total = [Part(first, 0, n, role="doc")], n
-    while total < L1:
-        r = take()
-        if r is None:
-            break
-        n = len(src.row(r).tokens)
-        k = min(n, L1 - total)
-        parts.append(Part(r, 0, k, role="doc"))
-        total += k
-    return parts
+def text_parts(src: ShardSource, unit: int, units: "EpochUnits", seq_len: int) -> list[Part]:
+    """Window `unit` of a text directory as row parts (documents back to back, each closed by
+    end-of-text): what the fast path (ShardSource.window) slices, spelled out row by row."""
+    s, j, _ = units.locate(unit)
+    return [Part(r, a, b, role="doc") for r, a, b in src.window_rows(s, j * seq_len, j * seq_len + seq_len + 1)]
 
 
 def caption_parts(src: ShardSource, first: int, take, rng: np.random.Generator, cfg: SampleConfig) -> list[Part]:
@@ -168,3 +190,64 @@ def caption_parts(src: ShardSource, first: int, take, rng: np.random.Generator, 
             parts.append(Part(r, a, b, role="pair"))
         at += n
     return parts
+
+
+# --- what one epoch of a directory is made of ---------------------------------------------------------
+
+@dataclass
+class EpochUnits:
+    """The units an epoch of one directory is split into (schemas.split deals them to readers).
+
+    kind "window": text windows, numbered shard-major; `cum` = first window of each shard (S + 1).
+    kind "row-windows": k[r] windows of RL row r; `cum` = first unit of each row (R + 1).
+    kind "row": one unit per row.
+    """
+
+    kind: str
+    per_shard: list[int]
+    cum: np.ndarray
+    k: np.ndarray | None = None
+    tokens: int = 0  # tokens an epoch's units deliver (window lengths summed)
+
+    def __post_init__(self):
+        self._cum_list = self.cum.tolist()
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.per_shard))
+
+    def locate(self, g: int) -> tuple[int, int, int]:
+        """Unit g -> (shard, window, 0) for text windows, (row, j, k) for RL row windows, (row, 0, 1)."""
+        if self.kind == "row":
+            return g, 0, 1
+        i = bisect.bisect_right(self._cum_list, g) - 1
+        if self.kind == "window":
+            return i, g - self._cum_list[i], 0
+        return i, g - self._cum_list[i], int(self.k[i])
+
+    def shards_of(self, units: np.ndarray, row_starts: list[int]) -> np.ndarray:
+        """Shard of each unit (for a remote reader's download plan)."""
+        units = np.asarray(units, np.int64)
+        if self.kind == "window":
+            return np.searchsorted(self.cum, units, side="right") - 1
+        rows = units if self.kind == "row" else np.searchsorted(self.cum, units, side="right") - 1
+        return np.searchsorted(np.asarray(row_starts), rows, side="right") - 1
+
+
+def epoch_units(src: ShardSource, cfg: SampleConfig) -> EpochUnits:
+    """The units of one epoch of `src` for sequences of cfg.seq_len (see the module docstring;
+    the counts are schemas.split's rule, which `inspect` reports too)."""
+    L = cfg.seq_len
+    if src.kind == "text":
+        per = text_windows(src.tokens_per_shard, L)
+        return EpochUnits("window", per.tolist(), np.concatenate([[0], np.cumsum(per)]).astype(np.int64),
+                          tokens=epoch_tokens("text", src.tokens_per_shard, None, L)["tokens"])
+    lens = src.row_lengths()
+    held = epoch_tokens(src.kind, src.tokens_per_shard, lens, L)["tokens"]
+    if src.kind == "rl":
+        k = row_windows(lens, L)
+        cum = np.concatenate([[0], np.cumsum(k)]).astype(np.int64)
+        bounds = np.asarray(src.row_starts, np.int64)
+        per = (cum[bounds[1:]] - cum[bounds[:-1]]).tolist()
+        return EpochUnits("row-windows", per, cum, k, tokens=held)
+    return EpochUnits("row", list(src.rows_per_shard), np.zeros(1, np.int64), tokens=held)

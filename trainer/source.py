@@ -28,7 +28,7 @@ from schemas.cache import ShardCache
 from schemas.errors import ReaderError
 from schemas.manifest import MANIFEST_NAME, ManifestError
 from schemas.reader import BatchView, RowView, ShardDir, batch_view, check_batch
-from schemas.shard import ROW_COLUMNS, open_shard
+from schemas.shard import ROW_COLUMNS, is_text_form, open_shard
 from schemas.storage import is_remote, local_path
 
 KINDS = ("rl", "captions", "text")
@@ -104,6 +104,26 @@ def _madvise_dontneed(addr: int, length: int) -> None:
     _LIBC.madvise(addr, length, 4)  # MADV_DONTNEED
 
 
+def _index_tokens(m: "_Mapped", where: str, tokens: int) -> None:
+    """The shard's token stream: each batch's flat tokens, where batches and rows start, and
+    whether every per-token column holds text's constants (loss 1, no local position, no patch)."""
+    starts, rows, constant = [0], [np.zeros(1, np.int64)], True
+    for v in m.views:
+        a, b = int(v.tok_off[0]), int(v.tok_off[-1])
+        m.flat.append(v.tokens[a:b])
+        rows.append(v.tok_off[1:].astype(np.int64) - a + starts[-1])
+        starts.append(starts[-1] + b - a)
+        if constant and b > a and v.loss_mask.strides != (0,):  # (broadcast: a version-2 text shard)
+            lm, lp = v.loss_mask[a:b], v.local_pos[a:b]
+            constant = (len(lm) == b - a and len(lp) == b - a and int(lm.min()) == 1 and int(lp.min()) == -1
+                        and int(lp.max()) == -1 and int(v.pt_off[-1]) == int(v.pt_off[0]))
+    if starts[-1] != tokens:
+        raise DataError(f"{where}: {starts[-1]} tokens, manifest.json says {tokens}")
+    m.tok_starts, m.row_starts, m.constant = starts, np.concatenate(rows), constant
+    if len(m.tasks) and int(m.tasks.min()) == int(m.tasks.max()):
+        m.one_task = int(m.tasks[0])
+
+
 # --- one mapped shard ---------------------------------------------------------------------------------
 
 @dataclass
@@ -115,8 +135,13 @@ class _Mapped:
     views: list[BatchView]
     bounds: list[int]  # first row of each batch, then the shard's row count (for bisect)
     tasks: np.ndarray  # task index (into the source's list) of every row
-    region: tuple[int, int] | None
+    region: tuple[int, int] | None | Path  # the shard's path until the span is first needed
     checked: list[bool] = field(default_factory=list)
+    flat: list[np.ndarray] = field(default_factory=list)  # each batch's tokens, rows back to back
+    tok_starts: list[int] = field(default_factory=list)  # first token of each batch in the shard, then the total
+    row_starts: np.ndarray | None = None  # first token of each row in the shard, then the total
+    constant: bool = False  # every row's per-token columns are text's (loss 1, no position, no patch)
+    one_task: int | None = None  # the task of every row, when they share one
 
 
 class ShardSource:
@@ -165,19 +190,25 @@ class ShardSource:
         return d
 
     def _open(self) -> None:
-        """Local: map every shard now (their views and per-row tasks are a few ints a row).
-        Remote: map nothing yet; tasks are the manifest's."""
+        """Map nothing yet: a shard is mapped (and its token stream indexed) when first read, in
+        each process once. Tasks are the manifest's; a local directory whose manifest lists none
+        is mapped whole to learn them (a shard's task names join the list in shard order)."""
         self._mapped: OrderedDict[int, _Mapped] = OrderedDict()
         self._recent: dict[int, RowView] = {}
         self._task_rows: dict = {}
         self._plan: list[int] = []
         self._names: list[str] = list(self.manifest.tasks)
-        if not self.remote:
-            for s in range(len(self.manifest.shards)):
-                self._map(s)
-            self._row_task_local = (np.concatenate([m.tasks for m in self._mapped.values()]) if self._mapped
-                                    else np.zeros(0, np.int32))
+        self._row_task_local: np.ndarray | None = None
         self._pid = os.getpid()
+        if not self.remote and not self._names:
+            self._local_tasks()
+
+    def _local_tasks(self) -> np.ndarray:
+        """Task index of every row of a local directory (maps every shard, once per process)."""
+        if self._row_task_local is None:
+            tasks = [self._shard(s).tasks for s in range(len(self.manifest.shards))]
+            self._row_task_local = np.concatenate(tasks) if tasks else np.zeros(0, np.int32)
+        return self._row_task_local
 
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
@@ -188,13 +219,14 @@ class ShardSource:
         info = self.manifest.shards[s]
         try:
             f = self.dir.file(s)  # the manifest's shards are all present (checked at construction)
-            table = open_shard(f)
+            table = open_shard(f, full=False)  # a text shard's tokens alone, as stored
         except ReaderError as e:
             raise DataError(str(e)) from None
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{self.path}/{info.name}: unreadable shard ({str(e).splitlines()[0]})") from None
         where = f"{self.path}/{info.name}"
-        missing = [c for c in list(ROW_COLUMNS) + ["task"] if c not in table.column_names]
+        need = ["tokens", "task"] if is_text_form(table.schema) else list(ROW_COLUMNS) + ["task"]
+        missing = [c for c in need if c not in table.column_names]
         if missing:
             raise DataError(f"{where}: column {missing[0]!r} is missing")
         if table.num_rows != info.rows:
@@ -214,9 +246,11 @@ class ShardSource:
             codes.append(np.asarray(local, np.int32)[enc.indices.to_numpy()])
         if self.remote and not self.manifest.tasks:
             codes = [np.zeros(len(c), np.int32) for c in codes]  # one task: the directory's name
-        m = _Mapped(info.name, batches, [batch_view(b) for b in batches], bounds,
+        views = [batch_view(b) for b in batches]
+        m = _Mapped(info.name, batches, views, bounds,
                     np.concatenate(codes) if codes else np.zeros(0, np.int32),
-                    _mapped_region(table, f) if not self.remote else None, [False] * len(batches))
+                    Path(f) if not self.remote else None, [False] * len(batches))
+        _index_tokens(m, where, info.tokens)
         self._mapped[s] = m
         return m
 
@@ -227,19 +261,18 @@ class ShardSource:
                 self._mapped.move_to_end(s)
             return m
         m = self._map(s)
-        if len(self._mapped) > MAX_MAPPED_REMOTE:
+        if self.remote and len(self._mapped) > MAX_MAPPED_REMOTE:  # a local directory stays mapped
             self._mapped.popitem(last=False)
             self._recent.clear()  # its views may point into the shard let go
         self._prefetch_after(s)
         return m
 
-    def plan(self, rows: np.ndarray) -> None:
-        """The rows a reader is about to read, in order: a remote source downloads their shards
-        ahead of use (the first ones now, the next while the reader reads)."""
-        if not self.remote or not len(rows):
+    def plan(self, shard: np.ndarray) -> None:
+        """The shards of the units a reader is about to read, in order: a remote source downloads
+        them ahead of use (the first ones now, the next while the reader reads)."""
+        if not self.remote or not len(shard):
             return
         self._ensure_open()  # (a worker's first call: opening later would drop the plan)
-        shard = np.searchsorted(np.asarray(self._starts), rows, side="right") - 1
         _, first = np.unique(shard, return_index=True)
         self._plan = shard[np.sort(first)].tolist()
         self._prefetch(self._plan[:PREFETCH])
@@ -262,6 +295,8 @@ class ShardSource:
         folios, so without this a process's RSS creeps up to the size of the data it has read."""
         if self._pid == os.getpid():
             for m in self._mapped.values():
+                if isinstance(m.region, Path):  # found once, when first released (reading the maps costs)
+                    m.region = _mapped_region(pa.Table.from_batches(m.batches), m.region) if m.batches else None
                 if m.region is not None:
                     _madvise_dontneed(*m.region)
 
@@ -270,10 +305,92 @@ class ShardSource:
             return self.manifest.converter
         if self.remote:
             return "rl" if self.manifest.episode_spec else "text"
-        mapped = list(self._mapped.values())
+        mapped = [self._shard(s) for s in range(len(self.manifest.shards))]
         if any(m.batches and "num_steps" in m.batches[0].schema.names for m in mapped[:1]):
             return "rl"
         return "captions" if any(len(v.patches) for m in mapped for v in m.views) else "text"
+
+    # --- the token stream of a text directory ------------------------------------------------------------
+    @property
+    def row_starts(self) -> list[int]:
+        """First global row id of each shard, then the row count."""
+        return self._starts
+
+    @property
+    def tokens_per_shard(self) -> list[int]:
+        """Tokens of each shard, from the manifest (checked against the shard when it is mapped)."""
+        return [int(s.tokens) for s in self.manifest.shards]
+
+    def text_constant(self, s: int) -> bool:
+        """Whether shard s's per-token columns are text's constants, so windows are token slices."""
+        self._ensure_open()
+        return self._shard(s).constant
+
+    def window(self, s: int, a: int, b: int) -> np.ndarray:
+        """Tokens [a, b) of shard s's token stream: a view of the mapped shard (a copy only when
+        the range crosses a record batch)."""
+        self._ensure_open()
+        m = self._shard(s)
+        c = bisect.bisect_right(m.tok_starts, a) - 1
+        if not m.checked[c]:
+            self._check(m, c)
+        if b <= m.tok_starts[c + 1]:
+            return m.flat[c][a - m.tok_starts[c]:b - m.tok_starts[c]]
+        pieces = []
+        while a < b:
+            if not m.checked[c]:
+                self._check(m, c)
+            hi = min(b, m.tok_starts[c + 1])
+            pieces.append(m.flat[c][a - m.tok_starts[c]:hi - m.tok_starts[c]])
+            a, c = hi, c + 1
+        return np.concatenate(pieces)
+
+    def fill_windows(self, out: np.ndarray, shards: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:
+        """out[i, :stops[i] - starts[i]] = tokens [starts[i], stops[i]) of shard shards[i]: the text
+        fast path, one slice copy per sequence and no per-token column read."""
+        self._ensure_open()
+        for i, (s, a, b) in enumerate(zip(shards.tolist(), starts.tolist(), stops.tolist())):
+            m = self._mapped.get(s) or self._shard(s)
+            ts = m.tok_starts
+            c = bisect.bisect_right(ts, a) - 1
+            if b <= ts[c + 1] and m.checked[c]:
+                out[i, :b - a] = m.flat[c][a - ts[c]:b - ts[c]]
+            else:
+                out[i, :b - a] = self.window(s, a, b)
+
+    def window_tasks(self, shards: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Task index of the row holding each window's first token."""
+        out = np.zeros(len(shards), np.int64)
+        for s in np.unique(shards).tolist():
+            m = self._mapped.get(s) or self._shard(s)
+            if m.one_task is not None:
+                out[shards == s] = m.one_task
+            else:
+                sel = shards == s
+                out[sel] = m.tasks[np.searchsorted(m.row_starts, starts[sel], side="right") - 1]
+        return out
+
+    def window_rows(self, s: int, a: int, b: int) -> list[tuple[int, int, int]]:
+        """(global row, start, stop) of the rows that tokens [a, b) of shard s's stream cover."""
+        self._ensure_open()
+        m = self._shard(s)
+        rs = m.row_starts
+        b = min(b, int(rs[-1]))
+        first = int(np.searchsorted(rs, a, side="right")) - 1
+        out = []
+        i = first
+        while i < len(rs) - 1 and rs[i] < b:
+            lo, hi = max(a, int(rs[i])), min(b, int(rs[i + 1]))
+            if hi > lo:
+                out.append((self._starts[s] + i, lo - int(rs[i]), hi - int(rs[i])))
+            i += 1
+        return out
+
+    def window_task(self, s: int, a: int) -> int:
+        """Task index of the row holding token a of shard s's stream."""
+        m = self._shard(s)
+        i = int(np.searchsorted(m.row_starts, a, side="right")) - 1
+        return int(m.tasks[i])
 
     # --- rows ------------------------------------------------------------------------------------------
     def _locate(self, r: int) -> tuple[int, int]:
@@ -318,8 +435,10 @@ class ShardSource:
         if self.remote:
             return np.repeat(np.asarray([s.tokens / s.rows if s.rows else 0.0 for s in self.manifest.shards]),
                              self.rows_per_shard)
-        lens = [np.diff(v.tok_off) for m in self._mapped.values() for v in m.views]
-        return np.concatenate(lens) if lens else np.zeros(0, np.int64)
+        if self.__dict__.get("_row_lengths") is None:  # once: it travels to the workers with the source
+            lens = [np.diff(v.tok_off) for s in range(len(self.manifest.shards)) for v in self._shard(s).views]
+            self._row_lengths = np.concatenate(lens) if lens else np.zeros(0, np.int64)
+        return self._row_lengths
 
     def longest_unit(self) -> tuple[int, int | None, str | None]:
         """(tokens, row, source id) of the longest piece a sequence must hold whole: a timestep of
@@ -353,7 +472,7 @@ class ShardSource:
         """Index of row r's task in this directory's task list."""
         self._ensure_open()
         if not self.remote:
-            return int(self._row_task_local[r])
+            return int(self._local_tasks()[r])
         s, i = self._locate(r)
         return int(self._shard(s).tasks[i])
 
@@ -362,9 +481,10 @@ class ShardSource:
         directory when local, r's own shard when remote (a node reads only its own shards)."""
         self._ensure_open()
         if not self.remote:
-            t = int(self._row_task_local[r])
+            tasks = self._local_tasks()
+            t = int(tasks[r])
             if t not in self._task_rows:
-                self._task_rows[t] = np.flatnonzero(self._row_task_local == t)
+                self._task_rows[t] = np.flatnonzero(tasks == t)
             return self._task_rows[t]
         s, i = self._locate(r)
         tasks = self._shard(s).tasks

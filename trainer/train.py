@@ -516,7 +516,8 @@ class Trainer:
         if self.d.main:
             plot_metrics(self.out / METRICS_NAME, self.out / PLOT_NAME)
             self.store.push()
-            print(summary(self.out / METRICS_NAME, self.out / CHECKPOINT_NAME, self.tasks))
+            print("\n".join([summary(self.out / METRICS_NAME, self.out / CHECKPOINT_NAME, self.tasks)]
+                            + self.loader.epoch_lines()))
         return 0
 
     def _on_sigterm(self, signum, frame) -> None:

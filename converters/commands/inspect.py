@@ -21,9 +21,11 @@ import numpy as np
 from schemas.manifest import Stats
 from schemas.reader import ShardDir
 from schemas.shard import ShardError, row_from_table
+from schemas.split import epoch_tokens
 from schemas.storage import OutDir
 from schemas.workunit import WorkDir
 from tokenizer_kit.episode_decode import decode_episode
+from tokenizer_kit.argtypes import positive_int
 from tokenizer_kit.frames import grey_to_rgb
 from tokenizer_kit.images import patch_count
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
@@ -110,7 +112,21 @@ def work_progress(root: Path) -> dict | None:
                                    "rows": p.rows}
 
 
-def summary(sd: ShardDir) -> dict:
+def epoch(sd: ShardDir, shards: list[dict], seq_len: int) -> dict | None:
+    """What one training epoch of the directory delivers at `seq_len` (schemas.split.epoch_tokens,
+    the loader's rule): text predicts every token but each shard's first once."""
+    m = sd.manifest
+    if m is None:
+        return None
+    kind = m.converter if m.converter in ("rl", "captions", "text") else "rl" if m.episode_spec else "text"
+    lens = None
+    if kind != "text":
+        lens = np.concatenate([np.diff(sd.table(i).column("tokens").combine_chunks().offsets.to_numpy())
+                               for i in range(len(sd.shards))] or [np.zeros(0, np.int64)])
+    return {"seq_len": seq_len, "kind": kind, **epoch_tokens(kind, [s["tokens"] for s in shards], lens, seq_len)}
+
+
+def summary(sd: ShardDir, seq_len: int = 1024) -> dict:
     """Everything the summary shows, as plain JSON-able data."""
     m = sd.manifest
     st = m.typed_stats if m is not None else None
@@ -158,6 +174,7 @@ def summary(sd: ShardDir) -> dict:
         "frame_stacks": _frame_stacks(st),
         "outside_unit_range": ((st.counts if st is not None else None) or {}).get("outside_unit_range"),
         "step_tokens": step_tokens(sd),
+        "epoch": epoch(sd, shards, seq_len) if not sd.missing else None,
         "skipped": len(m.skipped) if m else None,
         "work": work_progress(sd.path) if m is None else None,
         "missing_shards": sd.missing,
@@ -229,6 +246,15 @@ def format_summary(s: dict) -> str:
                    if st["min_seq_len_with_prompts"] != st["min_seq_len"] else "")
         kv(f"tokens/{st['unit']}", f"min {st['min']:,}  median {st['median']:g}  max {st['max']:,} over "
                                   f"{st['count']:,}; smallest --seq-len that fits: {st['min_seq_len']:,}{prompts}")
+    e = s.get("epoch")
+    if e:
+        d = max(1, e["directory_tokens"])
+        what = (f"{e['distinct_targets']:,} of {e['directory_tokens']:,} tokens as targets, each once "
+                f"({100 * e['distinct_targets'] / d:.2f}%: all but each shard's first)"
+                if e["distinct_targets"] is not None else
+                f"windows holding {e['tokens']:,} tokens for {e['directory_tokens']:,} "
+                f"({100 * e['tokens'] / d:.1f}%, overlaps counted)")
+        kv("epoch", f"at --seq-len {e['seq_len']:,}: {e['sequences']:,} sequences, {what}")
     if s.get("frame_stacks"):
         kv("frame stacks", "  ".join(f"{name}: last {v['last']}, split {v['split']} episodes"
                                      for name, v in sorted(s["frame_stacks"].items())))
@@ -398,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
         if args.png:
             print("gato-tokenize inspect: --png needs --row or --source-id", file=sys.stderr)
             return 2
-        s = summary(sd)
+        s = summary(sd, args.seq_len)
         _print(json.dumps(s, indent=1) if args.json else format_summary(s))
         return 0
     shard, index = sd.find_source(args.source_id) if args.source_id is not None else sd.locate(args.row)
@@ -438,4 +464,6 @@ def register(subparsers) -> None:
     which.add_argument("--source-id", metavar="ID", help="decode the row whose source_id is ID")
     p.add_argument("--png", metavar="FILE", help="with --row: write the row's images and token strip to FILE")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--seq-len", type=positive_int, default=1024,
+                   help="sequence length the tokens-per-epoch line counts with (gato-train's --seq-len; default 1024)")
     p.set_defaults(func=run)

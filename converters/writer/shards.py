@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.manifest import ShardInfo
-from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN, shard_schema
+from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN
 from schemas.storage import OutDir
 from tokenizer_kit.files import file_sha256
 
@@ -27,6 +27,8 @@ def estimated_bytes(tokens, patches, steps, string_bytes):
 
 def row_nbytes(batch: pa.RecordBatch) -> np.ndarray:
     def lengths(name: str) -> np.ndarray:
+        if name not in batch.schema.names:  # a version-2 text batch: no steps, no patches
+            return np.zeros(batch.num_rows, np.int64)
         return np.diff(batch.column(name).offsets.to_numpy()).astype(np.int64)
     strings = (pc.binary_length(batch.column("source_id")).to_numpy(zero_copy_only=False)
                + pc.binary_length(batch.column("task")).to_numpy(zero_copy_only=False))
@@ -47,14 +49,14 @@ class ShardWriter:
     thousands of tiny files. A row's compressed size is known only once written, so rows are written
     in pieces, each sized by the bytes on disk per estimated byte measured so far in this unit."""
 
-    def __init__(self, out: OutDir, unit_index: int, rl: bool, shard_size: int, compression: str = "none",
+    def __init__(self, out: OutDir, unit_index: int, schema: pa.Schema, shard_size: int, compression: str = "none",
                  split: str = "train", numbers: Iterator[int] | None = None):
         """`split`: what the manifest says of these shards' rows; `numbers`: where shard numbers come
         from (a unit's train and test writers share one count, so their names never collide)."""
         self.out, self.unit_index, self.shard_size, self.split = out, unit_index, shard_size, split
         self._numbers = numbers if numbers is not None else itertools.count()
         self._number = 0
-        self.schema = shard_schema(rl)
+        self.schema = schema
         self.options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
         self.shards: list[ShardInfo] = []
         self._open: ExitStack | None = None

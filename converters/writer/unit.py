@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.manifest import LongestUnit, SkippedRecord
-from schemas.shard import rows_to_batch
+from schemas.shard import rows_to_batch, shard_schema
 from schemas.validate import validate_table
 from schemas.storage import OutDir
 from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, add_counts, marker_name
 from tokenizer_kit.errors import TokenizeError
-from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+from tokenizer_kit.layout import MODALITY_NAMES, TEXT, VocabLayout
 from tokenizer_kit.sequence import unit_tokens
 
 from ..base import Converter, Record, SourceError, WorkUnit
@@ -50,6 +50,11 @@ class UnitSettings:
     shard_size: int
     compression: str
     test_share: float = 0.0  # the share of records (by their source_id) held out as the test split
+    text: bool = False  # plain text rows: version-2 text shards (tokens only, uint16 when they fit)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return shard_schema(self.rl, self.text, self.layout.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,16 @@ def _add_return(rec: Record, stats: UnitStats) -> str | None:
 
 def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.RecordBatch) -> None:
     stats.rows += len(records)
-    mod = batch.column("modality").values.to_numpy(zero_copy_only=False)
-    # one counting pass per code over uint8 (np.bincount would first widen every token to intp)
-    stats.tokens_by_modality = [a + int(np.count_nonzero(mod == code)) for code, a in enumerate(stats.tokens_by_modality)]
-    stats.tokens += int(len(mod))
+    if "modality" in batch.schema.names:
+        mod = batch.column("modality").values.to_numpy(zero_copy_only=False)
+        # one counting pass per code over uint8 (np.bincount would first widen every token to intp)
+        stats.tokens_by_modality = [a + int(np.count_nonzero(mod == code))
+                                    for code, a in enumerate(stats.tokens_by_modality)]
+        n = len(mod)
+    else:  # a version-2 text batch: every token is text
+        n = sum(len(rec.row.tokens) for rec in records)
+        stats.tokens_by_modality = [a + (n if code == TEXT else 0) for code, a in enumerate(stats.tokens_by_modality)]
+    stats.tokens += int(n)
     first = stats.rows - len(records)  # the unit's row number of records[0]
     for k, (rec, task) in enumerate(zip(records, tasks, strict=True)):
         stats.rows_per_task[task] = stats.rows_per_task.get(task, 0) + 1
@@ -120,7 +131,8 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
         batch = rows_to_batch(
             [rec.row for rec in buf], [rec.source_id for rec in buf], tasks,
             [rec.num_steps if rec.num_steps is not None else len(rec.row.step_starts) for rec in buf] if s.rl else None,
-            [rec.episode_return if rec.episode_return is not None else float("nan") for rec in buf] if s.rl else None)
+            [rec.episode_return if rec.episode_return is not None else float("nan") for rec in buf] if s.rl else None,
+            s.schema)
         problems = validate_table(pa.Table.from_batches([batch]), s.layout)
         if problems:
             raise InvalidRow(f"the {converter.name} converter built a row that breaks the shard contract: {problems[0]}")
@@ -163,7 +175,7 @@ def run_unit(converter: Converter, s: UnitSettings, job: UnitJob) -> UnitMarker:
     stats = UnitStats(tokens_by_modality=[0] * len(MODALITY_NAMES))
     skipped: list[SkippedRecord] = []
     numbers = itertools.count()
-    writers = {split: ShardWriter(s.out, job.index, s.rl, s.shard_size, s.compression, split, numbers)
+    writers = {split: ShardWriter(s.out, job.index, s.schema, s.shard_size, s.compression, split, numbers)
                for split in ("train", "test")}
     try:
         for split, batch in unit_batches(converter, job.unit, s, stats, skipped):

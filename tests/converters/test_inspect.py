@@ -310,3 +310,23 @@ def test_the_title_of_a_tall_png_stays_above_its_frames():
         top = images_ax.title.get_window_extent(renderer).y1  # the frames' own heading, above them
         assert title.y0 > top, (frames, title, top)
         plt.close(fig)
+
+
+def test_summary_reports_tokens_per_epoch(rl_shard_dir, text_shard_dir, capsys):
+    """Text: every token but each shard's first is a target once an epoch, in windows of L + 1;
+    RL: ceil(n / (L + 1)) windows a row."""
+    code, out, _ = run(["inspect", str(text_shard_dir), "--json", "--seq-len", "64"], capsys)
+    assert code == 0
+    s = json.loads(out)
+    e, toks = s["epoch"], np.asarray([sh["tokens"] for sh in s["shards"]])
+    assert e["kind"] == "text" and e["seq_len"] == 64 and e["directory_tokens"] == s["tokens"]
+    assert e["distinct_targets"] == s["tokens"] - int(np.count_nonzero(toks))
+    assert e["sequences"] == int(np.sum(np.ceil((toks - 1) / 64)))
+    code, out, _ = run(["inspect", str(text_shard_dir), "--seq-len", "64"], capsys)
+    assert f"{e['distinct_targets']:,} of {s['tokens']:,} tokens as targets, each once" in out
+    code, out, _ = run(["inspect", str(rl_shard_dir), "--json", "--seq-len", "32"], capsys)
+    e = json.loads(out)["epoch"]
+    lens = np.concatenate([np.diff(open_shard(p).column("tokens").combine_chunks().offsets.to_numpy())
+                           for p in sorted(Path(rl_shard_dir).glob("shard-*.arrow"))])
+    assert e["kind"] == "rl" and e["distinct_targets"] is None
+    assert e["sequences"] == int(np.sum(np.maximum(1, np.ceil(lens / 33)))) and e["tokens"] >= 0.99 * lens.sum()

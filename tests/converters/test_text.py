@@ -50,6 +50,11 @@ def check_rows(out, tok, expected: list[tuple[str, str]]) -> None:
         assert np.array_equal(t, tok.encode(doc, add_eos=True)), sid
         assert tok.decode(t) == " ".join(doc.split()), sid  # SentencePiece collapses whitespace
     assert validate_table(table, Manifest.read(out).vocab_layout) == []
+    m = Manifest.read(out)
+    for s in m.shards:  # version-2 text shards: uint16 ids only, the constant columns derived on read
+        raw = open_shard(out / s.name, full=False).schema
+        assert raw.names == ["tokens", "source_id", "task"] and raw.field("tokens").type == pa.list_(pa.uint16())
+    assert m.schema_version == 2
     modality = table.column("modality").combine_chunks().values.to_numpy()
     assert (modality == TEXT).all()
     assert (table.column("loss_mask").combine_chunks().values.to_numpy() == 1).all()
@@ -198,3 +203,24 @@ def test_unsupported_input_is_refused(tmp_path, text_tokenizer):
     (tmp_path / "empty" / "notes.csv").write_text("a,b\n")
     with pytest.raises(SourceError, match="empty: no .txt, .jsonl or .parquet files"):
         run_text([tmp_path / "empty"], tmp_path / "out", text_tokenizer)
+
+
+def test_default_work_units_follow_the_input_size(tmp_path, text_tokenizer):
+    """Without --unit-size a file is cut into about 16 units (1 to 16 MiB each): enough to keep 2 or
+    4 workers busy to the end, from the input alone (so a plan never depends on the worker count)."""
+    from converters.text import UNIT_SIZE_RANGE, auto_unit_size
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:  # sparse: its size without its bytes
+        f.truncate(50 * 10**6)
+    assert auto_unit_size([(str(big), "txt")]) == 50 * 10**6 // 16
+    small = tmp_path / "small.txt"
+    small.write_text("\n\n".join(documents(25000, seed=3)) + "\n", encoding="utf-8")  # about 2.5 MB
+    assert auto_unit_size([(str(small), "txt")]) == UNIT_SIZE_RANGE[0]
+    conv = TextConverter([str(small)], text_tokenizer, text_tokenizer.layout(), split="blank-line")
+    units = conv.work_units()
+    assert conv.options()["unit_size"] == UNIT_SIZE_RANGE[0]
+    assert abs(len(units) - small.stat().st_size / UNIT_SIZE_RANGE[0]) <= 1 and len(units) >= 2
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.truncate(800 * 2**20)
+    assert auto_unit_size([(str(huge), "txt")]) == UNIT_SIZE_RANGE[1]

@@ -30,7 +30,7 @@ def test_write_read_round_trip(tmp_path):
     assert back.vocab_layout == LAYOUT and back.total_rows == 10 and back.total_tokens == 1234
     assert EpisodeSpec.from_dict(back.episode_spec).observations[0].shape == (3,)
     on_disk = json.loads(path.read_text())
-    assert on_disk["schema_version"] == 1 and on_disk["layout"]["profile"] == "gato"
+    assert on_disk["schema_version"] == 2 and on_disk["layout"]["profile"] == "gato"
     assert on_disk["layout"]["separator_id"] == 33024  # derived ids are readable in the file
 
 
@@ -52,7 +52,14 @@ def test_rewrite_replaces_atomically(tmp_path):
     assert Manifest.read(tmp_path).converter == "text" and len(list(tmp_path.iterdir())) == 1
 
 
-@pytest.mark.parametrize("version", [2, 0, None, "1"])
+def test_version_1_manifests_still_read(tmp_path):
+    d = manifest().to_dict()
+    d["schema_version"] = 1
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+    assert Manifest.read(tmp_path).schema_version == 1
+
+
+@pytest.mark.parametrize("version", [3, 0, None, "1"])
 def test_unknown_schema_version_is_refused(tmp_path, version):
     d = manifest().to_dict()
     d["schema_version"] = version

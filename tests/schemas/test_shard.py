@@ -161,3 +161,73 @@ def test_a_row_with_offsets_past_its_values_is_a_shard_error_not_an_abort():
     table = pa.ipc.open_stream(data).read_all()
     with pytest.raises(ShardError, match="row 0 is damaged"):
         row_from_table(table, 0)
+
+
+# --- schema version 2: text shards hold tokens only -------------------------------------------------------
+
+SMALL = VocabLayout(8000, eos_id=2)
+
+
+def _text_rows(n_docs=20, seed=0, hi=8000):
+    rng = np.random.default_rng(seed)
+    layout = SMALL if hi <= 8000 else VocabLayout(hi, eos_id=2)
+    return [build_text_row(rng.integers(3, hi, size=int(rng.integers(1, 400))), layout) for _ in range(n_docs)]
+
+
+def test_v2_text_shard_stores_uint16_tokens_and_derives_the_rest(tmp_path):
+    from schemas.shard import full_columns, is_text_form
+    from schemas.validate import validate_table
+    rows = _text_rows()
+    schema = shard_schema(False, text=True, vocab_size=SMALL.vocab_size)
+    assert schema.names == ["tokens", "source_id", "task"] and schema.field("tokens").type == pa.list_(pa.uint16())
+    assert shard_schema(False, text=True, vocab_size=70000).field("tokens").type == pa.list_(pa.int32())
+    batch = rows_to_batch(rows, [f"d{i}" for i in range(len(rows))], "t", schema=schema)
+    path = tmp_path / "shard-00000.arrow"
+    nbytes = write_shard(path, [batch], schema)
+    tokens = sum(len(r) for r in rows)
+    assert nbytes / tokens < 2.5  # 2 bytes a token plus offsets and the stream's framing
+    raw = open_shard(path, full=False)
+    assert is_text_form(raw.schema) and raw.schema.metadata[b"gato_kit_schema_version"] == b"2"
+    full = open_shard(path)
+    assert full.schema.names[:7] == ["tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches",
+                                     "patch_pos"]
+    for i, r in enumerate(rows):
+        assert_same_row(row_from_table(full, i), r)
+        assert_same_row(row_from_table(raw, i), r)  # row_from_table derives on its own too
+    assert validate_table(raw, SMALL) == [] and validate_table(full_columns(raw), SMALL) == []
+
+
+def test_v2_text_rows_that_do_not_fit_are_refused():
+    schema = shard_schema(False, text=True, vocab_size=SMALL.vocab_size)
+    with pytest.raises(ShardError, match="row 1 .*not a plain text row"):
+        rows_to_batch([_text_rows(1)[0], rl_rows()[0]], ["a", "b"], "t", schema=schema)
+    big = build_text_row(np.array([5, 70000]), VocabLayout(80000, eos_id=2))
+    with pytest.raises(ShardError, match=r"row 0 \(x\): token id outside \[0, 65536\)"):
+        rows_to_batch([big], ["x"], "t", schema=schema)
+
+
+def test_v2_text_shard_with_a_bad_id_names_row_and_column(tmp_path):
+    from schemas.validate import validate_table
+    rows = _text_rows(5, hi=9000)  # ids up to 9000: outside the 8000-id text range of SMALL
+    schema = shard_schema(False, text=True, vocab_size=SMALL.vocab_size)
+    batch = rows_to_batch(rows, [f"d{i}" for i in range(5)], "t", schema=schema)
+    problems = validate_table(pa.Table.from_batches([batch]), SMALL)
+    assert problems and problems[0].column == "tokens" and problems[0].row is not None
+
+
+def test_v1_shards_still_read_and_validate(tmp_path):
+    """A shard as version 1 wrote it (every column, int32 tokens, version 1 in its metadata)."""
+    from schemas.validate import check_schema, validate_table
+    rows = mixed_rows()
+    schema = shard_schema(False).with_metadata({b"gato_kit_schema_version": b"1"})
+    batch = rows_to_batch(rows, ["a", "b", "c"], "t", schema=schema)
+    write_shard(tmp_path / "s.arrow", [batch], schema)
+    table = open_shard(tmp_path / "s.arrow")
+    assert table.schema.metadata[b"gato_kit_schema_version"] == b"1"
+    for i, r in enumerate(rows):
+        assert_same_row(row_from_table(table, i), r)
+    assert validate_table(table, LAYOUT) == []
+    # a version-1 shard may not leave columns out: only version-2 text shards derive them
+    short = pa.schema([schema.field("tokens"), schema.field("source_id"), schema.field("task")],
+                      metadata={b"gato_kit_schema_version": b"1"})
+    assert [p.column for p in check_schema(short)][:2] == ["loss_mask", "local_pos"]

@@ -30,8 +30,9 @@ def _sha(path: Path) -> str:
 
 def write_dir(out: str | Path, rows: Sequence[Row], layout: VocabLayout, converter: str,
               tasks: Sequence[str] | str = "task", rows_per_shard: int = 50, returns: Sequence[float] | None = None,
-              batch_rows: int = 20) -> Path:
-    """Write rows as shard-NNNNN.arrow files (several record batches each) plus manifest.json."""
+              batch_rows: int = 20, schema=None) -> Path:
+    """Write rows as shard-NNNNN.arrow files (several record batches each) plus manifest.json;
+    `schema` (schemas.shard.shard_schema) for another shard form than every column."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     task_list = [tasks] * len(rows) if isinstance(tasks, str) else list(tasks)
@@ -44,12 +45,35 @@ def write_dir(out: str | Path, rows: Sequence[Row], layout: VocabLayout, convert
             e = min(b + batch_rows, hi)
             rets = (list(returns[b:e]) if returns is not None else [0.0] * (e - b)) if rl else None
             batches.append(rows_to_batch(rows[b:e], [f"row{i}" for i in range(b, e)], task_list[b:e],
-                                         episode_returns=rets))
+                                         episode_returns=rets, schema=schema))
         path = out / SHARD_PATTERN.format(s)
-        nbytes = write_shard(path, batches, shard_schema(rl))
+        nbytes = write_shard(path, batches, schema if schema is not None else shard_schema(rl))
         infos.append(ShardInfo(path.name, hi - lo, int(sum(len(r) for r in rows[lo:hi])), nbytes, _sha(path)))
     Manifest(layout=layout.to_dict(), converter=converter, shards=infos,
              tasks=sorted(set(task_list), key=task_list.index)).write(out)
+    return out
+
+
+def expected_targets(path: str | Path):
+    """Every token of a text directory but the first of each shard (no window predicts it): what
+    one epoch must hold as training targets, each exactly once (a Counter of ids)."""
+    from collections import Counter
+
+    from schemas.manifest import Manifest
+    from schemas.shard import open_shard
+    out = Counter()
+    for info in Manifest.read(path).shards:
+        toks = open_shard(f"{path}/{info.name}").column("tokens").combine_chunks().values.to_numpy()
+        out.update(toks[1:].tolist())
+    return out
+
+
+def batch_targets(batches):
+    """Counter of the training targets (loss mask on) of some batches."""
+    from collections import Counter
+    out = Counter()
+    for b in batches:
+        out.update(b.targets[b.loss_mask > 0].tolist())
     return out
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from loader_fixtures import make_caption_dir, make_rl_dir, make_text_dir, write_dir
+from loader_fixtures import batch_targets, expected_targets, make_caption_dir, make_rl_dir, make_text_dir, write_dir
 from schemas.manifest import ManifestError
 from schemas.shard import open_shard, row_from_table
 from tokenizer_kit.images import eval_positions, normalize_patches
@@ -40,9 +40,11 @@ def dirs(tmp_path_factory):
 
 
 def _tagged_text_dir(out, docs: int):
-    """Document i is the id 10+i repeated (then end-of-text), so every token names its row."""
+    """Document i is the id 10+i repeated (then end-of-text), so every token names its row; short
+    documents (under a window) and long ones (up to three windows of 48) mixed."""
     rng = np.random.default_rng(3)
-    rows = [build_text_row(np.full(int(rng.integers(4, 60)), 10 + i), LAYOUT) for i in range(docs)]
+    rows = [build_text_row(np.full(int(rng.integers(4, 60) if i % 3 else rng.integers(60, 150)), 10 + i), LAYOUT)
+            for i in range(docs)]
     return write_dir(out, rows, LAYOUT, "text", "tagged", rows_per_shard=10, batch_rows=4)
 
 
@@ -77,19 +79,56 @@ def _doc_runs(seq: np.ndarray) -> list[int]:
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 @pytest.mark.parametrize("num_workers", [0, 1, 2])
-def test_one_pass_sees_every_row_once(dirs, world_size, num_workers):
-    seen = []
+def test_one_pass_sees_every_token_once(dirs, world_size, num_workers):
+    """Evaluation: one pass of long and short documents predicts every token once (windows of
+    L + 1 overlapping by one), whatever the ranks and workers."""
+    got = Counter()
     for rank in range(world_size):
         loader = build_loader([dirs["tagged"]], seq_len=48, batch_size=3, seed=7, num_workers=num_workers,
                               rank=rank, world_size=world_size, training=False)
-        for batch in loader:
-            for seq in _sequences(batch):
-                seen += _doc_runs(seq)
-    assert sorted(seen) == list(range(37)), Counter(seen).most_common(3)
+        got += batch_targets(list(loader))
+    assert got == expected_targets(dirs["tagged"])
+
+
+def test_v2_text_shards_give_the_same_batches_as_full_ones(tmp_path):
+    """Tokens-only uint16 text shards (schema version 2) read as the same batches as shards that
+    store every column, in training and evaluation."""
+    from schemas.shard import shard_schema
+    rng = np.random.default_rng(5)
+    rows = [build_text_row(rng.integers(3, 30000, size=int(rng.integers(5, 200))), LAYOUT) for _ in range(40)]
+    full = write_dir(tmp_path / "full", rows, LAYOUT, "text", "t", rows_per_shard=15, batch_rows=6)
+    lean = write_dir(tmp_path / "lean", rows, LAYOUT, "text", "t", rows_per_shard=15, batch_rows=6,
+                     schema=shard_schema(False, text=True, vocab_size=LAYOUT.vocab_size))
+    size = {d: sum(p.stat().st_size for p in d.glob("shard-*")) for d in (full, lean)}
+    assert size[lean] < 0.4 * size[full]
+    for training, workers in ((True, 0), (True, 2), (False, 0)):
+        a = _take(build_loader([str(full)], 32, 4, seed=1, training=training, num_workers=workers), 6)
+        b = _take(build_loader([str(lean)], 32, 4, seed=1, training=training, num_workers=workers), 6)
+        assert len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_one_training_epoch_sees_every_token_once(dirs, num_workers):
+    """Training: the first epoch's samples (as many as the directory has windows) hold every
+    token of a corpus of long and short documents once as a target; none is cut off."""
+    loader = build_loader([dirs["tagged"]], seq_len=48, batch_size=4, seed=7, num_workers=num_workers)
+    total = loader.stream.units[0].total
+    got = Counter()
+    batches = _take(loader, -(-total // 4) + 1)
+    per_reader = [total // max(1, num_workers) + (r < total % max(1, num_workers)) for r in range(max(1, num_workers))]
+    taken = [0] * max(1, num_workers)
+    for k, b in enumerate(batches):  # readers take turns; each reader's epoch is its share of the windows
+        r = k % max(1, num_workers)
+        for i in range(b.tokens.shape[0]):
+            if taken[r] < per_reader[r]:
+                got.update(b.targets[i][b.loss_mask[i] > 0].tolist())
+                taken[r] += 1
+    assert taken == per_reader
+    assert got == expected_targets(dirs["tagged"])
 
 
 @pytest.mark.parametrize("world_size,num_workers", [(1, 0), (2, 2), (3, 1)])
-def test_training_epochs_cover_each_readers_rows_once(dirs, world_size, num_workers):
+def test_training_epochs_cover_each_readers_units_once(dirs, world_size, num_workers):
     """In training each reader's first epoch (up to its epoch counter turning) holds its share."""
     from trainer.data import _Streams
     seen = []
@@ -104,7 +143,27 @@ def test_training_epochs_cover_each_readers_rows_once(dirs, world_size, num_work
                 if state["epoch"][0] > 0:
                     break
                 seen.append(r)
-    assert sorted(seen) == list(range(37))
+    assert sorted(seen) == list(range(loader.stream.units[0].total))
+
+
+def test_rl_epoch_spreads_windows_over_long_rows(dirs):
+    """RL: a row of n tokens gives ceil(n / (L + 1)) windows an epoch, the j-th starting in the
+    j-th group of its start boundaries, so an epoch's windows reach every part of a long row."""
+    L = 32
+    loader = build_loader([dirs["rl"]], seq_len=L, batch_size=2, seed=2, prompt_prob=0.0, training=False)
+    units = loader.stream.units[0]
+    lens = loader.sources[0].row_lengths()
+    assert units.total == int(np.sum(np.ceil(lens / (L + 1))))
+    windows: dict[int, list] = {}
+    for _, _, parts in loader.trace(units.total):
+        (w,) = parts
+        windows.setdefault(w.row, []).append((w.start, w.stop))
+    assert sorted(windows) == list(range(len(lens)))
+    for r, ws in windows.items():
+        assert len(ws) == max(1, int(np.ceil(lens[r] / (L + 1))))
+        assert max(b for _, b in ws) == lens[r] or len(ws) == 1  # the row's end is reached
+        starts = sorted(a for a, _ in ws)
+        assert len(set(starts)) == len(starts)  # distinct groups, distinct starts
 
 
 # --- determinism and resume ----------------------------------------------------------------------------
@@ -142,8 +201,41 @@ def test_resume_refuses_a_different_run(dirs):
     sd = a.state_dict()
     with pytest.raises(ValueError, match="seed"):
         build_loader([dirs["rl"]], 32, 2, seed=1).load_state_dict(sd)
-    with pytest.raises(ValueError, match="num_workers"):
-        build_loader([dirs["rl"]], 32, 2, num_workers=1).load_state_dict(sd)
+    with pytest.raises(ValueError, match="num_workers"):  # evaluation passes are per worker count
+        ev = build_loader([dirs["rl"]], 32, 2, num_workers=0, training=False).state_dict()
+        build_loader([dirs["rl"]], 32, 2, num_workers=1, training=False).load_state_dict(ev)
+
+
+@pytest.mark.parametrize("old,new", [(2, 0), (2, 3), (0, 2)])
+def test_resume_with_another_worker_count_reads_every_unit_once(dirs, tmp_path, old, new):
+    """Training resumed with another worker count: the units the old readers had not read in
+    their epoch are shared out among the new readers first, so the epoch still reads each once."""
+    from schemas.split import split_rows
+    from trainer.data import _Streams
+    kw = dict(seq_len=48, batch_size=3, seed=7)
+    first = build_loader([dirs["tagged"]], num_workers=old, **kw)
+    _take(first, 5)
+    torch.save(first.state_dict(), tmp_path / "loader.pt")
+    sd = torch.load(tmp_path / "loader.pt", weights_only=True)
+    units = first.stream.units[0]
+    before = []
+    for r, st in enumerate(sd["readers"]):
+        assert st["epoch"] == [0]
+        before += split_rows("rows", units.per_shard, 0, 1, r, old, 0, first.stream.dir_seed(0))[:st["cursor"][0]].tolist()
+    resumed = build_loader([dirs["tagged"]], num_workers=new, **kw)
+    resumed.load_state_dict(sd)
+    after = []
+    for r in range(max(1, new)):
+        streams = _Streams(resumed.stream, r, {k: list(v) if isinstance(v, list) else v
+                                               for k, v in resumed._states[r].items()})
+        while streams.state["carry"][0] >= 0:
+            after.append(streams.take(0))
+        assert streams.state["epoch"] == [1]  # then the reader's own next epoch
+    assert len(before) == 15 and sorted(before + after) == list(range(units.total))
+    batches = _take(resumed, 4)  # and it trains on
+    assert len(batches) == 4 and all(b.tokens.shape == (3, 48) for b in batches)
+    again = resumed.state_dict()  # mid-carry the transition is saved with the readers
+    assert again["num_workers"] == new and again["transition"][0] is not None
 
 
 # --- what samples are made of ---------------------------------------------------------------------------
@@ -349,6 +441,7 @@ def test_released_pages_read_back_the_same(dirs, monkeypatch):
     data = [dirs["pix"], dirs["cap"]]
     kept = _take(build_loader(data, 40, 4, seed=2), 4)
     monkeypatch.setattr(td, "MAPPED_BUDGET_MB", -1)  # release after every batch
+    monkeypatch.setattr(td, "RSS_CHECK_EVERY", 1)
     calls = []
     real = td.ShardSource.release_pages
     monkeypatch.setattr(td.ShardSource, "release_pages", lambda self: (calls.append(1), real(self)))
@@ -384,7 +477,8 @@ def test_reads_what_the_real_converter_writes(tmp_path, sp_model_path, corpus_pa
     assert loader.tasks == ["corpus", "pong-like"]
     batches = list(loader)
     cursors = loader.state_dict()["readers"][0]["cursor"]
-    assert cursors == [m.total_rows, Manifest.read(rl_shard_dir).total_rows]
+    assert cursors == [u.total for u in loader.stream.units]  # one pass: every unit of both directories
+    assert loader.stream.units[0].tokens == m.total_tokens + sum(loader.stream.units[0].per_shard) - len(m.shards)
     tokens = torch.cat([b.tokens[b.task_id == 0] for b in batches])
     assert tokens.max() < loader.layout.text_vocab_size and (tokens == loader.layout.eos_id).sum() > 0
     assert sum(len(b.patches) for b in batches) > 0  # the RL frames' patches came along

@@ -74,10 +74,16 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_decreases_and_logs(data_dirs, tmp_path):
+def test_loss_decreases_and_logs(data_dirs, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(_args(data_dirs, run, "--steps", "40", "--log-every", "5", "--eval-every", "20",
                       "--eval-steps", "2", "--warmup", "4")) == 0
+    out = capsys.readouterr().out  # the summary says what an epoch of each directory delivers
+    from schemas.manifest import Manifest
+    m = Manifest.read(data_dirs["text"])
+    assert f"epoch of {data_dirs['text']}: " in out
+    assert f"{m.total_tokens - len(m.shards):,} of {m.total_tokens:,} tokens as targets" in out, out
+    assert f"epoch of {data_dirs['rl']}: " in out and "overlaps counted" in out
     recs = _metrics(run)
     assert [r["step"] for r in recs] == list(range(5, 41, 5))
     assert np.mean([r["loss"] for r in recs[-2:]]) < recs[0]["loss"] - 1.0
@@ -134,6 +140,16 @@ def test_resume_refuses_changed_run_arguments(data_dirs, tmp_path, capsys):
     assert "batch-size" in capsys.readouterr().err
     assert main(_args(data_dirs, run, "--steps", "3")) == 0  # same run, more steps: continues
     assert [r["step"] for r in _metrics(run)] == [2, 3]
+
+
+def test_resume_with_another_worker_count(data_dirs, tmp_path):
+    """The loader shares out what the old workers left unread; the run goes on with the new count."""
+    run = tmp_path / "run"
+    assert main(_args(data_dirs, run, "--steps", "3", "--num-workers", "2", "--save-every", "3")) == 0
+    assert main(_args(data_dirs, run, "--steps", "5", "--num-workers", "0")) == 0
+    assert [r["step"] for r in _metrics(run)] == [3, 5]  # logged at the end of each part
+    ckpt = read_checkpoint(run)
+    assert ckpt["step"] == 5 and ckpt["loader"][0]["num_workers"] == 0 and ckpt["loader"][0]["consumed"] == 5
 
 
 def test_bad_data_exits_1_with_one_line(data_dirs, tmp_path, capsys, text_tokenizer):
