@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from converters.writer.shards import ShardWriter, row_nbytes
-from schemas.shard import open_shard, rows_to_batch
+from schemas.shard import open_shard, rows_to_batch, shard_schema
 from schemas.storage import OutDir
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
@@ -29,7 +29,7 @@ def pixel_batches(episodes: int, steps: int = 12, size: int = 64):
 
 @pytest.mark.parametrize("compression, limit", [("zstd", 100_000), ("lz4", 200_000), ("none", 1_500_000)])
 def test_shards_fill_the_shard_size_on_disk(tmp_path, compression, limit):
-    w = ShardWriter(OutDir(tmp_path), 0, True, limit, compression)
+    w = ShardWriter(OutDir(tmp_path), 0, shard_schema(rl=True), limit, compression)
     estimated = 0
     for batch in pixel_batches(200):
         estimated += int(row_nbytes(batch).sum())
