@@ -14,7 +14,8 @@ from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec
 
-from .shard import SCHEMA_VERSION
+from .names import UnsafeNameError, check_pattern, check_sha256
+from .shard import SCHEMA_VERSION, SHARD_NAME_RE
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.model"
@@ -42,6 +43,24 @@ class ShardInfo:
     tokens: int
     bytes: int
     sha256: str
+
+
+def check_shard_list(shards: list[ShardInfo], where: str) -> None:
+    """A manifest's shard list as data from a hub must be before anything reads it: each name a
+    shard name and listed once (a shard listed twice would be trained on twice), each sha256 64 hex
+    digits (it becomes a cache path), counts non-negative integers."""
+    seen: set[str] = set()
+    for i, s in enumerate(shards):
+        at = f"{where}: shards[{i}]"
+        check_pattern(s.name, SHARD_NAME_RE, "shard name", at)
+        check_sha256(s.sha256, f"{at} ({s.name})")
+        for key in ("rows", "tokens", "bytes"):
+            v = getattr(s, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ManifestError(f"{at} ({s.name}): {key} {v!r} is not a non-negative integer")
+        if s.name in seen:
+            raise ManifestError(f"{at}: shard {s.name} is listed twice")
+        seen.add(s.name)
 
 
 @dataclass
@@ -215,6 +234,9 @@ class Manifest:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
             manifest.typed_stats  # statistics of the wrong shape: unreadable too, not a traceback later
+            check_shard_list(manifest.shards, path)
+        except UnsafeNameError as e:
+            raise ManifestError(str(e)) from None
         except ManifestError as e:
             raise ManifestError(f"{path}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:

@@ -237,12 +237,16 @@ class ShardDir:
             return dst
         if self.cache is None:
             self.cache = ShardCache(self._scratch() / "shards")
-        return self.cache.fetch(s.path, s.name, s.info.sha256)
+        return self.cache.fetch(s.path, s.name, s.info.sha256, s.info.bytes)
 
     def table(self, i: int) -> pa.Table:
-        """Shard i, memory-mapped."""
+        """Shard i, memory-mapped (a remote one from its proven cache copy, pinned while mapping)."""
         s = self.shards[i]
         try:
+            if self.remote and s.info is not None:
+                if self.cache is None:
+                    self.cache = ShardCache(self._scratch() / "shards")
+                return self.cache.open(s.path, s.name, s.info.sha256, s.info.bytes, open_shard)
             return open_shard(self.file(i))
         except (pa.ArrowInvalid, OSError) as e:
             raise ReaderError(f"{s.path}: unreadable shard ({str(e).splitlines()[0]})") from None

@@ -204,6 +204,12 @@ class Trainer:
         if layout is not None:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
         check_fits(self.loader.sources, args.seq_len)
+        from schemas.cache import CacheLimitError
+        try:  # a limit below what the workers pin at once is refused now, naming the minimum
+            self.cache.check_room([i.bytes for src in self.loader.sources if src.remote for i in src.manifest.shards],
+                                  args.num_workers or 1)
+        except CacheLimitError as e:
+            raise UsageError(str(e)) from None
         self.tasks = list(self.loader.tasks)
         if ckpt is not None:
             config = GatoConfig.from_dict(ckpt["config"])
