@@ -60,3 +60,27 @@ def redact(text: str) -> str:
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _RedactingStream:
+    """A text stream that redacts URL user info from everything written through it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def redact_std_streams() -> None:
+    """Every line a command prints (its errors, argparse's, warnings, progress) goes through
+    `redact`: installed once at each CLI's entry, so no message path can forget it."""
+    import sys
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _RedactingStream):
+            setattr(sys, name, _RedactingStream(stream))

@@ -98,6 +98,8 @@ def args_from_namespace(ns: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from schemas.names import redact_std_streams
+    redact_std_streams()  # credentials in a URL never reach a message
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in SUBCOMMANDS:
         import importlib

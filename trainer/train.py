@@ -38,6 +38,16 @@ FIXED_ARGS = ("data", "preset", "batch_size", "seq_len", "grad_accum", "seed", "
 DEFAULT_LR = {"tiny": 1e-3}  # paper presets: 1e-4 (the paper's peak learning rate)
 
 
+def _redacted(value):
+    """An argument as a checkpoint keeps it: URL credentials removed (schemas.names.redact)."""
+    from schemas.names import redact
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
+
+
 class TrainError(ValueError):
     """Bad data or a run directory that cannot be continued: one line, exit 1."""
 
@@ -249,10 +259,11 @@ class Trainer:
             given, was = getattr(args, name), saved.get(name, getattr(TrainArgs, name, None))  # new since: its default
             if isinstance(was, tuple):
                 was = list(was)
-            if given is not None and given != was and name in explicit:
+            if given is not None and _redacted(given) != _redacted(was) and name in explicit:
                 raise UsageError(f"{self.out} was started with --{name.replace('_', '-')} {was}, not {given}; "
                                  f"use another --out to start a new run")
-            setattr(args, name, was)
+            if given is None or name not in explicit:  # (a given one equals it but may hold credentials)
+                setattr(args, name, was)
         if ckpt.get("world_size", 1) != self.d.world:
             raise UsageError(f"{self.out} was trained on {ckpt.get('world_size', 1)} processes, not {self.d.world}: "
                              f"each process's loader state is saved, so resume with the same number")
@@ -291,7 +302,7 @@ class Trainer:
         loaders = _gather(_plain(self.loader.state_dict()), self.d)
         rngs = _gather(rng, self.d)
         if self.d.main:
-            args = {k: v for k, v in asdict(self.args).items()}
+            args = {k: _redacted(v) for k, v in asdict(self.args).items()}  # no URL credentials saved
             save_checkpoint({
                 "version": CHECKPOINT_VERSION, "step": self.step, "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "config": self.config.to_dict(), "args": args,
