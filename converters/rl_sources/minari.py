@@ -21,6 +21,7 @@ from converters.base import SourceError
 from tokenizer_kit.fields import field_name
 
 from . import FieldInfo, RawEpisode, guess_kind
+from .h5check import check_hdf5
 
 
 def _first_line(e: BaseException) -> str:
@@ -102,9 +103,11 @@ def _flatten(space, value, prefix: str, out: dict) -> dict:
 class MinariSource:
     """A Minari dataset; episode positions index its `episode_indices`."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, allow_hdf5_external: bool = False):
         self.input = self.path = str(path)
         self._data = _data_path(self.input)
+        if (self._data / "main_data.hdf5").is_file():  # before minari reads a byte of it
+            check_hdf5(str(self._data / "main_data.hdf5"), allow_hdf5_external)
         ds = self._dataset()
         self.name = ds.id
         self._format = ds.storage.metadata.get("data_format", "hdf5")
