@@ -16,7 +16,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
-from .manifest import FieldError, LongestUnit, ReturnStats, ShardInfo, SkippedRecord, Stats
+from .manifest import (FieldError, LongestUnit, ManifestError, ReturnStats, ShardInfo, SkippedRecord, Stats,
+                       check_shard_list)
+from .names import UnsafeNameError
 from .storage import OutDir
 
 WORK_DIR = ".work"
@@ -234,6 +236,21 @@ class Progress:
     rows: int
 
 
+def marker_owns_its_shards(m: UnitMarker) -> bool:
+    """A marker is data too (a tampered or foreign one must not list another unit's shard): its
+    shards are named for its own unit (`shard-UUUUU-KKK.arrow`, UUUUU its index), listed once,
+    with sha256s of the right shape and counts that are non-negative integers."""
+    prefix = f"shard-{m.index:05d}-"
+    if not all(isinstance(s.name, str) and s.name.startswith(prefix) and s.name[len(prefix):-6].isdigit()
+               and s.name.endswith(".arrow") for s in m.shards):
+        return False
+    try:
+        check_shard_list(m.shards, "marker")
+    except (ManifestError, UnsafeNameError):
+        return False
+    return True
+
+
 class WorkDir:
     """What OUT/.work/ says: the plan, and which units are done (a run may skip them)."""
 
@@ -265,7 +282,8 @@ class WorkDir:
                 m = UnitMarker.from_json(text)
             except (ValueError, TypeError, KeyError):
                 continue
-            if m.uid == plan.uids[i] and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards):
+            if m.uid == plan.uids[i] and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards) \
+                    and marker_owns_its_shards(m):
                 done[i] = m
         return done
 
