@@ -291,9 +291,13 @@ class Trainer:
         path = self.out / METRICS_NAME
         if not path.is_file():
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        from .report import MetricsError, read_metrics
+        try:  # (a last line a crash cut off is dropped; any other bad line stops with one line)
+            keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        except MetricsError as e:
+            raise TrainError(str(e)) from None
         with atomic_path(path) as tmp:
-            tmp.write_text("".join(ln + "\n" for ln in keep))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def save(self) -> None:
         """Every rank contributes its loader and RNG state; rank 0 writes the file atomically."""
@@ -418,7 +422,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.step == 0:
                 self._truncate_metrics(0)  # records of an earlier attempt that never checkpointed
-            (self.out / "config.json").write_text(json.dumps({"model": self.config.to_dict(), "train": asdict(args),
+            train_args = {k: _redacted(v) for k, v in asdict(args).items()}  # no URL credentials on disk
+            (self.out / "config.json").write_text(json.dumps({"model": self.config.to_dict(), "train": train_args,
                                                              "tasks": self.tasks}, indent=1) + "\n")
         self.model.train()
         self._it = iter(self.loader)
