@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizer_kit.argtypes import image_size
 from tokenizer_kit.frames import MODES as FRAME_MODES
 from tokenizer_kit.frames import detect as detect_stack
 from tokenizer_kit.images import FIT_POLICIES, fitted_size
-from tokenizer_kit.layout import PATCH_SIZE, VocabLayout
+from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import KINDS, EpisodeSpec, FieldSpec
 
 from .base import SourceError
@@ -78,16 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(e.g. a mission repeated at every step)")
 
 
-def _image_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    try:
-        size = (int(h), int(w or h))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW or N, got {text!r}") from None
-    if min(size) <= 0 or size[0] % PATCH_SIZE or size[1] % PATCH_SIZE:
-        raise argparse.ArgumentTypeError(f"image size {text!r}: sides must be positive multiples of the "
-                                         f"{PATCH_SIZE}-pixel patch")
-    return size
+_image_size = image_size  # the one --image-size syntax (tokenizer_kit.argtypes)
 
 
 def _pair(text: str) -> tuple[str, str]:
