@@ -226,9 +226,11 @@ class RLConverter:
             decoded = self._centres[mu_law][bins[:, col:col + x.shape[1]]]
             if f.bounds is not None:  # compared in the action's own units
                 decoded = from_unit_range(decoded, *f.bounds)
-            err = np.abs(x - decoded)
+            with np.errstate(over="ignore", invalid="ignore"):  # |x| near 1e308: said by the writer, one line
+                err = np.abs(x - decoded)
+                total = float(err.sum())
             col += x.shape[1]
-            errors[f.name] = (float(err.max()) if err.size else 0.0, float(err.sum()), int(err.size))
+            errors[f.name] = (float(err.max()) if err.size else 0.0, total, int(err.size))
         return errors
 
 

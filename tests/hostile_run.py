@@ -43,9 +43,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def run(module: str, argv: list[str], sandbox: Path, mem: int = 3 * GiB, timeout: float = 180,
-        **extra_env: str) -> Run:
+        fsize: int | None = None, **extra_env: str) -> Run:
     """`python -m module argv` with HOME, XDG_CACHE_HOME and TMPDIR inside `sandbox`, and its
-    address space capped at `mem` bytes."""
+    address space capped at `mem` bytes (and, with `fsize`, every file it writes at that many
+    bytes: a write past it fails with EFBIG, as on a full disk)."""
     for d in ("home", "cache", "tmp"):
         (sandbox / d).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1",
@@ -55,6 +56,10 @@ def run(module: str, argv: list[str], sandbox: Path, mem: int = 3 * GiB, timeout
 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        if fsize is not None:
+            import signal
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
     p = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=timeout,
                        env=env, cwd=sandbox, preexec_fn=limit)

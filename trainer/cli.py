@@ -13,9 +13,19 @@ Exit codes: 0 ok (also after SIGTERM, once a checkpoint is saved), 1 bad data or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .model import PRESETS
+
+
+def learning_rate(text: str) -> float:
+    """A peak learning rate: above 0 and at most 10 (1e300 overflows the optimiser's float32 state)."""
+    from tokenizer_kit.argtypes import positive_float
+    x = positive_float(text)
+    if not x <= 10.0:
+        raise argparse.ArgumentTypeError(f"must be at most 10, got {text}")
+    return x
 
 
 def _data_item(text: str) -> str:
@@ -41,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tokenizer_kit.argtypes import (byte_size, nonnegative_float, nonnegative_int, positive_float, positive_int,
                                         probability)
 
+    from .devices import device_arg
+
     doc = __doc__.split("\n\n")
     p = argparse.ArgumentParser(prog="gato-train", description=doc[0], epilog=doc[1],
                                 usage="%(prog)s --data DIR[:W] ... --out RUN [options]\n"
@@ -61,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="optimiser steps in total (default 1000)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch per process (default 8)")
     p.add_argument("--seq-len", type=positive_int, help="tokens per sequence (default 1024)")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate (default 1e-3 tiny, 1e-4 paper sizes)")
+    p.add_argument("--lr", type=learning_rate, help="peak learning rate, in (0, 10] (default 1e-3 tiny, 1e-4 paper "
+                                                     "sizes)")
     p.add_argument("--warmup", type=nonnegative_int, help="linear warm-up steps (default min(15000, steps/10))")
     p.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimiser step (default 1)")
     p.add_argument("--seed", type=nonnegative_int, help="seed of data order and init (default 0)")
@@ -80,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=positive_int, default=500, help="checkpoint every N steps (default 500)")
     p.add_argument("--num-workers", type=nonnegative_int, help="loader worker processes per rank (default 0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--device", default="auto", type=device_arg, help="cpu, cuda, cuda:N (default auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     return p
 
@@ -115,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError)
     try:
+        _check_out(ns.out)
         return train(args_from_namespace(ns))
     except UsageError as e:
         parser.print_usage(sys.stderr)
@@ -124,9 +138,48 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"gato-train: error: {msg}", file=sys.stderr)
         return 1
+    except OSError as e:  # --out a file, read-only, a full disk: the system's reason, one line
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        reason = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"gato-train: error: {where}{reason}", file=sys.stderr)
+        return 1
+    except (MemoryError, torch_oom()) as e:
+        print(f"gato-train: error: out of memory ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); "
+              "lower --batch-size or --seq-len", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # torch's CPU allocator says "can't allocate memory" as a RuntimeError
+        if "allocate" not in str(e):
+            raise
+        print(f"gato-train: error: out of memory ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); "
+              "lower --batch-size or --seq-len", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gato-train: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_out(out: str) -> None:
+    """--out must be a directory or nothing yet (a local one: not a file, not a dangling symlink)."""
+    from pathlib import Path
+
+    from schemas.storage import is_remote, local_path
+
+    from .train import UsageError
+    if is_remote(out):
+        return
+    p = local_path(out)
+    if p.is_symlink() and not p.exists():
+        raise UsageError(f"--out {out}: a dangling symlink (to {os.readlink(p)})")
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
+    if not os.access(parent, os.W_OK) and not (p.is_dir() and os.access(p, os.W_OK)):
+        raise UsageError(f"--out {out}: {parent} is not writable")
+
+
+def torch_oom() -> type[BaseException]:
+    import torch
+    return torch.OutOfMemoryError
 
 
 if __name__ == "__main__":

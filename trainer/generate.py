@@ -20,6 +20,7 @@ import numpy as np
 from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_int
 
 from .decoding import generate_text, slice_tokens, text_token_row
+from .devices import device_arg
 
 
 def run_tokenizer(checkpoint: str, given: str | None):
@@ -52,7 +53,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=nonnegative_int, default=0, help="sample among the k likeliest ids (0: all)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_arg)
 
 
 def build_generate_parser() -> argparse.ArgumentParser:

@@ -228,6 +228,7 @@ class Trainer:
         else:
             config = GatoConfig.from_preset(args.preset, self.layout, seq_len=args.seq_len)
         self.config = config
+        check_memory(args.batch_size, args.seq_len, config.vocab_size, self.device)
         self.model = GatoModel(config).to(self.device)
         if init is not None:
             self.model.load_state_dict(init["model"])
@@ -485,6 +486,23 @@ class Trainer:
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stop_requested = True
+
+
+def check_memory(batch_size: int, seq_len: int, vocab_size: int, device: torch.device) -> None:
+    """Refuse (UsageError) a --batch-size x --seq-len whose logits alone (with their softmax and
+    gradient: three float32 copies) exceed the memory this process may use, before allocating."""
+    need = 3 * 4 * batch_size * (seq_len + 1) * vocab_size
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device).total_memory, f"{device} has"
+    else:
+        import resource
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        have, where = (min(have, soft), "this process may use") if soft != resource.RLIM_INFINITY else \
+            (have, "this machine has")
+    if need > have:
+        raise UsageError(f"--batch-size {batch_size} x --seq-len {seq_len} needs {need / 2**30:.1f} GiB for the logits "
+                         f"over {vocab_size} tokens alone; {where} {have / 2**30:.1f} GiB")
 
 
 def check_fits(sources, seq_len: int) -> None:
