@@ -45,6 +45,28 @@ class ShardInfo:
     sha256: str
 
 
+_FIELD_TYPES = {"layout": dict, "converter": str, "options": dict, "stats": dict, "skipped": list,
+                "tokenizer_sha256": (str, type(None)), "episode_spec": (dict, type(None)), "tasks": list,
+                "compression": str, "created": str}
+
+
+def check_field_types(m: "Manifest", where: str) -> None:
+    """Each top-level field of the type it must have (a manifest from a hub may hold anything):
+    tasks a list of names, skipped records with text fields, a tokenizer sha256 of its shape."""
+    for key, want in _FIELD_TYPES.items():
+        value = getattr(m, key)
+        if not isinstance(value, want):
+            raise ManifestError(f"{where}: field {key!r} is {type(value).__name__}, expected "
+                                f"{getattr(want, '__name__', None) or ' or '.join(t.__name__ for t in want)}")
+    if not all(isinstance(t, str) for t in m.tasks):
+        raise ManifestError(f"{where}: field 'tasks' must be a list of names")
+    if not all(isinstance(r, dict) and isinstance(r.get("source"), str) and isinstance(r.get("reason"), str)
+               for r in m.skipped):
+        raise ManifestError(f"{where}: field 'skipped' must be a list of {{source, reason}} records")
+    if m.tokenizer_sha256 is not None:
+        check_sha256(m.tokenizer_sha256, f"{where}: tokenizer_sha256")
+
+
 def check_shard_list(shards: list[ShardInfo], where: str) -> None:
     """A manifest's shard list as data from a hub must be before anything reads it: each name a
     shard name and listed once (a shard listed twice would be trained on twice), each sha256 64 hex
@@ -234,6 +256,7 @@ class Manifest:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
             manifest.typed_stats  # statistics of the wrong shape: unreadable too, not a traceback later
+            check_field_types(manifest, path)
             check_shard_list(manifest.shards, path)
         except UnsafeNameError as e:
             raise ManifestError(str(e)) from None

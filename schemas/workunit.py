@@ -239,14 +239,19 @@ class Progress:
 def marker_owns_its_shards(m: UnitMarker) -> bool:
     """A marker is data too (a tampered or foreign one must not list another unit's shard): its
     shards are named for its own unit (`shard-UUUUU-KKK.arrow`, UUUUU its index), listed once,
-    with sha256s of the right shape and counts that are non-negative integers."""
+    with sha256s of the right shape and counts that are non-negative integers, and its statistics
+    merge (rows counted once: the stats' rows are its shards' rows). Else the unit is not done."""
     prefix = f"shard-{m.index:05d}-"
     if not all(isinstance(s.name, str) and s.name.startswith(prefix) and s.name[len(prefix):-6].isdigit()
                and s.name.endswith(".arrow") for s in m.shards):
         return False
     try:
         check_shard_list(m.shards, "marker")
-    except (ManifestError, UnsafeNameError):
+        from tokenizer_kit.layout import MODALITY_NAMES
+        merge_stats([m], True, MODALITY_NAMES).to_dict()  # its statistics have the shapes a merge needs
+        if not (isinstance(m.stats.rows, int) and m.stats.rows == sum(s.rows for s in m.shards)):
+            return False
+    except (ManifestError, UnsafeNameError, TypeError, ValueError, KeyError, AttributeError, IndexError):
         return False
     return True
 

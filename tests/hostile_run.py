@@ -61,7 +61,8 @@ def run(module: str, argv: list[str], sandbox: Path, mem: int = 3 * GiB, timeout
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-    p = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=timeout,
+    cmd = [sys.executable, "-c", argv[0], *argv[1:]] if module == "-c" else [sys.executable, "-m", module, *argv]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        env=env, cwd=sandbox, preexec_fn=limit)
     return Run([module, *argv], p.returncode, p.stderr)
 
