@@ -203,7 +203,8 @@ def test_hostile_suite_yaml_is_refused_in_one_line_or_read(trial, tmp_path):
         assert t.episodes >= 1 and isinstance(t.rescale_actions, bool), what
 
 
-LOAD = ("import sys\nfrom trainer.checkpoint import CheckpointError, load_model\n"
+LOAD = ("import sys\nfrom schemas.names import redact_std_streams\nredact_std_streams()  # as every CLI does\n"
+        "from trainer.checkpoint import CheckpointError, load_model\n"
         "try:\n    load_model(sys.argv[1])\nexcept CheckpointError as e:\n"
         "    print(f'load: error: {e}', file=sys.stderr); sys.exit(1)\n")
 

@@ -120,3 +120,16 @@ def test_a_group_linked_into_itself_is_walked_once(tmp_path):
         f["observations/leak"] = h5py.ExternalLink("/etc/hostname", "/")
     with pytest.raises(SourceError, match="external link"):
         check_hdf5(str(src))
+
+
+def test_minari_total_steps_must_be_what_the_file_holds(tmp_path, minari_root):
+    import gymnasium as gym
+
+    from rl_fixtures import make_minari, rollouts
+    env = gym.make("CartPole-v1")
+    data = make_minari("hostile/steps-v0", env, rollouts(env, 2, 15))
+    with h5py.File(Path(data) / "data" / "main_data.hdf5", "a") as f:
+        f["episode_1"].attrs["total_steps"] = 10 ** 12  # the arrays hold 15 or fewer
+    r = run("converters.cli", ["rl", str(data), "--out", str(tmp_path / "box" / "out"), "--no-progress"],
+            tmp_path / "box", mem=2 * GiB)
+    check_one_line(r, 1, "episode 1", "total_steps")
