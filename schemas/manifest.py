@@ -65,6 +65,35 @@ def check_field_types(m: "Manifest", where: str) -> None:
         raise ManifestError(f"{where}: field 'skipped' must be a list of {{source, reason}} records")
     if m.tokenizer_sha256 is not None:
         check_sha256(m.tokenizer_sha256, f"{where}: tokenizer_sha256")
+    _check_stats_types(m.stats, f"{where}: stats")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_stats_types(st: dict, where: str) -> None:
+    """The statistics' shapes (readers sum and compare them): counts are integers, maps are maps."""
+    checks = {
+        "rows": _is_int, "tokens": _is_int, "skipped": _is_int, "filtered": _is_int,
+        "tokens_by_modality": lambda v: isinstance(v, dict) and all(_is_int(x) for x in v.values()),
+        "rows_per_task": lambda v: isinstance(v, dict) and all(_is_int(x) for x in v.values()),
+        "field_errors": lambda v: isinstance(v, dict) and all(
+            isinstance(e, dict) and all(_is_num(e.get(k)) for k in ("max", "mean", "count")) for e in v.values()),
+        "counts": lambda v: v is None or isinstance(v, dict) and all(
+            isinstance(g, dict) and all(_is_int(x) for x in g.values()) for g in v.values()),
+        "episode_return": lambda v: v is None or isinstance(v, dict) and all(
+            x is None or _is_num(x) for x in v.values()),
+        "longest_unit": lambda v: v is None or isinstance(v, dict) and _is_int(v.get("tokens")) and _is_int(v.get("row")),
+        "conversion": lambda v: v is None or isinstance(v, dict),
+    }
+    for key, ok in checks.items():
+        if key in st and not ok(st[key]):
+            raise ManifestError(f"{where}: {key!r} has the wrong shape ({str(st[key])[:60]})")
 
 
 def check_shard_list(shards: list[ShardInfo], where: str) -> None:
@@ -256,12 +285,13 @@ class Manifest:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
             manifest.typed_stats  # statistics of the wrong shape: unreadable too, not a traceback later
-            check_field_types(manifest, path)
-            check_shard_list(manifest.shards, path)
-        except UnsafeNameError as e:
-            raise ManifestError(str(e)) from None
         except ManifestError as e:
             raise ManifestError(f"{path}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:
             raise ManifestError(f"{path}: malformed manifest ({e})") from None
+        try:  # data from a hub: every field of its type, every shard named and listed once
+            check_field_types(manifest, path)
+            check_shard_list(manifest.shards, path)
+        except UnsafeNameError as e:
+            raise ManifestError(str(e)) from None
         return manifest
