@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 import simplejpeg  # libjpeg-turbo's DCT scaling by M/8 (Pillow's draft offers only 1/2, 1/4, 1/8)
 
 from tokenizer_kit.errors import TokenizeError
-from tokenizer_kit.images import MAX_PIXELS, fit_image, fitted_size, scaled_size, wide_image_to_rgb
+from tokenizer_kit.images import MAX_PIXELS, fit_image, pixel_problem, scaled_size, wide_image_to_rgb
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import Row
 from tokenizer_kit.text_rows import build_caption_row
@@ -62,15 +62,9 @@ class ImageFit:
     fit: str = "resize"
 
     def _check_pixels(self, h: int, w: int, field: str) -> None:
-        if w * h == 0:
-            raise BadField(field, f"image has 0 pixels ({w}x{h})")
-        if w * h > MAX_PIXELS:
-            raise BadField(field, f"image of {w}x{h} pixels exceeds the limit of {MAX_PIXELS} "
-                                  "(decompression bomb?); refused before decoding")
-        fh, fw = self.size if self.size is not None else fitted_size(h, w, self.fit)
-        if fh * fw > MAX_PIXELS:
-            raise BadField(field, f"image of {w}x{h} pixels would be fitted to {fw}x{fh}, over the limit of "
-                                  f"{MAX_PIXELS} pixels; refused before decoding")
+        problem = pixel_problem(h, w, self.size, self.fit)  # the one rule (tokenizer_kit.images)
+        if problem is not None:
+            raise BadField(field, problem)
 
     def __call__(self, data, field: str = "image") -> np.ndarray:
         if not isinstance(data, (bytes, bytearray, memoryview)):

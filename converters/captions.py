@@ -18,9 +18,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from tokenizer_kit.argtypes import byte_size
-from tokenizer_kit.images import FIT_POLICIES, MAX_PIXELS
-from tokenizer_kit.layout import PATCH_SIZE, VocabLayout
+from tokenizer_kit.argtypes import byte_size, image_size_or_native
+from tokenizer_kit.images import FIT_POLICIES
+from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.text import TextTokenizer
 
 from .base import Record, SourceError, WorkUnit
@@ -38,20 +38,7 @@ ENCODE_BATCH = 256  # records whose captions are tokenised in one SentencePiece 
 
 # --- command line ------------------------------------------------------------------------------
 
-def parse_image_size(text: str) -> tuple[int, int] | None:
-    """`N` (square), `HxW`, or `native` (each image keeps its own size, fitted to 16s)."""
-    if text == "native":
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x")) if "x" in text.lower() else (int(text),) * 2
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N, HxW or native, got {text!r}") from None
-    if h <= 0 or w <= 0 or h % PATCH_SIZE or w % PATCH_SIZE:
-        raise argparse.ArgumentTypeError(f"image size {h}x{w} must be positive multiples of the "
-                                         f"{PATCH_SIZE}-pixel patch")
-    if h * w > MAX_PIXELS:
-        raise argparse.ArgumentTypeError(f"image size {h}x{w} is over the limit of {MAX_PIXELS} pixels")
-    return h, w
+parse_image_size = image_size_or_native  # the one --image-size syntax (tokenizer_kit.argtypes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

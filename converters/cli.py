@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from schemas.names import redact_std_streams
+    redact_std_streams()  # credentials in a URL never reach a message
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

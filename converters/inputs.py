@@ -3,6 +3,8 @@
 Each remote file is fetched through fsspec once into a persistent cache ($GATO_KIT_INPUT_CACHE,
 else ~/.cache/gato-kit/inputs) and fetched again only when its ETag changes, so a re-run finds the
 same local file (same size and mtime: its work units are reused) and converters read plain paths.
+Object keys come from the store, so each becomes a path only through schemas.names.inside: a key
+with `../` or an absolute path is refused (one line, exit 1) before anything is written.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from schemas.names import inside, redact
 from schemas.storage import OutDir, is_remote
 from tokenizer_kit.files import atomic_path
 
@@ -28,14 +31,15 @@ def localize_inputs(inputs: list[str]) -> list[str]:
 def _fetch(url: str) -> str:
     store = OutDir(url)
     fs, root = store.fs, store.root
-    local_root = cache_dir() / url.replace("://", "/").rstrip("/")
+    local_root = inside(cache_dir(), redact(url).replace("://", "/").rstrip("/"), "input URL")
     with store.errors("read the input"):
         if not fs.exists(root):
             raise FileNotFoundError(f"{url}: no such input")
         if fs.isfile(root):
             files = {root: local_root}
         else:
-            files = {f: local_root / f[len(root):].lstrip("/") for f in fs.find(root)}
+            files = {f: inside(local_root, f[len(root):].lstrip("/"), f"{redact(url)}: object key")
+                     for f in fs.find(root)}
         for remote, local in files.items():
             info = fs.info(remote)
             stamp = local.with_name(f".{local.name}.etag")

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizer_kit.argtypes import image_size
 from tokenizer_kit.frames import MODES as FRAME_MODES
 from tokenizer_kit.frames import detect as detect_stack
 from tokenizer_kit.images import FIT_POLICIES, fitted_size
-from tokenizer_kit.layout import PATCH_SIZE, VocabLayout
+from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import KINDS, EpisodeSpec, FieldSpec
 
 from .base import SourceError
@@ -70,21 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--strict-ranges", action="store_true",
                    help="an episode with continuous actions outside [-1, 1] (after rescaling) is a bad record "
                         "(skipped, or an error with --on-error fail) instead of a warning")
+    g.add_argument("--allow-hdf5-external-files", action="store_true",
+                   help="let HDF5 external storage, external links and virtual datasets read other files on this "
+                        "machine (refused by default: a hostile file can pull any local file into the shards)")
     g.add_argument("--field-loss", action="append", default=[], type=_pair, metavar="NAME=on|off",
                    help="off: a text observation NAME stays in the context but is no training target "
                         "(e.g. a mission repeated at every step)")
 
 
-def _image_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    try:
-        size = (int(h), int(w or h))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW or N, got {text!r}") from None
-    if min(size) <= 0 or size[0] % PATCH_SIZE or size[1] % PATCH_SIZE:
-        raise argparse.ArgumentTypeError(f"image size {text!r}: sides must be positive multiples of the "
-                                         f"{PATCH_SIZE}-pixel patch")
-    return size
+_image_size = image_size  # the one --image-size syntax (tokenizer_kit.argtypes)
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -212,7 +207,8 @@ def _make_converter(args) -> RLConverter:
     layout, tok = _layout_and_tokenizer(args)
     kind = getattr(args, "source", "auto") or "auto"
     inputs = expand_inputs(_inputs(args))
-    sources, _ = _open_sources(inputs, kind, getattr(args, "on_error", "fail") == "skip")
+    external = bool(getattr(args, "allow_hdf5_external_files", False))
+    sources, _ = _open_sources(inputs, kind, getattr(args, "on_error", "fail") == "skip", external)
     obs, act = sources[0].fields()
     for other in sources[1:]:
         if other.fields() != (obs, act):
@@ -270,7 +266,7 @@ def _make_converter(args) -> RLConverter:
                        settings={"fields": kinds or None, "mu_law": mu_law or None, "image_fit": fit,
                                  "min_return_fraction": fraction},
                        frame_stack=getattr(args, "frame_stack", "auto") or "auto",
-                       strict_ranges=bool(getattr(args, "strict_ranges", False)))
+                       strict_ranges=bool(getattr(args, "strict_ranges", False)), allow_hdf5_external=external)
     conv._sources = {s.input: s for s in sources}
     for src in sources:
         if getattr(src, "last_episode_cut", False):
@@ -279,13 +275,14 @@ def _make_converter(args) -> RLConverter:
     return conv
 
 
-def _open_sources(inputs: list[str], kind: str, skip: bool) -> tuple[list[Source], list[str]]:
+def _open_sources(inputs: list[str], kind: str, skip: bool,
+                  allow_hdf5_external: bool = False) -> tuple[list[Source], list[str]]:
     """Readers of the inputs; under --on-error skip an unreadable input is kept aside (its work unit
     fails when converted, so it is listed as skipped) as long as one input can be read."""
     sources, unreadable, first = [], [], None
     for p in inputs:
         try:
-            sources.append(open_source(p, kind))
+            sources.append(open_source(p, kind, allow_hdf5_external))
         except SourceError as e:
             if not skip:
                 raise

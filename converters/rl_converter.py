@@ -32,7 +32,8 @@ class RLConverter:
     def __init__(self, inputs: Sequence[str], spec: EpisodeSpec, layout: VocabLayout, *, source_kind: str = "auto",
                  text_tokenizer=None, task: str | None = None, min_return: dict[str, float] | None = None,
                  episodes_per_unit: int | None = None, steps_per_unit: int = STEPS_PER_UNIT,
-                 settings: dict | None = None, frame_stack: str = "auto", strict_ranges: bool = False):
+                 settings: dict | None = None, frame_stack: str = "auto", strict_ranges: bool = False,
+                 allow_hdf5_external: bool = False):
         self.inputs = list(inputs)
         self.spec = spec
         self.layout = layout
@@ -45,6 +46,7 @@ class RLConverter:
         self.settings = dict(settings or {})
         self.frame_stack = frame_stack
         self.strict_ranges = strict_ranges
+        self.allow_hdf5_external = allow_hdf5_external
         self._sources: dict[str, Source] = {}  # by input
         self._input_of: dict[str, str] = {}  # the path a source reads -> its input
         self._centres: dict[bool, np.ndarray] = {}
@@ -63,7 +65,7 @@ class RLConverter:
                         continue
             input_ = self._input_of.get(input_, input_)
         if input_ not in self._sources:
-            self._sources[input_] = open_source(input_, self.source_kind)
+            self._sources[input_] = open_source(input_, self.source_kind, self.allow_hdf5_external)
         return self._sources[input_]
 
     def work_units(self) -> list[WorkUnit]:
@@ -232,9 +234,11 @@ class RLConverter:
             decoded = self._centres[mu_law][bins[:, col:col + x.shape[1]]]
             if f.bounds is not None:  # compared in the action's own units
                 decoded = from_unit_range(decoded, *f.bounds)
-            err = np.abs(x - decoded)
+            with np.errstate(over="ignore", invalid="ignore"):  # |x| near 1e308: said by the writer, one line
+                err = np.abs(x - decoded)
+                total = float(err.sum())
             col += x.shape[1]
-            errors[f.name] = (float(err.max()) if err.size else 0.0, float(err.sum()), int(err.size))
+            errors[f.name] = (float(err.max()) if err.size else 0.0, total, int(err.size))
         return errors
 
 

@@ -28,7 +28,7 @@ from tokenizer_kit.text import TextTokenizer
 from tokenizer_kit.text_rows import build_text_row
 
 from .base import Record, SourceError, WorkUnit
-from .hf_datasets import hf_kind, load_dataset
+from .hf_datasets import hf_kind, load_dataset, split_dirs
 
 TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".parquet": "parquet"}
@@ -129,15 +129,19 @@ class TextConverter:
                 raise FileNotFoundError(f"input not found: {raw}")
             kind = _kind_of(path)
             if kind == "dir":
-                inside = [(str(sub), _kind_of(sub)) for sub in sorted(path.rglob("*"))
-                          if sub.is_file() and _kind_of(sub) not in (None, "dir") and not any(
-                              part.startswith(".") for part in sub.relative_to(path).parts)]
+                candidates = [sub for sub in sorted(path.rglob("*")) if not any(
+                    part.startswith(".") for part in sub.relative_to(path).parts)]
+                for sub in candidates:  # a *.txt that cannot be read as one is said, not skipped
+                    if not sub.is_dir() and not sub.is_file() and TEXT_SUFFIXES.get(sub.suffix.lower()):
+                        what = "a dangling symlink" if sub.is_symlink() and not sub.exists() else "not a regular file"
+                        raise SourceError(f"{sub}: {what} (an input folder's {sub.suffix} entries must be files)")
+                inside = [(str(sub), _kind_of(sub)) for sub in candidates
+                          if sub.is_file() and _kind_of(sub) not in (None, "dir")]
                 if not inside:
                     raise SourceError(f"{raw}: no .txt, .jsonl or .parquet files in this directory")
                 found.extend(inside)
             elif kind == "hf-dict":
-                splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-                found.extend((str(path / s), "hf") for s in splits)
+                found.extend((str(d), "hf") for d in split_dirs(path))
             elif kind is None:
                 raise SourceError(f"{raw}: unsupported text input (expected .txt, .jsonl, .parquet or a "
                                   f"datasets directory)")

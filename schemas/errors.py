@@ -10,6 +10,7 @@ from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import LayoutError
 
 from .manifest import ManifestError
+from .names import UnsafeNameError
 
 
 class ReaderError(ManifestError):
@@ -18,4 +19,4 @@ class ReaderError(ManifestError):
 
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    TokenizeError, LayoutError, ManifestError, FileNotFoundError, IsADirectoryError, PermissionError)
+    TokenizeError, LayoutError, ManifestError, UnsafeNameError, FileNotFoundError, IsADirectoryError, PermissionError)

@@ -14,7 +14,8 @@ from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec
 
-from .shard import READ_VERSIONS, SCHEMA_VERSION
+from .names import UnsafeNameError, check_pattern, check_sha256
+from .shard import READ_VERSIONS, SCHEMA_VERSION, SHARD_NAME_RE
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.model"
@@ -51,6 +52,75 @@ class ShardInfo:
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ManifestError(f"shard {self.name!r}: split {self.split!r} is not one of {', '.join(SPLITS)}")
+
+
+_FIELD_TYPES = {"layout": dict, "converter": str, "options": dict, "stats": dict, "skipped": list,
+                "tokenizer_sha256": (str, type(None)), "episode_spec": (dict, type(None)), "tasks": list,
+                "compression": str, "created": str}
+
+
+def check_field_types(m: "Manifest", where: str) -> None:
+    """Each top-level field of the type it must have (a manifest from a hub may hold anything):
+    tasks a list of names, skipped records with text fields, a tokenizer sha256 of its shape."""
+    for key, want in _FIELD_TYPES.items():
+        value = getattr(m, key)
+        if not isinstance(value, want):
+            raise ManifestError(f"{where}: field {key!r} is {type(value).__name__}, expected "
+                                f"{getattr(want, '__name__', None) or ' or '.join(t.__name__ for t in want)}")
+    if not all(isinstance(t, str) for t in m.tasks):
+        raise ManifestError(f"{where}: field 'tasks' must be a list of names")
+    if not all(isinstance(r, dict) and isinstance(r.get("source"), str) and isinstance(r.get("reason"), str)
+               for r in m.skipped):
+        raise ManifestError(f"{where}: field 'skipped' must be a list of {{source, reason}} records")
+    if m.tokenizer_sha256 is not None:
+        check_sha256(m.tokenizer_sha256, f"{where}: tokenizer_sha256")
+    _check_stats_types(m.stats, f"{where}: stats")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_stats_types(st: dict, where: str) -> None:
+    """The statistics' shapes (readers sum and compare them): counts are integers, maps are maps."""
+    checks = {
+        "rows": _is_int, "tokens": _is_int, "skipped": _is_int, "filtered": _is_int,
+        "tokens_by_modality": lambda v: isinstance(v, dict) and all(_is_int(x) for x in v.values()),
+        "rows_per_task": lambda v: isinstance(v, dict) and all(_is_int(x) for x in v.values()),
+        "field_errors": lambda v: isinstance(v, dict) and all(
+            isinstance(e, dict) and all(_is_num(e.get(k)) for k in ("max", "mean", "count")) for e in v.values()),
+        "counts": lambda v: v is None or isinstance(v, dict) and all(
+            isinstance(g, dict) and all(_is_int(x) for x in g.values()) for g in v.values()),
+        "episode_return": lambda v: v is None or isinstance(v, dict) and all(
+            x is None or _is_num(x) for x in v.values()),
+        "longest_unit": lambda v: v is None or isinstance(v, dict) and _is_int(v.get("tokens")) and _is_int(v.get("row")),
+        "conversion": lambda v: v is None or isinstance(v, dict),
+    }
+    for key, ok in checks.items():
+        if key in st and not ok(st[key]):
+            raise ManifestError(f"{where}: {key!r} has the wrong shape ({str(st[key])[:60]})")
+
+
+def check_shard_list(shards: list[ShardInfo], where: str) -> None:
+    """A manifest's shard list as data from a hub must be before anything reads it: each name a
+    shard name and listed once (a shard listed twice would be trained on twice), each sha256 64 hex
+    digits (it becomes a cache path), counts non-negative integers."""
+    seen: set[str] = set()
+    for i, s in enumerate(shards):
+        at = f"{where}: shards[{i}]"
+        check_pattern(s.name, SHARD_NAME_RE, "shard name", at)
+        check_sha256(s.sha256, f"{at} ({s.name})")
+        for key in ("rows", "tokens", "bytes"):
+            v = getattr(s, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ManifestError(f"{at} ({s.name}): {key} {v!r} is not a non-negative integer")
+        if s.name in seen:
+            raise ManifestError(f"{at}: shard {s.name} is listed twice")
+        seen.add(s.name)
 
 
 @dataclass
@@ -236,4 +306,9 @@ class Manifest:
             raise ManifestError(f"{path}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:
             raise ManifestError(f"{path}: malformed manifest ({e})") from None
+        try:  # data from a hub: every field of its type, every shard named and listed once
+            check_field_types(manifest, path)
+            check_shard_list(manifest.shards, path)
+        except UnsafeNameError as e:
+            raise ManifestError(str(e)) from None
         return manifest

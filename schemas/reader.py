@@ -289,13 +289,19 @@ class ShardDir:
             return dst
         if self.cache is None:
             self.cache = ShardCache(self._scratch() / "shards")
-        return self.cache.fetch(s.path, s.name, s.info.sha256)
+        return self.cache.fetch(s.path, s.name, s.info.sha256, s.info.bytes)
 
-    def table(self, i: int) -> pa.Table:
-        """Shard i, memory-mapped."""
+    def table(self, i: int, full: bool = True) -> pa.Table:
+        """Shard i, memory-mapped (a remote one from its proven cache copy, pinned while mapping);
+        `full` as in open_shard (False: a version-2 text shard's stored columns alone)."""
         s = self.shards[i]
         try:
-            return open_shard(self.file(i))
+            if self.remote and s.info is not None:
+                if self.cache is None:
+                    self.cache = ShardCache(self._scratch() / "shards")
+                return self.cache.open(s.path, s.name, s.info.sha256, s.info.bytes,
+                                       lambda path: open_shard(path, full))
+            return open_shard(self.file(i), full)
         except (pa.ArrowInvalid, OSError) as e:
             raise ReaderError(f"{s.path}: unreadable shard ({str(e).splitlines()[0]})") from None
 

@@ -16,7 +16,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
-from .manifest import FieldError, LongestUnit, ReturnStats, ShardInfo, SkippedRecord, Stats
+from .manifest import (FieldError, LongestUnit, ManifestError, ReturnStats, ShardInfo, SkippedRecord, Stats,
+                       check_shard_list)
+from .names import UnsafeNameError
 from .storage import OutDir
 
 WORK_DIR = ".work"
@@ -237,6 +239,26 @@ class Progress:
     rows: int
 
 
+def marker_owns_its_shards(m: UnitMarker) -> bool:
+    """A marker is data too (a tampered or foreign one must not list another unit's shard): its
+    shards are named for its own unit (`shard-UUUUU-KKK.arrow`, UUUUU its index), listed once,
+    with sha256s of the right shape and counts that are non-negative integers, and its statistics
+    merge (rows counted once: the stats' rows are its shards' rows). Else the unit is not done."""
+    prefix = f"shard-{m.index:05d}-"
+    if not all(isinstance(s.name, str) and s.name.startswith(prefix) and s.name[len(prefix):-6].isdigit()
+               and s.name.endswith(".arrow") for s in m.shards):
+        return False
+    try:
+        check_shard_list(m.shards, "marker")
+        from tokenizer_kit.layout import MODALITY_NAMES
+        merge_stats([m], True, MODALITY_NAMES).to_dict()  # its statistics have the shapes a merge needs
+        if not (isinstance(m.stats.rows, int) and m.stats.rows == sum(s.rows for s in m.shards)):
+            return False
+    except (ManifestError, UnsafeNameError, TypeError, ValueError, KeyError, AttributeError, IndexError):
+        return False
+    return True
+
+
 class WorkDir:
     """What OUT/.work/ says: the plan, and which units are done (a run may skip them)."""
 
@@ -268,7 +290,8 @@ class WorkDir:
                 m = UnitMarker.from_json(text)
             except (ValueError, TypeError, KeyError):
                 continue
-            if m.uid == plan.uids[i] and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards):
+            if m.uid == plan.uids[i] and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards) \
+                    and marker_owns_its_shards(m):
                 done[i] = m
         return done
 

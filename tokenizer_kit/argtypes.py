@@ -66,3 +66,30 @@ def byte_size(text: str | int) -> int:
     if not 1 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"size must be at least 1 byte: {text!r}")
     return int(value)
+
+
+def image_size_or_native(text: str) -> tuple[int, int] | None:
+    """`N` (square), `HxW`, or `native` (each image keeps its own size, fitted to 16s): the one
+    --image-size syntax of every command (converters, `gato-train caption`, acting)."""
+    from .images import MAX_PIXELS
+    from .layout import PATCH_SIZE
+    if text.strip().lower() == "native":
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x")) if "x" in text.lower() else (int(text),) * 2
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N, HxW or native, got {text!r}") from None
+    if h <= 0 or w <= 0 or h % PATCH_SIZE or w % PATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"image size {h}x{w} must be positive multiples of the "
+                                         f"{PATCH_SIZE}-pixel patch")
+    if h * w > MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"image size {h}x{w} is over the limit of {MAX_PIXELS} pixels")
+    return h, w
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """`N` or `HxW` (as image_size_or_native, where `native` is not an option)."""
+    size = image_size_or_native(text)
+    if size is None:
+        raise argparse.ArgumentTypeError("expected N or HxW here (native is not an option)")
+    return size

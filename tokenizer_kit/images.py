@@ -96,6 +96,22 @@ def patch_count(height: int, width: int, patch: int = PATCH_SIZE) -> int:
     return (height // patch) * (width // patch)
 
 
+def pixel_problem(height: int, width: int, size: tuple[int, int] | None, policy: str = "resize") -> str | None:
+    """Why an image whose header declares height x width must not be decoded, or None: the one
+    pixel rule of every command that decodes images (0 pixels; more than MAX_PIXELS decoded; more
+    than MAX_PIXELS once fitted to `size`, or to its own 16-multiple when `size` is None)."""
+    if width * height == 0:
+        return f"image has 0 pixels ({width}x{height})"
+    if width * height > MAX_PIXELS:
+        return (f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS} "
+                "(decompression bomb?); refused before decoding")
+    fh, fw = size if size is not None else fitted_size(height, width, policy)
+    if fh * fw > MAX_PIXELS:
+        return (f"image of {width}x{height} pixels would be fitted to {fw}x{fh}, over the limit of "
+                f"{MAX_PIXELS} pixels; refused before decoding")
+    return None
+
+
 def fitted_size(height: int, width: int, policy: str = "resize", patch: int = 16) -> tuple[int, int]:
     """(H, W) that an image of this size becomes: nearest multiple of `patch` (resize, halves
     round up, at least one patch) or the next multiple (pad)."""

@@ -82,8 +82,11 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """torch.save (with the contents' sha256) under a temporary name beside `path`, fsync, rename."""
     path = Path(path)
     state = {**state, DIGEST_KEY: contents_digest(state)}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as e:  # torch's writer turns a full disk (ENOSPC) into RuntimeError
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({_first_line(e)})") from None
     return path
 
 

@@ -13,6 +13,7 @@ Exit codes: 0 ok (also after SIGTERM, once a checkpoint is saved), 1 bad data or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 SUBCOMMANDS = {  # name -> (module, entry point)
@@ -107,6 +108,8 @@ def args_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from schemas.names import redact_std_streams
+    redact_std_streams()  # credentials in a URL never reach a message
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in SUBCOMMANDS:
         import importlib
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError, RunConfigError)
     try:
+        _check_out(args.out)
         return train(args, explicit)
     except UsageError as e:
         parser.print_usage(sys.stderr)
@@ -139,9 +143,48 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"gato-train: error: {msg}", file=sys.stderr)
         return 1
+    except OSError as e:  # --out a file, read-only, a full disk: the system's reason, one line
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        reason = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"gato-train: error: {where}{reason}", file=sys.stderr)
+        return 1
+    except (MemoryError, torch_oom()) as e:
+        print(f"gato-train: error: out of memory ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); "
+              "lower --batch-size or --seq-len", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # torch's CPU allocator says "can't allocate memory" as a RuntimeError
+        if "allocate" not in str(e):
+            raise
+        print(f"gato-train: error: out of memory ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); "
+              "lower --batch-size or --seq-len", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gato-train: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_out(out: str) -> None:
+    """--out must be a directory or nothing yet (a local one: not a file, not a dangling symlink)."""
+    from pathlib import Path
+
+    from schemas.storage import is_remote, local_path
+
+    from .train import UsageError
+    if is_remote(out):
+        return
+    p = local_path(out)
+    if p.is_symlink() and not p.exists():
+        raise UsageError(f"--out {out}: a dangling symlink (to {os.readlink(p)})")
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
+    if not os.access(parent, os.W_OK) and not (p.is_dir() and os.access(p, os.W_OK)):
+        raise UsageError(f"--out {out}: {parent} is not writable")
+
+
+def torch_oom() -> type[BaseException]:
+    import torch
+    return torch.OutOfMemoryError
 
 
 if __name__ == "__main__":

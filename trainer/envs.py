@@ -71,7 +71,16 @@ def resolve_env_id(env_id: str) -> str:
     import gymnasium as gym
     from gymnasium.envs.registration import registry
 
-    if env_id in registry or ":" in env_id:
+    if env_id in registry:
+        return env_id
+    if ":" in env_id:  # `module:Id`: gymnasium imports the module; say so in one line if it cannot
+        import importlib
+        module = env_id.split(":", 1)[0]
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure of a plugin's import is this one error
+            raise UnknownEnvError(f"environment {env_id!r}: its module {module!r} cannot be imported "
+                                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
         return env_id
     done, missing = _register_plugins()
     if env_id in registry:

@@ -33,6 +33,7 @@ import torch
 
 from tokenizer_kit.files import atomic_path
 
+from .devices import device_arg
 from .envs import EnvWrappers, make_env_fn
 from .rollout import PROMPT_MODES, Agent, load_demonstrations, run_episodes
 
@@ -69,6 +70,10 @@ class TaskSpec:
             raise SuiteError(f"task {self.name}: prompt must be one of {', '.join(PROMPT_MODES)}")
 
 
+_FIELD_TYPES = {"str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
+                "float | None": (int, float, type(None)), "bool": (bool,)}  # TaskSpec's annotations
+
+
 def read_suite(path: str | os.PathLike) -> list[TaskSpec]:
     """The tasks of a suite file; relative data paths are relative to the file."""
     import yaml
@@ -89,6 +94,11 @@ def read_suite(path: str | os.PathLike) -> list[TaskSpec]:
         unknown = sorted(set(item) - known)
         if unknown:
             raise SuiteError(f"{path}: task {i} has unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        for key, value in item.items():  # a suite is data: each field of its type, or one line naming it
+            want = _FIELD_TYPES[TaskSpec.__dataclass_fields__[key].type]
+            if isinstance(value, bool) and bool not in want or not isinstance(value, want):
+                raise SuiteError(f"{path}: task {i}: field {key!r} is {type(value).__name__} {value!r}, expected "
+                                 f"{TaskSpec.__dataclass_fields__[key].type}")
         item = dict(item)
         item["data"] = str((path.parent / item["data"]) if not os.path.isabs(item["data"]) else item["data"])
         try:
@@ -308,7 +318,7 @@ def _policy_options(p: argparse.ArgumentParser) -> None:
                    help="prompt length (default: the training run's, seq_len / 4)")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="run the whole context for every token (slow; the cache's reference)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_arg)
     p.add_argument("--threads", type=nonnegative_int, default=0,
                    help="torch CPU threads (default: torch's choice); acting runs small batches, where 1 thread "
                         "is often fastest")

@@ -19,6 +19,7 @@ import numpy as np
 from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_int
 
 from .decoding import generate_text, slice_tokens, text_token_row
+from .devices import device_arg
 
 
 def run_tokenizer(checkpoint: str, given: str | None):
@@ -51,7 +52,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=nonnegative_int, default=0, help="sample among the k likeliest ids (0: all)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_arg)
 
 
 def build_generate_parser() -> argparse.ArgumentParser:
@@ -62,12 +63,17 @@ def build_generate_parser() -> argparse.ArgumentParser:
 
 
 def build_caption_parser() -> argparse.ArgumentParser:
+    from tokenizer_kit.argtypes import image_size_or_native
+    from tokenizer_kit.images import FIT_POLICIES
+
     p = argparse.ArgumentParser(prog="gato-train caption", description="Caption images.")
     _common(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--image-size", type=positive_int, nargs="+", default=None, metavar="PX",
-                   help="resize to PX (square) or H W, as the captions converter was told (default: as stored)")
-    p.add_argument("--image-policy", default="resize", help="how images were fitted (the converter's option)")
+    p.add_argument("--image-size", type=image_size_or_native, default=None, metavar="N|HxW|native",
+                   help="fit images to N x N or H x W pixels (multiples of 16), as the captions converter was told "
+                        "(its syntax; default native: each image's own size fitted to 16s)")
+    p.add_argument("--image-policy", default="resize", choices=FIT_POLICIES,
+                   help="how images were fitted (the converter's option)")
     return p
 
 
@@ -83,8 +89,6 @@ def generate(args: argparse.Namespace) -> list[str]:
 
 
 def caption(args: argparse.Namespace) -> list[str]:
-    from PIL import Image
-
     from tokenizer_kit.layout import IMAGE
     from tokenizer_kit.text_rows import build_caption_row
 
@@ -92,20 +96,37 @@ def caption(args: argparse.Namespace) -> list[str]:
 
     model, layout, _ = load_model(args.checkpoint, map_location=args.device)
     tok = run_tokenizer(args.checkpoint, args.tokenizer)
-    size = None
-    if args.image_size:
-        size = (args.image_size[0], args.image_size[-1])
+    size = args.image_size
     contexts = []
     for path in args.images:
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise OSError(f"{path}: unreadable image ({str(e).splitlines()[0]})") from None
+        image = _decode_image(path, size, args.image_policy)
         row = build_caption_row(image, np.zeros(0, np.int32), layout, args.image_policy, size)
         contexts.append(slice_tokens(row, 0, int(np.count_nonzero(row.modality == IMAGE))))
     out = generate_text(model, layout, contexts, args.max_new_tokens, args.temperature, args.seed, args.top_k)
     return [f"{path}\t{tok.decode(ids.tolist())}" for path, ids in zip(args.images, out)]
+
+
+def _decode_image(path: str, size: tuple[int, int] | None, policy: str) -> np.ndarray:
+    """RGB pixels of an image file, under the converter's pixel rule (tokenizer_kit.images.
+    pixel_problem), checked on the header's size before anything is decoded."""
+    import warnings
+
+    from PIL import Image
+
+    from tokenizer_kit.images import pixel_problem
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                w, h = im.size
+                problem = pixel_problem(h, w, size, policy)
+                if problem is not None:
+                    raise ValueError(f"{path}: {problem}")
+                return np.asarray(im.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{path}: refused before decoding: {str(e).splitlines()[0]}") from None
+    except (OSError, SyntaxError) as e:
+        raise OSError(f"{path}: unreadable image ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
 
 
 def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:

@@ -11,10 +11,34 @@ from pathlib import Path
 from tokenizer_kit.files import atomic_path
 
 
+class MetricsError(ValueError):
+    """A metrics.jsonl line that is not a record, other than a last line cut off by a crash."""
+
+
 def read_metrics(metrics: Path) -> list[dict]:
+    """The records of metrics.jsonl. A last line cut off mid-write (a crash, a full disk) is left
+    out: its step is logged again after resume. Any other bad line is a MetricsError naming it."""
     if not metrics.is_file():
         return []
-    return [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    try:
+        text = metrics.read_text()
+    except (OSError, ValueError) as e:
+        raise MetricsError(f"{metrics}: unreadable ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    lines = text.splitlines()
+    out = []
+    for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except (ValueError, RecursionError):
+            rec = None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), int):
+            if i == len(lines) - 1 and not text.endswith("\n"):
+                break  # the line a crash cut off
+            raise MetricsError(f"{metrics}: line {i + 1} is not a metrics record")
+        out.append(rec)
+    return out
 
 
 def plot_metrics(metrics: Path, out: Path) -> Path | None:

@@ -12,6 +12,7 @@ start, read back typed (evaluation, generation, a resume), never as a raw dict.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -63,8 +64,9 @@ class TrainArgs:
     steps: int = opt(1000, "optimiser steps in total", lo=1)
     batch_size: int = opt(8, "sequences per micro-batch per process", lo=1, fixed=True)
     seq_len: int = opt(1024, "tokens per sequence", lo=1, fixed=True)
-    lr: float | None = opt(None, "peak learning rate (default 1e-3 tiny, 1e-4 paper sizes)", lo=0, lo_open=True,
-                                fixed=True)
+    # at most 10: 1e300 overflows the optimiser's float32 state
+    lr: float | None = opt(None, "peak learning rate, in (0, 10] (default 1e-3 tiny, 1e-4 paper sizes)", lo=0,
+                           lo_open=True, hi=10, fixed=True)
     warmup: int | None = opt(None, "linear warm-up steps (default min(15000, steps/10))", lo=0, fixed=True)
     grad_accum: int = opt(1, "micro-batches per optimiser step", lo=1, fixed=True)
     seed: int = opt(0, "seed of data order and init", lo=0, fixed=True)
@@ -212,6 +214,12 @@ def check_value(name: str, value: Any) -> Any:
         bad = [x for x in value.split(",") if x not in LOGGERS]
         if bad:
             raise UsageError(f"--log: unknown logger {bad[0]!r}; expected a comma list of {', '.join(LOGGERS)}")
+    if name == "device":  # a device torch does not know, or CUDA where there is none: bad usage, not a traceback
+        from .devices import device_arg
+        try:
+            device_arg(value)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--device: {e}") from None
     return value
 
 
@@ -226,6 +234,21 @@ def read_yaml_config(path: str | os.PathLike) -> dict:
     doc = {} if doc is None else doc
     TrainArgs.from_dict(doc, str(path))  # every key and value checked here, naming the file
     return {str(k).replace("-", "_"): v for k, v in doc.items()}
+
+
+def redacted(value: Any) -> Any:
+    """An option's value as a run keeps it on disk: URL credentials removed (schemas.names.redact)."""
+    from schemas.names import redact
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return [redacted(v) for v in value]
+    return value
+
+
+def redacted_args(args: TrainArgs) -> dict:
+    """The options as config.json and checkpoints keep them: no URL credentials."""
+    return {k: redacted(v) for k, v in asdict(args).items()}
 
 
 # --- the run record: config.json --------------------------------------------------------------
@@ -274,7 +297,7 @@ class RunRecord:
     version: int = RECORD_VERSION
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "train": asdict(self.train), "model": self.model.to_dict(),
+        return {"version": self.version, "train": redacted_args(self.train), "model": self.model.to_dict(),
                 "tasks": list(self.tasks), "git_commit": self.git_commit, "versions": dict(self.versions),
                 "wandb_id": self.wandb_id}
 

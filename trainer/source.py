@@ -218,8 +218,10 @@ class ShardSource:
         """Map shard s (downloading a remote one first); its task names join the source's list."""
         info = self.manifest.shards[s]
         try:
-            f = self.dir.file(s)  # the manifest's shards are all present (checked at construction)
-            table = open_shard(f, full=False)  # a text shard's tokens alone, as stored
+            # the manifest's shards are all present (checked at construction); a remote copy is
+            # proven and pinned while it is mapped (schemas.cache)
+            f = None if self.remote else self.dir.file(s)
+            table = self.dir.table(s, full=False) if self.remote else open_shard(f, full=False)  # stored columns
         except ReaderError as e:
             raise DataError(str(e)) from None
         except (OSError, pa.ArrowInvalid) as e:
@@ -286,7 +288,7 @@ class ShardSource:
         if self.dir.cache is None:
             return
         items = [(f"{self.path}/{self.manifest.shards[s].name}", self.manifest.shards[s].name,
-                  self.manifest.shards[s].sha256) for s in shards if s not in self._mapped]
+                  self.manifest.shards[s].sha256, self.manifest.shards[s].bytes) for s in shards if s not in self._mapped]
         self.dir.cache.prefetch(items)
 
     def release_pages(self) -> None:

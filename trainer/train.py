@@ -31,7 +31,7 @@ from .loggers import METRICS_NAME, MetricLog
 from .model import GatoConfig, GatoModel
 from .report import plot_metrics, summary  # noqa: F401 (plot_metrics: part of this module's interface)
 from .run_config import (DEFAULT_LR, FIXED_ARGS, RunConfigError, RunRecord, TrainArgs,  # noqa: F401 (interface)
-                         UsageError, git_commit, versions)
+                         UsageError, git_commit, redacted, redacted_args, versions)
 
 PLOT_NAME = "loss.png"
 
@@ -167,6 +167,12 @@ class Trainer:
                 raise UsageError(f"--keep-best {args.keep_best!r} is not a metric this run evaluates; "
                                  f"expected eval_loss, eval_loss/TASK{', ' if self.suite else ''}"
                                  f"{', '.join(known[1:])}")
+        from schemas.cache import CacheLimitError
+        try:  # a limit below what the workers pin at once is refused now, naming the minimum
+            self.cache.check_room([i.bytes for src in self.loader.sources if src.remote for i in src.manifest.shards],
+                                  args.num_workers or 1)
+        except CacheLimitError as e:
+            raise UsageError(str(e)) from None
         self.tasks = list(self.loader.tasks)
         if ckpt is not None:
             config = GatoConfig.from_dict(ckpt["config"])
@@ -175,6 +181,7 @@ class Trainer:
         else:
             config = GatoConfig.from_preset(args.preset, self.layout, seq_len=args.seq_len)
         self.config = config
+        check_memory(args.batch_size, args.seq_len, config.vocab_size, self.device)
         self.model = GatoModel(config).to(self.device)
         if init is not None:
             self.model.load_state_dict(init["model"])
@@ -208,10 +215,11 @@ class Trainer:
         saved = TrainArgs.from_dict(ckpt["args"], f"{path}: field 'args'")
         for name in FIXED_ARGS:
             given, was = getattr(args, name), getattr(saved, name)
-            if given is not None and given != was and name in explicit:
+            if given is not None and redacted(given) != redacted(was) and name in explicit:
                 raise UsageError(f"{self.out} was started with --{name.replace('_', '-')} {was}, not {given}; "
                                  f"use another --out to start a new run")
-            setattr(args, name, was)
+            if given is None or name not in explicit:  # (a given one equals it but may hold credentials)
+                setattr(args, name, was)
         if ckpt.get("world_size", 1) != self.d.world:
             raise UsageError(f"{self.out} was trained on {ckpt.get('world_size', 1)} processes, not {self.d.world}: "
                              f"each process's loader state is saved, so resume with the same number")
@@ -250,9 +258,13 @@ class Trainer:
         path = self.out / METRICS_NAME
         if not path.is_file():
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        from .report import MetricsError, read_metrics
+        try:  # (a last line a crash cut off is dropped; any other bad line stops with one line)
+            keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        except MetricsError as e:
+            raise TrainError(str(e)) from None
         with atomic_path(path) as tmp:
-            tmp.write_text("".join(ln + "\n" for ln in keep))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def save(self, best: bool = False) -> None:
         """Every rank contributes its loader and RNG state; rank 0 writes the file atomically, then
@@ -262,7 +274,7 @@ class Trainer:
         loaders = _gather(_plain(self.loader.state_dict()), self.d)
         rngs = _gather(rng, self.d)
         if self.d.main:
-            args = asdict(self.args)
+            args = redacted_args(self.args)  # no URL credentials saved
             save_checkpoint({
                 "version": CHECKPOINT_VERSION, "step": self.step, "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "config": self.config.to_dict(), "args": args,
@@ -522,6 +534,23 @@ class Trainer:
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stop_requested = True
+
+
+def check_memory(batch_size: int, seq_len: int, vocab_size: int, device: torch.device) -> None:
+    """Refuse (UsageError) a --batch-size x --seq-len whose logits alone (with their softmax and
+    gradient: three float32 copies) exceed the memory this process may use, before allocating."""
+    need = 3 * 4 * batch_size * (seq_len + 1) * vocab_size
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device).total_memory, f"{device} has"
+    else:
+        import resource
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        have, where = (min(have, soft), "this process may use") if soft != resource.RLIM_INFINITY else \
+            (have, "this machine has")
+    if need > have:
+        raise UsageError(f"--batch-size {batch_size} x --seq-len {seq_len} needs {need / 2**30:.1f} GiB for the logits "
+                         f"over {vocab_size} tokens alone; {where} {have / 2**30:.1f} GiB")
 
 
 def check_fits(sources, seq_len: int) -> None:

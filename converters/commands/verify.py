@@ -163,6 +163,10 @@ def verify_dir(path: str | Path) -> VerifyResult:
     problems = [f"{n}: listed in the manifest but missing" for n in sd.missing]
     problems += [f"{n}: complete shard on disk but not listed in the manifest" for n in sd.unlisted]
     problems += _check_tokenizer(sd, layout)
+    if not m.shards or m.total_rows == 0:  # a conversion that kept nothing is not a usable directory
+        skipped = m.skipped[0]["reason"] if m.skipped and isinstance(m.skipped[0], dict) else None
+        problems.append(f"empty: the manifest lists {len(m.shards)} shards and 0 rows"
+                        + (f" ({len(m.skipped)} records skipped, the first: {skipped})" if skipped else ""))
     reports = []
     for i, s in enumerate(sd.shards):
         local = sd.file(i, checked=False)  # verify reports a wrong hash itself, as a problem

@@ -114,14 +114,16 @@ def detect_kind(path: str) -> str:
     return "minari"  # a dataset id in the local Minari root, or nothing (the reader says so)
 
 
-def open_source(path: str, kind: str = "auto") -> Source:
+def open_source(path: str, kind: str = "auto", allow_hdf5_external: bool = False) -> Source:
+    """The reader of `path`; HDF5 files are checked first (rl_sources/h5check.py): external storage,
+    links and virtual datasets refused unless `allow_hdf5_external`, declared sizes backed by bytes."""
     kind = detect_kind(path) if kind == "auto" else kind
     if kind == "minari":
         from .minari import MinariSource
-        return MinariSource(path)
+        return MinariSource(path, allow_hdf5_external)
     if kind == "hdf5":
         from .hdf5 import FlatHDF5Source
-        return FlatHDF5Source(path)
+        return FlatHDF5Source(path, allow_hdf5_external=allow_hdf5_external)
     if kind == "table":
         from .table import TableSource
         return TableSource(path)

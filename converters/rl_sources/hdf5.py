@@ -17,6 +17,7 @@ import numpy as np
 from converters.base import SourceError
 
 from . import FieldInfo, RawEpisode, episode_bounds, guess_kind
+from .h5check import check_hdf5
 
 GROUPS = (("observations", "obs"), ("actions", "action"))
 # What h5py raises on a damaged file, besides OSError: damaged metadata surfaces as any of these.
@@ -30,10 +31,11 @@ def _first_line(e: BaseException) -> str:
 class FlatHDF5Source:
     """One flat HDF5 file; episode positions are the episodes' order in the file."""
 
-    def __init__(self, path: str, chunk_steps: int = 1 << 16):
+    def __init__(self, path: str, chunk_steps: int = 1 << 16, allow_hdf5_external: bool = False):
         self.input = self.path = str(path)
         self.name = Path(path).stem
         self.chunk_steps = chunk_steps
+        check_hdf5(self.path, allow_hdf5_external)  # before any data is read or allocated
         with self._open() as f:
             try:
                 self._keys = self._field_keys(f)
@@ -41,7 +43,8 @@ class FlatHDF5Source:
                 done = np.zeros(n, dtype=bool)
                 for flag in ("terminals", "timeouts"):
                     if flag in f:
-                        done |= np.asarray(f[flag][()], dtype=bool).reshape(-1)
+                        for lo in range(0, n, 1 << 24):  # in chunks: no second full-size temporary
+                            done[lo:lo + (1 << 24)] |= np.asarray(f[flag][lo:lo + (1 << 24)], dtype=bool).reshape(-1)
                 self._infos = self._field_infos(f)
             except SourceError:
                 raise

@@ -21,6 +21,7 @@ from converters.base import SourceError
 from tokenizer_kit.fields import field_name
 
 from . import FieldInfo, RawEpisode, guess_kind
+from .h5check import check_hdf5
 
 
 def _first_line(e: BaseException) -> str:
@@ -102,9 +103,11 @@ def _flatten(space, value, prefix: str, out: dict) -> dict:
 class MinariSource:
     """A Minari dataset; episode positions index its `episode_indices`."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, allow_hdf5_external: bool = False):
         self.input = self.path = str(path)
         self._data = _data_path(self.input)
+        if (self._data / "main_data.hdf5").is_file():  # before minari reads a byte of it
+            check_hdf5(str(self._data / "main_data.hdf5"), allow_hdf5_external)
         ds = self._dataset()
         self.name = ds.id
         self._format = ds.storage.metadata.get("data_format", "hdf5")
@@ -141,9 +144,26 @@ class MinariSource:
         """From each episode's metadata (minari writes total_steps there), not from its arrays."""
         try:
             meta = self._dataset().storage.get_episode_metadata(self._indices.tolist())
-            return np.fromiter((m["total_steps"] for m in meta), dtype=np.int64, count=len(self._indices))
-        except (OSError, KeyError, ValueError) as e:
+            steps = [m["total_steps"] for m in meta]
+        except (OSError, KeyError, ValueError, TypeError) as e:
             raise SourceError(f"{self.path}: unreadable episode metadata ({_first_line(e)})") from None
+        bad = next((i for i, n in enumerate(steps) if isinstance(n, (bool, np.bool_))
+                    or not isinstance(n, (int, np.integer)) or not 0 <= int(n) < 1 << 40), None)
+        if bad is not None:  # a size from data: an integer in range, before anything is sized by it
+            raise SourceError(f"{self.path}: episode {int(self._indices[bad])}: metadata total_steps "
+                              f"{steps[bad]!r} is not a step count")
+        lengths = np.asarray([int(n) for n in steps], dtype=np.int64)
+        if self._format == "hdf5":  # and it must be what the file really holds
+            with self._h5() as f:
+                try:
+                    real = [f[f"episode_{i}/rewards"].shape[0] for i in self._indices]
+                except (KeyError, OSError, ValueError, TypeError, IndexError) as e:
+                    raise SourceError(f"{self.path}: unreadable episode arrays ({_first_line(e)})") from None
+            k = next((j for j, (a, b) in enumerate(zip(lengths, real)) if a != b), None)
+            if k is not None:
+                raise SourceError(f"{self.path}: episode {int(self._indices[k])}: metadata total_steps "
+                                  f"{int(lengths[k])}, its rewards hold {real[k]} steps")
+        return lengths
 
     def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
         return self._fields

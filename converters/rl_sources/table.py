@@ -142,6 +142,9 @@ def _check_numeric_steps(path: str, column: str, t: pa.DataType) -> None:
     """A per-step column that must hold numbers (rewards): a list of ints or floats."""
     t = t.storage_type if isinstance(t, pa.ExtensionType) else t
     value = t.value_type if _is_list(t) else t
+    if not _is_list(t):  # one number per episode: the steps' rewards are not there
+        raise SourceError(f"{path}: column {column!r} is {t} (one value per episode), expected a list of numbers "
+                          f"per episode (one per step)")
     if not (pa.types.is_integer(value) or pa.types.is_floating(value) or pa.types.is_boolean(value)):
         raise SourceError(f"{path}: column {column!r} is {t}, expected a list of numbers per episode")
 

@@ -14,7 +14,9 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 
-from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord
+from schemas.manifest import (MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord,
+                              check_shard_list)
+from schemas.names import UnsafeNameError
 from schemas.storage import OutDir
 from schemas.workunit import PLAN_NAME, WORK_DIR, ConversionPlan, UnitMarker, WorkDir, merge_stats
 from tokenizer_kit.files import file_sha256
@@ -164,6 +166,11 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
     stats = replace(stats, conversion=plan.conversion_id())
     shards: list[ShardInfo] = [s for m in markers for s in m.shards]
     skipped: list[SkippedRecord] = [s for m in markers for s in m.skipped]
+    if stats.rows == 0:  # kept no record: say why and write no manifest (the work directory stays)
+        why = (f"all {len(skipped)} records were skipped (the first: {skipped[0].source}: {skipped[0].reason})"
+               if skipped else f"all {stats.filtered} records were filtered out by the options" if stats.filtered
+               else "the inputs hold no records")
+        raise SourceError(f"{store.url}: the conversion kept no record: {why}")
     manifest = Manifest(layout=plan.layout, converter=plan.converter, options=plan.options, shards=shards,
                         stats=stats.to_dict(), skipped=[{"source": s.source, "reason": s.reason} for s in skipped],
                         tokenizer_sha256=plan.tokenizer_sha256, episode_spec=plan.episode_spec,
@@ -172,6 +179,10 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
         text = manifest.to_json()
     except ValueError as e:  # a statistic JSON cannot hold: refused at conversion, so a bug if it gets here
         raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
+    try:  # every unit's shards are its own (WorkDir.done); listed once each, whatever markers say
+        check_shard_list(shards, f"{store.url}: the units' markers")
+    except (ManifestError, UnsafeNameError) as e:
+        raise SourceError(str(e)) from None
     remove_unlisted_shards(store, {s.name for s in shards})
     remove_temporaries(store, None)
     if plan.tokenizer_sha256 and TOKENIZER_NAME in store.sizes(WORK_DIR):  # else moved by an interrupted finalize

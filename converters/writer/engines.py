@@ -89,7 +89,7 @@ def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob
         try:
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - Ray's start-up fails in many types (timeouts, OSError, its own)
             raise SourceError(f"--engine ray: cannot reach Ray at {address or 'a new local instance'}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:

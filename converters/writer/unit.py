@@ -92,7 +92,8 @@ def _add_return(rec: Record, stats: UnitStats) -> str | None:
             return f"{rec.source_id}: episode return {r!r} cannot go into the statistics (not a finite number)"
     for name, (mx, total, _) in rec.field_errors.items():
         if not (math.isfinite(mx) and math.isfinite(total)):
-            return f"{rec.source_id}: field {name!r}: quantisation error is not a finite number"
+            return (f"{rec.source_id}: field {name!r}: values too large for the statistics (quantisation error "
+                    f"up to {mx:.3g}; its sum overflows float64)")
     if probe is not None:
         stats.returns = probe
     return None

@@ -16,7 +16,8 @@ def manifest(**kw) -> Manifest:
     spec = EpisodeSpec((FieldSpec("s", "continuous", (3,)),), (FieldSpec("a", "discrete", (1,)),))
     args = dict(layout=LAYOUT.to_dict(), converter="rl", options={"env": "CartPole-v1", "image_size": [32, 32]},
                 shards=[ShardInfo("shard-00000.arrow", 10, 1234, 5678, "ab" * 32)],
-                stats={"rows": 10, "tokens": {"continuous": 900}}, skipped=[{"source": "ep-3", "reason": "NaN"}],
+                stats={"rows": 10, "tokens": 900, "tokens_by_modality": {"continuous": 900}},
+                skipped=[{"source": "ep-3", "reason": "NaN"}],
                 tokenizer_sha256="cd" * 32, episode_spec=spec.to_dict(), tasks=["cartpole"])
     return Manifest(**(args | kw))
 
