@@ -366,7 +366,7 @@ class Trainer:
                     subset = "test" if held_out else "train"
                     if not held_out and self.d.main:
                         print(f"gato-train: {path} has no test split: its eval loss is measured on training rows "
-                              f"(convert with --test-share, or give --eval-data)", file=sys.stderr)
+                              f"(convert with --test-share, or give --eval-data)")  # a note, not an error: stdout
                 loader = build_loader([path], args.seq_len, args.batch_size, seed=args.seed,
                                       rank=self.d.rank, world_size=self.d.world, training=False,
                                       prompt_prob=args.prompt_prob, layout=self.layout, cache=self.cache,
