@@ -13,6 +13,7 @@ of rows is deterministic.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -70,9 +71,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--strict-ranges", action="store_true",
                    help="an episode with continuous actions outside [-1, 1] (after rescaling) is a bad record "
                         "(skipped, or an error with --on-error fail) instead of a warning")
+    g.add_argument("--env-spec", default=None, type=_env_spec, metavar="JSON|FILE.json|ID",
+                   help="the environment the episodes were recorded in, recorded in the manifest for acting: "
+                        "an id, or {\"id\": ..., \"kwargs\": {...}, \"wrappers\": [{\"entry_point\": "
+                        "\"gymnasium.wrappers:AtariPreprocessing\", \"kwargs\": {...}}, ...]} inline or in a file "
+                        "(default: a Minari dataset's own env spec)")
     g.add_argument("--field-loss", action="append", default=[], type=_pair, metavar="NAME=on|off",
                    help="off: a text observation NAME stays in the context but is no training target "
                         "(e.g. a mission repeated at every step)")
+
+
+def _env_spec(text: str):
+    """--env-spec as a checked schemas.env_spec.EnvSpec: bad usage before anything is read."""
+    from schemas.env_spec import EnvSpec, EnvSpecError
+    try:
+        return EnvSpec.parse(text)
+    except EnvSpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -270,13 +285,34 @@ def _make_converter(args) -> RLConverter:
                        settings={"fields": kinds or None, "mu_law": mu_law or None, "image_fit": fit,
                                  "min_return_fraction": fraction},
                        frame_stack=getattr(args, "frame_stack", "auto") or "auto",
-                       strict_ranges=bool(getattr(args, "strict_ranges", False)))
+                       strict_ranges=bool(getattr(args, "strict_ranges", False)),
+                       env_spec=recorded_env(args, sources))
     conv._sources = {s.input: s for s in sources}
     for src in sources:
         if getattr(src, "last_episode_cut", False):
             print(f"gato-tokenize rl: warning: {src.path}: the last episode ({int(src.episode_lengths()[-1])} steps) "
                   f"has no terminal or timeout flag; taken whole, as a cut-off episode", file=sys.stderr)
     return conv
+
+
+def recorded_env(args: argparse.Namespace, sources: list[Source]):
+    """The environment to record in the manifest: --env-spec, else the inputs' own (Minari's env
+    spec) when they all agree; a note on stderr when none is known or they disagree."""
+    given = getattr(args, "env_spec", None)
+    if given is not None:
+        return given
+    specs = {s.path: getattr(s, "env_spec", None) for s in sources}
+    known = {json.dumps(v.to_dict(), sort_keys=True) for v in specs.values() if v is not None}
+    if len(known) == 1 and all(v is not None for v in specs.values()):
+        return next(v for v in specs.values() if v is not None)
+    problems = [f"{s.path}: {s.env_spec_problem}" for s in sources if getattr(s, "env_spec_problem", None)]
+    if len(known) > 1:
+        print("gato-tokenize rl: note: the inputs were recorded in different environments; none is recorded "
+              "(give --env-spec)", file=sys.stderr)
+    elif problems:
+        print(f"gato-tokenize rl: note: no environment recorded ({problems[0]}); give --env-spec for acting",
+              file=sys.stderr)
+    return None
 
 
 def _open_sources(inputs: list[str], kind: str, skip: bool) -> tuple[list[Source], list[str]]:

@@ -32,7 +32,8 @@ class RLConverter:
     def __init__(self, inputs: Sequence[str], spec: EpisodeSpec, layout: VocabLayout, *, source_kind: str = "auto",
                  text_tokenizer=None, task: str | None = None, min_return: dict[str, float] | None = None,
                  episodes_per_unit: int | None = None, steps_per_unit: int = STEPS_PER_UNIT,
-                 settings: dict | None = None, frame_stack: str = "auto", strict_ranges: bool = False):
+                 settings: dict | None = None, frame_stack: str = "auto", strict_ranges: bool = False,
+                 env_spec=None):
         self.inputs = list(inputs)
         self.spec = spec
         self.layout = layout
@@ -45,6 +46,7 @@ class RLConverter:
         self.settings = dict(settings or {})
         self.frame_stack = frame_stack
         self.strict_ranges = strict_ranges
+        self.env_spec = env_spec  # schemas.env_spec.EnvSpec the episodes were recorded in, or None
         self._sources: dict[str, Source] = {}  # by input
         self._input_of: dict[str, str] = {}  # the path a source reads -> its input
         self._centres: dict[bool, np.ndarray] = {}
@@ -107,6 +109,8 @@ class RLConverter:
         cut = [s.path for s in self._sources.values() if getattr(s, "last_episode_cut", False)]
         if cut:
             extra["last_episode_cut"] = sorted(cut)  # ends with no terminal/timeout flag: taken as it is
+        if self.env_spec is not None:
+            extra["env_spec"] = self.env_spec.to_dict()
         return {"episode_spec": self.spec.to_dict(), "source": self.source_kind,
                 "final_observation": self._final_observation(), "episodes_per_unit": self.episodes_per_unit,
                 "steps_per_unit": None if self.episodes_per_unit else self.steps_per_unit,

@@ -67,6 +67,7 @@ class ConversionPlan:
     shard_size: int
     on_error: str
     compression: str = "none"
+    env_spec: dict | None = None  # the recorded environment (schemas.env_spec), for the manifest
 
     @classmethod
     def create(cls, converter: str, rl: bool, options: dict, units: Sequence[Unit], layout: dict,
@@ -74,11 +75,13 @@ class ConversionPlan:
                compression: str) -> "ConversionPlan":
         options = dict(options)
         episode_spec = options.pop("episode_spec", None)
+        env_spec = options.pop("env_spec", None)
         fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter, "options": options,
                             "episode_spec": episode_spec, "layout": layout, "tokenizer_sha256": tokenizer_sha256,
-                            "task": task, "rl": rl, "shard_size": shard_size, "compression": compression})
+                            "task": task, "rl": rl, "shard_size": shard_size, "compression": compression,
+                            **({"env_spec": env_spec} if env_spec else {})})
         return cls(converter, rl, fingerprint, [unit_id(fingerprint, u) for u in units], [u.key for u in units],
-                   layout, options, episode_spec, tokenizer_sha256, shard_size, on_error, compression)
+                   layout, options, episode_spec, tokenizer_sha256, shard_size, on_error, compression, env_spec)
 
     def conversion_id(self) -> dict:
         """What the manifest records so that a re-run can tell its own finished directory."""

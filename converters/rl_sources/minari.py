@@ -99,6 +99,21 @@ def _flatten(space, value, prefix: str, out: dict) -> dict:
     return out
 
 
+def _env_spec(ds):
+    """(EnvSpec, None) of the environment the dataset was recorded in, (None, why not) else."""
+    from schemas.env_spec import EnvSpec, EnvSpecError
+    try:
+        spec = ds.env_spec
+    except Exception as e:  # minari rebuilds it from JSON: a spec it cannot parse is only not known
+        return None, f"unreadable env spec ({_first_line(e)})"
+    if spec is None:
+        return None, "no env spec recorded"
+    try:
+        return EnvSpec.from_gymnasium(spec), None
+    except (EnvSpecError, ValueError, TypeError) as e:
+        return None, _first_line(e)
+
+
 class MinariSource:
     """A Minari dataset; episode positions index its `episode_indices`."""
 
@@ -112,6 +127,7 @@ class MinariSource:
         self.path = str(self._data / "main_data.hdf5") if self._format == "hdf5" else str(self._data)
         self._indices = np.asarray(ds.episode_indices, dtype=np.int64)
         self._obs_space, self._act_space = ds.observation_space, ds.action_space
+        self.env_spec, self.env_spec_problem = _env_spec(ds)
         try:
             self._fields = (space_fields(self._obs_space, "obs", {}), space_fields(self._act_space, "action", {}))
         except SourceError as e:

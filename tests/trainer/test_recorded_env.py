@@ -1,0 +1,188 @@
+"""The environment travels with the data: Breakout recorded through AtariPreprocessing +
+FrameStackObservation into Minari (and the same frames as a jat-layout table, channel-last) is
+converted, a tiny model trained, and `gato-train rollout --env ALE/Breakout-v5` acts in the
+environment the manifest records, whose observations give, step for step, the tokens of the shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from converters.cli import main as tokenize_main
+from schemas.env_spec import EnvSpec, EnvSpecError
+from schemas.manifest import Manifest
+from schemas.reader import ShardDir
+from schemas.shard import row_from_table
+from trainer.cli import main as train_main
+from trainer.envs import EnvWrappers, make_env_fn
+from trainer.rollout import Agent, slice_steps
+
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_torch_thread")]
+
+STEPS, SEED = 12, 5
+ATARI_WRAPPERS = [
+    {"entry_point": "gymnasium.wrappers:AtariPreprocessing",
+     "kwargs": {"frame_skip": 4, "screen_size": 84, "grayscale_obs": True, "noop_max": 0}},
+    {"entry_point": "gymnasium.wrappers:FrameStackObservation", "kwargs": {"stack_size": 4}}]
+
+
+def breakout():
+    import ale_py
+    gym.register_envs(ale_py)
+    env = gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0)
+    env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=0)
+    return gym.wrappers.FrameStackObservation(env, 4)
+
+
+def record(env, episodes: int) -> list[dict]:
+    """Random play; episode e starts from reset(seed=SEED + e)."""
+    out = []
+    env.action_space.seed(SEED)
+    for e in range(episodes):
+        obs, _ = env.reset(seed=SEED + e)
+        o, a, r = [obs], [], []
+        for _ in range(STEPS):
+            act = int(env.action_space.sample())
+            obs, rew, term, trunc, _ = env.step(act)
+            o.append(obs), a.append(act), r.append(float(rew))
+            if term or trunc:
+                break
+        out.append({"observations": np.stack(o), "actions": np.asarray(a, np.int64), "rewards": np.asarray(r)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    return record(breakout(), 2)
+
+
+@pytest.fixture(scope="module")
+def minari_dir(minari_root, episodes):
+    import minari
+    from minari.data_collector import EpisodeBuffer
+    env = breakout()
+    buffers = [EpisodeBuffer(id=i, observations=ep["observations"], actions=ep["actions"],
+                             rewards=list(ep["rewards"]), terminations=[False] * len(ep["actions"]),
+                             truncations=[False] * (len(ep["actions"]) - 1) + [True])
+               for i, ep in enumerate(episodes)]
+    minari.create_dataset_from_buffers("breakout/recorded-v0", buffers, env=env, algorithm_name="random")
+    return Path(os.environ["MINARI_DATASETS_PATH"]) / "breakout/recorded-v0"
+
+
+def _rgba_png(stack_last: np.ndarray) -> dict:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(stack_last, "RGBA").save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+@pytest.fixture(scope="module")
+def jat_dir(tmp_path_factory, episodes):
+    """The jat-dataset's Atari layout: 84x84x4 RGBA PNG stacks (channel-last), no final observation."""
+    import datasets
+    root = tmp_path_factory.mktemp("jat") / "atari-breakout"
+    root.mkdir()
+    features = datasets.Features({"image_observations": datasets.Sequence(datasets.Image()),
+                                  "rewards": datasets.Sequence(datasets.Value("float32")),
+                                  "discrete_actions": datasets.Sequence(datasets.Value("int64"))})
+    ds = datasets.Dataset.from_dict({
+        "image_observations": [[_rgba_png(np.moveaxis(s, 0, -1)) for s in ep["observations"][:-1]]
+                               for ep in episodes],
+        "rewards": [ep["rewards"].astype(np.float32).tolist() for ep in episodes],
+        "discrete_actions": [ep["actions"].tolist() for ep in episodes]}, features=features)
+    ds.to_parquet(str(root / "train-00000-of-00001.parquet"))
+    return root
+
+
+def convert(src, out: Path, *extra) -> Manifest:
+    assert tokenize_main(["rl", str(src), "--out", str(out), "--image-size", "32x32", "--no-progress",
+                          *map(str, extra)]) == 0
+    return Manifest.read(out)
+
+
+def train(data: Path, run: Path) -> Path:
+    assert train_main(["--data", str(data), "--out", str(run), "--steps", "2", "--batch-size", "2",
+                       "--seq-len", "64", "--log-every", "1", "--no-progress"]) == 0
+    return run
+
+
+def assert_acting_tokens_are_the_shards(shards: Path, episodes: list[dict]) -> None:
+    """Replay each recorded episode in the environment the manifest rebuilds: every step's tokens
+    and patches, built by the agent from the live observation, are the row's."""
+    sd = ShardDir.open(shards)
+    m = sd.manifest
+    spec = m.spec
+    rows = [row_from_table(sd.table(i), k) for i in range(len(sd.shards)) for k in range(sd.table(i).num_rows)]
+    make = make_env_fn(m.env.id, wrappers=EnvWrappers.from_manifest(m))
+    agent = Agent(None, sd.layout, spec, 64, frame_modes=m.frame_modes())
+    for e, (row, ep) in enumerate(zip(rows, episodes, strict=True)):
+        env = make()
+        obs, _ = env.reset(seed=SEED + e)
+        for t, a in enumerate(ep["actions"]):
+            live = agent.step_row(obs, {spec.actions[0].name: np.asarray(a)})
+            want = slice_steps(row, t, t + 1)
+            assert np.array_equal(live.tokens, want.tokens), f"episode {e} step {t}: tokens differ"
+            assert np.array_equal(live.patches, want.patches), f"episode {e} step {t}: patches differ"
+            obs, *_ = env.step(int(a))
+        env.close()
+
+
+def test_minari_env_spec_is_recorded_and_rebuilt_step_for_step(minari_dir, episodes, tmp_path):
+    m = convert(minari_dir, tmp_path / "shards")
+    env = m.env
+    assert env.id == "ALE/Breakout-v5" and env.kwargs["frameskip"] == 1
+    assert [w.name for w in env.wrappers] == ["AtariPreprocessing", "FrameStackObservation"]
+    assert env.wrappers[0].kwargs["screen_size"] == 84
+    assert_acting_tokens_are_the_shards(tmp_path / "shards", episodes)
+
+
+def test_rollout_acts_in_the_plain_id_with_the_recorded_wrappers(minari_dir, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    convert(minari_dir, shards)
+    run = train(shards, tmp_path / "run")
+    assert train_main(["rollout", "--checkpoint", str(run), "--data", str(shards), "--env", "ALE/Breakout-v5",
+                       "--episodes", "2", "--max-steps", "6", "--out", str(tmp_path / "eval")]) == 0, \
+        capsys.readouterr().err
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["tasks"][0]["agent_steps"] == [6, 6]
+
+
+def test_jat_layout_acts_through_env_spec_channel_first(jat_dir, episodes, tmp_path, capsys):
+    spec = json.dumps({"id": "ALE/Breakout-v5", "kwargs": {"frameskip": 1, "repeat_action_probability": 0.0},
+                       "wrappers": ATARI_WRAPPERS})
+    shards = tmp_path / "shards"
+    m = convert(jat_dir, shards, "--env-spec", spec)
+    assert m.spec.observations[0].frame_stack.axis == "last"  # (84, 84, 4), the env gives (4, 84, 84)
+    assert m.env == EnvSpec.parse(spec)
+    assert_acting_tokens_are_the_shards(shards, episodes)
+    run = train(shards, tmp_path / "run")
+    assert train_main(["rollout", "--checkpoint", str(run), "--data", str(shards), "--env", "ALE/Breakout-v5",
+                       "--episodes", "1", "--max-steps", "4"]) == 0, capsys.readouterr().err
+
+
+def test_env_spec_from_data_cannot_name_any_module(tmp_path, capsys):
+    with pytest.raises(EnvSpecError, match="not a wrapper of"):
+        EnvSpec.from_dict({"id": "CartPole-v1", "wrappers": [{"entry_point": "os:system", "kwargs": {}}]})
+    with pytest.raises(EnvSpecError, match="no module prefix"):
+        EnvSpec.from_dict({"id": "evil.module:Env"})
+    with pytest.raises(SystemExit) as e:  # bad usage, before any input is read
+        tokenize_main(["rl", str(tmp_path / "x.parquet"), "--out", str(tmp_path / "o"),
+                       "--env-spec", '{"id": "CartPole-v1", "wrappers": [{"entry_point": "os:system"}]}'])
+    assert e.value.code == 2
+    assert "--env-spec" in capsys.readouterr().err
+
+
+def test_a_manifest_whose_env_spec_names_another_module_is_unreadable(tmp_path):
+    from schemas.manifest import ManifestError
+    from tokenizer_kit.layout import VocabLayout
+    m = Manifest(layout=VocabLayout(1000).to_dict(), converter="rl",
+                 env_spec={"id": "CartPole-v1", "wrappers": [{"name": "x", "entry_point": "os:system"}]})
+    (tmp_path / "manifest.json").write_text(json.dumps(m.to_dict()))
+    with pytest.raises(ManifestError, match="not a wrapper of"):
+        Manifest.read(tmp_path)
