@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--strict-ranges", action="store_true",
                    help="an episode with continuous actions outside [-1, 1] (after rescaling) is a bad record "
                         "(skipped, or an error with --on-error fail) instead of a warning")
+    g.add_argument("--split", default="train", metavar="NAME",
+                   help="a folder of HF hub table shards (the jat-dataset's <task>/<split>-00000-of-00004.parquet) is "
+                        "read as its NAME split (default train); its task is the folder's name")
     g.add_argument("--env-spec", default=None, type=_env_spec, metavar="JSON|FILE.json|ID",
                    help="the environment the episodes were recorded in, recorded in the manifest for acting: "
                         "an id, or {\"id\": ..., \"kwargs\": {...}, \"wrappers\": [{\"entry_point\": "
@@ -226,7 +229,7 @@ def make_converter(args) -> RLConverter:
 def _make_converter(args) -> RLConverter:
     layout, tok = _layout_and_tokenizer(args)
     kind = getattr(args, "source", "auto") or "auto"
-    inputs = expand_inputs(_inputs(args))
+    inputs = expand_inputs(_inputs(args), getattr(args, "split", "train") or "train")
     sources, _ = _open_sources(inputs, kind, getattr(args, "on_error", "fail") == "skip")
     obs, act = sources[0].fields()
     for other in sources[1:]:
