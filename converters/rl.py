@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "an id, or {\"id\": ..., \"kwargs\": {...}, \"wrappers\": [{\"entry_point\": "
                         "\"gymnasium.wrappers:AtariPreprocessing\", \"kwargs\": {...}}, ...]} inline or in a file "
                         "(default: a Minari dataset's own env spec)")
+    g.add_argument("--repeated-text-loss", action="store_true",
+                   help="keep a text observation that repeats the previous step's text (a mission given every "
+                        "step) a training target; default: only its first occurrence in an episode is")
     g.add_argument("--field-loss", action="append", default=[], type=_pair, metavar="NAME=on|off",
                    help="off: a text observation NAME stays in the context but is no training target "
                         "(e.g. a mission repeated at every step)")
@@ -154,7 +157,8 @@ def _layout_and_tokenizer(args):
 def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict[str, str],
                mu_law: dict[str, bool], image_fit: str = "resize", action_local_pos: bool = False,
                image_size: tuple[int, int] | None = None, field_loss: dict[str, bool] | None = None,
-               action_bounds: dict[str, tuple[float, float]] | None = None) -> EpisodeSpec:
+               action_bounds: dict[str, tuple[float, float]] | None = None,
+               repeated_text_loss: bool = False) -> EpisodeSpec:
     """Fields as the reader found them, with --field, --mu-law, --field-loss and --action-bounds
     applied. An image field whose steps stack grey frames keeps that stack's geometry; a continuous
     action field with declared finite bounds other than [-1, 1] is rescaled from them."""
@@ -184,7 +188,7 @@ def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict
             if bounds is not None and all(lo == -1.0 for lo in bounds[0]) and all(hi == 1.0 for hi in bounds[1]):
                 bounds = None  # already the bins' range: nothing to rescale
         return FieldSpec(info.name, kind, shape, is_obs and mu_law.get(info.name, True), image_fit, stack,
-                         field_loss.get(info.name, True), bounds)
+                         field_loss.get(info.name, True), bounds, is_obs and kind == "text" and repeated_text_loss)
 
     observations = tuple(f for f in (spec(i, True) for i in obs.values()) if f is not None)
     actions = tuple(f for f in (spec(i, False) for i in act.values()) if f is not None)
@@ -261,7 +265,7 @@ def _make_converter(args) -> RLConverter:
     fit = getattr(args, "image_fit", "resize")
     image_size = getattr(args, "image_size", None)
     spec = build_spec(obs, act, kinds, mu_law, fit, bool(getattr(args, "action_local_pos", False)), image_size,
-                      field_loss, bounds)
+                      field_loss, bounds, bool(getattr(args, "repeated_text_loss", False)))
     text = [f.name for f in spec.observations + spec.actions if f.kind == "text"]
     if text and tok is None:
         _usage(f"field {text[0]!r} is text: pass --text-tokenizer MODEL (or --field {text[0]}=ignore)")

@@ -154,7 +154,10 @@ def tokenise(out: Path, data: dict) -> dict:
             "gato-tokenize rl CartPole-v1")
     run_cli(["-m", "converters.cli", "rl", str(data["pendulum"]), "--out", str(dirs["pendulum"]), *common],
             "gato-tokenize rl Pendulum-v1")
-    run_cli(["-m", "converters.cli", "rl", str(data["babyai"]), "--out", str(dirs["babyai"]), *common],
+    # --repeated-text-loss: the mission at every step stays a target, as in the runs the README's
+    # table comes from (the converter's default now trains on its first occurrence only)
+    run_cli(["-m", "converters.cli", "rl", str(data["babyai"]), "--out", str(dirs["babyai"]), *common,
+             "--repeated-text-loss"],
             "gato-tokenize rl BabyAI (Parquet episode table)")
     run_cli(["-m", "converters.cli", "captions", str(data["digits"]), "--image-size", "16",
              "--out", str(dirs["digits"]), *common], "gato-tokenize captions digits")

@@ -82,3 +82,20 @@ def test_a_saved_hf_split_is_named_by_its_config(tmp_path):
     plain.save_to_disk(str(tmp_path / "babyai-goto" / "test"))
     assert convert(tmp_path / "babyai-goto" / "test", "--out", tmp_path / "out2") == 0
     assert tasks_of(tmp_path / "out2") == {"babyai-goto": 2}
+
+
+def test_repeated_text_loss_flag_is_recorded_in_the_spec(tmp_path, sp_model_path):
+    from schemas.manifest import Manifest
+    table = pa.table({"text_observations": [["go to the ball"] * 4], "discrete_actions": [[0, 1, 2, 1]],
+                      "rewards": [[0.0, 0.0, 0.0, 1.0]]})
+    pq.write_table(table, tmp_path / "babyai.parquet")
+    masks = {}
+    for name, extra in (("default", []), ("kept", ["--repeated-text-loss"])):
+        assert convert(tmp_path / "babyai.parquet", "--out", tmp_path / name, "--text-tokenizer", sp_model_path,
+                       *extra) == 0
+        spec = Manifest.read(tmp_path / name).spec
+        assert spec.observations[0].repeat_loss is (name == "kept")
+        sd = ShardDir.open(tmp_path / name)
+        masks[name] = int(np.asarray(sd.table(0).column("loss_mask")[0].as_py()).sum())
+    mission = masks["kept"] - 4  # the 4 action targets
+    assert mission % 4 == 0 and masks["default"] == 4 + mission // 4  # one mission of four is a target
