@@ -13,7 +13,6 @@ of rows is deterministic.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -303,22 +302,14 @@ def _make_converter(args) -> RLConverter:
 
 
 def recorded_env(args: argparse.Namespace, sources: list[Source]):
-    """The environment to record in the manifest: --env-spec, else the inputs' own (Minari's env
-    spec) when they all agree; a note on stderr when none is known or they disagree."""
+    """The environment to record in the manifest: --env-spec, else the inputs' own (a Minari
+    dataset's env spec) when they all have the same one, else none (acting then makes --env as it is)."""
     given = getattr(args, "env_spec", None)
     if given is not None:
         return given
-    specs = {s.path: getattr(s, "env_spec", None) for s in sources}
-    known = {json.dumps(v.to_dict(), sort_keys=True) for v in specs.values() if v is not None}
-    if len(known) == 1 and all(v is not None for v in specs.values()):
-        return next(v for v in specs.values() if v is not None)
-    problems = [f"{s.path}: {s.env_spec_problem}" for s in sources if getattr(s, "env_spec_problem", None)]
-    if len(known) > 1:
-        print("gato-tokenize rl: note: the inputs were recorded in different environments; none is recorded "
-              "(give --env-spec)", file=sys.stderr)
-    elif problems:
-        print(f"gato-tokenize rl: note: no environment recorded ({problems[0]}); give --env-spec for acting",
-              file=sys.stderr)
+    specs = [getattr(s, "env_spec", None) for s in sources]
+    if specs and all(v is not None and v == specs[0] for v in specs):
+        return specs[0]
     return None
 
 
