@@ -18,8 +18,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# wrapper entry points acting may import: gymnasium's own wrappers and the plugins' wrapper modules
-WRAPPER_MODULES = ("gymnasium.wrappers", "minigrid.wrappers", "ale_py")
+# wrapper entry points acting may import: gymnasium's own wrappers, the plugins' wrapper modules,
+# and gato-kit's own (trainer/env_wrappers.py: observation layouts of published datasets)
+WRAPPER_MODULES = ("gymnasium.wrappers", "minigrid.wrappers", "ale_py", "trainer.env_wrappers")
 MAX_WRAPPERS = 16
 
 

@@ -106,9 +106,9 @@ def convert(src, out: Path, *extra) -> Manifest:
     return Manifest.read(out)
 
 
-def train(data: Path, run: Path) -> Path:
+def train(data: Path, run: Path, seq_len: int = 64) -> Path:
     assert train_main(["--data", str(data), "--out", str(run), "--steps", "2", "--batch-size", "2",
-                       "--seq-len", "64", "--log-every", "1", "--no-progress"]) == 0
+                       "--seq-len", str(seq_len), "--log-every", "1", "--no-progress"]) == 0
     return run
 
 
@@ -186,3 +186,91 @@ def test_a_manifest_whose_env_spec_names_another_module_is_unreadable(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(m.to_dict()))
     with pytest.raises(ManifestError, match="not a wrapper of"):
         Manifest.read(tmp_path)
+
+
+# --- the jat-dataset's other families, from their published folder layout ---------------------------
+
+def _random_play(env, episodes: int, steps: int, seed: int) -> list[dict]:
+    """Random play; episode e starts from reset(seed=seed + e); observations without the final one."""
+    out = []
+    env.action_space.seed(seed)
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed + e)
+        o, a, r = [], [], []
+        for _ in range(steps):
+            act = env.action_space.sample()
+            o.append(obs), a.append(act)
+            obs, rew, term, trunc, _ = env.step(act)
+            r.append(float(rew))
+            if term or trunc:
+                break
+        out.append({"observations": o, "actions": a, "rewards": r})
+    env.close()
+    return out
+
+
+def _jat_folder(root: Path, task: str, columns: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (root / task).mkdir(parents=True)
+    pq.write_table(pa.table(columns), root / task / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table(columns), root / task / "test-00000-of-00001.parquet")
+    return root / task
+
+
+def _replay_tokens(shards: Path, played: list[dict], seed: int) -> None:
+    """The agent's tokens from the rebuilt environment, replaying each episode's actions, are the row's."""
+    sd = ShardDir.open(shards)
+    m, spec = sd.manifest, sd.manifest.spec
+    rows = [row_from_table(sd.table(i), k) for i in range(len(sd.shards)) for k in range(sd.table(i).num_rows)]
+    make = make_env_fn(m.env.id, wrappers=EnvWrappers.from_manifest(m))
+    agent = Agent(None, sd.layout, spec, 400, text_tokenizer=sd.text_tokenizer(), frame_modes=m.frame_modes())
+    for e, (row, ep) in enumerate(zip(rows, played, strict=True)):
+        env = make()
+        obs, _ = env.reset(seed=seed + e)
+        for t, a in enumerate(ep["actions"]):
+            live = agent.step_row(obs, {spec.actions[0].name: np.asarray(a)})
+            assert np.array_equal(live.tokens, slice_steps(row, t, t + 1).tokens), f"episode {e} step {t}"
+            obs, *_ = env.step(a)
+        env.close()
+
+
+def _act(shards: Path, run: Path, env_id: str, capsys) -> dict:
+    out = run.parent / "eval"
+    assert train_main(["rollout", "--checkpoint", str(run), "--data", str(shards), "--env", env_id,
+                       "--episodes", "2", "--max-steps", "5", "--out", str(out)]) == 0, capsys.readouterr().err
+    return json.loads((out / "eval.json").read_text())["tasks"][0]
+
+
+def test_jat_mujoco_converts_and_acts_in_gymnasium_mujoco(tmp_path, capsys):
+    played = _random_play(gym.make("Hopper-v5"), 2, 10, seed=40)
+    folder = _jat_folder(tmp_path / "jat", "mujoco-hopper", {
+        "continuous_observations": [np.asarray(ep["observations"], np.float32).tolist() for ep in played],
+        "continuous_actions": [np.asarray(ep["actions"], np.float32).tolist() for ep in played],
+        "rewards": [ep["rewards"] for ep in played]})
+    shards = tmp_path / "shards"
+    m = convert(folder, shards, "--env-spec", "Hopper-v5")
+    assert m.tasks == ["mujoco-hopper"] and m.env.id == "Hopper-v5"
+    _replay_tokens(shards, played, seed=40)
+    result = _act(shards, train(shards, tmp_path / "run"), "Hopper-v5", capsys)
+    assert result["seeds"] == [0, 1] and all(1 <= s <= 5 for s in result["agent_steps"])
+
+
+def test_jat_babyai_converts_and_acts_in_minigrid(tmp_path, capsys, sp_model_path):
+    import minigrid
+    gym.register_envs(minigrid)
+    from trainer.env_wrappers import JatBabyAI
+    played = _random_play(JatBabyAI(gym.make("BabyAI-GoToLocal-v0")), 2, 8, seed=70)
+    folder = _jat_folder(tmp_path / "jat", "babyai-go-to-local", {
+        "text_observations": [[o["text_observations"] for o in ep["observations"]] for ep in played],
+        "discrete_observations": [[o["discrete_observations"].tolist() for o in ep["observations"]] for ep in played],
+        "discrete_actions": [[int(a) for a in ep["actions"]] for ep in played],
+        "rewards": [ep["rewards"] for ep in played]})
+    spec = json.dumps({"id": "BabyAI-GoToLocal-v0",
+                       "wrappers": [{"entry_point": "trainer.env_wrappers:JatBabyAI"}]})
+    shards = tmp_path / "shards"
+    m = convert(folder, shards, "--env-spec", spec, "--text-tokenizer", sp_model_path)
+    assert m.tasks == ["babyai-go-to-local"] and [w.name for w in m.env.wrappers] == ["JatBabyAI"]
+    _replay_tokens(shards, played, seed=70)
+    result = _act(shards, train(shards, tmp_path / "run", seq_len=400), "BabyAI-GoToLocal-v0", capsys)
+    assert len(result["agent"]) == 2
