@@ -190,12 +190,16 @@ def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict, o
     pendulum = np.asarray(data["returns"]["Pendulum-v1"])
     # the expert's own return: its episodes without DART perturbation bursts (every other one)
     expert = float(pendulum[0::2].mean() if size.perturb > 0 else pendulum.mean())
+    # held-out start states: each task names the seeds its demonstrations were recorded on (episode i
+    # from seed + i), and gato-train eval refuses to start an episode from one of them
+    recorded = {k: f"{seed}-{seed + n - 1}" for k, n in size.episodes.items()}
     suite = {"tasks": [
-        {"env": "CartPole-v1", "data": str(dirs["cartpole"]), "episodes": size.eval_episodes},
+        {"env": "CartPole-v1", "data": str(dirs["cartpole"]), "episodes": size.eval_episodes,
+         "recorded_seeds": recorded["CartPole-v1"]},
         {"env": "Pendulum-v1", "data": str(dirs["pendulum"]), "episodes": size.eval_episodes,
-         "rescale_actions": True, "expert_return": expert},
+         "rescale_actions": True, "expert_return": expert, "recorded_seeds": recorded["Pendulum-v1"]},
         {"env": BABYAI, "name": "BabyAI-GoToObj", "data": str(dirs["babyai"]), "episodes": 5 * size.eval_episodes,
-         "success": 0.0}]}
+         "success": 0.0, "recorded_seeds": recorded["babyai"], "seed": seed + 1000 + size.episodes["babyai"]}]}
     import yaml
     (out / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
     shown = run_cli(["-m", "trainer.cli", "eval", "--checkpoint", str(run), "--suite", str(out / "suite.yaml"),
@@ -208,7 +212,7 @@ def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict, o
         demos = np.asarray(data["returns"]["babyai" if r["env"] == BABYAI else r["env"]])
         rows.append({"task": r["name"], "demonstrations": demos, "expert": np.asarray(r["expert"]),
                      "agent": np.asarray(r["agent"]), "random": np.asarray(r["random"]), "score": r["score"],
-                     "success": r["success_rates"]})
+                     "success": r["success_rates"], "ci": r["ci"], "seeds": r["seeds"]})
     return rows
 
 
@@ -244,16 +248,20 @@ def fmt(x) -> str:
 
 def table(control: list[dict], captions: dict) -> str:
     import numpy as np
-    lines = [f"{'task':<16}{'demonstrations':>22}{'agent':>22}{'random policy':>22}{'score*':>9}", "-" * 91]
+    lines = [f"{'task':<16}{'demonstrations':>22}{'agent':>22}{'random policy':>22}{'score*':>9}{'95% CI':>16}",
+             "-" * 107]
     for r in control:
+        ci = f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
         lines.append(f"{r['task']:<16}{fmt(r['demonstrations']):>22}{fmt(r['agent']):>22}{fmt(r['random']):>22}"
-                     f"{r['score']:>9.2f}")
+                     f"{r['score']:>9.2f}{ci:>16}")
         if r["success"]:
             s = r["success"]
             lines.append(f"{'  success':<16}{s['expert']:>22.0%}{s['agent']:>22.0%}{s['random']:>22.0%}")
     lines.append(f"{'digit captions':<16}{'held-out accuracy':>22}{captions['accuracy']:>22.1%}"
                  f"{'chance 10%':>22}{'n=' + str(captions['n']):>9}")
-    lines.append("* expert-normalised: (agent - random) / (expert - random), from gato-train eval (eval.json)")
+    lines.append("* expert-normalised: (agent - random) / (expert - random), from gato-train eval (eval.json); "
+                 "CI: 95% bootstrap over the episodes; held-out start states, seeds "
+                 + ", ".join(f"{r['task']} {r['seeds'][0]}-{r['seeds'][-1]}" for r in control))
     for r in control:
         if len(r["expert"]) == 1:
             lines.append(f"  {r['task']} expert = its unperturbed episodes, {float(r['expert'][0]):.1f}; the others "
