@@ -307,7 +307,7 @@ def recorded_env(args: argparse.Namespace, sources: list[Source]):
     given = getattr(args, "env_spec", None)
     if given is not None:
         return given
-    specs = [getattr(s, "env_spec", None) for s in sources]
+    specs = [s.env_spec for s in sources]
     if specs and all(v is not None and v == specs[0] for v in specs):
         return specs[0]
     return None

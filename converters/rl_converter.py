@@ -117,12 +117,18 @@ class RLConverter:
                 "min_return": self.min_return or None, **self.settings, **extra}
 
     def notes(self, manifest) -> list[str]:
-        """Warning lines about a finished conversion: continuous actions clipped to [-1, 1]."""
+        """Warning lines about a finished conversion: an environment that could not be recorded,
+        continuous actions clipped to [-1, 1]."""
+        lines = []
+        problems = [f"{s.path}: {s.env_spec_problem}" for s in self._sources.values() if s.env_spec_problem]
+        if self.env_spec is None and problems:
+            lines.append(f"gato-tokenize rl: warning: the environment the episodes were recorded in is not recorded "
+                         f"({problems[0]}); give --env-spec for acting")
         outside = (manifest.typed_stats.counts or {}).get("outside_unit_range", {})
         if not outside:
-            return []
+            return lines
         fields = ", ".join(f"{name} {n:,}" for name, n in sorted(outside.items()))
-        return [f"gato-tokenize rl: warning: continuous action values outside [-1, 1] were clipped to the end bins "
+        return lines + [f"gato-tokenize rl: warning: continuous action values outside [-1, 1] were clipped to the end bins "
                 f"({fields}); declare their range with --action-bounds NAME=LOW:HIGH, or refuse them with "
                 f"--strict-ranges"]
 

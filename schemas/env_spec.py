@@ -79,10 +79,15 @@ class EnvSpec:
         if not isinstance(chain, list) or not all(isinstance(w, dict) for w in chain):
             raise EnvSpecError("env spec: 'wrappers' must be a list of objects")
         try:
+            unrecorded = [w.get("name") or w["entry_point"] for w in chain if "additional_wrappers" in d
+                          and w.get("kwargs") is None]
             wrappers = tuple(WrapperSpec(str(w.get("name") or w["entry_point"].rpartition(":")[2]),
                                          str(w["entry_point"]), w.get("kwargs") or {}) for w in chain)
         except KeyError as e:
             raise EnvSpecError(f"env spec: a wrapper has no {e.args[0]!r}") from None
+        if unrecorded:  # gymnasium writes None for a wrapper that does not record its arguments
+            raise EnvSpecError(f"wrapper {unrecorded[0]} did not record its arguments (rebuilding it with its "
+                               f"defaults could give other observations)")
         return cls(d.get("id"), d.get("kwargs") or {}, wrappers, d.get("max_episode_steps"))
 
     @classmethod

@@ -49,6 +49,8 @@ class Source(Protocol):
     input: str  # the input as given on the command line
     path: str  # the file (or directory) read: named in error messages, work units, resume stamps
     name: str  # the dataset's name: default task and prefix of source ids
+    env_spec: object  # schemas.env_spec.EnvSpec the episodes were recorded in, when the format says (Minari)
+    env_spec_problem: str | None  # why a recorded environment could not be taken
 
     def num_episodes(self) -> int: ...
 

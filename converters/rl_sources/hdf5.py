@@ -30,6 +30,9 @@ def _first_line(e: BaseException) -> str:
 class FlatHDF5Source:
     """One flat HDF5 file; episode positions are the episodes' order in the file."""
 
+    env_spec = None  # the format records no environment: --env-spec gives it
+    env_spec_problem = None
+
     def __init__(self, path: str, chunk_steps: int = 1 << 16):
         self.input = self.path = str(path)
         self.name = Path(path).stem

@@ -100,19 +100,20 @@ def _flatten(space, value, prefix: str, out: dict) -> dict:
 
 
 def _env_spec(ds):
-    """The environment the dataset was recorded in, as schemas.env_spec checks it; None where
-    minari has none, cannot rebuild it, or it names wrappers acting will not import."""
+    """(the environment the dataset was recorded in, as schemas.env_spec checks it, None) or
+    (None, why not): minari has none (no reason given), cannot rebuild it, or it names wrappers
+    acting will not import or that did not record their arguments."""
     from schemas.env_spec import EnvSpec, EnvSpecError
     try:
         spec = ds.env_spec
-    except Exception:  # minari rebuilds it from JSON: a spec it cannot parse is only not known
-        return None
+    except Exception as e:  # minari rebuilds it from JSON: a spec it cannot parse is only not known
+        return None, f"unreadable env spec ({_first_line(e)})"
     if spec is None:
-        return None
+        return None, None
     try:
-        return EnvSpec.from_gymnasium(spec)
-    except (EnvSpecError, ValueError, TypeError):
-        return None
+        return EnvSpec.from_gymnasium(spec), None
+    except (EnvSpecError, ValueError, TypeError) as e:
+        return None, _first_line(e)
 
 
 class MinariSource:
@@ -128,7 +129,8 @@ class MinariSource:
         self.path = str(self._data / "main_data.hdf5") if self._format == "hdf5" else str(self._data)
         self._indices = np.asarray(ds.episode_indices, dtype=np.int64)
         self._obs_space, self._act_space = ds.observation_space, ds.action_space
-        self.env_spec = _env_spec(ds)  # schemas.env_spec.EnvSpec, or None where minari knows none we trust
+        # schemas.env_spec.EnvSpec, or None (and why, when minari has one that cannot be trusted)
+        self.env_spec, self.env_spec_problem = _env_spec(ds)
         try:
             self._fields = (space_fields(self._obs_space, "obs", {}), space_fields(self._act_space, "action", {}))
         except SourceError as e:

@@ -168,6 +168,9 @@ def hf_task_name(p: Path) -> str:
 class TableSource:
     """A Parquet file or HF datasets directory; episode positions are row numbers."""
 
+    env_spec = None  # the format records no environment: --env-spec gives it
+    env_spec_problem = None
+
     def __init__(self, path: str):
         self.input = self.path = str(path)
         p = Path(path)

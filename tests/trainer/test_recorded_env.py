@@ -230,7 +230,9 @@ def _replay_tokens(shards: Path, played: list[dict], seed: int) -> None:
         obs, _ = env.reset(seed=seed + e)
         for t, a in enumerate(ep["actions"]):
             live = agent.step_row(obs, {spec.actions[0].name: np.asarray(a)})
-            assert np.array_equal(live.tokens, slice_steps(row, t, t + 1).tokens), f"episode {e} step {t}"
+            want = slice_steps(row, t, t + 1)
+            assert np.array_equal(live.tokens, want.tokens), f"episode {e} step {t}: tokens differ"
+            assert np.array_equal(live.patches, want.patches), f"episode {e} step {t}: patches differ"
             obs, *_ = env.step(a)
         env.close()
 
@@ -273,4 +275,44 @@ def test_jat_babyai_converts_and_acts_in_minigrid(tmp_path, capsys, sp_model_pat
     assert m.tasks == ["babyai-go-to-local"] and [w.name for w in m.env.wrappers] == ["JatBabyAI"]
     _replay_tokens(shards, played, seed=70)
     result = _act(shards, train(shards, tmp_path / "run", seq_len=400), "BabyAI-GoToLocal-v0", capsys)
+    assert len(result["agent"]) == 2
+
+
+# --- a pixel task: MiniGrid through its RGB view ------------------------------------------------------
+
+def minigrid_rgb(tile_size: int = 4):
+    import minigrid
+    from minigrid.wrappers import ImgObsWrapper, RGBImgPartialObsWrapper
+    gym.register_envs(minigrid)
+    return ImgObsWrapper(RGBImgPartialObsWrapper(gym.make("MiniGrid-Empty-Random-6x6-v0"), tile_size=tile_size))
+
+
+def test_minigrid_rgb_view_unrecorded_wrapper_args_are_not_guessed(minari_root, tmp_path, capsys):
+    """minigrid's wrappers do not record their arguments (gymnasium writes kwargs None): rebuilt
+    with the default tile size the agent would see 56x56 views instead of the recorded 28x28. The
+    converter records no environment and says so; --env-spec gives it, and then acting replays
+    the recorded episodes token for token."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+    env = minigrid_rgb()
+    played = _random_play(minigrid_rgb(), 2, 8, seed=90)
+    buffers = []
+    for i, ep in enumerate(played):
+        last = env.reset(seed=90 + i)[0]  # only for the (dropped) final observation's shape
+        buffers.append(EpisodeBuffer(id=i, observations=np.stack(ep["observations"] + [last]),
+                                     actions=np.asarray(ep["actions"]), rewards=ep["rewards"],
+                                     terminations=[False] * len(ep["actions"]),
+                                     truncations=[False] * (len(ep["actions"]) - 1) + [True]))
+    minari.create_dataset_from_buffers("minigrid/rgb-v0", buffers, env=env, algorithm_name="random")
+    path = Path(os.environ["MINARI_DATASETS_PATH"]) / "minigrid/rgb-v0"
+    m = convert(path, tmp_path / "plain")
+    assert m.env is None and "RGBImgPartialObsWrapper did not record its arguments" in capsys.readouterr().err
+    spec = json.dumps({"id": "MiniGrid-Empty-Random-6x6-v0", "wrappers": [
+        {"entry_point": "minigrid.wrappers:RGBImgPartialObsWrapper", "kwargs": {"tile_size": 4}},
+        {"entry_point": "minigrid.wrappers:ImgObsWrapper"}]})
+    shards = tmp_path / "shards"
+    m = convert(path, shards, "--env-spec", spec)
+    assert m.spec.observations[0].kind == "image" and m.tasks == ["minigrid/rgb-v0"]
+    _replay_tokens(shards, played, seed=90)
+    result = _act(shards, train(shards, tmp_path / "run"), "MiniGrid-Empty-Random-6x6-v0", capsys)
     assert len(result["agent"]) == 2
