@@ -111,10 +111,25 @@ class RLConverter:
             extra["last_episode_cut"] = sorted(cut)  # ends with no terminal/timeout flag: taken as it is
         if self.env_spec is not None:
             extra["env_spec"] = self.env_spec.to_dict()
+        seeds = self._recorded_seeds()
+        if seeds:
+            extra["recorded_seeds"] = seeds
         return {"episode_spec": self.spec.to_dict(), "source": self.source_kind,
                 "final_observation": self._final_observation(), "episodes_per_unit": self.episodes_per_unit,
                 "steps_per_unit": None if self.episodes_per_unit else self.steps_per_unit,
                 "min_return": self.min_return or None, **self.settings, **extra}
+
+    def _recorded_seeds(self) -> list[list[int]] | None:
+        """The reset seeds every input's episodes were recorded from, as sorted [first, last]
+        ranges (an evaluation must start from others); None unless every input keeps them."""
+        found = [s.recorded_seeds() for s in self._readable_sources()]
+        if not found or any(f is None for f in found):
+            return None
+        seeds = np.unique(np.concatenate(found))
+        breaks = np.flatnonzero(np.diff(seeds) != 1)
+        starts = np.concatenate([[0], breaks + 1])
+        stops = np.concatenate([breaks, [len(seeds) - 1]])
+        return [[int(seeds[a]), int(seeds[b])] for a, b in zip(starts, stops)]
 
     def notes(self, manifest) -> list[str]:
         """Warning lines about a finished conversion: an environment that could not be recorded,

@@ -87,8 +87,8 @@ class TaskSpec:
             raise SuiteError(f"task {self.name}: prompt must be one of {', '.join(PROMPT_MODES)}")
 
 
-def parse_seeds(value, task: str) -> list[int] | None:
-    """Recorded seeds as a sorted list: "A-B" (inclusive), an int, or a list of ints."""
+def parse_seeds(value, task: str) -> list[list[int]] | None:
+    """Recorded seeds as [first, last] ranges: "A-B" (inclusive), an int, or a list of ints."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -97,21 +97,42 @@ def parse_seeds(value, task: str) -> list[int] | None:
             lo, hi = int(a), int(b or a)
         except ValueError:
             raise SuiteError(f"task {task}: recorded_seeds {value!r}: expected A-B or a list of integers") from None
-        if not 0 <= lo <= hi or hi - lo > 10_000_000:
+        if not 0 <= lo <= hi:
             raise SuiteError(f"task {task}: recorded_seeds {value!r}: expected 0 <= A <= B")
-        return list(range(lo, hi + 1))
+        return [[lo, hi]]
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         raise SuiteError(f"task {task}: recorded_seeds must be non-negative integers")
-    return sorted(set(values))
+    return [[v, v] for v in sorted(set(values))]
+
+
+def recorded_seeds(task: TaskSpec) -> list[list[int]]:
+    """[first, last] ranges of the seeds the task's demonstrations were recorded on: the suite's
+    `recorded_seeds`, and those the converter found in the data (Minari episode metadata)."""
+    from schemas.reader import ShardDir
+
+    ranges = list(task.recorded_seeds or [])
+    try:
+        manifest = ShardDir.open(task.data).manifest
+    except (OSError, ValueError):
+        return ranges  # an unreadable directory is reported when its demonstrations are loaded
+    found = (manifest.options or {}).get("recorded_seeds") if manifest is not None else None
+    if found is not None:
+        try:
+            ranges += [[int(a), int(b)] for a, b in found]
+        except (TypeError, ValueError):
+            raise SuiteError(f"{task.data}: manifest option recorded_seeds is not a list of [first, last] "
+                             f"ranges") from None
+    return ranges
 
 
 def eval_seeds(task: TaskSpec, default: int) -> list[int]:
     """The seeds a task's episodes start from; refused (one line) when one was recorded on."""
     first = task.seed if task.seed is not None else default
     seeds = list(range(first, first + task.episodes))
-    if task.recorded_seeds:
-        seen = sorted(set(seeds) & set(task.recorded_seeds))
+    ranges = recorded_seeds(task)
+    if ranges:
+        seen = sorted(s for s in seeds if any(a <= s <= b for a, b in ranges))
         if seen:
             raise SuiteError(f"task {task.name}: evaluation seeds {seeds[0]}..{seeds[-1]} include {len(seen)} the "
                              f"demonstrations were recorded on (first {seen[0]}); choose another seed")

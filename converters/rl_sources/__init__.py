@@ -70,6 +70,10 @@ class Source(Protocol):
         """Return of every episode (float64), reading rewards only: for return filters."""
         ...
 
+    def recorded_seeds(self) -> np.ndarray | None:
+        """The reset seed each episode was recorded from, where the format keeps it (Minari), else None."""
+        ...
+
 
 def guess_kind(dtype: np.dtype, shape: tuple[int, ...] | None) -> str:
     """float -> continuous, integer/bool -> discrete, uint8 (H,W) or (H,W,1|3) -> image, a uint8

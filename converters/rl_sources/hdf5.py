@@ -33,6 +33,10 @@ class FlatHDF5Source:
     env_spec = None  # the format records no environment: --env-spec gives it
     env_spec_problem = None
 
+    def recorded_seeds(self) -> None:
+        """The format keeps no reset seeds."""
+        return None
+
     def __init__(self, path: str, chunk_steps: int = 1 << 16):
         self.input = self.path = str(path)
         self.name = Path(path).stem

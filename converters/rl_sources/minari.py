@@ -167,6 +167,18 @@ class MinariSource:
     def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
         return self._fields
 
+    def recorded_seeds(self) -> np.ndarray | None:
+        """The reset seed of every episode, from its metadata (minari keeps `seed` where the episode
+        was recorded from a seeded reset); None when any episode has none."""
+        try:
+            meta = self._dataset().storage.get_episode_metadata(self._indices.tolist())
+            seeds = [m.get("seed") for m in meta]
+        except (OSError, KeyError, ValueError):
+            return None
+        if not seeds or any(s is None or not isinstance(s, (int, np.integer)) for s in seeds):
+            return None
+        return np.asarray(seeds, np.int64)
+
     def returns(self) -> np.ndarray:
         try:
             if self._format == "hdf5":

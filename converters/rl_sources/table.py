@@ -171,6 +171,10 @@ class TableSource:
     env_spec = None  # the format records no environment: --env-spec gives it
     env_spec_problem = None
 
+    def recorded_seeds(self) -> None:
+        """The format keeps no reset seeds."""
+        return None
+
     def __init__(self, path: str):
         self.input = self.path = str(path)
         p = Path(path)

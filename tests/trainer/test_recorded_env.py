@@ -67,7 +67,7 @@ def minari_dir(minari_root, episodes):
     import minari
     from minari.data_collector import EpisodeBuffer
     env = breakout()
-    buffers = [EpisodeBuffer(id=i, observations=ep["observations"], actions=ep["actions"],
+    buffers = [EpisodeBuffer(id=i, seed=SEED + i, observations=ep["observations"], actions=ep["actions"],
                              rewards=list(ep["rewards"]), terminations=[False] * len(ep["actions"]),
                              truncations=[False] * (len(ep["actions"]) - 1) + [True])
                for i, ep in enumerate(episodes)]
@@ -316,3 +316,18 @@ def test_minigrid_rgb_view_unrecorded_wrapper_args_are_not_guessed(minari_root, 
     _replay_tokens(shards, played, seed=90)
     result = _act(shards, train(shards, tmp_path / "run"), "MiniGrid-Empty-Random-6x6-v0", capsys)
     assert len(result["agent"]) == 2
+
+
+def test_seeds_the_data_was_recorded_on_are_recorded_and_refused_for_evaluation(minari_dir, tmp_path, capsys):
+    """Minari keeps each episode's reset seed: the manifest records them as ranges, and an
+    evaluation that would start from one of them is refused before acting."""
+    shards = tmp_path / "shards"
+    m = convert(minari_dir, shards)
+    assert m.options["recorded_seeds"] == [[SEED, SEED + 1]]
+    run = train(shards, tmp_path / "run")
+    argv = ["rollout", "--checkpoint", str(run), "--data", str(shards), "--env", "ALE/Breakout-v5",
+            "--episodes", "2", "--max-steps", "2", "--out", str(tmp_path / "eval")]
+    assert train_main(argv + ["--seed", str(SEED - 1)]) == 1
+    assert f"recorded on (first {SEED})" in capsys.readouterr().err
+    assert train_main(argv + ["--seed", str(SEED + 2)]) == 0
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["tasks"][0]["seeds"] == [SEED + 2, SEED + 3]
