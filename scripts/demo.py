@@ -52,6 +52,7 @@ class Size:
     eval_episodes: int
     caption_eval: int  # held-out digits captioned
     perturb: float = 0.0  # Pendulum: per-step chance of a DART perturbation burst (demo_data.record_expert)
+    pixels: int = 0  # --pixels: expert episodes of the pixel task (scripts/demo_pixels.py); 0: no pixel task
     action_noise: float = 0.0  # gato-train --action-noise: continuous action inputs replaced (copycat guard)
 
 
@@ -122,6 +123,8 @@ def make_data(out: Path, size: Size, seed: int) -> dict:
     t = time.time()
     cols, returns = dd.record_babyai(size.episodes["babyai"], seed=seed)
     info["babyai"] = dd.write_episode_table(out / "raw" / "babyai.parquet", cols)
+    if size.pixels:
+        info["pixels"] = record_pixels(size.pixels, seed, info)
     info["returns"]["babyai"] = returns
     info["missions"] = sorted({m for ep in cols["obs/mission"] for m in ep})
     log(f"    BabyAI GoToObj: {len(returns)} BabyAIBot episodes, success {np.mean(returns > 0):.0%}, "
@@ -142,6 +145,24 @@ def make_data(out: Path, size: Size, seed: int) -> dict:
     return info
 
 
+def record_pixels(episodes: int, seed: int, info: dict) -> Path:
+    """The pixel task's expert episodes, recorded through its RGB view into Minari."""
+    import minari
+    import numpy as np
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    import demo_pixels as dp
+
+    t = time.time()
+    buffers, returns, env = dp.record(episodes, seed)
+    minari.create_dataset_from_buffers("demo/minigrid-pixels-v0", buffers, env=env, algorithm_name="BFS expert")
+    env.close()
+    info["returns"][dp.ENV_ID] = returns
+    log(f"    {dp.ENV_ID} (RGB view, 24x24 pixels): {episodes} expert episodes, success {np.mean(returns > 0):.0%}, "
+        f"{np.mean([len(b.actions) for b in buffers]):.1f} steps on average ({time.time() - t:.1f} s)")
+    return Path(get_dataset_path("demo/minigrid-pixels-v0"))
+
+
 def tokenise(out: Path, data: dict) -> dict:
     shards = out / "shards"
     spm = out / "tokenizer.model"
@@ -159,6 +180,12 @@ def tokenise(out: Path, data: dict) -> dict:
     run_cli(["-m", "converters.cli", "rl", str(data["babyai"]), "--out", str(dirs["babyai"]), *common,
              "--repeated-text-loss"],
             "gato-tokenize rl BabyAI (Parquet episode table)")
+    if "pixels" in data:
+        import demo_pixels as dp
+        dirs["pixels"] = shards / "pixels"
+        run_cli(["-m", "converters.cli", "rl", str(data["pixels"]), "--out", str(dirs["pixels"]), *common,
+                 "--image-size", "32x32", "--env-spec", json.dumps(dp.ENV_SPEC)],
+                "gato-tokenize rl MiniGrid RGB view (Minari, --env-spec)")
     run_cli(["-m", "converters.cli", "captions", str(data["digits"]), "--image-size", "16",
              "--out", str(dirs["digits"]), *common], "gato-tokenize captions digits")
     run_cli(["-m", "converters.cli", "text", str(data["text"]), "--out", str(dirs["text"]), *common],
@@ -172,7 +199,7 @@ def tokenise(out: Path, data: dict) -> dict:
 
 def train(out: Path, dirs: dict, size: Size, seed: int) -> Path:
     run = out / "run"
-    data = [f"{dirs[k]}:{w}" for k, w in size.weights.items()]
+    data = [f"{dirs[k]}:{w}" for k, w in size.weights.items() if k in dirs]
     run_cli(["-m", "trainer.cli", "--data", *data, "--out", str(run), "--preset", "tiny",
              "--steps", str(size.steps), "--batch-size", str(size.batch_size), "--seq-len", str(size.seq_len),
              "--lr", str(size.lr), "--action-noise", str(size.action_noise), "--seed", str(seed),
@@ -200,6 +227,10 @@ def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict, o
          "rescale_actions": True, "expert_return": expert, "recorded_seeds": recorded["Pendulum-v1"]},
         {"env": BABYAI, "name": "BabyAI-GoToObj", "data": str(dirs["babyai"]), "episodes": 5 * size.eval_episodes,
          "success": 0.0, "recorded_seeds": recorded["babyai"], "seed": seed + 1000 + size.episodes["babyai"]}]}
+    if "pixels" in dirs:  # its recorded seeds are in the manifest (Minari keeps them)
+        import demo_pixels as dp
+        suite["tasks"].append({"env": dp.ENV_ID, "name": "MiniGrid-pixels", "data": str(dirs["pixels"]),
+                               "episodes": 5 * size.eval_episodes, "success": 0.0, "seed": seed + 1000 + size.pixels})
     import yaml
     (out / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
     shown = run_cli(["-m", "trainer.cli", "eval", "--checkpoint", str(run), "--suite", str(out / "suite.yaml"),
@@ -209,7 +240,7 @@ def evaluate_control(run: Path, dirs: dict, size: Size, seed: int, data: dict, o
     report = json.loads((out / "eval.json").read_text())
     rows = []
     for r in report["tasks"]:
-        demos = np.asarray(data["returns"]["babyai" if r["env"] == BABYAI else r["env"]])
+        demos = np.asarray(data["returns"]["babyai" if r["env"] == BABYAI else r["env"]])  # pixels: its env id
         rows.append({"task": r["name"], "demonstrations": demos, "expert": np.asarray(r["expert"]),
                      "agent": np.asarray(r["agent"]), "random": np.asarray(r["random"]), "score": r["score"],
                      "success": r["success_rates"], "ci": r["ci"], "seeds": r["seeds"]})
@@ -276,6 +307,8 @@ def table(control: list[dict], captions: dict) -> str:
         checks.append(("Pendulum closes >= 90% of the random-expert gap", by["Pendulum-v1"]["score"] >= 0.9))
     if "BabyAI-GoToObj" in by:
         checks.append(("BabyAI succeeds in >= 80% of episodes", by["BabyAI-GoToObj"]["success"]["agent"] >= 0.8))
+    if "MiniGrid-pixels" in by:
+        checks.append(("MiniGrid pixels succeeds in >= 80% of episodes", by["MiniGrid-pixels"]["success"]["agent"] >= 0.8))
     checks.append(("held-out digit captions >= 95%", captions["accuracy"] >= 0.95))
     lines.append("targets: " + "; ".join(f"{what}: {'met' if ok else 'MISSED'}" for what, ok in checks))
     return "\n".join(lines)
@@ -287,12 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a shortened run (what tests/test_demo.py runs)")
     p.add_argument("--steps", type=int, help="training steps (default 3600, quick 300)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pixels", action="store_true",
+                   help="add a control task with image observations (MiniGrid's RGB view, scripts/demo_pixels.py), "
+                        "trained in the same model with 10%% of the tokens (the others' weights scaled by 0.9)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: the cores the load average leaves idle, at least 1)")
     args = p.parse_args(argv)
     size = QUICK if args.quick else FULL
     if args.steps:
         size = replace(size, steps=args.steps)
+    if args.pixels:
+        size = replace(size, pixels=100 if args.quick else 400,
+                       weights={**{k: 0.9 * w for k, w in size.weights.items()}, "pixels": 0.1})
     out = Path(args.out).resolve()
     prepare_out(out)
     os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
