@@ -417,9 +417,12 @@ def combine_reports(paths: list[str], out: Path | None, seed: int = 0) -> dict:
             report = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: unreadable eval.json ({str(e).splitlines()[0]})") from None
+        if not isinstance(report, dict):
+            raise ValueError(f"{path}: not an eval.json of gato-train eval (not a JSON object)")
         got = results_from_report(report, path)
+        given = report.get("runs") if isinstance(report.get("runs"), list) else []
         runs += got
-        names += list(report.get("runs") or [path])[:len(got)] + [path] * max(0, len(got) - len(report.get("runs") or []))
+        names += [str(given[i]) if i < len(given) else f"{path}#{i}" for i in range(len(got))]
     return write_report(build_report(runs, names, seed), out)
 
 

@@ -133,3 +133,18 @@ def test_eval_needs_a_checkpoint_and_suite_or_results(runs):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
+
+
+def test_unreadable_or_mismatched_eval_json_is_one_line(runs, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert main(["eval", "--results", str(bad)]) == 1
+    assert "not an eval.json" in capsys.readouterr().err
+    a = {"runs": ["a"], "tasks": [{"name": "t1", "env": "e", "agent": [1.0], "random": [0.0], "expert": [2.0],
+                                   "expert_exact": True, "horizon": 5}]}
+    b = {"runs": ["b"], "tasks": [dict(a["tasks"][0], name="t2")]}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["eval", "--results", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "need the same tasks" in err
