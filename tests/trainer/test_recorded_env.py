@@ -331,3 +331,22 @@ def test_seeds_the_data_was_recorded_on_are_recorded_and_refused_for_evaluation(
     assert f"recorded on (first {SEED})" in capsys.readouterr().err
     assert train_main(argv + ["--seed", str(SEED + 2)]) == 0
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["tasks"][0]["seeds"] == [SEED + 2, SEED + 3]
+
+
+def test_a_suite_gives_the_environment_when_the_data_does_not(jat_dir, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    m = convert(jat_dir, shards)  # no --env-spec: nothing recorded
+    assert m.env is None
+    run = train(shards, tmp_path / "run")
+    task = f"tasks:\n  - env: ALE/Breakout-v5\n    data: {shards}\n    episodes: 1\n    max_steps: 3\n"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(task)
+    capsys.readouterr()
+    assert train_main(["eval", "--checkpoint", str(run), "--suite", str(plain), "--out", str(tmp_path / "e1")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "frame stacks of shape" in err  # raw 210x160 RGB frames
+    spec = {"id": "ALE/Breakout-v5", "kwargs": {"frameskip": 1}, "wrappers": ATARI_WRAPPERS}
+    given = tmp_path / "given.yaml"
+    given.write_text(task + f"    env_spec: {json.dumps(spec)}\n")
+    assert train_main(["eval", "--checkpoint", str(run), "--suite", str(given), "--out", str(tmp_path / "e2")]) == 0
+    assert json.loads((tmp_path / "e2" / "eval.json").read_text())["tasks"][0]["agent_steps"] == [3]
