@@ -434,7 +434,9 @@ def _policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", nargs="+", default=None, metavar="RUN",
                    help="training run directory (as written by gato-train --out); several: one run each (training "
                         "seeds), aggregated over runs")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="sampling seed, and the first evaluation seed of tasks without their own (episode e starts "
+                        "from reset(seed=SEED + e)); seeds the data was recorded on are refused")
     p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="context length (default: the training run's --seq-len)")
