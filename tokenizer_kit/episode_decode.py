@@ -157,13 +157,12 @@ def _stack_as_given(obs: np.ndarray, recorded):
     """The recorded stack in the layout the environment gives it: data stacked channel-last (the
     jat-dataset's (84, 84, 4)) is acted on in gymnasium's channel-first (4, 84, 84) and back; the
     frames, and so the tokens, are the same."""
-    from .frames import FrameStack, detect
+    from .frames import detect
 
     found = detect(obs.shape, obs.dtype)
-    if found is not None and (found.depth, found.height, found.width) == \
-            (recorded.depth, recorded.height, recorded.width):
-        return FrameStack(found.depth, found.axis, found.height, found.width)
-    return recorded
+    same = found is not None and (found.depth, found.height, found.width) == \
+        (recorded.depth, recorded.height, recorded.width)
+    return found if same else recorded
 
 
 def acting_observation(fields: Mapping, spec: EpisodeSpec, frame_modes: Mapping[str, str] | None = None) -> dict:
