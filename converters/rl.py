@@ -74,12 +74,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-hdf5-external-files", action="store_true",
                    help="let HDF5 external storage, external links and virtual datasets read other files on this "
                         "machine (refused by default: a hostile file can pull any local file into the shards)")
+    g.add_argument("--split", default="train", metavar="NAME",
+                   help="a folder of HF hub table shards (the jat-dataset's <task>/<split>-00000-of-00004.parquet) is "
+                        "read as its NAME split (default train); its task is the folder's name")
+    g.add_argument("--env-spec", default=None, type=_env_spec, metavar="JSON|FILE.json|ID",
+                   help="the environment the episodes were recorded in, recorded in the manifest for acting: "
+                        "an id, or {\"id\": ..., \"kwargs\": {...}, \"wrappers\": [{\"entry_point\": "
+                        "\"gymnasium.wrappers:AtariPreprocessing\", \"kwargs\": {...}}, ...]} inline or in a file "
+                        "(default: a Minari dataset's own env spec)")
+    g.add_argument("--repeated-text-loss", action="store_true",
+                   help="keep a text observation that repeats the previous step's text (a mission given every "
+                        "step) a training target; default: only its first occurrence in an episode is")
     g.add_argument("--field-loss", action="append", default=[], type=_pair, metavar="NAME=on|off",
                    help="off: a text observation NAME stays in the context but is no training target "
                         "(e.g. a mission repeated at every step)")
 
 
 _image_size = image_size  # the one --image-size syntax (tokenizer_kit.argtypes)
+
+
+def _env_spec(text: str):
+    """--env-spec as a checked schemas.env_spec.EnvSpec: bad usage before anything is read."""
+    from schemas.env_spec import EnvSpec, EnvSpecError
+    try:
+        return EnvSpec.parse(text)
+    except EnvSpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -131,7 +151,8 @@ def _layout_and_tokenizer(args):
 def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict[str, str],
                mu_law: dict[str, bool], image_fit: str = "resize", action_local_pos: bool = False,
                image_size: tuple[int, int] | None = None, field_loss: dict[str, bool] | None = None,
-               action_bounds: dict[str, tuple[float, float]] | None = None) -> EpisodeSpec:
+               action_bounds: dict[str, tuple[float, float]] | None = None,
+               repeated_text_loss: bool = False) -> EpisodeSpec:
     """Fields as the reader found them, with --field, --mu-law, --field-loss and --action-bounds
     applied. An image field whose steps stack grey frames keeps that stack's geometry; a continuous
     action field with declared finite bounds other than [-1, 1] is rescaled from them."""
@@ -161,7 +182,7 @@ def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict
             if bounds is not None and all(lo == -1.0 for lo in bounds[0]) and all(hi == 1.0 for hi in bounds[1]):
                 bounds = None  # already the bins' range: nothing to rescale
         return FieldSpec(info.name, kind, shape, is_obs and mu_law.get(info.name, True), image_fit, stack,
-                         field_loss.get(info.name, True), bounds)
+                         field_loss.get(info.name, True), bounds, is_obs and kind == "text" and repeated_text_loss)
 
     observations = tuple(f for f in (spec(i, True) for i in obs.values()) if f is not None)
     actions = tuple(f for f in (spec(i, False) for i in act.values()) if f is not None)
@@ -206,7 +227,7 @@ def make_converter(args) -> RLConverter:
 def _make_converter(args) -> RLConverter:
     layout, tok = _layout_and_tokenizer(args)
     kind = getattr(args, "source", "auto") or "auto"
-    inputs = expand_inputs(_inputs(args))
+    inputs = expand_inputs(_inputs(args), getattr(args, "split", "train") or "train")
     external = bool(getattr(args, "allow_hdf5_external_files", False))
     sources, _ = _open_sources(inputs, kind, getattr(args, "on_error", "fail") == "skip", external)
     obs, act = sources[0].fields()
@@ -239,7 +260,7 @@ def _make_converter(args) -> RLConverter:
     fit = getattr(args, "image_fit", "resize")
     image_size = getattr(args, "image_size", None)
     spec = build_spec(obs, act, kinds, mu_law, fit, bool(getattr(args, "action_local_pos", False)), image_size,
-                      field_loss, bounds)
+                      field_loss, bounds, bool(getattr(args, "repeated_text_loss", False)))
     text = [f.name for f in spec.observations + spec.actions if f.kind == "text"]
     if text and tok is None:
         _usage(f"field {text[0]!r} is text: pass --text-tokenizer MODEL (or --field {text[0]}=ignore)")
@@ -266,13 +287,26 @@ def _make_converter(args) -> RLConverter:
                        settings={"fields": kinds or None, "mu_law": mu_law or None, "image_fit": fit,
                                  "min_return_fraction": fraction},
                        frame_stack=getattr(args, "frame_stack", "auto") or "auto",
-                       strict_ranges=bool(getattr(args, "strict_ranges", False)), allow_hdf5_external=external)
+                       strict_ranges=bool(getattr(args, "strict_ranges", False)), allow_hdf5_external=external,
+                       env_spec=recorded_env(args, sources))
     conv._sources = {s.input: s for s in sources}
     for src in sources:
         if getattr(src, "last_episode_cut", False):
             print(f"gato-tokenize rl: warning: {src.path}: the last episode ({int(src.episode_lengths()[-1])} steps) "
                   f"has no terminal or timeout flag; taken whole, as a cut-off episode", file=sys.stderr)
     return conv
+
+
+def recorded_env(args: argparse.Namespace, sources: list[Source]):
+    """The environment to record in the manifest: --env-spec, else the inputs' own (a Minari
+    dataset's env spec) when they all have the same one, else none (acting then makes --env as it is)."""
+    given = getattr(args, "env_spec", None)
+    if given is not None:
+        return given
+    specs = [s.env_spec for s in sources]
+    if specs and all(v is not None and v == specs[0] for v in specs):
+        return specs[0]
+    return None
 
 
 def _open_sources(inputs: list[str], kind: str, skip: bool,

@@ -33,7 +33,7 @@ class RLConverter:
                  text_tokenizer=None, task: str | None = None, min_return: dict[str, float] | None = None,
                  episodes_per_unit: int | None = None, steps_per_unit: int = STEPS_PER_UNIT,
                  settings: dict | None = None, frame_stack: str = "auto", strict_ranges: bool = False,
-                 allow_hdf5_external: bool = False):
+                 allow_hdf5_external: bool = False, env_spec=None):
         self.inputs = list(inputs)
         self.spec = spec
         self.layout = layout
@@ -47,6 +47,7 @@ class RLConverter:
         self.frame_stack = frame_stack
         self.strict_ranges = strict_ranges
         self.allow_hdf5_external = allow_hdf5_external
+        self.env_spec = env_spec  # schemas.env_spec.EnvSpec the episodes were recorded in, or None
         self._sources: dict[str, Source] = {}  # by input
         self._input_of: dict[str, str] = {}  # the path a source reads -> its input
         self._centres: dict[bool, np.ndarray] = {}
@@ -109,18 +110,41 @@ class RLConverter:
         cut = [s.path for s in self._sources.values() if getattr(s, "last_episode_cut", False)]
         if cut:
             extra["last_episode_cut"] = sorted(cut)  # ends with no terminal/timeout flag: taken as it is
+        if self.env_spec is not None:
+            extra["env_spec"] = self.env_spec.to_dict()
+        seeds = self._recorded_seeds()
+        if seeds:
+            extra["recorded_seeds"] = seeds
         return {"episode_spec": self.spec.to_dict(), "source": self.source_kind,
                 "final_observation": self._final_observation(), "episodes_per_unit": self.episodes_per_unit,
                 "steps_per_unit": None if self.episodes_per_unit else self.steps_per_unit,
                 "min_return": self.min_return or None, **self.settings, **extra}
 
+    def _recorded_seeds(self) -> list[list[int]] | None:
+        """The reset seeds every input's episodes were recorded from, as sorted [first, last]
+        ranges (an evaluation must start from others); None unless every input keeps them."""
+        found = [s.recorded_seeds() for s in self._readable_sources()]
+        if not found or any(f is None for f in found):
+            return None
+        seeds = np.unique(np.concatenate(found))
+        breaks = np.flatnonzero(np.diff(seeds) != 1)
+        starts = np.concatenate([[0], breaks + 1])
+        stops = np.concatenate([breaks, [len(seeds) - 1]])
+        return [[int(seeds[a]), int(seeds[b])] for a, b in zip(starts, stops)]
+
     def notes(self, manifest) -> list[str]:
-        """Warning lines about a finished conversion: continuous actions clipped to [-1, 1]."""
+        """Warning lines about a finished conversion: an environment that could not be recorded,
+        continuous actions clipped to [-1, 1]."""
+        lines = []
+        problems = [f"{s.path}: {s.env_spec_problem}" for s in self._sources.values() if s.env_spec_problem]
+        if self.env_spec is None and problems:
+            lines.append(f"gato-tokenize rl: warning: the environment the episodes were recorded in is not recorded "
+                         f"({problems[0]}); give --env-spec for acting")
         outside = (manifest.typed_stats.counts or {}).get("outside_unit_range", {})
         if not outside:
-            return []
+            return lines
         fields = ", ".join(f"{name} {n:,}" for name, n in sorted(outside.items()))
-        return [f"gato-tokenize rl: warning: continuous action values outside [-1, 1] were clipped to the end bins "
+        return lines + [f"gato-tokenize rl: warning: continuous action values outside [-1, 1] were clipped to the end bins "
                 f"({fields}); declare their range with --action-bounds NAME=LOW:HIGH, or refuse them with "
                 f"--strict-ranges"]
 

@@ -201,6 +201,7 @@ class Manifest:
     skipped: list[dict] = field(default_factory=list)  # asdict(SkippedRecord)
     tokenizer_sha256: str | None = None
     episode_spec: dict | None = None  # RL: EpisodeSpec.to_dict(), for decoding rows back
+    env_spec: dict | None = None  # RL: schemas.env_spec.EnvSpec.to_dict(), the environment acting rebuilds
     tasks: list[str] = field(default_factory=list)
     compression: str = "none"  # Arrow IPC buffer compression of the shards: none, lz4 or zstd
     schema_version: int = SCHEMA_VERSION
@@ -268,6 +269,12 @@ class Manifest:
         """The RL episode spec, typed (None for captions and text)."""
         return EpisodeSpec.from_dict(self.episode_spec) if self.episode_spec else None
 
+    @property
+    def env(self):
+        """The environment the episodes were recorded in (schemas.env_spec.EnvSpec), when known."""
+        from .env_spec import EnvSpec
+        return EnvSpec.from_dict(self.env_spec) if self.env_spec else None
+
     def to_json(self) -> str:
         """The file's text; a statistic that is not a finite number is refused (JSON has none)."""
         return json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
@@ -302,6 +309,7 @@ class Manifest:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
             manifest.typed_stats  # statistics of the wrong shape: unreadable too, not a traceback later
+            manifest.env  # an env spec naming a module outside the wrapper modules: refused on reading
         except ManifestError as e:
             raise ManifestError(f"{path}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:

@@ -70,6 +70,7 @@ class ConversionPlan:
     on_error: str
     compression: str = "none"
     test_share: float = 0.0  # --test-share: records held out as the test split
+    env_spec: dict | None = None  # the recorded environment (schemas.env_spec), for the manifest
 
     @classmethod
     def create(cls, converter: str, rl: bool, options: dict, units: Sequence[Unit], layout: dict,
@@ -77,12 +78,15 @@ class ConversionPlan:
                compression: str, test_share: float = 0.0) -> "ConversionPlan":
         options = dict(options)
         episode_spec = options.pop("episode_spec", None)
+        env_spec = options.pop("env_spec", None)
         fingerprint = _sha({"writer": WORK_FORMAT, "converter": converter, "options": options,
                             "episode_spec": episode_spec, "layout": layout, "tokenizer_sha256": tokenizer_sha256,
                             "task": task, "rl": rl, "shard_size": shard_size, "compression": compression,
-                            **({"test_share": test_share} if test_share else {})})
+                            **({"test_share": test_share} if test_share else {}),
+                            **({"env_spec": env_spec} if env_spec else {})})
         return cls(converter, rl, fingerprint, [unit_id(fingerprint, u) for u in units], [u.key for u in units],
-                   layout, options, episode_spec, tokenizer_sha256, shard_size, on_error, compression, test_share)
+                   layout, options, episode_spec, tokenizer_sha256, shard_size, on_error, compression, test_share,
+                   env_spec)
 
     def conversion_id(self) -> dict:
         """What the manifest records so that a re-run can tell its own finished directory."""

@@ -153,13 +153,27 @@ def decode_actions(ids, spec: EpisodeSpec, layout: VocabLayout) -> dict[str, np.
     return out
 
 
+def _stack_as_given(obs: np.ndarray, recorded):
+    """The recorded stack in the layout the environment gives it: data stacked channel-last (the
+    jat-dataset's (84, 84, 4)) is acted on in gymnasium's channel-first (4, 84, 84) and back; the
+    frames, and so the tokens, are the same."""
+    from .frames import detect
+
+    found = detect(obs.shape, obs.dtype)
+    same = found is not None and (found.depth, found.height, found.width) == \
+        (recorded.depth, recorded.height, recorded.width)
+    return found if same else recorded
+
+
 def acting_observation(fields: Mapping, spec: EpisodeSpec, frame_modes: Mapping[str, str] | None = None) -> dict:
     """One environment step's observation fields (each with a leading step axis of 1) made into
     what `build_episode` takes, as the converter made them: a frame stack becomes the (1, k, H, W)
-    grey frames of `frame_modes[field]` (`last` or `split`; default last, see frames.acting_mode)."""
+    grey frames of `frame_modes[field]` (`last` or `split`; default last, see frames.acting_mode),
+    whichever side the environment stacks its frames on."""
     out = dict(fields)
     for f in spec.observations:
         if f.frame_stack is not None:
             mode = (frame_modes or {}).get(f.name, "last")
-            out[f.name] = observation_frames(np.asarray(fields[f.name])[0], f.frame_stack, mode, f.name)[None]
+            obs = np.asarray(fields[f.name])[0]
+            out[f.name] = observation_frames(obs, _stack_as_given(obs, f.frame_stack), mode, f.name)[None]
     return out

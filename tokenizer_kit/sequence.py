@@ -33,6 +33,9 @@ class FieldSpec:
     keeps its own fitted size). mu_law: compand a continuous field (observations; not actions).
     frame_stack: an image field whose steps are stacks of grey frames; a row holds one or all of
     each step's frames (tokenizer_kit.frames). loss: text observations are targets unless off.
+    repeat_loss: a text observation equal to the previous step's (a BabyAI mission, repeated every
+    step) is a target too; by default only its first occurrence is, so a row does not train mostly
+    on copying one sentence.
     bounds: a continuous action's declared (low, high) per value (or one pair for all): values are
     rescaled from them to [-1, 1] before binning, and decoded back to them.
     """
@@ -45,6 +48,7 @@ class FieldSpec:
     frame_stack: FrameStack | None = None
     loss: bool = True
     bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # declared (low, high) of an action
+    repeat_loss: bool = False  # a text observation repeating the previous step's stays a target
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -81,6 +85,8 @@ class FieldSpec:
             d["frame_stack"] = self.frame_stack.to_dict()
         if not self.loss:
             d["loss"] = False
+        if self.repeat_loss:
+            d["repeat_loss"] = True
         if self.bounds is not None:
             d["bounds"] = {"low": list(self.bounds[0]), "high": list(self.bounds[1])}
         return d
@@ -91,7 +97,8 @@ class FieldSpec:
         return cls(d["name"], d["kind"], tuple(d["shape"]) if d.get("shape") is not None else None,
                    bool(d.get("mu_law", True)), d.get("fit", "resize"),
                    FrameStack.from_dict(stack) if stack is not None else None, bool(d.get("loss", True)),
-                   (tuple(bounds["low"]), tuple(bounds["high"])) if bounds is not None else None)
+                   (tuple(bounds["low"]), tuple(bounds["high"])) if bounds is not None else None,
+                   bool(d.get("repeat_loss", False)))
 
 
 def _ordered(fields: Sequence[FieldSpec]) -> tuple[FieldSpec, ...]:
@@ -151,7 +158,7 @@ class _Block:
     counts: np.ndarray  # tokens of this block in each step, int64 (T,)
     ids: np.ndarray  # flat ids, int32
     modality: int
-    loss: int
+    loss: int | np.ndarray  # one flag for the block, or one per step (uint8, (T,))
     observation: bool
     patches: np.ndarray | None = None  # (N, 768); None for an image block kept as `grid`
     patch_pos: np.ndarray | None = None  # (N, 4); set for every image block
@@ -183,7 +190,11 @@ def _text_block(f: FieldSpec, values, tok, layout: VocabLayout, observation: boo
     ids = tok.encode_batch(texts, add_eos=True)  # eos closes each field: rows decode without side data
     counts = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-    return _Block(counts, flat.astype(np.int32, copy=False), TEXT, int(f.loss), observation)
+    loss: int | np.ndarray = int(f.loss)
+    if observation and f.loss and not f.repeat_loss and len(texts) > 1:
+        # a step whose text repeats the previous step's is context, not a target: the first teaches
+        loss = np.fromiter((t == 0 or texts[t] != texts[t - 1] for t in range(len(texts))), np.uint8, len(texts))
+    return _Block(counts, flat.astype(np.int32, copy=False), TEXT, loss, observation)
 
 
 def _frames_block(f: FieldSpec, frames, layout: VocabLayout) -> _Block:
@@ -331,7 +342,7 @@ def _assemble_uniform(blocks: list[_Block], steps: int, layout: VocabLayout, act
     for b, w in zip(blocks, widths):
         cols = slice(off, off + w)
         tokens[:, cols] = b.ids.reshape(steps, w)
-        loss[:, cols] = b.loss
+        loss[:, cols] = b.loss[:, None] if isinstance(b.loss, np.ndarray) else b.loss
         modality[:, cols] = b.modality
         if b.observation:  # observation blocks come first: their offset in the step is their position
             local_pos[:, cols] = np.arange(off, off + w, dtype=np.int16)
@@ -383,7 +394,7 @@ def _assemble(blocks: list[_Block], steps: int, layout: VocabLayout, action_loca
         within = np.arange(n, dtype=np.int64) - np.repeat(_excl_cumsum(b.counts), b.counts)
         dest = base + within
         tokens[dest] = b.ids
-        loss[dest] = b.loss
+        loss[dest] = np.repeat(b.loss, b.counts) if isinstance(b.loss, np.ndarray) else b.loss
         modality[dest] = b.modality
         if b.observation:
             local_pos[dest] = (np.repeat(offset, b.counts) + within).astype(np.int16)

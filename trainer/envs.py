@@ -7,7 +7,10 @@ installed plugin registered, and fails with one line naming what it tried.
 The wrappers the demonstrations were recorded through must wrap the acting environment too, or
 the agent sees other observations and its actions mean other things: `EnvWrappers` says which
 (frame stacking, actions rescaled to [-1, 1]); `EnvWrappers.from_manifest` reads them from a
-shard directory's manifest where the converter recorded them.
+shard directory's manifest where the converter recorded them. Where the manifest records the
+environment itself (`Manifest.env_spec`: id, kwargs, wrapper chain, e.g. AtariPreprocessing +
+FrameStackObservation), acting rebuilds exactly that environment; an `--env` naming another id
+gets the recorded wrappers around it.
 """
 
 from __future__ import annotations
@@ -33,19 +36,23 @@ class EnvWrappers:
 
     rescale_actions: bool = False
     frame_stack: int = 1
+    recorded: object = None  # schemas.env_spec.EnvSpec the data was recorded in, when the manifest says
 
     @classmethod
-    def from_manifest(cls, manifest, rescale_actions: bool = False) -> "EnvWrappers":
+    def from_manifest(cls, manifest, rescale_actions: bool = False, recorded=None) -> "EnvWrappers":
         """The wrappers the recorded data implies. A stacked observation field (its `frame_stack`
         in the episode spec) means the environment's frames are stacked to that depth where the
         environment does not stack them itself. Actions rescaled from declared bounds need no
         wrapper: the agent maps them back to the environment's units (tokenizer_kit's
-        decode_actions); `rescale_actions` is for data recorded through gymnasium's RescaleAction."""
+        decode_actions); `rescale_actions` is for data recorded through gymnasium's RescaleAction.
+        `recorded` (a suite's override) replaces the manifest's env spec."""
         from tokenizer_kit.sequence import EpisodeSpec
 
         spec = EpisodeSpec.from_dict(manifest.episode_spec) if manifest is not None and manifest.episode_spec else None
         stacks = [f.frame_stack for f in spec.observations if f.frame_stack is not None] if spec else []
-        return cls(rescale_actions, stacks[0].depth if stacks else 1)
+        if recorded is None and manifest is not None:
+            recorded = manifest.env
+        return cls(rescale_actions, stacks[0].depth if stacks else 1, recorded)
 
 
 def _register_plugins() -> tuple[list[str], list[str]]:
@@ -112,10 +119,31 @@ def make_env_fn(env_id: str, rescale_actions: bool = False, frame_stack: int = 1
     env_id = resolve_env_id(env_id)
 
     def make():
-        env = gym.make(env_id)
+        env = _recorded_env(env_id, wrappers.recorded)
         if wrappers.rescale_actions and isinstance(env.action_space, gym.spaces.Box):
             env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
         if wrappers.frame_stack > 1 and not _stacks_itself(env.observation_space, wrappers.frame_stack):
             env = gym.wrappers.FrameStackObservation(env, wrappers.frame_stack)
         return env
     return make
+
+
+def _recorded_env(env_id: str, recorded):
+    """`env_id` made as recorded: with the recorded kwargs and time limit when it is the recorded
+    id, and inside the recorded wrapper chain (innermost first) either way."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    if recorded is None:
+        return gym.make(env_id)
+    if env_id == resolve_env_id(recorded.id):
+        env = gym.make(env_id, max_episode_steps=recorded.max_episode_steps, **recorded.kwargs)
+    else:
+        env = gym.make(env_id)
+    for w in recorded.wrappers:
+        try:
+            env = load_env_creator(w.entry_point)(env, **w.kwargs)
+        except (ImportError, AttributeError, TypeError, ValueError, gym.error.Error) as e:
+            raise ValueError(f"recorded wrapper {w.name} ({w.entry_point}): cannot wrap {env_id} "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return env

@@ -77,15 +77,35 @@ def build_caption_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fit_prompt(ids: np.ndarray, seq_len: int, max_new_tokens: int) -> np.ndarray:
+    """The prompt's last tokens that leave room for the continuation within the model's sequence
+    length (at least one): attention costs grow with the square of the context, so a long prompt
+    is cut here, not handed whole to the model. Says so on stderr when it cuts."""
+    keep = max(1, seq_len - max_new_tokens)
+    if len(ids) <= keep:
+        return ids
+    print(f"gato-train generate: note: the prompt's {len(ids):,} tokens exceed the model's sequence length "
+          f"{seq_len} less --max-new-tokens {max_new_tokens}; its last {keep:,} tokens are used", file=sys.stderr)
+    return ids[len(ids) - keep:]
+
+
+def continuation(tok, prompt_ids: np.ndarray, new_ids: np.ndarray) -> str:
+    """The text the new ids add after the prompt, with the space between them: SentencePiece marks
+    a word's start on its first piece, and decoding the new ids alone would drop that space."""
+    head = tok.decode(prompt_ids.tolist())
+    whole = tok.decode(prompt_ids.tolist() + new_ids.tolist())
+    return whole[len(head):] if whole.startswith(head) else tok.decode(new_ids.tolist())
+
+
 def generate(args: argparse.Namespace) -> list[str]:
     from .checkpoint import load_model
 
-    model, layout, _ = load_model(args.checkpoint, map_location=args.device)
+    model, layout, config = load_model(args.checkpoint, map_location=args.device)
     tok = run_tokenizer(args.checkpoint, args.tokenizer)
-    ids = np.asarray(tok.encode(args.prompt), np.int32)
+    ids = fit_prompt(np.asarray(tok.encode(args.prompt), np.int32), int(config.seq_len), args.max_new_tokens)
     out = generate_text(model, layout, [text_token_row(ids)], args.max_new_tokens, args.temperature, args.seed,
                         args.top_k)
-    return [args.prompt + tok.decode(out[0].tolist())]
+    return [args.prompt + continuation(tok, ids, out[0])]
 
 
 def caption(args: argparse.Namespace) -> list[str]:

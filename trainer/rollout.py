@@ -67,6 +67,9 @@ def observation_fields(obs, spec: EpisodeSpec) -> dict:
     """One environment observation as the spec's fields, each with a leading step axis of 1."""
     if isinstance(obs, (Mapping, tuple)):
         flat = flatten_value(obs, "obs")
+        if any(f.name not in flat for f in spec.observations):  # a table's fields: the keys themselves
+            plain = {k.partition("/")[2]: v for k, v in flat.items()}
+            flat = plain if all(f.name in plain for f in spec.observations) else flat
         missing = [f.name for f in spec.observations if f.name not in flat]
         if missing:
             raise ValueError(f"observation has no field {missing[0]!r} (has {sorted(flat)})")

@@ -10,6 +10,7 @@ Readers open their files lazily and read episode by episode, never the whole dat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -49,6 +50,8 @@ class Source(Protocol):
     input: str  # the input as given on the command line
     path: str  # the file (or directory) read: named in error messages, work units, resume stamps
     name: str  # the dataset's name: default task and prefix of source ids
+    env_spec: object  # schemas.env_spec.EnvSpec the episodes were recorded in, when the format says (Minari)
+    env_spec_problem: str | None  # why a recorded environment could not be taken
 
     def num_episodes(self) -> int: ...
 
@@ -67,6 +70,20 @@ class Source(Protocol):
     def returns(self) -> np.ndarray:
         """Return of every episode (float64), reading rewards only: for return filters."""
         ...
+
+    def recorded_seeds(self) -> np.ndarray | None:
+        """The reset seed each episode was recorded from, where the format keeps it (Minari), else None."""
+        ...
+
+
+class NoRecordedEnv:
+    """For formats that record neither the environment (--env-spec gives it) nor reset seeds."""
+
+    env_spec = None
+    env_spec_problem = None
+
+    def recorded_seeds(self) -> None:
+        return None
 
 
 def guess_kind(dtype: np.dtype, shape: tuple[int, ...] | None) -> str:
@@ -136,16 +153,39 @@ def open_source(path: str, kind: str = "auto", allow_hdf5_external: bool = False
     raise SourceError(f"unknown RL source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
 
 
-def expand_inputs(paths: list[str]) -> list[str]:
-    """A directory of Parquet files (without HF metadata) counts as each of its files, sorted."""
+SPLIT_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-\d{5}-of-\d{5}$")  # HF hub shards: train-00000-of-00004
+
+
+def split_of(path: str | Path) -> str | None:
+    """The split a sharded table file belongs to (`train` of `train-00003-of-00008.parquet`), else None."""
+    m = SPLIT_FILE.match(Path(path).stem)
+    return m.group("split") if m else None
+
+
+def task_name(path: str | Path) -> str:
+    """A table file's task: the folder of a sharded table (the jat-dataset's `<task>/train-*.parquet`,
+    each task one folder of `<split>-0000k-of-0000N` files), else the file's own name."""
+    p = Path(path)
+    return p.parent.name if split_of(p) is not None and p.parent.name else p.stem
+
+
+def expand_inputs(paths: list[str], split: str = "train") -> list[str]:
+    """A directory of Parquet files (without HF metadata) counts as each of its files, sorted; a
+    directory of split shards (`train-*`, `test-*`) as the files of `split` only."""
     out = []
     for path in paths:
         p = Path(path)
         if p.is_dir() and hf_kind(p) is None and not (p / "metadata.json").is_file() \
                 and not (p / "data" / "metadata.json").is_file():
-            files = sorted(str(f) for f in p.glob("*.parquet"))
+            files = sorted(p.glob("*.parquet"))
+            splits = {split_of(f) for f in files} - {None}
+            if splits:
+                files = [f for f in files if split_of(f) == split]
+                if not files:
+                    raise SourceError(f"{path}: no {split!r} split (has {', '.join(sorted(splits))}); "
+                                      f"choose one with --split")
             if files:
-                out.extend(files)
+                out.extend(str(f) for f in files)
                 continue
         out.append(path)
     return out

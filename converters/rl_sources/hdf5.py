@@ -16,7 +16,7 @@ import numpy as np
 
 from converters.base import SourceError
 
-from . import FieldInfo, RawEpisode, episode_bounds, guess_kind
+from . import FieldInfo, NoRecordedEnv, RawEpisode, episode_bounds, guess_kind
 from .h5check import check_hdf5
 
 GROUPS = (("observations", "obs"), ("actions", "action"))
@@ -28,7 +28,7 @@ def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-class FlatHDF5Source:
+class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env-spec gives it
     """One flat HDF5 file; episode positions are the episodes' order in the file."""
 
     def __init__(self, path: str, chunk_steps: int = 1 << 16, allow_hdf5_external: bool = False):

@@ -27,7 +27,7 @@ import pyarrow as pa
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
 
-from . import FieldInfo, RawEpisode
+from . import FieldInfo, NoRecordedEnv, RawEpisode
 from .robot import inside, stat_bounds
 from .video import TOLERANCE_S, VideoError, VideoFile
 
@@ -59,7 +59,7 @@ def _image_shape(feature: dict) -> tuple[int, int, int]:
     return shape[0], shape[1], shape[2]
 
 
-class LeRobotSource:
+class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-spec gives it
     """A LeRobot dataset folder; episode positions follow episode_index order."""
 
     def __init__(self, path: str):

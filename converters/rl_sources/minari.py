@@ -100,6 +100,23 @@ def _flatten(space, value, prefix: str, out: dict) -> dict:
     return out
 
 
+def _env_spec(ds):
+    """(the environment the dataset was recorded in, as schemas.env_spec checks it, None) or
+    (None, why not): minari has none (no reason given), cannot rebuild it, or it names wrappers
+    acting will not import or that did not record their arguments."""
+    from schemas.env_spec import EnvSpec, EnvSpecError
+    try:
+        spec = ds.env_spec
+    except Exception as e:  # minari rebuilds it from JSON: a spec it cannot parse is only not known
+        return None, f"unreadable env spec ({_first_line(e)})"
+    if spec is None:
+        return None, None
+    try:
+        return EnvSpec.from_gymnasium(spec), None
+    except (EnvSpecError, ValueError, TypeError) as e:
+        return None, _first_line(e)
+
+
 class MinariSource:
     """A Minari dataset; episode positions index its `episode_indices`."""
 
@@ -115,6 +132,8 @@ class MinariSource:
         self.path = str(self._data / "main_data.hdf5") if self._format == "hdf5" else str(self._data)
         self._indices = np.asarray(ds.episode_indices, dtype=np.int64)
         self._obs_space, self._act_space = ds.observation_space, ds.action_space
+        # schemas.env_spec.EnvSpec, or None (and why, when minari has one that cannot be trusted)
+        self.env_spec, self.env_spec_problem = _env_spec(ds)
         try:
             self._fields = (space_fields(self._obs_space, "obs", {}), space_fields(self._act_space, "action", {}))
         except SourceError as e:
@@ -167,6 +186,18 @@ class MinariSource:
 
     def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
         return self._fields
+
+    def recorded_seeds(self) -> np.ndarray | None:
+        """The reset seed of every episode, from its metadata (minari keeps `seed` where the episode
+        was recorded from a seeded reset); None when any episode has none."""
+        try:
+            meta = self._dataset().storage.get_episode_metadata(self._indices.tolist())
+            seeds = [m.get("seed") for m in meta]
+        except (OSError, KeyError, ValueError):
+            return None
+        if not seeds or any(s is None or not isinstance(s, (int, np.integer)) for s in seeds):
+            return None
+        return np.asarray(seeds, np.int64)
 
     def returns(self) -> np.ndarray:
         try:

@@ -29,7 +29,7 @@ from converters.base import SourceError
 from converters.read_ahead import read_ahead
 from tokenizer_kit.images import MAX_PIXELS
 
-from . import FieldInfo, RawEpisode
+from . import FieldInfo, NoRecordedEnv, RawEpisode
 from .robot import inside
 from .tfrecord import RecordError, count_records, parse_example, read_records
 
@@ -91,7 +91,7 @@ def _field_name(key: str) -> str | None:
     return "obs/" + rest.removeprefix("observation/")
 
 
-class RLDSSource:
+class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spec gives it
     """A TFDS builder folder of RLDS episodes; positions run over its TFRecord files in order."""
 
     def __init__(self, path: str):

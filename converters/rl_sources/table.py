@@ -21,7 +21,7 @@ import pyarrow as pa
 from converters.base import SourceError
 from converters.hf_datasets import load_dataset
 
-from . import FieldInfo, RawEpisode, guess_kind
+from . import FieldInfo, NoRecordedEnv, RawEpisode, guess_kind, task_name
 
 BATCH_ROWS = 16  # episodes per record batch: episodes can be large (images)
 KIND_PREFIXES = ("continuous_", "discrete_", "image_", "text_")
@@ -149,14 +149,33 @@ def _check_numeric_steps(path: str, column: str, t: pa.DataType) -> None:
         raise SourceError(f"{path}: column {column!r} is {t}, expected a list of numbers per episode")
 
 
-class TableSource:
+SPLIT_NAMES = ("train", "test", "validation", "valid", "eval")
+
+
+def hf_task_name(p: Path) -> str:
+    """A saved HF dataset's task: the config it was loaded as (the jat-dataset's `atari-pong`),
+    else its dataset name, else its folder (the folder above a split folder `train`/`test`)."""
+    import json
+    try:
+        info = json.loads((p / "dataset_info.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    for key in ("config_name", "dataset_name"):
+        name = info.get(key)
+        if isinstance(name, str) and name and name != "default" and "/" not in name and name not in (".", ".."):
+            return name
+    return p.parent.name if p.name in SPLIT_NAMES and p.parent.name else p.name
+
+
+class TableSource(NoRecordedEnv):  # the format records no environment: --env-spec gives it
     """A Parquet file or HF datasets directory; episode positions are row numbers."""
 
     def __init__(self, path: str):
         self.input = self.path = str(path)
         p = Path(path)
         self._hf = p.is_dir()
-        self.name = p.name if self._hf else p.stem
+        self.name = hf_task_name(p) if self._hf else task_name(p)
         schema = self._schema()
         names = schema.names
         self._rewards = next((c for c in REWARD_COLUMNS if c in names), None)

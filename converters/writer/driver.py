@@ -174,7 +174,7 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
     manifest = Manifest(layout=plan.layout, converter=plan.converter, options=plan.options, shards=shards,
                         stats=stats.to_dict(), skipped=[{"source": s.source, "reason": s.reason} for s in skipped],
                         tokenizer_sha256=plan.tokenizer_sha256, episode_spec=plan.episode_spec,
-                        tasks=sorted(stats.rows_per_task), compression=plan.compression)
+                        env_spec=plan.env_spec, tasks=sorted(stats.rows_per_task), compression=plan.compression)
     try:
         text = manifest.to_json()
     except ValueError as e:  # a statistic JSON cannot hold: refused at conversion, so a bug if it gets here

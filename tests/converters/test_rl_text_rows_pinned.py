@@ -91,7 +91,9 @@ def _rl_parquet_text(tmp_path, sp):
                                         for ep in eps]),
         "rewards": pa.array([ep["rewards"].tolist() for ep in eps])})
     pq.write_table(table, tmp_path / "mission.parquet")
-    return [str(tmp_path / "mission.parquet")], ["--text-tokenizer", sp]
+    # every repeated mission a target, as all rows were before that became a flag (the default now
+    # trains on a repeated text's first occurrence only: tests/tokenizer_kit/test_repeated_text_loss.py)
+    return [str(tmp_path / "mission.parquet")], ["--text-tokenizer", sp, "--repeated-text-loss"]
 
 
 RL_CASES = {"minari-discrete": _rl_minari_discrete, "minari-pixels": _rl_minari_pixels,

@@ -14,7 +14,7 @@ from conftest import cartpole_episodes, make_caption_shard_dir, make_text_shard_
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text import TextTokenizer
 from trainer.cli import main
-from trainer.evaluate import TaskResult, aggregate, iqm, read_suite
+from trainer.evaluate import TaskResult, iqm, read_suite
 from trainer.rollout import load_demonstrations
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -142,12 +142,8 @@ def test_generate_and_caption(trained, tmp_path, capsys):
     assert main(["caption", "--checkpoint", str(trained["run"]), str(tmp_path / "missing.png")]) == 1
 
 
-def test_iqm_and_bootstrap():
+def test_iqm_and_task_score():
     assert iqm(np.arange(8.0)) == pytest.approx(np.mean([2, 3, 4, 5]))
-    scores = [np.array([0.0, 1.0, 1.0, 1.0]), np.array([0.5, 0.5])]
-    ov = aggregate(scores, reps=500)
-    assert ov["mean"] == pytest.approx(4.0 / 6.0)
-    assert ov["mean_ci"][0] <= ov["mean"] <= ov["mean_ci"][1] and ov["mean_ci"][0] < ov["mean_ci"][1]
     r = TaskResult("t", "e", agent=[5.0, 7.0], random=[1.0, 1.0], expert=[9.0, 9.0], expert_exact=True, horizon=10)
     assert r.score == pytest.approx(0.625)
 
@@ -167,10 +163,10 @@ def test_wrappers_recorded_in_the_manifest_are_applied_again():
     from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
     from trainer.envs import EnvWrappers, make_env_fn
 
-    assert EnvWrappers.from_manifest(SimpleNamespace(episode_spec=None)) == EnvWrappers(False, 1)
+    assert EnvWrappers.from_manifest(SimpleNamespace(episode_spec=None, env=None)) == EnvWrappers(False, 1)
     spec = EpisodeSpec((FieldSpec("obs", "image", (84, 84), frame_stack=FrameStack(3, "first", 84, 84)),),
                        (FieldSpec("act", "continuous", (1,), mu_law=False, bounds=((-2.0,), (2.0,))),))
-    recorded = EnvWrappers.from_manifest(SimpleNamespace(episode_spec=spec.to_dict()))
+    recorded = EnvWrappers.from_manifest(SimpleNamespace(episode_spec=spec.to_dict(), env=None))
     assert recorded == EnvWrappers(False, 3)  # bounds are mapped back by the agent, not by a wrapper
     env = make_env_fn("Pendulum-v1", wrappers=recorded)()
     obs, _ = env.reset(seed=0)
