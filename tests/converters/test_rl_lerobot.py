@@ -215,13 +215,15 @@ def test_bad_input_is_one_line_or_skipped_alone(case, v3, tmp_path, sp_model_pat
     assert not (tmp_path / "fail" / "manifest.json").exists()
     code = tokenize("rl", root, "--out", tmp_path / "skip", "--text-tokenizer", sp_model_path,
                     "--on-error", "skip", "--episodes-per-unit", 1)
+    err = error_lines(capsys.readouterr().err)
+    if survivors is None:  # every episode lies in the damaged file: all skipped, none kept: exit 1, says why
+        assert code == 1 and "kept no record" in err[-1] and f"all {len(LENGTHS)} records were skipped" in err[-1], err
+        assert not (tmp_path / "skip" / "manifest.json").exists()
+        return
     m = Manifest.read(tmp_path / "skip")
     kept = {int(s.source_id.rsplit("_", 1)[1]) for s in _sources(tmp_path / "skip")}
-    if survivors is None:  # every episode lies in the damaged file: all skipped, none converted
-        assert kept == set() and len(m.skipped_records) == len(LENGTHS)
-    else:
-        assert code == 0 and kept == survivors
-        assert all(needle.split(":")[0] in s.reason for s in m.skipped_records)
+    assert code == 0 and kept == survivors
+    assert all(needle.split(":")[0] in s.reason for s in m.skipped_records)
 
 
 def _sources(out: Path):
