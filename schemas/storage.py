@@ -23,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from tokenizer_kit.files import atomic_path
 
 from .errors import ReaderError
+from .store_settings import StoreSettings, open_fs
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -49,12 +50,13 @@ def remote_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     its threads (fsspec's own instance cache is per thread, and a new S3 client costs a session)."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     # credentials and endpoints come from the environment: a changed one needs a new client
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_"))))
+    env = tuple(sorted((k, v) for k, v in os.environ.items()
+                       if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_", "GATO_KIT_STORE_"))))
     key = (protocol, os.getpid(), env)
     fs = _FILESYSTEMS.get(key)
     try:
         if fs is None:
-            fs, path = fsspec.core.url_to_fs(url)
+            fs, path = open_fs(url)
             _FILESYSTEMS[key] = fs
             return fs, path
         return fs, fs._strip_protocol(url)
@@ -62,10 +64,19 @@ def remote_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         raise ReaderError(f"{url}: cannot open ({str(e).splitlines()[0]})") from None
 
 
+def gave_up(e: BaseException) -> str:
+    """What to add to a store error caused by timeouts: how long was waited, and the knobs."""
+    if "timeout" not in f"{type(e).__name__} {e}".lower():
+        return ""
+    s = StoreSettings.from_env()
+    return (f" (no answer after {s.attempts} tries of {s.timeout:g} s each; "
+            "GATO_KIT_STORE_TIMEOUT and GATO_KIT_STORE_ATTEMPTS set them)")
+
+
 def storage_error(url: str, e: BaseException) -> ReaderError:
     """One line for a store that cannot be reached or refuses us (endpoint, credentials, bucket)."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return ReaderError(f"{url}: cannot read from the store ({type(e).__name__}: {text})")
+    return ReaderError(f"{url}: cannot read from the store ({type(e).__name__}: {text}){gave_up(e)}")
 
 
 def read_bytes(url: str) -> bytes:
@@ -107,7 +118,7 @@ class OutDir:
     def __init__(self, url: str | os.PathLike):
         self.url = os.fspath(url)
         with self.errors("open it"):
-            self.fs, root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True)
+            self.fs, root = open_fs(self.url, skip_instance_cache=True)
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/")
 
@@ -127,7 +138,7 @@ class OutDir:
             if not isinstance(e, (OSError, ImportError)) and type(e).__module__.split(".")[0] not in _STORE_MODULES:
                 raise
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise StorageError(f"{self.url}: cannot {what}: {msg}") from None
+            raise StorageError(f"{self.url}: cannot {what}: {msg}{gave_up(e)}") from None
 
     def makedirs(self, sub: str = "") -> None:
         """OUT (and OUT/sub) locally; in object storage (no directories) only check the bucket exists."""
