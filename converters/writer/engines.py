@@ -17,6 +17,9 @@ from .unit import UnitJob, UnitSettings, run_unit
 
 ENGINES = ("local", "ray")
 RAY_RETRIES = 3  # a unit whose worker died (killed, node lost) runs again; its shards are simply replaced
+RAY_POLL_SECONDS = 1.0  # how often the driver looks up from waiting (Ctrl-C, a cluster that lost its CPUs)
+RAY_NO_CPU_SECONDS = 30.0  # a cluster with no CPU for this long cannot run the remaining units: stop
+STORE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "FSSPEC_", "GATO_KIT_STORE_")  # what Ray tasks need to reach the store
 
 OnDone = Callable[[UnitMarker], None]
 
@@ -88,17 +91,25 @@ def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob
     if started:
         try:
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+                     log_to_driver=False, configure_logging=False, runtime_env={"env_vars": store_env()})
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise SourceError(f"--engine ray: cannot reach Ray at {address or 'a new local instance'}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
-        task = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(_ray_unit)
+        # the store's settings travel with the tasks too when Ray was started by the caller
+        task = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(_ray_unit).options(
+            runtime_env={"env_vars": store_env()})
         shared = [ray.put((converter, settings))]  # in a list: Ray hands the task the reference itself
         pending = [task.remote(shared, job) for job in jobs]
         try:
+            no_cpu_since = None
             while pending:
-                finished, pending = ray.wait(pending, num_returns=1)
+                # a bounded wait: Ctrl-C is seen at once, and a cluster that lost its CPUs is noticed
+                finished, pending = ray.wait(pending, num_returns=1, timeout=RAY_POLL_SECONDS)
+                if not finished:
+                    no_cpu_since = _check_cpus(ray, no_cpu_since, len(pending))
+                    continue
+                no_cpu_since = None
                 for ref in finished:
                     try:
                         marker = ray.get(ref)
@@ -110,8 +121,35 @@ def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob
                     on_done(marker)
         except BaseException:
             for ref in pending:
-                ray.cancel(ref, force=True)
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - a lost node's task cannot be cancelled; we leave anyway
+                    pass
             raise
     finally:
         if started:
             ray.shutdown()
+
+
+def store_env() -> dict[str, str]:
+    """The driver's object-store settings (credentials, endpoint, patience) for Ray's runtime
+    environment, so a task on another machine reaches the same store the same way. They travel
+    through the cluster's control plane: use Ray's token authentication on a shared cluster."""
+    import os
+    return {k: v for k, v in os.environ.items() if k.startswith(STORE_ENV_PREFIXES)}
+
+
+def _check_cpus(ray, since: float | None, remaining: int) -> float | None:
+    """None while the cluster has a CPU; else since when it has had none, and past
+    RAY_NO_CPU_SECONDS a SourceError saying so (a re-run converts only the units left)."""
+    import time
+    if ray.cluster_resources().get("CPU", 0) >= 1:
+        return None
+    now = time.monotonic()
+    if since is None:
+        return now
+    if now - since >= RAY_NO_CPU_SECONDS:
+        raise SourceError(f"--engine ray: the cluster has had no CPU for {RAY_NO_CPU_SECONDS:g} s, so the "
+                          f"{remaining} remaining units cannot run (nodes lost?); run the same command again "
+                          "once it has nodes: finished units are kept")
+    return since
