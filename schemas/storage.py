@@ -196,6 +196,24 @@ class OutDir:
         with self.staged(name) as tmp:
             tmp.write_text(text)
 
+    def create(self, name: str, text: str) -> bool:
+        """Write `name` only if it does not exist (the store's conditional create); False if it does."""
+        with self.errors(f"create {name}"):
+            if self.local:
+                try:
+                    with open(self.path(name), "x") as f:
+                        f.write(text)
+                    return True
+                except FileExistsError:
+                    return False
+            try:
+                self.fs.pipe_file(self.path(name), text.encode(), mode="create")
+            except FileExistsError:
+                return False
+            except (TypeError, NotImplementedError):  # a backend without conditional create: plain write
+                self.fs.pipe_file(self.path(name), text.encode())
+            return True
+
     def move(self, src: str, dst: str) -> None:
         """Put `src` in OUT under `dst` whole (a rename locally; a server-side copy in a store)."""
         with self.errors(f"move {src} to {dst}"):

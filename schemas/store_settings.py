@@ -59,7 +59,7 @@ class StoreSettings:
         """Keyword arguments of the fsspec filesystem of `protocol` that apply these settings."""
         if protocol in ("s3", "s3a"):
             return {"config_kwargs": {"connect_timeout": self.timeout, "read_timeout": self.timeout,
-                                      "retries": {"max_attempts": self.attempts, "mode": "standard"}}}
+                                      "retries": {"total_max_attempts": self.attempts, "mode": "standard"}}}
         if protocol in ("gs", "gcs"):
             return {"timeout": self.timeout}
         return {}

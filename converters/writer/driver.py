@@ -94,7 +94,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
 
     store.makedirs(WORK_DIR)
     lock = ".lock" if partition is None else f".lock.partition-{partition}"
-    with OutLock(store.root if store.local else None, lock):
+    with OutLock(store, lock):
         work = WorkDir(store)
         work.save_plan(plan)
         if tokenizer_path:
@@ -142,7 +142,7 @@ def finalize(out: str | os.PathLike) -> Manifest:
     store = OutDir(out)
     if (m := _read_manifest(store)[1]) is not None:
         return m
-    with OutLock(store.root if store.local else None):
+    with OutLock(store):
         work = WorkDir(store)
         plan = work.plan()
         if plan is None:

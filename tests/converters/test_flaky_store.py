@@ -95,4 +95,38 @@ def test_malformed_store_settings_are_one_line(monkeypatch):
     s = StoreSettings.from_env()
     assert (s.timeout, s.attempts) == (2.5, 5)
     opts = s.fsspec_options("s3")["config_kwargs"]
-    assert opts["read_timeout"] == 2.5 and opts["retries"] == {"max_attempts": 5, "mode": "standard"}
+    assert opts["read_timeout"] == 2.5 and opts["retries"] == {"total_max_attempts": 5, "mode": "standard"}
+
+
+def test_two_writers_on_one_prefix_exit_2_through_the_stores_conditional_create(inputs, text_tokenizer, s3_server,
+                                                                                capsys):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import s3fs
+
+    from converters.cli import main
+    from converters.writer.lock import OutLock
+    from schemas.storage import OutDir
+    make_bucket("twowriters")
+    url = "s3://twowriters/out"
+    argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line", "--out", url,
+            "--no-progress"]
+    with OutLock(OutDir(url)):  # a live writer: this process
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is being written by process {os.getpid()}" in err
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    assert not fs.exists("twowriters/out/.lock") and not fs.exists("twowriters/out/manifest.json")
+    with OutLock(OutDir(url)):  # another machine's writer: never taken over, whatever its pid
+        fs.pipe_file("twowriters/out/.lock.partition-0", json.dumps({"pid": 1, "host": "elsewhere"}).encode())
+        assert main([*argv, "--num-partitions", "2", "--partition", "0"]) == 2
+        assert "process 1 on elsewhere" in capsys.readouterr().err
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a writer of this host killed with -9: its lock is stale and taken over
+    fs.pipe_file("twowriters/out/.lock", json.dumps({"pid": dead.pid, "host": socket.gethostname()}).encode())
+    assert main(argv) == 0
+    fs.invalidate_cache()
+    assert fs.exists("twowriters/out/manifest.json") and not fs.exists("twowriters/out/.lock")
