@@ -222,6 +222,29 @@ class OutDir:
             else:
                 self.fs.mv(self.path(src), self.path(dst))
 
+    def unfinished_uploads(self) -> list[tuple[str, str]]:
+        """(name, upload id) of the multipart uploads under OUT that were started and never
+        completed or aborted (a process killed mid-upload leaves them, billed, invisible to a
+        listing). Only S3 has them; other stores give none."""
+        if self.local or not hasattr(self.fs, "call_s3"):
+            return []
+        bucket, _, prefix = self.root.partition("/")
+        found, marker = [], {}
+        with self.errors("list unfinished uploads"):
+            while True:
+                page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix + "/", **marker)
+                found += [(u["Key"][len(prefix) + 1:], u["UploadId"]) for u in page.get("Uploads", [])
+                          if "/" not in u["Key"][len(prefix) + 1:]]
+                if not page.get("IsTruncated"):
+                    return found
+                marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def abort_uploads(self, uploads: list[tuple[str, str]]) -> None:
+        bucket, _, prefix = self.root.partition("/")
+        with self.errors("abort unfinished uploads"):
+            for name, upload_id in uploads:
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=f"{prefix}/{name}", UploadId=upload_id)
+
     def remove(self, names: list[str]) -> None:
         with self.errors("remove leftovers"):
             for name in names:

@@ -4,6 +4,7 @@ All run the same `run_unit`; a unit's output does not depend on where it ran."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import sys
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -36,7 +37,20 @@ def start_method() -> str:
 _W: dict = {}
 
 
-def _init_worker(converter: Converter, settings: UnitSettings, forked: bool) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when its driver dies, even by kill -9 (Linux
+    PR_SET_PDEATHSIG; elsewhere the pool's own shutdown is all there is)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the driver died before the line above: nobody would reap our units
+        os._exit(1)
+
+
+def _init_worker(converter: Converter, settings: UnitSettings, forked: bool, parent: int) -> None:
+    die_with_parent(parent)
     if forked:  # as spawn would give them: own file handles, a fresh object-store session (no parent's threads)
         converter, settings = pickle.loads(pickle.dumps((converter, settings)))
     _W.update(converter=converter, settings=settings)
@@ -54,7 +68,7 @@ def run_local(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJ
         return
     ctx = mp.get_context(start_method())
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(converter, settings, ctx.get_start_method() == "fork")) as pool:
+                             initargs=(converter, settings, ctx.get_start_method() == "fork", os.getpid())) as pool:
         pending = {pool.submit(_pool_unit, job) for job in jobs}
         try:
             while pending:
@@ -135,7 +149,6 @@ def store_env() -> dict[str, str]:
     """The driver's object-store settings (credentials, endpoint, patience) for Ray's runtime
     environment, so a task on another machine reaches the same store the same way. They travel
     through the cluster's control plane: use Ray's token authentication on a shared cluster."""
-    import os
     return {k: v for k, v in os.environ.items() if k.startswith(STORE_ENV_PREFIXES)}
 
 

@@ -15,8 +15,11 @@ _UNIT_SHARD = re.compile(r"^shard-(\d+)-\d+\.arrow$")
 
 def remove_temporaries(out: OutDir, units: set[int] | None) -> None:
     """Temporary files that killed processes left, of these units (None: all), never another
-    running partition's. (Uploads to an object store are whole: no temporary names there.)"""
+    running partition's. In an object store (no temporary names: uploads are whole), the
+    unfinished multipart uploads of these units' shards that a kill -9 left."""
     if not out.local:
+        out.abort_uploads([(name, uid) for name, uid in out.unfinished_uploads()
+                           if (m := _UNIT_SHARD.match(name)) and (units is None or int(m.group(1)) in units)])
         return
     def mine(name: str) -> bool:
         m = _TEMPORARY.match(name)
