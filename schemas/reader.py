@@ -144,17 +144,24 @@ class ShardDir:
     _rows: list[int] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, cache: ShardCache | None = None) -> "ShardDir":
-        """Read the manifest if there is one (a malformed one is an error) and list complete shards."""
+    def open(cls, path: str | os.PathLike, cache: ShardCache | None = None, listing: bool = False) -> "ShardDir":
+        """Read the manifest if there is one (a malformed one is an error) and list complete shards.
+
+        A remote directory whose manifest names its shards is not listed (a listing of a big
+        prefix is thousands of paged requests per rank): a shard missing from the store is then an
+        error when it is fetched. `listing=True` lists it anyway, for `missing` and `unlisted`
+        (what verify and inspect report). A local directory is always listed (one cheap call)."""
         text = os.fspath(path)
         if is_remote(text):
             text = text.rstrip("/")
-            names = list_names(text)
             try:
-                manifest = Manifest.parse(read_bytes(join(text, MANIFEST_NAME)), join(text, MANIFEST_NAME)) \
-                    if MANIFEST_NAME in names else None
+                manifest = Manifest.parse(read_bytes(join(text, MANIFEST_NAME)), join(text, MANIFEST_NAME))
             except FileNotFoundError:
                 manifest = None
+            if manifest is not None and not listing:
+                return cls(text, manifest, [ShardFile(s.name, join(text, s.name), s) for s in manifest.shards],
+                           cache=cache)
+            names = list_names(text)
         else:
             root = local_path(text)
             if not root.is_dir():
