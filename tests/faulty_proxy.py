@@ -24,6 +24,7 @@ class FaultyProxy:
         self.faults: deque[str] = deque()
         self.stall_all = False
         self.seen: list[str] = []  # what each connection got: pass, stall, 503, drop
+        self.sent = bytearray()  # every byte clients sent through (request lines are counted in it)
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -36,6 +37,12 @@ class FaultyProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def requests(self, method: str, path_prefix: str) -> int:
+        """How many `method` requests for paths starting with `path_prefix` clients sent."""
+        import re
+        return len(re.findall(rb"(?:^|\r\n)" + method.encode() + rb" " + re.escape(path_prefix.encode()),
+                              bytes(self.sent)))
 
     def plan(self, faults: list[str]) -> None:
         with self._lock:
@@ -79,7 +86,7 @@ class FaultyProxy:
             upstream = socket.create_connection(self.upstream)
             self._open.append(upstream)
             limit = 200 if fault == "drop" else None  # drop: the response is cut after its first bytes
-            t = threading.Thread(target=_pipe, args=(client, upstream, None), daemon=True)
+            t = threading.Thread(target=_pipe, args=(client, upstream, None, self.sent), daemon=True)
             t.start()
             _pipe(upstream, client, limit)
             if limit is not None:
@@ -99,13 +106,15 @@ def _read_head(s: socket.socket) -> None:
         data += chunk
 
 
-def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+def _pipe(src: socket.socket, dst: socket.socket, limit: int | None, log: bytearray | None = None) -> None:
     sent = 0
     try:
         while True:
             chunk = src.recv(65536)
             if not chunk:
                 break
+            if log is not None:
+                log.extend(chunk)
             if limit is not None and sent + len(chunk) >= limit:
                 dst.sendall(chunk[:max(1, limit - sent)])
                 return

@@ -101,7 +101,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
             _copy_tokenizer(store, tokenizer_path)
         mine = range(len(units)) if partition is None else range(partition, len(units), num_partitions)
         remove_temporaries(store, set(mine))
-        done = work.done(plan)
+        done = work.done(plan, None if partition is None else mine)
         if partition is None and on_error == "fail":
             for m in done.values():  # a unit finished earlier under --on-error skip
                 if m.skipped:
@@ -112,6 +112,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
                        len(jobs), enabled=progress)
 
         def on_done(m: UnitMarker) -> None:
+            done[m.index] = m  # what finalize needs: every marker is read (or made) once per run
             bar.update(m.stats.rows + len(m.skipped), m.stats.tokens)
             bar.unit_done()
 
@@ -124,7 +125,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
             bar.close()
         if partition is not None:
             return ConvertResult(store.url, False, len(units), len(jobs), None, time.perf_counter() - t0)
-        manifest = _finalize(store, work, plan)
+        manifest = _finalize(store, work, plan, done)
     return ConvertResult(store.url, True, len(units), len(jobs), manifest, time.perf_counter() - t0)
 
 
@@ -150,8 +151,10 @@ def finalize(out: str | os.PathLike) -> Manifest:
         return _finalize(store, work, plan)
 
 
-def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
-    done = work.done(plan)
+def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan,
+              done: dict[int, UnitMarker] | None = None) -> Manifest:
+    """The manifest from the markers (`done`: those this run already holds; else read, once)."""
+    done = work.done(plan) if done is None else done
     if len(done) < len(plan.uids):
         first = next(i for i in range(len(plan.uids)) if i not in done)
         raise SourceError(f"{store.url}: {len(plan.uids) - len(done)} of {len(plan.uids)} work units are not "

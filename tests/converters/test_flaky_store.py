@@ -130,3 +130,25 @@ def test_two_writers_on_one_prefix_exit_2_through_the_stores_conditional_create(
     assert main(argv) == 0
     fs.invalidate_cache()
     assert fs.exists("twowriters/out/manifest.json") and not fs.exists("twowriters/out/.lock")
+
+
+def test_partitions_read_only_their_own_markers_and_finalize_reads_each_once(inputs, text_tokenizer, proxy):
+    """Requests counted on the wire (the proxy passes everything through here)."""
+    make_bucket("markers")
+    url = "s3://markers/out"
+    conv = text_converter(inputs, text_tokenizer)
+    n = len(conv.work_units())
+    for i in range(2):
+        run(conv, url, text_tokenizer, num_partitions=2, partition=i)
+    mine = range(0, n, 2)
+
+    def marker_gets(units) -> int:
+        return sum(proxy.requests("GET", f"/markers/out/.work/unit-{u:05d}.json") for u in units)
+
+    proxy.sent.clear()
+    assert run(conv, url, text_tokenizer, num_partitions=2, partition=0).units_converted == 0
+    assert marker_gets(mine) == len(mine) and marker_gets(range(1, n, 2)) == 0
+    proxy.sent.clear()
+    res = run(conv, url, text_tokenizer)  # skips every unit, then writes the manifest
+    assert res.complete and res.units_converted == 0
+    assert marker_gets(range(n)) == n
