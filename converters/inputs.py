@@ -8,6 +8,7 @@ same local file (same size and mtime: its work units are reused) and converters 
 from __future__ import annotations
 
 import os
+from glob import has_magic
 from pathlib import Path
 
 from schemas.storage import OutDir, is_remote
@@ -21,8 +22,27 @@ def cache_dir() -> Path:
 
 def localize_inputs(inputs: list[str]) -> list[str]:
     """Local paths stay; file:// loses its scheme; a remote file or prefix is fetched (every file
-    under a prefix, keeping its layout below the cache's per-URL folder)."""
-    return [_fetch(item) if is_remote(item) else item.removeprefix("file://") for item in inputs]
+    under a prefix, keeping its layout below the cache's per-URL folder); a URL with a glob
+    pattern (`s3://bucket/raw/*.txt`: the shell cannot expand it) is each match, sorted."""
+    out: list[str] = []
+    for item in inputs:
+        if not is_remote(item):
+            out.append(item.removeprefix("file://"))
+        elif has_magic(item):
+            out.extend(_fetch(url) for url in _glob(item))
+        else:
+            out.append(_fetch(item))
+    return out
+
+
+def _glob(pattern: str) -> list[str]:
+    store = OutDir(pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0].rsplit("/", 1)[0])
+    protocol = pattern.split("://", 1)[0]
+    with store.errors("list the input pattern"):
+        matches = sorted(store.fs.glob(store.fs._strip_protocol(pattern)))
+    if not matches:
+        raise FileNotFoundError(f"{pattern}: matches no input")
+    return [f"{protocol}://{m}" for m in matches]
 
 
 def _fetch(url: str) -> str:
