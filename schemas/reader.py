@@ -19,6 +19,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -131,6 +132,23 @@ class ShardFile:
     info: ShardInfo | None = None
 
 
+class ShardFiles(Sequence):
+    """Every shard a manifest lists, as ShardFile records made when asked for (a rank of a
+    200,000-shard directory touches only its own)."""
+
+    def __init__(self, root: str, infos: Sequence[ShardInfo]):
+        self.root, self.infos = root, infos
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        s = self.infos[i]
+        return ShardFile(s.name, join(self.root, s.name), s)
+
+
 @dataclass
 class ShardDir:
     """A shard directory, local or remote. `shards` are the manifest's shards present, in order."""
@@ -155,12 +173,12 @@ class ShardDir:
         if is_remote(text):
             text = text.rstrip("/")
             try:
-                manifest = Manifest.parse(read_bytes(join(text, MANIFEST_NAME)), join(text, MANIFEST_NAME))
+                manifest = Manifest.parse(read_bytes(join(text, MANIFEST_NAME)), join(text, MANIFEST_NAME),
+                                          lambda name: read_bytes(join(text, name)))
             except FileNotFoundError:
                 manifest = None
             if manifest is not None and not listing:
-                return cls(text, manifest, [ShardFile(s.name, join(text, s.name), s) for s in manifest.shards],
-                           cache=cache)
+                return cls(text, manifest, ShardFiles(text, manifest.shards), cache=cache)
             names = list_names(text)
         else:
             root = local_path(text)
@@ -257,6 +275,8 @@ class ShardDir:
     @property
     def rows_per_shard(self) -> list[int]:
         """Rows of each present shard (the manifest's count, else the shard's own)."""
+        if self._rows is None and isinstance(self.shards, ShardFiles):  # all listed: the manifest's column
+            self._rows = self.manifest.shard_rows().tolist()
         if self._rows is None:
             self._rows = [s.info.rows if s.info is not None else self.table(i).num_rows
                           for i, s in enumerate(self.shards)]

@@ -168,6 +168,11 @@ class OutDir:
             except FileNotFoundError:
                 return None
 
+    def read_bytes(self, name: str) -> bytes:
+        """A whole file of OUT; a missing one raises FileNotFoundError."""
+        with self.errors(f"read {name}"):
+            return self.fs.cat_file(self.path(name))
+
     def read_texts(self, names: list[str]) -> dict[str, str]:
         """Several small files at once (an object store fetches them concurrently); absent ones left out."""
         if self.local or not names:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, replace
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord
+from schemas.shard_table import SHARD_TABLE_NAME
 from schemas.storage import OutDir
 from schemas.workunit import PLAN_NAME, WORK_DIR, ConversionPlan, UnitMarker, WorkDir, merge_stats
 from tokenizer_kit.files import file_sha256
@@ -52,7 +53,7 @@ def _read_manifest(out: OutDir) -> tuple[bool, Manifest | None]:
     """(whether OUT has a manifest, the manifest if it is readable)."""
     text = out.read_text(MANIFEST_NAME)
     try:
-        return text is not None, Manifest.parse(text, MANIFEST_NAME) if text else None
+        return text is not None, Manifest.parse(text, MANIFEST_NAME, out.read_bytes) if text else None
     except ManifestError:
         return True, None
 
@@ -169,13 +170,16 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan,
                         tokenizer_sha256=plan.tokenizer_sha256, episode_spec=plan.episode_spec,
                         tasks=sorted(stats.rows_per_task), compression=plan.compression)
     try:
-        text = manifest.to_json()
+        text, table = manifest.encode()
     except ValueError as e:  # a statistic JSON cannot hold: refused at conversion, so a bug if it gets here
         raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
     remove_unlisted_shards(store, {s.name for s in shards})
     remove_temporaries(store, None)
     if plan.tokenizer_sha256 and TOKENIZER_NAME in store.sizes(WORK_DIR):  # else moved by an interrupted finalize
         store.move(_STAGED_TOKENIZER, TOKENIZER_NAME)
+    if table is not None:  # many shards: their records in shards.arrow, written before the manifest
+        with store.staged(SHARD_TABLE_NAME) as tmp:
+            tmp.write_bytes(table)
     store.write_text(MANIFEST_NAME, text)
     remove_work_dir(store)
     return manifest
