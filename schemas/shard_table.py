@@ -72,10 +72,12 @@ class ShardTable(Sequence):
 
     def column(self, name: str) -> np.ndarray:
         """One field of every shard (ints as int64)."""
-        col = self.table.column(name)
+        col = self.table.column(name).combine_chunks()
+        if pa.types.is_int64(col.type) and col.null_count == 0:  # a view of the buffer: no copy, no pandas
+            return np.frombuffer(col.buffers()[1], np.int64, count=len(col), offset=col.offset * 8)
         if name == "sha256":
             return np.asarray([v.hex() for v in col.to_pylist()], dtype=object)
-        return col.to_numpy(zero_copy_only=False)
+        return np.asarray(col.to_pylist())
 
     def __len__(self) -> int:
         return self.table.num_rows
