@@ -45,10 +45,33 @@ def _glob(pattern: str) -> list[str]:
     return [f"{protocol}://{m}" for m in matches]
 
 
-def _fetch(url: str) -> str:
+_FETCHED: dict[str, str] = {}  # this process's fetched inputs: local path -> URL
+
+
+def fetched_inputs() -> dict[str, str]:
+    """{local path: URL} of every input this process fetched: what a machine that does not share
+    this one's disk needs to fetch a unit's input itself (converters.writer.engines' Ray tasks)."""
+    return dict(_FETCHED)
+
+
+def ensure_local(path: str | None, fetched: dict[str, str]) -> None:
+    """Where a unit runs on another machine: if its input `path` is not there but was fetched
+    from a URL by the driver, fetch it (only that file or folder) from the URL into the same path,
+    so the unit reads the same bytes under the same name (source ids name it) as anywhere else."""
+    if not path or os.path.exists(path):
+        return
+    for root, url in fetched.items():
+        if path == root or path.startswith(root.rstrip("/") + "/"):
+            rel = path[len(root):].strip("/")
+            _fetch(url.rstrip("/") + ("/" + rel if rel else ""), Path(path))
+            return
+
+
+def _fetch(url: str, local_root: Path | None = None) -> str:
     store = OutDir(url)
     fs, root = store.fs, store.root
-    local_root = cache_dir() / url.replace("://", "/").rstrip("/")
+    local_root = local_root or cache_dir() / url.replace("://", "/").rstrip("/")
+    _FETCHED[str(local_root)] = url
     with store.errors("read the input"):
         if not fs.exists(root):
             raise FileNotFoundError(f"{url}: no such input")

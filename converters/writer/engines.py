@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from schemas.workunit import UnitMarker
 
 from ..base import Converter, SourceError
+from ..inputs import ensure_local, fetched_inputs
 from .unit import UnitJob, UnitSettings, run_unit
 
 ENGINES = ("local", "ray")
@@ -86,13 +87,16 @@ def run_local(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJ
 
 def _ray_unit(shared: list, job: UnitJob) -> UnitMarker:
     """A Ray task: the converter is unpickled once per worker process (it may load a tokenizer),
-    not once per unit."""
+    not once per unit. An input the driver fetched from a URL is fetched here too when this
+    machine does not have it (a node that shares no disk with the driver)."""
     import ray
     key = shared[0].hex()
     if key not in _W:
         _W.clear()
         _W[key] = ray.get(shared[0])
-    return run_unit(*_W[key], job)
+    converter, settings, fetched = _W[key]
+    ensure_local(job.unit.path, fetched)
+    return run_unit(converter, settings, job)
 
 
 def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob], address: str | None,
@@ -113,7 +117,7 @@ def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob
         # the store's settings travel with the tasks too when Ray was started by the caller
         task = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(_ray_unit).options(
             runtime_env={"env_vars": store_env()})
-        shared = [ray.put((converter, settings))]  # in a list: Ray hands the task the reference itself
+        shared = [ray.put((converter, settings, fetched_inputs()))]  # in a list: the task gets the reference
         pending = [task.remote(shared, job) for job in jobs]
         try:
             no_cpu_since = None

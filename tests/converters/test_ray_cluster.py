@@ -5,6 +5,7 @@ makes them): tasks on nodes started without the driver's storage settings still 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -69,3 +70,91 @@ def test_a_cluster_without_cpus_is_said_so_and_the_run_stops(inputs, text_tokeni
         assert time.monotonic() - t0 < 60
     finally:
         ray.shutdown()
+
+
+def _descendants(pid: int) -> list[int]:
+    from pathlib import Path
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+@pytest.fixture
+def cluster_with_a_node_apart(tmp_path):
+    """A head without CPUs and one worker node started by `ray start` in its own mount namespace,
+    where the driver's input cache folder is an empty tmpfs: the node cannot see the driver's
+    copies of the inputs (as a machine that shares no disk with it). Yields (address, cache)."""
+    import shutil
+    import signal
+    import subprocess
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a node apart needs a mount namespace (root and unshare)")
+    cache = tmp_path / "driver-cache"
+    cache.mkdir()
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # nor the store's settings
+    node = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs tmpfs {cache} && exec {ray_bin} start --address={cluster.address} --num-cpus=1 --block"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and len([n for n in ray_nodes(cluster.address) if n["Alive"]]) < 2:
+            time.sleep(0.5)
+        yield cluster.address, cache
+    finally:
+        procs = [node.pid, *_descendants(node.pid)]
+        for pid in reversed(procs):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            node.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in procs:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def ray_nodes(address: str) -> list[dict]:
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": _PYTHONPATH}})
+    return ray.nodes()
+
+
+def test_a_node_that_cannot_see_the_drivers_disk_fetches_url_inputs_itself(inputs, text_tokenizer, s3_server,
+                                                                           cluster_with_a_node_apart, tmp_path,
+                                                                           monkeypatch):
+    import s3fs
+
+    from converters.cli import main
+    address, cache = cluster_with_a_node_apart
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    make_bucket("apart")
+    for p in inputs:
+        fs.put_file(p, f"apart/raw/{os.path.basename(p)}")
+    monkeypatch.setenv("GATO_KIT_INPUT_CACHE", str(cache))
+    (cache / "driver-only").write_text("the driver's disk")
+    sees = ray.remote(num_cpus=1)(lambda p: os.path.exists(p))
+    assert not ray.get(sees.remote(str(cache / "driver-only")))  # the node's view of that folder is its own
+    argv = ["text", "s3://apart/raw", "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line",
+            "--unit-size", "2000", "--shard-size", "5000", "--no-progress"]
+    assert main([*argv, "--out", "s3://apart/out", "--engine", "ray", "--ray-address", address]) == 0
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0  # same cached inputs, this machine only
+    assert bucket_shards(fs, "apart/out") == shard_bytes(tmp_path / "local")
+    assert ray.get(sees.remote(str(cache / "s3/apart/raw" / os.path.basename(inputs[0]))))  # fetched there
