@@ -30,7 +30,7 @@ RANK = r"""
 import json, sys, time
 sys.path.insert(0, {root!r})
 from schemas.reader import ShardDir
-from schemas.split import group_shards, shard_group
+from schemas.split import reader_shards
 from schemas.storage import remote_fs
 fs, _ = remote_fs({url!r}); fs.connect()
 calls = {{}}
@@ -43,8 +43,7 @@ open("/proc/self/clear_refs", "w").write("5")  # the peak restarts here: imports
 before, t0 = status("VmRSS"), time.perf_counter()
 sd = ShardDir.open({url!r})
 rows = sd.rows_per_shard
-group, groups, _, _ = shard_group(len(rows), {rank}, {world}, 0, 0)
-mine = [sd.shards[int(i)] for i in group_shards(rows, group, groups, seed=0)]
+mine = [sd.shards[int(i)] for i in reader_shards(rows, {rank}, {world}, 0, 0, seed=0)[0]]
 took = time.perf_counter() - t0
 print("@@" + json.dumps({{"seconds": took, "mb": (status("VmHWM") - before) / 1e6,
                           "lists": sum(v for k, v in calls.items() if k.startswith("List")),

@@ -89,3 +89,35 @@ def test_shard_split_keeps_owners_and_reshuffles_each_epoch():
     shard_seq = np.searchsorted(starts, e0, side="right") - 1
     assert (np.diff(shard_seq) != 0).sum() == len(own(e0)) - 1
     assert np.array_equal(assign_rows_by_shard(rps, 0, 1, 0, 0, 0, 9, shuffle=False), np.arange(48))
+
+
+def _shards_of(rows_per_shard, rows) -> set[int]:
+    starts = np.concatenate([[0], np.cumsum(rows_per_shard)])
+    return set((np.searchsorted(starts, rows, side="right") - 1).tolist())
+
+
+@pytest.mark.parametrize("rows_per_shard", [[6] * 8, [5, 0, 7, 3, 9, 4, 6, 2, 8, 1, 3], [9, 9, 9]])
+@pytest.mark.parametrize("world,workers", [(2, 2), (3, 4), (2, 3)])
+def test_evaluation_reads_exactly_the_shards_its_rank_trains_on(rows_per_shard, world, workers):
+    """Evaluation reads with no DataLoader workers; training with some: same shards per rank."""
+    for rank in range(world):
+        train = set()
+        for worker in range(workers):
+            train |= _shards_of(rows_per_shard, assign_rows_by_shard(rows_per_shard, rank, world, worker, workers,
+                                                                     0, seed=5))
+        evaluation = assign_rows_by_shard(rows_per_shard, rank, world, 0, 0, 0, seed=5, shuffle=False)
+        assert _shards_of(rows_per_shard, evaluation) == train
+
+
+@pytest.mark.parametrize("world,workers", [(5, 0), (7, 2), (8, 1)])
+def test_ranks_beyond_the_shard_count_each_download_one_shard_and_split_its_rows(world, workers):
+    rps = [40, 0, 25, 33]  # three non-empty shards, more ranks than that
+    seen = []
+    for rank in range(world):
+        touched = set()
+        for worker in range(max(1, workers)):
+            rows = assign_rows_by_shard(rps, rank, world, worker, workers, epoch=1, seed=2)
+            touched |= _shards_of(rps, rows)
+            seen += rows.tolist()
+        assert len(touched) == 1  # never every shard
+    assert sorted(seen) == list(range(sum(rps)))
