@@ -158,3 +158,77 @@ def test_a_node_that_cannot_see_the_drivers_disk_fetches_url_inputs_itself(input
     assert main([*argv, "--out", str(tmp_path / "local")]) == 0  # same cached inputs, this machine only
     assert bucket_shards(fs, "apart/out") == shard_bytes(tmp_path / "local")
     assert ray.get(sees.remote(str(cache / "s3/apart/raw" / os.path.basename(inputs[0]))))  # fetched there
+
+
+def test_ctrl_c_stops_a_ray_conversion_promptly(text_tokenizer, tmp_path):
+    """SIGINT while every unit is running (each sleeps a minute): the driver cancels them, shuts
+    down its Ray and exits 130 within seconds."""
+    import signal
+    import subprocess
+    inputs = make_inputs(tmp_path / "in", files=2)
+    flag = tmp_path / "started"
+    code = ("import sys, time, pathlib; from converters.text import TextConverter; import converters.text as t\n"
+            "class Slow(TextConverter):\n"
+            "    def convert_unit(self, unit):\n"
+            f"        pathlib.Path({str(flag)!r}).touch(); time.sleep(60); yield from super().convert_unit(unit)\n"
+            "t.TextConverter = Slow\n"
+            "from converters.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line",
+            "--out", str(tmp_path / "out"), "--no-progress", "--engine", "ray", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": _PYTHONPATH, "RAY_ADDRESS": ""})
+    try:
+        deadline = time.time() + 120
+        while not flag.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert flag.exists(), proc.stderr.read() if proc.poll() is not None else "no unit started"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=45)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert code == 130 and "interrupted" in err, err[-2000:]
+    assert took < 20, took
+
+
+class SlowText(__import__("converters.text", fromlist=["TextConverter"]).TextConverter):
+    """Marks that a unit started, then takes a minute."""
+
+    flag: str = ""
+
+    def convert_unit(self, unit):
+        open(self.flag, "w").close()
+        time.sleep(60)
+        yield from super().convert_unit(unit)
+
+
+def test_a_cluster_that_loses_its_only_cpu_node_mid_run_is_said_so(inputs, text_tokenizer, tmp_path, monkeypatch):
+    import threading
+
+    import converters.writer.engines as engines
+    monkeypatch.setattr(engines, "RAY_NO_CPU_SECONDS", 3.0)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    node = cluster.add_node(num_cpus=1)
+    conv = text_converter(inputs, text_tokenizer, SlowText)
+    conv.flag = str(tmp_path / "started")
+
+    def lose_the_node():
+        deadline = time.time() + 120
+        while not os.path.exists(conv.flag) and time.time() < deadline:
+            time.sleep(0.2)
+        cluster.remove_node(node, allow_graceful=False)
+
+    try:
+        ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": _PYTHONPATH}})
+        threading.Thread(target=lose_the_node, daemon=True).start()
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match="no CPU for 3 s, so the .* remaining units cannot run"):
+            run(conv, tmp_path / "out", text_tokenizer, engine="ray")
+        assert os.path.exists(conv.flag) and time.monotonic() - t0 < 60
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
