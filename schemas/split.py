@@ -140,3 +140,42 @@ def split_rows(split: str, rows_per_shard: Sequence[int], rank: int, world_size:
     if split == "shards":
         return assign_rows_by_shard(rows_per_shard, rank, world_size, worker, num_workers, epoch, seed, shuffle)
     raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+
+
+# --- elastic resume: finishing the epochs another number of readers left half-read -----------------
+
+def unread_rows(split: str, rows_per_shard: Sequence[int], world_size: int, num_workers: int,
+                positions: Sequence[tuple[int, int]], seed: int, shuffle: bool = True) -> dict[int, np.ndarray]:
+    """{epoch: rows no reader of the old world has read yet} for the epochs its readers were in.
+
+    `positions[i]` is (epoch, cursor) of old reader i (reader_index order): it has read the first
+    `cursor` rows of its `epoch` and every row of its earlier epochs. Each epoch's unread rows are
+    the old readers' unread tails, concatenated in reader order (so each stays in its shards)."""
+    nw = max(1, num_workers)
+    if len(positions) != num_readers(world_size, num_workers):
+        raise ValueError(f"{len(positions)} reader positions for {world_size} ranks x {nw} workers")
+    first, last = min(e for e, _ in positions), max(e for e, _ in positions)
+    out = {}
+    for epoch in range(first, last + 1):
+        tails = []
+        for i, (e, cursor) in enumerate(positions):
+            if e > epoch:
+                continue  # read all of this epoch already
+            rows = split_rows(split, rows_per_shard, i // nw, world_size, i % nw, num_workers, epoch, seed, shuffle)
+            tails.append(rows[cursor:] if e == epoch else rows)
+        out[epoch] = np.concatenate(tails) if tails else np.zeros(0, np.int64)
+    return out
+
+
+def resume_rows(unread: dict[int, np.ndarray], rank: int, world_size: int, worker: int, num_workers: int
+                ) -> tuple[np.ndarray, int]:
+    """(rows, next_epoch) of reader (rank, worker) of a new world resuming from `unread`
+    (unread_rows of the old world): a contiguous, nearly equal share of each half-read epoch's
+    unread rows (contiguous, so a reader stays in few shards), then `split_rows` of `next_epoch`
+    onwards in the new world. Together the new readers read each unread row once and nothing
+    the old readers read: like Streaming's canonical nodes, the sample space is fixed by the run
+    that started the epoch, not by whoever finishes it."""
+    me, readers = reader_index(rank, world_size, worker, num_workers), num_readers(world_size, num_workers)
+    parts = [np.array_split(rows, readers)[me] for _, rows in sorted(unread.items())]
+    rows = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
+    return rows, (max(unread) + 1 if unread else 0)
