@@ -86,22 +86,20 @@ class _RetryNotice(logging.Handler):
         msg = record.getMessage()
         if msg.startswith("Retry needed, retrying request after delay of"):
             delay = msg.rsplit(":", 1)[-1].strip()
-            line = f"gato-kit: object store did not answer in time or failed; retrying in {float(delay):.1f} s"
-        elif msg.startswith("Retryable error"):
-            line = f"gato-kit: object store: {msg.split(':', 1)[-1].strip()[:160]}; retrying"
-        else:
-            return
-        print(line, file=sys.stderr, flush=True)
+            print(f"gato-kit: object store did not answer in time or failed; retrying in {float(delay):.1f} s",
+                  file=sys.stderr, flush=True)
 
 
 _NOTICE = _RetryNotice(logging.DEBUG)
+_RETRY_LOGGER = "botocore.retries.standard"  # botocore's (and aiobotocore's) retry handler logs each retry here
 
 
 def announce_retries() -> None:
-    """Print a line for each retry of this process's store clients (idempotent)."""
-    for name in ("botocore.retries.standard", "s3fs"):
-        log = logging.getLogger(name)
-        if _NOTICE not in log.handlers:
-            log.addHandler(_NOTICE)
-            if log.level == logging.NOTSET or log.level > logging.DEBUG:
-                log.setLevel(logging.DEBUG)
+    """Print a line for each retry of this process's store clients (idempotent). Only the retry
+    handler's own logger is turned up, and kept from propagating, so an application's logging
+    configuration never sees botocore's debug lines because of it."""
+    log = logging.getLogger(_RETRY_LOGGER)
+    if _NOTICE not in log.handlers:
+        log.addHandler(_NOTICE)
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
