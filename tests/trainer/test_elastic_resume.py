@@ -69,3 +69,31 @@ def test_loader_states_that_are_not_a_whole_run_are_refused(tmp_path):
         ld.load_elastic(old[:1] + old[:1])
     with pytest.raises(ValueError, match="seed"):
         build_loader([d], 64, 2, seed=8, rank=0, world_size=3, layout=layout).load_elastic(old)
+
+
+@pytest.mark.slow
+def test_a_run_of_two_torchrun_ranks_resumes_on_one(tmp_path):
+    """gato-train on 2 ranks (torchrun, gloo) to step 4, then the same command on 1 process to step 8:
+    it continues from the checkpoint (the loader shares out what the two ranks had not read)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from trainer.cli import main
+    layout = VocabLayout(text_vocab_size=32000, eos_id=2)
+    d = str(make_rl_dir(tmp_path / "rl", layout, episodes=40, rows_per_shard=8))
+    run = tmp_path / "run"
+    args = ["--data", d, "--out", str(run), "--preset", "tiny", "--batch-size", "2", "--seq-len", "32",
+            "--no-progress", "--save-every", "4", "--log-every", "2"]
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "trainer.cli", *args, "--steps", "4"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert main([*args, "--steps", "8"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [2, 4, 6, 8], steps  # steps 6 and 8 made by the one process, after the two ranks' 4
