@@ -321,6 +321,12 @@ class GatoLoader:
         if [sd["rank"] for sd in sorted(states, key=lambda sd: sd["rank"])] != list(range(world)) \
                 or len(readers) != world * max(1, workers) or any(len(r["epoch"]) != len(s.sources) for r in readers):
             raise ValueError("loader states do not make a whole run (every rank's readers and directories)")
+        for d in range(len(s.sources)):  # a chain of changes inside one epoch is not supported: say so
+            spec = [r.get("resume") and r["resume"][d] for r in readers]
+            if any(p and r["epoch"][d] == p["epoch"] for p, r in zip(spec, readers, strict=True)):
+                raise ValueError(f"the run changed its number of ranks before, and has not finished the epoch that "
+                                 f"left half-read; resume on {world} ranks until the epoch after "
+                                 f"{max(p['epoch'] for p in spec if p)} starts")
         fresh = _fresh_state(len(s.sources))
         fresh["resume"] = []
         for d in range(len(s.sources)):

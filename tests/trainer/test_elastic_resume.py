@@ -97,3 +97,23 @@ def test_a_run_of_two_torchrun_ranks_resumes_on_one(tmp_path):
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == [2, 4, 6, 8], steps  # steps 6 and 8 made by the one process, after the two ranks' 4
+
+
+def test_a_second_change_of_ranks_inside_the_same_epoch_is_refused(tmp_path):
+    layout = VocabLayout(text_vocab_size=32000, eos_id=2)
+    d = str(make_rl_dir(tmp_path / "rl", layout, episodes=30))
+    first = []
+    for rank in range(2):
+        ld = build_loader([d], 64, 2, seed=7, rank=rank, world_size=2, layout=layout)
+        next(iter(ld))
+        first.append(ld.state_dict())
+    second = []
+    for rank in range(3):
+        ld = build_loader([d], 64, 2, seed=7, rank=rank, world_size=3, layout=layout)
+        ld.load_elastic(first)
+        next(iter(ld))
+        second.append(ld.state_dict())
+    again = build_loader([d], 64, 2, seed=7, rank=0, world_size=3, layout=layout)
+    again.load_state_dict(second[0])  # the same number of ranks: fine, mid-resume
+    with pytest.raises(ValueError, match="has not finished the epoch"):
+        build_loader([d], 64, 2, seed=7, rank=0, world_size=2, layout=layout).load_elastic(second)
