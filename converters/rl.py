@@ -37,7 +37,8 @@ IGNORE = "ignore"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """RL options (the common ones, --out, --workers, --task..., are added by the convert command)."""
     g = parser.add_argument_group("rl", "INPUT: a Minari dataset directory or local dataset id, a LeRobot or RLDS "
-                                        "folder, a D4RL-style .hdf5 file, a .parquet file or a HF datasets directory")
+                                        "folder, a D4RL-style .hdf5 file, a .parquet file, a folder of either, or a "
+                                        "HF datasets directory")
     g.add_argument("--source", choices=SOURCE_KINDS, default="auto",
                    help="reader to use (default: guessed from each input)")
     g.add_argument("--field", action="append", default=[], type=_pair, metavar="NAME=KIND",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from tokenizer_kit.sequence import EpisodeSpec
 
 from .names import UnsafeNameError, check_pattern, check_sha256
 from .shard import READ_VERSIONS, SCHEMA_VERSION, SHARD_NAME_RE
+from .shard_table import COMPACT_SHARDS, SHARD_TABLE_NAME, ShardTable, column
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.model"
@@ -204,6 +205,7 @@ class Manifest:
     env_spec: dict | None = None  # RL: schemas.env_spec.EnvSpec.to_dict(), the environment acting rebuilds
     tasks: list[str] = field(default_factory=list)
     compression: str = "none"  # Arrow IPC buffer compression of the shards: none, lz4 or zstd
+    shard_table: dict | None = None  # past COMPACT_SHARDS shards: {name, count, sha256} of shards.arrow
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -213,19 +215,24 @@ class Manifest:
 
     @property
     def total_rows(self) -> int:
-        return sum(s.rows for s in self.shards)
+        return int(column(self.shards, "rows").sum()) if len(self.shards) else 0
 
     def only(self, split: str) -> "Manifest":
         """This manifest with only the shards of `split` (rows numbered over those)."""
-        from dataclasses import replace
+        if isinstance(self.shards, ShardTable):
+            return replace(self, shards=self.shards.where_split(split))
         return replace(self, shards=[s for s in self.shards if s.split == split])
 
     def rows_in(self, split: str) -> int:
-        return sum(s.rows for s in self.shards if s.split == split)
+        return int(self.only(split).total_rows)
 
     @property
     def total_tokens(self) -> int:
-        return sum(s.tokens for s in self.shards)
+        return int(column(self.shards, "tokens").sum()) if len(self.shards) else 0
+
+    def shard_rows(self) -> np.ndarray:
+        """Rows of every listed shard, in order (int64; vectorised for a shard table)."""
+        return column(self.shards, "rows").astype(np.int64) if len(self.shards) else np.zeros(0, np.int64)
 
     def frame_modes(self) -> dict[str, str]:
         """{stacked image field: `last` or `split`}: how an agent builds that field's tokens, the way
@@ -237,6 +244,8 @@ class Manifest:
                 for n in sorted(names)}
 
     def to_dict(self) -> dict:
+        if isinstance(self.shards, ShardTable):
+            return {**asdict(replace(self, shards=[])), "shards": [asdict(s) for s in self.shards]}
         return asdict(self)
 
     @classmethod
@@ -277,12 +286,28 @@ class Manifest:
 
     def to_json(self) -> str:
         """The file's text; a statistic that is not a finite number is refused (JSON has none)."""
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
+        return self.encode()[0]
+
+    def encode(self) -> tuple[str, bytes | None]:
+        """(manifest.json's text, shards.arrow's bytes or None). Past COMPACT_SHARDS shards the
+        per-shard records go to the table, which must be written before the manifest."""
+        def dump(d: dict) -> str:
+            return json.dumps(d, indent=1, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
+        if len(self.shards) <= COMPACT_SHARDS and not isinstance(self.shards, ShardTable):
+            return dump(asdict(replace(self, shard_table=None))), None
+        table = self.shards if isinstance(self.shards, ShardTable) else ShardTable.from_infos(self.shards)
+        data = table.to_bytes()
+        head = {"name": SHARD_TABLE_NAME, "count": len(table), "sha256": ShardTable.digest(data)}
+        return dump(asdict(replace(self, shards=[], shard_table=head))), data
 
     def write(self, directory: str | os.PathLike) -> Path:
-        """Write atomically: temporary file, fsync, rename; numpy numbers in stats are fine."""
+        """Write atomically: temporary file, fsync, rename (the shard table first, if any);
+        numpy numbers in stats are fine."""
         path = Path(directory) / MANIFEST_NAME
-        text = self.to_json()
+        text, table = self.encode()
+        if table is not None:
+            with atomic_path(Path(directory) / SHARD_TABLE_NAME) as tmp:
+                tmp.write_bytes(table)
         with atomic_path(path) as tmp:
             tmp.write_text(text)
         return path
@@ -296,11 +321,12 @@ class Manifest:
             text = path.read_text()
         except (OSError, ValueError) as e:  # ValueError: bytes that are not UTF-8
             raise ManifestError(f"{path}: unreadable manifest ({str(e).splitlines()[0] if str(e) else e!r})") from None
-        return cls.parse(text, str(path))
+        return cls.parse(text, str(path), lambda name: (Path(directory) / name).read_bytes())
 
     @classmethod
-    def parse(cls, text: str | bytes, path: str) -> "Manifest":
-        """A manifest from its JSON text; `path` names it in errors (a file or a URL)."""
+    def parse(cls, text: str | bytes, path: str, read_file=None) -> "Manifest":
+        """A manifest from its JSON text; `path` names it in errors (a file or a URL). A manifest
+        whose shards are in a shard table reads it with `read_file(name) -> bytes`."""
         try:
             d = json.loads(text)
         except (ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
@@ -314,9 +340,29 @@ class Manifest:
             raise ManifestError(f"{path}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:
             raise ManifestError(f"{path}: malformed manifest ({e})") from None
+        if manifest.shard_table is not None:
+            manifest.shards = cls._read_table(manifest.shard_table, path, read_file)
         try:  # data from a hub: every field of its type, every shard named and listed once
             check_field_types(manifest, path)
-            check_shard_list(manifest.shards, path)
+            if isinstance(manifest.shards, ShardTable):
+                manifest.shards.check(f"{path} ({SHARD_TABLE_NAME})")
+            else:
+                check_shard_list(manifest.shards, path)
         except UnsafeNameError as e:
             raise ManifestError(str(e)) from None
         return manifest
+
+    @staticmethod
+    def _read_table(head: dict, path: str, read_file) -> ShardTable:
+        where = path.rsplit("/", 1)[0] + "/" + SHARD_TABLE_NAME if "/" in path else SHARD_TABLE_NAME
+        if not isinstance(head, dict) or head.get("name") != SHARD_TABLE_NAME or read_file is None \
+                or not isinstance(head.get("count"), int) or isinstance(head.get("count"), bool) \
+                or not isinstance(head.get("sha256"), str):
+            raise ManifestError(f"{path}: malformed manifest (shard_table {str(head)[:80]})")
+        try:
+            data = read_file(SHARD_TABLE_NAME)
+        except FileNotFoundError:
+            raise ManifestError(f"{where}: missing (the manifest keeps its shards there)") from None
+        except OSError as e:
+            raise ManifestError(f"{where}: unreadable ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        return ShardTable.from_bytes(data, where, head["count"], head["sha256"])

@@ -19,6 +19,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -138,6 +139,8 @@ def _manifest_copy(cache: ShardCache, url: str) -> Path:
 def _remember_manifest(cache: ShardCache, url: str, manifest: Manifest) -> None:
     """Keep the manifest read from `url` beside the cached shards (atomically; best effort)."""
     from tokenizer_kit.files import atomic_path
+    if manifest.shard_table is not None:  # a compact manifest's table stays in the store: read there each start
+        return
     p = _manifest_copy(cache, url)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +159,23 @@ class ShardFile:
     info: ShardInfo | None = None
 
 
+class ShardFiles(Sequence):
+    """Every shard a manifest lists, as ShardFile records made when asked for (a rank of a
+    200,000-shard directory touches only its own)."""
+
+    def __init__(self, root: str, infos: Sequence[ShardInfo]):
+        self.root, self.infos = root, infos
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        s = self.infos[i]
+        return ShardFile(s.name, join(self.root, s.name), s)
+
+
 @dataclass
 class ShardDir:
     """A shard directory, local or remote. `shards` are the manifest's shards present, in order."""
@@ -169,22 +189,34 @@ class ShardDir:
     _rows: list[int] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, cache: ShardCache | None = None, split: str | None = None) -> "ShardDir":
+    def open(cls, path: str | os.PathLike, cache: ShardCache | None = None, split: str | None = None,
+             listing: bool = False) -> "ShardDir":
         """Read the manifest if there is one (a malformed one is an error) and list complete shards;
-        with `split` ("train" or "test"), only that split's shards (rows numbered over them)."""
+        with `split` ("train" or "test"), only that split's shards (rows numbered over them).
+
+        A remote directory whose manifest names its shards is not listed (a listing of a big
+        prefix is thousands of paged requests per rank): a shard missing from the store is then an
+        error when it is fetched. `listing=True` lists it anyway, for `missing` and `unlisted`
+        (what verify and inspect report). A local directory is always listed (one cheap call)."""
         text = os.fspath(path)
-        if is_remote(text) and cache is not None:
+        if is_remote(text) and cache is not None and not listing:
             warm = cls._warm(text.rstrip("/"), cache, split)
             if warm is not None:
                 return warm
         if is_remote(text):
             text = text.rstrip("/")
-            names = list_names(text)
             try:
-                manifest = Manifest.parse(read_bytes(join(text, MANIFEST_NAME)), join(text, MANIFEST_NAME)) \
-                    if MANIFEST_NAME in names else None
+                manifest = Manifest.parse(read_bytes(join(text, MANIFEST_NAME)), join(text, MANIFEST_NAME),
+                                          lambda name: read_bytes(join(text, name)))
             except FileNotFoundError:
                 manifest = None
+            if manifest is not None and not listing:
+                if cache is not None:
+                    _remember_manifest(cache, text, manifest)
+                if split is not None:
+                    manifest = manifest.only(split)
+                return cls(text, manifest, ShardFiles(text, manifest.shards), cache=cache)
+            names = list_names(text)
         else:
             root = local_path(text)
             if not root.is_dir():
@@ -308,6 +340,8 @@ class ShardDir:
     @property
     def rows_per_shard(self) -> list[int]:
         """Rows of each present shard (the manifest's count, else the shard's own)."""
+        if self._rows is None and isinstance(self.shards, ShardFiles):  # all listed: the manifest's column
+            self._rows = self.manifest.shard_rows().tolist()
         if self._rows is None:
             self._rows = [s.info.rows if s.info is not None else self.table(i).num_rows
                           for i, s in enumerate(self.shards)]

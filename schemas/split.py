@@ -6,7 +6,8 @@ readers' sets are disjoint and together cover every row exactly once, whatever S
 (`gato-tokenize verify --simulate-ranks`) can replay the split without reading any data.
 
 A directory streamed from object storage is split by whole shards instead (assign_rows_by_shard):
-each reader (or rank) owns a fixed set of shards, so a node downloads only the shards it reads.
+each rank owns a fixed set of shards (its workers share them out), so a node downloads only the
+shards it reads, whatever its number of workers; ranks beyond the shard count split a shard's rows.
 Both rules live here, below converters and trainer, so verify and the loader replay the same one.
 """
 
@@ -78,47 +79,55 @@ def locate_rows(rows_per_shard: Sequence[int], rows: np.ndarray) -> tuple[np.nda
 SPLITS = ("rows", "shards")
 
 
-def shard_group(num_shards: int, rank: int, world_size: int, worker: int, num_workers: int
-                ) -> tuple[int, int, int, int]:
-    """(group, groups, member, members): who shares a set of whole shards. Each reader owns
-    shards when there are at least as many as readers; else each rank does (its workers share
-    them); else all readers share every shard."""
-    nw, readers = max(1, num_workers), num_readers(world_size, num_workers)
-    me = reader_index(rank, world_size, worker, num_workers)
-    if num_shards >= readers:
-        return me, readers, 0, 1
-    if num_shards >= world_size:
-        return rank, world_size, worker, nw
-    return 0, 1, me, readers
-
-
-def group_shards(rows_per_shard: Sequence[int], group: int, groups: int, seed: int) -> np.ndarray:
-    """Shards of a group: a seeded permutation of the non-empty shards dealt round robin. Fixed
-    across epochs, so a node's cache keeps serving it."""
+def shard_order(rows_per_shard: Sequence[int], seed: int) -> np.ndarray:
+    """The non-empty shards in a seeded order, fixed across epochs (so a node's cache keeps serving
+    it), from which shards are dealt to ranks."""
     rows = np.asarray(rows_per_shard, dtype=np.int64)
-    nonempty = np.flatnonzero(rows > 0)
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, 0x5EED])
-    return rng.permutation(nonempty)[group::groups]
+    return rng.permutation(np.flatnonzero(rows > 0))
+
+
+def reader_shards(rows_per_shard: Sequence[int], rank: int, world_size: int, worker: int, num_workers: int,
+                  seed: int) -> tuple[np.ndarray, int, int]:
+    """(shards, member, members): the shards reader (rank, worker) reads, shared by `members`
+    readers of which it is number `member` (each takes every members-th row of them).
+
+    Shards are dealt to ranks first and then to a rank's workers, so what a rank reads does not
+    depend on its --num-workers: evaluation (no workers) reads exactly the shards its training
+    workers read. A rank with fewer shards than workers has its workers share them by rows; with
+    fewer shards than ranks, rank r reads shard r mod S alone with the other ranks dealt the same
+    one, splitting its rows (a node downloads one shard, not all of them)."""
+    order = shard_order(rows_per_shard, seed)
+    count, nw = len(order), max(1, num_workers)
+    reader_index(rank, world_size, worker, num_workers)  # range checks
+    if count == 0:
+        return order, 0, 1
+    if count >= world_size:
+        mine = order[rank::world_size]
+        return (mine[worker::nw], 0, 1) if len(mine) >= nw else (mine, worker, nw)
+    group = rank % count
+    ranks_on_it = len(range(group, world_size, count))
+    return order[group:group + 1], (rank // count) * nw + worker, ranks_on_it * nw
 
 
 def assign_rows_by_shard(rows_per_shard: Sequence[int], rank: int, world_size: int, worker: int, num_workers: int,
                          epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
     """Global row ids that reader (rank, worker) reads in `epoch` when readers own whole shards.
 
-    The group's shards are taken in a fresh order each epoch, each one's rows shuffled inside it,
-    so a reader moves through its shards one after another (what lets the next ones download while
-    it reads) and touches no shard of another group; members of a group take every m-th row.
-    Disjoint and complete over all readers, as assign_rows."""
+    The reader's shards (reader_shards) are taken in a fresh order each epoch, each one's rows
+    shuffled inside it, so a reader moves through its shards one after another (what lets the next
+    ones download while it reads) and touches no shard of another rank; readers sharing a set of
+    shards take every m-th row of the same order. Disjoint and complete over all readers, as
+    assign_rows."""
     rows = np.asarray(rows_per_shard, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(rows)])
-    group, groups, member, members = shard_group(int((rows > 0).sum()), rank, world_size, worker, num_workers)
-    mine = group_shards(rows, group, groups, seed)
+    mine, member, members = reader_shards(rows, rank, world_size, worker, num_workers, seed)
     if not len(mine):
         return np.zeros(0, np.int64)
     if not shuffle:
         order = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in np.sort(mine)])
-    else:
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), group])
+    else:  # keyed by the set's first shard: every reader sharing the set makes the same order
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(mine[0])])
         order = np.concatenate([starts[s] + rng.permutation(rows[s]) for s in rng.permutation(mine)])
     return order.astype(np.int64, copy=False)[member::members]
 
@@ -164,3 +173,42 @@ def epoch_tokens(kind: str, tokens_per_shard: Sequence[int], row_lengths: Sequen
     k = row_windows(lens, seq_len) if kind == "rl" else np.ones(len(lens), np.int64)
     held = int(np.minimum(lens, seq_len + 1) @ k) if kind == "rl" else int(lens.sum())
     return {"sequences": int(k.sum()), "tokens": held, "distinct_targets": None, "directory_tokens": total}
+
+
+# --- elastic resume: finishing the epochs another number of readers left half-read -----------------
+
+def unread_rows(split: str, rows_per_shard: Sequence[int], world_size: int, num_workers: int,
+                positions: Sequence[tuple[int, int]], seed: int, shuffle: bool = True) -> dict[int, np.ndarray]:
+    """{epoch: rows no reader of the old world has read yet} for the epochs its readers were in.
+
+    `positions[i]` is (epoch, cursor) of old reader i (reader_index order): it has read the first
+    `cursor` rows of its `epoch` and every row of its earlier epochs. Each epoch's unread rows are
+    the old readers' unread tails, concatenated in reader order (so each stays in its shards)."""
+    nw = max(1, num_workers)
+    if len(positions) != num_readers(world_size, num_workers):
+        raise ValueError(f"{len(positions)} reader positions for {world_size} ranks x {nw} workers")
+    first, last = min(e for e, _ in positions), max(e for e, _ in positions)
+    out = {}
+    for epoch in range(first, last + 1):
+        tails = []
+        for i, (e, cursor) in enumerate(positions):
+            if e > epoch:
+                continue  # read all of this epoch already
+            rows = split_rows(split, rows_per_shard, i // nw, world_size, i % nw, num_workers, epoch, seed, shuffle)
+            tails.append(rows[cursor:] if e == epoch else rows)
+        out[epoch] = np.concatenate(tails) if tails else np.zeros(0, np.int64)
+    return out
+
+
+def resume_rows(unread: dict[int, np.ndarray], rank: int, world_size: int, worker: int, num_workers: int
+                ) -> tuple[np.ndarray, int]:
+    """(rows, next_epoch) of reader (rank, worker) of a new world resuming from `unread`
+    (unread_rows of the old world): a contiguous, nearly equal share of each half-read epoch's
+    unread rows (contiguous, so a reader stays in few shards), then `split_rows` of `next_epoch`
+    onwards in the new world. Together the new readers read each unread row once and nothing
+    the old readers read: like Streaming's canonical nodes, the sample space is fixed by the run
+    that started the epoch, not by whoever finishes it."""
+    me, readers = reader_index(rank, world_size, worker, num_workers), num_readers(world_size, num_workers)
+    parts = [np.array_split(rows, readers)[me] for _, rows in sorted(unread.items())]
+    rows = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
+    return rows, (max(unread) + 1 if unread else 0)

@@ -23,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from tokenizer_kit.files import atomic_path
 
 from .errors import ReaderError
+from .store_settings import StoreSettings, open_fs
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -49,12 +50,13 @@ def remote_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     its threads (fsspec's own instance cache is per thread, and a new S3 client costs a session)."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     # credentials and endpoints come from the environment: a changed one needs a new client
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_"))))
+    env = tuple(sorted((k, v) for k, v in os.environ.items()
+                       if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_", "GATO_KIT_STORE_"))))
     key = (protocol, os.getpid(), env)
     fs = _FILESYSTEMS.get(key)
     try:
         if fs is None:
-            fs, path = fsspec.core.url_to_fs(url)
+            fs, path = open_fs(url)
             _FILESYSTEMS[key] = fs
             return fs, path
         return fs, fs._strip_protocol(url)
@@ -62,10 +64,19 @@ def remote_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         raise ReaderError(f"{url}: cannot open ({str(e).splitlines()[0]})") from None
 
 
+def gave_up(e: BaseException) -> str:
+    """What to add to a store error caused by timeouts: how long was waited, and the knobs."""
+    if "timeout" not in f"{type(e).__name__} {e}".lower():
+        return ""
+    s = StoreSettings.from_env()
+    return (f" (no answer after {s.attempts} tries of {s.timeout:g} s each; "
+            "GATO_KIT_STORE_TIMEOUT and GATO_KIT_STORE_ATTEMPTS set them)")
+
+
 def storage_error(url: str, e: BaseException) -> ReaderError:
     """One line for a store that cannot be reached or refuses us (endpoint, credentials, bucket)."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return ReaderError(f"{url}: cannot read from the store ({type(e).__name__}: {text})")
+    return ReaderError(f"{url}: cannot read from the store ({type(e).__name__}: {text}){gave_up(e)}")
 
 
 def read_bytes(url: str) -> bytes:
@@ -107,7 +118,7 @@ class OutDir:
     def __init__(self, url: str | os.PathLike):
         self.url = os.fspath(url)
         with self.errors("open it"):
-            self.fs, root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True)
+            self.fs, root = open_fs(self.url, skip_instance_cache=True)
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/")
 
@@ -127,7 +138,7 @@ class OutDir:
             if not isinstance(e, (OSError, ImportError)) and type(e).__module__.split(".")[0] not in _STORE_MODULES:
                 raise
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise StorageError(f"{self.url}: cannot {what}: {msg}") from None
+            raise StorageError(f"{self.url}: cannot {what}: {msg}{gave_up(e)}") from None
 
     def makedirs(self, sub: str = "") -> None:
         """OUT (and OUT/sub) locally; in object storage (no directories) only check the bucket exists."""
@@ -157,6 +168,11 @@ class OutDir:
             except FileNotFoundError:
                 return None
 
+    def read_bytes(self, name: str) -> bytes:
+        """A whole file of OUT; a missing one raises FileNotFoundError."""
+        with self.errors(f"read {name}"):
+            return self.fs.cat_file(self.path(name))
+
     def read_texts(self, names: list[str]) -> dict[str, str]:
         """Several small files at once (an object store fetches them concurrently); absent ones left out."""
         if self.local or not names:
@@ -185,6 +201,24 @@ class OutDir:
         with self.staged(name) as tmp:
             tmp.write_text(text)
 
+    def create(self, name: str, text: str) -> bool:
+        """Write `name` only if it does not exist (the store's conditional create); False if it does."""
+        with self.errors(f"create {name}"):
+            if self.local:
+                try:
+                    with open(self.path(name), "x") as f:
+                        f.write(text)
+                    return True
+                except FileExistsError:
+                    return False
+            try:
+                self.fs.pipe_file(self.path(name), text.encode(), mode="create")
+            except FileExistsError:
+                return False
+            except (TypeError, NotImplementedError):  # a backend without conditional create: plain write
+                self.fs.pipe_file(self.path(name), text.encode())
+            return True
+
     def move(self, src: str, dst: str) -> None:
         """Put `src` in OUT under `dst` whole (a rename locally; a server-side copy in a store)."""
         with self.errors(f"move {src} to {dst}"):
@@ -192,6 +226,29 @@ class OutDir:
                 os.replace(self.path(src), self.path(dst))
             else:
                 self.fs.mv(self.path(src), self.path(dst))
+
+    def unfinished_uploads(self) -> list[tuple[str, str]]:
+        """(name, upload id) of the multipart uploads under OUT that were started and never
+        completed or aborted (a process killed mid-upload leaves them, billed, invisible to a
+        listing). Only S3 has them; other stores give none."""
+        if self.local or not hasattr(self.fs, "call_s3"):
+            return []
+        bucket, _, prefix = self.root.partition("/")
+        found, marker = [], {}
+        with self.errors("list unfinished uploads"):
+            while True:
+                page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix + "/", **marker)
+                found += [(u["Key"][len(prefix) + 1:], u["UploadId"]) for u in page.get("Uploads", [])
+                          if "/" not in u["Key"][len(prefix) + 1:]]
+                if not page.get("IsTruncated"):
+                    return found
+                marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def abort_uploads(self, uploads: list[tuple[str, str]]) -> None:
+        bucket, _, prefix = self.root.partition("/")
+        with self.errors("abort unfinished uploads"):
+            for name, upload_id in uploads:
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=f"{prefix}/{name}", UploadId=upload_id)
 
     def remove(self, names: list[str]) -> None:
         with self.errors("remove leftovers"):

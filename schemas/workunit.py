@@ -281,12 +281,13 @@ class WorkDir:
         if self.plan() != plan:
             self.out.write_text(PLAN_NAME, plan.to_json())
 
-    def done(self, plan: ConversionPlan) -> dict[int, UnitMarker]:
-        """Finished units by index: a marker of this plan's unit (same uid) whose shards are all in
-        OUT at the sizes it records. Anything else is converted again."""
+    def done(self, plan: ConversionPlan, units: Sequence[int] | None = None) -> dict[int, UnitMarker]:
+        """Finished units by index (of `units` only, None: all): a marker of this plan's unit (same
+        uid) whose shards are all in OUT at the sizes it records. Anything else is converted again.
+        A partition reads only its own units' markers."""
         listed = self.out.sizes(WORK_DIR)
         shards = self.out.sizes()
-        names = {marker_name(i): i for i in range(len(plan.uids))}
+        names = {marker_name(i): i for i in (range(len(plan.uids)) if units is None else units)}
         done = {}
         for name, text in self.out.read_texts([n for n in names if n.rsplit("/", 1)[-1] in listed]).items():
             i = names[name]

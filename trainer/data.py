@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from schemas.cache import ShardCache
-from schemas.split import directory_seed, split_rows
+from schemas.split import directory_seed, resume_rows, split_rows, unread_rows
 from tokenizer_kit.layout import VocabLayout
 
 from .batch import ActionInputNoise, Batch, CompactBatch, Sample, compact, expand
@@ -79,9 +79,16 @@ class _Streams:
         src, units = ds.sources[d], ds.units[d]
         seed = ds.dir_seed(d)
         nw = max(1, ds.num_workers)
-        rows = split_rows(src.split, units.per_shard, ds.rank, ds.world_size, self.reader, ds.num_workers, epoch,
-                          seed, shuffle=ds.training)
-        if len(rows) == 0 and ds.training and units.total:
+        resumed = (self.state.get("resume") or [None] * len(ds.sources))[d]
+        if resumed is not None and epoch == resumed["epoch"]:
+            # the epochs a run on another number of ranks left half-read (schemas.split), in units
+            unread = unread_rows(src.split, units.per_shard, resumed["world"], resumed["workers"],
+                                 [tuple(p) for p in resumed["positions"]], seed, shuffle=ds.training)
+            rows = resume_rows(unread, ds.rank, ds.world_size, self.reader, ds.num_workers)[0]
+        else:
+            rows = split_rows(src.split, units.per_shard, ds.rank, ds.world_size, self.reader, ds.num_workers,
+                              epoch, seed, shuffle=ds.training)
+        if len(rows) == 0 and ds.training and units.total and resumed is None:
             # Fewer units than readers: this reader shares another reader's units rather than starving.
             idx = (ds.rank * nw + self.reader) % units.total
             rows = split_rows(src.split, units.per_shard, idx // nw, ds.world_size, idx % nw, ds.num_workers,
@@ -467,6 +474,48 @@ class GatoLoader:
                 "transition": [None if t is None or all(st["carry"][d] < 0 for st in self._states)  # (carried)
                                else {k: (list(v) if isinstance(v, list) else v) for k, v in t.items()}
                                for d, t in enumerate(s.transition)]}
+
+    def load_elastic(self, states: list[dict]) -> None:
+        """Resume from the loader states of every rank of a run with another number of ranks (and
+        perhaps workers): no unit of the epochs it left half-read is read twice or skipped (the new readers
+        share out what its readers had not read, schemas.split.resume_rows); later epochs follow
+        this run's own split. Sample randomness restarts (it is keyed by rank and world size)."""
+        s = self.stream
+        for sd in states:
+            if sd.get("format") != STATE_FORMAT:
+                raise ValueError(f"loader state of format {sd.get('format')!r}, expected {STATE_FORMAT!r}")
+            for key in ("seed", "seq_len", "batch_size", "training"):
+                if sd[key] != getattr(s, key):
+                    raise ValueError(f"loader state was saved with {key}={sd[key]!r}, this loader has "
+                                     f"{key}={getattr(s, key)!r}")
+            if [parse_data_arg(x)[1] for x in sd["data"]] != [parse_data_arg(x)[1] for x in self.data]:
+                raise ValueError("loader state was saved with other --data weights")
+        world, workers = len(states), states[0]["num_workers"]
+        readers = [r for sd in sorted(states, key=lambda sd: sd["rank"]) for r in sd["readers"]]
+        if [sd["rank"] for sd in sorted(states, key=lambda sd: sd["rank"])] != list(range(world)) \
+                or len(readers) != world * max(1, workers) or any(len(r["epoch"]) != len(s.sources) for r in readers):
+            raise ValueError("loader states do not make a whole run (every rank's readers and directories)")
+        for d in range(len(s.sources)):  # a chain of changes inside one epoch is not supported: say so
+            spec = [r.get("resume") and r["resume"][d] for r in readers]
+            if any(p and r["epoch"][d] == p["epoch"] for p, r in zip(spec, readers, strict=True)):
+                raise ValueError(f"the run changed its number of ranks before, and has not finished the epoch that "
+                                 f"left half-read; resume on {world} ranks until the epoch after "
+                                 f"{max(p['epoch'] for p in spec if p)} starts")
+        if any(c >= 0 for r in readers for c in r.get("carry") or []):
+            raise ValueError("the run changed its number of workers before, and has not finished the units it "
+                             f"carried over; resume on {world} ranks until they are read")
+        s.transition = [None] * len(s.sources)
+        fresh = _fresh_state(len(s.sources))
+        fresh["resume"] = []
+        for d in range(len(s.sources)):
+            positions = [[int(r["epoch"][d]), int(r["cursor"][d])] for r in readers]
+            last = max(p[0] for p in positions)
+            fresh["epoch"][d] = last  # the resume rows stand for epochs up to `last`; then last + 1
+            fresh["resume"].append({"epoch": last, "world": world, "workers": workers, "positions": positions})
+        self._states = [{k: [dict(x) if isinstance(x, dict) else x for x in v] if isinstance(v, list) else v
+                         for k, v in fresh.items()} for _ in range(max(1, s.num_workers))]
+        self._consumed = 0
+        self._pass_start = (0, list(self._states))
 
     def load_state_dict(self, sd: dict) -> None:
         """Resume exactly where `sd` was taken; the run's shape must be the same, but for the

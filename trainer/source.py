@@ -172,7 +172,7 @@ class ShardSource:
             raise DataError(f"{self.path}/{self.dir.missing[0]}: shard listed in manifest.json is missing")
         self.layout = self.manifest.vocab_layout
         self.split = "shards" if self.remote else "rows"
-        self.rows_per_shard = [int(s.rows) for s in self.manifest.shards]
+        self.rows_per_shard = self.manifest.shard_rows().tolist()  # vectorised for a 200,000-shard table
         self._starts = np.concatenate([[0], np.cumsum(self.rows_per_shard)]).astype(np.int64).tolist()
         self.total_rows = sum(self.rows_per_shard)
         self.total_tokens = int(self.manifest.total_tokens)

@@ -220,9 +220,6 @@ class Trainer:
                                  f"use another --out to start a new run")
             if given is None or name not in explicit:  # (a given one equals it but may hold credentials)
                 setattr(args, name, was)
-        if ckpt.get("world_size", 1) != self.d.world:
-            raise UsageError(f"{self.out} was trained on {ckpt.get('world_size', 1)} processes, not {self.d.world}: "
-                             f"each process's loader state is saved, so resume with the same number")
         if "steps" not in explicit:
             args.steps = saved.steps
         self.elapsed = float(ckpt.get("elapsed_s", 0.0))
@@ -241,12 +238,17 @@ class Trainer:
     def _load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
-        try:
-            self.loader.load_state_dict(ckpt["loader"][self.d.rank])
+        loaders = ckpt["loader"]
+        try:  # another number of ranks: every rank's state, shared out (elastic resume); another number
+            # of workers alone: this rank's own state (its unread units carried, GatoLoader.load_state_dict)
+            if len(loaders) != self.d.world:
+                self.loader.load_elastic(loaders)
+            else:
+                self.loader.load_state_dict(loaders[self.d.rank])
         except (ValueError, KeyError, IndexError) as e:
             raise TrainError(f"{self.out}: cannot continue the data stream ({e})") from None
         self.step = int(ckpt["step"])
-        rng = ckpt["rng"][self.d.rank]
+        rng = ckpt["rng"][self.d.rank % len(ckpt["rng"])]
         torch.set_rng_state(rng["torch"])
         if self.device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], self.device)

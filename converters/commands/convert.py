@@ -48,7 +48,7 @@ def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                    help="bad record: stop with exit 1 (fail, default) or skip it and list it in the manifest")
     required = kind in NEEDS_TEXT_TOKENIZER
     p.add_argument("--text-tokenizer", required=required, default=None, metavar="MODEL",
-                   help="SentencePiece .model used for all text" + ("" if required else
+                   help="SentencePiece .model used for all text (a path or URL)" + ("" if required else
                                                                      " (needed when episodes have text fields)"))
     if not required:
         p.add_argument("--text-vocab-size", type=positive, default=32000, metavar="T",
@@ -126,6 +126,8 @@ def run(args) -> int:
         parser.error(f"--partition must be in [0, {args.num_partitions})")
 
     _check_out(parser, args.out)
+    if args.text_tokenizer:  # a model at a URL is fetched like an input (cached by ETag)
+        args.text_tokenizer = localize_inputs([args.text_tokenizer])[0]
     args.tokenizer = TextTokenizer(args.text_tokenizer) if args.text_tokenizer else None
     if args.tokenizer is not None:
         args.layout = args.tokenizer.layout(args.layout_profile)

@@ -419,7 +419,7 @@ def _row_header(sd: ShardDir, shard: int, index: int, row: Row, scalars: dict) -
 
 
 def run(args: argparse.Namespace) -> int:
-    sd = ShardDir.open(args.dir)
+    sd = ShardDir.open(args.dir, listing=True)
     if args.row is None and args.source_id is None:
         if args.png:
             print("gato-tokenize inspect: --png needs --row or --source-id", file=sys.stderr)

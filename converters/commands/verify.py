@@ -154,7 +154,7 @@ class VerifyResult:
 def verify_dir(path: str | Path) -> VerifyResult:
     """Every check of SPEC 7 over a finished shard directory; the problems found, one line each."""
     t0 = time.perf_counter()
-    sd = ShardDir.open(path)
+    sd = ShardDir.open(path, listing=True)
     if sd.manifest is None:
         raise ManifestError(f"{join(sd.path, MANIFEST_NAME)}: no manifest (conversion not finished?); "
                             f"{len(sd.shards)} complete shards on disk")

@@ -120,10 +120,11 @@ def detect_kind(path: str) -> str:
             raise SourceError(f"{path}: a HF DatasetDict; pass one split's directory (e.g. {p / 'train'})")
         if any(p.glob("*.parquet")):
             return "table"
-        raise SourceError(f"{path}: not a Minari dataset, a HF datasets directory or a directory of Parquet files")
+        raise SourceError(f"{path}: not a Minari dataset, a HF datasets directory or a directory of Parquet or "
+                          f"HDF5 files")
     if p.is_file():
         suffix = p.suffix.lower()
-        if suffix in (".hdf5", ".h5", ".he5"):
+        if suffix in HDF5_SUFFIXES:
             return "hdf5"
         if suffix in (".parquet", ".pq"):
             return "table"
@@ -153,6 +154,9 @@ def open_source(path: str, kind: str = "auto", allow_hdf5_external: bool = False
     raise SourceError(f"unknown RL source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
 
 
+HDF5_SUFFIXES = (".hdf5", ".h5", ".he5")
+
+
 SPLIT_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-\d{5}-of-\d{5}$")  # HF hub shards: train-00000-of-00004
 
 
@@ -170,14 +174,16 @@ def task_name(path: str | Path) -> str:
 
 
 def expand_inputs(paths: list[str], split: str = "train") -> list[str]:
-    """A directory of Parquet files (without HF metadata) counts as each of its files, sorted; a
-    directory of split shards (`train-*`, `test-*`) as the files of `split` only."""
+    """A directory of Parquet files, or else of flat HDF5 files (without HF or Minari metadata),
+    counts as each of its files, sorted; a directory of split shards (`train-*`, `test-*`) as the
+    files of `split` only."""
     out = []
     for path in paths:
         p = Path(path)
         if p.is_dir() and hf_kind(p) is None and not (p / "metadata.json").is_file() \
                 and not (p / "data" / "metadata.json").is_file():
-            files = sorted(p.glob("*.parquet"))
+            files = sorted(p.glob("*.parquet")) or sorted(
+                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES)
             splits = {split_of(f) for f in files} - {None}
             if splits:
                 files = [f for f in files if split_of(f) == split]

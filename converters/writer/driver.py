@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from schemas.manifest import (MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo, SkippedRecord,
                               check_shard_list)
 from schemas.names import UnsafeNameError
+from schemas.shard_table import SHARD_TABLE_NAME
 from schemas.storage import OutDir
 from schemas.workunit import PLAN_NAME, WORK_DIR, ConversionPlan, UnitMarker, WorkDir, merge_stats
 from tokenizer_kit.files import file_sha256
@@ -54,7 +55,7 @@ def _read_manifest(out: OutDir) -> tuple[bool, Manifest | None]:
     """(whether OUT has a manifest, the manifest if it is readable)."""
     text = out.read_text(MANIFEST_NAME)
     try:
-        return text is not None, Manifest.parse(text, MANIFEST_NAME) if text else None
+        return text is not None, Manifest.parse(text, MANIFEST_NAME, out.read_bytes) if text else None
     except ManifestError:
         return True, None
 
@@ -98,14 +99,14 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
 
     store.makedirs(WORK_DIR)
     lock = ".lock" if partition is None else f".lock.partition-{partition}"
-    with OutLock(store.root if store.local else None, lock):
+    with OutLock(store, lock):
         work = WorkDir(store)
         work.save_plan(plan)
         if tokenizer_path:
             _copy_tokenizer(store, tokenizer_path)
         mine = range(len(units)) if partition is None else range(partition, len(units), num_partitions)
         remove_temporaries(store, set(mine))
-        done = work.done(plan)
+        done = work.done(plan, None if partition is None else mine)
         if partition is None and on_error == "fail":
             for m in done.values():  # a unit finished earlier under --on-error skip
                 if m.skipped:
@@ -117,6 +118,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
                        len(jobs), enabled=progress)
 
         def on_done(m: UnitMarker) -> None:
+            done[m.index] = m  # what finalize needs: every marker is read (or made) once per run
             bar.update(m.stats.rows + len(m.skipped), m.stats.tokens)
             bar.unit_done()
 
@@ -129,7 +131,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
             bar.close()
         if partition is not None:
             return ConvertResult(store.url, False, len(units), len(jobs), None, time.perf_counter() - t0)
-        manifest = _finalize(store, work, plan)
+        manifest = _finalize(store, work, plan, done)
     return ConvertResult(store.url, True, len(units), len(jobs), manifest, time.perf_counter() - t0)
 
 
@@ -147,7 +149,7 @@ def finalize(out: str | os.PathLike) -> Manifest:
     store = OutDir(out)
     if (m := _read_manifest(store)[1]) is not None:
         return m
-    with OutLock(store.root if store.local else None):
+    with OutLock(store):
         work = WorkDir(store)
         plan = work.plan()
         if plan is None:
@@ -155,8 +157,10 @@ def finalize(out: str | os.PathLike) -> Manifest:
         return _finalize(store, work, plan)
 
 
-def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
-    done = work.done(plan)
+def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan,
+              done: dict[int, UnitMarker] | None = None) -> Manifest:
+    """The manifest from the markers (`done`: those this run already holds; else read, once)."""
+    done = work.done(plan) if done is None else done
     if len(done) < len(plan.uids):
         first = next(i for i in range(len(plan.uids)) if i not in done)
         raise SourceError(f"{store.url}: {len(plan.uids) - len(done)} of {len(plan.uids)} work units are not "
@@ -176,7 +180,7 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
                         tokenizer_sha256=plan.tokenizer_sha256, episode_spec=plan.episode_spec,
                         env_spec=plan.env_spec, tasks=sorted(stats.rows_per_task), compression=plan.compression)
     try:
-        text = manifest.to_json()
+        text, table = manifest.encode()
     except ValueError as e:  # a statistic JSON cannot hold: refused at conversion, so a bug if it gets here
         raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
     try:  # every unit's shards are its own (WorkDir.done); listed once each, whatever markers say
@@ -187,6 +191,9 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan) -> Manifest:
     remove_temporaries(store, None)
     if plan.tokenizer_sha256 and TOKENIZER_NAME in store.sizes(WORK_DIR):  # else moved by an interrupted finalize
         store.move(_STAGED_TOKENIZER, TOKENIZER_NAME)
+    if table is not None:  # many shards: their records in shards.arrow, written before the manifest
+        with store.staged(SHARD_TABLE_NAME) as tmp:
+            tmp.write_bytes(table)
     store.write_text(MANIFEST_NAME, text)
     remove_work_dir(store)
     return manifest

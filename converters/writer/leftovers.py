@@ -9,14 +9,17 @@ import re
 from schemas.storage import OutDir
 from schemas.workunit import WORK_DIR
 
-_TEMPORARY = re.compile(r"^\.(shard-(\d+)-\d+\.arrow|unit-(\d+)\.json|plan\.json|tokenizer\.model|manifest\.json)\.tmp\d+$")
+_TEMPORARY = re.compile(r"^\.(shard-(\d+)-\d+\.arrow|unit-(\d+)\.json|plan\.json|tokenizer\.model|manifest\.json|shards\.arrow)\.tmp\d+$")
 _UNIT_SHARD = re.compile(r"^shard-(\d+)-\d+\.arrow$")
 
 
 def remove_temporaries(out: OutDir, units: set[int] | None) -> None:
     """Temporary files that killed processes left, of these units (None: all), never another
-    running partition's. (Uploads to an object store are whole: no temporary names there.)"""
+    running partition's. In an object store (no temporary names: uploads are whole), the
+    unfinished multipart uploads of these units' shards that a kill -9 left."""
     if not out.local:
+        out.abort_uploads([(name, uid) for name, uid in out.unfinished_uploads()
+                           if (m := _UNIT_SHARD.match(name)) and (units is None or int(m.group(1)) in units)])
         return
     def mine(name: str) -> bool:
         m = _TEMPORARY.match(name)

@@ -554,3 +554,18 @@ def test_frames_that_are_not_multiples_of_16_are_fitted_to_one_size(tmp_path):
             check_record(r, {"image_observations": want}, {"discrete_actions": np.array(acts)}, c.spec, c.layout)
     with pytest.raises(SystemExit):
         parse([tmp_path / "g.parquet", "--image-size", "20x32"])
+
+
+def test_a_folder_of_hdf5_files_is_each_of_its_files_in_order(tmp_path):
+    eps = rollouts(gym.make("CartPole-v1"), 4, 25, seed=17)
+    folder = tmp_path / "d4rl"
+    folder.mkdir()
+    b = write_d4rl(folder / "b-part.hdf5", eps[2:])
+    a = write_d4rl(folder / "a-part.h5", eps[:2])
+    (folder / "notes.txt").write_text("not an input")
+    c_dir, recs_dir = convert([str(folder)])
+    c_files, recs_files = convert([str(a), str(b)])
+    assert [u.key for u in c_dir.work_units()] == [u.key for u in c_files.work_units()]
+    assert [r.source_id for r in recs_dir] == [r.source_id for r in recs_files] and len(recs_dir) == 4
+    for r, s in zip(recs_dir, recs_files):
+        np.testing.assert_array_equal(r.row.tokens, s.row.tokens)

@@ -95,7 +95,7 @@ def test_an_unreachable_store_is_one_line_exit_1(inputs, text_tokenizer, s3_serv
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # nothing listens there
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("GATO_KIT_STORE_ATTEMPTS", "1")  # one try: no retry lines before the error
     argv = ["text", *inputs, "--text-tokenizer", str(text_tokenizer.path), "--split", "blank-line",
             "--out", "s3://nowhere/out", "--no-progress"]
     assert main(argv) == 1

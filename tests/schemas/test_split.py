@@ -89,3 +89,70 @@ def test_shard_split_keeps_owners_and_reshuffles_each_epoch():
     shard_seq = np.searchsorted(starts, e0, side="right") - 1
     assert (np.diff(shard_seq) != 0).sum() == len(own(e0)) - 1
     assert np.array_equal(assign_rows_by_shard(rps, 0, 1, 0, 0, 0, 9, shuffle=False), np.arange(48))
+
+
+def _shards_of(rows_per_shard, rows) -> set[int]:
+    starts = np.concatenate([[0], np.cumsum(rows_per_shard)])
+    return set((np.searchsorted(starts, rows, side="right") - 1).tolist())
+
+
+@pytest.mark.parametrize("rows_per_shard", [[6] * 8, [5, 0, 7, 3, 9, 4, 6, 2, 8, 1, 3], [9, 9, 9]])
+@pytest.mark.parametrize("world,workers", [(2, 2), (3, 4), (2, 3)])
+def test_evaluation_reads_exactly_the_shards_its_rank_trains_on(rows_per_shard, world, workers):
+    """Evaluation reads with no DataLoader workers; training with some: same shards per rank."""
+    for rank in range(world):
+        train = set()
+        for worker in range(workers):
+            train |= _shards_of(rows_per_shard, assign_rows_by_shard(rows_per_shard, rank, world, worker, workers,
+                                                                     0, seed=5))
+        evaluation = assign_rows_by_shard(rows_per_shard, rank, world, 0, 0, 0, seed=5, shuffle=False)
+        assert _shards_of(rows_per_shard, evaluation) == train
+
+
+@pytest.mark.parametrize("world,workers", [(5, 0), (7, 2), (8, 1)])
+def test_ranks_beyond_the_shard_count_each_download_one_shard_and_split_its_rows(world, workers):
+    rps = [40, 0, 25, 33]  # three non-empty shards, more ranks than that
+    seen = []
+    for rank in range(world):
+        touched = set()
+        for worker in range(max(1, workers)):
+            rows = assign_rows_by_shard(rps, rank, world, worker, workers, epoch=1, seed=2)
+            touched |= _shards_of(rps, rows)
+            seen += rows.tolist()
+        assert len(touched) == 1  # never every shard
+    assert sorted(seen) == list(range(sum(rps)))
+
+
+from schemas.split import resume_rows, unread_rows  # noqa: E402
+
+
+@pytest.mark.parametrize("split", ["rows", "shards"])
+@pytest.mark.parametrize("old,new", [((3, 2), (2, 0)), ((2, 0), (5, 3)), ((4, 1), (4, 2)), ((1, 0), (3, 1))])
+def test_a_run_resumed_on_another_number_of_ranks_reads_every_row_of_its_epochs_once(split, old, new):
+    rps = [5, 0, 7, 3, 9, 4, 6, 2, 8, 1, 3, 11]
+    total = sum(rps)
+    (ow, onw), (nw_, nnw) = old, new
+    rng = np.random.default_rng(sum(old) * 10 + sum(new))
+    positions = []  # old readers: some a little into epoch 3, some still finishing epoch 2
+    for i in range(num_readers(ow, onw)):
+        mine = split_rows(split, rps, i // max(1, onw), ow, i % max(1, onw), onw, 2, seed=4)
+        positions.append((3, int(rng.integers(0, 3))) if i == 0 or rng.random() < 0.4
+                         else (2, int(rng.integers(0, len(mine) + 1))))
+    read = {2: [], 3: []}
+    for i, (e, c) in enumerate(positions):
+        for epoch in (2, 3):
+            rows = split_rows(split, rps, i // max(1, onw), ow, i % max(1, onw), onw, epoch, seed=4)
+            read[epoch] += (rows.tolist() if e > epoch else rows[:c].tolist() if e == epoch else [])
+    unread = unread_rows(split, rps, ow, onw, positions, seed=4)
+    new_rows, next_epoch = [], None
+    for rank in range(nw_):
+        for worker in range(max(1, nnw)):
+            rows, next_epoch = resume_rows(unread, rank, nw_, worker, nnw)
+            new_rows += rows.tolist()
+    assert next_epoch == 4
+    left = {e: unread.get(e, np.zeros(0, np.int64)).tolist() for e in (2, 3)}
+    for epoch in (2, 3):  # what the old readers read and what is left: every row once
+        assert sorted(read[epoch] + left[epoch]) == list(range(total))
+    assert sorted(new_rows) == sorted(left[2] + left[3])  # the new readers read each unread row once
+    sizes = [len(resume_rows(unread, r, nw_, w, nnw)[0]) for r in range(nw_) for w in range(max(1, nnw))]
+    assert max(sizes) - min(sizes) <= len(unread)  # balanced: within one row per half-read epoch

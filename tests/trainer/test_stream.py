@@ -168,7 +168,8 @@ def test_unreachable_endpoint_is_one_line_exit_1(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="x",
-               AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1", PYTHONPATH=str(REPO))
+               AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1", PYTHONPATH=str(REPO),
+               GATO_KIT_STORE_ATTEMPTS="1")  # one try: no "retrying" progress lines before the error
     p = subprocess.run([sys.executable, "-m", "trainer.cli", "--data", "s3://nowhere/data", "--out",
                         str(tmp_path / "run"), "--steps", "1"], capture_output=True, text=True, env=env,
                        timeout=120)
