@@ -284,7 +284,7 @@ class WorkDir:
         text = self.out.read_text(PLAN_NAME)
         try:
             return ConversionPlan.from_json(text) if text else None
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
     def save_plan(self, plan: ConversionPlan) -> None:
@@ -303,7 +303,7 @@ class WorkDir:
             i = names[name]
             try:
                 m = UnitMarker.from_json(text)
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):  # a marker of the wrong shape: not done
                 continue
             if m.uid == plan.uids[i] and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards) \
                     and marker_owns_its_shards(m):
