@@ -18,7 +18,7 @@ from typing import Protocol, Sequence
 
 from .manifest import (FieldError, LongestUnit, ManifestError, ReturnStats, ShardInfo, SkippedRecord, Stats,
                        check_shard_list)
-from .names import UnsafeNameError
+from .names import UnsafeNameError, check_sha256
 from .storage import OutDir
 
 WORK_DIR = ".work"
@@ -103,7 +103,25 @@ class ConversionPlan:
         d = json.loads(text)
         if d.pop("format", WORK_FORMAT) != WORK_FORMAT:
             raise ValueError("written by another version of the writer")
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        plan = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """A plan read back is data (ValueError when its shape is wrong): one distinct uid per unit
+        key, text fields text, maps maps."""
+        if not (isinstance(self.uids, list) and isinstance(self.keys, list) and len(self.uids) == len(self.keys)
+                and all(isinstance(u, str) for u in self.uids) and len(set(self.uids)) == len(self.uids)
+                and all(isinstance(k, str) for k in self.keys)):
+            raise ValueError("uids and keys must be lists of text, one distinct uid per unit")
+        if not (isinstance(self.converter, str) and isinstance(self.fingerprint, str) and isinstance(self.rl, bool)
+                and isinstance(self.layout, dict) and isinstance(self.options, dict)
+                and isinstance(self.episode_spec, (dict, type(None))) and isinstance(self.on_error, str)
+                and isinstance(self.compression, str) and isinstance(self.shard_size, int)
+                and (self.tokenizer_sha256 is None or isinstance(self.tokenizer_sha256, str))):
+            raise ValueError("a field of the wrong type")
+        if self.tokenizer_sha256 is not None:
+            check_sha256(self.tokenizer_sha256, "plan: tokenizer_sha256")
 
 
 @dataclass
@@ -273,7 +291,7 @@ class WorkDir:
         text = self.out.read_text(PLAN_NAME)
         try:
             return ConversionPlan.from_json(text) if text else None
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
     def save_plan(self, plan: ConversionPlan) -> None:
@@ -293,7 +311,7 @@ class WorkDir:
             i = names[name]
             try:
                 m = UnitMarker.from_json(text)
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):  # a marker of the wrong shape: not done
                 continue
             if m.uid == plan.uids[i] and m.index == i and all(shards.get(s.name) == s.bytes for s in m.shards) \
                     and marker_owns_its_shards(m):

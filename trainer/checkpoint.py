@@ -168,7 +168,7 @@ def check_config(config, weights: dict | None, path: str | os.PathLike = "checkp
         cfg = GatoConfig.from_dict(config)
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in GatoModel(cfg).state_dict().items()}
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: torch refusing a value
         raise CheckpointError(f"{path}: bad model config ({_first_line(e)})") from None
     if weights is None:
         return

@@ -183,8 +183,9 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan,
         text, table = manifest.encode()
     except ValueError as e:  # a statistic JSON cannot hold: refused at conversion, so a bug if it gets here
         raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
-    try:  # every unit's shards are its own (WorkDir.done); listed once each, whatever markers say
+    try:  # every unit's shards are its own (WorkDir.done); the manifest is one a reader accepts
         check_shard_list(shards, f"{store.url}: the units' markers")
+        Manifest.parse(text, f"{store.url}/{MANIFEST_NAME}")
     except (ManifestError, UnsafeNameError) as e:
         raise SourceError(str(e)) from None
     remove_unlisted_shards(store, {s.name for s in shards})
