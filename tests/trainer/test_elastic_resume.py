@@ -4,6 +4,7 @@ world's own split goes on. Rows are counted where the loader takes them."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import trainer.data as data_module
@@ -14,17 +15,26 @@ from trainer.data import build_loader
 
 @pytest.fixture
 def taken(monkeypatch):
-    """[(rank, epoch, row)] of every row a loader in this process takes."""
+    """[(rank, epoch, unit)] of every unit (a row's window) a loader in this process takes, one at a
+    time, whether it is taken alone or with a batch's others."""
     seen = []
-    take = data_module._Streams.take
+    take, take_many = data_module._Streams.take, data_module._Streams.take_many
 
     def spy(self, d):
-        row = take(self, d)
-        if row is not None:
-            seen.append((self.ds.rank, self.state["epoch"][d], row))
-        return row
+        unit = take(self, d)
+        if unit is not None:
+            seen.append((self.ds.rank, self.state["epoch"][d], unit))
+        return unit
+
+    def spy_many(self, d, n):
+        units = []
+        for _ in range(n):  # each unit with the epoch it was taken in (a batch may span two)
+            units.append(take_many(self, d, 1))
+            seen.append((self.ds.rank, self.state["epoch"][d], int(units[-1][0])))
+        return np.concatenate(units) if units else np.zeros(0, np.int64)
 
     monkeypatch.setattr(data_module._Streams, "take", spy)
+    monkeypatch.setattr(data_module._Streams, "take_many", spy_many)
     return seen
 
 
@@ -37,6 +47,7 @@ def test_resuming_on_another_number_of_ranks_reads_every_row_of_the_epoch_once(t
     def loader(rank, world):
         return build_loader([d], 64, 2, seed=7, rank=rank, world_size=world, layout=layout)
 
+    units = loader(0, old_world).stream.units[0].total  # an epoch's units (windows of its 50 rows)
     states = []
     for rank in range(old_world):  # uneven progress: rank r made 3 + 2r batches
         ld = loader(rank, old_world)
@@ -45,7 +56,7 @@ def test_resuming_on_another_number_of_ranks_reads_every_row_of_the_epoch_once(t
             next(it)
         states.append(ld.state_dict())
     before = [row for _, epoch, row in taken if epoch == 0]
-    assert len(before) == len(set(before)) and 0 < len(before) < 50
+    assert len(before) == len(set(before)) and 0 < len(before) < units
     taken.clear()
     for rank in range(new_world):
         ld = loader(rank, new_world)
@@ -54,7 +65,7 @@ def test_resuming_on_another_number_of_ranks_reads_every_row_of_the_epoch_once(t
         while ld._states[0]["epoch"][0] == 0:  # until this rank has finished the old run's epoch
             next(it)
     after = [row for _, epoch, row in taken if epoch == 0]
-    assert sorted(before + after) == list(range(50))  # each row of the epoch once, none skipped
+    assert sorted(before + after) == list(range(units))  # each unit of the epoch once, none skipped
     per_rank = [sum(1 for r, e, _ in taken if e == 0 and r == k) for k in range(new_world)]
     assert max(per_rank) - min(per_rank) <= 1 + 2  # shared out evenly (a batch of 2 may overshoot)
     assert {e for _, e, _ in taken} <= {0, 1}  # then the new world's epoch 1
