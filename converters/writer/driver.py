@@ -185,7 +185,7 @@ def _finalize(store: OutDir, work: WorkDir, plan: ConversionPlan,
         raise SourceError(f"{store.url}: statistics that are not finite numbers ({e})") from None
     try:  # every unit's shards are its own (WorkDir.done); the manifest is one a reader accepts
         check_shard_list(shards, f"{store.url}: the units' markers")
-        Manifest.parse(text, f"{store.url}/{MANIFEST_NAME}")
+        Manifest.parse(text, f"{store.url}/{MANIFEST_NAME}", lambda name: table)  # (its shard table, if any)
     except (ManifestError, UnsafeNameError) as e:
         raise SourceError(str(e)) from None
     remove_unlisted_shards(store, {s.name for s in shards})
