@@ -33,8 +33,10 @@ def test_trained_model_acts_on_the_recorded_robot_episode(tmp_path, sp_model_pat
     episodes = make_episodes([6, 5, 7], seed=4)
     root = write_lerobot_v3(tmp_path / "so100_pick", episodes, data_files=1)
     robot = tmp_path / "robot"
+    # --repeated-text-loss: the acting path marks every text observation a target, as the rows did
+    # before repeats left the loss (a loss mask never reaches the model, so acting is the same)
     assert tokenize_main(["rl", str(root), "--out", str(robot), "--text-tokenizer", sp_model_path,
-                          "--no-progress"]) == 0
+                          "--repeated-text-loss", "--no-progress"]) == 0
     other = tmp_path / "pong"
     make_rl_shard_dir(other, sp_model_path)
     run = tmp_path / "run"
