@@ -61,14 +61,8 @@ def _check_names(p: Path) -> None:
     if not isinstance(files, list):
         raise SourceError(f"{state}: _data_files is not a list")
     for i, entry in enumerate(files):
-        where = f"{state}: _data_files[{i}].filename"
-        name = entry.get("filename") if isinstance(entry, dict) else None
-        try:
-            target = inside(p, name, where)
-        except UnsafeNameError as e:
-            raise SourceError(str(e)) from None
-        if target.parent != p.resolve():
-            raise SourceError(f"{where}: {name!r} is not a file directly in {p}")
+        _entry_of(p, entry.get("filename") if isinstance(entry, dict) else None,
+                  f"{state}: _data_files[{i}].filename", "file")
 
 
 def split_dirs(p: Path) -> list[Path]:
@@ -83,12 +77,18 @@ def split_dirs(p: Path) -> list[Path]:
         raise SourceError(f"{meta}: splits is not a list")
     out = []
     for i, name in enumerate(splits):
-        where = f"{meta}: splits[{i}]"
-        try:
-            target = inside(p, name, where)
-        except UnsafeNameError as e:
-            raise SourceError(str(e)) from None
-        if target.parent != p.resolve():
-            raise SourceError(f"{where}: {name!r} is not a directory directly in {p}")
+        _entry_of(p, name, f"{meta}: splits[{i}]", "directory")
         out.append(p / name)
     return out
+
+
+def _entry_of(p: Path, name, where: str, what: str) -> Path:
+    """A name a folder's metadata gives for one of its entries: a plain name directly inside `p`
+    (schemas.names.inside), else one line naming the metadata field."""
+    try:
+        target = inside(p, name, where)
+    except UnsafeNameError as e:
+        raise SourceError(str(e)) from None
+    if target.parent != p.resolve():
+        raise SourceError(f"{where}: {name!r} is not a {what} directly in {p}")
+    return target

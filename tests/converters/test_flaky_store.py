@@ -11,20 +11,8 @@ import pytest
 
 from conftest import make_bucket
 from faulty_proxy import FaultyProxy
-from test_writer import make_inputs, shard_bytes, text_converter
-from test_writer_scaleout import bucket_shards, run
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    return make_inputs(tmp_path_factory.mktemp("inputs"))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, inputs, text_tokenizer):
-    out = tmp_path_factory.mktemp("ref") / "out"
-    run(text_converter(inputs, text_tokenizer), out, text_tokenizer)
-    return out
+from test_writer import shard_bytes, text_converter
+from test_writer_scaleout import bucket_shards, inputs, reference, run  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
