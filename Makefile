@@ -20,6 +20,7 @@ browser:
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,demo]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps rliable==1.2.0
 	touch $(STAMP)
 
 test: $(STAMP) browser
