@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -356,3 +357,19 @@ def minari_root(tmp_path_factory):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield Path(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def sigterm_at_step(monkeypatch):
+    """sigterm_at_step(N): gato-train runs in this process get SIGTERM when they reach step N, as a
+    preempted job would; sigterm_at_step(None) lets them run on."""
+    import trainer.train as train_mod
+    original = train_mod.Trainer.train_step
+
+    def arm(step: int | None) -> None:
+        def step_then_sigterm(self):
+            if self.step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(self)
+        monkeypatch.setattr(train_mod.Trainer, "train_step", original if step is None else step_then_sigterm)
+    return arm

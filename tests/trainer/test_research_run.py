@@ -4,8 +4,6 @@ keep-last and keep-best across a resume, and the summary's one window."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -170,25 +168,18 @@ def test_a_damaged_run_record_is_refused_on_resume(data_dirs, tmp_path, capsys):
     assert "config.json" in err and "batch-size" in err and err.strip().count("\n") == 0
 
 
-def test_step_copies_keep_last_and_keep_best_across_a_resume(data_dirs, tmp_path, monkeypatch):
+def test_step_copies_keep_last_and_keep_best_across_a_resume(data_dirs, tmp_path, sigterm_at_step):
     """The same run straight and stopped by SIGTERM at step 5 then resumed keeps the same step copies,
     the same best checkpoint, and the same metrics."""
     common = ["--steps", "8", "--log-every", "1", "--save-every", "2", "--keep-last", "2", "--eval-every", "2",
               "--eval-steps", "1", "--keep-best", "eval_loss/digits", "--warmup", "2"]
     straight, stopped = tmp_path / "a", tmp_path / "b"
     assert main(_args(data_dirs, straight, *common)) == 0
-    original = train_mod.Trainer.train_step
-
-    def step_then_sigterm(self):
-        if self.step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
-
-    monkeypatch.setattr(train_mod.Trainer, "train_step", step_then_sigterm)
+    sigterm_at_step(4)
     assert main(_args(data_dirs, stopped, *common)) == 0
     assert read_checkpoint(stopped)["step"] == 5
     assert [s for s, _ in step_copies(stopped)] == [4, 5]  # keep-last 2, the SIGTERM save included
-    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
+    sigterm_at_step(None)
     assert main(_args(data_dirs, stopped, *common)) == 0
     for run in (straight, stopped):
         assert [s for s, _ in step_copies(run)] == [6, 8]
@@ -287,7 +278,7 @@ def cartpole_with_spec(tmp_path_factory, text_tokenizer, sp_model_path):
 
 
 def test_eval_suite_during_training_logs_scores_and_keeps_the_stream(cartpole_with_spec, data_dirs, tmp_path,
-                                                                      monkeypatch):
+                                                                      sigterm_at_step):
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"tasks:\n  - env: CartPole-v1\n    name: cartpole\n    data: {cartpole_with_spec}\n"
                      "    episodes: 2\n    max_steps: 15\n")
@@ -310,16 +301,9 @@ def test_eval_suite_during_training_logs_scores_and_keeps_the_stream(cartpole_wi
     acc.Reload()
     assert [e.step for e in acc.Scalars("eval/score")] == [2, 4, 6]
     # stopped by SIGTERM at step 3, resumed: the same metrics, evaluation scores included
-    original = train_mod.Trainer.train_step
-
-    def step_then_sigterm(self):
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
-
-    monkeypatch.setattr(train_mod.Trainer, "train_step", step_then_sigterm)
+    sigterm_at_step(2)
     assert main(with_suite + ["--out", str(stopped)]) == 0
-    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
+    sigterm_at_step(None)
     assert main(with_suite + ["--out", str(stopped)]) == 0
     drop = ("time", "elapsed_s", "tokens_per_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in _metrics(stopped)] == \
@@ -328,7 +312,8 @@ def test_eval_suite_during_training_logs_scores_and_keeps_the_stream(cartpole_wi
     assert read_checkpoint(stopped / BEST_NAME)["step"] == read_checkpoint(straight / BEST_NAME)["step"] == -best[1]
 
 
-def test_a_run_in_a_bucket_keeps_its_step_copies_and_events_there(data_dirs, tmp_path, s3_server, monkeypatch):
+def test_a_run_in_a_bucket_keeps_its_step_copies_and_events_there(data_dirs, tmp_path, s3_server,
+                                                                 sigterm_at_step):
     """--out s3://: step copies pruned to --keep-last and TensorBoard events are uploaded too, and a
     resume on another machine (an empty cache) continues from the bucket."""
     import s3fs
@@ -336,16 +321,9 @@ def test_a_run_in_a_bucket_keeps_its_step_copies_and_events_there(data_dirs, tmp
     from conftest import make_bucket
     url = make_bucket("research-runs") + "/a"
     common = ["--steps", "6", "--log-every", "1", "--save-every", "2", "--keep-last", "2", "--log", "tensorboard"]
-    original = train_mod.Trainer.train_step
-
-    def step_then_sigterm(self):
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
-
-    monkeypatch.setattr(train_mod.Trainer, "train_step", step_then_sigterm)
+    sigterm_at_step(2)
     assert main(_args(data_dirs, url, "--cache-dir", str(tmp_path / "c1"), *common)) == 0
-    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
+    sigterm_at_step(None)
     assert main(_args(data_dirs, url, "--cache-dir", str(tmp_path / "c2"), *common)) == 0
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     root = url.removeprefix("s3://")

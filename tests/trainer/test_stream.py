@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,6 @@ from schemas.manifest import Manifest
 from schemas.shard import open_shard
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.text_rows import build_text_row
-from trainer import train as train_mod
 from trainer.cli import main
 from trainer.data import build_loader
 from trainer.source import ShardSource
@@ -117,7 +115,7 @@ def _args(bucket, out, cache, *extra):
             "--log-every", "1", "--save-every", "5", "--warmup", "2", "--num-workers", "2", *extra]
 
 
-def test_train_from_s3_then_resume_exactly(bucket, tmp_path, monkeypatch):
+def test_train_from_s3_then_resume_exactly(bucket, tmp_path, sigterm_at_step):
     runs = make_bucket("runs")
     assert main(_args(bucket, f"{runs}/straight", tmp_path / "cache-a")) == 0
     straight = [json.loads(x) for x in _s3_text(f"{runs}/straight/metrics.jsonl").splitlines()]
@@ -125,16 +123,9 @@ def test_train_from_s3_then_resume_exactly(bucket, tmp_path, monkeypatch):
     cached = list((tmp_path / "cache-a" / "shards").glob("*.arrow"))
     assert cached  # shards came through the cache
 
-    original = train_mod.Trainer.train_step
-
-    def step_then_sigterm(self):
-        if self.step == 11:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
-
-    monkeypatch.setattr(train_mod.Trainer, "train_step", step_then_sigterm)
+    sigterm_at_step(11)
     assert main(_args(bucket, f"{runs}/stopped", tmp_path / "cache-b")) == 0
-    monkeypatch.setattr(train_mod.Trainer, "train_step", original)
+    sigterm_at_step(None)
     # resumed on "another machine": an empty cache, the checkpoint read back from the bucket
     assert main(_args(bucket, f"{runs}/stopped", tmp_path / "cache-c", "--cache-limit", "1M")) == 0
     resumed = [json.loads(x) for x in _s3_text(f"{runs}/stopped/metrics.jsonl").splitlines()]
