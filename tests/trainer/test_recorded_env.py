@@ -112,24 +112,25 @@ def train(data: Path, run: Path, seq_len: int = 64) -> Path:
     return run
 
 
-def assert_acting_tokens_are_the_shards(shards: Path, episodes: list[dict]) -> None:
-    """Replay each recorded episode in the environment the manifest rebuilds: every step's tokens
-    and patches, built by the agent from the live observation, are the row's."""
+def assert_acting_tokens_are_the_shards(shards: Path, episodes: list[dict], seed: int = SEED,
+                                        seq_len: int = 64) -> None:
+    """Replay each recorded episode (its actions, from reset seed `seed` + its index) in the
+    environment the manifest rebuilds: every step's tokens and patches, built by the agent from the
+    live observation, are the row's."""
     sd = ShardDir.open(shards)
-    m = sd.manifest
-    spec = m.spec
+    m, spec = sd.manifest, sd.manifest.spec
     rows = [row_from_table(sd.table(i), k) for i in range(len(sd.shards)) for k in range(sd.table(i).num_rows)]
     make = make_env_fn(m.env.id, wrappers=EnvWrappers.from_manifest(m))
-    agent = Agent(None, sd.layout, spec, 64, frame_modes=m.frame_modes())
+    agent = Agent(None, sd.layout, spec, seq_len, text_tokenizer=sd.text_tokenizer(), frame_modes=m.frame_modes())
     for e, (row, ep) in enumerate(zip(rows, episodes, strict=True)):
         env = make()
-        obs, _ = env.reset(seed=SEED + e)
+        obs, _ = env.reset(seed=seed + e)
         for t, a in enumerate(ep["actions"]):
             live = agent.step_row(obs, {spec.actions[0].name: np.asarray(a)})
             want = slice_steps(row, t, t + 1)
             assert np.array_equal(live.tokens, want.tokens), f"episode {e} step {t}: tokens differ"
             assert np.array_equal(live.patches, want.patches), f"episode {e} step {t}: patches differ"
-            obs, *_ = env.step(int(a))
+            obs, *_ = env.step(a)
         env.close()
 
 
@@ -218,25 +219,6 @@ def _jat_folder(root: Path, task: str, columns: dict) -> Path:
     return root / task
 
 
-def _replay_tokens(shards: Path, played: list[dict], seed: int) -> None:
-    """The agent's tokens from the rebuilt environment, replaying each episode's actions, are the row's."""
-    sd = ShardDir.open(shards)
-    m, spec = sd.manifest, sd.manifest.spec
-    rows = [row_from_table(sd.table(i), k) for i in range(len(sd.shards)) for k in range(sd.table(i).num_rows)]
-    make = make_env_fn(m.env.id, wrappers=EnvWrappers.from_manifest(m))
-    agent = Agent(None, sd.layout, spec, 400, text_tokenizer=sd.text_tokenizer(), frame_modes=m.frame_modes())
-    for e, (row, ep) in enumerate(zip(rows, played, strict=True)):
-        env = make()
-        obs, _ = env.reset(seed=seed + e)
-        for t, a in enumerate(ep["actions"]):
-            live = agent.step_row(obs, {spec.actions[0].name: np.asarray(a)})
-            want = slice_steps(row, t, t + 1)
-            assert np.array_equal(live.tokens, want.tokens), f"episode {e} step {t}: tokens differ"
-            assert np.array_equal(live.patches, want.patches), f"episode {e} step {t}: patches differ"
-            obs, *_ = env.step(a)
-        env.close()
-
-
 def _act(shards: Path, run: Path, env_id: str, capsys) -> dict:
     out = run.parent / "eval"
     assert train_main(["rollout", "--checkpoint", str(run), "--data", str(shards), "--env", env_id,
@@ -253,7 +235,7 @@ def test_jat_mujoco_converts_and_acts_in_gymnasium_mujoco(tmp_path, capsys):
     shards = tmp_path / "shards"
     m = convert(folder, shards, "--env-spec", "Hopper-v5")
     assert m.tasks == ["mujoco-hopper"] and m.env.id == "Hopper-v5"
-    _replay_tokens(shards, played, seed=40)
+    assert_acting_tokens_are_the_shards(shards, played, seq_len=400, seed=40)
     result = _act(shards, train(shards, tmp_path / "run"), "Hopper-v5", capsys)
     assert result["seeds"] == [0, 1] and all(1 <= s <= 5 for s in result["agent_steps"])
 
@@ -273,7 +255,7 @@ def test_jat_babyai_converts_and_acts_in_minigrid(tmp_path, capsys, sp_model_pat
     shards = tmp_path / "shards"
     m = convert(folder, shards, "--env-spec", spec, "--text-tokenizer", sp_model_path)
     assert m.tasks == ["babyai-go-to-local"] and [w.name for w in m.env.wrappers] == ["JatBabyAI"]
-    _replay_tokens(shards, played, seed=70)
+    assert_acting_tokens_are_the_shards(shards, played, seq_len=400, seed=70)
     result = _act(shards, train(shards, tmp_path / "run", seq_len=400), "BabyAI-GoToLocal-v0", capsys)
     assert len(result["agent"]) == 2
 
@@ -313,7 +295,7 @@ def test_minigrid_rgb_view_unrecorded_wrapper_args_are_not_guessed(minari_root, 
     shards = tmp_path / "shards"
     m = convert(path, shards, "--env-spec", spec)
     assert m.spec.observations[0].kind == "image" and m.tasks == ["minigrid/rgb-v0"]
-    _replay_tokens(shards, played, seed=90)
+    assert_acting_tokens_are_the_shards(shards, played, seq_len=400, seed=90)
     result = _act(shards, train(shards, tmp_path / "run"), "MiniGrid-Empty-Random-6x6-v0", capsys)
     assert len(result["agent"]) == 2
 
