@@ -30,6 +30,7 @@ from .cache import ShardCache
 from .errors import ReaderError
 from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
 from .shard import PATCH_BYTES, SHARD_NAME_RE, is_text_form, open_shard
+from .split import global_row, locate_rows
 from .storage import is_remote, join, list_names, local_path, read_bytes, remote_fs, storage_error
 from .validate import Problem, validate_table
 
@@ -359,19 +360,19 @@ class ShardDir:
             raise ReaderError(f"row {row} is outside [0, {self.num_rows}) of {self.path}")
         names = [s.name for s in self.manifest.shards] if self.manifest is not None else [s.name for s in self.shards]
         counts = [s.rows for s in self.manifest.shards] if self.manifest is not None else self.rows_per_shard
-        ends = np.cumsum(counts)
-        k = int(np.searchsorted(ends, row, side="right"))
+        shard, inside = locate_rows(counts, np.asarray([row]))
+        k = int(shard[0])
         index = {s.name: i for i, s in enumerate(self.shards)}
         if names[k] not in index:
             raise ReaderError(f"row {row} is in {names[k]}, which the manifest of {self.path} lists but is missing")
-        return index[names[k]], row - (int(ends[k - 1]) if k else 0)
+        return index[names[k]], int(inside[0])
 
     def global_row(self, shard: int, row: int) -> int:
         """(index into `shards`, row) -> the global row number locate() takes."""
         name = self.shards[shard].name
         names = [s.name for s in self.manifest.shards] if self.manifest is not None else [s.name for s in self.shards]
         counts = [s.rows for s in self.manifest.shards] if self.manifest is not None else self.rows_per_shard
-        return int(sum(counts[:names.index(name)])) + row
+        return global_row(counts, names.index(name), row)
 
     def find_source(self, source_id: str) -> tuple[int, int]:
         """(shard index, row) of the first row whose source_id is `source_id`."""

@@ -59,14 +59,23 @@ def assign_rows(rows_per_shard: Sequence[int], rank: int, world_size: int, worke
     return order[reader_index(rank, world_size, worker, num_workers)::num_readers(world_size, num_workers)]
 
 
+def shard_row_starts(rows_per_shard: Sequence[int]) -> np.ndarray:
+    """The first global row id of each shard, then the row count (int64): rows are numbered
+    through the shards in the manifest's order. The one numbering the split, the reader, the
+    loader and `verify` share."""
+    starts = np.zeros(len(rows_per_shard) + 1, np.int64)
+    np.cumsum(np.asarray(rows_per_shard, dtype=np.int64), out=starts[1:])
+    return starts
+
+
 def global_row(rows_per_shard: Sequence[int], shard: int, row: int) -> int:
     """Global id of row `row` of shard `shard` (the numbering assign_rows uses)."""
-    return int(np.sum(np.asarray(rows_per_shard[:shard], dtype=np.int64))) + int(row)
+    return int(shard_row_starts(rows_per_shard)[shard]) + int(row)
 
 
 def locate_rows(rows_per_shard: Sequence[int], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Global row ids -> (shard index, row inside the shard), vectorised."""
-    starts = np.concatenate([[0], np.cumsum(np.asarray(rows_per_shard, dtype=np.int64))])
+    starts = shard_row_starts(rows_per_shard)
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size and (rows.min() < 0 or rows.max() >= starts[-1]):
         raise IndexError(f"row id outside [0, {starts[-1]})")
@@ -120,7 +129,7 @@ def assign_rows_by_shard(rows_per_shard: Sequence[int], rank: int, world_size: i
     shards take every m-th row of the same order. Disjoint and complete over all readers, as
     assign_rows."""
     rows = np.asarray(rows_per_shard, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(rows)])
+    starts = shard_row_starts(rows)
     mine, member, members = reader_shards(rows, rank, world_size, worker, num_workers, seed)
     if not len(mine):
         return np.zeros(0, np.int64)

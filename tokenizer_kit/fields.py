@@ -8,10 +8,24 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+OBS = "obs"  # the root of every observation field of a nested (Dict/Tuple) space
+ACTION = "action"  # the root of every action field
+SEP = "/"
+
 
 def field_name(prefix: str, key: Any) -> str:
     """The name of member `key` (a Dict key or Tuple index) of the field `prefix`."""
-    return f"{prefix}/{key}"
+    return f"{prefix}{SEP}{key}"
+
+
+def field_key(name: str) -> tuple[str, str]:
+    """The inverse of `field_name` on a root: `obs/image` -> ("obs", "image"), `action/arm/0` ->
+    ("action", "arm/0"), `obs` -> ("obs", ""); a name under neither root (a table's column) ->
+    ("", name), so a caller can tell a root's member from a plain column."""
+    root, sep, key = name.partition(SEP)
+    if root in (OBS, ACTION):
+        return root, key
+    return "", name
 
 
 def flatten_value(value: Any, prefix: str) -> dict[str, Any]:

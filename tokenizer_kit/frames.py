@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import TokenizeError
+from .layout import PATCH_SIZE
 
 MODES = ("auto", "last", "split")
 AXES = ("first", "last")  # where the frames are in a step's array: (C, H, W) or (H, W, C)
-MIN_SIDE = 16  # a frame smaller than one patch is not an image
+MIN_SIDE = PATCH_SIZE  # a frame or array smaller than one patch is not an image
 MAX_FRAMES = 16
 
 

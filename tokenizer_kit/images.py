@@ -112,7 +112,7 @@ def pixel_problem(height: int, width: int, size: tuple[int, int] | None, policy:
     return None
 
 
-def fitted_size(height: int, width: int, policy: str = "resize", patch: int = 16) -> tuple[int, int]:
+def fitted_size(height: int, width: int, policy: str = "resize", patch: int = PATCH_SIZE) -> tuple[int, int]:
     """(H, W) that an image of this size becomes: nearest multiple of `patch` (resize, halves
     round up, at least one patch) or the next multiple (pad)."""
     _check_policy(policy)
@@ -128,7 +128,7 @@ def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def fit_image(rgb: np.ndarray, policy: str = "resize", size: tuple[int, int] | None = None,
-              patch: int = 16) -> np.ndarray:
+              patch: int = PATCH_SIZE) -> np.ndarray:
     """Make H and W multiples of `patch`: resize (bilinear) or zero-pad bottom/right.
 
     `size` (H, W) forces a target size (must be multiples of `patch`), as converters do to give
@@ -154,7 +154,7 @@ def fit_image(rgb: np.ndarray, policy: str = "resize", size: tuple[int, int] | N
 
 
 def fit_grey_frames(frames: np.ndarray, policy: str = "resize", size: tuple[int, int] | None = None,
-                    patch: int = 16) -> np.ndarray:
+                    patch: int = PATCH_SIZE) -> np.ndarray:
     """(N, H, W) grey frames fitted as `fit_image` fits one image; resized in Pillow's one-channel
     mode (a third of the work of resizing the frames as RGB, same values)."""
     _check_policy(policy)
@@ -168,7 +168,7 @@ def fit_grey_frames(frames: np.ndarray, policy: str = "resize", size: tuple[int,
     return out
 
 
-def patch_grid(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
+def patch_grid(rgb: np.ndarray, patch: int = PATCH_SIZE) -> np.ndarray:
     """(..., H, W, C) -> (..., gh, gw, patch, patch, C): the patches as a view (no copy), for
     writing them straight into their destination; `patchify` is its contiguous (..., N, P) form."""
     *lead, h, w, c = rgb.shape
@@ -180,28 +180,28 @@ def patch_grid(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
     return x.transpose(*range(nl), nl, nl + 2, nl + 1, nl + 3, nl + 4)
 
 
-def patchify(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
+def patchify(rgb: np.ndarray, patch: int = PATCH_SIZE) -> np.ndarray:
     """(..., H, W, 3) uint8 -> (..., N, patch*patch*3) in raster order (row by row, left to right)."""
     *lead, h, w, c = rgb.shape
     x = patch_grid(rgb, patch)
     return np.ascontiguousarray(x).reshape(*lead, (h // patch) * (w // patch), patch * patch * c)
 
 
-def patchify_grey(grey: np.ndarray, patch: int = 16) -> np.ndarray:
+def patchify_grey(grey: np.ndarray, patch: int = PATCH_SIZE) -> np.ndarray:
     """(..., H, W) grey -> (..., N, patch*patch*3) patches of the grey image as RGB (grey in every
     channel), without first building the RGB image."""
     p = patchify(np.asarray(grey, np.uint8)[..., None], patch)
     return np.repeat(p, 3, axis=-1)
 
 
-def unpatchify(patches: np.ndarray, grid: tuple[int, int], patch: int = 16) -> np.ndarray:
+def unpatchify(patches: np.ndarray, grid: tuple[int, int], patch: int = PATCH_SIZE) -> np.ndarray:
     """Inverse of `patchify` for one image: (N, patch*patch*3) -> (H, W, 3)."""
     gh, gw = grid
     x = np.asarray(patches, dtype=np.uint8).reshape(gh, gw, patch, patch, 3)
     return x.transpose(0, 2, 1, 3, 4).reshape(gh * patch, gw * patch, 3)
 
 
-def patch_positions(height: int, width: int, patch: int = 16, bins: int = 128) -> np.ndarray:
+def patch_positions(height: int, width: int, patch: int = PATCH_SIZE, bins: int = 128) -> np.ndarray:
     """(N, 4) uint8 quantised [row_from, row_to, col_from, col_to) of each patch, raster order.
 
     Interval ends are `floor(v * bins)` of the patch's edges normalised by the image size; the end
@@ -227,7 +227,7 @@ def patch_positions(height: int, width: int, patch: int = 16, bins: int = 128) -
 
 
 def image_to_patches(image, policy: str = "resize", size: tuple[int, int] | None = None,
-                     patch: int = 16, bins: int = 128, field: str = "image") -> tuple[np.ndarray, np.ndarray]:
+                     patch: int = PATCH_SIZE, bins: int = 128, field: str = "image") -> tuple[np.ndarray, np.ndarray]:
     """One image -> (patches (N, 768) uint8, positions (N, 4) uint8)."""
     rgb = fit_image(to_rgb_array(image, field), policy, size, patch)
     return patchify(rgb, patch), patch_positions(rgb.shape[0], rgb.shape[1], patch, bins)

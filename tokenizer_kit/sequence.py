@@ -426,18 +426,3 @@ def patch_span(tokens: np.ndarray, start: int, stop: int, num_patches: int | Non
     else:
         first = int(np.count_nonzero(tokens[:start] == PATCH_SLOT))
     return first, first + int(np.count_nonzero(tokens[start:stop] == PATCH_SLOT))
-
-
-def step_lengths(step_starts: np.ndarray, row_tokens: int) -> np.ndarray:
-    """Tokens of each timestep of a row (int64), from its step starts and its length."""
-    starts = np.asarray(step_starts, dtype=np.int64)
-    return np.diff(starts, append=np.int64(row_tokens))
-
-
-def unit_tokens(row: Row) -> int:
-    """Tokens of the longest piece of a row a training sequence must hold whole for it to carry
-    targets: a timestep of an episode, the whole of an image-caption row; 0 for text (any crop of
-    a document has targets)."""
-    if len(row.step_starts):
-        return int(step_lengths(row.step_starts, len(row.tokens)).max())
-    return len(row.tokens) if len(row.patches) else 0

@@ -13,14 +13,20 @@ from .layout import IMAGE, NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
 from .sequence import Row
 
 
+def text_token_row(ids) -> Row:
+    """Text ids as row tokens: loss on all, no local position (as text and caption rows hold them)."""
+    ids = np.asarray(ids, dtype=np.int32)
+    n = len(ids)
+    return Row(ids, np.ones(n, np.uint8), np.full(n, NO_POSITION, np.int16), np.full(n, TEXT, np.uint8))
+
+
 def build_text_row(ids, layout: VocabLayout) -> Row:
     """A document's ids (+ end-of-text when missing); loss on all of it."""
     ids = np.asarray(ids, dtype=np.int32)
     if layout.eos_id >= 0 and (len(ids) == 0 or ids[-1] != layout.eos_id):
         ids = np.append(ids, np.int32(layout.eos_id))
     _check_text_ids(ids, layout)
-    n = len(ids)
-    return Row(ids, np.ones(n, np.uint8), np.full(n, NO_POSITION, np.int16), np.full(n, TEXT, np.uint8))
+    return text_token_row(ids)
 
 
 @functools.lru_cache(maxsize=64)

@@ -14,47 +14,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tokenizer_kit.layout import NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
+from tokenizer_kit.layout import NO_POSITION, TEXT, VocabLayout
+from tokenizer_kit.rows import concat_rows
 from tokenizer_kit.sequence import Row
+from tokenizer_kit.text_rows import text_token_row
 
 from .batch import Batch, Sample, collate
 
 
 # --- rows as contexts --------------------------------------------------------------------------------
-
-def empty_row() -> Row:
-    return Row(np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int16), np.zeros(0, np.uint8))
-
-
-def concat_rows(rows: Sequence[Row]) -> Row:
-    """Rows one after another (step_starts are not kept: a context is not an episode)."""
-    rows = [r for r in rows if len(r)]
-    if not rows:
-        return empty_row()
-    if len(rows) == 1:
-        return rows[0]
-    return Row(np.concatenate([r.tokens for r in rows]), np.concatenate([r.loss_mask for r in rows]),
-               np.concatenate([r.local_pos for r in rows]), np.concatenate([r.modality for r in rows]),
-               patches=np.concatenate([r.patches for r in rows]),
-               patch_pos=np.concatenate([r.patch_pos for r in rows]))
-
-
-def slice_tokens(row: Row, start: int, stop: int | None = None) -> Row:
-    """Tokens [start, stop) of a context row, with their patches."""
-    stop = len(row.tokens) if stop is None else stop
-    before = int(np.count_nonzero(row.tokens[:start] == PATCH_SLOT))
-    inside = int(np.count_nonzero(row.tokens[start:stop] == PATCH_SLOT))
-    return Row(row.tokens[start:stop], row.loss_mask[start:stop], row.local_pos[start:stop],
-               row.modality[start:stop], patches=row.patches[before:before + inside],
-               patch_pos=row.patch_pos[before:before + inside])
-
-
-def text_token_row(ids: np.ndarray) -> Row:
-    """Text ids as context tokens (no local position), as the text and caption rows write them."""
-    n = len(ids)
-    return Row(np.asarray(ids, np.int32), np.ones(n, np.uint8), np.full(n, NO_POSITION, np.int16),
-               np.full(n, TEXT, np.uint8))
-
 
 def rows_batch(rows: Sequence[Row]) -> Batch:
     """Rows right-padded into one evaluation batch whose inputs are the rows' tokens."""

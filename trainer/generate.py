@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_int
+from tokenizer_kit.rows import slice_tokens
+from tokenizer_kit.text_rows import text_token_row
 
-from .decoding import generate_text, slice_tokens, text_token_row
+from .decoding import generate_text
 from .devices import device_arg
 
 

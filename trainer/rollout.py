@@ -24,10 +24,11 @@ import torch
 from tokenizer_kit.episode_decode import acting_observation, decode_actions
 from tokenizer_kit.fields import flatten_value
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, VocabLayout
+from tokenizer_kit.rows import concat_rows, slice_tokens
 from tokenizer_kit.sequence import EpisodeSpec, Row, build_episode
 from tokenizer_kit.text_rows import build_caption_row
 
-from .decoding import Decoder, concat_rows, sample_in_ranges, slice_tokens
+from .decoding import Decoder, sample_in_ranges
 
 PROMPT_MODES = ("end", "window", "none")
 

@@ -29,7 +29,9 @@ from schemas.errors import ReaderError
 from schemas.manifest import MANIFEST_NAME, ManifestError
 from schemas.reader import BatchView, RowView, ShardDir, batch_view, check_batch
 from schemas.shard import ROW_COLUMNS, is_text_form, open_shard
+from schemas.split import shard_row_starts
 from schemas.storage import is_remote, local_path
+from tokenizer_kit.rows import step_lengths_of_rows
 
 KINDS = ("rl", "captions", "text")
 MAX_MAPPED_REMOTE = 4  # shards of a remote directory kept mapped by one reader
@@ -173,7 +175,7 @@ class ShardSource:
         self.layout = self.manifest.vocab_layout
         self.split = "shards" if self.remote else "rows"
         self.rows_per_shard = self.manifest.shard_rows().tolist()  # vectorised for a 200,000-shard table
-        self._starts = np.concatenate([[0], np.cumsum(self.rows_per_shard)]).astype(np.int64).tolist()
+        self._starts = shard_row_starts(self.rows_per_shard).tolist()
         self.total_rows = sum(self.rows_per_shard)
         self.total_tokens = int(self.manifest.total_tokens)
         self._pid = None
@@ -458,12 +460,8 @@ class ShardSource:
                 rows = v.num_rows
                 if self.kind == "rl":
                     nsteps = np.diff(v.ss_off)
-                    starts = v.step_starts[v.ss_off[0]:v.ss_off[-1]].astype(np.int64)
                     owner = np.repeat(np.arange(rows), nsteps)
-                    ends = np.append(starts[1:], 0)
-                    last = np.cumsum(nsteps) - 1  # each row's last step ends at the row's end
-                    ends[last[nsteps > 0]] = np.diff(v.tok_off)[nsteps > 0]
-                    lengths = ends - starts
+                    lengths = step_lengths_of_rows(v.step_starts[v.ss_off[0]:v.ss_off[-1]], nsteps, np.diff(v.tok_off))
                 else:
                     lengths, owner = np.diff(v.tok_off), np.arange(rows)
                 if len(lengths) and int(lengths.max()) > best:

@@ -29,6 +29,7 @@ from tokenizer_kit.argtypes import positive_int
 from tokenizer_kit.frames import grey_to_rgb
 from tokenizer_kit.images import patch_count
 from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLayout
+from tokenizer_kit.rows import step_lengths_of_rows
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row
 from tokenizer_kit.text_rows import decode_caption
 
@@ -62,11 +63,7 @@ def step_tokens(sd: ShardDir) -> dict | None:
         ss = t.column("step_starts").combine_chunks()
         nsteps = np.diff(ss.offsets.to_numpy())
         if nsteps.any():
-            starts = ss.flatten().to_numpy().astype(np.int64)
-            ends = np.append(starts[1:], 0)
-            last = (np.cumsum(nsteps) - 1)[nsteps > 0]
-            ends[last] = lengths[nsteps > 0]
-            pieces.append(ends - starts)
+            pieces.append(step_lengths_of_rows(ss.flatten().to_numpy(), nsteps, lengths))
         elif len(t.column("patches").combine_chunks().flatten()):
             pieces.append(lengths)
     if not pieces:

@@ -257,12 +257,11 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
     s = loader_seed(seed, data_index)
     reads = np.zeros(total, np.int64)
     readers = []
-    starts = np.concatenate([[0], np.cumsum(rows_per_shard)]).astype(np.int64)
     for rank in range(world):
         for worker in range(max(1, workers)):
             rows = schemas.split.split_rows(split, rows_per_shard, rank, world, worker, workers, epoch, s)
             np.add.at(reads, rows, 1)
-            shards = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+            shards = np.unique(schemas.split.locate_rows(rows_per_shard, rows)[0])
             readers.append({"rank": rank, "worker": worker, "reader": reader_index(rank, world, worker, workers),
                             "rows": int(len(rows)), "tokens": int(row_tokens[rows].sum()) if len(row_tokens) else 0,
                             "shards": int(len(shards)), "first_rows": rows[:4].tolist()})

@@ -19,10 +19,10 @@ import numpy as np
 
 from converters.base import SourceError
 from converters.hf_datasets import hf_kind
+from tokenizer_kit.frames import MIN_SIDE
 from tokenizer_kit.frames import detect as detect_stack
 
 SOURCE_KINDS = ("auto", "minari", "hdf5", "table", "lerobot", "rlds")
-MIN_IMAGE_SIDE = 16  # uint8 arrays smaller than one patch (e.g. MiniGrid's 7x7x3) stay discrete
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def guess_kind(dtype: np.dtype, shape: tuple[int, ...] | None) -> str:
     if dtype.kind in "USO":
         return "text"
     if dtype == np.uint8 and shape is not None and (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))) \
-            and min(shape[:2]) >= MIN_IMAGE_SIDE:
+            and min(shape[:2]) >= MIN_SIDE:  # smaller (MiniGrid's 7x7x3) stays discrete
         return "image"
     if dtype == np.uint8 and detect_stack(shape, dtype) is not None:
         return "image"

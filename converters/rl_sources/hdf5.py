@@ -15,11 +15,12 @@ from typing import Iterator
 import numpy as np
 
 from converters.base import SourceError
+from tokenizer_kit.fields import ACTION, OBS
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode, episode_bounds, guess_kind
 from .h5check import check_hdf5
 
-GROUPS = (("observations", "obs"), ("actions", "action"))
+GROUPS = (("observations", OBS), ("actions", ACTION))
 # What h5py raises on a damaged file, besides OSError: damaged metadata surfaces as any of these.
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError)
 
@@ -117,7 +118,7 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
         return np.diff(self._bounds)
 
     def fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
-        return self._infos["obs"], self._infos["action"]
+        return self._infos[OBS], self._infos[ACTION]
 
     def returns(self) -> np.ndarray:
         with self._open() as f:
@@ -154,5 +155,5 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
                             yield RawEpisode(e, error=f"unreadable HDF5 data at steps {a}-{b} ({_first_line(err)})")
                             continue
                 s = slice(a - lo, b - lo)
-                yield RawEpisode(e, {n: buf[n][s] for n in self._keys["obs"]},
-                                 {n: buf[n][s] for n in self._keys["action"]}, buf["rewards"][s].reshape(-1))
+                yield RawEpisode(e, {n: buf[n][s] for n in self._keys[OBS]},
+                                 {n: buf[n][s] for n in self._keys[ACTION]}, buf["rewards"][s].reshape(-1))

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
+from tokenizer_kit.fields import ACTION, OBS, field_name
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode
 from .robot import inside, stat_bounds
@@ -34,7 +35,7 @@ from .video import TOLERANCE_S, VideoError, VideoFile
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 NOT_FIELDS = ("next.done", "next.success")
 REWARD = "next.reward"
-TASK_FIELD = "obs/task"
+TASK_FIELD = field_name(OBS, "task")
 
 
 def is_lerobot(path: Path) -> bool:
@@ -46,8 +47,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _field_name(key: str) -> str:
-    return "obs/" + key[len("observation."):] if key.startswith("observation.") else \
-        key if key == "action" else f"obs/{key}"
+    return field_name(OBS, key[len("observation."):]) if key.startswith("observation.") else \
+        key if key == ACTION else field_name(OBS, key)
 
 
 def _image_shape(feature: dict) -> tuple[int, int, int]:
@@ -181,11 +182,11 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
                 else:
                     kind = "continuous" if np.dtype(dtype).kind == "f" else "discrete"
                     bounds = stat_bounds(*self._stats.get(key, (None, None))) \
-                        if key == "action" and kind == "continuous" else None
+                        if key == ACTION and kind == "continuous" else None
                     info = FieldInfo(name, kind, shape, bounds)
             except (KeyError, TypeError, ValueError) as e:
                 raise SourceError(f"{where}: bad declaration ({_first_line(e)})") from None
-            (act if key == "action" else obs)[name] = info
+            (act if key == ACTION else obs)[name] = info
         if "task_index" in self.features:
             obs[TASK_FIELD] = FieldInfo(TASK_FIELD, "text", None)
         if not act:

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from converters.base import SourceError
-from tokenizer_kit.fields import field_name
+from tokenizer_kit.fields import ACTION, OBS, field_name
 
 from . import FieldInfo, RawEpisode, guess_kind
 from .h5check import check_hdf5
@@ -135,7 +135,7 @@ class MinariSource:
         # schemas.env_spec.EnvSpec, or None (and why, when minari has one that cannot be trusted)
         self.env_spec, self.env_spec_problem = _env_spec(ds)
         try:
-            self._fields = (space_fields(self._obs_space, "obs", {}), space_fields(self._act_space, "action", {}))
+            self._fields = (space_fields(self._obs_space, OBS, {}), space_fields(self._act_space, ACTION, {}))
         except SourceError as e:
             raise SourceError(f"{self.path}: {e}") from None
         if self._format == "hdf5":  # find a truncated or foreign file now, not halfway through
@@ -234,8 +234,8 @@ class MinariSource:
     def _episode(self, ep) -> RawEpisode:
         rewards = np.asarray(ep.rewards).reshape(-1)
         steps = len(rewards)
-        obs = _flatten(self._obs_space, ep.observations, "obs", {})
-        act = _flatten(self._act_space, ep.actions, "action", {})
+        obs = _flatten(self._obs_space, ep.observations, OBS, {})
+        act = _flatten(self._act_space, ep.actions, ACTION, {})
         raw = RawEpisode(int(ep.id), {}, act, rewards)
         for name, v in obs.items():
             if len(v) != steps + 1:

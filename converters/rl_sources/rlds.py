@@ -27,6 +27,7 @@ import numpy as np
 
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
+from tokenizer_kit.fields import ACTION, OBS, field_key, field_name
 from tokenizer_kit.images import MAX_PIXELS
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode
@@ -86,9 +87,9 @@ def _field_name(key: str) -> str | None:
     if not key.startswith("steps/") or key in NOT_FIELDS or key == REWARD:
         return None
     rest = key[len("steps/"):]
-    if rest == "action" or rest.startswith("action/"):
+    if field_key(rest)[0] == ACTION:
         return rest
-    return "obs/" + rest.removeprefix("observation/")
+    return field_name(OBS, rest.removeprefix("observation/"))
 
 
 class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spec gives it
@@ -138,7 +139,7 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
             else:
                 kind = "continuous" if np.dtype(d.dtype).kind == "f" else "discrete"
                 info = FieldInfo(name, kind, d.shape)
-            (act if name == "action" or name.startswith("action/") else obs)[name] = info
+            (act if field_key(name)[0] == ACTION else obs)[name] = info
         if not act:
             raise SourceError(f"{self.path}/features.json: no steps/action feature")
         if not obs:

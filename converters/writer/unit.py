@@ -21,7 +21,7 @@ from schemas.storage import OutDir
 from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, add_counts, marker_name
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, TEXT, VocabLayout
-from tokenizer_kit.sequence import unit_tokens
+from tokenizer_kit.rows import unit_tokens
 
 from ..base import Converter, Record, SourceError, WorkUnit
 from .shards import ShardWriter, estimated_bytes

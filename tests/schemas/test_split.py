@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from schemas.split import assign_rows, global_row, locate_rows, num_readers, reader_index
+from schemas.split import assign_rows, global_row, locate_rows, num_readers, reader_index, shard_row_starts
 
 SHARDS = [7, 0, 13, 5, 1]  # an empty shard and a one-row shard on purpose
 
@@ -47,6 +47,12 @@ def test_reader_numbering_and_row_location():
     shard, row = locate_rows(SHARDS, np.array([0, 6, 7, 19, 20, 25]))
     assert shard.tolist() == [0, 0, 2, 2, 3, 4] and row.tolist() == [0, 6, 0, 12, 0, 0]
     assert global_row(SHARDS, 3, 2) == 22
+    starts = shard_row_starts(SHARDS)  # the one numbering: global_row and locate_rows are its two directions
+    assert starts.tolist() == [0, *np.cumsum(SHARDS).tolist()] and starts.dtype == np.int64
+    every = np.arange(starts[-1])
+    shard, row = locate_rows(SHARDS, every)
+    assert [global_row(SHARDS, s, r) for s, r in zip(shard, row)] == every.tolist()
+    assert shard_row_starts([]).tolist() == [0]
     with pytest.raises(IndexError):
         locate_rows(SHARDS, np.array([26]))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tokenizer_kit.argtypes import byte_size, nonnegative_float, positive_int, probability
-from tokenizer_kit.fields import field_name, flatten_value
+from tokenizer_kit.fields import ACTION, OBS, field_key, field_name, flatten_value
 
 
 def test_nested_values_are_named_obs_key_sub_and_index():
@@ -18,6 +18,17 @@ def test_nested_values_are_named_obs_key_sub_and_index():
     assert flat["obs/pos/0/x"] == 1 and field_name("action", "turn") == "action/turn"
     arr = np.ones(3)
     assert flatten_value(arr, "obs")["obs"] is arr  # a plain array is the field itself
+
+
+def test_field_key_inverts_field_name_and_tells_a_column_from_a_member():
+    for root in (OBS, ACTION):
+        for key in ("image", "arm/0", 3):
+            assert field_key(field_name(root, key)) == (root, str(key))
+        assert field_key(root) == (root, "")
+    for name in flatten_value({"a": {"b": 1}, "c": (2, 3)}, ACTION):
+        assert field_name(*field_key(name)) == name
+    assert field_key("observation") == ("", "observation")  # a table's column is under no root
+    assert field_key("actions/x") == ("", "actions/x") and field_key("obsx") == ("", "obsx")
 
 
 def test_argument_types_reject_with_one_line():

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.rows import concat_rows, slice_tokens
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
-from tokenizer_kit.text_rows import build_caption_row
-from trainer.decoding import Decoder, concat_rows, generate_text, slice_tokens, text_token_row
+from tokenizer_kit.text_rows import build_caption_row, text_token_row
+from trainer.decoding import Decoder, generate_text
 from trainer.model import GatoConfig, GatoModel
 from trainer.envs import make_env_fn
 from trainer.rollout import Agent, run_episodes
