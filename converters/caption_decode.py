@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 import simplejpeg  # libjpeg-turbo's DCT scaling by M/8 (Pillow's draft offers only 1/2, 1/4, 1/8)
 
-from tokenizer_kit.errors import TokenizeError
+from tokenizer_kit.errors import TokenizeError, first_line
 from tokenizer_kit.images import MAX_PIXELS, fit_image, pixel_problem, scaled_size, wide_image_to_rgb
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import Row
@@ -48,10 +48,6 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
     return None
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 @dataclass(frozen=True)
@@ -80,14 +76,14 @@ class ImageFit:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im = Image.open(io.BytesIO(data))  # reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise BadField(field, f"refused before decoding: {str(e).splitlines()[0]}") from None
+            raise BadField(field, f"refused before decoding: {first_line(e)}") from None
         except UnidentifiedImageError:
             wh = _png_size(data)
             if wh is not None and 0 in wh:
                 raise BadField(field, f"image has 0 pixels ({wh[0]}x{wh[1]})") from None
             raise BadField(field, "not a readable image (unknown format or corrupt header)") from None
         except Exception as e:  # Pillow raises many types on bad headers
-            msg = str(e).splitlines()[0] if str(e) else ""
+            msg = first_line(e) if str(e) else ""
             raise BadField(field, f"corrupt image header ({type(e).__name__}: {msg})") from None
         w, h = im.size
         self._check_pixels(h, w, field)
@@ -107,7 +103,7 @@ class ImageFit:
         except TokenizeError as e:
             raise BadField(field, str(e).split(": ", 1)[-1]) from None
         except Exception as e:  # truncated / corrupt data: OSError, SyntaxError, ValueError, ...
-            raise BadField(field, f"cannot decode {fmt} data: {_first_line(e)}") from None
+            raise BadField(field, f"cannot decode {fmt} data: {first_line(e)}") from None
         return fit_image(rgb, self.fit, self.size)
 
     def _jpeg(self, data: bytes, field: str) -> np.ndarray | None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tokenizer_kit.errors import first_line
+
 from .base import SourceError
 from .caption_decode import BadField
 from .hf_datasets import hf_kind, load_dataset
@@ -352,7 +354,7 @@ def parquet_file(path: str):
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad files
-        raise SourceError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        raise SourceError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
 
 
 @functools.lru_cache(maxsize=2)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from schemas.names import UnsafeNameError, inside
+from tokenizer_kit.errors import first_line
 
 from .base import SourceError
 
@@ -34,7 +35,7 @@ def load_dataset(path: str | os.PathLike):
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # datasets raises many types for a damaged directory
         raise SourceError(f"{path}: not a readable datasets directory "
-                          f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+                          f"({first_line(e)})") from None
     if not isinstance(ds, datasets.Dataset):
         raise SourceError(f"{path}: a DatasetDict; pass one split's directory ({', '.join(ds)})")
     return ds
@@ -56,7 +57,7 @@ def _check_names(p: Path) -> None:
     try:
         files = json.loads(state.read_text()).get("_data_files", [])
     except (OSError, ValueError, AttributeError) as e:
-        raise SourceError(f"{state}: unreadable state.json ({(str(e).splitlines() or [type(e).__name__])[0]})") \
+        raise SourceError(f"{state}: unreadable state.json ({first_line(e)})") \
             from None
     if not isinstance(files, list):
         raise SourceError(f"{state}: _data_files is not a list")
@@ -72,7 +73,7 @@ def split_dirs(p: Path) -> list[Path]:
     try:
         splits = json.loads(meta.read_text()).get("splits", [])
     except (OSError, ValueError, AttributeError) as e:
-        raise SourceError(f"{meta}: unreadable ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+        raise SourceError(f"{meta}: unreadable ({first_line(e)})") from None
     if not isinstance(splits, list):
         raise SourceError(f"{meta}: splits is not a list")
     out = []

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from tokenizer_kit.argtypes import byte_size
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.text import TextTokenizer
 from tokenizer_kit.text_rows import build_text_row
@@ -223,7 +224,7 @@ class TextConverter:
         try:
             yield from self._convert_unit(unit)
         except OSError as e:
-            raise SourceError(f"{unit.path}: cannot read ({e.strerror or _first_line(e)})") from None
+            raise SourceError(f"{unit.path}: cannot read ({e.strerror or first_line(e)})") from None
 
     def _convert_unit(self, unit: WorkUnit) -> Iterator[Record]:
         kind = _kind_of(Path(unit.path))
@@ -383,13 +384,9 @@ class TextConverter:
             yield from self._column_texts(unit.path, part.column(self.text_field), a)
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
-
-
 def _parquet_file(path: str):
     import pyarrow.parquet as pq
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad files
-        raise SourceError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+        raise SourceError(f"{path}: not a readable Parquet file ({first_line(e)})") from None

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokenizer_kit.errors import first_line
+
 # wrapper entry points acting may import: gymnasium's own wrappers, the plugins' wrapper modules,
 # and gato-kit's own (trainer/env_wrappers.py: observation layouts of published datasets)
 WRAPPER_MODULES = ("gymnasium.wrappers", "minigrid.wrappers", "ale_py", "trainer.env_wrappers")
@@ -106,13 +108,13 @@ class EnvSpec:
             try:
                 text = p.read_text()
             except (OSError, ValueError) as e:
-                raise EnvSpecError(f"{p}: unreadable env spec ({str(e).splitlines()[0]})") from None
+                raise EnvSpecError(f"{p}: unreadable env spec ({first_line(e)})") from None
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, RecursionError) as e:
             if isinstance(e, EnvSpecError):
                 raise
-            raise EnvSpecError(f"env spec: not JSON ({str(e).splitlines()[0]})") from None
+            raise EnvSpecError(f"env spec: not JSON ({first_line(e)})") from None
 
 
 def _check_json(what: str, kwargs) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec
@@ -320,7 +321,7 @@ class Manifest:
         try:
             text = path.read_text()
         except (OSError, ValueError) as e:  # ValueError: bytes that are not UTF-8
-            raise ManifestError(f"{path}: unreadable manifest ({str(e).splitlines()[0] if str(e) else e!r})") from None
+            raise ManifestError(f"{path}: unreadable manifest ({first_line(e)})") from None
         return cls.parse(text, str(path), lambda name: (Path(directory) / name).read_bytes())
 
     @classmethod
@@ -330,7 +331,7 @@ class Manifest:
         try:
             d = json.loads(text)
         except (ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
-            raise ManifestError(f"{path}: unreadable manifest ({str(e).splitlines()[0] if str(e) else e!r})") from None
+            raise ManifestError(f"{path}: unreadable manifest ({first_line(e)})") from None
         try:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
@@ -364,5 +365,5 @@ class Manifest:
         except FileNotFoundError:
             raise ManifestError(f"{where}: missing (the manifest keeps its shards there)") from None
         except OSError as e:
-            raise ManifestError(f"{where}: unreadable ({str(e).splitlines()[0] if str(e) else e!r})") from None
+            raise ManifestError(f"{where}: unreadable ({first_line(e)})") from None
         return ShardTable.from_bytes(data, where, head["count"], head["sha256"])

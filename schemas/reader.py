@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.layout import VocabLayout
 
 from .cache import ShardCache
@@ -119,7 +120,7 @@ def check_batch(batch: pa.RecordBatch, layout: VocabLayout) -> Problem | None:
     try:
         batch.validate(full=True)
     except pa.ArrowInvalid as e:
-        return Problem(None, _column_of(str(e), batch.schema.names), f"invalid Arrow data ({str(e).splitlines()[0]})")
+        return Problem(None, _column_of(str(e), batch.schema.names), f"invalid Arrow data ({first_line(e)})")
     problems = validate_table(pa.Table.from_batches([batch]), layout)
     return problems[0] if problems else None
 
@@ -336,7 +337,7 @@ class ShardDir:
                                        lambda path: open_shard(path, full))
             return open_shard(self.file(i), full)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ReaderError(f"{s.path}: unreadable shard ({str(e).splitlines()[0]})") from None
+            raise ReaderError(f"{s.path}: unreadable shard ({first_line(e)})") from None
 
     @property
     def rows_per_shard(self) -> list[int]:

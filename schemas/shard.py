@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from tokenizer_kit.errors import LONG_LINE, first_line
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import PATCH_BYTES  # noqa: F401  (re-exported: the one patch geometry)
 from tokenizer_kit.sequence import Row
@@ -231,7 +232,7 @@ def row_from_table(table: pa.Table | pa.RecordBatch, i: int) -> Row:
     try:  # offsets past their values would make Arrow abort the process when the row is sliced
         table.slice(i, 1).validate(full=True)
     except pa.ArrowInvalid as e:
-        raise ShardError(f"row {i} is damaged ({str(e).splitlines()[0][:200]})") from None
+        raise ShardError(f"row {i} is damaged ({first_line(e, LONG_LINE)})") from None
     table = full_columns(table.slice(i, 1))
     i = 0
 

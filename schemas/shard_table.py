@@ -16,6 +16,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from tokenizer_kit.errors import first_line
+
 SHARD_TABLE_NAME = "shards.arrow"
 COMPACT_SHARDS = 10_000  # more shards than this: the manifest's shards go to the table
 
@@ -63,7 +65,7 @@ class ShardTable(Sequence):
         try:
             table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
         except (pa.ArrowInvalid, OSError) as e:
-            raise ManifestError(f"{where}: unreadable shard table ({str(e).splitlines()[0]})") from None
+            raise ManifestError(f"{where}: unreadable shard table ({first_line(e)})") from None
         want = [f.name for f in fields(_shard_info())]
         if table.num_rows != count or any(n not in table.column_names for n in want):
             raise ManifestError(f"{where}: {table.num_rows} shards with columns {table.column_names}; the manifest "

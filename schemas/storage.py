@@ -20,6 +20,7 @@ from typing import Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.files import atomic_path
 
 from .errors import ReaderError
@@ -61,7 +62,7 @@ def remote_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
             return fs, path
         return fs, fs._strip_protocol(url)
     except (ImportError, ValueError) as e:  # unknown protocol, or its backend is not installed
-        raise ReaderError(f"{url}: cannot open ({str(e).splitlines()[0]})") from None
+        raise ReaderError(f"{url}: cannot open ({first_line(e)})") from None
 
 
 def gave_up(e: BaseException) -> str:
@@ -75,7 +76,7 @@ def gave_up(e: BaseException) -> str:
 
 def storage_error(url: str, e: BaseException) -> ReaderError:
     """One line for a store that cannot be reached or refuses us (endpoint, credentials, bucket)."""
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = first_line(e)
     return ReaderError(f"{url}: cannot read from the store ({type(e).__name__}: {text}){gave_up(e)}")
 
 
@@ -137,7 +138,7 @@ class OutDir:
         except Exception as e:  # noqa: BLE001 - stores raise many types (botocore, aiohttp...); each is one line
             if not isinstance(e, (OSError, ImportError)) and type(e).__module__.split(".")[0] not in _STORE_MODULES:
                 raise
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            msg = first_line(e)
             raise StorageError(f"{self.url}: cannot {what}: {msg}{gave_up(e)}") from None
 
     def makedirs(self, sub: str = "") -> None:

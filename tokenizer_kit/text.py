@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from .errors import TokenizeError
+from .errors import TokenizeError, first_line
 from .files import atomic_path, file_sha256, remove_stale_temporaries
 from .layout import VocabLayout
 
@@ -29,7 +29,7 @@ class TextTokenizer:
         try:
             self.sp.Load(str(path))
         except (OSError, RuntimeError) as e:
-            raise TokenizeError(f"not a SentencePiece model: {path} ({str(e).splitlines()[0]})") from None
+            raise TokenizeError(f"not a SentencePiece model: {path} ({first_line(e)})") from None
         self.sha256 = file_sha256(path)
         if self.sp.eos_id() < 0:
             raise TokenizeError(f"SentencePiece model {path} has no end-of-text piece (train it with eos_id >= 0)")
@@ -79,7 +79,7 @@ MODEL_TYPES = ("bpe", "unigram", "char", "word")
 
 def _spm_reason(e: Exception) -> str:
     """SentencePiece's `INTERNAL: file.cc(467) [check] message` as one readable line."""
-    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    line = first_line(e)
     m = re.match(r"^\w+: \S+\(\d+\) \[(.*?)\]\s*(.*)$", line)
     if not m:
         return line

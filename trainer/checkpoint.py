@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from tokenizer_kit.errors import LONG_LINE, first_line
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
 
@@ -39,11 +40,6 @@ class CheckpointError(ValueError):
 def checkpoint_path(run_dir_or_ckpt: str | os.PathLike) -> Path:
     path = Path(run_dir_or_ckpt)
     return path / CHECKPOINT_NAME if path.is_dir() else path
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(e).__name__
 
 
 # --- contents digest ---------------------------------------------------------------------------
@@ -86,7 +82,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
     except RuntimeError as e:  # torch's writer turns a full disk (ENOSPC) into RuntimeError
-        raise CheckpointError(f"{path}: cannot write the checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({first_line(e, LONG_LINE)})") from None
     return path
 
 
@@ -98,7 +94,7 @@ def _check_container(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-        raise CheckpointError(f"{path}: damaged or not a checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: damaged or not a checkpoint ({first_line(e, LONG_LINE)})") from None
     if bad is not None:
         raise CheckpointError(f"{path}: damaged checkpoint (member {bad!r} fails its CRC32 check)")
 
@@ -111,7 +107,7 @@ def _load_refusal(path: Path, e: BaseException) -> CheckpointError:
                        if "WeightsUnpickler error:" in ln), "")
         return CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values, which "
                                f"could run code when loaded{f' ({detail[:160]})' if detail else ''}")
-    return CheckpointError(f"{path}: unreadable checkpoint ({_first_line(e)})")
+    return CheckpointError(f"{path}: unreadable checkpoint ({first_line(e, LONG_LINE)})")
 
 
 def read_checkpoint(run_dir_or_ckpt: str | os.PathLike, map_location="cpu") -> dict:
@@ -169,7 +165,7 @@ def check_config(config, weights: dict | None, path: str | os.PathLike = "checkp
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in GatoModel(cfg).state_dict().items()}
     except (ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: torch refusing a value
-        raise CheckpointError(f"{path}: bad model config ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: bad model config ({first_line(e, LONG_LINE)})") from None
     if weights is None:
         return
     if not isinstance(weights, dict):

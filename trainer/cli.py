@@ -127,40 +127,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gato-train: error: {e}", file=sys.stderr)
         return 2
 
+    from tokenizer_kit.errors import run_command
+
     from .checkpoint import CheckpointError
     from .source import DataError
     from .train import TrainError, UsageError, train
 
-    expected = EXPECTED_ERRORS + (TrainError, CheckpointError, DataError, RunConfigError)
-    try:
+    def work() -> int:
         _check_out(args.out)
         return train(args, explicit)
-    except UsageError as e:
-        parser.print_usage(sys.stderr)
-        print(f"gato-train: error: {e}", file=sys.stderr)
-        return 2
-    except expected as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"gato-train: error: {msg}", file=sys.stderr)
-        return 1
-    except OSError as e:  # --out a file, read-only, a full disk: the system's reason, one line
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        reason = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
-        print(f"gato-train: error: {where}{reason}", file=sys.stderr)
-        return 1
-    except (MemoryError, torch_oom()) as e:
-        print(f"gato-train: error: out of memory ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); "
-              "lower --batch-size or --seq-len", file=sys.stderr)
-        return 1
-    except RuntimeError as e:  # torch's CPU allocator says "can't allocate memory" as a RuntimeError
-        if "allocate" not in str(e):
-            raise
-        print(f"gato-train: error: out of memory ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); "
-              "lower --batch-size or --seq-len", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("gato-train: interrupted", file=sys.stderr)
-        return 130
+
+    return run_command("gato-train", work, EXPECTED_ERRORS + (TrainError, CheckpointError, DataError, RunConfigError),
+                       usage=(UsageError,), print_usage=lambda: parser.print_usage(sys.stderr),
+                       out_of_memory=(MemoryError, torch_oom()), memory_hint="lower --batch-size or --seq-len")
 
 
 def _check_out(out: str) -> None:

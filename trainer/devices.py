@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from tokenizer_kit.errors import first_line
+
 
 def device_arg(text: str) -> str:
     """`auto`, `cpu`, `cuda` or `cuda:N` (any torch device string), if this machine has it."""
@@ -26,5 +28,5 @@ def device_arg(text: str) -> str:
             torch.empty(0, device=device)
         except (RuntimeError, AssertionError, NotImplementedError) as e:
             raise argparse.ArgumentTypeError(f"{text}: not usable here "
-                                             f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+                                             f"({first_line(e)})") from None
     return text

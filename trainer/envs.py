@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from tokenizer_kit.errors import first_line
+
 # Packages whose import (or `gymnasium.register_envs(module)`) registers environment ids.
 PLUGINS = ("ale_py", "minigrid", "shimmy", "gymnasium_robotics", "metaworld", "highway_env")
 
@@ -96,7 +98,7 @@ def resolve_env_id(env_id: str) -> str:
         gym.spec(env_id)  # versionless or near spellings: gymnasium's own message says which
         return env_id
     except gym.error.Error as e:
-        hint = str(e).splitlines()[0] if str(e) else ""
+        hint = first_line(e) if str(e) else ""
         raise UnknownEnvError(
             f"unknown environment {env_id!r}: not registered by gymnasium or the installed plugins "
             f"({', '.join(done) or 'none'}); not installed: {', '.join(missing) or 'none'}"
@@ -145,5 +147,5 @@ def _recorded_env(env_id: str, recorded):
             env = load_env_creator(w.entry_point)(env, **w.kwargs)
         except (ImportError, AttributeError, TypeError, ValueError, gym.error.Error) as e:
             raise ValueError(f"recorded wrapper {w.name} ({w.entry_point}): cannot wrap {env_id} "
-                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                             f"({first_line(e)})") from None
     return env

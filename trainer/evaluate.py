@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenizer_kit.errors import run_command
 from tokenizer_kit.files import atomic_path
 
 from .devices import device_arg
@@ -530,13 +531,12 @@ def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
     if getattr(args, "results", None) and (args.checkpoint or args.suite) or \
             not getattr(args, "results", None) and not acting:
         parser.error("give --checkpoint" + (" and --suite, or --results EVAL_JSON..." if hasattr(args, "suite") else ""))
-    try:
-        report = fn(args)
-    except (ValueError, FileNotFoundError, OSError, CheckpointError) as e:
-        print(f"{prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 1
-    print("\n".join(report["lines"]))
-    return 0
+
+    def work() -> int:
+        print("\n".join(fn(args)["lines"]))
+        return 0
+
+    return run_command(prog, work, (ValueError, FileNotFoundError, CheckpointError))
 
 
 def eval_main(argv: list[str] | None = None) -> int:

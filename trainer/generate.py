@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_int
+from tokenizer_kit.errors import first_line, run_command
 from tokenizer_kit.rows import slice_tokens
 from tokenizer_kit.text_rows import text_token_row
 
@@ -146,22 +147,21 @@ def _decode_image(path: str, size: tuple[int, int] | None, policy: str) -> np.nd
                     raise ValueError(f"{path}: {problem}")
                 return np.asarray(im.convert("RGB"))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"{path}: refused before decoding: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{path}: refused before decoding: {first_line(e)}") from None
     except (OSError, SyntaxError) as e:
-        raise OSError(f"{path}: unreadable image ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+        raise OSError(f"{path}: unreadable image ({first_line(e)})") from None
 
 
 def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
     from .checkpoint import CheckpointError
 
     args = parser.parse_args(argv)
-    try:
-        lines = fn(args)
-    except (ValueError, OSError, CheckpointError) as e:
-        print(f"{prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+
+    def work() -> int:
+        print("\n".join(fn(args)))
+        return 0
+
+    return run_command(prog, work, (ValueError, CheckpointError))
 
 
 def generate_main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.files import atomic_path
 
 
@@ -23,7 +24,7 @@ def read_metrics(metrics: Path) -> list[dict]:
     try:
         text = metrics.read_text()
     except (OSError, ValueError) as e:
-        raise MetricsError(f"{metrics}: unreadable ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+        raise MetricsError(f"{metrics}: unreadable ({first_line(e)})") from None
     lines = text.splitlines()
     out = []
     for i, ln in enumerate(lines):

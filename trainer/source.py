@@ -31,6 +31,7 @@ from schemas.reader import BatchView, RowView, ShardDir, batch_view, check_batch
 from schemas.shard import ROW_COLUMNS, is_text_form, open_shard
 from schemas.split import shard_row_starts
 from schemas.storage import is_remote, local_path
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.rows import step_lengths_of_rows
 
 KINDS = ("rl", "captions", "text")
@@ -227,7 +228,7 @@ class ShardSource:
         except ReaderError as e:
             raise DataError(str(e)) from None
         except (OSError, pa.ArrowInvalid) as e:
-            raise DataError(f"{self.path}/{info.name}: unreadable shard ({str(e).splitlines()[0]})") from None
+            raise DataError(f"{self.path}/{info.name}: unreadable shard ({first_line(e)})") from None
         where = f"{self.path}/{info.name}"
         need = ["tokens", "task"] if is_text_form(table.schema) else list(ROW_COLUMNS) + ["task"]
         missing = [c for c in need if c not in table.column_names]

@@ -23,6 +23,7 @@ from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestEr
 from schemas.reader import ShardDir
 from schemas.storage import join
 from schemas.validate import Problem, validate_and_count
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
 from .listing import head_and_tail, human_bytes
@@ -81,7 +82,7 @@ def check_shard(path: Path, layout: VocabLayout, hash_bytes: bool = True) -> Sha
                 batch.validate(full=True)  # offsets in bounds, UTF-8 strings: before any array is indexed
             except pa.ArrowInvalid as e:
                 rep.add(f"rows {rep.rows}..{rep.rows + batch.num_rows - 1}: invalid Arrow data "
-                        f"({str(e).splitlines()[0]})")
+                        f"({first_line(e)})")
                 rep.rows += batch.num_rows
                 continue
             if not group:
@@ -95,7 +96,7 @@ def check_shard(path: Path, layout: VocabLayout, hash_bytes: bool = True) -> Sha
         if group:
             _validate(rep, group, group_start, layout)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # e.g. a damaged schema
-        rep.add(f"unreadable Arrow stream after {rep.rows} rows ({str(e).splitlines()[0]})")
+        rep.add(f"unreadable Arrow stream after {rep.rows} rows ({first_line(e)})")
     finally:
         if hasher is not None:
             hasher.join()

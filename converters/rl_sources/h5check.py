@@ -12,6 +12,7 @@ allocated.
 from __future__ import annotations
 
 from converters.base import SourceError
+from tokenizer_kit.errors import first_line
 
 MAX_RATIO = 1100  # deflate (and lzf) never expand more than about 1032:1
 SMALL = 1 << 20  # datasets of at most this many declared bytes are not held to the ratio
@@ -27,7 +28,7 @@ def check_hdf5(path: str, allow_external: bool = False) -> None:
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as e:
-        raise SourceError(f"{path}: not a readable HDF5 file ({(str(e).splitlines() or [type(e).__name__])[0]})") \
+        raise SourceError(f"{path}: not a readable HDF5 file ({first_line(e)})") \
             from None
     with f:
         try:
@@ -35,7 +36,7 @@ def check_hdf5(path: str, allow_external: bool = False) -> None:
         except SourceError:
             raise
         except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:  # damaged metadata
-            raise SourceError(f"{path}: unreadable HDF5 data ({(str(e).splitlines() or [type(e).__name__])[0]})") \
+            raise SourceError(f"{path}: unreadable HDF5 data ({first_line(e)})") \
                 from None
 
 
@@ -60,7 +61,7 @@ def _walk(path: str, f, allow_external: bool) -> None:
             try:
                 obj = group[key]
             except (KeyError, OSError, ValueError) as e:
-                raise SourceError(f"{path}: {name}: unreadable HDF5 object ({str(e).splitlines()[0]})") from None
+                raise SourceError(f"{path}: {name}: unreadable HDF5 object ({first_line(e)})") from None
             if isinstance(obj, h5py.Group):
                 addr = h5py.h5o.get_info(obj.id).addr
                 if addr not in groups:  # a group hard-linked twice (or into itself) is walked once

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from converters.base import SourceError
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.fields import ACTION, OBS
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode, episode_bounds, guess_kind
@@ -23,10 +24,6 @@ from .h5check import check_hdf5
 GROUPS = (("observations", OBS), ("actions", ACTION))
 # What h5py raises on a damaged file, besides OSError: damaged metadata surfaces as any of these.
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env-spec gives it
@@ -50,7 +47,7 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
             except SourceError:
                 raise
             except H5_ERRORS as e:
-                raise SourceError(f"{self.path}: unreadable HDF5 data ({_first_line(e)})") from None
+                raise SourceError(f"{self.path}: unreadable HDF5 data ({first_line(e)})") from None
         self._bounds = episode_bounds(done)
         # steps after the last flag: an episode the recording may have cut off; the converter says so
         self.last_episode_cut = bool(n and not done[-1])
@@ -60,7 +57,7 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
         try:
             return h5py.File(self.path, "r")
         except H5_ERRORS as e:
-            raise SourceError(f"{self.path}: not a readable HDF5 file ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}: not a readable HDF5 file ({first_line(e)})") from None
 
     def _field_keys(self, f) -> dict[str, dict[str, str]]:
         """{"obs": {field name: HDF5 path}, "action": {...}}."""
@@ -125,7 +122,7 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
             try:
                 rewards = np.asarray(f["rewards"][()], dtype=np.float64).reshape(-1)
             except H5_ERRORS as e:
-                raise SourceError(f"{self.path}: unreadable HDF5 data ({_first_line(e)})") from None
+                raise SourceError(f"{self.path}: unreadable HDF5 data ({first_line(e)})") from None
         if len(rewards) == 0:
             return np.zeros(0)
         return np.add.reduceat(rewards, self._bounds[:-1])
@@ -152,7 +149,7 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
                             buf = {n: f[p][lo:hi] for n, p in paths.items()}
                         except H5_ERRORS as err:
                             hi = a  # the next episode reads afresh
-                            yield RawEpisode(e, error=f"unreadable HDF5 data at steps {a}-{b} ({_first_line(err)})")
+                            yield RawEpisode(e, error=f"unreadable HDF5 data at steps {a}-{b} ({first_line(err)})")
                             continue
                 s = slice(a - lo, b - lo)
                 yield RawEpisode(e, {n: buf[n][s] for n in self._keys[OBS]},

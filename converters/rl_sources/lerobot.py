@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.fields import ACTION, OBS, field_name
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode
@@ -40,10 +41,6 @@ TASK_FIELD = field_name(OBS, "task")
 
 def is_lerobot(path: Path) -> bool:
     return (path / "meta" / "info.json").is_file()
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _field_name(key: str) -> str:
@@ -80,7 +77,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
             self.features: dict = dict(self.info["features"])
             self._data_path, self._video_path = str(self.info["data_path"]), self.info.get("video_path")
         except (KeyError, TypeError, ValueError) as e:
-            raise SourceError(f"{self.path}/meta/info.json: missing or bad {_first_line(e)}") from None
+            raise SourceError(f"{self.path}/meta/info.json: missing or bad {first_line(e)}") from None
         self.videos = [k for k, f in self.features.items() if isinstance(f, dict) and f.get("dtype") == "video"]
         if self.videos and not self._video_path:
             raise SourceError(f"{self.path}/meta/info.json: video features but no video_path")
@@ -94,14 +91,14 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         try:
             return json.loads(inside(self.root, rel, "file").read_text())
         except (OSError, ValueError) as e:
-            raise SourceError(f"{self.path}/{rel}: not readable JSON ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}/{rel}: not readable JSON ({first_line(e)})") from None
 
     def _jsonl(self, rel: str) -> list[dict]:
         p = inside(self.root, rel, "file")
         try:
             return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
         except (OSError, ValueError) as e:
-            raise SourceError(f"{self.path}/{rel}: not readable JSON lines ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}/{rel}: not readable JSON lines ({first_line(e)})") from None
 
     def _episode_table(self) -> dict[str, np.ndarray | list]:
         """Per episode, sorted by episode_index: its index, length, and where its data is."""
@@ -114,7 +111,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
                 table = pa.concat_tables([pq.read_table(f, columns=[c for c in pq.read_schema(f).names
                                                                     if not c.startswith("stats/")]) for f in files])
             except (OSError, pa.ArrowException) as e:
-                raise SourceError(f"{self.path}/meta/episodes: unreadable ({_first_line(e)})") from None
+                raise SourceError(f"{self.path}/meta/episodes: unreadable ({first_line(e)})") from None
             cols = {c: table.column(c).to_pylist() for c in table.column_names}
         else:
             rows = self._jsonl("meta/episodes.jsonl")
@@ -139,7 +136,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
             try:
                 t = pq.read_table(p)
             except (OSError, pa.ArrowException) as e:
-                raise SourceError(f"{self.path}/meta/tasks.parquet: unreadable ({_first_line(e)})") from None
+                raise SourceError(f"{self.path}/meta/tasks.parquet: unreadable ({first_line(e)})") from None
             text = next((c for c in ("task", "__index_level_0__") if c in t.column_names), None)
             if text is None or "task_index" not in t.column_names:
                 raise SourceError(f"{self.path}/meta/tasks.parquet: needs task_index and task columns")
@@ -185,7 +182,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
                         if key == ACTION and kind == "continuous" else None
                     info = FieldInfo(name, kind, shape, bounds)
             except (KeyError, TypeError, ValueError) as e:
-                raise SourceError(f"{where}: bad declaration ({_first_line(e)})") from None
+                raise SourceError(f"{where}: bad declaration ({first_line(e)})") from None
             (act if key == ACTION else obs)[name] = info
         if "task_index" in self.features:
             obs[TASK_FIELD] = FieldInfo(TASK_FIELD, "text", None)
@@ -246,7 +243,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         try:
             pf = pq.ParquetFile(path)
         except (OSError, pa.ArrowException) as e:
-            raise SourceError(f"{rel}: not a readable Parquet file ({_first_line(e)})") from None
+            raise SourceError(f"{rel}: not a readable Parquet file ({first_line(e)})") from None
         undeclared = [c for c in pf.schema_arrow.names if c not in self.features and c != "__index_level_0__"]
         if undeclared:
             raise SourceError(f"{rel}: column {undeclared[0]!r} is not a feature meta/info.json declares")
@@ -257,7 +254,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         try:
             table = pf.read(columns=columns, use_threads=False)
         except (OSError, pa.ArrowException) as e:
-            raise SourceError(f"{rel}: unreadable ({_first_line(e)})") from None
+            raise SourceError(f"{rel}: unreadable ({first_line(e)})") from None
         if self.v3:
             table = table.filter(pc.is_in(table.column("episode_index"), pa.array(episodes, pa.int64())))
         return table

@@ -18,14 +18,11 @@ from typing import Iterator
 import numpy as np
 
 from converters.base import SourceError
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.fields import ACTION, OBS, field_name
 
 from . import FieldInfo, RawEpisode, guess_kind
 from .h5check import check_hdf5
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _data_path(path: str) -> Path:
@@ -108,13 +105,13 @@ def _env_spec(ds):
     try:
         spec = ds.env_spec
     except Exception as e:  # minari rebuilds it from JSON: a spec it cannot parse is only not known
-        return None, f"unreadable env spec ({_first_line(e)})"
+        return None, f"unreadable env spec ({first_line(e)})"
     if spec is None:
         return None, None
     try:
         return EnvSpec.from_gymnasium(spec), None
     except (EnvSpecError, ValueError, TypeError) as e:
-        return None, _first_line(e)
+        return None, first_line(e)
 
 
 class MinariSource:
@@ -146,7 +143,7 @@ class MinariSource:
         try:
             return minari.MinariDataset(self._data)
         except (ValueError, KeyError, OSError, AssertionError) as e:
-            raise SourceError(f"{self.path}: unreadable Minari dataset ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}: unreadable Minari dataset ({first_line(e)})") from None
 
     def _h5(self):
         import h5py
@@ -154,7 +151,7 @@ class MinariSource:
         try:
             return h5py.File(file, "r")
         except OSError as e:
-            raise SourceError(f"{file}: not a readable HDF5 file ({_first_line(e)})") from None
+            raise SourceError(f"{file}: not a readable HDF5 file ({first_line(e)})") from None
 
     def num_episodes(self) -> int:
         return len(self._indices)
@@ -165,7 +162,7 @@ class MinariSource:
             meta = self._dataset().storage.get_episode_metadata(self._indices.tolist())
             steps = [m["total_steps"] for m in meta]
         except (OSError, KeyError, ValueError, TypeError) as e:
-            raise SourceError(f"{self.path}: unreadable episode metadata ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}: unreadable episode metadata ({first_line(e)})") from None
         bad = next((i for i, n in enumerate(steps) if isinstance(n, (bool, np.bool_))
                     or not isinstance(n, (int, np.integer)) or not 0 <= int(n) < 1 << 40), None)
         if bad is not None:  # a size from data: an integer in range, before anything is sized by it
@@ -177,7 +174,7 @@ class MinariSource:
                 try:
                     real = [f[f"episode_{i}/rewards"].shape[0] for i in self._indices]
                 except (KeyError, OSError, ValueError, TypeError, IndexError) as e:
-                    raise SourceError(f"{self.path}: unreadable episode arrays ({_first_line(e)})") from None
+                    raise SourceError(f"{self.path}: unreadable episode arrays ({first_line(e)})") from None
             k = next((j for j, (a, b) in enumerate(zip(lengths, real)) if a != b), None)
             if k is not None:
                 raise SourceError(f"{self.path}: episode {int(self._indices[k])}: metadata total_steps "
@@ -212,7 +209,7 @@ class MinariSource:
                 out.append(np.sum(r.column("rewards").to_numpy()[:-1], dtype=np.float64))  # last is padding
             return np.array(out, dtype=np.float64)
         except (OSError, KeyError, ValueError) as e:
-            raise SourceError(f"{self.path}: unreadable episode rewards ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}: unreadable episode rewards ({first_line(e)})") from None
 
     def episodes(self, start: int, stop: int) -> Iterator[RawEpisode]:
         indices = self._indices[start:stop].tolist()
@@ -225,7 +222,7 @@ class MinariSource:
                 except StopIteration:
                     return
                 except (OSError, KeyError, ValueError, AssertionError, TypeError) as e:
-                    yield RawEpisode(int(indices[done]), error=f"unreadable episode data ({_first_line(e)})")
+                    yield RawEpisode(int(indices[done]), error=f"unreadable episode data ({first_line(e)})")
                     done += 1
                     break
                 done += 1

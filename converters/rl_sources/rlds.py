@@ -27,6 +27,7 @@ import numpy as np
 
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
+from tokenizer_kit.errors import first_line
 from tokenizer_kit.fields import ACTION, OBS, field_key, field_name
 from tokenizer_kit.images import MAX_PIXELS
 
@@ -48,10 +49,6 @@ class Declared:
     shape: tuple[int, ...]  # per step (per episode outside steps); -1 or None dims unknown
     dtype: str
     in_steps: bool
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def declared_features(tree: dict) -> dict[str, Declared]:
@@ -104,11 +101,11 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
             shard_lengths = {str(sp["name"]): [int(n) for n in sp.get("shardLengths") or []]
                              for sp in info.get("splits") or []}
         except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
-            raise SourceError(f"{self.path}/dataset_info.json: not readable JSON ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}/dataset_info.json: not readable JSON ({first_line(e)})") from None
         try:
             self.declared = declared_features(json.loads((self.root / "features.json").read_text()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SourceError(f"{self.path}/features.json: not a TFDS features file ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}/features.json: not a TFDS features file ({first_line(e)})") from None
         self.files = sorted(inside(self.root, p.name, "file") for p in self.root.iterdir() if FILE_RE.match(p.name))
         if not self.files:
             raise SourceError(f"{self.path}: no *.tfrecord-NNNNN-of-NNNNN files")
@@ -292,7 +289,7 @@ def _decode_images(d: Declared, blobs: list[bytes]) -> np.ndarray:
         except _SizeError:
             raise
         except Exception as e:  # the decoders raise many types for bad data
-            raise ValueError(f"feature {d.key!r}, step {t}: not a readable image ({_first_line(e)})") from None
+            raise ValueError(f"feature {d.key!r}, step {t}: not a readable image ({first_line(e)})") from None
     if out is None:
         return np.zeros((0, *d.shape), np.uint8)
     return out if rgb else out[..., 0]

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from converters.base import SourceError
 from converters.hf_datasets import load_dataset
+from tokenizer_kit.errors import first_line
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode, guess_kind, task_name
 
@@ -34,10 +35,6 @@ _CURSOR: list = [None]  # (source, row group, columns, batch rows), next row, pe
 
 class Ragged(ValueError):
     """Steps of unequal shape: the column has to be converted row by row."""
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _decode_images(blobs: list) -> np.ndarray | list:
@@ -55,7 +52,7 @@ def _decode_images(blobs: list) -> np.ndarray | list:
         except Ragged:
             raise
         except Exception as e:  # Pillow raises many types for bad data
-            raise Ragged(f"image of step {step} is not readable ({_first_line(e)})") from None
+            raise Ragged(f"image of step {step} is not readable ({first_line(e)})") from None
     if out and all(x.shape == out[0].shape and x.dtype == out[0].dtype for x in out):
         return np.stack(out)
     return out
@@ -204,7 +201,7 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
         try:
             pf = pq.ParquetFile(self.path, metadata=getattr(self, "_md", None))
         except (OSError, pa.ArrowException) as e:
-            raise SourceError(f"{self.path}: not a readable Parquet file ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}: not a readable Parquet file ({first_line(e)})") from None
         self._md = pf.metadata
         return pf
 
@@ -229,7 +226,7 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
             else:
                 yield from self._parquet_batches(start, stop, tuple(columns), rows)
         except (OSError, pa.ArrowException) as e:
-            raise SourceError(f"{self.path}: unreadable table data ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}: unreadable table data ({first_line(e)})") from None
 
     def _parquet_batches(self, start: int, stop: int, columns: tuple[str, ...],
                          rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
@@ -356,6 +353,6 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
                     try:
                         raw.rewards = np.asarray(rows[self._rewards][i], dtype=np.float64).reshape(-1)
                     except (ValueError, TypeError) as e:
-                        raw.error = f"column {self._rewards!r}: not numbers ({_first_line(e)})"
+                        raw.error = f"column {self._rewards!r}: not numbers ({first_line(e)})"
                 yield raw
             pos += batch.num_rows

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from tokenizer_kit.errors import first_line
+
 TOLERANCE_S = 1e-4  # LeRobot's own `tolerance_s`: a frame further than this from its timestamp is missing
 
 
@@ -26,10 +28,6 @@ class VideoError(ValueError):
     def __init__(self, detail: str, frame: int | None = None):
         super().__init__(detail if frame is None else f"frame {frame}: {detail}")
         self.detail, self.frame = detail, frame
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 class VideoFile:
@@ -44,7 +42,7 @@ class VideoFile:
             self._container = av.open(path)
             self._stream = self._container.streams.video[0]
         except (OSError, IndexError, av.FFmpegError) as e:
-            raise VideoError(f"not a readable video ({getattr(e, 'strerror', None) or _first_line(e)})") from None
+            raise VideoError(f"not a readable video ({getattr(e, 'strerror', None) or first_line(e)})") from None
         got = (self._stream.codec_context.height, self._stream.codec_context.width)
         if size is not None and got != tuple(size):
             self._container.close()
@@ -76,7 +74,7 @@ class VideoFile:
         try:
             return next(self._frames, None)
         except (av.FFmpegError, OSError) as e:
-            raise VideoError(f"undecodable data after {self._position:.4f} s ({_first_line(e)})", frame_no) from None
+            raise VideoError(f"undecodable data after {self._position:.4f} s ({first_line(e)})", frame_no) from None
 
     def frames_at(self, times: np.ndarray) -> np.ndarray:
         """(N,) ascending times in seconds -> (N, H, W, 3) uint8 RGB frames.
@@ -117,7 +115,7 @@ class VideoFile:
         try:
             rgb = {int(j): to_rgb(got[j], self._rgb) for j in np.unique(nearest)}
         except (ValueError, OSError) as e:
-            raise VideoError(f"a frame cannot be converted to RGB ({_first_line(e)})") from None
+            raise VideoError(f"a frame cannot be converted to RGB ({first_line(e)})") from None
         return np.stack([rgb[int(j)] for j in nearest])
 
 

@@ -12,6 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
 from schemas.workunit import UnitMarker
+from tokenizer_kit.errors import first_line
 
 from ..base import Converter, SourceError
 from ..inputs import ensure_local, fetched_inputs
@@ -112,7 +113,7 @@ def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob
                      log_to_driver=False, configure_logging=False, runtime_env={"env_vars": store_env()})
         except Exception as e:  # noqa: BLE001 - Ray's start-up fails in many types (timeouts, OSError, its own)
             raise SourceError(f"--engine ray: cannot reach Ray at {address or 'a new local instance'}: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                              f"{first_line(e)}") from None
     try:
         # the store's settings travel with the tasks too when Ray was started by the caller
         task = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(_ray_unit).options(
@@ -135,7 +136,7 @@ def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob
                         cause = getattr(e, "cause", None)
                         if isinstance(cause, Exception):
                             raise cause from None
-                        raise SourceError(f"--engine ray: a unit failed: {str(e).strip().splitlines()[0]}") from None
+                        raise SourceError(f"--engine ray: a unit failed: {first_line(e)}") from None
                     on_done(marker)
         except BaseException:
             for ref in pending:
