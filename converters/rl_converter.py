@@ -11,6 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from schemas.manifest import FRAME_STACK_EVENTS, OUTSIDE_UNIT_RANGE_EVENT
 from tokenizer_kit.errors import TokenizeError, locate
 from tokenizer_kit.frames import episode_frames
 from tokenizer_kit.layout import CONTINUOUS, VocabLayout
@@ -140,7 +141,7 @@ class RLConverter:
         if self.env_spec is None and problems:
             lines.append(f"gato-tokenize rl: warning: the environment the episodes were recorded in is not recorded "
                          f"({problems[0]}); give --env-spec for acting")
-        outside = (manifest.typed_stats.counts or {}).get("outside_unit_range", {})
+        outside = manifest.typed_stats.outside_unit_range or {}
         if not outside:
             return lines
         fields = ", ".join(f"{name} {n:,}" for name, n in sorted(outside.items()))
@@ -211,13 +212,13 @@ class RLConverter:
             value = raw.observations[f.name]
             if f.frame_stack is not None:
                 value, taken = episode_frames(value, f.frame_stack, self.frame_stack, f.name)
-                counts[f"frame_stack_{taken}"] = {f.name: 1}
+                counts[FRAME_STACK_EVENTS[taken]] = {f.name: 1}
             elif f.kind == "image":
                 value = _as_rgb(value)
             observations[f.name] = value
         outside = self._outside(raw.actions, steps)
         if outside:
-            counts["outside_unit_range"] = {name: n for name, (n, _) in outside.items()}
+            counts[OUTSIDE_UNIT_RANGE_EVENT] = {name: n for name, (n, _) in outside.items()}
             if self.strict_ranges:
                 name, (n, where) = next(iter(outside.items()))
                 raise TokenizeError(f"field {name!r}: {n} values outside [-1, 1] after rescaling, the first at "

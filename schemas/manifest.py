@@ -21,6 +21,13 @@ from .shard_table import COMPACT_SHARDS, SHARD_TABLE_NAME, ShardTable, column
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.model"
+ROW_KINDS = ("rl", "captions", "text")  # what a directory's rows are: episodes, image-caption pairs, documents
+
+# The events a converter counts per record (`Record.counts`, by group then field) that the manifest
+# keeps as typed statistics; manifests written before those existed keep them under `stats.counts`
+# with these group names, and read back to the same typed fields.
+FRAME_STACK_EVENTS = {"last": "frame_stack_last", "split": "frame_stack_split"}  # an episode's frames, each way
+OUTSIDE_UNIT_RANGE_EVENT = "outside_unit_range"  # continuous action values clipped to [-1, 1]
 
 
 class ManifestError(ValueError):
@@ -76,7 +83,7 @@ def check_field_types(m: "Manifest", where: str) -> None:
         raise ManifestError(f"{where}: field 'skipped' must be a list of {{source, reason}} records")
     if m.tokenizer_sha256 is not None:
         check_sha256(m.tokenizer_sha256, f"{where}: tokenizer_sha256")
-    _check_stats_types(m.stats, f"{where}: stats")
+    # the statistics' shapes: checked by Stats.from_dict, which every reading goes through (Manifest.parse)
 
 
 def _is_int(v) -> bool:
@@ -97,6 +104,9 @@ def _check_stats_types(st: dict, where: str) -> None:
             isinstance(e, dict) and all(_is_num(e.get(k)) for k in ("max", "mean", "count")) for e in v.values()),
         "counts": lambda v: v is None or isinstance(v, dict) and all(
             isinstance(g, dict) and all(_is_int(x) for x in g.values()) for g in v.values()),
+        "frame_stacks": lambda v: v is None or isinstance(v, dict) and all(
+            isinstance(g, dict) and all(_is_int(g.get(m, 0)) for m in FRAME_STACK_EVENTS) for g in v.values()),
+        "outside_unit_range": lambda v: v is None or isinstance(v, dict) and all(_is_int(x) for x in v.values()),
         "episode_return": lambda v: v is None or isinstance(v, dict) and all(
             x is None or _is_num(x) for x in v.values()),
         "longest_unit": lambda v: v is None or isinstance(v, dict) and _is_int(v.get("tokens")) and _is_int(v.get("row")),
@@ -162,6 +172,20 @@ class LongestUnit:
 
 
 @dataclass
+class FrameStackCount:
+    """Episodes of one stacked image field converted each way (tokenizer_kit.frames): `last` keeps
+    each step's newest frame, `split` every frame."""
+
+    last: int = 0
+    split: int = 0
+
+    def acting_mode(self) -> str:
+        """How an agent builds this field's tokens: the way most episodes were converted."""
+        from tokenizer_kit.frames import acting_mode
+        return acting_mode({"last": self.last, "split": self.split})
+
+
+@dataclass
 class Stats:
     """The keys of `Manifest.stats` (a plain dict in the file; `Stats.from_dict` reads it typed)."""
 
@@ -173,7 +197,9 @@ class Stats:
     skipped: int = 0
     filtered: int = 0  # left out on purpose by the converter's own options (not errors)
     episode_return: ReturnStats | None = None  # RL only
-    counts: dict[str, dict[str, int]] | None = None  # converters' grouped event counts (Record.counts)
+    counts: dict[str, dict[str, int]] | None = None  # converters' other grouped event counts (Record.counts)
+    frame_stacks: dict[str, FrameStackCount] | None = None  # RL: episodes of each stacked field, each way
+    outside_unit_range: dict[str, int] | None = None  # RL: continuous action values clipped, per field
     longest_unit: LongestUnit | None = None  # the longest step or pair
     conversion: dict | None = None  # what made the directory, so a re-run can tell it is up to date
 
@@ -182,13 +208,36 @@ class Stats:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Stats":
+        """The statistics typed; a shape a writer never makes (data from a hub) is a ManifestError."""
+        if not isinstance(d, dict):
+            raise ManifestError(f"field 'stats' is {type(d).__name__}, expected dict")
+        _check_stats_types(d, "stats")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["field_errors"] = {k: FieldError(**v) for k, v in known.get("field_errors", {}).items()}
         if known.get("episode_return") is not None:
             known["episode_return"] = ReturnStats(**known["episode_return"])
         if known.get("longest_unit") is not None:
             known["longest_unit"] = LongestUnit(**known["longest_unit"])
-        return cls(**known)
+        if known.get("frame_stacks") is not None:
+            known["frame_stacks"] = {k: FrameStackCount(**v) for k, v in known["frame_stacks"].items()}
+        return cls(**known).with_events(known.get("counts"))
+
+    def with_events(self, counts: dict[str, dict[str, int]] | None) -> "Stats":
+        """These statistics with the converter's grouped event counts folded in: the frame-stack
+        and clipping groups become their typed fields (summed with any already there), the other
+        groups stay in `counts`. New conversions and manifests written before the typed fields
+        (which kept the groups in `counts`) both come out the same way."""
+        rest = {g: dict(v) for g, v in (counts or {}).items()}
+        stacks = {k: replace(v) for k, v in (self.frame_stacks or {}).items()}
+        for mode, group in FRAME_STACK_EVENTS.items():
+            for name, n in (rest.pop(group, None) or {}).items():
+                c = stacks.setdefault(name, FrameStackCount())
+                setattr(c, mode, getattr(c, mode) + int(n))
+        outside = dict(self.outside_unit_range or {})
+        for name, n in (rest.pop(OUTSIDE_UNIT_RANGE_EVENT, None) or {}).items():
+            outside[name] = outside.get(name, 0) + int(n)
+        return replace(self, counts=rest or None, frame_stacks=dict(sorted(stacks.items())) or None,
+                       outside_unit_range=dict(sorted(outside.items())) or None)
 
 
 @dataclass
@@ -238,11 +287,15 @@ class Manifest:
     def frame_modes(self) -> dict[str, str]:
         """{stacked image field: `last` or `split`}: how an agent builds that field's tokens, the way
         most of this directory's episodes were converted (counted by the RL converter)."""
-        from tokenizer_kit.frames import acting_mode
-        counts = self.typed_stats.counts or {}
-        names = set(counts.get("frame_stack_last") or {}) | set(counts.get("frame_stack_split") or {})
-        return {n: acting_mode({m: (counts.get(f"frame_stack_{m}") or {}).get(n, 0) for m in ("last", "split")})
-                for n in sorted(names)}
+        return {n: c.acting_mode() for n, c in (self.typed_stats.frame_stacks or {}).items()}
+
+    @property
+    def row_kind(self) -> str | None:
+        """What the rows are (one of ROW_KINDS), from the converter that wrote them, or `rl` for a
+        directory with an episode spec; None when the manifest cannot tell (a caller looks at rows)."""
+        if self.converter in ROW_KINDS:
+            return self.converter
+        return "rl" if self.episode_spec else None
 
     def to_dict(self) -> dict:
         if isinstance(self.shards, ShardTable):

@@ -249,8 +249,8 @@ def merge_stats(markers: list[UnitMarker], rl: bool, modality_names: dict[int, s
                       for k, v in sorted(errors.items())},
         rows_per_task=dict(sorted(tasks.items())), skipped=sum(len(m.skipped) for m in markers),
         filtered=sum(m.stats.filtered for m in markers), episode_return=ret,
-        counts={g: dict(sorted(v.items())) for g, v in sorted(counts.items())} or None,
-        longest_unit=longest if longest is not None and longest.tokens else None)
+        longest_unit=longest if longest is not None and longest.tokens else None,
+    ).with_events({g: dict(sorted(v.items())) for g, v in sorted(counts.items())})
 
 
 @dataclass

@@ -48,9 +48,7 @@ class EnvWrappers:
         wrapper: the agent maps them back to the environment's units (tokenizer_kit's
         decode_actions); `rescale_actions` is for data recorded through gymnasium's RescaleAction.
         `recorded` (a suite's override) replaces the manifest's env spec."""
-        from tokenizer_kit.sequence import EpisodeSpec
-
-        spec = EpisodeSpec.from_dict(manifest.episode_spec) if manifest is not None and manifest.episode_spec else None
+        spec = manifest.spec if manifest is not None else None
         stacks = [f.frame_stack for f in spec.observations if f.frame_stack is not None] if spec else []
         if recorded is None and manifest is not None:
             recorded = manifest.env

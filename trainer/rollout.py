@@ -370,6 +370,6 @@ def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None
         raise ValueError(f"{shard_dir} holds several tasks {sorted(tasks)}; name one with --task")
     if not rows:
         raise ValueError(f"{shard_dir}: no episodes" + (f" of task {task!r}" if task else ""))
-    return Demonstrations(EpisodeSpec.from_dict(d.manifest.episode_spec), d.layout, rows,
+    return Demonstrations(d.manifest.spec, d.layout, rows,
                           np.asarray(returns, np.float64), task or next(iter(tasks)), d.text_tokenizer(),
                           np.asarray(steps, np.int64), d.manifest)

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from schemas.cache import ShardCache
 from schemas.errors import ReaderError
-from schemas.manifest import MANIFEST_NAME, ManifestError
+from schemas.manifest import MANIFEST_NAME, ROW_KINDS, ManifestError
 from schemas.reader import BatchView, RowView, ShardDir, batch_view, check_batch
 from schemas.shard import ROW_COLUMNS, is_text_form, open_shard
 from schemas.split import shard_row_starts
@@ -34,7 +34,7 @@ from schemas.storage import is_remote, local_path
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.rows import step_lengths_of_rows
 
-KINDS = ("rl", "captions", "text")
+KINDS = ROW_KINDS
 MAX_MAPPED_REMOTE = 4  # shards of a remote directory kept mapped by one reader
 PREFETCH = 3  # shards of a reader's plan downloaded ahead of the one it reads
 
@@ -306,10 +306,10 @@ class ShardSource:
                     _madvise_dontneed(*m.region)
 
     def _kind(self) -> str:
-        if self.manifest.converter in KINDS:
-            return self.manifest.converter
+        if self.manifest.row_kind is not None:
+            return self.manifest.row_kind
         if self.remote:
-            return "rl" if self.manifest.episode_spec else "text"
+            return "text"
         mapped = [self._shard(s) for s in range(len(self.manifest.shards))]
         if any(m.batches and "num_steps" in m.batches[0].schema.names for m in mapped[:1]):
             return "rl"

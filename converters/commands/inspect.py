@@ -79,12 +79,8 @@ def step_tokens(sd: ShardDir) -> dict | None:
 
 def _frame_stacks(st: Stats | None) -> dict | None:
     """{field: {"last": episodes, "split": episodes}} as the RL converter counted them."""
-    counts = (st.counts if st is not None else None) or {}
-    out: dict[str, dict[str, int]] = {}
-    for mode in ("last", "split"):
-        for name, n in (counts.get(f"frame_stack_{mode}") or {}).items():
-            out.setdefault(name, {"last": 0, "split": 0})[mode] = n
-    return out or None
+    stacks = (st.frame_stacks if st is not None else None) or {}
+    return {name: {"last": c.last, "split": c.split} for name, c in stacks.items()} or None
 
 
 def _returns(sd: ShardDir) -> dict | None:
@@ -115,7 +111,7 @@ def epoch(sd: ShardDir, shards: list[dict], seq_len: int) -> dict | None:
     m = sd.manifest
     if m is None:
         return None
-    kind = m.converter if m.converter in ("rl", "captions", "text") else "rl" if m.episode_spec else "text"
+    kind = m.row_kind or "text"
     lens = None
     if kind != "text":
         lens = np.concatenate([np.diff(sd.table(i).column("tokens").combine_chunks().offsets.to_numpy())
@@ -169,7 +165,7 @@ def summary(sd: ShardDir, seq_len: int = 1024) -> dict:
         "episode_return": ret,
         "field_errors": _field_errors(st),
         "frame_stacks": _frame_stacks(st),
-        "outside_unit_range": ((st.counts if st is not None else None) or {}).get("outside_unit_range"),
+        "outside_unit_range": st.outside_unit_range if st is not None else None,
         "step_tokens": step_tokens(sd),
         "epoch": epoch(sd, shards, seq_len) if not sd.missing else None,
         "skipped": len(m.skipped) if m else None,
@@ -371,7 +367,7 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
     images: list[tuple[str, np.ndarray]] = []
     if len(row.step_starts):
         if layout is not None and sd.manifest.episode_spec:
-            spec = EpisodeSpec.from_dict(sd.manifest.episode_spec)
+            spec = sd.manifest.spec
             steps = decode_episode(row, spec, layout, tok)
             lines = episode_lines(row, spec, layout, steps)
             images = []

@@ -20,7 +20,6 @@ from schemas.reader import ShardDir
 from schemas.shard import ShardError, row_from_table
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import MODALITY_NAMES
-from tokenizer_kit.sequence import EpisodeSpec
 
 from ..base import SourceError
 from ..view_page import esc, page, row_body, table
@@ -143,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pages = {int(m.group(1)) for f in out.iterdir() if (m := PAGE_RE.match(f.name))} | wanted
     layout = sd.layout if sd.manifest is not None else None
-    spec = EpisodeSpec.from_dict(sd.manifest.episode_spec) if sd.manifest and sd.manifest.episode_spec else None
+    spec = sd.manifest.spec if sd.manifest else None
     tok = sd.text_tokenizer()
     for p in sorted(wanted):
         render_page(sd, out, p, args.page_size, pages, spec, layout, tok)

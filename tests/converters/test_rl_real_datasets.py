@@ -16,7 +16,7 @@ from PIL import Image
 
 from converters.cli import main as tokenize_main
 from rl_fixtures import make_minari, rollouts
-from schemas.manifest import Manifest
+from schemas.manifest import FrameStackCount, Manifest
 from schemas.shard import row_from_table
 from schemas.reader import ShardDir
 from tokenizer_kit.episode_decode import acting_observation, decode_actions, decode_episode
@@ -111,7 +111,7 @@ def test_ale_frame_stacks_decode_back_exactly(minari_root, pong_episodes, tmp_pa
     spec = EpisodeSpec.from_dict(m.episode_spec)
     assert spec.observations[0].frame_stack == FrameStack(4, "first", 84, 84)
     taken = "last" if mode == "auto" else "split"
-    assert m.stats["counts"] == {f"frame_stack_{taken}": {"obs": 2}}
+    assert m.typed_stats.frame_stacks == {"obs": FrameStackCount(**{taken: 2})} and "counts" not in m.stats
     assert m.options["frame_stack"] == mode
     for row, ep in zip(rows(out), pong_episodes, strict=True):
         stacks = ep["observations"][:-1]
@@ -189,7 +189,7 @@ def test_minari_box_bounds_rescale_actions_and_decode_back_within_a_bin(minari_r
     m = Manifest.read(out)
     spec = EpisodeSpec.from_dict(m.episode_spec)
     assert spec.actions[0].bounds == ((-10.0,), (30.0,))
-    assert "outside_unit_range" not in m.stats.get("counts", {})
+    assert m.typed_stats.outside_unit_range is None and "outside_unit_range" not in m.stats
     bin_width = 40.0 / m.vocab_layout.num_bins
     for row, ep in zip(rows(out), eps, strict=True):
         got = np.array([a["action"] for _, a in decode_episode(row, spec, m.vocab_layout)]).reshape(-1)
@@ -211,7 +211,7 @@ def test_values_outside_the_range_are_counted_warned_and_refused_when_strict(min
     err = capsys.readouterr().err
     m = Manifest.read(out)
     n = int(np.count_nonzero(np.abs(np.concatenate([e["actions"] for e in eps])) > 5))
-    assert n > 0 and m.stats["counts"]["outside_unit_range"] == {"action": n}
+    assert n > 0 and m.typed_stats.outside_unit_range == {"action": n} == m.stats["outside_unit_range"]
     assert [ln for ln in err.splitlines() if "warning" in ln] == [
         ln for ln in err.splitlines() if "outside [-1, 1]" in ln and f"action {n:,}" in ln]
     code = tokenize(["rl", path, "--out", tmp_path / "strict", "--action-bounds", "action=-5:5", "--strict-ranges",
@@ -259,7 +259,7 @@ def test_jat_atari_rgba_frame_stacks(pong_episodes, tmp_path):
     m = Manifest.read(out)
     spec = EpisodeSpec.from_dict(m.episode_spec)
     assert spec.observations[0].frame_stack == FrameStack(4, "last", 84, 84)
-    assert m.stats["counts"] == {"frame_stack_last": {"image_observations": 2}}
+    assert m.typed_stats.frame_stacks == {"image_observations": FrameStackCount(last=2)}
     assert m.options["final_observation"] == "none in the source"
     for row, st in zip(rows(out), stacks, strict=True):
         steps = decode_episode(row, spec, m.vocab_layout)
@@ -286,13 +286,13 @@ def test_jat_mujoco_and_metaworld_continuous(tmp_path, capsys):
         if scale > 1:  # MetaWorld's table declares no range: name it, else values are counted
             assert tokenize(argv) == 0
             assert "outside [-1, 1]" in capsys.readouterr().err
-            assert Manifest.read(out).stats["counts"]["outside_unit_range"]["continuous_actions"] > 0
+            assert Manifest.read(out).typed_stats.outside_unit_range["continuous_actions"] > 0
             out = tmp_path / f"{name}-bounded"
             argv = ["rl", path, "--out", out, "--no-progress", "--action-bounds", f"continuous_actions=-{scale}:{scale}"]
         assert tokenize(argv) == 0
         m = Manifest.read(out)
         spec = EpisodeSpec.from_dict(m.episode_spec)
-        assert "counts" not in m.stats
+        assert "counts" not in m.stats and m.typed_stats.outside_unit_range is None
         width = (2 * scale if scale > 1 else 2.0) / m.vocab_layout.num_bins
         for row, a in zip(rows(out), act, strict=True):
             got = np.stack([x["continuous_actions"] for _, x in decode_episode(row, spec, m.vocab_layout)])
@@ -363,7 +363,7 @@ def test_flat_hdf5_channel_first_stacks_are_frames_not_discrete_values(pong_epis
     m = Manifest.read(out)
     spec = EpisodeSpec.from_dict(m.episode_spec)
     assert (spec.observations[0].kind, spec.observations[0].shape) == ("image", (96, 96))
-    assert m.stats["counts"] == {"frame_stack_last": {"obs": 2}}
+    assert m.typed_stats.frame_stacks == {"obs": FrameStackCount(last=2)}
     for row, ep in zip(rows(out), pong_episodes, strict=True):
         got = np.stack([o["obs"][0, :84, :84] for o, _ in decode_episode(row, spec, m.vocab_layout)])
         assert np.array_equal(got, ep["observations"][:-1, -1])

@@ -127,3 +127,53 @@ def test_manifests_that_are_not_utf8_or_too_deep_are_one_line_errors(tmp_path, d
     with pytest.raises(ManifestError, match=reason) as e:
         Manifest.read(tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_frame_stacks_and_clipped_values_are_typed_and_old_counter_keys_read_the_same(tmp_path):
+    from schemas.manifest import FrameStackCount, Stats
+    from schemas.workunit import UnitMarker, UnitStats, merge_stats
+    # a conversion's events (Record.counts, summed per unit) become typed statistics
+    units = [UnitMarker(i, f"u{i}", "x", [], UnitStats(rows=1, counts=c)) for i, c in enumerate((
+        {"frame_stack_last": {"obs": 2}, "outside_unit_range": {"action": 5}, "other": {"k": 1}},
+        {"frame_stack_split": {"obs": 1, "obs/depth": 3}, "outside_unit_range": {"action": 2}}))]
+    st = merge_stats(units, rl=True, modality_names={})
+    assert st.frame_stacks == {"obs": FrameStackCount(2, 1), "obs/depth": FrameStackCount(0, 3)}
+    assert st.outside_unit_range == {"action": 7} and st.counts == {"other": {"k": 1}}
+    new = manifest(stats=st.to_dict())
+    assert new.stats["frame_stacks"] == {"obs": {"last": 2, "split": 1}, "obs/depth": {"last": 0, "split": 3}}
+    assert "frame_stack_last" not in new.stats["counts"] and new.stats["outside_unit_range"] == {"action": 7}
+    (tmp_path / "new").mkdir()
+    new.write(tmp_path / "new")
+    # a manifest written before the typed fields: the same counts under stats.counts
+    old = manifest(stats={"rows": 2, "counts": {"frame_stack_last": {"obs": 2}, "frame_stack_split": {
+        "obs": 1, "obs/depth": 3}, "outside_unit_range": {"action": 7}, "other": {"k": 1}}})
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    (old_dir / MANIFEST_NAME).write_text(json.dumps(old.to_dict()))
+    a, b = Manifest.read(tmp_path / "new"), Manifest.read(old_dir)
+    for m in (a, b):
+        t = m.typed_stats
+        assert (t.frame_stacks, t.outside_unit_range, t.counts) == (st.frame_stacks, {"action": 7}, {"other": {"k": 1}})
+        assert m.frame_modes() == {"obs": "last", "obs/depth": "split"}
+    assert b.stats == old.stats  # the file's own dict is kept as written
+    keys = ("frame_stacks", "outside_unit_range", "counts")  # an old manifest re-written: the new layout
+    assert {k: Stats.from_dict(b.stats).to_dict()[k] for k in keys} == {k: a.stats[k] for k in keys}
+    tie = Stats().with_events({"frame_stack_last": {"f": 1}, "frame_stack_split": {"f": 1}})
+    assert tie.frame_stacks["f"].acting_mode() in ("last", "split") and tie.counts is None
+
+
+def test_wrong_shaped_typed_statistics_are_refused_on_reading(tmp_path):
+    for stats in ({"frame_stacks": {"obs": {"last": "2"}}}, {"outside_unit_range": {"action": 1.5}},
+                  {"frame_stacks": ["obs"]}):
+        d = manifest(stats=stats).to_dict()
+        (tmp_path / MANIFEST_NAME).write_text(json.dumps(d))
+        with pytest.raises(ManifestError, match="wrong shape"):
+            Manifest.read(tmp_path)
+
+
+def test_row_kind_is_the_converter_or_rl_for_an_episode_spec():
+    assert manifest().row_kind == "rl" and manifest(converter="captions", episode_spec=None).row_kind == "captions"
+    assert manifest(converter="text", episode_spec=None).row_kind == "text"
+    assert manifest(converter="custom").row_kind == "rl" and manifest(converter="x", episode_spec=None).row_kind is None
+    assert manifest().spec == EpisodeSpec.from_dict(manifest().episode_spec)
+    assert manifest(episode_spec=None).spec is None
