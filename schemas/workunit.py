@@ -19,6 +19,7 @@ from typing import Protocol, Sequence
 from .manifest import (FieldError, LongestUnit, ManifestError, ReturnStats, ShardInfo, SkippedRecord, Stats,
                        check_shard_list)
 from .names import UnsafeNameError, check_sha256
+from .split import shard_row_starts
 from .storage import OutDir
 
 WORK_DIR = ".work"
@@ -224,13 +225,12 @@ def merge_stats(markers: list[UnitMarker], rl: bool, modality_names: dict[int, s
     modality = [0] * len(modality_names)
     counts: dict[str, dict[str, int]] = {}
     longest: LongestUnit | None = None
-    rows_before = 0
-    for m in markers:
+    first_rows = shard_row_starts([m.stats.rows for m in markers])  # units' rows, numbered as their shards'
+    for m, first in zip(markers, first_rows.tolist()):
         s = m.stats
         add_counts(counts, s.counts)
         if s.longest is not None and (longest is None or s.longest.tokens > longest.tokens):
-            longest = LongestUnit(s.longest.tokens, rows_before + s.longest.row, s.longest.source_id)
-        rows_before += s.rows
+            longest = LongestUnit(s.longest.tokens, first + s.longest.row, s.longest.source_id)
         modality = [a + b for a, b in zip(modality, s.tokens_by_modality, strict=True)]
         for name, e in s.field_errors.items():
             errors.setdefault(name, FieldErrorSum()).add(e)

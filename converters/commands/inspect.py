@@ -69,7 +69,7 @@ def step_tokens(sd: ShardDir) -> dict | None:
     if not pieces:
         return None  # text: any crop of a document has targets
     x = np.concatenate(pieces)
-    rl = sd.manifest is None or bool(sd.manifest.episode_spec)
+    rl = sd.manifest is None or sd.manifest.row_kind == "rl"
     longest = int(x.max())
     # an RL sequence given a prompt (a quarter of --seq-len by default) keeps L + 1 - L // 4 tokens for its window
     prompted = next(n for n in range(longest, 2 * longest + 8) if n + 1 - n // 4 >= longest) if rl else longest

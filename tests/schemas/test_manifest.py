@@ -177,3 +177,11 @@ def test_row_kind_is_the_converter_or_rl_for_an_episode_spec():
     assert manifest(converter="custom").row_kind == "rl" and manifest(converter="x", episode_spec=None).row_kind is None
     assert manifest().spec == EpisodeSpec.from_dict(manifest().episode_spec)
     assert manifest(episode_spec=None).spec is None
+
+
+def test_the_longest_unit_is_numbered_over_all_units_rows():
+    from schemas.manifest import LongestUnit
+    from schemas.workunit import UnitMarker, UnitStats, merge_stats
+    sizes = [(3, LongestUnit(5, 2, "a")), (0, None), (4, LongestUnit(9, 1, "b")), (2, LongestUnit(7, 0, "c"))]
+    units = [UnitMarker(i, f"u{i}", "x", [], UnitStats(rows=n, longest=lu)) for i, (n, lu) in enumerate(sizes)]
+    assert merge_stats(units, rl=True, modality_names={}).longest_unit == LongestUnit(9, 3 + 0 + 1, "b")
