@@ -157,16 +157,19 @@ def test_demonstration_returns_within_a_horizon(trained):
 
 
 def test_wrappers_recorded_in_the_manifest_are_applied_again():
-    from types import SimpleNamespace
-
+    from schemas.manifest import Manifest
     from tokenizer_kit.frames import FrameStack
+    from tokenizer_kit.layout import VocabLayout
     from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
     from trainer.envs import EnvWrappers, make_env_fn
 
-    assert EnvWrappers.from_manifest(SimpleNamespace(episode_spec=None, env=None)) == EnvWrappers(False, 1)
+    def manifest(spec: EpisodeSpec | None) -> Manifest:
+        return Manifest(VocabLayout(text_vocab_size=100).to_dict(), "rl", episode_spec=spec.to_dict() if spec else None)
+
+    assert EnvWrappers.from_manifest(manifest(None)) == EnvWrappers(False, 1)
     spec = EpisodeSpec((FieldSpec("obs", "image", (84, 84), frame_stack=FrameStack(3, "first", 84, 84)),),
                        (FieldSpec("act", "continuous", (1,), mu_law=False, bounds=((-2.0,), (2.0,))),))
-    recorded = EnvWrappers.from_manifest(SimpleNamespace(episode_spec=spec.to_dict(), env=None))
+    recorded = EnvWrappers.from_manifest(manifest(spec))
     assert recorded == EnvWrappers(False, 3)  # bounds are mapped back by the agent, not by a wrapper
     env = make_env_fn("Pendulum-v1", wrappers=recorded)()
     obs, _ = env.reset(seed=0)
