@@ -10,6 +10,7 @@ import numpy as np
 from .errors import TokenizeError
 from .images import fit_image, image_grids, patch_positions, patchify, to_rgb_array, unpatchify
 from .layout import IMAGE, NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
+from .rows import slice_tokens
 from .sequence import Row
 
 
@@ -61,6 +62,13 @@ def build_caption_row(image, caption_ids, layout: VocabLayout, policy: str = "re
     modality[:n] = IMAGE
     return Row(tokens, loss, np.full(total, NO_POSITION, np.int16), modality, patches=patches,
                patch_pos=_shared_positions(rgb.shape[0], rgb.shape[1], layout.patch_size, layout.position_bins))
+
+
+def caption_context(image, layout: VocabLayout, policy: str = "resize", size: tuple[int, int] | None = None) -> Row:
+    """The image part of an image-caption row as the captions converter writes it (the caption
+    left off): the context a model captions from."""
+    row = build_caption_row(image, np.zeros(0, np.int32), layout, policy, size)
+    return slice_tokens(row, 0, len(row.patches))
 
 
 def _check_text_ids(ids: np.ndarray, layout: VocabLayout) -> None:

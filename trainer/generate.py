@@ -18,8 +18,7 @@ import numpy as np
 
 from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_int
 from tokenizer_kit.errors import first_line, run_command
-from tokenizer_kit.rows import slice_tokens
-from tokenizer_kit.text_rows import text_token_row
+from tokenizer_kit.text_rows import caption_context, text_token_row
 
 from .decoding import generate_text
 from .devices import device_arg
@@ -112,9 +111,6 @@ def generate(args: argparse.Namespace) -> list[str]:
 
 
 def caption(args: argparse.Namespace) -> list[str]:
-    from tokenizer_kit.layout import IMAGE
-    from tokenizer_kit.text_rows import build_caption_row
-
     from .checkpoint import load_model
 
     model, layout, _ = load_model(args.checkpoint, map_location=args.device)
@@ -123,8 +119,7 @@ def caption(args: argparse.Namespace) -> list[str]:
     contexts = []
     for path in args.images:
         image = _decode_image(path, size, args.image_policy)
-        row = build_caption_row(image, np.zeros(0, np.int32), layout, args.image_policy, size)
-        contexts.append(slice_tokens(row, 0, int(np.count_nonzero(row.modality == IMAGE))))
+        contexts.append(caption_context(image, layout, args.image_policy, size))
     out = generate_text(model, layout, contexts, args.max_new_tokens, args.temperature, args.seed, args.top_k)
     return [f"{path}\t{tok.decode(ids.tolist())}" for path, ids in zip(args.images, out)]
 

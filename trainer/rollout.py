@@ -23,10 +23,10 @@ import torch
 
 from tokenizer_kit.episode_decode import acting_observation, decode_actions
 from tokenizer_kit.fields import flatten_value
-from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, VocabLayout
+from tokenizer_kit.layout import CONTINUOUS, DISCRETE, VocabLayout
 from tokenizer_kit.rows import concat_rows, slice_tokens
 from tokenizer_kit.sequence import EpisodeSpec, Row, build_episode
-from tokenizer_kit.text_rows import build_caption_row
+from tokenizer_kit.text_rows import caption_context
 
 from .decoding import Decoder, sample_in_ranges
 
@@ -309,9 +309,7 @@ def run_episodes(agent: Agent, make_env: Callable[[], object], episodes: int, pr
 
 def image_context(image, layout: VocabLayout, policy: str = "resize", size: tuple[int, int] | None = None) -> Row:
     """The image part of an image-caption row, as the captions converter writes it (caption left off)."""
-    row = build_caption_row(image, np.zeros(0, np.int32), layout, policy, size)
-    n = int(np.count_nonzero(row.modality == IMAGE))
-    return slice_tokens(row, 0, n)
+    return caption_context(image, layout, policy, size)
 
 
 # --- shard directories as prompt sources ------------------------------------------------------------

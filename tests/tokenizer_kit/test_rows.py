@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.layout import IMAGE, VocabLayout
 from tokenizer_kit.rows import concat_rows, empty_row, slice_tokens, step_lengths, step_lengths_of_rows, unit_tokens
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
-from tokenizer_kit.text_rows import build_caption_row, build_text_row, text_token_row
+from tokenizer_kit.text_rows import build_caption_row, build_text_row, caption_context, text_token_row
 
 LAYOUT = VocabLayout(text_vocab_size=100, eos_id=2)
 
@@ -56,3 +56,15 @@ def test_unit_tokens_is_a_step_a_pair_or_nothing():
     assert unit_tokens(row) == int(max(row.step_starts[1], len(row) - row.step_starts[1]))
     pair = build_caption_row(np.zeros((16, 32, 3), np.uint8), [5, 6], LAYOUT)
     assert unit_tokens(pair) == len(pair) and unit_tokens(build_text_row([5], LAYOUT)) == 0
+
+
+def test_a_caption_context_is_the_caption_row_up_to_its_caption():
+    image = np.random.default_rng(0).integers(0, 255, (20, 40, 3), dtype=np.uint8)
+    pair = build_caption_row(image, [5, 6], LAYOUT, "pad")
+    ctx = caption_context(image, LAYOUT, "pad")
+    n = len(pair.patches)
+    assert len(ctx) == n == 6 and (ctx.modality == IMAGE).all() and len(pair) == n + 3  # 2 ids + end-of-text
+    for name in ("tokens", "loss_mask", "local_pos", "modality"):
+        np.testing.assert_array_equal(getattr(ctx, name), getattr(pair, name)[:n])
+    np.testing.assert_array_equal(ctx.patches, pair.patches)
+    np.testing.assert_array_equal(ctx.patch_pos, pair.patch_pos)
