@@ -43,7 +43,8 @@ class Record:
     field_errors: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # name: (max, sum, count)
     skip_reason: str | None = None
     filtered: bool = False
-    # events the manifest counts, by group and name: e.g. {"frame_stack_last": {"obs": 1}}
+    # events the manifest counts, by group and name: e.g. {"frame_stack_last": {"obs": 1}}; the groups the
+    # manifest keeps as typed statistics are named in schemas.manifest (FRAME_STACK_EVENTS, ...)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     # "test": a record the source itself holds out (a dataset's own test files); None: --test-share decides
     split: str | None = None
