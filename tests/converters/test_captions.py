@@ -124,7 +124,7 @@ def test_jpeg_draft_decodes_large_images_at_reduced_scale_close_to_full_decode(t
 def test_jpeg_decodes_at_dct_scale_for_exact_fit_and_falls_back_to_pillow(tmp_path, text_tokenizer):
     """64x96 -> 32x48 is libjpeg-turbo's 1/2 scale (no resize), 64x64 -> 48x48 its 3/4: both close
     to a Lanczos reference of the full decode; grey and CMYK JPEGs (CMYK goes through Pillow) too."""
-    from converters import captions
+    from converters.captions import decode as captions
     if captions.simplejpeg is None:
         pytest.skip("simplejpeg is not installed")
     base = np.asarray(Image.fromarray(photo(16, 24, 4)).resize((96, 64), Image.BICUBIC))

@@ -33,8 +33,8 @@ def parse(argv: list[str], **extra) -> RLOptions:
     return dataclasses.replace(options.parse(RLOptions, [*argv, "--out", "unused"]), **extra)
 
 
-def convert(argv, **extra) -> tuple[RLConverter, list]:
-    c = make_converter(parse(argv, **extra))
+def convert(argv, layout: VocabLayout | None = None, **extra) -> tuple[RLConverter, list]:
+    c = make_converter(parse(argv, **extra), layout)
     return c, [r for u in c.work_units() for r in c.convert_unit(u)]
 
 
