@@ -70,7 +70,7 @@ def byte_size(text: str | int) -> int:
 
 def image_size_or_native(text: str) -> tuple[int, int] | None:
     """`N` (square), `HxW`, or `native` (each image keeps its own size, fitted to 16s): the one
-    --image-size syntax of every command (converters, `gato-train caption`, acting)."""
+    --image-size syntax of every command (`gato-tokenize rl` and `captions`, `gato-train caption`)."""
     from .images import MAX_PIXELS
     from .layout import PATCH_SIZE
     if text.strip().lower() == "native":
@@ -86,10 +86,3 @@ def image_size_or_native(text: str) -> tuple[int, int] | None:
         raise argparse.ArgumentTypeError(f"image size {h}x{w} is over the limit of {MAX_PIXELS} pixels")
     return h, w
 
-
-def image_size(text: str) -> tuple[int, int]:
-    """`N` or `HxW` (as image_size_or_native, where `native` is not an option)."""
-    size = image_size_or_native(text)
-    if size is None:
-        raise argparse.ArgumentTypeError("expected N or HxW here (native is not an option)")
-    return size

@@ -183,7 +183,9 @@ def add_options(parser: Any, cls: type, *, check: Check = check_value, skip: tup
             text += f" (default {default})"
         target = parser
         if m["exclusive"]:
-            target = groups.setdefault(m["exclusive"], parser.add_mutually_exclusive_group())
+            if m["exclusive"] not in groups:
+                groups[m["exclusive"]] = parser.add_mutually_exclusive_group()
+            target = groups[m["exclusive"]]
         if m["cli"] == "positional":
             target.add_argument(f.name, metavar=m["metavar"], help=text, type=arg_type(f, check), default=none,
                                 **({"nargs": "+"} if type_name(f).startswith("list") else {}))

@@ -1,5 +1,5 @@
 """The RL converter: each work unit (a contiguous range of one input's episodes) -> one row per
-episode under the `EpisodeSpec` the command line settled (converters/rl.py), with its return, the
+episode under the `EpisodeSpec` the command line settled (converters/rl/plan.py), with its return, the
 quantisation error of each field and the continuous action values that had to be clipped."""
 
 from __future__ import annotations
