@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from tokenizer_kit.layout import PROFILES, VocabLayout
-from tokenizer_kit.options import UsageError, opt
+from tokenizer_kit.options import UsageError, check_all, opt
 
 from .writer.engines import ENGINES
 from .writer.shards import COMPRESSIONS
@@ -61,7 +61,9 @@ class ConvertOptions:
     progress: bool = opt(True, "no progress bar", cli="flag")
 
     def check(self) -> "ConvertOptions":
-        """What relates two options (each one's own range is its field's)."""
+        """Each option against its field (as the command line checks it, for options made in
+        Python), then what relates two options."""
+        check_all(self)
         if self.num_partitions > 1 and self.partition is None:
             raise UsageError("--num-partitions needs --partition I")
         if self.partition is not None and not 0 <= self.partition < self.num_partitions:
