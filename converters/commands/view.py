@@ -25,7 +25,7 @@ from tokenizer_kit.sequence import EpisodeSpec
 
 from ..base import SourceError
 from ..view_page import esc, page, row_body, table
-from .inspect_summary import summary
+from .inspect.summary import summary
 from .listing import human_bytes
 
 INDEX = "index.html"

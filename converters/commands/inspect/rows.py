@@ -14,7 +14,7 @@ from tokenizer_kit.layout import IMAGE, MODALITY_NAMES, SEPARATOR, TEXT, VocabLa
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, Row
 from tokenizer_kit.text_rows import decode_caption
 
-from ..base import SourceError
+from ...base import SourceError
 
 MAX_VALUES = 8  # values shown per tensor field before "... (+N)"
 MAX_IDS = 256  # ids shown for a text row or caption

@@ -16,7 +16,7 @@ from schemas.storage import OutDir
 from schemas.workunit import WorkDir
 from tokenizer_kit.layout import MODALITY_NAMES, TEXT, VocabLayout
 
-from .listing import head_and_tail, human_bytes
+from ..listing import head_and_tail, human_bytes
 
 
 def _modality_counts(sd: ShardDir) -> dict[str, int]:
