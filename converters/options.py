@@ -30,7 +30,7 @@ class ConvertOptions:
     kind: ClassVar[str] = ""
     inputs_help: ClassVar[str | None] = None  # what INPUT may be, atop the kind's own options in --help
 
-    inputs: list[str] = opt([], "input files or directories", cli="positional", metavar="INPUT")
+    inputs: list[str] = opt([], "input files or directories", cli="list", positional=True, metavar="INPUT")
     out: str = opt("", "shard directory to write (created if missing)", metavar="DIR", required=True)
     workers: int = opt(1, "worker processes (default 1)", lo=1, metavar="N")
     num_partitions: int = opt(1, "split the work units into K disjoint partitions (with --partition)", lo=1,

@@ -44,7 +44,8 @@ def _image_size(command: str, text: str):
         if command == "gato-train caption":
             return build_caption_parser().parse_args(["--checkpoint", "run", "a.png", "--image-size", text]).image_size
         extra = ["--text-tokenizer", "m.model"] if command == "captions" else []
-        return tokenize_parser().parse_args([command, "x", "--out", "o", *extra, "--image-size", text]).options.image_size
+        args = tokenize_parser().parse_args([command, "x", "--out", "o", *extra, "--image-size", text])
+        return args.options.image_size
     except SystemExit as e:
         assert e.code == 2
         return "refused"
@@ -84,7 +85,7 @@ def test_every_gato_tokenize_option_is_a_field_and_in_the_help(command, capsys):
     actions = {a.dest: a for a in sub._actions}
     for f in fields:
         assert actions[f.name].help.startswith(f.metadata["help"]), f.name
-        if f.metadata["cli"] == "positional":
+        if f.metadata["positional"]:
             assert actions[f.name].option_strings == []
         elif f.metadata["cli"] != "flag":
             assert actions[f.name].option_strings == [flag(f.name)] and flag(f.name) in text, f.name

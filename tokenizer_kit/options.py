@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .argtypes import byte_size
 
-CLI_KINDS = ("value", "list", "flag", "append", "positional")
+CLI_KINDS = ("value", "list", "flag", "append")
 
 
 class UsageError(ValueError):
@@ -27,18 +27,19 @@ class UsageError(ValueError):
 def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
         hi_open: bool = False, choices: tuple | None = None, fixed: bool = False, metavar: str | None = None,
         cli: str = "value", size: bool = False, parse: Callable[[str], Any] | None = None,
-        required: bool = False, exclusive: str | None = None) -> Any:
+        required: bool = False, positional: bool = False, exclusive: str | None = None) -> Any:
     """A field of an options dataclass: default, range [lo, hi] (an end excluded with lo_open /
     hi_open) or choices, help text, whether it defines a run (fixed: a resume must not change it)
     and how the command line takes it: cli is value, list (one or more values), flag (store_true;
-    --no-NAME when the default is True), append (repeatable) or positional. `size`: a byte count
-    (64MB, 1GiB); `parse`: the syntax of one value (str -> value, argparse.ArgumentTypeError when
-    bad); `exclusive`: fields with the same name are mutually exclusive on the command line."""
+    --no-NAME when the default is True) or append (repeatable); `positional`: bare values, not
+    --NAME; `required`: must be given. `size`: a byte count (64MB, 1GiB); `parse`: the syntax of one
+    value (str -> value, argparse.ArgumentTypeError when bad), before the range check; `exclusive`:
+    fields with the same name are mutually exclusive on the command line."""
     if cli not in CLI_KINDS:
         raise ValueError(f"cli must be one of {CLI_KINDS}, not {cli!r}")
     meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
             "fixed": fixed, "metavar": metavar, "cli": cli, "size": size, "parse": parse, "required": required,
-            "exclusive": exclusive}
+            "positional": positional, "exclusive": exclusive}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -186,9 +187,9 @@ def add_options(parser: Any, cls: type, *, check: Check = check_value, skip: tup
             if m["exclusive"] not in groups:
                 groups[m["exclusive"]] = parser.add_mutually_exclusive_group()
             target = groups[m["exclusive"]]
-        if m["cli"] == "positional":
+        if m["positional"]:
             target.add_argument(f.name, metavar=m["metavar"], help=text, type=arg_type(f, check), default=none,
-                                **({"nargs": "+"} if type_name(f).startswith("list") else {}))
+                                **({"nargs": "+"} if m["cli"] == "list" else {}))
             continue
         if m["cli"] == "flag":
             if default:
@@ -226,7 +227,8 @@ def parse(cls: type, argv: list[str], prog: str | None = None) -> Any:
     return from_namespace(cls, p.parse_args([os.fspath(a) for a in argv]))
 
 
-def add_command(subparsers: Any, name: str, cls: type, func: Callable[[Any], int], **kw: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Any, name: str, cls: type, func: Callable[[Any], int],
+                **kw: Any) -> argparse.ArgumentParser:
     """A subcommand whose options are dataclass `cls`: its parser built from the fields (no
     abbreviations), and `func` called with the typed instance; a UsageError it raises is argparse's
     one line and exit 2."""

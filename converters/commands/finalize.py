@@ -12,7 +12,7 @@ from tokenizer_kit.options import add_command, opt
 class FinalizeOptions:
     """The options of `gato-tokenize finalize`."""
 
-    dir: str = opt("", "shard directory (path or fsspec URL)", cli="positional")
+    dir: str = opt("", "shard directory (path or fsspec URL)", positional=True)
 
 
 def run(args: FinalizeOptions) -> int:

@@ -17,7 +17,7 @@ from tokenizer_kit.text import TextTokenizer, train_tokenizer
 class TrainTokenizerOptions:
     """The options of `gato-tokenize train-tokenizer`."""
 
-    inputs: list[str] = opt([], "UTF-8 text files, one sentence per line", cli="positional", metavar="TEXT")
+    inputs: list[str] = opt([], "UTF-8 text files, one sentence per line", cli="list", positional=True, metavar="TEXT")
     vocab_size: int | None = opt(None, "text vocab size T (paper: 32000)", metavar="N", required=True)
     out: str = opt("", "where to write the .model file", metavar="MODEL", required=True)
     model_type: str = opt("bpe", "SentencePiece algorithm (default: bpe, much faster to train)",

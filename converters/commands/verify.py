@@ -306,7 +306,7 @@ class VerifyOptions:
     """The options of `gato-tokenize verify`."""
 
     dir: str = opt("", "shard directory (manifest.json + shard-NNNNN.arrow): a path or a URL (s3://...)",
-                   cli="positional")
+                   positional=True)
     simulate_ranks: int = opt(0, "also show how WORLD trainer ranks split the rows, and prove none is read twice or "
                                  "skipped", lo=1, metavar="WORLD")
     workers: int = opt(0, "data-loader workers per rank, as gato-train's --num-workers (with --simulate-ranks)",

@@ -161,7 +161,7 @@ def run(args: ViewOptions) -> int:
 class ViewOptions:
     """The options of `gato-tokenize view`."""
 
-    dir: str = opt("", "shard directory, a path or a URL (s3://...)", cli="positional")
+    dir: str = opt("", "shard directory, a path or a URL (s3://...)", positional=True)
     out: str = opt("", "folder of the HTML pages (open VIEW/index.html)", metavar="VIEW", required=True)
     page: list[int] | None = opt(None, "render page N of the rows (repeatable; default: page 0)", lo=0, cli="append",
                                  metavar="N")

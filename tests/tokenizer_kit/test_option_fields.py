@@ -20,7 +20,7 @@ def _pair(text: str) -> tuple[str, str]:
 
 @dataclass
 class Toy:
-    paths: list[str] = opt([], "inputs", cli="positional")
+    paths: list[str] = opt([], "inputs", cli="list", positional=True)
     count: int = opt(3, "how many", lo=1)
     share: float = opt(0.0, "a share", lo=0, hi=1, hi_open=True)
     size: int = opt(1000, "bytes", size=True, lo=1)

@@ -25,7 +25,7 @@ from .summary import format_summary, summary
 class InspectOptions:
     """The options of `gato-tokenize inspect`."""
 
-    dir: str = opt("", "shard directory, a path or a URL (s3://...); may still be being written", cli="positional")
+    dir: str = opt("", "shard directory, a path or a URL (s3://...); may still be being written", positional=True)
     row: int | None = opt(None, "decode row N (counting over the shards in order)", metavar="N", exclusive="which")
     source_id: str | None = opt(None, "decode the row whose source_id is ID", metavar="ID", exclusive="which")
     png: str | None = opt(None, "with --row: write the row's images and token strip to FILE", metavar="FILE")
