@@ -70,7 +70,7 @@ def byte_size(text: str | int) -> int:
 
 def image_size_or_native(text: str) -> tuple[int, int] | None:
     """`N` (square), `HxW`, or `native` (each image keeps its own size, fitted to 16s): the one
-    --image-size syntax of every command (`gato-tokenize rl` and `captions`, `gato-train caption`)."""
+    --image-size syntax of every command (converters, `gato-train caption`, acting)."""
     from .images import MAX_PIXELS
     from .layout import PATCH_SIZE
     if text.strip().lower() == "native":
@@ -85,4 +85,3 @@ def image_size_or_native(text: str) -> tuple[int, int] | None:
     if h * w > MAX_PIXELS:
         raise argparse.ArgumentTypeError(f"image size {h}x{w} is over the limit of {MAX_PIXELS} pixels")
     return h, w
-
