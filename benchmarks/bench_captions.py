@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import webdataset as wds
 
-    import converters.caption_decode as captions_mod
+    import converters.captions.decode as captions_mod
     from converters.captions import CaptionConverter
     from converters.writer import convert
     from tokenizer_kit.text import TextTokenizer, train_tokenizer

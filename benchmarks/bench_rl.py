@@ -105,18 +105,15 @@ def baseline_rate(eps: list[dict]) -> float:
 
 def convert_rate(path: Path, out: Path) -> tuple[float, float, int]:
     """(values per CPU-second, values per wall-second) of the whole conversion, in-process, one worker."""
-    import argparse as ap
-    from converters.rl import add_arguments, make_converter
+    from converters.rl.options import RLOptions
+    from converters.rl.plan import make_converter
     from converters.writer import convert
     from tokenizer_kit.layout import VocabLayout
-    parser = ap.ArgumentParser()
-    parser.add_argument("inputs", nargs="+")
-    add_arguments(parser)
+    from tokenizer_kit.options import parse
     layout = VocabLayout(32000)
     t0, c0 = time.perf_counter(), time.process_time()
-    args = parser.parse_args([str(path)])
-    args.layout, args.tokenizer, args.task = layout, None, None
-    res = convert(make_converter(args), out, layout=layout, workers=1, progress=False)
+    opts = parse(RLOptions, [path, "--out", out])
+    res = convert(make_converter(opts, layout), out, layout=layout, workers=1, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     shutil.rmtree(out, ignore_errors=True)  # repeats would otherwise fill the disk
     values = int(res.manifest.stats["tokens_by_modality"]["continuous"])
@@ -125,16 +122,13 @@ def convert_rate(path: Path, out: Path) -> tuple[float, float, int]:
 
 def converter_rate(path: Path) -> float:
     """Values per CPU-second of the converter alone: read and build rows, no writer."""
-    import argparse as ap
-    from converters.rl import add_arguments, make_converter
+    from converters.rl.options import RLOptions
+    from converters.rl.plan import make_converter
     from tokenizer_kit.layout import VocabLayout
-    parser = ap.ArgumentParser()
-    parser.add_argument("inputs", nargs="+")
-    add_arguments(parser)
-    args = parser.parse_args([str(path)])
-    args.layout, args.tokenizer, args.task = VocabLayout(32000), None, None
+    from tokenizer_kit.options import parse
+    opts = parse(RLOptions, [path, "--out", "unused"])
     c0 = time.process_time()
-    conv = make_converter(args)
+    conv = make_converter(opts, VocabLayout(32000))
     steps = sum(r.num_steps for u in conv.work_units() for r in conv.convert_unit(u))
     return steps * (OBS + ACT) / (time.process_time() - c0)
 

@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     import simplejpeg
-    from converters.rl_sources.tfrecord import parse_example, read_records
-    from converters.rl_sources.video import decode_all
+    from converters.rl.sources.tfrecord import parse_example, read_records
+    from converters.rl.sources.video import decode_all
     from robot_fixtures import CAMERAS, make_episodes, make_rlds_episodes, write_lerobot_v3, write_rlds
 
     episodes, steps = (6, 40) if args.quick else (24, 100)

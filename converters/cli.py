@@ -1,7 +1,8 @@
 """`gato-tokenize`: convert raw data to shards, train a tokenizer, inspect and verify shards.
 
-Each subcommand lives in its own module that exposes `register(subparsers)`; the parser sets
-`func` to the function that runs it. Exit codes: 0 ok, 1 bad data (one-line reason), 2 bad usage.
+Each subcommand lives in its own module that exposes `register(subparsers)`; its options are one
+dataclass (tokenizer_kit.options) that its parser is built from, and the parser sets `func` to the
+function that runs it. Exit codes: 0 ok, 1 bad data (one-line reason), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ SUBCOMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gato-tokenize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="gato-tokenize", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for p in sub.choices.values():  # `--log` must not silently become `--log-every`, in any subcommand
+        p.allow_abbrev = False
     return parser
 
 

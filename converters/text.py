@@ -15,21 +15,21 @@ several workers can share one big file. Row `source_id`s say where each document
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence
 
-from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.options import opt
 from tokenizer_kit.text import TextTokenizer
 from tokenizer_kit.text_rows import build_text_row
 
 from .base import Record, SourceError, WorkUnit
 from .hf_datasets import hf_kind, load_dataset, split_dirs
+from .options import ConvertOptions
 
 TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".parquet": "parquet"}
@@ -46,20 +46,30 @@ UNITS_PER_INPUT = 16
 UNIT_SIZE_RANGE = (2**20, 16 * 2**20)  # a UTF-8 byte-order mark at the start of a file is not text
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("text")
-    g.add_argument("--split", choices=SPLITS, default="file",
-                   help=".txt files: one document per file (default) or per blank-line-separated block")
-    g.add_argument("--text-field", default="text", metavar="NAME",
-                   help="field of .jsonl records / column of Parquet and HF datasets (default text)")
-    g.add_argument("--unit-size", type=byte_size, default=None, metavar="BYTES",
-                   help="cut inputs into work units of about this size so workers can share a file "
-                        f"(default: the inputs' bytes / {UNITS_PER_INPUT}, between 1MiB and 16MiB)")
+@dataclass
+class TextOptions(ConvertOptions):
+    """Every option of `gato-tokenize text` (the common ones are ConvertOptions')."""
+
+    kind: ClassVar[str] = "text"
+
+    text_tokenizer: str | None = opt(None, "SentencePiece .model used for all text (a path or URL)",
+                                     metavar="MODEL", required=True)
+    split: str = opt("file", ".txt files: one document per file (default) or per blank-line-separated block",
+                     choices=SPLITS)
+    text_field: str = opt("text", "field of .jsonl records / column of Parquet and HF datasets (default text)",
+                          metavar="NAME")
+    unit_size: int | None = opt(None, "cut inputs into work units of about this size so workers can share a file "
+                                      f"(default: the inputs' bytes / {UNITS_PER_INPUT}, between 1MiB and 16MiB)",
+                                size=True, lo=1, metavar="BYTES")
 
 
-def make_converter(args) -> "TextConverter":
-    return TextConverter(args.inputs, args.tokenizer, args.layout, split=args.split, text_field=args.text_field,
-                         unit_size=args.unit_size)
+def make_converter(opts: TextOptions, layout: VocabLayout | None = None,
+                   tokenizer: TextTokenizer | None = None) -> "TextConverter":
+    """From the parsed options; the convert command passes the tokenizer and layout it loaded."""
+    if layout is None or tokenizer is None:
+        tokenizer, layout = opts.tokenizer_and_layout()
+    return TextConverter(opts.inputs, tokenizer, layout, split=opts.split, text_field=opts.text_field,
+                         unit_size=opts.unit_size)
 
 
 def auto_unit_size(files: list[tuple[str, str]]) -> int:
@@ -113,8 +123,6 @@ class TextConverter:
     def __post_init__(self):
         if self.tokenizer is None:
             raise SourceError("text conversion needs a SentencePiece model (--text-tokenizer)")
-        if self.split not in SPLITS:
-            raise SourceError(f"unknown --split {self.split!r}; expected one of {', '.join(SPLITS)}")
 
     def options(self) -> dict:
         return {"split": self.split, "text_field": self.text_field, "unit_size": self.unit_size,

@@ -85,11 +85,3 @@ def image_size_or_native(text: str) -> tuple[int, int] | None:
     if h * w > MAX_PIXELS:
         raise argparse.ArgumentTypeError(f"image size {h}x{w} is over the limit of {MAX_PIXELS} pixels")
     return h, w
-
-
-def image_size(text: str) -> tuple[int, int]:
-    """`N` or `HxW` (as image_size_or_native, where `native` is not an option)."""
-    size = image_size_or_native(text)
-    if size is None:
-        raise argparse.ArgumentTypeError("expected N or HxW here (native is not an option)")
-    return size

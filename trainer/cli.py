@@ -24,41 +24,12 @@ SUBCOMMANDS = {  # name -> (module, entry point)
 }
 
 
-def _arg_type(name: str):
-    """The command line's parser of option `name`: its type, then the one range check (run_config)."""
-    from .run_config import FIELDS, UsageError, check_value
-
-    kind = FIELDS[name].type if isinstance(FIELDS[name].type, str) else str(FIELDS[name].type)
-    size = FIELDS[name].metadata["size"]
-
-    def parse(text: str):
-        value = text
-        if kind.startswith("int") and not size:
-            try:
-                value = int(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        elif kind.startswith("float"):
-            try:
-                value = float(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        try:
-            if kind.startswith("list"):  # one item of a list option
-                return check_value(name, [value])[0]
-            return check_value(name, value)
-        except UsageError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = name
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Built from the fields of run_config.TrainArgs (default, range, help defined there only); an
     option not given is absent from the namespace, so --config and the run being resumed fill it."""
-    import dataclasses
+    from tokenizer_kit.options import add_options
 
-    from .run_config import TrainArgs, flag
+    from .run_config import TrainArgs, check_value
 
     doc = __doc__.split("\n\n")
     p = argparse.ArgumentParser(prog="gato-train", description=doc[0], epilog=doc[1], allow_abbrev=False,
@@ -69,25 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="RUN.YAML", help="a YAML file of options (keys as the long options, "
                    "`batch_size: 8`); options given on the command line override it")
-    for f in dataclasses.fields(TrainArgs):
-        m = f.metadata
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = m["help"] + ("" if default in (None, [], "") or "default" in m["help"] else f" (default {default})")
-        if m["cli"] == "flag":
-            if default:
-                p.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=text)
-            else:
-                p.add_argument(flag(f.name), action="store_true", help=text)
-            continue
-        kw = {"nargs": "+"} if m["cli"] == "list" else {}
-        if m["choices"] is not None:
-            kw["choices"] = m["choices"]
-        else:
-            kw["type"] = _arg_type(f.name)
-        kind = f.type if isinstance(f.type, str) else str(f.type)
-        metavar = m["metavar"] or (None if m["choices"] else "N" if kind.startswith("int") else
-                                   "X" if kind.startswith("float") else "VALUE")
-        p.add_argument(flag(f.name), metavar=metavar, help=text, **kw)
+    add_options(p, TrainArgs, check=lambda f, value: check_value(f.name, value))
     return p
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tokenizer_kit.files import atomic_path
+from tokenizer_kit.options import UsageError, flag, opt  # noqa: F401 (UsageError, flag: trainer's names)
+from tokenizer_kit.options import check_value as check_field
 
 from .model import PRESETS, GatoConfig
 
@@ -32,25 +33,8 @@ DEFAULT_LR = {"tiny": 1e-3}  # paper presets: 1e-4 (the paper's peak learning ra
 LOGGERS = ("jsonl", "tensorboard", "wandb")
 
 
-class UsageError(ValueError):
-    """Arguments that contradict each other or the run being resumed: exit 2."""
-
-
 class RunConfigError(ValueError):
     """A config.json or run.yaml that cannot be read as a run config: one line naming the field."""
-
-
-def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-        hi_open: bool = False,
-        choices: tuple | None = None, fixed: bool = False, metavar: str | None = None, cli: str = "value",
-        size: bool = False) -> Any:
-    """A TrainArgs field: default, range [lo, hi] (hi excluded with hi_open) or choices, help text,
-    whether it defines the run (fixed), and how the command line takes it (cli: value, list, flag)."""
-    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
-            "fixed": fixed, "metavar": metavar, "cli": cli, "size": size}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -151,65 +135,19 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainArgs)}
 FIXED_ARGS = tuple(name for name, f in FIELDS.items() if f.metadata["fixed"])
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _type_name(name: str) -> str:
-    t = FIELDS[name].type
-    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
-
-
 def check_value(name: str, value: Any) -> Any:
-    """`value` for option `name`, converted to its type and checked against its range or choices;
-    UsageError naming the option otherwise. The command line and config files both come here."""
-    f = FIELDS[name]
-    m, kind = f.metadata, _type_name(name)
-    if value is None:
-        if "None" in kind or f.default is None:
-            return None
-        raise UsageError(f"{flag(name)} must be given a value")
-    if kind.startswith("list"):
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
-                not all(isinstance(v, (str, os.PathLike)) for v in value):
-            raise UsageError(f"{flag(name)} must be a list of paths, not {value!r}")
-        value = [os.fspath(v) for v in value]
-        if name == "data":
-            from .data import parse_data_arg
-            from .source import DataError
-            for item in value:
-                try:
-                    parse_data_arg(item)
-                except DataError as e:
-                    raise UsageError(str(e)) from None
-        return value
-    if kind.startswith("bool"):
-        if not isinstance(value, bool):
-            raise UsageError(f"{flag(name)} must be true or false, not {value!r}")
-        return value
-    if kind.startswith("int"):
-        if m["size"] and isinstance(value, str):
-            from tokenizer_kit.argtypes import byte_size
+    """`value` for option `name`, converted and range-checked by its field (tokenizer_kit.options),
+    then what only gato-train knows: --data items, --log loggers, --device. The command line and
+    config files both come here."""
+    value = check_field(FIELDS[name], value)
+    if name == "data" and value is not None:
+        from .data import parse_data_arg
+        from .source import DataError
+        for item in value:
             try:
-                value = byte_size(value)
-            except Exception as e:
-                raise UsageError(f"{flag(name)}: {e}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"{flag(name)} must be an integer, not {value!r}")
-    elif kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UsageError(f"{flag(name)} must be a finite number, not {value!r}")
-        value = float(value)
-    elif kind.startswith("str"):
-        if not isinstance(value, str):
-            raise UsageError(f"{flag(name)} must be a string, not {value!r}")
-    lo, hi = m["lo"], m["hi"]
-    if lo is not None and (value <= lo if m["lo_open"] else value < lo):
-        raise UsageError(f"{flag(name)} must be {'above' if m['lo_open'] else 'at least'} {lo}, not {value}")
-    if hi is not None and (value >= hi if m["hi_open"] else value > hi):
-        raise UsageError(f"{flag(name)} must be in [{lo}, {hi}{')' if m['hi_open'] else ']'}, not {value}")
-    if m["choices"] is not None and value not in m["choices"]:
-        raise UsageError(f"{flag(name)} must be one of {', '.join(m['choices'])}, not {value!r}")
+                parse_data_arg(item)
+            except DataError as e:
+                raise UsageError(str(e)) from None
     if name == "log":
         bad = [x for x in value.split(",") if x not in LOGGERS]
         if bad:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+
+from tokenizer_kit.options import add_command, opt
 
 
-def run(args) -> int:
+@dataclass
+class FinalizeOptions:
+    """The options of `gato-tokenize finalize`."""
+
+    dir: str = opt("", "shard directory (path or fsspec URL)", positional=True)
+
+
+def run(args: FinalizeOptions) -> int:
     from converters.writer import finalize
     m = finalize(args.dir)  # a locked or unreachable OUT: converters.errors makes it one line
     print(f"{args.dir}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards", file=sys.stderr)
@@ -13,7 +23,5 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("finalize", help="write the manifest of a directory converted by partitions",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("dir", help="shard directory (path or fsspec URL)")
-    p.set_defaults(func=run)
+    add_command(subparsers, "finalize", FinalizeOptions, run,
+                help="write the manifest of a directory converted by partitions", description=__doc__.splitlines()[0])

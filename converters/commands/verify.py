@@ -8,7 +8,6 @@ between ranks and workers and proves every row is read exactly once per epoch.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import threading
@@ -25,6 +24,7 @@ from schemas.storage import join
 from schemas.validate import Problem, validate_and_count
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+from tokenizer_kit.options import add_command, opt
 
 from .listing import head_and_tail, human_bytes
 
@@ -301,7 +301,25 @@ def format_simulation(sim: dict) -> str:
 
 # --- command line ------------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class VerifyOptions:
+    """The options of `gato-tokenize verify`."""
+
+    dir: str = opt("", "shard directory (manifest.json + shard-NNNNN.arrow): a path or a URL (s3://...)",
+                   positional=True)
+    simulate_ranks: int = opt(0, "also show how WORLD trainer ranks split the rows, and prove none is read twice or "
+                                 "skipped", lo=1, metavar="WORLD")
+    workers: int = opt(0, "data-loader workers per rank, as gato-train's --num-workers (with --simulate-ranks)",
+                       lo=0, metavar="W")
+    epoch: int = opt(0, "epoch to simulate (with --simulate-ranks)", lo=0)
+    seed: int = opt(0, "gato-train's --seed (with --simulate-ranks)")
+    data_index: int = opt(0, "position of DIR among gato-train's --data directories (its split seed depends on it)",
+                          lo=0)
+    split: str | None = opt(None, "the loader's split rule to simulate (default: as gato-train reads DIR: shards for "
+                                  "a URL, rows for a local directory)", choices=("rows", "shards"))
+
+
+def run(args: VerifyOptions) -> int:
     res = verify_dir(args.dir)
     rate = res.bytes / max(res.seconds, 1e-9) / 1e9
     if res.problems:
@@ -322,32 +340,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count_arg(least: int):
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if n < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least}, got {n}")
-        return n
-    return parse
-
-
 def register(subparsers) -> None:
-    p = subparsers.add_parser("verify", help="check a shard directory against its manifest and the shard contract",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("dir", help="shard directory (manifest.json + shard-NNNNN.arrow): a path or a URL (s3://...)")
-    p.add_argument("--simulate-ranks", type=_count_arg(1), metavar="WORLD", default=0,
-                   help="also show how WORLD trainer ranks split the rows, and prove none is read twice or skipped")
-    p.add_argument("--workers", type=_count_arg(0), default=0, metavar="W",
-                   help="data-loader workers per rank, as gato-train's --num-workers (with --simulate-ranks)")
-    p.add_argument("--epoch", type=_count_arg(0), default=0, help="epoch to simulate (with --simulate-ranks)")
-    p.add_argument("--seed", type=int, default=0, help="gato-train's --seed (with --simulate-ranks)")
-    p.add_argument("--data-index", type=_count_arg(0), default=0,
-                   help="position of DIR among gato-train's --data directories (its split seed depends on it)")
-    p.add_argument("--split", choices=("rows", "shards"),
-                   help="the loader's split rule to simulate (default: as gato-train reads DIR: shards for a URL, "
-                        "rows for a local directory)")
-    p.set_defaults(func=run)
-
+    add_command(subparsers, "verify", VerifyOptions, run,
+                help="check a shard directory against its manifest and the shard contract",
+                description=__doc__.splitlines()[0])

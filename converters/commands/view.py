@@ -9,8 +9,8 @@ views in the time of the pages shown; run it again with other pages to add them.
 
 from __future__ import annotations
 
-import argparse
 import re
+from dataclasses import dataclass
 import sys
 from pathlib import Path
 
@@ -20,10 +20,11 @@ from schemas.reader import ShardDir
 from schemas.shard import ShardError, row_from_table
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import MODALITY_NAMES
+from tokenizer_kit.options import add_command, opt
 
 from ..base import SourceError
 from ..view_page import esc, page, row_body, table
-from .inspect import summary
+from .inspect.summary import summary
 from .listing import human_bytes
 
 INDEX = "index.html"
@@ -123,7 +124,7 @@ def render_page(sd: ShardDir, out: Path, p: int, page_size: int, pages: set[int]
     _write(out / page_name(p), page(f"{sd.name} page {p}", body))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ViewOptions) -> int:
     sd = ShardDir.open(args.dir)
     if sd.num_rows == 0:
         raise SourceError(f"{args.dir}: no rows to view (no complete shard)")
@@ -155,16 +156,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    from tokenizer_kit.argtypes import nonnegative_int, positive_int
+@dataclass
+class ViewOptions:
+    """The options of `gato-tokenize view`."""
 
-    p = subparsers.add_parser("view", help="write HTML pages to look at a shard directory in a browser",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("dir", help="shard directory, a path or a URL (s3://...)")
-    p.add_argument("--out", required=True, metavar="VIEW", help="folder of the HTML pages (open VIEW/index.html)")
-    p.add_argument("--page", type=nonnegative_int, action="append", metavar="N",
-                   help="render page N of the rows (repeatable; default: page 0)")
-    p.add_argument("--row", type=nonnegative_int, action="append", metavar="N",
-                   help="render the page holding row N (repeatable)")
-    p.add_argument("--page-size", type=positive_int, default=20, metavar="ROWS", help="rows per page (default 20)")
-    p.set_defaults(func=run)
+    dir: str = opt("", "shard directory, a path or a URL (s3://...)", positional=True)
+    out: str = opt("", "folder of the HTML pages (open VIEW/index.html)", metavar="VIEW", required=True)
+    page: list[int] | None = opt(None, "render page N of the rows (repeatable; default: page 0)", lo=0, cli="append",
+                                 metavar="N")
+    row: list[int] | None = opt(None, "render the page holding row N (repeatable)", lo=0, cli="append", metavar="N")
+    page_size: int = opt(20, "rows per page (default 20)", lo=1, metavar="ROWS")
+
+
+def register(subparsers) -> None:
+    add_command(subparsers, "view", ViewOptions, run, help="write HTML pages to look at a shard directory in a browser",
+                description=__doc__.split("\n\n")[0])

@@ -22,20 +22,14 @@ from schemas.storage import OutDir
 from schemas.workunit import PLAN_NAME, WORK_DIR, ConversionPlan, UnitMarker, WorkDir, merge_stats
 from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+from tokenizer_kit.options import UsageError  # bad usage found here (an OUT of another conversion): exit 2
 
 from ..base import Converter, SourceError
 from ..progress import Progress
-from .engines import ENGINES, run_local, run_ray
+from .engines import run_local, run_ray
 from .lock import OutLock
-from .shards import COMPRESSIONS
 from .unit import UnitJob, UnitSettings
 from .leftovers import remove_temporaries, remove_unlisted_shards, remove_work_dir
-
-ON_ERROR = ("fail", "skip")
-
-
-class UsageError(ValueError):
-    """The command cannot run as asked (conflicting output directory, bad partition): exit 2."""
 
 
 @dataclass
@@ -67,18 +61,6 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
             compression: str = "none", test_share: float = 0.0) -> ConvertResult:
     """Convert the work units of `converter` into the shard directory `out` (a path or fsspec URL)."""
     t0 = time.perf_counter()
-    if on_error not in ON_ERROR:
-        raise UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-    if engine not in ENGINES or compression not in COMPRESSIONS:
-        raise UsageError(f"--engine must be one of {ENGINES} and --compression one of {COMPRESSIONS}")
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
-    if not 0.0 <= test_share < 1.0:
-        raise UsageError(f"--test-share must be in [0, 1), got {test_share}")
-    if num_partitions < 1 or (partition is not None and not 0 <= partition < num_partitions):
-        raise UsageError(f"--partition must be in [0, {num_partitions}) and --num-partitions >= 1")
-    if num_partitions > 1 and partition is None:
-        raise UsageError("--num-partitions needs --partition i (or leave both out to finish the conversion)")
     store = OutDir(out)
     if store.local and os.path.exists(store.root) and not os.path.isdir(store.root):
         raise UsageError(f"--out {out} exists and is not a directory")

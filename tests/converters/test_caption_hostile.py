@@ -162,7 +162,7 @@ def test_an_int64_image_column_is_a_bad_record_naming_the_column(tmp_path, text_
 
 def test_an_image_size_over_the_pixel_limit_is_bad_usage():
     import argparse
-    from converters.captions import parse_image_size
+    from tokenizer_kit.argtypes import image_size_or_native as parse_image_size
     with pytest.raises(argparse.ArgumentTypeError, match="over the limit"):
         parse_image_size("16384x16384")
     assert parse_image_size("4096x4096") == (4096, 4096)

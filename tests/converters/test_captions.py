@@ -17,7 +17,10 @@ import webdataset as wds
 from PIL import Image
 
 from converters.base import SourceError
-from converters.captions import CaptionConverter, add_arguments, make_converter, parse_image_size
+from converters.captions.converter import CaptionConverter, make_converter
+from converters.captions.options import CaptionOptions
+from tokenizer_kit.argtypes import image_size_or_native as parse_image_size
+from tokenizer_kit.options import parse
 from tokenizer_kit.images import MAX_PIXELS, fit_image, patch_positions
 from tokenizer_kit.layout import IMAGE, TEXT
 from tokenizer_kit.text_rows import decode_caption
@@ -121,7 +124,7 @@ def test_jpeg_draft_decodes_large_images_at_reduced_scale_close_to_full_decode(t
 def test_jpeg_decodes_at_dct_scale_for_exact_fit_and_falls_back_to_pillow(tmp_path, text_tokenizer):
     """64x96 -> 32x48 is libjpeg-turbo's 1/2 scale (no resize), 64x64 -> 48x48 its 3/4: both close
     to a Lanczos reference of the full decode; grey and CMYK JPEGs (CMYK goes through Pillow) too."""
-    from converters import captions
+    from converters.captions import decode as captions
     if captions.simplejpeg is None:
         pytest.skip("simplejpeg is not installed")
     base = np.asarray(Image.fromarray(photo(16, 24, 4)).resize((96, 64), Image.BICUBIC))
@@ -281,12 +284,8 @@ def test_directory_of_tars_in_sorted_order(tmp_path, text_tokenizer):
 
 def test_make_converter_from_command_line_options(tmp_path, sp_model_path, text_tokenizer):
     tar = write_tar(tmp_path / "a.tar", [{"__key__": "k", "png": encode(photo(40, 40, 0), "PNG"), "txt": "hi"}])
-    p = argparse.ArgumentParser()
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--text-tokenizer")
-    add_arguments(p)
-    c = make_converter(p.parse_args([str(tar), "--text-tokenizer", sp_model_path, "--image-size", "16x32",
-                                     "--fit", "pad"]))
+    c = make_converter(parse(CaptionOptions, [tar, "--out", tmp_path / "o", "--text-tokenizer", sp_model_path,
+                                              "--image-size", "16x32", "--fit", "pad"]))
     assert c.name == "captions" and c.rl is False
     assert c.options()["image_size"] == [16, 32] and c.options()["fit"] == "pad"
     check_row(run_all(c)[0], text_tokenizer, "hi", None, size=(16, 32))

@@ -107,7 +107,7 @@ def test_a_minari_file_with_an_external_link_is_refused(tmp_path, minari_root):
 
 def test_a_group_linked_into_itself_is_walked_once(tmp_path):
     from converters.base import SourceError
-    from converters.rl_sources.h5check import check_hdf5
+    from converters.rl.sources.h5check import check_hdf5
     src = tmp_path / "cycle.hdf5"
     with h5py.File(src, "w") as f:
         _plain(f)

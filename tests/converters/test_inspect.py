@@ -276,7 +276,7 @@ def test_real_atari_like_conversion_inspects_and_verifies(tmp_path, monkeypatch,
 
 
 def test_long_rows_are_shown_cut_with_a_count():
-    from converters.commands.inspect import _clip, _ids
+    from converters.commands.inspect.rows import _clip, _ids
     shown = _ids(np.arange(300), np.r_[np.ones(299), 0].astype(np.uint8), 256)
     assert len(shown) == 257 and shown[0] == "0*" and shown[-1] == "... (+44 ids)"
     assert _clip("x" * 5000, 4000).endswith("... (+1000 characters)")

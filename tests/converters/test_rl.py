@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -15,33 +15,26 @@ import pyarrow.parquet as pq
 import pytest
 
 from converters.base import SourceError
-from converters.rl import add_arguments, make_converter
-from converters.rl_converter import RLConverter
-from converters.rl_sources.hdf5 import FlatHDF5Source
+from converters.rl.converter import RLConverter
+from converters.rl.options import RLOptions
+from converters.rl.plan import make_converter
+from converters.rl.sources.hdf5 import FlatHDF5Source
 from rl_fixtures import (DictObs, MissionObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
+from tokenizer_kit import options
+from tokenizer_kit.options import UsageError
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.values import quantization_error
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def parse(argv: list[str], **extra) -> argparse.Namespace:
-    """The options as the convert command parses them (common ones included)."""
-    p = argparse.ArgumentParser()
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--task", default=None)
-    p.add_argument("--text-tokenizer", default=None)
-    p.add_argument("--text-vocab-size", type=int, default=32000)
-    p.add_argument("--layout-profile", default="gato")
-    add_arguments(p)
-    args = p.parse_args([str(a) for a in argv])
-    for k, v in extra.items():
-        setattr(args, k, v)
-    return args
+def parse(argv: list[str], **extra) -> RLOptions:
+    """The options as the convert command parses them (its parser, built from RLOptions)."""
+    return dataclasses.replace(options.parse(RLOptions, [*argv, "--out", "unused"]), **extra)
 
 
-def convert(argv, **extra) -> tuple[RLConverter, list]:
-    c = make_converter(parse(argv, **extra))
+def convert(argv, layout: VocabLayout | None = None, **extra) -> tuple[RLConverter, list]:
+    c = make_converter(parse(argv, **extra), layout)
     return c, [r for u in c.work_units() for r in c.convert_unit(u)]
 
 
@@ -262,16 +255,15 @@ def test_field_kind_and_mu_law_overrides(cartpole):
         assert r.field_errors["obs"][0] == pytest.approx(q.max())
     for bad in (["--field", "nope=discrete"], ["--field", "obs=pixels"], ["--mu-law", "action=on"],
                 ["--mu-law", "obs=maybe"]):
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(UsageError):  # the convert command makes it exit 2
             make_converter(parse([path] + bad))
-        assert e.value.code == 2
 
 
 def test_ignored_fields_and_text_needs_a_tokenizer(tmp_path):
     t = pa.table({"text_observations": [["hi", "there"]], "continuous_observations": [[[0.5], [0.25]]],
                   "discrete_actions": [[1, 2]], "rewards": [[1.0, 2.0]]})
     pq.write_table(t, tmp_path / "t.parquet")
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="pass --text-tokenizer"):
         make_converter(parse([tmp_path / "t.parquet"]))
     c, recs = convert([tmp_path / "t.parquet", "--field", "text_observations=ignore"])
     assert [f.name for f in c.spec.observations] == ["continuous_observations"] and recs[0].episode_return == 3.0
@@ -299,9 +291,8 @@ def test_return_filters(tmp_path):
                                            if x >= max(25, 0.8 * max(returns))]
     for ep in eps:
         ep["rewards"] = -ep["rewards"]
-    with pytest.raises(SystemExit) as e:  # a fraction of a negative best return means nothing
+    with pytest.raises(UsageError):  # a fraction of a negative best return means nothing
         make_converter(parse([write_d4rl(tmp_path / "neg.hdf5", eps), "--min-return-fraction", "0.8"]))
-    assert e.value.code == 2
 
 
 @pytest.mark.parametrize("fmt", ["d4rl", "parquet", "minari"])

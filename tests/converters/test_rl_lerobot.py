@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from converters.cli import main as tokenize_main
-from converters.rl_sources.lerobot import LeRobotSource
-from converters.rl_sources.video import decode_all
+from converters.rl.sources.lerobot import LeRobotSource
+from converters.rl.sources.video import decode_all
 from robot_fixtures import (ACTION, CAMERAS, FPS, TASKS, make_episodes, write_lerobot_v3, write_lerobot_v21)
 from schemas.manifest import Manifest
 from schemas.reader import ShardDir
@@ -259,7 +259,7 @@ def test_paths_from_info_json_stay_inside_the_folder(v3, tmp_path, sp_model_path
 
 def test_a_unit_opens_each_video_file_once(v3, monkeypatch):
     """Four episodes in one MP4 per camera: two opens for the whole unit, not one per episode or frame."""
-    import converters.rl_sources.lerobot as lerobot_mod
+    import converters.rl.sources.lerobot as lerobot_mod
     opened = []
 
     class Counted(lerobot_mod.VideoFile):  # the real decoder, counted

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from converters.cli import main as tokenize_main
-from converters.rl_sources.tfrecord import count_records, read_records
+from converters.rl.sources.tfrecord import count_records, read_records
 from robot_fixtures import make_rlds_episodes, write_rlds
 from schemas.manifest import Manifest
 from schemas.reader import ShardDir
@@ -150,7 +150,7 @@ def test_step_images_decode_into_one_array_or_are_refused_naming_the_step():
     step of another size than step 0 (shape left open in features.json) or a 16-bit image (no
     silent narrowing to uint8) is that episode's error naming feature and step."""
     import simplejpeg
-    from converters.rl_sources.rlds import Declared, _decode_images
+    from converters.rl.sources.rlds import Declared, _decode_images
     rng = np.random.default_rng(0)
     pics = [rng.integers(0, 256, (32, 48, 3), np.uint8) for _ in range(3)]
     jpegs = [simplejpeg.encode_jpeg(p, 90) for p in pics]

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from converters.rl_sources.table import TableSource
+from converters.rl.sources.table import TableSource
 
 
 def _table(lengths: list[int], seed: int = 0) -> tuple[pa.Table, list[np.ndarray]]:

@@ -20,20 +20,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from converters.cli import build_parser
-from tokenizer_kit.layout import VocabLayout
-from tokenizer_kit.text import TextTokenizer
+from converters.commands.convert import make_converter
 
 from rl_fixtures import DictObs, MissionObs, PixelObs, episode_table, make_minari, rollouts, write_d4rl
 
 
 def _converter(kind: str, argv: list[str]):
     """The converter exactly as `gato-tokenize KIND ...` builds it (options parsed by its CLI)."""
-    import importlib
     args = build_parser().parse_args([kind, *argv, "--out", "unused", "--no-progress"])
-    args.tokenizer = TextTokenizer(args.text_tokenizer) if args.text_tokenizer else None
-    args.layout = (args.tokenizer.layout(args.layout_profile) if args.tokenizer else
-                   VocabLayout(text_vocab_size=args.text_vocab_size, profile=args.layout_profile))
-    return importlib.import_module(f"converters.{kind}").make_converter(args)
+    return make_converter(args.options)  # tokenizer and layout from the options, as the command loads them
 
 
 def _rows_sha256(converter, root) -> str:

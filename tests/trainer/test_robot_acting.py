@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_trained_model_acts_on_the_recorded_robot_episode(tmp_path, sp_model_path):
     from conftest import make_rl_shard_dir
     from converters.cli import main as tokenize_main
-    from converters.rl_sources.video import decode_all
+    from converters.rl.sources.video import decode_all
     from schemas.reader import ShardDir
     from schemas.shard import row_from_table
     from tokenizer_kit.episode_decode import decode_actions

@@ -30,9 +30,9 @@ from typing import Sequence
 
 from tokenizer_kit.errors import first_line
 
-from .base import SourceError
-from .caption_decode import BadField
-from .hf_datasets import hf_kind, load_dataset
+from ..base import SourceError
+from .decode import BadField
+from ..hf_datasets import hf_kind, load_dataset
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # tar member suffixes, in order of preference
 IMAGE_COLUMNS = ("image", "file", "file_name", "filename", "image_path", "img", "jpg", "png", "path")

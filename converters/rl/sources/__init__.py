@@ -133,7 +133,7 @@ def detect_kind(path: str) -> str:
 
 
 def open_source(path: str, kind: str = "auto", allow_hdf5_external: bool = False) -> Source:
-    """The reader of `path`; HDF5 files are checked first (rl_sources/h5check.py): external storage,
+    """The reader of `path`; HDF5 files are checked first (sources/h5check.py): external storage,
     links and virtual datasets refused unless `allow_hdf5_external`, declared sizes backed by bytes."""
     kind = detect_kind(path) if kind == "auto" else kind
     if kind == "minari":

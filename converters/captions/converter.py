@@ -1,9 +1,10 @@
 """Image-caption pairs -> rows (SPEC 3-4): image patches, then the caption + end-of-text.
 
-Sources (tar, csv, jsonl, coco, parquet, hf; see converters/caption_sources.py) are picked by
+Sources (tar, csv, jsonl, coco, parquet, hf; see converters/captions/sources.py) are picked by
 extension or `--input-format`. A directory that is not a `datasets` directory stands for its
-`*.tar` (else `*.parquet`) files. Decoding and fitting images is converters/caption_decode.py;
-this module holds the options, the work units and the batching of captions into SentencePiece.
+`*.tar` (else `*.parquet`) files. Decoding and fitting images is converters/captions/decode.py,
+the options converters/captions/options.py; this module holds the work units and the batching
+of captions into SentencePiece.
 
 Bad records are yielded with a one-line `skip_reason` naming file, record and field; a tar that is
 truncated or whose members are not grouped by key is refused as a whole (SourceError).
@@ -11,75 +12,36 @@ truncated or whose members are not grouped by key is refused as a whole (SourceE
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from tokenizer_kit.argtypes import byte_size, image_size_or_native
-from tokenizer_kit.images import FIT_POLICIES
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.text import TextTokenizer
 
-from .base import Record, SourceError, WorkUnit
-from .caption_decode import DEFAULT_IMAGE_SIZE, BadField, ImageFit, caption_row, caption_text, simplejpeg
-from .caption_sources import (CAPTION_COLUMNS, IMAGE_COLUMNS, MAX_IMAGE_BYTES, ImageFiles, arrow_columns,
-                              arrow_records, coco_index, coco_records, detect_format, expand_inputs, hf_dataset,
-                              parquet_file, table_file, table_records, tar_records)
+from ..base import Record, SourceError, WorkUnit
+from .decode import DEFAULT_IMAGE_SIZE, BadField, ImageFit, caption_row, caption_text, simplejpeg
+from .options import CaptionOptions
+from .sources import (MAX_IMAGE_BYTES, ImageFiles, arrow_columns, arrow_records, coco_index, coco_records,
+                      detect_format, expand_inputs, hf_dataset, parquet_file, table_file, table_records, tar_records)
 
-__all__ = ["CaptionConverter", "add_arguments", "make_converter", "parse_image_size", "caption_text", "BadField",
-           "ImageFit"]
+__all__ = ["CaptionConverter", "make_converter", "caption_text", "BadField", "ImageFit"]
 
-FORMATS = ("auto", "tar", "csv", "jsonl", "coco", "parquet", "hf")
 ENCODE_BATCH = 256  # records whose captions are tokenised in one SentencePiece call
 
 
-# --- command line ------------------------------------------------------------------------------
-
-parse_image_size = image_size_or_native  # the one --image-size syntax (tokenizer_kit.argtypes)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("captions")
-    g.add_argument("--input-format", choices=FORMATS, default="auto",
-                   help="source format (auto: by extension; a directory is a datasets dir or its tars)")
-    g.add_argument("--image-size", type=parse_image_size, default=(DEFAULT_IMAGE_SIZE,) * 2, metavar="N|HxW|native",
-                   help=f"size every image is fitted to (default {DEFAULT_IMAGE_SIZE}: 144 patches)")
-    g.add_argument("--fit", choices=FIT_POLICIES, default="resize",
-                   help="resize: stretch to the size; pad: keep the aspect ratio, zero-pad bottom/right")
-    g.add_argument("--image-field", default=None,
-                   help=f"image column (CSV/JSONL/Parquet/datasets); default the first of {', '.join(IMAGE_COLUMNS)}")
-    g.add_argument("--caption-field", default=None,
-                   help="caption column, or field of a tar's KEY.json; default the first of "
-                        f"{', '.join(CAPTION_COLUMNS)} (tars: KEY.txt first)")
-    g.add_argument("--image-root", default=None,
-                   help="folder that relative image paths are under (default: the captions file's folder)")
-    g.add_argument("--allow-outside-root", action="store_true",
-                   help="read image paths that are absolute or lead outside the image root (default: bad record)")
-    g.add_argument("--max-image-bytes", type=byte_size, default=MAX_IMAGE_BYTES, metavar="BYTES",
-                   help=f"largest image file read from a path (default {MAX_IMAGE_BYTES // 2**20}MiB)")
-    g.add_argument("--coco-captions", choices=("all", "first"), default="all",
-                   help="COCO: one row per caption (all) or per image with its first caption (first)")
-    g.add_argument("--records-per-unit", type=int, default=10000,
-                   help="records per work unit of CSV/JSONL/COCO/Parquet/datasets inputs (tars: one each)")
-
-
-def make_converter(args: argparse.Namespace) -> "CaptionConverter":
-    """From parsed options; convert.py has put the loaded tokenizer and layout on `args`."""
-    tok = getattr(args, "tokenizer", None)
-    if tok is None:
-        if not getattr(args, "text_tokenizer", None):
-            raise SourceError("captions need a SentencePiece model: pass --text-tokenizer MODEL")
-        tok = TextTokenizer(args.text_tokenizer)
-    layout = getattr(args, "layout", None) or tok.layout(getattr(args, "layout_profile", None) or "gato")
+def make_converter(opts: CaptionOptions, layout: VocabLayout | None = None,
+                   tokenizer: TextTokenizer | None = None) -> "CaptionConverter":
+    """From the parsed options; the convert command passes the tokenizer and layout it loaded."""
+    if layout is None or tokenizer is None:
+        tokenizer, layout = opts.tokenizer_and_layout()
     return CaptionConverter(
-        args.inputs, tok, layout, input_format=args.input_format, image_size=args.image_size, fit=args.fit,
-        image_field=args.image_field, caption_field=args.caption_field, image_root=args.image_root,
-        coco_captions=args.coco_captions, records_per_unit=args.records_per_unit,
-        allow_outside_root=getattr(args, "allow_outside_root", False),
-        max_image_bytes=getattr(args, "max_image_bytes", MAX_IMAGE_BYTES))
+        opts.inputs, tokenizer, layout, input_format=opts.input_format, image_size=opts.image_size, fit=opts.fit,
+        image_field=opts.image_field, caption_field=opts.caption_field, image_root=opts.image_root,
+        coco_captions=opts.coco_captions, records_per_unit=opts.records_per_unit,
+        allow_outside_root=opts.allow_outside_root, max_image_bytes=opts.max_image_bytes)
 
 
 class CaptionConverter:
@@ -93,10 +55,6 @@ class CaptionConverter:
                  fit: str = "resize", image_field: str | None = None, caption_field: str | None = None,
                  image_root: str | None = None, coco_captions: str = "all", records_per_unit: int = 10000,
                  allow_outside_root: bool = False, max_image_bytes: int = MAX_IMAGE_BYTES):
-        if fit not in FIT_POLICIES:
-            raise SourceError(f"unknown --fit {fit!r}; expected one of {', '.join(FIT_POLICIES)}")
-        if records_per_unit <= 0:
-            raise SourceError(f"--records-per-unit must be positive, got {records_per_unit}")
         self.tok, self.layout = text_tokenizer, layout
         self.image = ImageFit(tuple(image_size) if image_size is not None else None, fit)
         self.image_field, self.caption_field = image_field, caption_field
@@ -157,7 +115,8 @@ class CaptionConverter:
         return {"input_format": self.input_format, "formats": sorted(set(self.formats.values())),
                 "image_size": list(self.image.size) if self.image.size else "native", "fit": self.image.fit,
                 "resample": "bilinear", "pad": "zeros bottom/right, aspect kept" if self.image.fit == "pad" else None,
-                "jpeg_draft": True, "jpeg_dct_scale": simplejpeg is not None, "image_field": self.image_field, "caption_field": self.caption_field,
+                "jpeg_draft": True, "jpeg_dct_scale": simplejpeg is not None, "image_field": self.image_field,
+                "caption_field": self.caption_field,
                 "caption_strip": True, "coco_captions": self.coco_captions,
                 "records_per_unit": self.records_per_unit}
 

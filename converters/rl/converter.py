@@ -1,5 +1,5 @@
 """The RL converter: each work unit (a contiguous range of one input's episodes) -> one row per
-episode under the `EpisodeSpec` the command line settled (converters/rl.py), with its return, the
+episode under the `EpisodeSpec` the command line settled (converters/rl/plan.py), with its return, the
 quantisation error of each field and the continuous action values that had to be clipped."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tokenizer_kit.layout import CONTINUOUS, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, build_episode
 from tokenizer_kit.values import bins_to_continuous, from_unit_range, outside_unit_range, to_unit_range
 
-from .base import Record, SourceError, WorkUnit
-from .rl_sources import RawEpisode, Source, open_source
+from ..base import Record, SourceError, WorkUnit
+from .sources import RawEpisode, Source, open_source
 
 STEPS_PER_UNIT = 100_000  # big enough that per-unit costs (files, fsyncs) vanish, small enough to share
 
