@@ -17,10 +17,10 @@ import os
 import sys
 
 SUBCOMMANDS = {  # name -> (module, entry point)
-    "rollout": ("trainer.evaluate", "rollout_main"),
-    "eval": ("trainer.evaluate", "eval_main"),
-    "generate": ("trainer.generate", "generate_main"),
-    "caption": ("trainer.generate", "caption_main"),
+    "rollout": ("trainer.acting.evaluate", "rollout_main"),
+    "eval": ("trainer.acting.evaluate", "eval_main"),
+    "generate": ("trainer.acting.generate", "generate_main"),
+    "caption": ("trainer.acting.generate", "caption_main"),
 }
 
 

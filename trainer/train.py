@@ -155,7 +155,7 @@ class Trainer:
         check_fits(self.loader.sources, args.seq_len)
         self.suite = None
         if args.eval_suite:
-            from .evaluate import SuiteError, read_suite
+            from .acting.evaluate import SuiteError, read_suite
             try:
                 self.suite = read_suite(args.eval_suite)
             except SuiteError as e:
@@ -408,7 +408,7 @@ class Trainer:
 
         import numpy as np
 
-        from .evaluate import Policy, evaluate_task
+        from .acting.evaluate import Policy, evaluate_task
 
         out: dict = {}
         if self.d.main:

@@ -9,10 +9,10 @@ import torch
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text_rows import build_caption_row
-from trainer.decoding import Decoder, concat_rows, generate_text, slice_tokens, text_token_row
+from trainer.acting.decoding import Decoder, concat_rows, generate_text, slice_tokens, text_token_row
 from trainer.model import GatoConfig, GatoModel
-from trainer.envs import make_env_fn
-from trainer.rollout import Agent, run_episodes
+from trainer.acting.envs import make_env_fn
+from trainer.acting.rollout import Agent, run_episodes
 
 LAYOUT = VocabLayout(text_vocab_size=1000, eos_id=2)
 

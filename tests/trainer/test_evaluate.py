@@ -14,8 +14,8 @@ from conftest import cartpole_episodes, make_caption_shard_dir, make_text_shard_
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text import TextTokenizer
 from trainer.cli import main
-from trainer.evaluate import TaskResult, iqm, read_suite
-from trainer.rollout import load_demonstrations
+from trainer.acting.evaluate import TaskResult, iqm, read_suite
+from trainer.acting.rollout import load_demonstrations
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,7 +108,7 @@ def test_unknown_env_is_one_line_naming_what_was_tried(trained, capsys):
 
 
 def test_plugin_ids_resolve_as_typed():
-    from trainer.envs import make_env_fn
+    from trainer.acting.envs import make_env_fn
 
     for env_id in ("ALE/Pong-v5", "BabyAI-GoToLocal-v0"):
         env = make_env_fn(env_id)()
@@ -117,7 +117,7 @@ def test_plugin_ids_resolve_as_typed():
 
 
 def test_bad_suite_is_one_line(tmp_path):
-    from trainer.evaluate import SuiteError
+    from trainer.acting.evaluate import SuiteError
 
     bad = tmp_path / "s.yaml"
     bad.write_text("tasks:\n  - env: CartPole-v1\n    data: x\n    episdoes: 3\n")
@@ -161,7 +161,7 @@ def test_wrappers_recorded_in_the_manifest_are_applied_again():
 
     from tokenizer_kit.frames import FrameStack
     from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
-    from trainer.envs import EnvWrappers, make_env_fn
+    from trainer.acting.envs import EnvWrappers, make_env_fn
 
     assert EnvWrappers.from_manifest(SimpleNamespace(episode_spec=None, env=None)) == EnvWrappers(False, 1)
     spec = EpisodeSpec((FieldSpec("obs", "image", (84, 84), frame_stack=FrameStack(3, "first", 84, 84)),),

@@ -17,7 +17,7 @@ import torch
 from tokenizer_kit.layout import NO_POSITION, PATCH_SLOT, TEXT, VocabLayout
 from tokenizer_kit.sequence import Row
 
-from .batch import Batch, Sample, collate
+from ..batch import Batch, Sample, collate
 
 
 # --- rows as contexts --------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ layout from the checkpoint); a demonstration prompt (a window of an expert episo
 goes first; each action token is sampled from its slot's legal id range only and decoded through
 the inverse tokenisation; the context is cut to the model's sequence length by dropping the oldest
 steps (never the prompt). Episodes run side by side as one batch; a key/value cache
-(trainer/decoding.py) makes each observation and each action token one forward pass over the new
+(trainer/acting/decoding.py) makes each observation and each action token one forward pass over the new
 tokens only.
 
-The command lines that act (`gato-train rollout`, `gato-train eval`) are in trainer/evaluate.py.
+The command lines that act (`gato-train rollout`, `gato-train eval`) are in trainer/acting/evaluate.py.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.G
     """A demonstration prompt of at most `max_tokens` tokens, chosen by the loader's own rule for
     training prompts: the episode's end from a timestep boundary (goal conditioning), or
     `max_tokens` tokens from a uniformly drawn boundary."""
-    from .sampling import goal_start, window_start
+    from ..sampling import goal_start, window_start
 
     if mode == "none" or max_tokens <= 0:
         return concat_rows([])

@@ -18,8 +18,8 @@ import numpy as np
 
 from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_int
 
+from ..devices import device_arg
 from .decoding import generate_text, slice_tokens, text_token_row
-from .devices import device_arg
 
 
 def run_tokenizer(checkpoint: str, given: str | None):
@@ -27,12 +27,12 @@ def run_tokenizer(checkpoint: str, given: str | None):
     from schemas.manifest import TOKENIZER_NAME
     from tokenizer_kit.text import TextTokenizer
 
-    from .checkpoint import checkpoint_path
+    from ..checkpoint import checkpoint_path
 
     if given:
         return TextTokenizer(given)
-    from .data import parse_data_arg
-    from .run_config import CONFIG_NAME, RunRecord
+    from ..data import parse_data_arg
+    from ..run_config import CONFIG_NAME, RunRecord
 
     run = checkpoint_path(checkpoint).parent
     cfg = run / CONFIG_NAME
@@ -98,7 +98,7 @@ def continuation(tok, prompt_ids: np.ndarray, new_ids: np.ndarray) -> str:
 
 
 def generate(args: argparse.Namespace) -> list[str]:
-    from .checkpoint import load_model
+    from ..checkpoint import load_model
 
     model, layout, config = load_model(args.checkpoint, map_location=args.device)
     tok = run_tokenizer(args.checkpoint, args.tokenizer)
@@ -112,7 +112,7 @@ def caption(args: argparse.Namespace) -> list[str]:
     from tokenizer_kit.layout import IMAGE
     from tokenizer_kit.text_rows import build_caption_row
 
-    from .checkpoint import load_model
+    from ..checkpoint import load_model
 
     model, layout, _ = load_model(args.checkpoint, map_location=args.device)
     tok = run_tokenizer(args.checkpoint, args.tokenizer)
@@ -150,7 +150,7 @@ def _decode_image(path: str, size: tuple[int, int] | None, policy: str) -> np.nd
 
 
 def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
 
     args = parser.parse_args(argv)
     try:

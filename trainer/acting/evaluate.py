@@ -18,7 +18,7 @@ A suite (YAML) lists tasks:
 For each task: the agent's return, a uniformly random policy's and the expert's (the
 demonstrations') over the same horizon, and the expert-normalised score
 (agent - random) / (expert - random), with its 95% bootstrap interval. Across tasks, as rliable
-(Agarwal et al. 2021) reports them (trainer/scores.py): the mean, median, interquartile mean and
+(Agarwal et al. 2021) reports them (trainer/acting/scores.py): the mean, median, interquartile mean and
 optimality gap of the per-task scores of one or more runs (`--checkpoint A B C`, or `--results`
 with several eval.json files), each with a stratified bootstrap 95% interval over runs. Episode
 e of a task starts from reset(seed=first seed + e); the seeds are recorded per task.
@@ -39,7 +39,7 @@ import torch
 
 from tokenizer_kit.files import atomic_path
 
-from .devices import device_arg
+from ..devices import device_arg
 from .envs import EnvWrappers, make_env_fn
 from .rollout import PROMPT_MODES, Agent, load_demonstrations, run_episodes
 
@@ -242,7 +242,7 @@ class Policy:
 
 def load_policy(checkpoint, device: str = "cpu", seq_len: int | None = None, prompt_tokens: int | None = None,
                 temperature: float = 0.0, seed: int = 0, cache: bool = True) -> Policy:
-    from .checkpoint import load_model
+    from ..checkpoint import load_model
 
     model, layout, config = load_model(checkpoint, map_location=device)
     trained = training_args(checkpoint)
@@ -254,8 +254,8 @@ def load_policy(checkpoint, device: str = "cpu", seq_len: int | None = None, pro
 def training_args(checkpoint):
     """The options the run was trained with (a typed TrainArgs): its config.json, else the checkpoint's;
     None when neither records them."""
-    from .checkpoint import checkpoint_path, read_checkpoint
-    from .run_config import CONFIG_NAME, RunRecord, TrainArgs
+    from ..checkpoint import checkpoint_path, read_checkpoint
+    from ..run_config import CONFIG_NAME, RunRecord, TrainArgs
 
     run = checkpoint_path(checkpoint).parent
     if (run / CONFIG_NAME).is_file():
@@ -517,13 +517,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     tasks = read_suite(args.suite)
     if args.episodes:
         tasks = [TaskSpec(**(asdict(t) | {"episodes": args.episodes})) for t in tasks]
-    from .checkpoint import checkpoint_path
+    from ..checkpoint import checkpoint_path
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint[0]).parent
     return _run(args, tasks, out)
 
 
 def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
 
     args = parser.parse_args(argv)
     acting = bool(args.checkpoint) and getattr(args, "suite", True) is not None
