@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+ACTION_ROOT = "action"  # the converters name a Dict action space's members `action/KEY`
+
 
 def field_name(prefix: str, key: Any) -> str:
     """The name of member `key` (a Dict key or Tuple index) of the field `prefix`."""
     return f"{prefix}/{key}"
+
+
+def field_keys(name: str, prefix: str) -> tuple[str, ...] | None:
+    """The inverse of `field_name`: the member keys of field `name` under `prefix`
+    (`action/arm/0` -> ("arm", "0")), or None when `name` is not a member of `prefix`."""
+    head, sep, rest = name.partition("/")
+    return tuple(rest.split("/")) if head == prefix and sep and rest else None
 
 
 def flatten_value(value: Any, prefix: str) -> dict[str, Any]:
