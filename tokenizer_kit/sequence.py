@@ -428,6 +428,13 @@ def patch_span(tokens: np.ndarray, start: int, stop: int, num_patches: int | Non
     return first, first + int(np.count_nonzero(tokens[start:stop] == PATCH_SLOT))
 
 
+def default_prompt_len(seq_len: int) -> int:
+    """Tokens of the demonstration prompt an RL sequence of `seq_len` tokens gets when none is
+    asked for: a quarter of it. Training (trainer.sampling), acting and `gato-tokenize inspect`
+    (which sequences hold a timestep whole) all ask this, so they agree."""
+    return seq_len // 4
+
+
 def step_lengths(step_starts: np.ndarray, row_tokens: int) -> np.ndarray:
     """Tokens of each timestep of a row (int64), from its step starts and its length."""
     starts = np.asarray(step_starts, dtype=np.int64)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from tokenizer_kit.files import atomic_path
+from tokenizer_kit.sequence import default_prompt_len
 
 from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, CHECKPOINT_VERSION, keep_step_copy, latest_checkpoint,
                          link_or_copy, read_checkpoint, save_checkpoint)
@@ -417,7 +418,7 @@ class Trainer:
             with torch.random.fork_rng(devices=devices):
                 self.model.eval()
                 try:
-                    policy = Policy(self.model, self.layout, self.args.seq_len, self.args.seq_len // 4, 0.0,
+                    policy = Policy(self.model, self.layout, self.args.seq_len, default_prompt_len(self.args.seq_len), 0.0,
                                     self.args.seed, True)
                     scores = []
                     for task in self.suite:

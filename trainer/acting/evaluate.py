@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from tokenizer_kit.files import atomic_path
+from tokenizer_kit.sequence import default_prompt_len
 
 from ..devices import device_arg
 from .envs import EnvWrappers, make_env_fn
@@ -247,7 +248,7 @@ def load_policy(checkpoint, device: str = "cpu", seq_len: int | None = None, pro
     model, layout, config = load_model(checkpoint, map_location=device)
     trained = training_args(checkpoint)
     seq_len = int(seq_len or config.seq_len or (trained.seq_len if trained else 1024))
-    prompt = int(prompt_tokens or seq_len // 4)  # as in training (trainer.sampling.SampleConfig)
+    prompt = int(prompt_tokens or default_prompt_len(seq_len))  # as in training
     return Policy(model, layout, seq_len, prompt, temperature, seed, cache, str(checkpoint))
 
 
