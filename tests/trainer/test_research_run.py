@@ -252,7 +252,7 @@ def test_eval_loss_is_measured_on_the_held_out_split(tmp_path, sp_model_path, co
     assert trainer.loader.sources[0].total_rows == m.rows_in("train")
     capsys.readouterr()
     assert "eval_loss" in trainer.evaluate()
-    (loader, _), = trainer._eval_loaders
+    (loader, _), = trainer.held_out.loaders
     assert loader.sources[0].total_rows == m.rows_in("test")
     from schemas.shard import open_shard
     test_ids = {i for s in m.shards if s.split == "test" for i in open_shard(shards / s.name).column("source_id").to_pylist()}
