@@ -112,7 +112,7 @@ class Trainer:
         check_fits(self.loader.sources, args.seq_len)
         self.suite = None
         if args.eval_suite:
-            from .acting.evaluate import SuiteError, read_suite
+            from .acting.suite import SuiteError, read_suite
             try:
                 self.suite = read_suite(args.eval_suite)
             except SuiteError as e:

@@ -14,7 +14,8 @@ from conftest import cartpole_episodes, make_caption_shard_dir, make_text_shard_
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text import TextTokenizer
 from trainer.cli import main
-from trainer.acting.evaluate import TaskResult, iqm, read_suite
+from trainer.acting.eval_report import TaskResult, iqm
+from trainer.acting.suite import read_suite
 from trainer.acting.rollout import load_demonstrations
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -117,7 +118,7 @@ def test_plugin_ids_resolve_as_typed():
 
 
 def test_bad_suite_is_one_line(tmp_path):
-    from trainer.acting.evaluate import SuiteError
+    from trainer.acting.suite import SuiteError
 
     bad = tmp_path / "s.yaml"
     bad.write_text("tasks:\n  - env: CartPole-v1\n    data: x\n    episdoes: 3\n")

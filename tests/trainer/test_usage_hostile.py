@@ -76,7 +76,7 @@ def test_an_env_module_that_cannot_be_imported_is_one_line():
                                          ("tasks:\n  - env: CartPole-v1\n    data: d\n    rescale_actions: 1\n",
                                           "field 'rescale_actions' is int")])
 def test_wrong_types_in_a_suite_are_one_line(body, needle, tmp_path):
-    from trainer.acting.evaluate import SuiteError, read_suite
+    from trainer.acting.suite import SuiteError, read_suite
     (tmp_path / "s.yaml").write_text(body)
     with pytest.raises(SuiteError, match=needle):
         read_suite(tmp_path / "s.yaml")
