@@ -25,9 +25,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from schemas.split import directory_seed, resume_rows, split_rows, unread_rows
 
 from .batch import ActionInputNoise, CompactBatch, Sample, compact
+from .mapped import mapped_mb
 from .sampling import (MAX_PAIRS, EpochUnits, Part, SampleConfig, assemble, caption_parts, epoch_units, rl_parts,
                        text_parts)
-from .source import DataError, ShardSource, _mapped_mb
+from .source import DataError, ShardSource
 
 # Mapped shard pages allowed to pile up (MB) before a reader unmaps them: keeps RSS flat as data grows.
 MAPPED_BUDGET_MB = 128
@@ -296,7 +297,7 @@ class GatoStream(IterableDataset):
     def iterate(self, reader: int) -> Iterator[tuple[int, CompactBatch, dict]]:
         state = {k: (list(v) if isinstance(v, list) else v) for k, v in self.start_states[reader].items()}
         streams = Streams(self, reader, state)
-        mapped_floor = _mapped_mb()  # file-backed RSS at the start or after the last release
+        mapped_floor = mapped_mb()  # file-backed RSS at the start or after the last release
         fast = self.training and all(s.kind == "text" for s in self.sources)
         while True:
             batch = None
@@ -313,10 +314,10 @@ class GatoStream(IterableDataset):
                 batch = compact(samples, self.seq_len, self.training, self._rng(reader, state["batches"], 1),
                                 self.action_noise, self.id_dtype)
             state["batches"] += 1
-            if state["batches"] % RSS_CHECK_EVERY == 0 and _mapped_mb() - mapped_floor > MAPPED_BUDGET_MB:
+            if state["batches"] % RSS_CHECK_EVERY == 0 and mapped_mb() - mapped_floor > MAPPED_BUDGET_MB:
                 for src in self.sources:
                     src.release_pages()
-                mapped_floor = _mapped_mb()
+                mapped_floor = mapped_mb()
             yield reader, batch, {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
             if len(batch.lengths) < self.batch_size:
                 return

@@ -437,7 +437,7 @@ def test_rank_comes_from_torch_distributed_when_left_default(dirs, monkeypatch):
 def test_released_pages_read_back_the_same(dirs, monkeypatch):
     """Unmapping read pages (to keep RSS flat) must never change what is read next."""
     import trainer.stream as td
-    import trainer.source as source
+    import trainer.mapped as mapped
     data = [dirs["pix"], dirs["cap"]]
     kept = _take(build_loader(data, 40, 4, seed=2), 4)
     monkeypatch.setattr(td, "MAPPED_BUDGET_MB", -1)  # release after every batch
@@ -451,8 +451,8 @@ def test_released_pages_read_back_the_same(dirs, monkeypatch):
     from pathlib import Path
     import pyarrow as pa
     shard = Path(dirs["cap"]) / "shard-00000.arrow"
-    assert source._mapped_region(open_shard(shard), shard) is not None
-    assert source._mapped_region(pa.table({"x": list(range(5000))}), shard) is None
+    assert mapped.mapped_region(open_shard(shard), shard) is not None
+    assert mapped.mapped_region(pa.table({"x": list(range(5000))}), shard) is None
 
 
 def test_reads_what_the_real_converter_writes(tmp_path, sp_model_path, corpus_path, rl_shard_dir):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .rollout import PROMPT_MODES
 
+
 class SuiteError(ValueError):
     """A suite file that cannot be read or names a bad task: one line, exit 1."""
 
