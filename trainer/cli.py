@@ -24,12 +24,14 @@ SUBCOMMANDS = {  # name -> (module, entry point)
 }
 
 
-def _arg_type(name: str):
-    """The command line's parser of option `name`: its type, then the one range check (run_config)."""
-    from .run_config import FIELDS, UsageError, check_value
+def _arg_type(f, options: type):
+    """The command line's parser of option field `f` of the dataclass `options`: its type, then
+    the one range check (run_config.check_value); a field's own `parse` for a value with its own syntax."""
+    from .run_config import UsageError, check_value, type_name
 
-    kind = FIELDS[name].type if isinstance(FIELDS[name].type, str) else str(FIELDS[name].type)
-    size = FIELDS[name].metadata["size"]
+    if f.metadata["parse"] is not None:
+        return f.metadata["parse"]
+    name, kind, size = f.name, type_name(f), f.metadata["size"]
 
     def parse(text: str):
         value = text
@@ -45,20 +47,54 @@ def _arg_type(name: str):
                 raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         try:
             if kind.startswith("list"):  # one item of a list option
-                return check_value(name, [value])[0]
-            return check_value(name, value)
+                return check_value(name, [value], options)[0]
+            return check_value(name, value, options)
         except UsageError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     parse.__name__ = name
     return parse
 
 
+def add_options(p: argparse.ArgumentParser, options: type, defaults: bool = False) -> None:
+    """One argument per field of the dataclass `options` (run_config.opt: default, range, help
+    defined there only): `--name` (`--no-name` for a flag that is on by default), a list takes
+    one or more values, a positional field its bare values. `defaults`: an option not given takes
+    its field's default (else it is absent, the parser's argument_default)."""
+    import dataclasses
+
+    from .run_config import flag, type_name
+
+    for f in dataclasses.fields(options):
+        m = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = m["help"] + ("" if default in (None, [], "") or "default" in m["help"] or m["required"] or
+                            m["positional"] else f" (default {default})")
+        if m["cli"] == "flag":
+            if default:
+                p.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=text)
+            else:
+                p.add_argument(flag(f.name), action="store_true", help=text)
+            continue
+        kw: dict = {"nargs": "+"} if m["cli"] == "list" else {}
+        if defaults:
+            kw["default"] = default
+        if m["choices"] is not None:
+            kw["choices"] = m["choices"]
+        else:
+            kw["type"] = _arg_type(f, options)
+        kind = type_name(f)
+        metavar = m["metavar"] or (None if m["choices"] else "N" if kind.startswith("int") else
+                                   "X" if kind.startswith("float") else "VALUE")
+        if m["positional"]:
+            p.add_argument(f.name, metavar=metavar, help=text, **kw)
+        else:
+            p.add_argument(flag(f.name), metavar=metavar, help=text, required=m["required"], **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Built from the fields of run_config.TrainArgs (default, range, help defined there only); an
     option not given is absent from the namespace, so --config and the run being resumed fill it."""
-    import dataclasses
-
-    from .run_config import TrainArgs, flag
+    from .run_config import TrainArgs
 
     doc = __doc__.split("\n\n")
     p = argparse.ArgumentParser(prog="gato-train", description=doc[0], epilog=doc[1], allow_abbrev=False,
@@ -69,26 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="RUN.YAML", help="a YAML file of options (keys as the long options, "
                    "`batch_size: 8`); options given on the command line override it")
-    for f in dataclasses.fields(TrainArgs):
-        m = f.metadata
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = m["help"] + ("" if default in (None, [], "") or "default" in m["help"] else f" (default {default})")
-        if m["cli"] == "flag":
-            if default:
-                p.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=text)
-            else:
-                p.add_argument(flag(f.name), action="store_true", help=text)
-            continue
-        kw = {"nargs": "+"} if m["cli"] == "list" else {}
-        if m["choices"] is not None:
-            kw["choices"] = m["choices"]
-        else:
-            kw["type"] = _arg_type(f.name)
-        kind = f.type if isinstance(f.type, str) else str(f.type)
-        metavar = m["metavar"] or (None if m["choices"] else "N" if kind.startswith("int") else
-                                   "X" if kind.startswith("float") else "VALUE")
-        p.add_argument(flag(f.name), metavar=metavar, help=text, **kw)
+    add_options(p, TrainArgs)
     return p
+
+
+def options_parser(options: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser, built from its options dataclass as the main command's is from TrainArgs."""
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    add_options(p, options, defaults=True)
+    return p
+
+
+def parse_options(options: type, prog: str, description: str, argv: list[str] | None):
+    """The subcommand's options (a dataclass instance) from its command line; exit 2 on bad usage."""
+    return options(**vars(options_parser(options, prog, description).parse_args(argv)))
 
 
 def args_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser | None = None):

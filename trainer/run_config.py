@@ -20,7 +20,7 @@ import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tokenizer_kit.files import atomic_path
 
@@ -43,11 +43,15 @@ class RunConfigError(ValueError):
 def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
         hi_open: bool = False,
         choices: tuple | None = None, fixed: bool = False, metavar: str | None = None, cli: str = "value",
-        size: bool = False) -> Any:
-    """A TrainArgs field: default, range [lo, hi] (hi excluded with hi_open) or choices, help text,
-    whether it defines the run (fixed), and how the command line takes it (cli: value, list, flag)."""
+        size: bool = False, required: bool = False, positional: bool = False,
+        parse: Callable[[str], Any] | None = None) -> Any:
+    """An option field (TrainArgs, and each gato-train subcommand's options): default, range [lo, hi]
+    (hi excluded with hi_open) or choices, help text, whether it defines the run (fixed), and how
+    the command line takes it (cli: value, list, flag; required; positional; parse: the argparse
+    type of a value with its own syntax, e.g. an image size)."""
     meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
-            "fixed": fixed, "metavar": metavar, "cli": cli, "size": size}
+            "fixed": fixed, "metavar": metavar, "cli": cli, "size": size, "required": required,
+            "positional": positional, "parse": parse}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -112,7 +116,7 @@ class TrainArgs:
     def check(self) -> "TrainArgs":
         """Every field's type and range (the same check the command line's argument types make)."""
         for f in dataclasses.fields(self):
-            setattr(self, f.name, check_value(f.name, getattr(self, f.name)))
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name), TrainArgs))
         return self
 
     def resolve(self) -> "TrainArgs":
@@ -155,16 +159,18 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _type_name(name: str) -> str:
-    t = FIELDS[name].type
+def type_name(f: dataclasses.Field) -> str:
+    """An option field's annotation as text ("int | None"): what its values are parsed as."""
+    t = f.type
     return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
-def check_value(name: str, value: Any) -> Any:
-    """`value` for option `name`, converted to its type and checked against its range or choices;
-    UsageError naming the option otherwise. The command line and config files both come here."""
-    f = FIELDS[name]
-    m, kind = f.metadata, _type_name(name)
+def check_value(name: str, value: Any, options: type = TrainArgs) -> Any:
+    """`value` for option `name` of the dataclass `options` (TrainArgs unless a subcommand's),
+    converted to its type and checked against its range or choices; UsageError naming the option
+    otherwise. The command line and config files both come here."""
+    f = FIELDS[name] if options is TrainArgs else {g.name: g for g in dataclasses.fields(options)}[name]
+    m, kind = f.metadata, type_name(f)
     if value is None:
         if "None" in kind or f.default is None:
             return None
@@ -174,7 +180,7 @@ def check_value(name: str, value: Any) -> Any:
                 not all(isinstance(v, (str, os.PathLike)) for v in value):
             raise UsageError(f"{flag(name)} must be a list of paths, not {value!r}")
         value = [os.fspath(v) for v in value]
-        if name == "data":
+        if name == "data" and options is TrainArgs:
             from .data import parse_data_arg
             from .source import DataError
             for item in value:

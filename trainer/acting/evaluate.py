@@ -18,7 +18,6 @@ e of a task starts from reset(seed=first seed + e); the seeds are recorded per t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch
 
 from tokenizer_kit.sequence import default_prompt_len
 
-from ..devices import device_arg
+from ..cli import options_parser
+from ..run_config import opt
 from .envs import EnvWrappers, make_env_fn
 from .eval_report import TaskResult, build_report, combine_reports, write_report
 from .rollout import PROMPT_MODES, Agent, load_demonstrations, run_episodes
@@ -138,62 +138,55 @@ def run_suite(policies: list[Policy] | Policy, tasks: list[TaskSpec], out: Path 
 
 # --- command line --------------------------------------------------------------------------------------
 
-def _policy_options(p: argparse.ArgumentParser) -> None:
-    from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_int
+@dataclass
+class PolicyOptions:
+    """The options of `gato-train eval` and `rollout` that load and run a checkpoint (run_config.opt)."""
 
-    p.add_argument("--checkpoint", nargs="+", default=None, metavar="RUN",
-                   help="training run directory (as written by gato-train --out); several: one run each (training "
-                        "seeds), aggregated over runs")
-    p.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="sampling seed, and the first evaluation seed of tasks without their own (episode e starts "
-                        "from reset(seed=SEED + e)); seeds the data was recorded on are refused")
-    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seq-len", type=positive_int, default=None,
-                   help="context length (default: the training run's --seq-len)")
-    p.add_argument("--prompt-tokens", type=positive_int, default=None,
-                   help="prompt length (default: the training run's, seq_len / 4)")
-    p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="run the whole context for every token (slow; the cache's reference)")
-    p.add_argument("--device", default="cpu", type=device_arg)
-    p.add_argument("--threads", type=nonnegative_int, default=0,
-                   help="torch CPU threads (default: torch's choice); acting runs small batches, where 1 thread "
-                        "is often fastest")
-    p.add_argument("--out", default=None, help="where eval.json and eval.png go (default: the checkpoint's run)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    checkpoint: list[str] | None = opt(None, "training run directory (as written by gato-train --out); several: one "
+                                             "run each (training seeds), aggregated over runs", cli="list",
+                                       metavar="RUN")
+    seed: int = opt(0, "sampling seed, and the first evaluation seed of tasks without their own (episode e starts "
+                       "from reset(seed=SEED + e)); seeds the data was recorded on are refused", lo=0)
+    temperature: float = opt(0.0, "0 = greedy (default)", lo=0)
+    seq_len: int | None = opt(None, "context length (default: the training run's --seq-len)", lo=1)
+    prompt_tokens: int | None = opt(None, "prompt length (default: the training run's, seq_len / 4)", lo=1)
+    cache: bool = opt(True, "run the whole context for every token (slow; the cache's reference)", cli="flag")
+    device: str = opt("cpu", "cpu, cuda, cuda:N", metavar="DEVICE")
+    threads: int = opt(0, "torch CPU threads (default: torch's choice); acting runs small batches, where 1 thread "
+                          "is often fastest", lo=0)
+    out: str | None = opt(None, "where eval.json and eval.png go (default: the checkpoint's run)", metavar="DIR")
+    progress: bool = opt(True, "no progress bar", cli="flag")
 
 
-def build_eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gato-train eval", description="Evaluate a checkpoint on a suite of tasks.")
-    _policy_options(p)
-    p.add_argument("--suite", default=None, help="YAML file listing the tasks (env, data, episodes, max_steps)")
-    p.add_argument("--results", nargs="+", default=None, metavar="EVAL_JSON",
-                   help="instead of acting: aggregate the runs of these eval.json files (same tasks)")
-    p.add_argument("--episodes", type=int, default=None, help="episodes per task (overrides the suite)")
-    return p
+@dataclass
+class EvalOptions(PolicyOptions):
+    """`gato-train eval`: a suite of tasks, or the aggregates of eval.json files."""
+
+    suite: str | None = opt(None, "YAML file listing the tasks (env, data, episodes, max_steps)",
+                                 metavar="SUITE.YAML")
+    results: list[str] | None = opt(None, "instead of acting: aggregate the runs of these eval.json files (same "
+                                          "tasks)", cli="list", metavar="EVAL_JSON")
+    episodes: int | None = opt(None, "episodes per task (overrides the suite)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass
+class RolloutOptions(PolicyOptions):
     """`gato-train rollout`: one task, given on the command line."""
-    from tokenizer_kit.argtypes import positive_int
 
-    p = argparse.ArgumentParser(prog="gato-train rollout", description="Run a checkpoint as a policy in one task.")
-    _policy_options(p)
-    p.add_argument("--data", required=True, help="RL shard directory of the task: its EpisodeSpec, prompts, "
-                                                 "and the demonstrations' return")
-    p.add_argument("--env", required=True, help="environment id, e.g. CartPole-v1, ALE/Breakout-v5")
-    p.add_argument("--task", default=None, help="task name inside --data when it holds several")
-    p.add_argument("--episodes", type=positive_int, default=10)
-    p.add_argument("--prompt", choices=PROMPT_MODES, default="end",
-                   help="demonstration prompt: the end of an expert episode, a random window, or none")
-    p.add_argument("--rescale-actions", action="store_true",
-                   help="wrap Box action spaces to [-1, 1] when the manifest does not record how the "
-                        "demonstrations were recorded")
-    p.add_argument("--max-steps", type=positive_int, default=None, help="cut episodes after this many steps")
-    p.add_argument("--success", type=float, default=None, help="return above which an episode succeeded")
-    return p
+    data: str = opt("", "RL shard directory of the task: its EpisodeSpec, prompts, and the demonstrations' return",
+                    required=True, metavar="DIR")
+    env: str = opt("", "environment id, e.g. CartPole-v1, ALE/Breakout-v5", required=True, metavar="ID")
+    task: str | None = opt(None, "task name inside --data when it holds several", metavar="NAME")
+    episodes: int = opt(10, "episodes to play", lo=1)
+    prompt: str = opt("end", "demonstration prompt: the end of an expert episode, a random window, or none",
+                      choices=PROMPT_MODES)
+    rescale_actions: bool = opt(False, "wrap Box action spaces to [-1, 1] when the manifest does not record how the "
+                                       "demonstrations were recorded", cli="flag")
+    max_steps: int | None = opt(None, "cut episodes after this many steps", lo=1)
+    success: float | None = opt(None, "return above which an episode succeeded")
 
 
-def _run(args: argparse.Namespace, tasks: list[TaskSpec], out: Path | None) -> dict:
+def _run(args: PolicyOptions, tasks: list[TaskSpec], out: Path | None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     policies = [load_policy(c, args.device, args.seq_len, args.prompt_tokens, args.temperature, args.seed, args.cache)
@@ -201,14 +194,14 @@ def _run(args: argparse.Namespace, tasks: list[TaskSpec], out: Path | None) -> d
     return run_suite(policies, tasks, out, progress=args.progress and sys.stderr.isatty())
 
 
-def rollout(args: argparse.Namespace) -> dict:
+def rollout(args: RolloutOptions) -> dict:
     """One task from the command line, through the suite's code."""
     task = TaskSpec(args.env, args.data, task=args.task, episodes=args.episodes, max_steps=args.max_steps,
                     success=args.success, prompt=args.prompt, rescale_actions=args.rescale_actions)
     return _run(args, [task], Path(args.out) if args.out else None)
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def evaluate(args: EvalOptions) -> dict:
     if args.results:
         return combine_reports(args.results, Path(args.out) if args.out else None, args.seed)
     tasks = read_suite(args.suite)
@@ -219,10 +212,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     return _run(args, tasks, out)
 
 
-def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
+def _main(prog: str, options: type, description: str, fn, argv) -> int:
     from ..checkpoint import CheckpointError
 
-    args = parser.parse_args(argv)
+    parser = options_parser(options, prog, description)
+    args = options(**vars(parser.parse_args(argv)))
     acting = bool(args.checkpoint) and getattr(args, "suite", True) is not None
     if getattr(args, "results", None) and (args.checkpoint or args.suite) or \
             not getattr(args, "results", None) and not acting:
@@ -237,8 +231,8 @@ def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    return _main("gato-train eval", build_eval_parser(), evaluate, argv)
+    return _main("gato-train eval", EvalOptions, "Evaluate a checkpoint on a suite of tasks.", evaluate, argv)
 
 
 def rollout_main(argv: list[str] | None = None) -> int:
-    return _main("gato-train rollout", build_parser(), rollout, argv)
+    return _main("gato-train rollout", RolloutOptions, "Run a checkpoint as a policy in one task.", rollout, argv)
