@@ -27,8 +27,8 @@ from .loggers import METRICS_NAME, MetricLog
 from .metrics import HeldOutLoss, TaskLosses, improves, keep_best_metrics, suite_metrics, truncate_metrics
 from .model import GatoConfig, GatoModel
 from .report import plot_metrics, summary  # noqa: F401 (plot_metrics: part of this module's interface)
-from .run_config import (DEFAULT_LR, FIXED_ARGS, RunConfigError, RunRecord, TrainArgs,  # noqa: F401 (interface)
-                         UsageError, git_commit, redacted, redacted_args, versions)
+from .run_config import (CONFIG_NAME, DEFAULT_LR, FIXED_ARGS, RunConfigError,  # noqa: F401 (interface)
+                         RunRecord, TrainArgs, UsageError, git_commit, redacted, redacted_args, versions)
 
 PLOT_NAME = "loss.png"
 
@@ -162,7 +162,6 @@ class Trainer:
     def _resume_state(self, args: TrainArgs, explicit: set[str]) -> dict | None:
         """The latest complete checkpoint in RUN, with the run's fixed arguments restored (or checked
         against those given), and the run record (config.json) read back typed."""
-        from .run_config import CONFIG_NAME
         self.record = RunRecord.read(self.out) if (self.out / CONFIG_NAME).is_file() else None
         self.elapsed, self.best = 0.0, None
         found = latest_checkpoint(self.out)
@@ -170,6 +169,12 @@ class Trainer:
             return None
         path, ckpt = found
         saved = TrainArgs.from_dict(ckpt["args"], f"{path}: field 'args'")
+        if self.record is not None:  # the record and the checkpoint describe one run, or neither is trusted
+            for name in FIXED_ARGS:
+                if redacted(getattr(self.record.train, name)) != redacted(getattr(saved, name)):
+                    raise TrainError(f"{self.out / CONFIG_NAME}: --{name.replace('_', '-')} "
+                                     f"{getattr(self.record.train, name)} disagrees with {path}'s "
+                                     f"{getattr(saved, name)}; the run record does not describe this run")
         for name in FIXED_ARGS:
             given, was = getattr(args, name), getattr(saved, name)
             if given is not None and redacted(given) != redacted(was) and name in explicit:
