@@ -44,12 +44,6 @@ class TaskResult:
         return {k: float(np.mean(np.asarray(getattr(self, k)) > self.success)) for k in ("agent", "random", "expert")}
 
 
-def iqm(x: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% of the values (25% trimmed from each end)."""
-    from .scores import aggregate_iqm
-    return float(aggregate_iqm(np.asarray(x, np.float64).reshape(1, -1)))
-
-
 def score_matrix(runs: list[list[TaskResult]]) -> np.ndarray:
     """(runs x tasks) normalised scores; every run must hold the same tasks in the same order."""
     names = [r.name for r in runs[0]]
