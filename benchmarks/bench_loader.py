@@ -138,7 +138,7 @@ def _status_mb(key: str) -> float:
 def child_memory(data: list[str], n_batches: int) -> dict:
     """Memory of one reader making n_batches: anonymous (process-owned) RSS sampled after every
     batch, and the peak total RSS, which also counts the mapped shard pages the batches touched
-    (page cache, not a copy of the data; the loader unmaps them past trainer.data.MAPPED_BUDGET_MB)."""
+    (page cache, not a copy of the data; the loader unmaps them past trainer.stream.MAPPED_BUDGET_MB)."""
     import torch  # noqa: F401  (imported before the first measurement, as the trainer has it)
     from trainer.data import build_loader
     before = _status_mb("RssAnon")

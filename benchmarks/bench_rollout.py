@@ -26,8 +26,8 @@ import torch
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from trainer.model import GatoConfig, GatoModel
-from trainer.envs import make_env_fn
-from trainer.rollout import Agent, EpisodeContext, action_slots, concat_rows
+from trainer.acting.envs import make_env_fn
+from trainer.acting.rollout import Agent, EpisodeContext, action_slots, concat_rows
 
 ENV = "HalfCheetah-v5"
 SPEC = EpisodeSpec((FieldSpec("obs", "continuous", (17,)),), (FieldSpec("action", "continuous", (6,)),))

@@ -29,9 +29,9 @@ from schemas.env_spec import EnvSpec
 from tokenizer_kit.frames import FrameStack
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
-from trainer.envs import EnvWrappers, make_env_fn
+from trainer.acting.envs import EnvWrappers, make_env_fn
 from trainer.model import GatoConfig, GatoModel
-from trainer.rollout import Agent, EpisodeContext, action_slots, concat_rows
+from trainer.acting.rollout import Agent, EpisodeContext, action_slots, concat_rows
 
 ENV = EnvSpec.from_dict({"id": "ALE/Breakout-v5", "kwargs": {"frameskip": 1, "repeat_action_probability": 0.0},
                          "wrappers": [{"entry_point": "gymnasium.wrappers:AtariPreprocessing",

@@ -5,7 +5,7 @@ can only act in an environment wrapped the same way: 84x84 grey frames, 4 emulat
 4 stacked. The converter records that chain in the manifest (`Manifest.env_spec`), taken from a
 Minari dataset's env spec (gymnasium's `EnvSpec`, whose `additional_wrappers` name each wrapper
 and its kwargs) or given with `gato-tokenize rl --env-spec` for tables; acting rebuilds it
-(trainer/envs.py).
+(trainer/acting/envs.py).
 
 A manifest is data, and data is hostile: a wrapper is accepted only from the modules in
 `WRAPPER_MODULES` (an entry point is imported and called when acting), an id never names a module

@@ -253,8 +253,8 @@ def evaluate_captions(run: Path, dirs: dict, size: Size, held_out) -> dict:
     import demo_data as dd
     from tokenizer_kit.text import TextTokenizer
     from trainer.checkpoint import load_model
-    from trainer.decoding import generate_text
-    from trainer.rollout import image_context
+    from trainer.acting.decoding import generate_text
+    from trainer.acting.rollout import image_context
 
     t = time.time()
     model, layout, _ = load_model(run)

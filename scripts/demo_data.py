@@ -32,7 +32,7 @@ def make_env(env_id: str):
     """The environment the data is recorded in and the agent acts in: Box actions rescaled to
     [-1, 1], the range continuous actions are binned over (docs/SPEC.md section 2), so the recorded
     Box bounds are [-1, 1] and the converter takes the actions as they are."""
-    from trainer.envs import make_env_fn
+    from trainer.acting.envs import make_env_fn
     return make_env_fn(env_id, rescale_actions=True)()
 
 

@@ -43,8 +43,8 @@ def test_babyai_table_converts_and_acting_sees_the_same_tokens(tmp_path, sp_mode
     import demo_envs
 
     from converters.cli import main as tokenize_main
-    from trainer.envs import make_env_fn
-    from trainer.rollout import Agent, load_demonstrations
+    from trainer.acting.envs import make_env_fn
+    from trainer.acting.rollout import Agent, load_demonstrations
 
     cols, returns = demo_data.record_babyai(6, seed=3)
     assert (returns > 0).all()  # the bot reaches the object
@@ -75,9 +75,9 @@ def test_babyai_greedy_actions_same_with_and_without_cache(monkeypatch, sp_model
 
     from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
     from tokenizer_kit.text import TextTokenizer
-    from trainer.envs import make_env_fn
+    from trainer.acting.envs import make_env_fn
     from trainer.model import GatoConfig, GatoModel
-    from trainer.rollout import Agent, run_episodes
+    from trainer.acting.rollout import Agent, run_episodes
 
     spec = EpisodeSpec((FieldSpec("obs/image", "image", (16, 16)), FieldSpec("obs/direction", "discrete", ()),
                         FieldSpec("obs/mission", "text", None)), (FieldSpec("action", "discrete", ()),))

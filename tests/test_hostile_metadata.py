@@ -189,7 +189,7 @@ SUITE = {"tasks": [{"env": "CartPole-v1", "data": "cartpole", "episodes": 2, "ma
 def test_hostile_suite_yaml_is_refused_in_one_line_or_read(trial, tmp_path):
     import yaml
 
-    from trainer.evaluate import SuiteError, read_suite
+    from trainer.acting.suite import SuiteError, read_suite
     rng = random.Random(SEED * 5000 + trial)
     doc, what = mutate(SUITE, rng)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))

@@ -426,3 +426,11 @@ def patch_span(tokens: np.ndarray, start: int, stop: int, num_patches: int | Non
     else:
         first = int(np.count_nonzero(tokens[:start] == PATCH_SLOT))
     return first, first + int(np.count_nonzero(tokens[start:stop] == PATCH_SLOT))
+
+
+def default_prompt_len(seq_len: int) -> int:
+    """Tokens of the demonstration prompt an RL sequence of `seq_len` tokens gets when none is
+    asked for: a quarter of it. Training (trainer.sampling), acting and `gato-tokenize inspect`
+    (which sequences hold a timestep whole) all ask this, so they agree."""
+    return seq_len // 4
+

@@ -17,10 +17,10 @@ import os
 import sys
 
 SUBCOMMANDS = {  # name -> (module, entry point)
-    "rollout": ("trainer.evaluate", "rollout_main"),
-    "eval": ("trainer.evaluate", "eval_main"),
-    "generate": ("trainer.generate", "generate_main"),
-    "caption": ("trainer.generate", "caption_main"),
+    "rollout": ("trainer.acting.evaluate", "rollout_main"),
+    "eval": ("trainer.acting.evaluate", "eval_main"),
+    "generate": ("trainer.acting.generate", "generate_main"),
+    "caption": ("trainer.acting.generate", "caption_main"),
 }
 
 
@@ -42,6 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "`batch_size: 8`); options given on the command line override it")
     add_options(p, TrainArgs, check=lambda f, value: check_value(f.name, value))
     return p
+
+
+def options_parser(options: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser, built from its options dataclass as the main command's is from TrainArgs."""
+    from tokenizer_kit.options import add_options
+
+    from .run_config import check_value
+
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    add_options(p, options, check=lambda f, value: check_value(f.name, value, options))
+    return p
+
+
+def parse_options(options: type, prog: str, description: str, argv: list[str] | None):
+    """The subcommand's options (a dataclass instance) from its command line; exit 2 on bad usage."""
+    from tokenizer_kit.options import from_namespace
+
+    return from_namespace(options, options_parser(options, prog, description).parse_args(argv))
 
 
 def args_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser | None = None):

@@ -96,7 +96,7 @@ class TrainArgs:
     def check(self) -> "TrainArgs":
         """Every field's type and range (the same check the command line's argument types make)."""
         for f in dataclasses.fields(self):
-            setattr(self, f.name, check_value(f.name, getattr(self, f.name)))
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name), TrainArgs))
         return self
 
     def resolve(self) -> "TrainArgs":
@@ -135,12 +135,13 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainArgs)}
 FIXED_ARGS = tuple(name for name, f in FIELDS.items() if f.metadata["fixed"])
 
 
-def check_value(name: str, value: Any) -> Any:
-    """`value` for option `name`, converted and range-checked by its field (tokenizer_kit.options),
-    then what only gato-train knows: --data items, --log loggers, --device. The command line and
-    config files both come here."""
-    value = check_field(FIELDS[name], value)
-    if name == "data" and value is not None:
+def check_value(name: str, value: Any, options: type | None = None) -> Any:
+    """`value` for option `name` of the dataclass `options` (TrainArgs unless a subcommand's),
+    converted and range-checked by its field (tokenizer_kit.options), then what only gato-train
+    knows: --data items, --log loggers, --device. The command line and config files both come here."""
+    f = FIELDS[name] if options in (None, TrainArgs) else {g.name: g for g in dataclasses.fields(options)}[name]
+    value = check_field(f, value)
+    if name == "data" and options in (None, TrainArgs) and value is not None:
         from .data import parse_data_arg
         from .source import DataError
         for item in value:
@@ -148,7 +149,7 @@ def check_value(name: str, value: Any) -> Any:
                 parse_data_arg(item)
             except DataError as e:
                 raise UsageError(str(e)) from None
-    if name == "log":
+    if name == "log" and options in (None, TrainArgs):
         bad = [x for x in value.split(",") if x not in LOGGERS]
         if bad:
             raise UsageError(f"--log: unknown logger {bad[0]!r}; expected a comma list of {', '.join(LOGGERS)}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.split import epoch_tokens, row_windows, text_windows
-from tokenizer_kit.sequence import patch_span
+from tokenizer_kit.sequence import default_prompt_len, patch_span
 
 from .batch import Sample
 from .source import RowView, ShardSource
@@ -134,7 +134,7 @@ class SampleConfig:
 
     @property
     def prompt_tokens(self) -> int:
-        return self.prompt_len if self.prompt_len is not None else self.seq_len // 4
+        return self.prompt_len if self.prompt_len is not None else default_prompt_len(self.seq_len)
 
 
 def rl_parts(src: ShardSource, r: int, rng: np.random.Generator, cfg: SampleConfig,

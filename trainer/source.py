@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import bisect
 import os
-import sys
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +25,14 @@ import pyarrow.compute as pc
 from schemas.cache import ShardCache
 from schemas.errors import ReaderError
 from schemas.manifest import MANIFEST_NAME, ROW_KINDS, ManifestError
-from schemas.reader import BatchView, RowView, ShardDir, batch_view, check_batch
+from schemas.reader import RowView, ShardDir, batch_view, check_batch
 from schemas.shard import ROW_COLUMNS, is_text_form, open_shard
 from schemas.split import shard_row_starts
 from schemas.storage import is_remote, local_path
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.rows import step_lengths_of_rows
+
+from .mapped import MappedShard, madvise_dontneed, mapped_region
 
 KINDS = ROW_KINDS
 MAX_MAPPED_REMOTE = 4  # shards of a remote directory kept mapped by one reader
@@ -46,68 +46,7 @@ class DataError(ValueError):
     contract): one line."""
 
 
-# --- releasing mapped pages -------------------------------------------------------------------------
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_LIBC = None
-
-
-def _file_mappings(path: Path) -> list[tuple[int, int]]:
-    """(start, end) of this process's mappings of `path`, from /proc/self/maps."""
-    target, out = str(path.resolve()), []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split(None, 5)
-                if len(parts) == 6 and parts[5].rstrip("\n") == target:
-                    a, b = parts[0].split("-")
-                    out.append((int(a, 16), int(b, 16)))
-    except OSError:
-        pass
-    return out
-
-
-def _mapped_region(table: pa.Table, path: Path) -> tuple[int, int] | None:
-    """Page-aligned (address, length) span of a table's buffers, only when it lies inside a
-    mapping of the shard file: never heap memory, which MADV_DONTNEED would wipe."""
-    lo, hi = None, None
-    for col in table.columns:
-        for chunk in col.chunks:
-            for buf in chunk.buffers():
-                if buf is not None and buf.size:
-                    lo = buf.address if lo is None else min(lo, buf.address)
-                    hi = buf.address + buf.size if hi is None else max(hi, buf.address + buf.size)
-    if lo is None:
-        return None
-    lo -= lo % _PAGE
-    if not any(a <= lo and hi <= b for a, b in _file_mappings(path)):
-        return None
-    return lo, hi - lo
-
-
-def _mapped_mb() -> float:
-    """File-backed resident memory of this process (statm `shared`), cheap to read every batch."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[2]) * _PAGE / 2**20
-    except OSError:
-        return 0.0
-
-
-def _madvise_dontneed(addr: int, length: int) -> None:
-    """madvise(MADV_DONTNEED) on a read-only file mapping: drops the page-table entries only;
-    the data is read again from the page cache on the next touch. Linux only; a no-op elsewhere."""
-    global _LIBC
-    if not sys.platform.startswith("linux"):
-        return
-    if _LIBC is None:
-        import ctypes
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    _LIBC.madvise(addr, length, 4)  # MADV_DONTNEED
-
-
-def _index_tokens(m: "_Mapped", where: str, tokens: int) -> None:
+def _index_tokens(m: "MappedShard", where: str, tokens: int) -> None:
     """The shard's token stream: each batch's flat tokens, where batches and rows start, and
     whether every per-token column holds text's constants (loss 1, no local position, no patch)."""
     starts, rows, constant = [0], [np.zeros(1, np.int64)], True
@@ -125,26 +64,6 @@ def _index_tokens(m: "_Mapped", where: str, tokens: int) -> None:
     m.tok_starts, m.row_starts, m.constant = starts, np.concatenate(rows), constant
     if len(m.tasks) and int(m.tasks.min()) == int(m.tasks.max()):
         m.one_task = int(m.tasks[0])
-
-
-# --- one mapped shard ---------------------------------------------------------------------------------
-
-@dataclass
-class _Mapped:
-    """A mapped shard: its record batches, their views, row starts and contract checks."""
-
-    name: str
-    batches: list[pa.RecordBatch]
-    views: list[BatchView]
-    bounds: list[int]  # first row of each batch, then the shard's row count (for bisect)
-    tasks: np.ndarray  # task index (into the source's list) of every row
-    region: tuple[int, int] | None | Path  # the shard's path until the span is first needed
-    checked: list[bool] = field(default_factory=list)
-    flat: list[np.ndarray] = field(default_factory=list)  # each batch's tokens, rows back to back
-    tok_starts: list[int] = field(default_factory=list)  # first token of each batch in the shard, then the total
-    row_starts: np.ndarray | None = None  # first token of each row in the shard, then the total
-    constant: bool = False  # every row's per-token columns are text's (loss 1, no position, no patch)
-    one_task: int | None = None  # the task of every row, when they share one
 
 
 class ShardSource:
@@ -196,7 +115,7 @@ class ShardSource:
         """Map nothing yet: a shard is mapped (and its token stream indexed) when first read, in
         each process once. Tasks are the manifest's; a local directory whose manifest lists none
         is mapped whole to learn them (a shard's task names join the list in shard order)."""
-        self._mapped: OrderedDict[int, _Mapped] = OrderedDict()
+        self._mapped: OrderedDict[int, MappedShard] = OrderedDict()
         self._recent: dict[int, RowView] = {}
         self._task_rows: dict = {}
         self._plan: list[int] = []
@@ -217,7 +136,7 @@ class ShardSource:
         if self._pid != os.getpid():
             self._open()
 
-    def _map(self, s: int) -> _Mapped:
+    def _map(self, s: int) -> MappedShard:
         """Map shard s (downloading a remote one first); its task names join the source's list."""
         info = self.manifest.shards[s]
         try:
@@ -252,14 +171,14 @@ class ShardSource:
         if self.remote and not self.manifest.tasks:
             codes = [np.zeros(len(c), np.int32) for c in codes]  # one task: the directory's name
         views = [batch_view(b) for b in batches]
-        m = _Mapped(info.name, batches, views, bounds,
+        m = MappedShard(info.name, batches, views, bounds,
                     np.concatenate(codes) if codes else np.zeros(0, np.int32),
                     Path(f) if not self.remote else None, [False] * len(batches))
         _index_tokens(m, where, info.tokens)
         self._mapped[s] = m
         return m
 
-    def _shard(self, s: int) -> _Mapped:
+    def _shard(self, s: int) -> MappedShard:
         m = self._mapped.get(s)
         if m is not None:
             if self.remote:
@@ -301,9 +220,9 @@ class ShardSource:
         if self._pid == os.getpid():
             for m in self._mapped.values():
                 if isinstance(m.region, Path):  # found once, when first released (reading the maps costs)
-                    m.region = _mapped_region(pa.Table.from_batches(m.batches), m.region) if m.batches else None
+                    m.region = mapped_region(pa.Table.from_batches(m.batches), m.region) if m.batches else None
                 if m.region is not None:
-                    _madvise_dontneed(*m.region)
+                    madvise_dontneed(*m.region)
 
     def _kind(self) -> str:
         if self.manifest.row_kind is not None:
@@ -420,7 +339,7 @@ class ShardSource:
         self._recent[r] = view
         return view
 
-    def _check(self, m: _Mapped, c: int) -> None:
+    def _check(self, m: MappedShard, c: int) -> None:
         """The contract check of record batch c of a shard, once: a problem stops the run."""
         problem = check_batch(m.batches[c], self.layout)
         if problem is not None:

@@ -9,29 +9,26 @@ and ranks), so accumulation and data parallelism do not change what is optimised
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
-from itertools import islice
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from tokenizer_kit.files import atomic_path
-
 from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, CHECKPOINT_VERSION, keep_step_copy, latest_checkpoint,
                          link_or_copy, read_checkpoint, save_checkpoint)
+from .distributed import setup_dist
 from .loggers import METRICS_NAME, MetricLog
+from .metrics import HeldOutLoss, TaskLosses, improves, keep_best_metrics, suite_metrics, truncate_metrics
 from .model import GatoConfig, GatoModel
 from .report import plot_metrics, summary  # noqa: F401 (plot_metrics: part of this module's interface)
-from .run_config import (DEFAULT_LR, FIXED_ARGS, RunConfigError, RunRecord, TrainArgs,  # noqa: F401 (interface)
-                         UsageError, git_commit, redacted, redacted_args, versions)
+from .run_config import (CONFIG_NAME, DEFAULT_LR, FIXED_ARGS, RunConfigError,  # noqa: F401 (interface)
+                         RunRecord, TrainArgs, UsageError, git_commit, redacted, redacted_args, versions)
 
 PLOT_NAME = "loss.png"
 
@@ -60,46 +57,6 @@ class _LossModule(nn.Module):
         return self.model.loss_terms(batch)
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t
-
-
-def _setup_dist(device_arg: str) -> tuple[_Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg == "auto":
-        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(rank, world, local), device
-
-
-def _gather(obj, d: _Dist) -> list:
-    if d.world == 1:
-        return [obj]
-    out = [None] * d.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def _plain(obj):
     """Loader state as plain types/tensors, so the checkpoint loads with weights_only=True."""
     import numpy as np
@@ -121,7 +78,7 @@ class Trainer:
     def __init__(self, args: TrainArgs, explicit: set[str] | None = None):
         """`explicit`: the options the user gave (the others of a resumed run come from its checkpoint);
         None: all of them."""
-        self.d, self.device = _setup_dist(args.device)
+        self.d, self.device = setup_dist(args.device)
         from schemas.cache import ShardCache, default_cache_dir
 
         from .run_store import RunStore
@@ -155,14 +112,13 @@ class Trainer:
         check_fits(self.loader.sources, args.seq_len)
         self.suite = None
         if args.eval_suite:
-            from .evaluate import SuiteError, read_suite
+            from .acting.suite import SuiteError, read_suite
             try:
                 self.suite = read_suite(args.eval_suite)
             except SuiteError as e:
                 raise TrainError(str(e)) from None
         if args.keep_best is not None:
-            known = ["eval_loss"] + ([f"eval/{t.name}/{k}" for t in self.suite for k in ("return", "score")]
-                                     + ["eval/score"] if self.suite else [])
+            known = keep_best_metrics(self.suite)
             if args.keep_best not in known and not args.keep_best.startswith("eval_loss/"):
                 raise UsageError(f"--keep-best {args.keep_best!r} is not a metric this run evaluates; "
                                  f"expected eval_loss, eval_loss/TASK{', ' if self.suite else ''}"
@@ -174,6 +130,7 @@ class Trainer:
         except CacheLimitError as e:
             raise UsageError(str(e)) from None
         self.tasks = list(self.loader.tasks)
+        self.held_out = HeldOutLoss(args, self.tasks, self.layout, self.cache, self.d, self.device)
         if ckpt is not None:
             config = GatoConfig.from_dict(ckpt["config"])
         elif init is not None:  # fine-tuning: the other run's model, at this run's context length
@@ -205,7 +162,6 @@ class Trainer:
     def _resume_state(self, args: TrainArgs, explicit: set[str]) -> dict | None:
         """The latest complete checkpoint in RUN, with the run's fixed arguments restored (or checked
         against those given), and the run record (config.json) read back typed."""
-        from .run_config import CONFIG_NAME
         self.record = RunRecord.read(self.out) if (self.out / CONFIG_NAME).is_file() else None
         self.elapsed, self.best = 0.0, None
         found = latest_checkpoint(self.out)
@@ -213,6 +169,12 @@ class Trainer:
             return None
         path, ckpt = found
         saved = TrainArgs.from_dict(ckpt["args"], f"{path}: field 'args'")
+        if self.record is not None:  # the record and the checkpoint describe one run, or neither is trusted
+            for name in FIXED_ARGS:
+                if redacted(getattr(self.record.train, name)) != redacted(getattr(saved, name)):
+                    raise TrainError(f"{self.out / CONFIG_NAME}: --{name.replace('_', '-')} "
+                                     f"{getattr(self.record.train, name)} disagrees with {path}'s "
+                                     f"{getattr(saved, name)}; the run record does not describe this run")
         for name in FIXED_ARGS:
             given, was = getattr(args, name), getattr(saved, name)
             if given is not None and redacted(given) != redacted(was) and name in explicit:
@@ -257,24 +219,19 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop records logged after the checkpoint, so the resumed run rewrites them."""
-        path = self.out / METRICS_NAME
-        if not path.is_file():
-            return
-        from .report import MetricsError, read_metrics
-        try:  # (a last line a crash cut off is dropped; any other bad line stops with one line)
-            keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        from .report import MetricsError
+        try:
+            truncate_metrics(self.out / METRICS_NAME, step)
         except MetricsError as e:
             raise TrainError(str(e)) from None
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def save(self, best: bool = False) -> None:
         """Every rank contributes its loader and RNG state; rank 0 writes the file atomically, then
         its step copy (pruned to --keep-last) and, when `best`, RUN/best.pt."""
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
-        loaders = _gather(_plain(self.loader.state_dict()), self.d)
-        rngs = _gather(rng, self.d)
+        loaders = self.d.gather(_plain(self.loader.state_dict()))
+        rngs = self.d.gather(rng)
         if self.d.main:
             args = redacted_args(self.args)  # no URL credentials saved
             save_checkpoint({
@@ -343,98 +300,13 @@ class Trainer:
                 "grad_norm": float(grad_norm), "target_tokens": int(targets),
                 "tokens": stats[-2], "task_sums": stats[1:1 + nt], "task_counts": stats[1 + nt:1 + 2 * nt]}
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean target-token loss, overall and per task, on `eval_steps` batches of each directory.
+        """The held-out loss (trainer.metrics.HeldOutLoss), overall and per task."""
+        return self.held_out(self.model, self._autocast)
 
-        Reads --eval-data (held-out directories) when given, else each training directory's test
-        split (`gato-tokenize --test-share`, or a source's own test files), else (said once on
-        stderr) its training rows. Each directory gets its own loader in evaluation mode (rows in
-        order, deterministic windows and patch positions), so every task is measured, on the same
-        batches at every evaluation.
-        """
-        from schemas.reader import ShardDir
-
-        from .data import build_loader, parse_data_arg
-
-        args = self.args
-        if not hasattr(self, "_eval_loaders"):
-            self._eval_loaders, self._eval_names = [], list(self.tasks)
-            for item in args.eval_data or args.data:
-                path = parse_data_arg(item)[0]
-                subset = None
-                if not args.eval_data:
-                    held_out = ShardDir.open(path, cache=self.cache).manifest.rows_in("test") > 0
-                    subset = "test" if held_out else "train"
-                    if not held_out and self.d.main:
-                        print(f"gato-train: {path} has no test split: its eval loss is measured on training rows "
-                              f"(convert with --test-share, or give --eval-data)")  # a note, not an error: stdout
-                loader = build_loader([path], args.seq_len, args.batch_size, seed=args.seed,
-                                      rank=self.d.rank, world_size=self.d.world, training=False,
-                                      prompt_prob=args.prompt_prob, layout=self.layout, cache=self.cache,
-                                      subset=subset)
-                self._eval_names += [n for n in loader.tasks if n not in self._eval_names]
-                task_map = torch.tensor([self._eval_names.index(n) for n in loader.tasks], dtype=torch.int64)
-                self._eval_loaders.append((loader, task_map.to(self.device)))
-        ne = len(self._eval_names)
-        stats = torch.zeros(2 * ne, device=self.device)
-        self.model.eval()
-        for loader, task_map in self._eval_loaders:
-            for b in islice(iter(loader), args.eval_steps):
-                b = b.to(self.device)
-                with self._autocast():
-                    s, n = self.model.loss_terms(b)
-                tid = task_map[b.task_id]
-                stats[:ne].index_add_(0, tid, s.float())
-                stats[ne:].index_add_(0, tid, n.float())
-        self.model.train()
-        stats = self.d.all_reduce(stats).cpu().tolist()
-        out = {}
-        total_s, total_n = sum(stats[:ne]), sum(stats[ne:])
-        if total_n > 0:
-            out["eval_loss"] = total_s / total_n
-        for t, name in enumerate(self._eval_names):
-            if stats[ne + t] > 0:
-                out[f"eval_loss/{name}"] = stats[t] / stats[ne + t]
-        return out
-
-    @torch.no_grad()
     def evaluate_suite(self) -> dict:
-        """Act in the --eval-suite tasks with the current weights (greedy, the suite's seeds): each
-        task's mean return and expert-normalised score, and the mean score (eval/score). Played on
-        rank 0 (the numbers are broadcast), inside saved and restored RNG states: the training
-        stream is the same with or without it, and a resumed run logs the same numbers."""
-        import random
-
-        import numpy as np
-
-        from .evaluate import Policy, evaluate_task
-
-        out: dict = {}
-        if self.d.main:
-            np_state, py_state = np.random.get_state(), random.getstate()
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                self.model.eval()
-                try:
-                    policy = Policy(self.model, self.layout, self.args.seq_len, self.args.seq_len // 4, 0.0,
-                                    self.args.seed, True)
-                    scores = []
-                    for task in self.suite:
-                        r = evaluate_task(policy, task)
-                        out[f"eval/{task.name}/return"] = float(np.mean(r.agent))
-                        out[f"eval/{task.name}/score"] = r.score
-                        scores.append(r.score)
-                    out["eval/score"] = float(np.mean(scores))
-                finally:
-                    self.model.train()
-                    np.random.set_state(np_state)
-                    random.setstate(py_state)
-        if self.d.world > 1:
-            box = [out]
-            dist.broadcast_object_list(box, src=0)
-            out = box[0]
-        return out
+        """The --eval-suite scores with the current weights (trainer.metrics.suite_metrics)."""
+        return suite_metrics(self.model, self.layout, self.args, self.suite, self.d, self.device)
 
     # --- the loop ---------------------------------------------------------------------------------
     def _elapsed(self) -> float:
@@ -442,16 +314,11 @@ class Trainer:
         return self.elapsed + (time.perf_counter() - self._t_start)
 
     def _improves(self, rec: dict) -> bool:
-        """Whether this record's --keep-best metric beats the best so far (lower for a loss)."""
-        metric = self.args.keep_best
-        if metric is None or rec.get(metric) is None:
-            return False
-        value = float(rec[metric])
-        lower = "loss" in metric
-        if self.best is None or (value < self.best["value"] if lower else value > self.best["value"]):
-            self.best = {"metric": metric, "value": value, "step": self.step}
-            return True
-        return False
+        """Whether this record's --keep-best metric beats the best so far (kept in self.best)."""
+        best = improves(self.best, rec, self.args.keep_best, self.step)
+        if best is not None:
+            self.best = best
+        return best is not None
 
     def run(self) -> int:
         args = self.args
@@ -478,14 +345,11 @@ class Trainer:
             bar = tqdm(total=args.steps, initial=self.step, desc="gato-train", unit="step", dynamic_ncols=True)
         try:
             t0, tokens = time.perf_counter(), 0.0
-            task_sums, task_counts = [0.0] * len(self.tasks), [0.0] * len(self.tasks)
+            task_losses = TaskLosses(self.tasks)
             while self.step < args.steps:
                 rec = self.train_step()
                 tokens += rec.pop("tokens")
-                # Per-task losses are averaged over the steps since the last record (one step's
-                # batch rarely holds every task).
-                task_sums = [a + b for a, b in zip(task_sums, rec.pop("task_sums"), strict=True)]
-                task_counts = [a + b for a, b in zip(task_counts, rec.pop("task_counts"), strict=True)]
+                task_losses.add(rec.pop("task_sums"), rec.pop("task_counts"))
                 last = self.step == args.steps
                 do_eval = last or (args.eval_every and self.step % args.eval_every == 0)
                 new_best = False
@@ -496,11 +360,7 @@ class Trainer:
                     rec["time"] = time.time()  # wall clock (unix seconds)
                     rec["elapsed_s"] = self._elapsed()  # seconds of training, resumed attempts included
                     t0, tokens = time.perf_counter(), 0.0
-                    for name, ts, tc in zip(self.tasks, task_sums, task_counts, strict=True):
-                        rec[f"target_tokens/{name}"] = int(tc)  # since the last record
-                        if tc > 0:
-                            rec[f"loss/{name}"] = ts / tc
-                    task_sums, task_counts = [0.0] * len(self.tasks), [0.0] * len(self.tasks)
+                    rec.update(task_losses.record())
                     if do_eval:
                         rec.update(self.evaluate())
                         if self.suite:

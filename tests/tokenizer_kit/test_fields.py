@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tokenizer_kit.argtypes import byte_size, nonnegative_float, positive_int, probability
-from tokenizer_kit.fields import ACTION, OBS, field_key, field_name, flatten_value
+from tokenizer_kit.fields import ACTION, OBS, field_key, field_keys, field_name, flatten_value
 
 
 def test_nested_values_are_named_obs_key_sub_and_index():
@@ -46,3 +46,10 @@ def test_byte_sizes_are_decimal_with_b_and_binary_without():
     for bad in ("", "MB", "12XB", "0", "-5MB", "nan", "inf"):
         with pytest.raises(argparse.ArgumentTypeError):
             byte_size(bad)
+
+
+def test_field_keys_inverts_field_name():
+    name = field_name(field_name(ACTION, "arm"), 0)
+    assert name == "action/arm/0" and field_keys(name, ACTION) == ("arm", "0")
+    assert field_keys("action", ACTION) is None  # the root itself is no member
+    assert field_keys("obs/image", ACTION) is None and field_keys("actions/x", ACTION) is None

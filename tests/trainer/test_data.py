@@ -130,14 +130,14 @@ def test_one_training_epoch_sees_every_token_once(dirs, num_workers):
 @pytest.mark.parametrize("world_size,num_workers", [(1, 0), (2, 2), (3, 1)])
 def test_training_epochs_cover_each_readers_units_once(dirs, world_size, num_workers):
     """In training each reader's first epoch (up to its epoch counter turning) holds its share."""
-    from trainer.data import _Streams
+    from trainer.stream import Streams
     seen = []
     for rank in range(world_size):
         loader = build_loader([dirs["tagged"]], seq_len=48, batch_size=3, seed=7, num_workers=num_workers,
                               rank=rank, world_size=world_size)
         for reader in range(max(1, num_workers)):
             state = {"samples": 0, "batches": 0, "epoch": [0], "cursor": [0]}
-            streams = _Streams(loader.stream, reader, state)
+            streams = Streams(loader.stream, reader, state)
             while True:
                 r = streams.take(0)
                 if state["epoch"][0] > 0:
@@ -211,7 +211,7 @@ def test_resume_with_another_worker_count_reads_every_unit_once(dirs, tmp_path, 
     """Training resumed with another worker count: the units the old readers had not read in
     their epoch are shared out among the new readers first, so the epoch still reads each once."""
     from schemas.split import split_rows
-    from trainer.data import _Streams
+    from trainer.stream import Streams
     kw = dict(seq_len=48, batch_size=3, seed=7)
     first = build_loader([dirs["tagged"]], num_workers=old, **kw)
     _take(first, 5)
@@ -226,7 +226,7 @@ def test_resume_with_another_worker_count_reads_every_unit_once(dirs, tmp_path, 
     resumed.load_state_dict(sd)
     after = []
     for r in range(max(1, new)):
-        streams = _Streams(resumed.stream, r, {k: list(v) if isinstance(v, list) else v
+        streams = Streams(resumed.stream, r, {k: list(v) if isinstance(v, list) else v
                                                for k, v in resumed._states[r].items()})
         while streams.state["carry"][0] >= 0:
             after.append(streams.take(0))
@@ -436,8 +436,8 @@ def test_rank_comes_from_torch_distributed_when_left_default(dirs, monkeypatch):
 
 def test_released_pages_read_back_the_same(dirs, monkeypatch):
     """Unmapping read pages (to keep RSS flat) must never change what is read next."""
-    import trainer.data as td
-    import trainer.source as source
+    import trainer.stream as td
+    import trainer.mapped as mapped
     data = [dirs["pix"], dirs["cap"]]
     kept = _take(build_loader(data, 40, 4, seed=2), 4)
     monkeypatch.setattr(td, "MAPPED_BUDGET_MB", -1)  # release after every batch
@@ -451,8 +451,8 @@ def test_released_pages_read_back_the_same(dirs, monkeypatch):
     from pathlib import Path
     import pyarrow as pa
     shard = Path(dirs["cap"]) / "shard-00000.arrow"
-    assert source._mapped_region(open_shard(shard), shard) is not None
-    assert source._mapped_region(pa.table({"x": list(range(5000))}), shard) is None
+    assert mapped.mapped_region(open_shard(shard), shard) is not None
+    assert mapped.mapped_region(pa.table({"x": list(range(5000))}), shard) is None
 
 
 def test_reads_what_the_real_converter_writes(tmp_path, sp_model_path, corpus_path, rl_shard_dir):

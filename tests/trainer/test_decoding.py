@@ -10,10 +10,10 @@ from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.rows import concat_rows, slice_tokens
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text_rows import build_caption_row, text_token_row
-from trainer.decoding import Decoder, generate_text
+from trainer.acting.decoding import Decoder, generate_text
 from trainer.model import GatoConfig, GatoModel
-from trainer.envs import make_env_fn
-from trainer.rollout import Agent, run_episodes
+from trainer.acting.envs import make_env_fn
+from trainer.acting.rollout import Agent, run_episodes
 
 LAYOUT = VocabLayout(text_vocab_size=1000, eos_id=2)
 

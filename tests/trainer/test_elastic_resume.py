@@ -18,7 +18,7 @@ def taken(monkeypatch):
     """[(rank, epoch, unit)] of every unit (a row's window) a loader in this process takes, one at a
     time, whether it is taken alone or with a batch's others."""
     seen = []
-    take, take_many = data_module._Streams.take, data_module._Streams.take_many
+    take, take_many = data_module.Streams.take, data_module.Streams.take_many
 
     def spy(self, d):
         unit = take(self, d)
@@ -33,8 +33,8 @@ def taken(monkeypatch):
             seen.append((self.ds.rank, self.state["epoch"][d], int(units[-1][0])))
         return np.concatenate(units) if units else np.zeros(0, np.int64)
 
-    monkeypatch.setattr(data_module._Streams, "take", spy)
-    monkeypatch.setattr(data_module._Streams, "take_many", spy_many)
+    monkeypatch.setattr(data_module.Streams, "take", spy)
+    monkeypatch.setattr(data_module.Streams, "take_many", spy_many)
     return seen
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_text_shard_dir
 from tokenizer_kit.text import TextTokenizer
 from trainer.cli import main
-from trainer.generate import continuation, fit_prompt
+from trainer.acting.generate import continuation, fit_prompt
 
 ROOT = Path(__file__).resolve().parents[2]
 

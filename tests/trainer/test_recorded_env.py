@@ -20,8 +20,8 @@ from schemas.manifest import Manifest
 from schemas.reader import ShardDir
 from schemas.shard import row_from_table
 from trainer.cli import main as train_main
-from trainer.envs import EnvWrappers, make_env_fn
-from trainer.rollout import Agent, slice_steps
+from trainer.acting.envs import EnvWrappers, make_env_fn
+from trainer.acting.rollout import Agent, slice_steps
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_torch_thread")]
 

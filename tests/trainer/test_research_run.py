@@ -168,6 +168,20 @@ def test_a_damaged_run_record_is_refused_on_resume(data_dirs, tmp_path, capsys):
     assert "config.json" in err and "batch-size" in err and err.strip().count("\n") == 0
 
 
+def test_a_run_record_that_disagrees_with_the_checkpoint_is_refused_on_resume(data_dirs, tmp_path, capsys):
+    """config.json is read typed and checked against the checkpoint on resume: a record edited to
+    another --batch-size (a valid value) no longer describes the run, and resuming says so."""
+    run = tmp_path / "run"
+    assert main(_args(data_dirs, run, "--steps", "1")) == 0
+    rec = json.loads((run / "config.json").read_text())
+    rec["train"]["batch_size"] += 1
+    (run / "config.json").write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert main(_args(data_dirs, run, "--steps", "2")) == 1
+    err = capsys.readouterr().err
+    assert "config.json" in err and "--batch-size" in err and "disagrees" in err and err.strip().count("\n") == 0
+
+
 def test_step_copies_keep_last_and_keep_best_across_a_resume(data_dirs, tmp_path, sigterm_at_step):
     """The same run straight and stopped by SIGTERM at step 5 then resumed keeps the same step copies,
     the same best checkpoint, and the same metrics."""
@@ -252,7 +266,7 @@ def test_eval_loss_is_measured_on_the_held_out_split(tmp_path, sp_model_path, co
     assert trainer.loader.sources[0].total_rows == m.rows_in("train")
     capsys.readouterr()
     assert "eval_loss" in trainer.evaluate()
-    (loader, _), = trainer._eval_loaders
+    (loader, _), = trainer.held_out.loaders
     assert loader.sources[0].total_rows == m.rows_in("test")
     from schemas.shard import open_shard
     test_ids = {i for s in m.shards if s.split == "test" for i in open_shard(shards / s.name).column("source_id").to_pylist()}

@@ -1,7 +1,7 @@
 """A tiny Gato trained on a LeRobot dataset mixed with another task, then acting on the recorded
 robot episode: no robot simulator installs here (gym-aloha / gym-pusht need MuJoCo scenes and
 pins that clash with this environment), so the recorded episode is replayed through the acting
-path (trainer.rollout.Agent: observation fields -> tokens, the model's action ids, decoded back to
+path (trainer.acting.rollout.Agent: observation fields -> tokens, the model's action ids, decoded back to
 the action's own units) and every step's tokens must equal the converted row's."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_trained_model_acts_on_the_recorded_robot_episode(tmp_path, sp_model_pat
     from tokenizer_kit.episode_decode import decode_actions
     from trainer.checkpoint import load_model
     from trainer.cli import main as train_main
-    from trainer.rollout import Agent, EpisodeContext, action_slots, load_demonstrations, slice_tokens
+    from trainer.acting.rollout import Agent, EpisodeContext, action_slots, load_demonstrations, slice_tokens
 
     episodes = make_episodes([6, 5, 7], seed=4)
     root = write_lerobot_v3(tmp_path / "so100_pick", episodes, data_files=1)

@@ -12,7 +12,7 @@ import torch
 
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, SEPARATOR, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
-from trainer.rollout import (Agent, EpisodeContext, action_slots, concat_rows, decode_actions, prompt_window,
+from trainer.acting.rollout import (Agent, EpisodeContext, action_slots, concat_rows, decode_actions, prompt_window,
                              run_episodes, sample_in_ranges, slice_steps)
 
 LAYOUT = VocabLayout(text_vocab_size=1000, eos_id=2)
@@ -42,7 +42,7 @@ class AdversarialModel(torch.nn.Module):
 
 
 def _run(spec, env_id, model, steps=5, temperature=0.0, rescale=False):
-    from trainer.envs import make_env_fn
+    from trainer.acting.envs import make_env_fn
     agent = Agent(model, LAYOUT, spec, seq_len=64, temperature=temperature)
     return agent, run_episodes(agent, make_env_fn(env_id, rescale), 2, [], 0, "none", max_steps=steps)
 
@@ -159,8 +159,8 @@ def test_acting_tokens_equal_what_the_rl_converter_wrote(env_id, tmp_path, monke
     from converters.cli import main as tokenize_main
     from schemas.reader import ShardDir
     from schemas.shard import row_from_table
-    from trainer.envs import make_env_fn
-    from trainer.rollout import load_demonstrations
+    from trainer.acting.envs import make_env_fn
+    from trainer.acting.rollout import load_demonstrations
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     env = make_env_fn(env_id, rescale_actions=True)()

@@ -1,5 +1,5 @@
 """Scores as rliable reports them: the aggregates and stratified-bootstrap intervals of
-trainer/scores.py against rliable's own code, per-task intervals, several runs (checkpoints or
+trainer/acting/scores.py against rliable's own code, per-task intervals, several runs (checkpoints or
 eval.json files), and evaluation seeds kept apart from the seeds the data was recorded on."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from conftest import cartpole_episodes, write_shard_dir
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text import TextTokenizer
-from trainer import scores as S
+from trainer.acting import scores as S
 from trainer.cli import main
 
 CARTPOLE = EpisodeSpec((FieldSpec("obs", "continuous", (4,)),), (FieldSpec("action", "discrete", ()),))

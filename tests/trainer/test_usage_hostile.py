@@ -61,7 +61,7 @@ def test_a_full_disk_during_the_checkpoint_write_is_one_line(text_dir, tmp_path)
 
 
 def test_an_env_module_that_cannot_be_imported_is_one_line():
-    from trainer.envs import UnknownEnvError, make_env_fn
+    from trainer.acting.envs import UnknownEnvError, make_env_fn
     with pytest.raises(UnknownEnvError, match="cannot be imported") as e:
         make_env_fn("no_such_plugin_module_x:Foo-v0")
     assert "\n" not in str(e.value)
@@ -76,7 +76,7 @@ def test_an_env_module_that_cannot_be_imported_is_one_line():
                                          ("tasks:\n  - env: CartPole-v1\n    data: d\n    rescale_actions: 1\n",
                                           "field 'rescale_actions' is int")])
 def test_wrong_types_in_a_suite_are_one_line(body, needle, tmp_path):
-    from trainer.evaluate import SuiteError, read_suite
+    from trainer.acting.suite import SuiteError, read_suite
     (tmp_path / "s.yaml").write_text(body)
     with pytest.raises(SuiteError, match=needle):
         read_suite(tmp_path / "s.yaml")

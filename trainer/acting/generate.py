@@ -10,18 +10,20 @@ tokenised as the captions converter does (`--image-size`, `--image-policy`), cap
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tokenizer_kit.argtypes import nonnegative_float, nonnegative_int, positive_int
+from tokenizer_kit.argtypes import image_size_or_native
 from tokenizer_kit.errors import first_line, run_command
+from tokenizer_kit.images import FIT_POLICIES
 from tokenizer_kit.text_rows import caption_context, text_token_row
 
+from ..cli import parse_options
+from ..run_config import opt
 from .decoding import generate_text
-from .devices import device_arg
 
 
 def run_tokenizer(checkpoint: str, given: str | None):
@@ -29,12 +31,12 @@ def run_tokenizer(checkpoint: str, given: str | None):
     from schemas.manifest import TOKENIZER_NAME
     from tokenizer_kit.text import TextTokenizer
 
-    from .checkpoint import checkpoint_path
+    from ..checkpoint import checkpoint_path
 
     if given:
         return TextTokenizer(given)
-    from .data import parse_data_arg
-    from .run_config import CONFIG_NAME, RunRecord
+    from ..data import parse_data_arg
+    from ..run_config import CONFIG_NAME, RunRecord
 
     run = checkpoint_path(checkpoint).parent
     cfg = run / CONFIG_NAME
@@ -47,36 +49,37 @@ def run_tokenizer(checkpoint: str, given: str | None):
     raise FileNotFoundError(f"{cfg}: no {TOKENIZER_NAME} in the run's data directories; give --tokenizer")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="training run directory or checkpoint file")
-    p.add_argument("--tokenizer", default=None, help="SentencePiece model (default: the run's data's)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=32)
-    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=nonnegative_int, default=0, help="sample among the k likeliest ids (0: all)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--device", default="cpu", type=device_arg)
+@dataclass
+class TextOptions:
+    """The options `gato-train generate` and `caption` share (run_config.opt)."""
+
+    checkpoint: str = opt("", "training run directory or checkpoint file", required=True,
+                          metavar="RUN")
+    tokenizer: str | None = opt(None, "SentencePiece model (default: the run's data's)", metavar="MODEL")
+    max_new_tokens: int = opt(32, "tokens to generate at most", lo=1)
+    temperature: float = opt(0.0, "0 = greedy (default)", lo=0)
+    top_k: int = opt(0, "sample among the k likeliest ids (0: all)", lo=0)
+    seed: int = opt(0, "sampling seed", lo=0)
+    device: str = opt("cpu", "cpu, cuda, cuda:N", metavar="DEVICE")
 
 
-def build_generate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gato-train generate", description="Continue a text prompt.")
-    _common(p)
-    p.add_argument("--prompt", required=True, help="text to continue")
-    return p
+@dataclass
+class GenerateOptions(TextOptions):
+    """`gato-train generate`: continue a text prompt."""
+
+    prompt: str = opt("", "text to continue", required=True, metavar="TEXT")
 
 
-def build_caption_parser() -> argparse.ArgumentParser:
-    from tokenizer_kit.argtypes import image_size_or_native
-    from tokenizer_kit.images import FIT_POLICIES
+@dataclass
+class CaptionOptions(TextOptions):
+    """`gato-train caption`: caption images, tokenised as the captions converter does."""
 
-    p = argparse.ArgumentParser(prog="gato-train caption", description="Caption images.")
-    _common(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--image-size", type=image_size_or_native, default=None, metavar="N|HxW|native",
-                   help="fit images to N x N or H x W pixels (multiples of 16), as the captions converter was told "
-                        "(its syntax; default native: each image's own size fitted to 16s)")
-    p.add_argument("--image-policy", default="resize", choices=FIT_POLICIES,
-                   help="how images were fitted (the converter's option)")
-    return p
+    images: list[str] = opt([], "image files", cli="list", positional=True, metavar="IMAGE")
+    image_size: tuple[int, int] | None = opt(None, "fit images to N x N or H x W pixels (multiples of 16), as the "
+                                                   "captions converter was told (its syntax; default native: each "
+                                                   "image's own size fitted to 16s)", parse=image_size_or_native,
+                                             metavar="N|HxW|native")
+    image_policy: str = opt("resize", "how images were fitted (the converter's option)", choices=FIT_POLICIES)
 
 
 def fit_prompt(ids: np.ndarray, seq_len: int, max_new_tokens: int) -> np.ndarray:
@@ -99,8 +102,8 @@ def continuation(tok, prompt_ids: np.ndarray, new_ids: np.ndarray) -> str:
     return whole[len(head):] if whole.startswith(head) else tok.decode(new_ids.tolist())
 
 
-def generate(args: argparse.Namespace) -> list[str]:
-    from .checkpoint import load_model
+def generate(args: GenerateOptions) -> list[str]:
+    from ..checkpoint import load_model
 
     model, layout, config = load_model(args.checkpoint, map_location=args.device)
     tok = run_tokenizer(args.checkpoint, args.tokenizer)
@@ -110,8 +113,8 @@ def generate(args: argparse.Namespace) -> list[str]:
     return [args.prompt + continuation(tok, ids, out[0])]
 
 
-def caption(args: argparse.Namespace) -> list[str]:
-    from .checkpoint import load_model
+def caption(args: CaptionOptions) -> list[str]:
+    from ..checkpoint import load_model
 
     model, layout, _ = load_model(args.checkpoint, map_location=args.device)
     tok = run_tokenizer(args.checkpoint, args.tokenizer)
@@ -147,10 +150,10 @@ def _decode_image(path: str, size: tuple[int, int] | None, policy: str) -> np.nd
         raise OSError(f"{path}: unreadable image ({first_line(e)})") from None
 
 
-def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
-    from .checkpoint import CheckpointError
+def _main(prog: str, options: type, description: str, fn, argv) -> int:
+    from ..checkpoint import CheckpointError
 
-    args = parser.parse_args(argv)
+    args = parse_options(options, prog, description, argv)
 
     def work() -> int:
         print("\n".join(fn(args)))
@@ -160,8 +163,8 @@ def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
 
 
 def generate_main(argv: list[str] | None = None) -> int:
-    return _main("gato-train generate", build_generate_parser(), generate, argv)
+    return _main("gato-train generate", GenerateOptions, "Continue a text prompt.", generate, argv)
 
 
 def caption_main(argv: list[str] | None = None) -> int:
-    return _main("gato-train caption", build_caption_parser(), caption, argv)
+    return _main("gato-train caption", CaptionOptions, "Caption images.", caption, argv)

@@ -19,7 +19,7 @@ from tokenizer_kit.rows import concat_rows
 from tokenizer_kit.sequence import Row
 from tokenizer_kit.text_rows import text_token_row
 
-from .batch import Batch, Sample, collate
+from ..batch import Batch, Sample, collate
 
 
 # --- rows as contexts --------------------------------------------------------------------------------

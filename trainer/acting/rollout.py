@@ -6,10 +6,10 @@ layout from the checkpoint); a demonstration prompt (a window of an expert episo
 goes first; each action token is sampled from its slot's legal id range only and decoded through
 the inverse tokenisation; the context is cut to the model's sequence length by dropping the oldest
 steps (never the prompt). Episodes run side by side as one batch; a key/value cache
-(trainer/decoding.py) makes each observation and each action token one forward pass over the new
+(trainer/acting/decoding.py) makes each observation and each action token one forward pass over the new
 tokens only.
 
-The command lines that act (`gato-train rollout`, `gato-train eval`) are in trainer/evaluate.py.
+The command lines that act (`gato-train rollout`, `gato-train eval`) are in trainer/acting/evaluate.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tokenizer_kit.episode_decode import acting_observation, decode_actions
-from tokenizer_kit.fields import flatten_value
+from tokenizer_kit.fields import ACTION, field_keys, field_name, flatten_value
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, VocabLayout
 from tokenizer_kit.rows import concat_rows, slice_tokens
 from tokenizer_kit.sequence import EpisodeSpec, Row, build_episode
@@ -48,7 +48,7 @@ def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.G
     """A demonstration prompt of at most `max_tokens` tokens, chosen by the loader's own rule for
     training prompts: the episode's end from a timestep boundary (goal conditioning), or
     `max_tokens` tokens from a uniformly drawn boundary."""
-    from .sampling import goal_start, window_start
+    from ..sampling import goal_start, window_start
 
     if mode == "none" or max_tokens <= 0:
         return concat_rows([])
@@ -113,7 +113,7 @@ def action_slots(spec: EpisodeSpec, layout: VocabLayout, action_space=None) -> l
             slots += [ActionSlot(f.name, f.kind, lo, hi)] * f.size
         elif f.kind == "discrete":
             lo, hi = layout.id_range(DISCRETE)
-            space = action_space[f.name] if isinstance(action_space, gym.spaces.Dict) else action_space
+            space = action_member(action_space, f.name)
             if isinstance(space, gym.spaces.Discrete):
                 if int(space.start) != 0:
                     raise ValueError(f"action field {f.name!r}: Discrete spaces must start at 0, got {space.start}")
@@ -130,21 +130,48 @@ def action_slots(spec: EpisodeSpec, layout: VocabLayout, action_space=None) -> l
     return slots
 
 
+def action_member(action_space, name: str):
+    """The member of a Dict/Tuple action space that action field `name` fills: by the converters'
+    rule `action/KEY[/SUB]` (tokenizer_kit.fields), else, for a table's fields, the key itself."""
+    import gymnasium as gym
+
+    if not isinstance(action_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        return action_space
+    keys = field_keys(name, ACTION) or (name,)
+    space = action_space
+    for k in keys:
+        try:
+            space = space[int(k)] if isinstance(space, gym.spaces.Tuple) else space[k]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ValueError(f"action field {name!r} names no member of the action space {action_space}") from None
+    return space
+
+
 def env_action(values: dict[str, np.ndarray], spec: EpisodeSpec, action_space):
-    """Field values -> what `env.step` takes (an int for Discrete, an array for Box, a dict for Dict)."""
+    """Field values -> what `env.step` takes (an int for Discrete, an array for Box, a dict for
+    Dict, a tuple for Tuple); Dict/Tuple members are found by `action_member`'s rule."""
     import gymnasium as gym
 
     def one(v, space):
         if isinstance(space, gym.spaces.Discrete):
             return int(np.asarray(v).reshape(-1)[0])
-        if isinstance(space, gym.spaces.Box):
-            return np.asarray(v, dtype=space.dtype).reshape(space.shape)
-        if isinstance(space, gym.spaces.MultiDiscrete):
+        if isinstance(space, (gym.spaces.Box, gym.spaces.MultiDiscrete)):
             return np.asarray(v, dtype=space.dtype).reshape(space.shape)
         return v
 
-    if isinstance(action_space, gym.spaces.Dict):
-        return {k: one(values[k], action_space[k]) for k in values}
+    def nested(space, name: str, depth: int):
+        if isinstance(space, gym.spaces.Dict):
+            return {k: nested(s, field_name(name, k), depth + 1) for k, s in space.spaces.items()}
+        if isinstance(space, gym.spaces.Tuple):
+            return tuple(nested(s, field_name(name, i), depth + 1) for i, s in enumerate(space.spaces))
+        if name not in values and depth == 1 and name.partition("/")[2] in values:  # a table's field: the key
+            name = name.partition("/")[2]
+        if name not in values:
+            raise ValueError(f"the action space's member {name!r} has no action field (fields: {sorted(values)})")
+        return one(values[name], space)
+
+    if isinstance(action_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        return nested(action_space, ACTION, 0)
     (name,) = values.keys() if len(values) == 1 else (None,)
     if name is None:
         raise ValueError(f"several action fields {sorted(values)} need a Dict action space")
