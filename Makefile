@@ -40,7 +40,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick,)
+	$(PY) -m benchmarks.run_all $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) demo_out bench_out .pytest_cache test-artifacts

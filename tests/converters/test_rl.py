@@ -18,7 +18,7 @@ from converters.base import SourceError
 from converters.rl import add_arguments, make_converter
 from converters.rl_converter import RLConverter
 from converters.rl_sources.hdf5 import FlatHDF5Source
-from rl_fixtures import (DictObs, MissionObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
+from tests.support.rl_data import (DictObs, MissionObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.values import quantization_error
 

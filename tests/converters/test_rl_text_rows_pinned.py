@@ -14,7 +14,7 @@ import json
 
 import gymnasium as gym
 import numpy as np
-from row_hash import update_with_row
+from tests.support.row_hash import update_with_row
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +23,7 @@ from converters.cli import build_parser
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.text import TextTokenizer
 
-from rl_fixtures import DictObs, MissionObs, PixelObs, episode_table, make_minari, rollouts, write_d4rl
+from tests.support.rl_data import DictObs, MissionObs, PixelObs, episode_table, make_minari, rollouts, write_d4rl
 
 
 def _converter(kind: str, argv: list[str]):

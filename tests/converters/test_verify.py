@@ -310,7 +310,7 @@ def test_damage_repeated_in_every_step_is_still_found(rl_copy, capsys):
 def test_verify_and_inspect_read_an_s3_directory(s3_server, rl_shard_dir, tmp_path, capsys):
     import s3fs
 
-    from conftest import make_bucket, upload_dir
+    from tests.support.s3 import make_bucket, upload_dir
     url = upload_dir(rl_shard_dir, make_bucket("verify") + "/rl")
     code, out, _ = run(["verify", url, "--simulate-ranks", "2"], capsys)
     assert code == 0 and out.startswith(f"ok: {url}: ") and "assign_rows_by_shard" in out
