@@ -17,6 +17,20 @@ from tests.support.shards import make_caption_shard_dir, make_corpus, make_rl_sh
 from tokenizer_kit.layout import VocabLayout
 
 
+def pytest_configure(config):
+    """MuJoCo appends every warning (gymnasium's v5 models warn at load) to MUJOCO_LOG.TXT in the
+    working directory, which under `make test` is the repo root; the warnings still reach stderr,
+    only the file is turned off (MjLogConfig, MuJoCo >= 3.4). Imported here, where the [envs] extra
+    is optional: a session without MuJoCo has nothing to turn off."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    log = mujoco.MjLogConfig.get()
+    log.logto_file = False
+    log.set()
+
+
 @pytest.fixture(scope="session")
 def corpus_path(tmp_path_factory) -> str:
     return make_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
