@@ -157,7 +157,8 @@ class CaptionConverter:
         return {"input_format": self.input_format, "formats": sorted(set(self.formats.values())),
                 "image_size": list(self.image.size) if self.image.size else "native", "fit": self.image.fit,
                 "resample": "bilinear", "pad": "zeros bottom/right, aspect kept" if self.image.fit == "pad" else None,
-                "jpeg_draft": True, "jpeg_dct_scale": simplejpeg is not None, "image_field": self.image_field, "caption_field": self.caption_field,
+                "jpeg_draft": True, "jpeg_dct_scale": simplejpeg is not None, "image_field": self.image_field,
+                "caption_field": self.caption_field,
                 "caption_strip": True, "coco_captions": self.coco_captions,
                 "records_per_unit": self.records_per_unit}
 

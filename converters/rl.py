@@ -5,7 +5,8 @@ module decides how every field is tokenised (an `EpisodeSpec`, recorded in the m
 decode back), and makes the converter (converters/rl_converter.py), which filters episodes by
 return and builds one row per episode with `tokenizer_kit.sequence.build_episode`. Observations
 are mu-law companded; continuous actions are rescaled to [-1, 1] from their declared bounds where
-there are any, and values still outside are counted (SPEC 2 clips them). Frame stacks become grey frames (tokenizer_kit.frames).
+there are any, and values still outside are counted (SPEC 2 clips them). Frame stacks become grey
+frames (tokenizer_kit.frames).
 Work units are contiguous episode ranges of one input, so workers share a dataset and the order
 of rows is deterministic.
 """
@@ -209,7 +210,7 @@ def _check_overrides(known: dict[str, FieldInfo], act: dict[str, FieldInfo], kin
             _usage(f"--field {name}={kind}: no field {name!r} (fields: {', '.join(names)})")
         if kind not in KINDS + (IGNORE,):
             _usage(f"--field {name}={kind}: unknown kind (expected one of {', '.join(KINDS + (IGNORE,))})")
-    for name, on in mu_law.items():
+    for name in mu_law:
         if name not in known:
             _usage(f"--mu-law {name}: no field {name!r} (fields: {', '.join(names)})")
         if name in act:

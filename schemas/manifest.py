@@ -98,7 +98,8 @@ def _check_stats_types(st: dict, where: str) -> None:
             isinstance(g, dict) and all(_is_int(x) for x in g.values()) for g in v.values()),
         "episode_return": lambda v: v is None or isinstance(v, dict) and all(
             x is None or _is_num(x) for x in v.values()),
-        "longest_unit": lambda v: v is None or isinstance(v, dict) and _is_int(v.get("tokens")) and _is_int(v.get("row")),
+        "longest_unit": lambda v: v is None or (isinstance(v, dict)
+                                                and all(_is_int(v.get(k)) for k in ("tokens", "row"))),
         "conversion": lambda v: v is None or isinstance(v, dict),
     }
     for key, ok in checks.items():
@@ -334,8 +335,8 @@ class Manifest:
         try:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
-            manifest.typed_stats  # statistics of the wrong shape: unreadable too, not a traceback later
-            manifest.env  # an env spec naming a module outside the wrapper modules: refused on reading
+            manifest.typed_stats  # noqa: B018 - statistics of the wrong shape: unreadable too, not a traceback later
+            manifest.env  # noqa: B018 - an env spec naming a module outside the wrapper modules: refused on reading
         except ManifestError as e:
             raise ManifestError(f"{path}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:

@@ -3,8 +3,8 @@ work unit leaves (`UnitMarker`), in `OUT/.work/` until the manifest is written.
 
 Every unit is converted into its own shards, `shard-UUUUU-KKK.arrow` (schemas.shard.UNIT_SHARD_PATTERN), by
 whichever process or machine converted it; its marker is written after its shards, so a marker
-vouches for complete shards. The manifest is then merged from the markers in unit order. `WorkDir` is the one place that reads
-what is done, for the writer (resume, finalize) and for `inspect` alike.
+vouches for complete shards. The manifest is then merged from the markers in unit order. `WorkDir` is
+the one place that reads what is done, for the writer (resume, finalize) and for `inspect` alike.
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ import numpy as np
 
 from .errors import TokenizeError
 from .frames import FrameStack
-from .images import (FIT_POLICIES, fit_grey_frames, image_to_patches, patch_grid, patch_positions, patchify,
-                     patchify_grey)
+from .images import FIT_POLICIES, fit_grey_frames, image_to_patches, patch_grid, patch_positions, patchify_grey
 from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_BYTES, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 from .values import continuous_to_tokens, discrete_to_tokens, to_unit_range
 

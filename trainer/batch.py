@@ -139,7 +139,8 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
         mask[b, :n] = s.loss_mask if s.loss_mask is not None else 1
         if not len(s.patches):  # no patches: no slot may be left either (a min, not a search)
             if n and int(s.tokens.min()) < 0:
-                raise ValueError(f"sample has {int(np.count_nonzero(s.tokens == PATCH_SLOT))} patch slots but 0 patches")
+                slots = int(np.count_nonzero(s.tokens == PATCH_SLOT))
+                raise ValueError(f"sample has {slots} patch slots but 0 patches")
             continue
         slots = np.flatnonzero(s.tokens == PATCH_SLOT)
         if len(slots) != len(s.patches):

@@ -198,7 +198,8 @@ def load_model(run_dir_or_ckpt: str | os.PathLike, map_location="cpu"):
     """(model in eval mode, its VocabLayout, its GatoConfig) from a run directory or checkpoint file."""
     from .model import GatoConfig, GatoModel
 
-    torch.set_flush_denormal(True)  # tiny weights and activations turn denormal on CPU, and denormal arithmetic can run ~10x slower
+    # tiny weights and activations turn denormal on CPU, and denormal arithmetic can run ~10x slower
+    torch.set_flush_denormal(True)
     state = read_checkpoint(run_dir_or_ckpt, map_location)
     if "config" not in state or "model" not in state:
         raise CheckpointError(f"{checkpoint_path(run_dir_or_ckpt)}: checkpoint has no model config or weights")

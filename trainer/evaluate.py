@@ -305,7 +305,8 @@ def score_matrix(runs: list[list[TaskResult]]) -> np.ndarray:
     names = [r.name for r in runs[0]]
     for i, run in enumerate(runs[1:], 1):
         if [r.name for r in run] != names:
-            raise ValueError(f"run {i} has tasks {[r.name for r in run]}, run 0 {names}: aggregates need the same tasks")
+            raise ValueError(f"run {i} has tasks {[r.name for r in run]}, run 0 {names}: "
+                             "aggregates need the same tasks")
     return np.asarray([[r.score for r in run] for run in runs], np.float64)
 
 
@@ -354,7 +355,8 @@ def summary_lines(report: dict) -> list[str]:
     if any(not r["expert_exact"] for r in report["tasks"]):
         lines.append("~ demonstrations longer than the horizon: their returns scaled to it")
     over = report["tasks"][0]["ci_over"] if report["tasks"] else "episodes"
-    lines.append(f"score: (agent - random) / (expert - random); a task's CI over its {over}; seeds per task in eval.json")
+    lines.append(f"score: (agent - random) / (expert - random); a task's CI over its {over}; "
+                 "seeds per task in eval.json")
     ov = report["overall"]
     lines.append(f"normalised score over {ov['tasks']} task(s), {runs} run(s), {ov['episodes']} episodes: "
                  + ", ".join(f"{label} {ov[k]:.2f} [{ov[k + '_ci'][0]:.2f}, {ov[k + '_ci'][1]:.2f}]"
@@ -529,7 +531,8 @@ def _main(prog: str, parser: argparse.ArgumentParser, fn, argv) -> int:
     acting = bool(args.checkpoint) and getattr(args, "suite", True) is not None
     if getattr(args, "results", None) and (args.checkpoint or args.suite) or \
             not getattr(args, "results", None) and not acting:
-        parser.error("give --checkpoint" + (" and --suite, or --results EVAL_JSON..." if hasattr(args, "suite") else ""))
+        parser.error("give --checkpoint"
+                     + (" and --suite, or --results EVAL_JSON..." if hasattr(args, "suite") else ""))
     try:
         report = fn(args)
     except (ValueError, FileNotFoundError, OSError, CheckpointError) as e:

@@ -55,7 +55,7 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], color="k", lw=1.5, alpha=0.5, label="train (all)")
     tasks = sorted({k[5:] for r in recs for k in r if k.startswith("loss/")})
-    for i, name in enumerate(tasks):
+    for name in tasks:
         pts = [(r["step"], r["loss/" + name]) for r in recs if "loss/" + name in r]
         line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=name)
         ev = [(r["step"], r["eval_loss/" + name]) for r in recs if "eval_loss/" + name in r]

@@ -267,7 +267,8 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
                             "rows": int(len(rows)), "tokens": int(row_tokens[rows].sum()) if len(row_tokens) else 0,
                             "shards": int(len(shards)), "first_rows": rows[:4].tolist()})
     twice, missed = np.flatnonzero(reads > 1), np.flatnonzero(reads == 0)
-    return {"split": split, "world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s, "rows": total,
+    return {"split": split, "world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s,
+            "rows": total,
             "readers": readers, "read_twice": twice.tolist()[:10], "num_read_twice": int(len(twice)),
             "skipped": missed.tolist()[:10], "num_skipped": int(len(missed)),
             "exactly_once": bool(len(twice) == 0 and len(missed) == 0)}

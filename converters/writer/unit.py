@@ -136,7 +136,8 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
             s.schema)
         problems = validate_table(pa.Table.from_batches([batch]), s.layout)
         if problems:
-            raise InvalidRow(f"the {converter.name} converter built a row that breaks the shard contract: {problems[0]}")
+            raise InvalidRow(f"the {converter.name} converter built a row that breaks the shard contract: "
+                             f"{problems[0]}")
         _count(stats, buf, tasks, batch)
         return batch
 
