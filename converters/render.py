@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, MODALITY_NAMES, PATCH_SIZE, SEPARATOR, TEXT
+from tokenizer_kit.files import atomic_path
 from tokenizer_kit.sequence import Row
 
 # (context colour, target colour) per modality
@@ -81,7 +82,8 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
     """Write a PNG: the row's images (labelled) over its token strip with a legend."""
     import matplotlib.pyplot as plt
     fig = row_figure(row, images, title)
-    fig.savefig(path, dpi=fig.dpi, bbox_inches="tight", format="png")  # the name as given, no ".png" added
+    with atomic_path(path) as tmp:  # the name as given, no ".png" added
+        fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight", format="png")
     plt.close(fig)
 
 

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
 
 from .cache import ShardCache
@@ -285,7 +286,8 @@ class ShardDir:
                 data = read_bytes(join(self.path, TOKENIZER_NAME))
             except FileNotFoundError:
                 return None
-            p.write_bytes(data)
+            with atomic_path(p) as tmp:  # a torn copy would pass is_file() on the next call
+                tmp.write_bytes(data)
         return p
 
     def text_tokenizer(self):
