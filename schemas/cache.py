@@ -234,9 +234,6 @@ class ShardCache:
                 p.unlink(missing_ok=True)
             total -= size
 
-    def touch(self, sha256: str) -> None:
-        self._use(self.path_of(sha256))
-
 
 class CacheLimitError(ValueError):
     """A --cache-limit below what the readers need at once (bad usage, named with the minimum)."""

@@ -262,10 +262,6 @@ class Manifest:
         d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
         return cls(**d)
 
-    def check_layout(self, layout: VocabLayout, what: str = "shards", against: str = "model") -> None:
-        """Refuse (LayoutError naming both) when this directory's layout is not `layout`."""
-        self.vocab_layout.check_same(layout, what, against)
-
     @property
     def typed_stats(self) -> Stats:
         return Stats.from_dict(self.stats)

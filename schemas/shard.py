@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -275,9 +275,3 @@ def open_shard(path: str | os.PathLike, full: bool = True) -> pa.Table:
     with pa.memory_map(str(path), "r") as source:
         table = pa.ipc.open_stream(source).read_all()
     return full_columns(table) if full else table
-
-
-def iter_shard_batches(path: str | os.PathLike) -> Iterator[pa.RecordBatch]:
-    """The record batches of a shard one at a time, memory-mapped."""
-    with pa.memory_map(str(path), "r") as source:
-        yield from pa.ipc.open_stream(source)

@@ -49,12 +49,6 @@ class StoreSettings:
             values[f.name] = v
         return cls(**values)
 
-    def worst_case_seconds(self) -> float:
-        """About how long a dead store keeps one request waiting before its error (what the
-        error line says): every try times out, each client layer tries `attempts` times at most
-        (botocore per request, and s3fs once more around it), plus backoff."""
-        return 2 * self.attempts * self.timeout
-
     def fsspec_options(self, protocol: str) -> dict:
         """Keyword arguments of the fsspec filesystem of `protocol` that apply these settings."""
         if protocol in ("s3", "s3a"):

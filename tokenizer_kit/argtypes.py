@@ -27,13 +27,6 @@ def nonnegative_int(text: str) -> int:
     return n
 
 
-def positive_float(text: str) -> float:
-    x = _number(text, float, "a number")
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return x
-
-
 def nonnegative_float(text: str) -> float:
     x = _number(text, float, "a number")
     if not x >= 0:

@@ -6,7 +6,6 @@ under one layout can be recognised (and refused) by a model built for another.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
@@ -144,9 +143,6 @@ class VocabLayout:
     def name(self) -> str:
         """Short human name, e.g. `gato T=32000`, for messages."""
         return f"{self.profile} T={self.text_vocab_size}"
-
-    def describe(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     def check_same(self, other: "VocabLayout", what: str = "shards", against: str = "model") -> None:
         """Raise a one-line LayoutError naming both layouts and every constant where they differ."""

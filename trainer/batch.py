@@ -33,10 +33,6 @@ class Batch:
     def pin_memory(self) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
-    @property
-    def num_target_tokens(self) -> int:
-        return int(self.loss_mask.sum().item())
-
 
 @dataclass
 class Sample:

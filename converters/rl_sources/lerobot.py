@@ -37,10 +37,6 @@ REWARD = "next.reward"
 TASK_FIELD = "obs/task"
 
 
-def is_lerobot(path: Path) -> bool:
-    return (path / "meta" / "info.json").is_file()
-
-
 def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
