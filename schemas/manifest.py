@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -55,7 +56,8 @@ class ShardInfo:
             raise ManifestError(f"shard {self.name!r}: split {self.split!r} is not one of {', '.join(SPLITS)}")
 
 
-_FIELD_TYPES = {"layout": dict, "converter": str, "options": dict, "stats": dict, "skipped": list,
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+                "layout": dict, "converter": str, "options": dict, "stats": dict, "skipped": list,
                 "tokenizer_sha256": (str, type(None)), "episode_spec": (dict, type(None)), "tasks": list,
                 "compression": str, "created": str}
 
@@ -67,7 +69,7 @@ def check_field_types(m: "Manifest", where: str) -> None:
         value = getattr(m, key)
         if not isinstance(value, want):
             raise ManifestError(f"{where}: field {key!r} is {type(value).__name__}, expected "
-                                f"{getattr(want, '__name__', None) or ' or '.join(t.__name__ for t in want)}")
+                                f"{' or '.join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))}")
     if not all(isinstance(t, str) for t in m.tasks):
         raise ManifestError(f"{where}: field 'tasks' must be a list of names")
     if not all(isinstance(r, dict) and isinstance(r.get("source"), str) and isinstance(r.get("reason"), str)
@@ -107,7 +109,7 @@ def _check_stats_types(st: dict, where: str) -> None:
             raise ManifestError(f"{where}: {key!r} has the wrong shape ({str(st[key])[:60]})")
 
 
-def check_shard_list(shards: list[ShardInfo], where: str) -> None:
+def check_shard_list(shards: Sequence[ShardInfo], where: str) -> None:
     """A manifest's shard list as data from a hub must be before anything reads it: each name a
     shard name and listed once (a shard listed twice would be trained on twice), each sha256 64 hex
     digits (it becomes a cache path), counts non-negative integers."""
@@ -198,7 +200,7 @@ class Manifest:
     layout: dict
     converter: str
     options: dict = field(default_factory=dict)
-    shards: list[ShardInfo] = field(default_factory=list)
+    shards: Sequence[ShardInfo] = field(default_factory=list)  # a ShardTable past COMPACT_SHARDS
     stats: dict = field(default_factory=dict)  # Stats.to_dict()
     skipped: list[dict] = field(default_factory=list)  # asdict(SkippedRecord)
     tokenizer_sha256: str | None = None

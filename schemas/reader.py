@@ -160,7 +160,7 @@ class ShardFile:
     info: ShardInfo | None = None
 
 
-class ShardFiles(Sequence):
+class ShardFiles(Sequence["ShardFile"]):
     """Every shard a manifest lists, as ShardFile records made when asked for (a rank of a
     200,000-shard directory touches only its own)."""
 
@@ -183,7 +183,7 @@ class ShardDir:
 
     path: str  # as given: a local path or a URL
     manifest: Manifest | None
-    shards: list[ShardFile]
+    shards: Sequence[ShardFile]  # ShardFiles for a manifest's shards, else a list
     missing: list[str] = field(default_factory=list)  # listed in the manifest, absent
     unlisted: list[str] = field(default_factory=list)  # complete, not (yet) in the manifest
     cache: ShardCache | None = None  # remote shards' local copies (a temporary one when None)
@@ -342,7 +342,8 @@ class ShardDir:
     @property
     def rows_per_shard(self) -> list[int]:
         """Rows of each present shard (the manifest's count, else the shard's own)."""
-        if self._rows is None and isinstance(self.shards, ShardFiles):  # all listed: the manifest's column
+        if (self._rows is None and isinstance(self.shards, ShardFiles)
+                and self.manifest is not None):  # all listed: the manifest's column
             self._rows = self.manifest.shard_rows().tolist()
         if self._rows is None:
             self._rows = [s.info.rows if s.info is not None else self.table(i).num_rows

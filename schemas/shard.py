@@ -154,8 +154,8 @@ def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Se
     rl = episode_returns is not None
     n = len(rows)
     tasks = [task] * n if isinstance(task, str) else list(task)
-    lists = {"source_ids": list(source_ids), "tasks": tasks}
-    if rl:
+    lists: dict[str, list] = {"source_ids": list(source_ids), "tasks": tasks}
+    if episode_returns is not None:  # rl
         lists["episode_returns"] = list(episode_returns)
         if num_steps is not None:
             lists["num_steps"] = list(num_steps)

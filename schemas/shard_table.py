@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import fields
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,13 +19,16 @@ import pyarrow as pa
 SHARD_TABLE_NAME = "shards.arrow"
 COMPACT_SHARDS = 10_000  # more shards than this: the manifest's shards go to the table
 
+if TYPE_CHECKING:
+    from .manifest import ShardInfo
+
 
 def _shard_info():
     from .manifest import ShardInfo  # manifest imports this module
     return ShardInfo
 
 
-class ShardTable(Sequence):
+class ShardTable(Sequence["ShardInfo"]):
     """ShardInfo records held as Arrow columns; item i is built when asked for."""
 
     def __init__(self, table: pa.Table):

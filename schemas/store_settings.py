@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .errors import ReaderError
 
@@ -34,7 +35,7 @@ class StoreSettings:
     @classmethod
     def from_env(cls) -> "StoreSettings":
         """The settings of this process; a malformed value is one line naming the variable."""
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = os.environ.get(f.metadata["env"])
             if raw is None or raw == "":

@@ -155,6 +155,7 @@ class ReturnSums:
         delta = other.mean - self.mean
         self.mean += delta * (other.count / n)
         self.m2 += other.m2 + delta * delta * (self.count * other.count / n)
+        assert other.min is not None and other.max is not None  # other.count > 0
         self.min = other.min if self.min is None else min(self.min, other.min)
         self.max = other.max if self.max is None else max(self.max, other.max)
         self.count = n

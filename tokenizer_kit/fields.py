@@ -6,7 +6,7 @@ them from a live environment, so a field the data calls `obs/image` is the one t
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 
 def field_name(prefix: str, key: Any) -> str:
@@ -16,6 +16,7 @@ def field_name(prefix: str, key: Any) -> str:
 
 def flatten_value(value: Any, prefix: str) -> dict[str, Any]:
     """A nested observation or action (dicts and tuples) as {field name: leaf value}."""
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, Mapping):
         items = value.items()
     elif isinstance(value, tuple):

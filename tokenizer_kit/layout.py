@@ -66,7 +66,7 @@ class VocabLayout:
                 raise LayoutError(f"layout constant {name} must be positive, got {getattr(self, name)}")
         for name in ("mu", "m"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
                 raise LayoutError(f"layout constant {name} must be a positive number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.patch_size != PATCH_SIZE:
