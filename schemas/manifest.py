@@ -12,9 +12,11 @@ from typing import Sequence
 import numpy as np
 
 from tokenizer_kit.files import atomic_path
+from tokenizer_kit.frames import acting_mode
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec
 
+from .env_spec import EnvSpec
 from .names import UnsafeNameError, check_pattern, check_sha256
 from .shard import READ_VERSIONS, SCHEMA_VERSION, SHARD_NAME_RE
 from .shard_table import COMPACT_SHARDS, SHARD_TABLE_NAME, ShardTable, column
@@ -240,7 +242,6 @@ class Manifest:
     def frame_modes(self) -> dict[str, str]:
         """{stacked image field: `last` or `split`}: how an agent builds that field's tokens, the way
         most of this directory's episodes were converted (counted by the RL converter)."""
-        from tokenizer_kit.frames import acting_mode
         counts = self.typed_stats.counts or {}
         names = set(counts.get("frame_stack_last") or {}) | set(counts.get("frame_stack_split") or {})
         return {n: acting_mode({m: (counts.get(f"frame_stack_{m}") or {}).get(n, 0) for m in ("last", "split")})
@@ -280,7 +281,6 @@ class Manifest:
     @property
     def env(self):
         """The environment the episodes were recorded in (schemas.env_spec.EnvSpec), when known."""
-        from .env_spec import EnvSpec
         return EnvSpec.from_dict(self.env_spec) if self.env_spec else None
 
     def to_json(self) -> str:

@@ -12,6 +12,7 @@ manifest, the listed shards count; without one, every `shard-N.arrow` present is
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -25,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 from tokenizer_kit.files import atomic_path
-from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.layout import NO_POSITION, VocabLayout
+from tokenizer_kit.text import TextTokenizer
 
 from .cache import ShardCache
 from .errors import ReaderError
@@ -89,7 +91,6 @@ def batch_view(batch: pa.RecordBatch) -> BatchView:
     """Views of a record batch's list columns (offsets are not read: check_batch proves them).
     A version-2 text batch's derived columns are broadcast constants: no memory per token."""
     if is_text_form(batch.schema):
-        from tokenizer_kit.layout import NO_POSITION
         tok_off, tokens = _flat(batch.column("tokens"))
         n, none = len(tokens), np.zeros(batch.num_rows + 1, np.int32)
         return BatchView(tok_off, tokens, np.broadcast_to(np.uint8(1), (n,)),
@@ -133,13 +134,11 @@ def _column_of(message: str, names: list[str]) -> str:
 # --- a directory ----------------------------------------------------------------------------------
 
 def _manifest_copy(cache: ShardCache, url: str) -> Path:
-    import hashlib
     return cache.root / "manifests" / f"{hashlib.sha256(url.encode()).hexdigest()}.json"
 
 
 def _remember_manifest(cache: ShardCache, url: str, manifest: Manifest) -> None:
     """Keep the manifest read from `url` beside the cached shards (atomically; best effort)."""
-    from tokenizer_kit.files import atomic_path
     if manifest.shard_table is not None:  # a compact manifest's table stays in the store: read there each start
         return
     p = _manifest_copy(cache, url)
@@ -292,7 +291,6 @@ class ShardDir:
 
     def text_tokenizer(self):
         """The directory's SentencePiece model, or None when it has none (text then shows as ids)."""
-        from tokenizer_kit.text import TextTokenizer
         p = self.tokenizer_path
         return TextTokenizer(p) if p is not None else None
 
@@ -378,7 +376,7 @@ class ShardDir:
 
     def find_source(self, source_id: str) -> tuple[int, int]:
         """(shard index, row) of the first row whose source_id is `source_id`."""
-        import pyarrow.compute as pc
+        import pyarrow.compute as pc  # noqa: PLC0415 - start-up time: pyarrow.compute costs ~90 ms, needed on few paths
         for i in range(len(self.shards)):
             hits = pc.index(self.table(i).column("source_id"), source_id).as_py()
             if hits >= 0:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from tokenizer_kit.files import atomic_path
+from tokenizer_kit.layout import NO_POSITION, TEXT
 from tokenizer_kit.layout import PATCH_BYTES  # noqa: F401  (re-exported: the one patch geometry)
 from tokenizer_kit.sequence import Row
 
@@ -77,7 +78,6 @@ def full_columns(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
     """A version-2 text table or batch with the columns it leaves out derived (loss 1, local
     position -1, modality text, no steps or patches) and int32 tokens: what version 1 stores.
     Anything else is returned as it is."""
-    from tokenizer_kit.layout import NO_POSITION, TEXT
     names = data.schema.names
     if "tokens" not in names or not is_text_form(data.schema):
         return data
@@ -201,7 +201,6 @@ def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Se
 def _check_text_rows(rows: Sequence[Row], source_ids: Sequence[str], token_type: pa.DataType) -> None:
     """Rows a version-2 text shard can hold: the constants its left-out columns imply, ids in
     range; checked over the batch's flat columns at once, naming the first row that breaks them."""
-    from tokenizer_kit.layout import NO_POSITION, TEXT
     hi = 2**16 if token_type == pa.uint16() else 2**31
     lengths = np.fromiter((len(r.tokens) for r in rows), np.int64, len(rows))
     ends = np.cumsum(lengths)

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import fsspec
+
 from .errors import ReaderError
 
 
@@ -64,7 +66,6 @@ def open_fs(url: str, **kwargs):
     """(fsspec filesystem, path) of `url` with these settings applied (fsspec.core.url_to_fs's
     kwargs pass through). s3fs's own retry layer, around botocore's, stays at 2 tries: enough to
     resume a download whose connection dropped mid-body, without multiplying the waits."""
-    import fsspec
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     settings = StoreSettings.from_env()
     announce_retries()

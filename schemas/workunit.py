@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
+from tokenizer_kit.layout import MODALITY_NAMES
+
 from .manifest import (FieldError, LongestUnit, ManifestError, ReturnStats, ShardInfo, SkippedRecord, Stats,
                        check_shard_list)
 from .names import UnsafeNameError, check_sha256
@@ -273,7 +275,6 @@ def marker_owns_its_shards(m: UnitMarker) -> bool:
         return False
     try:
         check_shard_list(m.shards, "marker")
-        from tokenizer_kit.layout import MODALITY_NAMES
         merge_stats([m], True, MODALITY_NAMES).to_dict()  # its statistics have the shapes a merge needs
         if not (isinstance(m.stats.rows, int) and m.stats.rows == sum(s.rows for s in m.shards)):
             return False

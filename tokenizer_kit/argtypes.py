@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from .images import MAX_PIXELS
+from .layout import PATCH_SIZE
+
 
 def _number(text: str, kind: type, what: str):
     try:
@@ -64,8 +67,6 @@ def byte_size(text: str | int) -> int:
 def image_size_or_native(text: str) -> tuple[int, int] | None:
     """`N` (square), `HxW`, or `native` (each image keeps its own size, fitted to 16s): the one
     --image-size syntax of every command (converters, `gato-train caption`, acting)."""
-    from .images import MAX_PIXELS
-    from .layout import PATCH_SIZE
     if text.strip().lower() == "native":
         return None
     try:

@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import TokenizeError
-from .frames import observation_frames
+from .frames import detect, observation_frames
 from .images import image_grids, patch_count, unpatchify
 from .layout import PATCH_SLOT, VocabLayout
 from .sequence import EpisodeSpec, FieldSpec, Row
@@ -158,7 +158,6 @@ def _stack_as_given(obs: np.ndarray, recorded):
     """The recorded stack in the layout the environment gives it: data stacked channel-last (the
     jat-dataset's (84, 84, 4)) is acted on in gymnasium's channel-first (4, 84, 84) and back; the
     frames, and so the tokens, are the same."""
-    from .frames import detect
 
     found = detect(obs.shape, obs.dtype)
     same = found is not None and (found.depth, found.height, found.width) == \
