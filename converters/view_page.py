@@ -61,7 +61,7 @@ def esc(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def table(header: list[str] | None, rows: list[list], numeric: set[int] = frozenset()) -> str:
+def table(header: list[str] | None, rows: list[list], numeric: frozenset[int] | set[int] = frozenset()) -> str:
     """Cells are HTML already (escaped by the caller); `numeric` columns align right."""
     head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td class=\"n\">{c}</td>" if i in numeric else f"<td>{c}</td>"

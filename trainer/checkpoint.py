@@ -271,8 +271,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
         except CheckpointError as e:
             errors.append(e)
             continue
-        for e in errors:
-            print(f"gato-train: passing over {e}; resuming from {path}", file=sys.stderr)
+        for err in errors:
+            print(f"gato-train: passing over {err}; resuming from {path}", file=sys.stderr)
         return path, state
     if errors:
         raise errors[0]

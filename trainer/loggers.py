@@ -37,7 +37,7 @@ class MetricLog:
             import wandb
             self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "gato-kit"), id=wandb_id,
                                     resume="allow", dir=str(out), config=config,
-                                    mode=os.environ.get("WANDB_MODE", "offline"),
+                                    mode=os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]
                                     settings=wandb.Settings(console="off", quiet=True))
 
     def write(self, rec: dict) -> None:

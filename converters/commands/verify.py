@@ -189,7 +189,7 @@ def verify_dir(path: str | Path) -> VerifyResult:
 
 def _check_tokenizer(sd: ShardDir, layout: VocabLayout) -> list[str]:
     m = sd.manifest
-    if m.tokenizer_sha256 is None:
+    if m is None or m.tokenizer_sha256 is None:
         return []
     p = sd.tokenizer_path
     if p is None:
@@ -229,10 +229,10 @@ def _check_stats(m: Manifest, reports: list[ShardReport]) -> list[str]:
     ret = st.episode_return
     if ret is not None and any(r.returns for r in reports):
         values = np.concatenate([x for r in reports for x in r.returns])
-        got = {"count": len(values), "min": values.min() if len(values) else None,
+        seen = {"count": len(values), "min": values.min() if len(values) else None,
                "max": values.max() if len(values) else None,
                "mean": values.mean() if len(values) else None}
-        for k, v in got.items():
+        for k, v in seen.items():
             want = getattr(ret, k)
             if want is not None and v is not None and not np.isclose(want, v, rtol=1e-6, atol=1e-9):
                 out.append(f"{MANIFEST_NAME}: stats episode_return {k} {want}, the shards hold {v}")
