@@ -80,7 +80,7 @@ def mosaic(images: list[np.ndarray], min_size: int = 96, columns: int = 10, pad:
 
 def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.ndarray]], title: str) -> None:
     """Write a PNG: the row's images (labelled) over its token strip with a legend."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
     fig = row_figure(row, images, title)
     with atomic_path(path) as tmp:  # the name as given, no ".png" added
         fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight", format="png")
@@ -89,10 +89,10 @@ def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.nda
 
 def row_figure(row: Row, images: list[tuple[str, np.ndarray]], title: str):
     """The figure `render_row` writes (matplotlib Agg)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
+    from matplotlib.patches import Patch  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
 
     lines = token_lines(row)
     cut = len(lines) > MAX_LINES

@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from tokenizer_kit.episode_decode import decode_episode
 from tokenizer_kit.frames import grey_to_rgb
@@ -70,7 +71,6 @@ def table(header: list[str] | None, rows: list[list], numeric: frozenset[int] | 
 
 
 def png_data_uri(rgb: np.ndarray) -> str:
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG")

@@ -7,6 +7,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from tokenizer_kit.images import eval_positions, normalize_patches
+from tokenizer_kit.layout import PATCH_BYTES, PATCH_SLOT
+
 
 @dataclass
 class Batch:
@@ -114,8 +117,6 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
     Training samples each patch's row/column uniformly inside its interval; evaluation takes
     the rounded mean (SPEC 3); `action_noise` applies in training only. One copy of each sample's
     slices; everything else vectorised over the batch."""
-    from tokenizer_kit.images import eval_positions
-    from tokenizer_kit.layout import PATCH_BYTES, PATCH_SLOT
 
     B, L = len(samples), seq_len
     tokens = np.zeros((B, L + 1), id_dtype)
@@ -178,7 +179,6 @@ def expand(cb: CompactBatch) -> Batch:
     normalised float patches (in the main process: 29 bytes a position never cross a pipe).
     Inputs and targets are views of one int64 buffer; a text batch's local positions (and, for
     full windows, its masks) one broadcast value: the model reads them, nothing writes to them."""
-    from tokenizer_kit.images import normalize_patches
 
     B, L = cb.tokens.shape[0], cb.tokens.shape[1] - 1
     full = torch.from_numpy(cb.tokens if cb.tokens.dtype == np.int64 else cb.tokens.astype(np.int64))

@@ -48,9 +48,9 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     recs = [r for r in read_metrics(metrics) if r.get("loss") is not None]  # steps without targets: no loss
     if not recs:
         return None
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], color="k", lw=1.5, alpha=0.5, label="train (all)")

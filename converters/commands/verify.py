@@ -21,8 +21,10 @@ import pyarrow as pa
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError
 from schemas.reader import ShardDir
-from schemas.storage import join
+from schemas.split import directory_seed, reader_index, split_rows
+from schemas.storage import is_remote, join
 from schemas.validate import Problem, validate_and_count
+from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 
 from .listing import head_and_tail, human_bytes
@@ -194,7 +196,6 @@ def _check_tokenizer(sd: ShardDir, layout: VocabLayout) -> list[str]:
     p = sd.tokenizer_path
     if p is None:
         return [f"{TOKENIZER_NAME}: missing, the manifest records sha256 {m.tokenizer_sha256[:12]}..."]
-    from tokenizer_kit.files import file_sha256
     if file_sha256(p) != m.tokenizer_sha256:
         return [f"{TOKENIZER_NAME}: sha256 differs from the manifest's"]
     tok = sd.text_tokenizer()
@@ -243,7 +244,6 @@ def _check_stats(m: Manifest, reports: list[ShardReport]) -> list[str]:
 
 def loader_seed(seed: int, data_index: int = 0) -> int:
     """The seed gato-train's loader gives the row split of its `data_index`-th --data directory."""
-    from schemas.split import directory_seed
     return directory_seed(seed, data_index)
 
 
@@ -251,8 +251,6 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
                    seed: int = 0, data_index: int = 0, split: str = "rows") -> dict:
     """Replay the loader's row split (schemas.split: "rows" for a local directory, "shards" for
     one streamed from a URL) for every (rank, worker) and count how often each row is read."""
-    import schemas.split
-    from schemas.split import reader_index
     total = int(sum(rows_per_shard))
     s = loader_seed(seed, data_index)
     reads = np.zeros(total, np.int64)
@@ -260,7 +258,7 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
     starts = np.concatenate([[0], np.cumsum(rows_per_shard)]).astype(np.int64)
     for rank in range(world):
         for worker in range(max(1, workers)):
-            rows = schemas.split.split_rows(split, rows_per_shard, rank, world, worker, workers, epoch, s)
+            rows = split_rows(split, rows_per_shard, rank, world, worker, workers, epoch, s)
             np.add.at(reads, rows, 1)
             shards = np.unique(np.searchsorted(starts, rows, side="right") - 1)
             readers.append({"rank": rank, "worker": worker, "reader": reader_index(rank, world, worker, workers),
@@ -314,7 +312,6 @@ def run(args: argparse.Namespace) -> int:
           f"{human_bytes(res.bytes)} verified in {res.seconds:.2f} s ({rate:.2f} GB/s)")
     if args.simulate_ranks:
         lengths = np.concatenate([r.row_tokens for r in res.shards]) if res.shards else np.zeros(0, np.int64)
-        from schemas.storage import is_remote
         split = args.split or ("shards" if is_remote(args.dir) else "rows")
         sim = simulate_ranks([r.rows for r in res.shards], lengths, args.simulate_ranks, args.workers,
                              args.epoch, args.seed, args.data_index, split)

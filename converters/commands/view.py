@@ -18,6 +18,7 @@ import numpy as np
 
 from schemas.reader import ShardDir
 from schemas.shard import ShardError, row_from_table
+from tokenizer_kit.argtypes import nonnegative_int, positive_int
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import MODALITY_NAMES
 from tokenizer_kit.sequence import EpisodeSpec
@@ -157,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from tokenizer_kit.argtypes import nonnegative_int, positive_int
 
     p = subparsers.add_parser("view", help="write HTML pages to look at a shard directory in a browser",
                               description=__doc__.split("\n\n")[0])
