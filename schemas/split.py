@@ -158,7 +158,7 @@ def row_windows(row_lengths: Sequence[float] | np.ndarray, seq_len: int) -> np.n
     return np.maximum(1, np.ceil(n / (seq_len + 1))).astype(np.int64)
 
 
-def epoch_tokens(kind: str, tokens_per_shard: Sequence[int], row_lengths: Sequence[float] | None,
+def epoch_tokens(kind: str, tokens_per_shard: Sequence[int], row_lengths: Sequence[float] | np.ndarray | None,
                  seq_len: int) -> dict:
     """What one epoch of a directory delivers at `seq_len`: sequences, the tokens they hold
     (overlaps counted), the targets among them that are distinct tokens of the directory (text:

@@ -33,12 +33,16 @@ def marker_name(index: int) -> str:
 
 
 class Unit(Protocol):
-    """What the plan needs of a work unit (converters.base.WorkUnit)."""
+    """What the plan needs of a work unit (converters.base.WorkUnit, frozen: read-only here too)."""
 
-    key: str
-    path: str
-    start: int
-    stop: int | None
+    @property
+    def key(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def stop(self) -> int | None: ...
 
 
 def _sha(obj) -> str:
