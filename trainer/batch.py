@@ -132,12 +132,13 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
         if local is not None and s.local_pos is not None:
             local[b, :len(s.tokens)] = s.local_pos
     for b in general:
+        assert mask is not None  # made whenever `general` has rows
         s, n = samples[b], int(lengths[b])
         mask[b, :n] = s.loss_mask if s.loss_mask is not None else 1
         if not len(s.patches):  # no patches: no slot may be left either (a min, not a search)
             if n and int(s.tokens.min()) < 0:
-                slots = int(np.count_nonzero(s.tokens == PATCH_SLOT))
-                raise ValueError(f"sample has {slots} patch slots but 0 patches")
+                n_slots = int(np.count_nonzero(s.tokens == PATCH_SLOT))
+                raise ValueError(f"sample has {n_slots} patch slots but 0 patches")
             continue
         slots = np.flatnonzero(s.tokens == PATCH_SLOT)
         if len(slots) != len(s.patches):
@@ -162,6 +163,7 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
     noise_index = noise_value = np.zeros(0, np.int64)
     if training and action_noise is not None and action_noise.share > 0 and mask is not None:
         inputs = tokens[:, :L].astype(np.int64)
+        assert rng is not None  # drawn above for training
         noisy = action_noise.apply(inputs, mask[:, :L] > 0, rng)
         noise_index = np.flatnonzero(noisy != inputs)
         noise_value = noisy.reshape(-1)[noise_index]
