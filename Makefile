@@ -9,7 +9,7 @@ QUICK ?=
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-fast demo bench clean browser
+.PHONY: setup lint test test-fast demo bench clean browser
 
 setup: $(STAMP)
 
@@ -23,10 +23,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps rliable==1.2.0
 	touch $(STAMP)
 
-test: $(STAMP) browser
+# The linter and the type checker (configured in pyproject.toml) on the four packages, before the tests.
+LINTED := tokenizer_kit schemas converters trainer
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m mypy $(LINTED)
+
+test: $(STAMP) browser lint
 	$(PY) -m pytest -q -ra
 
-test-fast: $(STAMP) browser
+test-fast: $(STAMP) browser lint
 	$(PY) -m pytest -q -ra -m "not slow"
 
 demo: $(STAMP)
@@ -40,7 +46,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick,)
+	$(PY) -m benchmarks.run_all $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) demo_out bench_out .pytest_cache test-artifacts
+	rm -rf $(VENV) demo_out bench_out .pytest_cache .mypy_cache .ruff_cache test-artifacts

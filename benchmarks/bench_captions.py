@@ -15,27 +15,24 @@ Timing is process CPU time (all run single-threaded in this process), best of th
 on a machine shared with other jobs, wall-clock ratios swing by +/-30% from run to run, CPU time
 by a few percent. Wall-clock ratios are printed too, for reference.
 
-    .venv/bin/python benchmarks/bench_captions.py [--quick] [--images N]
+    .venv/bin/python -m benchmarks.bench_captions [--quick] [--images N]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from PIL import Image
+
+from tokenizer_kit.images import patchify
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from PIL import Image  # noqa: E402
-
-from tokenizer_kit.images import patchify  # noqa: E402
 
 SIZE = 192
 TARGET = 0.8

@@ -9,29 +9,26 @@ many times smaller), conversion time against uncompressed (ratio = t(none) / t(c
 time to read every shard back and touch every column (what the loader pays: compressed buffers
 are decoded, uncompressed ones are memory-mapped with no copy).
 
-    .venv/bin/python benchmarks/bench_compression.py [--quick]
+    .venv/bin/python -m benchmarks.bench_compression [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from converters.base import Record, WorkUnit
+from converters.writer import COMPRESSIONS, convert
+from schemas.manifest import Manifest
+from schemas.shard import open_shard
+from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 
-from converters.base import Record, WorkUnit  # noqa: E402
-from converters.writer import COMPRESSIONS, convert  # noqa: E402
-from schemas.manifest import Manifest  # noqa: E402
-from schemas.shard import open_shard  # noqa: E402
-from tokenizer_kit.layout import VocabLayout  # noqa: E402
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def atari_frames(steps: int, seed: int = 0) -> np.ndarray:
@@ -43,8 +40,8 @@ def atari_frames(steps: int, seed: int = 0) -> np.ndarray:
         env = gym.make("ALE/Pong-v5", frameskip=4, repeat_action_probability=0.0)
     except Exception as e:  # noqa: BLE001 - no ROM or no ale-py: synthetic frames, said in the name
         print(f"ALE not available ({e}); Atari-like synthetic frames")
-        from tests.conftest import _pong_frames  # noqa: PLC0415
-        return np.repeat(np.repeat(_pong_frames(steps, np.random.default_rng(seed), 48), 2, 1), 2, 2)[:, :96, :80]
+        from tests.support.shards import pong_frames  # noqa: PLC0415
+        return np.repeat(np.repeat(pong_frames(steps, np.random.default_rng(seed), 48), 2, 1), 2, 2)[:, :96, :80]
     obs, _ = env.reset(seed=seed)
     frames = []
     rng = np.random.default_rng(seed)

@@ -12,14 +12,13 @@ same array (median of several passes, after a warm-up pass):
 
 Both are forced onto one core (OMP/MKL/OpenBLAS threads = 1; numpy ufuncs are single-threaded).
 
-    .venv/bin/python benchmarks/bench_continuous.py [--quick]
+    .venv/bin/python -m benchmarks.bench_continuous [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +28,6 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402 - after the thread settings
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TARGET = 50.0  # M values/s, on the figure
 

@@ -15,21 +15,18 @@ Measured in the same run on the same frames:
 
 Rates are per CPU-second of this process (best of `--repeats`), as the machine is shared.
 
-    .venv/bin/python benchmarks/bench_frames.py [--quick]
+    .venv/bin/python -m benchmarks.bench_frames [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TARGET = 0.8
 

@@ -2,7 +2,7 @@
 directories, against raw memory-mapped reads of the same shards in the same run; and peak memory
 of the loader on 1x and 10x the data, each in a fresh child process.
 
-    .venv/bin/python benchmarks/bench_loader.py [--quick]
+    .venv/bin/python -m benchmarks.bench_loader [--quick]
 
 Loader: `build_loader(..., num_workers=0)` (one reader in-process: what each DataLoader worker
 does), seq_len 1024, full training batches (windows, prompts, packing, collate with normalised
@@ -22,15 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+
+from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.text_rows import build_caption_row, build_text_row
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "trainer"))
-
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-
-from tokenizer_kit.layout import VocabLayout  # noqa: E402
-from tokenizer_kit.text_rows import build_caption_row, build_text_row  # noqa: E402
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 SEQ_LEN = 1024
@@ -43,7 +41,7 @@ TARGET_TOK_S = 2_000_000
 def make_rows(kind: str, tokens: int, seed: int = 0) -> list:
     """Rows of about `tokens` tokens in all: state RL (10 tokens/step), pixel RL (32x32 frames:
     4 patches + 6 tokens/step), text documents, or 64x64 image-caption pairs (16 patches)."""
-    from loader_fixtures import pixel_episode, state_episode
+    from tests.support.loader_data import pixel_episode, state_episode
     rng = np.random.default_rng(seed)
     rows, total = [], 0
     while total < tokens:
@@ -62,7 +60,7 @@ def make_rows(kind: str, tokens: int, seed: int = 0) -> list:
 
 
 def write(out: Path, kind: str, rows: list, rows_per_shard: int) -> str:
-    from loader_fixtures import write_dir
+    from tests.support.loader_data import write_dir
     converter = "rl" if kind.startswith("rl") else kind
     return str(write_dir(out, rows, LAYOUT, converter, kind, rows_per_shard=rows_per_shard, batch_rows=256))
 
@@ -153,8 +151,8 @@ def child_memory(data: list[str], n_batches: int) -> dict:
 
 
 def measure_memory(data: list[str], n_batches: int) -> dict:
-    code = ("import json, sys; sys.path.insert(0, %r); import bench_loader as b; "
-            "print('@@MEM@@' + json.dumps(b.child_memory(%r, %d)))" % (str(Path(__file__).parent), data, n_batches))
+    code = ("import json; import benchmarks.bench_loader as b; "
+            "print('@@MEM@@' + json.dumps(b.child_memory(%r, %d)))" % (data, n_batches))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     for line in out.stdout.splitlines():
         if line.startswith("@@MEM@@"):

@@ -1,6 +1,6 @@
 """The text loader side by side with LitData's TokensLoader and MosaicML Streaming, same run.
 
-    .venv/bin/python benchmarks/bench_peers.py [--quick]
+    .venv/bin/python -m benchmarks.bench_peers [--quick]
 
 The same documents (random ids of a vocabulary of 8,000, 50 to 3,000 tokens each, end-of-text
 closing each) are written three ways: gato-kit shards (schema version 2 text shards, uint16 ids,
@@ -35,11 +35,9 @@ import time
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "trainer"))
+import numpy as np
 
-import numpy as np  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SEQ_LEN = 1024
 BATCH = 32
@@ -68,7 +66,7 @@ def dir_bytes(path: str | Path) -> int:
 # --- writers -------------------------------------------------------------------------------------------
 
 def write_gato(out: Path, docs: list[np.ndarray]) -> str:
-    from loader_fixtures import write_dir
+    from tests.support.loader_data import write_dir
     from schemas.shard import shard_schema
     from tokenizer_kit.layout import VocabLayout
     from tokenizer_kit.text_rows import build_text_row

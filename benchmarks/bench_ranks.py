@@ -3,7 +3,7 @@
 the list requests it makes, for the compact manifest (JSON head + shards.arrow) and, as the peer
 measured in the same run, the same manifest as plain JSON (what every rank parsed before).
 
-    .venv/bin/python benchmarks/bench_ranks.py [--quick]
+    .venv/bin/python -m benchmarks.bench_ranks [--quick]
 
 Each rank runs in a fresh process (imports done before the clock starts). Targets: under 1 s and
 50 MB per rank, 0 list calls; ratios are bound / figure (>= 1 meets it).
@@ -20,15 +20,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
 SHARDS, WORLD = 200_000, 800
 SECONDS, MEGABYTES = 1.0, 50.0
 
 RANK = r"""
 import json, sys, time
-sys.path.insert(0, {root!r})
 from schemas.reader import ShardDir
 from schemas.split import reader_shards
 from schemas.storage import remote_fs
@@ -63,7 +59,7 @@ def synthetic_manifest(n: int):
 
 
 def one_rank(url: str, rank: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", RANK.format(root=str(ROOT), url=url, rank=rank, world=WORLD)],
+    out = subprocess.run([sys.executable, "-c", RANK.format(url=url, rank=rank, world=WORLD)], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("@@"))[2:])
 
@@ -72,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import s3fs
 
     import schemas.manifest as manifest_module
-    from bench_stream import start_server
+    from benchmarks.bench_stream import start_server
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)

@@ -22,14 +22,13 @@ disk's fsyncs and for other processes) is printed alongside, and so is the conve
 (nested lists: repetition levels per value, snappy, dictionary pages) runs at ~100 M values/s
 here against ~1000 for HDF5's contiguous datasets, so the table costs ~0.01 us more per value.
 
-    .venv/bin/python benchmarks/bench_rl.py [--quick]
+    .venv/bin/python -m benchmarks.bench_rl [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,8 +36,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TARGET = 20.0  # M values/s per worker
 OBS, ACT, STEPS = 17, 6, 1000

@@ -1,7 +1,7 @@
 """Robot datasets: LeRobot conversion against the video decoder alone, RLDS conversion against the
 protobuf parse alone and against parse + JPEG decode, and 2 workers against 1 on a LeRobot folder.
 
-Inputs (made here with tests/converters/robot_fixtures.py, deterministic): a LeRobot v3.0 folder
+Inputs (made here with tests/support/robot_data.py, deterministic): a LeRobot v3.0 folder
 with two cameras of 96x128 frames (AV1 and H.264, every episode of a camera back to back in one
 MP4), a 6-d state, a 6-d action and two task strings; an RLDS folder (two JPEG cameras, state,
 action, language instruction) of the same shape in TFRecord files.
@@ -22,7 +22,7 @@ are both reported, the CPU ratio being the one load on other processes does not 
 * workers: wall time of `--workers 1` over `--workers 2` on the LeRobot folder (one episode per
   unit). Target 1.7x; the load average at the start is reported with it (the machine is shared).
 
-    .venv/bin/python benchmarks/bench_robot.py [--quick]
+    .venv/bin/python -m benchmarks.bench_robot [--quick]
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for p in (str(ROOT), str(ROOT / "tests" / "converters")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
 
 TARGET = 0.8
 SCALING_TARGET = 1.7
@@ -57,7 +54,7 @@ def _convert(root: Path, out: Path, model: str, workers: int = 1, per_unit: int 
 
 def _model(directory: Path) -> str:
     import sentencepiece as spm
-    from robot_fixtures import TASKS
+    from tests.support.robot_data import TASKS
     corpus = directory / "corpus.txt"
     corpus.write_text("\n".join(TASKS * 50 + [f"move the arm {i} steps" for i in range(200)]) + "\n")
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(directory / "tok"), vocab_size=64,
@@ -106,7 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import simplejpeg
     from converters.rl.sources.tfrecord import parse_example, read_records
     from converters.rl.sources.video import decode_all
-    from robot_fixtures import CAMERAS, make_episodes, make_rlds_episodes, write_lerobot_v3, write_rlds
+    from tests.support.robot_data import CAMERAS, make_episodes, make_rlds_episodes, write_lerobot_v3, write_rlds
 
     episodes, steps = (6, 40) if args.quick else (24, 100)
     rows = []

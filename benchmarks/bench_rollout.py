@@ -1,7 +1,7 @@
 """Acting env-steps/s with the key/value cache against without it: the `tiny` model at seq-len 1024
 on HalfCheetah-v5 (17 observation + 1 separator + 6 action tokens a step), measured in one run.
 
-    .venv/bin/python benchmarks/bench_rollout.py [--quick]
+    .venv/bin/python -m benchmarks.bench_rollout [--quick]
 
 Without the cache each of the 6 action tokens re-runs the whole ~1,000-token context; with it a
 step is one forward over the new observation and one per action token, plus a rebuild of the cache
@@ -16,9 +16,6 @@ import argparse
 import sys
 import time
 from collections import deque
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

@@ -4,7 +4,7 @@ newest frame resized to 80x80 = 25 patches + separator + 1 action token), agains
 model forward passes alone (the env-steps/s the model's `extend` calls would allow if tokenising,
 patching, sampling and the emulator cost nothing).
 
-    .venv/bin/python benchmarks/bench_rollout_pixels.py [--quick]
+    .venv/bin/python -m benchmarks.bench_rollout_pixels [--quick]
 
 The ratio is the share of acting time spent in the model: the overhead of everything else is
 1 - ratio. Each episode's history starts full (random play), so the timed steps are the steady
@@ -18,9 +18,6 @@ import argparse
 import sys
 import time
 from collections import deque
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

@@ -1,7 +1,7 @@
 """The loader streaming a shard directory from an S3 API server (moto's, on 127.0.0.1, in its own
 process), against that server's own download bound and against the local loader, in one run.
 
-    .venv/bin/python benchmarks/bench_stream.py [--quick]
+    .venv/bin/python -m benchmarks.bench_stream [--quick]
 
 Fetch path: the cache downloading, hashing and renaming every shard (what the loader's prefetch
 threads do) against a plain s3fs `get` of the same shards. Cold: one evaluation pass (every row
@@ -22,13 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tokenizer_kit.layout import VocabLayout
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "trainer"))
-
-import numpy as np  # noqa: E402
-
-from tokenizer_kit.layout import VocabLayout  # noqa: E402
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 SEQ_LEN, BATCH = 1024, 16
@@ -71,7 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="less data")
     args = ap.parse_args(argv)
-    from loader_fixtures import make_text_dir
+    from tests.support.loader_data import make_text_dir
 
     import s3fs
 

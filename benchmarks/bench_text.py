@@ -19,7 +19,7 @@ in wall time and in CPU time (the CPU figure is the fairer one on a loaded machi
 * comparison: `Dataset.from_dict({"text": docs}).map(encode, batched=True)` writing its Arrow cache,
   the way most people tokenise with HF datasets (no target; for orientation).
 
-    .venv/bin/python benchmarks/bench_text.py [--quick]
+    .venv/bin/python -m benchmarks.bench_text [--quick]
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -36,8 +35,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TARGET = 0.8
 

@@ -2,7 +2,7 @@
 same size (same embedding, tied head, causal mask, AdamW step) measured in the same run, and
 bf16 autocast against fp32.
 
-    .venv/bin/python benchmarks/bench_train.py [--quick]
+    .venv/bin/python -m benchmarks.bench_train [--quick]
 
 Steps of the models are interleaved and the median step time is taken, so load from other
 processes on the machine hits both sides alike. By default torch runs one thread and steps are
@@ -16,11 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

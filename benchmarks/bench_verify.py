@@ -6,7 +6,7 @@ from the same memory map, so the target is to cost no more than one hashed read:
 Also schemas.validate.validate_table on one ~1 MB record batch at a time, as the shard writer calls it
 before writing each batch, against sha256 of the same bytes (the writer hashes every byte it writes too).
 
-    .venv/bin/python benchmarks/bench_verify.py [--quick] [--keep DIR]
+    .venv/bin/python -m benchmarks.bench_verify [--quick] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,17 +22,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from converters.commands.verify import check_shard, verify_dir
+from schemas.manifest import Manifest, ShardInfo
+from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
+from schemas.validate import validate_table
+from tokenizer_kit.files import file_sha256
+from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
+from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
+from tokenizer_kit.text_rows import build_text_row
 
-from converters.commands.verify import check_shard, verify_dir  # noqa: E402
-from schemas.manifest import Manifest, ShardInfo  # noqa: E402
-from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard  # noqa: E402
-from schemas.validate import validate_table  # noqa: E402
-from tokenizer_kit.files import file_sha256  # noqa: E402
-from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout  # noqa: E402
-from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode  # noqa: E402
-from tokenizer_kit.text_rows import build_text_row  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 

@@ -32,7 +32,7 @@ manifest.
   process converting the 1x input, over the same for 10x; ratio = peak(1x) / peak(10x), target 0.8
   (10x the input may cost at most 1.25x the memory).
 
-    .venv/bin/python benchmarks/bench_workers.py [--quick] [--kinds text rl]
+    .venv/bin/python -m benchmarks.bench_workers [--quick] [--kinds text rl]
 """
 
 from __future__ import annotations
@@ -49,13 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_text import make_documents, train_model, write_corpus
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for p in (str(ROOT), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-from bench_text import make_documents, train_model, write_corpus  # noqa: E402
 
 SCALING_TARGET = 1.7
 MEMORY_TARGET = 0.8
@@ -151,7 +148,6 @@ def peak_rss_mb(runs: list[tuple[str, list[str], list[str], Path]]) -> list[floa
     procs = []
     for kind, inputs, options, out in runs:
         code = ("import json, resource, sys\n"
-                f"sys.path.insert(0, {str(ROOT)!r})\n"
                 "from converters.cli import main\n"
                 f"rc = main({[kind, *inputs, '--out', str(out), '--no-progress', *options]!r})\n"
                 "try:\n"  # VmHWM: peak RSS of this process image; ru_maxrss would also count the parent's

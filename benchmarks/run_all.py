@@ -1,7 +1,7 @@
 """`make bench`: run every benchmarks/bench_*.py, take medians of repeats, write BENCHMARKS.md.
 
-Each benchmark module has `main(argv) -> list[dict]` with keys name, figure, unit, baseline,
-ratio, target (target: a number the ratio or figure must reach, or a text). Each repeat runs in a
+Run from the repo root as `python -m benchmarks.run_all [--quick]`. Each benchmark module has
+`main(argv) -> list[dict]` with keys name, figure, unit, baseline, ratio, target (target: a number the ratio or figure must reach, or a text). Each repeat runs in a
 fresh child process so one benchmark's memory or threads never colour the next.
 """
 
@@ -23,10 +23,9 @@ ROOT = HERE.parent
 
 def run_one(path: Path, quick: bool) -> list[dict]:
     """Run one benchmark module's main() in a child process; return its result rows."""
-    code = (
-        "import importlib.util, json, sys\n"
-        f"spec = importlib.util.spec_from_file_location('bench', {str(path)!r})\n"
-        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+    code = (  # run from the repo root, so `benchmarks.*`, `tests.support.*` and the packages import
+        "import importlib, json\n"
+        f"mod = importlib.import_module('benchmarks.{path.stem}')\n"
         f"rows = mod.main({['--quick'] if quick else []!r})\n"
         "print('@@RESULT@@' + json.dumps(rows, default=float))\n"
     )

@@ -29,7 +29,7 @@ def hf_kind(path: str | os.PathLike) -> str | None:
 
 def load_dataset(path: str | os.PathLike):
     """The saved Dataset at `path`; a damaged directory or a DatasetDict is a SourceError naming it."""
-    import datasets
+    import datasets  # noqa: PLC0415 - start-up time: `datasets` takes about a second to import
     _check_names(Path(path))
     try:
         ds = datasets.load_from_disk(str(path))

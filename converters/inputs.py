@@ -92,5 +92,6 @@ def _fetch(url: str, local_root: Path | None = None) -> str:
             local.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(local, fsync=False) as tmp:
                 fs.get_file(remote, str(tmp))
-            stamp.write_text(tag)
+            with atomic_path(stamp, fsync=False) as tmp:  # like the file it vouches for
+                tmp.write_text(tag)
     return str(local_root)

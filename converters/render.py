@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, IMAGE, MODALITY_NAMES, PATCH_SIZE, SEPARATOR, TEXT
+from tokenizer_kit.files import atomic_path
 from tokenizer_kit.sequence import Row
 
 # (context colour, target colour) per modality
@@ -43,8 +44,8 @@ def strip_image(row: Row, lines: list[tuple[str, int, int]]) -> np.ndarray:
     """RGB array with one cell per token; vectorised per line."""
     width = max(stop - start for _, start, stop in lines)
     pal = np.zeros((SEPARATOR + 1, 2, 3), np.uint8)
-    for m, (ctx, tgt) in COLOURS.items():
-        pal[m, 0], pal[m, 1] = ctx, tgt
+    for m, (context_colour, target_colour) in COLOURS.items():
+        pal[m, 0], pal[m, 1] = context_colour, target_colour
     img = np.full((len(lines) * CELL_H, width * CELL_W, 3), 255, np.uint8)
     for i, (_, start, stop) in enumerate(lines):
         mod = row.modality[start:stop].astype(np.int64)
@@ -53,8 +54,7 @@ def strip_image(row: Row, lines: list[tuple[str, int, int]]) -> np.ndarray:
         block = np.full((CELL_H - GAP, stop - start, CELL_W, 3), 255, np.uint8)
         block[:, :, :CELL_W - GAP] = colours[None, :, None, :]
         block[CELL_H - GAP - BAR:, tgt.astype(bool), :CELL_W - GAP] = 0  # the loss-target bar
-        block = block.reshape(CELL_H - GAP, -1, 3)
-        img[i * CELL_H:i * CELL_H + CELL_H - GAP, :(stop - start) * CELL_W] = block
+        img[i * CELL_H:i * CELL_H + CELL_H - GAP, :(stop - start) * CELL_W] = block.reshape(CELL_H - GAP, -1, 3)
     return img
 
 
@@ -77,20 +77,26 @@ def mosaic(images: list[np.ndarray], min_size: int = 96, columns: int = 10, pad:
     return canvas, corners
 
 
+def _unit_rgb(rgb) -> tuple[float, float, float]:
+    """0-255 colour -> matplotlib's 0-1."""
+    return rgb[0] / 255, rgb[1] / 255, rgb[2] / 255
+
+
 def render_row(path: str | os.PathLike, row: Row, images: list[tuple[str, np.ndarray]], title: str) -> None:
     """Write a PNG: the row's images (labelled) over its token strip with a legend."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
     fig = row_figure(row, images, title)
-    fig.savefig(path, dpi=fig.dpi, bbox_inches="tight", format="png")  # the name as given, no ".png" added
+    with atomic_path(path) as tmp:  # the name as given, no ".png" added
+        fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight", format="png")
     plt.close(fig)
 
 
 def row_figure(row: Row, images: list[tuple[str, np.ndarray]], title: str):
     """The figure `render_row` writes (matplotlib Agg)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
+    from matplotlib.patches import Patch  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
 
     lines = token_lines(row)
     cut = len(lines) > MAX_LINES
@@ -129,7 +135,7 @@ def row_figure(row: Row, images: list[tuple[str, np.ndarray]], title: str):
     note = f" (first {MAX_LINES} lines)" if cut else ""
     ax.set_title(f"tokens as the model sees them{note}", fontsize=10)
     present = {(int(m), int(t > 0)) for m, t in zip(row.modality, row.loss_mask, strict=True)}
-    handles = [Patch(color=np.array(COLOURS[m][t]) / 255,
+    handles = [Patch(color=_unit_rgb(COLOURS[m][t]),
                      label=f"{MODALITY_NAMES[m]}{' (loss target: dark, bar)' if t else ''}")
                for m, t in sorted(present)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)

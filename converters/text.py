@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator, Sequence
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.options import opt
@@ -343,7 +347,6 @@ class TextConverter:
 
     def _column_texts(self, path: str, column, first_row: int):
         """Rows of an Arrow string/binary column; nulls and non-UTF-8 bytes are bad records."""
-        import pyarrow as pa
         field = self.text_field
         binary = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
         try:
@@ -365,7 +368,6 @@ class TextConverter:
                 yield sid, value, None
 
     def _check_type(self, path: str, schema) -> None:
-        import pyarrow as pa
         if self.text_field not in schema.names:
             raise SourceError(f"{path}: no column {self.text_field!r} (has {', '.join(schema.names)}); "
                               f"set --text-field")
@@ -393,7 +395,6 @@ class TextConverter:
 
 
 def _parquet_file(path: str):
-    import pyarrow.parquet as pq
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad files

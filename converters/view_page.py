@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from tokenizer_kit.episode_decode import decode_episode
 from tokenizer_kit.frames import grey_to_rgb
@@ -61,7 +62,7 @@ def esc(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def table(header: list[str] | None, rows: list[list], numeric: set[int] = frozenset()) -> str:
+def table(header: list[str] | None, rows: list[list], numeric: frozenset[int] | set[int] = frozenset()) -> str:
     """Cells are HTML already (escaped by the caller); `numeric` columns align right."""
     head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td class=\"n\">{c}</td>" if i in numeric else f"<td>{c}</td>"
@@ -70,7 +71,6 @@ def table(header: list[str] | None, rows: list[list], numeric: set[int] = frozen
 
 
 def png_data_uri(rgb: np.ndarray) -> str:
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG")

@@ -50,8 +50,10 @@ class ShardCache:
         self.root = Path(root)
         self.limit = limit
         self.downloaded: list[str] = []  # names fetched by this process (what tests and benchmarks count)
-        self._pid = None
+        self._pid: int | None = None
         self._pool: ThreadPoolExecutor | None = None
+        # sha256 -> (size, mtime, inode) of copies this process hashed: not hashed again
+        self._proven: dict[str, tuple[int, int, int]] = {}
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
 
@@ -140,7 +142,7 @@ class ShardCache:
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
         if size is not None and st.st_size != size:
             reason = f"it has {st.st_size} bytes, the manifest says {size}"
-        elif self.__dict__.setdefault("_proven", {}).get(sha256) == key:
+        elif self._proven.get(sha256) == key:
             return True
         else:
             got = file_sha256(dst, CHUNK)
@@ -178,7 +180,7 @@ class ShardCache:
                     raise ReaderError(f"{url}: shard {name} has sha256 {got}, the manifest says {sha256} "
                                       "(downloaded twice; the object is corrupt or was replaced)")
             st = dst.stat()
-            self.__dict__.setdefault("_proven", {})[sha256] = (st.st_size, st.st_mtime_ns, st.st_ino)
+            self._proven[sha256] = (st.st_size, st.st_mtime_ns, st.st_ino)
             self.downloaded.append(name)
         self._evict(keep=dst)
         return dst
@@ -233,9 +235,6 @@ class ShardCache:
                     continue
                 p.unlink(missing_ok=True)
             total -= size
-
-    def touch(self, sha256: str) -> None:
-        self._use(self.path_of(sha256))
 
 
 class CacheLimitError(ValueError):

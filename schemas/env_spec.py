@@ -90,7 +90,8 @@ class EnvSpec:
         if unrecorded:  # gymnasium writes None for a wrapper that does not record its arguments
             raise EnvSpecError(f"wrapper {unrecorded[0]} did not record its arguments (rebuilding it with its "
                                f"defaults could give other observations)")
-        return cls(d.get("id"), d.get("kwargs") or {}, wrappers, d.get("max_episode_steps"))
+        return cls(d.get("id"), d.get("kwargs") or {}, wrappers,  # type: ignore[arg-type]  # checked on init
+                   d.get("max_episode_steps"))
 
     @classmethod
     def from_gymnasium(cls, spec) -> "EnvSpec":

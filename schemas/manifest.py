@@ -7,14 +7,17 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.files import atomic_path
+from tokenizer_kit.frames import acting_mode
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec
 
+from .env_spec import EnvSpec
 from .names import UnsafeNameError, check_pattern, check_sha256
 from .shard import READ_VERSIONS, SCHEMA_VERSION, SHARD_NAME_RE
 from .shard_table import COMPACT_SHARDS, SHARD_TABLE_NAME, ShardTable, column
@@ -63,7 +66,8 @@ class ShardInfo:
             raise ManifestError(f"shard {self.name!r}: split {self.split!r} is not one of {', '.join(SPLITS)}")
 
 
-_FIELD_TYPES = {"layout": dict, "converter": str, "options": dict, "stats": dict, "skipped": list,
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+                "layout": dict, "converter": str, "options": dict, "stats": dict, "skipped": list,
                 "tokenizer_sha256": (str, type(None)), "episode_spec": (dict, type(None)), "tasks": list,
                 "compression": str, "created": str}
 
@@ -75,7 +79,7 @@ def check_field_types(m: "Manifest", where: str) -> None:
         value = getattr(m, key)
         if not isinstance(value, want):
             raise ManifestError(f"{where}: field {key!r} is {type(value).__name__}, expected "
-                                f"{getattr(want, '__name__', None) or ' or '.join(t.__name__ for t in want)}")
+                                f"{' or '.join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))}")
     if not all(isinstance(t, str) for t in m.tasks):
         raise ManifestError(f"{where}: field 'tasks' must be a list of names")
     if not all(isinstance(r, dict) and isinstance(r.get("source"), str) and isinstance(r.get("reason"), str)
@@ -109,7 +113,8 @@ def _check_stats_types(st: dict, where: str) -> None:
         "outside_unit_range": lambda v: v is None or isinstance(v, dict) and all(_is_int(x) for x in v.values()),
         "episode_return": lambda v: v is None or isinstance(v, dict) and all(
             x is None or _is_num(x) for x in v.values()),
-        "longest_unit": lambda v: v is None or isinstance(v, dict) and _is_int(v.get("tokens")) and _is_int(v.get("row")),
+        "longest_unit": lambda v: v is None or (isinstance(v, dict)
+                                                and all(_is_int(v.get(k)) for k in ("tokens", "row"))),
         "conversion": lambda v: v is None or isinstance(v, dict),
     }
     for key, ok in checks.items():
@@ -117,7 +122,7 @@ def _check_stats_types(st: dict, where: str) -> None:
             raise ManifestError(f"{where}: {key!r} has the wrong shape ({str(st[key])[:60]})")
 
 
-def check_shard_list(shards: list[ShardInfo], where: str) -> None:
+def check_shard_list(shards: Sequence[ShardInfo], where: str) -> None:
     """A manifest's shard list as data from a hub must be before anything reads it: each name a
     shard name and listed once (a shard listed twice would be trained on twice), each sha256 64 hex
     digits (it becomes a cache path), counts non-negative integers."""
@@ -247,7 +252,7 @@ class Manifest:
     layout: dict
     converter: str
     options: dict = field(default_factory=dict)
-    shards: list[ShardInfo] = field(default_factory=list)
+    shards: Sequence[ShardInfo] = field(default_factory=list)  # a ShardTable past COMPACT_SHARDS
     stats: dict = field(default_factory=dict)  # Stats.to_dict()
     skipped: list[dict] = field(default_factory=list)  # asdict(SkippedRecord)
     tokenizer_sha256: str | None = None
@@ -315,10 +320,6 @@ class Manifest:
         d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
         return cls(**d)
 
-    def check_layout(self, layout: VocabLayout, what: str = "shards", against: str = "model") -> None:
-        """Refuse (LayoutError naming both) when this directory's layout is not `layout`."""
-        self.vocab_layout.check_same(layout, what, against)
-
     @property
     def typed_stats(self) -> Stats:
         return Stats.from_dict(self.stats)
@@ -335,7 +336,6 @@ class Manifest:
     @property
     def env(self):
         """The environment the episodes were recorded in (schemas.env_spec.EnvSpec), when known."""
-        from .env_spec import EnvSpec
         return EnvSpec.from_dict(self.env_spec) if self.env_spec else None
 
     def to_json(self) -> str:
@@ -388,8 +388,8 @@ class Manifest:
         try:
             manifest = cls.from_dict(d)
             VocabLayout.from_dict(manifest.layout)  # a layout that cannot exist: unreadable directory
-            manifest.typed_stats  # statistics of the wrong shape: unreadable too, not a traceback later
-            manifest.env  # an env spec naming a module outside the wrapper modules: refused on reading
+            manifest.typed_stats  # noqa: B018 - statistics of the wrong shape: unreadable too, not a traceback later
+            manifest.env  # noqa: B018 - an env spec naming a module outside the wrapper modules: refused on reading
         except ManifestError as e:
             raise ManifestError(f"{path}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:

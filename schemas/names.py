@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -79,7 +80,6 @@ class _RedactingStream:
 def redact_std_streams() -> None:
     """Every line a command prints (its errors, argparse's, warnings, progress) goes through
     `redact`: installed once at each CLI's entry, so no message path can forget it."""
-    import sys
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _RedactingStream):

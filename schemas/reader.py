@@ -12,6 +12,7 @@ manifest, the listed shards count; without one, every `shard-N.arrow` present is
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -25,7 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from tokenizer_kit.errors import first_line
-from tokenizer_kit.layout import VocabLayout
+from tokenizer_kit.files import atomic_path
+from tokenizer_kit.layout import NO_POSITION, VocabLayout
+from tokenizer_kit.text import TextTokenizer
 
 from .cache import ShardCache
 from .errors import ReaderError
@@ -90,7 +93,6 @@ def batch_view(batch: pa.RecordBatch) -> BatchView:
     """Views of a record batch's list columns (offsets are not read: check_batch proves them).
     A version-2 text batch's derived columns are broadcast constants: no memory per token."""
     if is_text_form(batch.schema):
-        from tokenizer_kit.layout import NO_POSITION
         tok_off, tokens = _flat(batch.column("tokens"))
         n, none = len(tokens), np.zeros(batch.num_rows + 1, np.int32)
         return BatchView(tok_off, tokens, np.broadcast_to(np.uint8(1), (n,)),
@@ -134,13 +136,11 @@ def _column_of(message: str, names: list[str]) -> str:
 # --- a directory ----------------------------------------------------------------------------------
 
 def _manifest_copy(cache: ShardCache, url: str) -> Path:
-    import hashlib
     return cache.root / "manifests" / f"{hashlib.sha256(url.encode()).hexdigest()}.json"
 
 
 def _remember_manifest(cache: ShardCache, url: str, manifest: Manifest) -> None:
     """Keep the manifest read from `url` beside the cached shards (atomically; best effort)."""
-    from tokenizer_kit.files import atomic_path
     if manifest.shard_table is not None:  # a compact manifest's table stays in the store: read there each start
         return
     p = _manifest_copy(cache, url)
@@ -161,7 +161,7 @@ class ShardFile:
     info: ShardInfo | None = None
 
 
-class ShardFiles(Sequence):
+class ShardFiles(Sequence["ShardFile"]):
     """Every shard a manifest lists, as ShardFile records made when asked for (a rank of a
     200,000-shard directory touches only its own)."""
 
@@ -184,7 +184,7 @@ class ShardDir:
 
     path: str  # as given: a local path or a URL
     manifest: Manifest | None
-    shards: list[ShardFile]
+    shards: Sequence[ShardFile]  # ShardFiles for a manifest's shards, else a list
     missing: list[str] = field(default_factory=list)  # listed in the manifest, absent
     unlisted: list[str] = field(default_factory=list)  # complete, not (yet) in the manifest
     cache: ShardCache | None = None  # remote shards' local copies (a temporary one when None)
@@ -287,12 +287,12 @@ class ShardDir:
                 data = read_bytes(join(self.path, TOKENIZER_NAME))
             except FileNotFoundError:
                 return None
-            p.write_bytes(data)
+            with atomic_path(p) as tmp:  # a torn copy would pass is_file() on the next call
+                tmp.write_bytes(data)
         return p
 
     def text_tokenizer(self):
         """The directory's SentencePiece model, or None when it has none (text then shows as ids)."""
-        from tokenizer_kit.text import TextTokenizer
         p = self.tokenizer_path
         return TextTokenizer(p) if p is not None else None
 
@@ -342,7 +342,8 @@ class ShardDir:
     @property
     def rows_per_shard(self) -> list[int]:
         """Rows of each present shard (the manifest's count, else the shard's own)."""
-        if self._rows is None and isinstance(self.shards, ShardFiles):  # all listed: the manifest's column
+        if (self._rows is None and isinstance(self.shards, ShardFiles)
+                and self.manifest is not None):  # all listed: the manifest's column
             self._rows = self.manifest.shard_rows().tolist()
         if self._rows is None:
             self._rows = [s.info.rows if s.info is not None else self.table(i).num_rows
@@ -377,7 +378,7 @@ class ShardDir:
 
     def find_source(self, source_id: str) -> tuple[int, int]:
         """(shard index, row) of the first row whose source_id is `source_id`."""
-        import pyarrow.compute as pc
+        import pyarrow.compute as pc  # noqa: PLC0415 - start-up time: pyarrow.compute costs ~90 ms, needed on few paths
         for i in range(len(self.shards)):
             hits = pc.index(self.table(i).column("source_id"), source_id).as_py()
             if hits >= 0:

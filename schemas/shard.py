@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from tokenizer_kit.errors import LONG_LINE, first_line
 from tokenizer_kit.files import atomic_path
+from tokenizer_kit.layout import NO_POSITION, TEXT
 from tokenizer_kit.layout import PATCH_BYTES  # noqa: F401  (re-exported: the one patch geometry)
 from tokenizer_kit.sequence import Row
 
@@ -78,7 +79,6 @@ def full_columns(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
     """A version-2 text table or batch with the columns it leaves out derived (loss 1, local
     position -1, modality text, no steps or patches) and int32 tokens: what version 1 stores.
     Anything else is returned as it is."""
-    from tokenizer_kit.layout import NO_POSITION, TEXT
     names = data.schema.names
     if "tokens" not in names or not is_text_form(data.schema):
         return data
@@ -155,8 +155,8 @@ def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Se
     rl = episode_returns is not None
     n = len(rows)
     tasks = [task] * n if isinstance(task, str) else list(task)
-    lists = {"source_ids": list(source_ids), "tasks": tasks}
-    if rl:
+    lists: dict[str, list] = {"source_ids": list(source_ids), "tasks": tasks}
+    if episode_returns is not None:  # rl
         lists["episode_returns"] = list(episode_returns)
         if num_steps is not None:
             lists["num_steps"] = list(num_steps)
@@ -202,7 +202,6 @@ def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Se
 def _check_text_rows(rows: Sequence[Row], source_ids: Sequence[str], token_type: pa.DataType) -> None:
     """Rows a version-2 text shard can hold: the constants its left-out columns imply, ids in
     range; checked over the batch's flat columns at once, naming the first row that breaks them."""
-    from tokenizer_kit.layout import NO_POSITION, TEXT
     hi = 2**16 if token_type == pa.uint16() else 2**31
     lengths = np.fromiter((len(r.tokens) for r in rows), np.int64, len(rows))
     ends = np.cumsum(lengths)
@@ -276,9 +275,3 @@ def open_shard(path: str | os.PathLike, full: bool = True) -> pa.Table:
     with pa.memory_map(str(path), "r") as source:
         table = pa.ipc.open_stream(source).read_all()
     return full_columns(table) if full else table
-
-
-def iter_shard_batches(path: str | os.PathLike) -> Iterator[pa.RecordBatch]:
-    """The record batches of a shard one at a time, memory-mapped."""
-    with pa.memory_map(str(path), "r") as source:
-        yield from pa.ipc.open_stream(source)

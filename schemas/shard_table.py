@@ -11,23 +11,28 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import fields
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from tokenizer_kit.errors import first_line
 
+from .shard import SHARD_NAME_RE
+
 SHARD_TABLE_NAME = "shards.arrow"
 COMPACT_SHARDS = 10_000  # more shards than this: the manifest's shards go to the table
 
+if TYPE_CHECKING:
+    from .manifest import ShardInfo
+
 
 def _shard_info():
-    from .manifest import ShardInfo  # manifest imports this module
+    from .manifest import ShardInfo  # noqa: PLC0415 - circular: manifest imports this module
     return ShardInfo
 
 
-class ShardTable(Sequence):
+class ShardTable(Sequence["ShardInfo"]):
     """ShardInfo records held as Arrow columns; item i is built when asked for."""
 
     def __init__(self, table: pa.Table):
@@ -59,7 +64,7 @@ class ShardTable(Sequence):
     def from_bytes(cls, data: bytes, where: str, count: int, sha256: str) -> "ShardTable":
         """The table in `data` (the file at `where`), checked against what the manifest's head says
         of it; anything else is a ManifestError naming the file."""
-        from .manifest import ManifestError
+        from .manifest import ManifestError  # noqa: PLC0415 - circular: manifest imports this module
         if cls.digest(data) != sha256:
             raise ManifestError(f"{where}: sha256 {cls.digest(data)} differs from the manifest's {sha256}")
         try:
@@ -76,10 +81,9 @@ class ShardTable(Sequence):
         """The table is data from a hub as much as the manifest naming it: every shard name of the
         shard pattern and listed once, sha256s 32 bytes, counts non-negative integers, splits known
         (manifest.check_shard_list's rule, vectorised: 200,000 shards are checked in milliseconds)."""
-        import pyarrow.compute as pc
+        import pyarrow.compute as pc  # noqa: PLC0415 - start-up time: pyarrow.compute costs ~90 ms, needed on few paths
 
-        from .manifest import SPLITS, ManifestError
-        from .shard import SHARD_NAME_RE
+        from .manifest import SPLITS, ManifestError  # noqa: PLC0415 - circular: manifest imports this module
         t, n = self.table, self.table.num_rows
         names = t.column("name")
         if not pa.types.is_string(names.type) or names.null_count or (n and not pc.all(
@@ -98,7 +102,7 @@ class ShardTable(Sequence):
 
     def where_split(self, split: str) -> "ShardTable":
         """The shards of one split (train or test), still as a table."""
-        import pyarrow.compute as pc
+        import pyarrow.compute as pc  # noqa: PLC0415 - start-up time: pyarrow.compute costs ~90 ms, needed on few paths
         return ShardTable(self.table.filter(pc.equal(self.table.column("split"), split)))
 
     def column(self, name: str) -> np.ndarray:

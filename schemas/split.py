@@ -88,7 +88,7 @@ def locate_rows(rows_per_shard: Sequence[int], rows: np.ndarray) -> tuple[np.nda
 SPLITS = ("rows", "shards")
 
 
-def shard_order(rows_per_shard: Sequence[int], seed: int) -> np.ndarray:
+def shard_order(rows_per_shard: Sequence[int] | np.ndarray, seed: int) -> np.ndarray:
     """The non-empty shards in a seeded order, fixed across epochs (so a node's cache keeps serving
     it), from which shards are dealt to ranks."""
     rows = np.asarray(rows_per_shard, dtype=np.int64)
@@ -96,7 +96,7 @@ def shard_order(rows_per_shard: Sequence[int], seed: int) -> np.ndarray:
     return rng.permutation(np.flatnonzero(rows > 0))
 
 
-def reader_shards(rows_per_shard: Sequence[int], rank: int, world_size: int, worker: int, num_workers: int,
+def reader_shards(rows_per_shard: Sequence[int] | np.ndarray, rank: int, world_size: int, worker: int, num_workers: int,
                   seed: int) -> tuple[np.ndarray, int, int]:
     """(shards, member, members): the shards reader (rank, worker) reads, shared by `members`
     readers of which it is number `member` (each takes every members-th row of them).
@@ -161,13 +161,13 @@ def text_windows(tokens_per_shard: Sequence[int], seq_len: int) -> np.ndarray:
     return np.where(t > 1, (t - 2 + seq_len) // seq_len, 0)
 
 
-def row_windows(row_lengths: Sequence[float], seq_len: int) -> np.ndarray:
+def row_windows(row_lengths: Sequence[float] | np.ndarray, seq_len: int) -> np.ndarray:
     """Windows per epoch of each RL row: ceil(n / (seq_len + 1)), at least one."""
     n = np.asarray(row_lengths, dtype=np.float64)
     return np.maximum(1, np.ceil(n / (seq_len + 1))).astype(np.int64)
 
 
-def epoch_tokens(kind: str, tokens_per_shard: Sequence[int], row_lengths: Sequence[float] | None,
+def epoch_tokens(kind: str, tokens_per_shard: Sequence[int], row_lengths: Sequence[float] | np.ndarray | None,
                  seq_len: int) -> dict:
     """What one epoch of a directory delivers at `seq_len`: sequences, the tokens they hold
     (overlaps counted), the targets among them that are distinct tokens of the directory (text:

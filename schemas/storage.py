@@ -190,13 +190,13 @@ class OutDir:
                 with atomic_path(self.path(name)) as tmp:
                     yield tmp
                 return
-            fd, tmp = tempfile.mkstemp(prefix="gato-kit-", suffix=".upload")
+            fd, upload = tempfile.mkstemp(prefix="gato-kit-", suffix=".upload")
             os.close(fd)
             try:
-                yield Path(tmp)
-                self.fs.put_file(tmp, self.path(name))
+                yield Path(upload)
+                self.fs.put_file(upload, self.path(name))
             finally:
-                os.unlink(tmp)
+                os.unlink(upload)
 
     def write_text(self, name: str, text: str) -> None:
         with self.staged(name) as tmp:
@@ -235,7 +235,8 @@ class OutDir:
         if self.local or not hasattr(self.fs, "call_s3"):
             return []
         bucket, _, prefix = self.root.partition("/")
-        found, marker = [], {}
+        found: list[tuple[str, str]] = []
+        marker: dict[str, str] = {}
         with self.errors("list unfinished uploads"):
             while True:
                 page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix + "/", **marker)

@@ -16,6 +16,9 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field, fields
+from typing import Any
+
+import fsspec
 
 from .errors import ReaderError
 
@@ -34,7 +37,7 @@ class StoreSettings:
     @classmethod
     def from_env(cls) -> "StoreSettings":
         """The settings of this process; a malformed value is one line naming the variable."""
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = os.environ.get(f.metadata["env"])
             if raw is None or raw == "":
@@ -48,12 +51,6 @@ class StoreSettings:
                                   f"({f.metadata['help']})")
             values[f.name] = v
         return cls(**values)
-
-    def worst_case_seconds(self) -> float:
-        """About how long a dead store keeps one request waiting before its error (what the
-        error line says): every try times out, each client layer tries `attempts` times at most
-        (botocore per request, and s3fs once more around it), plus backoff."""
-        return 2 * self.attempts * self.timeout
 
     def fsspec_options(self, protocol: str) -> dict:
         """Keyword arguments of the fsspec filesystem of `protocol` that apply these settings."""
@@ -69,7 +66,6 @@ def open_fs(url: str, **kwargs):
     """(fsspec filesystem, path) of `url` with these settings applied (fsspec.core.url_to_fs's
     kwargs pass through). s3fs's own retry layer, around botocore's, stays at 2 tries: enough to
     resume a download whose connection dropped mid-body, without multiplying the waits."""
-    import fsspec
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     settings = StoreSettings.from_env()
     announce_retries()

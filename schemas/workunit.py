@@ -3,8 +3,8 @@ work unit leaves (`UnitMarker`), in `OUT/.work/` until the manifest is written.
 
 Every unit is converted into its own shards, `shard-UUUUU-KKK.arrow` (schemas.shard.UNIT_SHARD_PATTERN), by
 whichever process or machine converted it; its marker is written after its shards, so a marker
-vouches for complete shards. The manifest is then merged from the markers in unit order. `WorkDir` is the one place that reads
-what is done, for the writer (resume, finalize) and for `inspect` alike.
+vouches for complete shards. The manifest is then merged from the markers in unit order. `WorkDir` is
+the one place that reads what is done, for the writer (resume, finalize) and for `inspect` alike.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
+
+from tokenizer_kit.layout import MODALITY_NAMES
 
 from .manifest import (FieldError, LongestUnit, ManifestError, ReturnStats, ShardInfo, SkippedRecord, Stats,
                        check_shard_list)
@@ -32,12 +34,16 @@ def marker_name(index: int) -> str:
 
 
 class Unit(Protocol):
-    """What the plan needs of a work unit (converters.base.WorkUnit)."""
+    """What the plan needs of a work unit (converters.base.WorkUnit, frozen: read-only here too)."""
 
-    key: str
-    path: str
-    start: int
-    stop: int | None
+    @property
+    def key(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def stop(self) -> int | None: ...
 
 
 def _sha(obj) -> str:
@@ -156,6 +162,7 @@ class ReturnSums:
         delta = other.mean - self.mean
         self.mean += delta * (other.count / n)
         self.m2 += other.m2 + delta * delta * (self.count * other.count / n)
+        assert other.min is not None and other.max is not None  # other.count > 0
         self.min = other.min if self.min is None else min(self.min, other.min)
         self.max = other.max if self.max is None else max(self.max, other.max)
         self.count = n
@@ -272,7 +279,6 @@ def marker_owns_its_shards(m: UnitMarker) -> bool:
         return False
     try:
         check_shard_list(m.shards, "marker")
-        from tokenizer_kit.layout import MODALITY_NAMES
         merge_stats([m], True, MODALITY_NAMES).to_dict()  # its statistics have the shapes a merge needs
         if not (isinstance(m.stats.rows, int) and m.stats.rows == sum(s.rows for s in m.shards)):
             return False

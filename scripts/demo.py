@@ -28,8 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 MARKER = ".gato-demo"
 
 CONTROL_TASKS = ("CartPole-v1", "Pendulum-v1")

@@ -17,15 +17,13 @@ import json
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hostile_run import GiB, Run, run, snapshot
+from tests.support.hostile_run import GiB, Run, run, snapshot
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "converters"))  # cli_outcome, rl_fixtures
 
 pytestmark = pytest.mark.slow
 TRIALS = int(os.environ.get("GATO_HOSTILE_TRIALS", "4"))
@@ -87,7 +85,7 @@ def check_promises(r: Run, root: Path, before: dict, what: str) -> None:
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory, sp_model_path):
     """A finished text directory made by the real converter."""
-    from cli_outcome import run_cli
+    from tests.support.cli_outcome import run_cli
     root = tmp_path_factory.mktemp("hostile-meta")
     (root / "docs.txt").write_text("\n\n".join(f"document {i} about robots and doors" for i in range(40)) + "\n")
     o = run_cli(["text", str(root / "docs.txt"), "--text-tokenizer", sp_model_path, "--split", "blank-line",
@@ -114,7 +112,7 @@ def test_hostile_manifest_for_verify_and_training(trial, shard_dir, tmp_path):
 @pytest.mark.parametrize("trial", range(TRIALS))
 @pytest.mark.parametrize("which", ["marker", "plan"])
 def test_hostile_marker_or_plan_for_finalize(which, trial, shard_dir, sp_model_path, tmp_path):
-    from cli_outcome import run_cli
+    from tests.support.cli_outcome import run_cli
     rng = random.Random(SEED * 2000 + trial + (7 if which == "plan" else 0))
     out = tmp_path / "box" / "out"
     for i in range(2):
@@ -160,7 +158,7 @@ def test_hostile_hdf5_attributes_for_the_rl_converter(trial, tmp_path, minari_ro
     import gymnasium as gym
     import h5py
 
-    from rl_fixtures import make_minari, rollouts
+    from tests.support.rl_data import make_minari, rollouts
     rng = random.Random(SEED * 4000 + trial)
     env = gym.make("CartPole-v1")
     data = make_minari(f"hostile/attrs{trial}-v0", env, rollouts(env, 3, 15, seed=trial))

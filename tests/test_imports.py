@@ -54,3 +54,55 @@ def test_a_breach_is_found(tmp_path):
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_every_package_is_walked(package):
     assert list((ROOT / package).rglob("*.py"))
+
+
+# --- benchmarks and scripts share tests/support, and nothing else of the tests ---------------------
+
+RUNNERS = ("benchmarks", "scripts")
+
+
+def hidden_test_modules(root: Path) -> set[str]:
+    """Top-level names a test module could be imported by through a sys.path trick: conftest, every
+    test_*.py and every helper under tests/ outside tests/support."""
+    return {p.stem for p in (root / "tests").rglob("*.py") if "support" not in p.relative_to(root / "tests").parts}
+
+
+def runner_breaches(root: Path = ROOT) -> list[str]:
+    """Imports of test modules (anything under tests/ but tests.support) and sys.path edits in
+    benchmarks/ and scripts/."""
+    hidden = hidden_test_modules(root) - {"__init__"}
+    found = []
+    for folder in RUNNERS:
+        for path in sorted((root / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                for name in names:
+                    parts = name.split(".")
+                    if (parts[0] == "tests" and parts[1:2] != ["support"]) or parts[0] in hidden:
+                        found.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
+                if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                        and node.value.id == "sys"):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} edits sys.path")
+    return found
+
+
+def test_benchmarks_and_scripts_import_no_test_module():
+    assert runner_breaches() == []
+
+
+def test_a_test_module_import_is_found(tmp_path):
+    for folder in ("tests/converters", "tests/support", *RUNNERS):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in ("conftest.py", "converters/test_rl.py", "converters/rl_fixtures.py", "support/shards.py"):
+        (tmp_path / "tests" / name).write_text("")
+    (tmp_path / "benchmarks" / "bench_a.py").write_text(
+        "from tests.conftest import make_bucket\nfrom tests.support.shards import pong_frames\n"
+        "def f():\n    import test_rl\n    from rl_fixtures import rollouts\n")
+    (tmp_path / "scripts" / "demo.py").write_text(
+        "import sys\nimport tests.converters.test_rl\nsys.path.insert(0, 'tests')\nfrom . import demo_data\n")
+    assert runner_breaches(tmp_path) == [
+        "benchmarks/bench_a.py:1 imports tests.conftest", "benchmarks/bench_a.py:4 imports test_rl",
+        "benchmarks/bench_a.py:5 imports rl_fixtures", "scripts/demo.py:2 imports tests.converters.test_rl",
+        "scripts/demo.py:3 edits sys.path"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from .images import MAX_PIXELS
+from .layout import PATCH_SIZE
+
 
 def _number(text: str, kind: type, what: str):
     try:
@@ -25,13 +28,6 @@ def nonnegative_int(text: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {n}")
     return n
-
-
-def positive_float(text: str) -> float:
-    x = _number(text, float, "a number")
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return x
 
 
 def nonnegative_float(text: str) -> float:
@@ -71,8 +67,6 @@ def byte_size(text: str | int) -> int:
 def image_size_or_native(text: str) -> tuple[int, int] | None:
     """`N` (square), `HxW`, or `native` (each image keeps its own size, fitted to 16s): the one
     --image-size syntax of every command (converters, `gato-train caption`, acting)."""
-    from .images import MAX_PIXELS
-    from .layout import PATCH_SIZE
     if text.strip().lower() == "native":
         return None
     try:

@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import TokenizeError
-from .frames import observation_frames
+from .frames import detect, observation_frames
 from .images import image_grids, patch_count, unpatchify
 from .layout import PATCH_SLOT, VocabLayout
 from .sequence import EpisodeSpec, FieldSpec, Row
@@ -40,9 +40,10 @@ def frames_in_step(spec: EpisodeSpec, field: FieldSpec, observation_patches: int
                 raise TokenizeError(f"field {field.name!r}: cannot tell its frames from those of {g.name!r}")
             others += _patches_of(g, layout)
     k, rest = divmod(observation_patches - others, per_frame)
-    if rest or k not in (1, field.frame_stack.depth):
+    depth = field.frame_stack.depth if field.frame_stack is not None else 1
+    if rest or k not in (1, depth):
         raise TokenizeError(f"field {field.name!r}: {observation_patches} patches in a step are neither 1 nor "
-                            f"{field.frame_stack.depth} frames")
+                            f"{depth} frames")
     return k
 
 
@@ -57,7 +58,7 @@ def _take_field(f: FieldSpec, row: Row, pos: int, patch_i: int, layout: VocabLay
     """Decode one field starting at token `pos`; return (value, next pos, next patch index).
     A stacked image field decodes to its `frames` grey frames, (frames, H, W)."""
     if f.kind == "text":
-        ends = np.flatnonzero(row.tokens[pos:] == layout.eos_id) if layout.eos_id >= 0 else ()
+        ends = np.flatnonzero(row.tokens[pos:] == layout.eos_id) if layout.eos_id >= 0 else np.zeros(0, np.int64)
         if len(ends) == 0:
             raise TokenizeError(f"field {f.name!r}: no end-of-text after token {pos}")
         end = pos + int(ends[0])
@@ -157,7 +158,6 @@ def _stack_as_given(obs: np.ndarray, recorded):
     """The recorded stack in the layout the environment gives it: data stacked channel-last (the
     jat-dataset's (84, 84, 4)) is acted on in gymnasium's channel-first (4, 84, 84) and back; the
     frames, and so the tokens, are the same."""
-    from .frames import detect
 
     found = detect(obs.shape, obs.dtype)
     same = found is not None and (found.depth, found.height, found.width) == \

@@ -6,7 +6,7 @@ them from a live environment, so a field the data calls `obs/image` is the one t
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 OBS = "obs"  # the root of every observation field of a nested (Dict/Tuple) space
 ACTION = "action"  # the root of every action field
@@ -44,6 +44,7 @@ def field_keys(name: str, prefix: str) -> tuple[str, ...] | None:
 
 def flatten_value(value: Any, prefix: str) -> dict[str, Any]:
     """A nested observation or action (dicts and tuples) as {field name: leaf value}."""
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, Mapping):
         items = value.items()
     elif isinstance(value, tuple):

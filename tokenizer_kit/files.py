@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -28,16 +27,6 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def atomic_copy(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Copy `src` to `dest` through `atomic_path`, and remove what earlier copies that were killed
-    left beside `dest` (`.NAME.tmpPID`), so a finished copy leaves only `dest`."""
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(src, tmp)
-    remove_stale_temporaries(dest)
-    return dest
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> None:

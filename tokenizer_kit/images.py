@@ -124,7 +124,7 @@ def fitted_size(height: int, width: int, policy: str = "resize", patch: int = PA
 
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     # PIL's bilinear filter widens its support when shrinking, so downscaling is antialiased.
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR), dtype=np.uint8)
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def fit_image(rgb: np.ndarray, policy: str = "resize", size: tuple[int, int] | None = None,
@@ -253,8 +253,7 @@ def image_grids(patch_pos: np.ndarray, bins: int = 128) -> list[tuple[int, int, 
     starts = np.flatnonzero(image_start)
     rows = np.flatnonzero(row_start)
     out = []
-    for s, e in zip(starts, list(starts[1:]) + [n]):
-        s, e = int(s), int(e)
+    for s, e in zip(starts.tolist(), starts[1:].tolist() + [n]):
         first_rows = rows[(rows >= s) & (rows < e)]
         gw = int(first_rows[1] - s) if len(first_rows) > 1 else e - s
         if (e - s) % gw:

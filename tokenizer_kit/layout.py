@@ -6,7 +6,6 @@ under one layout can be recognised (and refused) by a model built for another.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
@@ -67,7 +66,7 @@ class VocabLayout:
                 raise LayoutError(f"layout constant {name} must be positive, got {getattr(self, name)}")
         for name in ("mu", "m"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
                 raise LayoutError(f"layout constant {name} must be a positive number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.patch_size != PATCH_SIZE:
@@ -144,9 +143,6 @@ class VocabLayout:
     def name(self) -> str:
         """Short human name, e.g. `gato T=32000`, for messages."""
         return f"{self.profile} T={self.text_vocab_size}"
-
-    def describe(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     def check_same(self, other: "VocabLayout", what: str = "shards", against: str = "model") -> None:
         """Raise a one-line LayoutError naming both layouts and every constant where they differ."""

@@ -9,14 +9,13 @@ image-caption rows are in text_rows.py; episode rows back to values in episode_d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .errors import TokenizeError
 from .frames import FrameStack
-from .images import (FIT_POLICIES, fit_grey_frames, image_to_patches, patch_grid, patch_positions, patchify,
-                     patchify_grey)
+from .images import FIT_POLICIES, fit_grey_frames, image_to_patches, patch_grid, patch_positions, patchify_grey
 from .layout import CONTINUOUS, DISCRETE, IMAGE, NO_POSITION, PATCH_BYTES, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 from .values import continuous_to_tokens, discrete_to_tokens, to_unit_range
 
@@ -78,9 +77,15 @@ class FieldSpec:
         """Tokens per step of a tensor field."""
         return int(np.prod(self.shape)) if self.shape else 1
 
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """An image field's (H, W) (two numbers, checked on init); None: each image keeps its size."""
+        return (self.shape[0], self.shape[1]) if self.shape else None
+
     def to_dict(self) -> dict:
-        d = {"name": self.name, "kind": self.kind, "shape": list(self.shape) if self.shape is not None else None,
-             "mu_law": self.mu_law, "fit": self.fit}
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind,
+                             "shape": list(self.shape) if self.shape is not None else None,
+                             "mu_law": self.mu_law, "fit": self.fit}
         if self.frame_stack is not None:  # keys only where used: older manifests read the same
             d["frame_stack"] = self.frame_stack.to_dict()
         if not self.loss:
@@ -166,6 +171,7 @@ class _Block:
 
     def flat_patches(self) -> np.ndarray:
         if self.patches is None:
+            assert self.grid is not None  # a block has patches or a grid
             self.patches = np.ascontiguousarray(self.grid).reshape(-1, int(np.prod(self.grid.shape[3:])))
         return self.patches
 
@@ -204,7 +210,7 @@ def _frames_block(f: FieldSpec, frames, layout: VocabLayout) -> _Block:
         raise TokenizeError(f"field {f.name!r}: expected (steps, frames, H, W) uint8 grey frames, got "
                             f"{x.dtype} {x.shape}")
     steps, k = x.shape[:2]
-    grey = fit_grey_frames(x.reshape(steps * k, *x.shape[2:]), f.fit, f.shape, layout.patch_size)
+    grey = fit_grey_frames(x.reshape(steps * k, *x.shape[2:]), f.fit, f.image_size, layout.patch_size)
     patches = patchify_grey(grey, layout.patch_size)  # (T*k, N, 768)
     n = patches.shape[1]
     pos = np.broadcast_to(patch_positions(grey.shape[1], grey.shape[2], layout.patch_size, layout.position_bins),
@@ -231,7 +237,7 @@ def _image_block(f: FieldSpec, values, layout: VocabLayout) -> _Block:
     plist, qlist = [], []
     for t, img in enumerate(values):
         try:
-            pa, qa = image_to_patches(img, f.fit, f.shape, p, layout.position_bins, f.name)
+            pa, qa = image_to_patches(img, f.fit, f.image_size, p, layout.position_bins, f.name)
         except TokenizeError as e:
             raise TokenizeError(f"step {t}: {e}") from None
         plist.append(pa)
@@ -359,6 +365,7 @@ def _assemble_uniform(blocks: list[_Block], steps: int, layout: VocabLayout, act
         for b, w in image_blocks:
             dest = patches[:, at:at + w]
             if b.patches is None:  # patchified straight from the images into the row
+                assert b.grid is not None
                 into = dest.reshape(b.grid.shape)
                 if into.size and not np.shares_memory(into, patches):
                     raise AssertionError("patch destination is not a view")
@@ -367,8 +374,9 @@ def _assemble_uniform(blocks: list[_Block], steps: int, layout: VocabLayout, act
                 dest[...] = b.patches.reshape(steps, w, -1)
             at += w
         row.patches = patches.reshape(-1, layout.patch_values)
-        row.patch_pos = np.concatenate([b.patch_pos.reshape(steps, w, 4) for b, w in image_blocks],
-                                       axis=1).reshape(-1, 4)
+        positions = [b.patch_pos.reshape(steps, w, 4) for b, w in image_blocks if b.patch_pos is not None]
+        assert len(positions) == len(image_blocks)  # set for every image block
+        row.patch_pos = np.concatenate(positions, axis=1).reshape(-1, 4)
     return row
 
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from tokenizer_kit.images import eval_positions, normalize_patches
+from tokenizer_kit.layout import PATCH_BYTES, PATCH_SLOT
+
 
 @dataclass
 class Batch:
@@ -32,10 +35,6 @@ class Batch:
 
     def pin_memory(self) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
-
-    @property
-    def num_target_tokens(self) -> int:
-        return int(self.loss_mask.sum().item())
 
 
 @dataclass
@@ -118,8 +117,6 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
     Training samples each patch's row/column uniformly inside its interval; evaluation takes
     the rounded mean (SPEC 3); `action_noise` applies in training only. One copy of each sample's
     slices; everything else vectorised over the batch."""
-    from tokenizer_kit.images import eval_positions
-    from tokenizer_kit.layout import PATCH_BYTES, PATCH_SLOT
 
     B, L = len(samples), seq_len
     tokens = np.zeros((B, L + 1), id_dtype)
@@ -135,11 +132,13 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
         if local is not None and s.local_pos is not None:
             local[b, :len(s.tokens)] = s.local_pos
     for b in general:
+        assert mask is not None  # made whenever `general` has rows
         s, n = samples[b], int(lengths[b])
         mask[b, :n] = s.loss_mask if s.loss_mask is not None else 1
         if not len(s.patches):  # no patches: no slot may be left either (a min, not a search)
             if n and int(s.tokens.min()) < 0:
-                raise ValueError(f"sample has {int(np.count_nonzero(s.tokens == PATCH_SLOT))} patch slots but 0 patches")
+                n_slots = int(np.count_nonzero(s.tokens == PATCH_SLOT))
+                raise ValueError(f"sample has {n_slots} patch slots but 0 patches")
             continue
         slots = np.flatnonzero(s.tokens == PATCH_SLOT)
         if len(slots) != len(s.patches):
@@ -164,6 +163,7 @@ def compact(samples: "list[Sample]", seq_len: int, training: bool = True,
     noise_index = noise_value = np.zeros(0, np.int64)
     if training and action_noise is not None and action_noise.share > 0 and mask is not None:
         inputs = tokens[:, :L].astype(np.int64)
+        assert rng is not None  # drawn above for training
         noisy = action_noise.apply(inputs, mask[:, :L] > 0, rng)
         noise_index = np.flatnonzero(noisy != inputs)
         noise_value = noisy.reshape(-1)[noise_index]
@@ -181,7 +181,6 @@ def expand(cb: CompactBatch) -> Batch:
     normalised float patches (in the main process: 29 bytes a position never cross a pipe).
     Inputs and targets are views of one int64 buffer; a text batch's local positions (and, for
     full windows, its masks) one broadcast value: the model reads them, nothing writes to them."""
-    from tokenizer_kit.images import normalize_patches
 
     B, L = cb.tokens.shape[0], cb.tokens.shape[1] - 1
     full = torch.from_numpy(cb.tokens if cb.tokens.dtype == np.int64 else cb.tokens.astype(np.int64))

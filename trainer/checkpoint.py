@@ -16,6 +16,8 @@ import dataclasses
 import hashlib
 import math
 import os
+import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -24,6 +26,8 @@ import torch
 from tokenizer_kit.errors import LONG_LINE, first_line
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import VocabLayout
+
+from .model import GatoConfig, GatoModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -141,7 +145,6 @@ def read_checkpoint(run_dir_or_ckpt: str | os.PathLike, map_location="cpu") -> d
 def check_config(config, weights: dict | None, path: str | os.PathLike = "checkpoint") -> None:
     """Types and ranges of a saved model config, then (with `weights`) the shapes the config implies
     against those saved, on the meta device: nothing is allocated for a config that does not fit."""
-    from .model import GatoConfig, GatoModel
 
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: field 'config' is {type(config).__name__}, expected a dict")
@@ -192,9 +195,9 @@ def _memory_bytes() -> int:
 
 def load_model(run_dir_or_ckpt: str | os.PathLike, map_location="cpu"):
     """(model in eval mode, its VocabLayout, its GatoConfig) from a run directory or checkpoint file."""
-    from .model import GatoConfig, GatoModel
 
-    torch.set_flush_denormal(True)  # tiny weights and activations turn denormal on CPU, and denormal arithmetic can run ~10x slower
+    # tiny weights and activations turn denormal on CPU, and denormal arithmetic can run ~10x slower
+    torch.set_flush_denormal(True)
     state = read_checkpoint(run_dir_or_ckpt, map_location)
     if "config" not in state or "model" not in state:
         raise CheckpointError(f"{checkpoint_path(run_dir_or_ckpt)}: checkpoint has no model config or weights")
@@ -235,8 +238,7 @@ def link_or_copy(src: Path, dest: Path) -> Path:
         try:
             os.link(src, tmp)
         except OSError:
-            import shutil
-            shutil.copyfile(src, tmp)
+                    shutil.copyfile(src, tmp)
     return dest
 
 
@@ -254,7 +256,6 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
     older than one), else, when it is missing or fails its checks, the newest step copy that reads back
     whole (the reason for passing over each is printed). None for a new run; when nothing reads, the
     first error is raised."""
-    import sys
 
     run_dir = Path(run_dir)
     paths = [run_dir / CHECKPOINT_NAME] + [p for _, p in reversed(step_copies(run_dir))]
@@ -266,8 +267,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
         except CheckpointError as e:
             errors.append(e)
             continue
-        for e in errors:
-            print(f"gato-train: passing over {e}; resuming from {path}", file=sys.stderr)
+        for err in errors:
+            print(f"gato-train: passing over {err}; resuming from {path}", file=sys.stderr)
         return path, state
     if errors:
         raise errors[0]

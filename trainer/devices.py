@@ -13,7 +13,7 @@ def device_arg(text: str) -> str:
     """`auto`, `cpu`, `cuda` or `cuda:N` (any torch device string), if this machine has it."""
     if text == "auto":
         return text
-    import torch
+    import torch  # noqa: PLC0415 - start-up time: --device is checked before torch loads
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError, TypeError):

@@ -30,14 +30,14 @@ class MetricLog:
     def __init__(self, out: Path, kinds: list[str], start_step: int, config: dict, wandb_id: str | None):
         self.out, self.tb, self.wandb = out, None, None
         if "tensorboard" in kinds:
-            from torch.utils.tensorboard import SummaryWriter  # installed: checked by the Trainer
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - start-up time; installed: checked by the Trainer
             # purge_step: TensorBoard drops events at or after it that an earlier attempt wrote
             self.tb = SummaryWriter(str(out / TB_DIR), purge_step=start_step + 1 if start_step else None)
         if "wandb" in kinds:
-            import wandb
+            import wandb  # noqa: PLC0415 - optional extra [wandb]
             self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "gato-kit"), id=wandb_id,
                                     resume="allow", dir=str(out), config=config,
-                                    mode=os.environ.get("WANDB_MODE", "offline"),
+                                    mode=os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]
                                     settings=wandb.Settings(console="off", quiet=True))
 
     def write(self, rec: dict) -> None:

@@ -206,8 +206,9 @@ class KVCache:
         return self.length.shape[0]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k[layer] is not None:
-            k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+        past_k, past_v = self.k[layer], self.v[layer]
+        if past_k is not None and past_v is not None:
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         self.k[layer], self.v[layer] = k, v
         return k, v
 
@@ -223,6 +224,8 @@ class KVCache:
 
 class GatoModel(nn.Module):
     """`forward(batch) -> logits (B, L, vocab)`; `loss(batch)` -> mean cross-entropy per target token."""
+
+    inv_freq: torch.Tensor  # a buffer (register_buffer), typed for the checker
 
     def __init__(self, cfg: GatoConfig):
         super().__init__()
@@ -251,6 +254,7 @@ class GatoModel(nn.Module):
             elif isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1])))
         for blk in self.blocks:
+            assert isinstance(blk, Block)
             for lin in (blk.attn.out, blk.ff.out):
                 nn.init.normal_(lin.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
         if self.config.value_embed == "smooth":
@@ -342,11 +346,12 @@ class GatoModel(nn.Module):
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay matrices and convolutions; not norms, biases or embeddings."""
-        no_decay = set()
+        no_decay: set[int] = set()
         for m in self.modules():
             if isinstance(m, (nn.Embedding, nn.LayerNorm, nn.GroupNorm)):
                 no_decay.update(id(p) for p in m.parameters(recurse=False))
-        decay, rest = [], []
+        decay: list[nn.Parameter] = []
+        rest: list[nn.Parameter] = []
         for p in self.parameters():
             (rest if id(p) in no_decay or p.ndim < 2 else decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]

@@ -49,14 +49,14 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     recs = [r for r in read_metrics(metrics) if r.get("loss") is not None]  # steps without targets: no loss
     if not recs:
         return None
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], color="k", lw=1.5, alpha=0.5, label="train (all)")
     tasks = sorted({k[5:] for r in recs for k in r if k.startswith("loss/")})
-    for i, name in enumerate(tasks):
+    for name in tasks:
         pts = [(r["step"], r["loss/" + name]) for r in recs if "loss/" + name in r]
         line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=name)
         ev = [(r["step"], r["eval_loss/" + name]) for r in recs if "eval_loss/" + name in r]

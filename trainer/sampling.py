@@ -223,6 +223,7 @@ class EpochUnits:
         i = bisect.bisect_right(self._cum_list, g) - 1
         if self.kind == "window":
             return i, g - self._cum_list[i], 0
+        assert self.k is not None  # set for row windows
         return i, g - self._cum_list[i], int(self.k[i])
 
     def shards_of(self, units: np.ndarray, row_starts: list[int]) -> np.ndarray:

@@ -210,7 +210,8 @@ class ShardSource:
         if self.dir.cache is None:
             return
         items = [(f"{self.path}/{self.manifest.shards[s].name}", self.manifest.shards[s].name,
-                  self.manifest.shards[s].sha256, self.manifest.shards[s].bytes) for s in shards if s not in self._mapped]
+                  self.manifest.shards[s].sha256, self.manifest.shards[s].bytes)
+                 for s in shards if s not in self._mapped]
         self.dir.cache.prefetch(items)
 
     def release_pages(self) -> None:

@@ -345,8 +345,10 @@ def arrow_columns(schema, image_field, caption_field, path: str) -> tuple[str, s
     names = schema.names
     img = image_field
     if img is None:  # a datasets Image feature is a struct with a "bytes" field
-        img = next((f.name for f in schema if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0), None)
-    return _pick(names, img, IMAGE_COLUMNS, path, "image"), _pick(names, caption_field, CAPTION_COLUMNS, path, "caption")
+        img = next((f.name for f in schema if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0),
+                   None)
+    return (_pick(names, img, IMAGE_COLUMNS, path, "image"),
+            _pick(names, caption_field, CAPTION_COLUMNS, path, "caption"))
 
 
 def parquet_file(path: str):

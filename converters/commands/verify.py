@@ -20,9 +20,11 @@ import pyarrow as pa
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError
 from schemas.reader import ShardDir
-from schemas.storage import join
+from schemas.split import directory_seed, reader_index, split_rows
+from schemas.storage import is_remote, join
 from schemas.validate import Problem, validate_and_count
 from tokenizer_kit.errors import first_line
+from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 from tokenizer_kit.options import add_command, opt
 
@@ -190,12 +192,11 @@ def verify_dir(path: str | Path) -> VerifyResult:
 
 def _check_tokenizer(sd: ShardDir, layout: VocabLayout) -> list[str]:
     m = sd.manifest
-    if m.tokenizer_sha256 is None:
+    if m is None or m.tokenizer_sha256 is None:
         return []
     p = sd.tokenizer_path
     if p is None:
         return [f"{TOKENIZER_NAME}: missing, the manifest records sha256 {m.tokenizer_sha256[:12]}..."]
-    from tokenizer_kit.files import file_sha256
     if file_sha256(p) != m.tokenizer_sha256:
         return [f"{TOKENIZER_NAME}: sha256 differs from the manifest's"]
     tok = sd.text_tokenizer()
@@ -230,10 +231,10 @@ def _check_stats(m: Manifest, reports: list[ShardReport]) -> list[str]:
     ret = st.episode_return
     if ret is not None and any(r.returns for r in reports):
         values = np.concatenate([x for r in reports for x in r.returns])
-        got = {"count": len(values), "min": values.min() if len(values) else None,
+        seen = {"count": len(values), "min": values.min() if len(values) else None,
                "max": values.max() if len(values) else None,
                "mean": values.mean() if len(values) else None}
-        for k, v in got.items():
+        for k, v in seen.items():
             want = getattr(ret, k)
             if want is not None and v is not None and not np.isclose(want, v, rtol=1e-6, atol=1e-9):
                 out.append(f"{MANIFEST_NAME}: stats episode_return {k} {want}, the shards hold {v}")
@@ -244,7 +245,6 @@ def _check_stats(m: Manifest, reports: list[ShardReport]) -> list[str]:
 
 def loader_seed(seed: int, data_index: int = 0) -> int:
     """The seed gato-train's loader gives the row split of its `data_index`-th --data directory."""
-    from schemas.split import directory_seed
     return directory_seed(seed, data_index)
 
 
@@ -252,22 +252,21 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
                    seed: int = 0, data_index: int = 0, split: str = "rows") -> dict:
     """Replay the loader's row split (schemas.split: "rows" for a local directory, "shards" for
     one streamed from a URL) for every (rank, worker) and count how often each row is read."""
-    import schemas.split
-    from schemas.split import reader_index
     total = int(sum(rows_per_shard))
     s = loader_seed(seed, data_index)
     reads = np.zeros(total, np.int64)
     readers = []
     for rank in range(world):
         for worker in range(max(1, workers)):
-            rows = schemas.split.split_rows(split, rows_per_shard, rank, world, worker, workers, epoch, s)
+            rows = split_rows(split, rows_per_shard, rank, world, worker, workers, epoch, s)
             np.add.at(reads, rows, 1)
             shards = np.unique(schemas.split.locate_rows(rows_per_shard, rows)[0])
             readers.append({"rank": rank, "worker": worker, "reader": reader_index(rank, world, worker, workers),
                             "rows": int(len(rows)), "tokens": int(row_tokens[rows].sum()) if len(row_tokens) else 0,
                             "shards": int(len(shards)), "first_rows": rows[:4].tolist()})
     twice, missed = np.flatnonzero(reads > 1), np.flatnonzero(reads == 0)
-    return {"split": split, "world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s, "rows": total,
+    return {"split": split, "world": world, "workers": workers, "epoch": epoch, "seed": seed, "loader_seed": s,
+            "rows": total,
             "readers": readers, "read_twice": twice.tolist()[:10], "num_read_twice": int(len(twice)),
             "skipped": missed.tolist()[:10], "num_skipped": int(len(missed)),
             "exactly_once": bool(len(twice) == 0 and len(missed) == 0)}
@@ -331,7 +330,6 @@ def run(args: VerifyOptions) -> int:
           f"{human_bytes(res.bytes)} verified in {res.seconds:.2f} s ({rate:.2f} GB/s)")
     if args.simulate_ranks:
         lengths = np.concatenate([r.row_tokens for r in res.shards]) if res.shards else np.zeros(0, np.int64)
-        from schemas.storage import is_remote
         split = args.split or ("shards" if is_remote(args.dir) else "rows")
         sim = simulate_ranks([r.rows for r in res.shards], lengths, args.simulate_ranks, args.workers,
                              args.epoch, args.seed, args.data_index, split)

@@ -145,8 +145,8 @@ class RLConverter:
         if not outside:
             return lines
         fields = ", ".join(f"{name} {n:,}" for name, n in sorted(outside.items()))
-        return lines + [f"gato-tokenize rl: warning: continuous action values outside [-1, 1] were clipped to the end bins "
-                f"({fields}); declare their range with --action-bounds NAME=LOW:HIGH, or refuse them with "
+        return lines + [f"gato-tokenize rl: warning: continuous action values outside [-1, 1] were clipped to the end "
+                f"bins ({fields}); declare their range with --action-bounds NAME=LOW:HIGH, or refuse them with "
                 f"--strict-ranges"]
 
     def _readable_sources(self) -> Iterator[Source]:

@@ -3,10 +3,13 @@ All run the same `run_unit`; a unit's output does not depend on where it ran."""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import sys
+import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
@@ -44,8 +47,6 @@ def die_with_parent(parent: int) -> None:
     PR_SET_PDEATHSIG; elsewhere the pool's own shutdown is all there is)."""
     if sys.platform != "linux":
         return
-    import ctypes
-    import signal
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the driver died before the line above: nobody would reap our units
         os._exit(1)
@@ -90,7 +91,7 @@ def _ray_unit(shared: list, job: UnitJob) -> UnitMarker:
     """A Ray task: the converter is unpickled once per worker process (it may load a tokenizer),
     not once per unit. An input the driver fetched from a URL is fetched here too when this
     machine does not have it (a node that shares no disk with the driver)."""
-    import ray
+    import ray  # noqa: PLC0415 - optional extra [ray]
     key = shared[0].hex()
     if key not in _W:
         _W.clear()
@@ -103,7 +104,7 @@ def _ray_unit(shared: list, job: UnitJob) -> UnitMarker:
 def run_ray(converter: Converter, settings: UnitSettings, jobs: Sequence[UnitJob], address: str | None,
             num_cpus: int | None, on_done: OnDone) -> None:
     try:
-        import ray
+        import ray  # noqa: PLC0415 - optional extra [ray]
     except ImportError:
         raise SourceError("--engine ray needs Ray: pip install 'gato-kit[ray]'") from None
     started = not ray.is_initialized()
@@ -160,7 +161,6 @@ def store_env() -> dict[str, str]:
 def _check_cpus(ray, since: float | None, remaining: int) -> float | None:
     """None while the cluster has a CPU; else since when it has had none, and past
     RAY_NO_CPU_SECONDS a SourceError saying so (a re-run converts only the units left)."""
-    import time
     if ray.cluster_resources().get("CPU", 0) >= 1:
         return None
     now = time.monotonic()

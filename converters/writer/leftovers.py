@@ -9,7 +9,8 @@ import re
 from schemas.storage import OutDir
 from schemas.workunit import WORK_DIR
 
-_TEMPORARY = re.compile(r"^\.(shard-(\d+)-\d+\.arrow|unit-(\d+)\.json|plan\.json|tokenizer\.model|manifest\.json|shards\.arrow)\.tmp\d+$")
+_TEMPORARY = re.compile(
+    r"^\.(shard-(\d+)-\d+\.arrow|unit-(\d+)\.json|plan\.json|tokenizer\.model|manifest\.json|shards\.arrow)\.tmp\d+$")
 _UNIT_SHARD = re.compile(r"^shard-(\d+)-\d+\.arrow$")
 
 

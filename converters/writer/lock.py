@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from schemas.storage import OutDir
 
@@ -60,8 +61,8 @@ class OutLock:
             return self._enter_remote()
         if self.path is None:
             return self
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        me: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
+                              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -81,8 +82,10 @@ class OutLock:
         raise LockedError(f"{self.path}: could not take the lock")
 
     def _enter_remote(self) -> "OutLock":
-        store, me = self.store, {"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        store = self.store
+        assert store is not None  # __enter__ comes here for a remote directory only
+        me: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
+                              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         for _ in range(3):
             if store.create(self.name, json.dumps(me)):
                 return self

@@ -22,6 +22,7 @@ from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, a
 from tokenizer_kit.errors import TokenizeError
 from tokenizer_kit.layout import MODALITY_NAMES, TEXT, VocabLayout
 from tokenizer_kit.rows import unit_tokens
+from tokenizer_kit.sequence import Row
 
 from ..base import Converter, Record, SourceError, WorkUnit
 from .shards import ShardWriter, estimated_bytes
@@ -99,6 +100,12 @@ def _add_return(rec: Record, stats: UnitStats) -> str | None:
     return None
 
 
+def _row(rec: Record) -> Row:
+    """The row of a record that passed: skipped and filtered ones never reach the buffers."""
+    assert rec.row is not None
+    return rec.row
+
+
 def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.RecordBatch) -> None:
     stats.rows += len(records)
     if "modality" in batch.schema.names:
@@ -108,14 +115,14 @@ def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.
                                     for code, a in enumerate(stats.tokens_by_modality)]
         n = len(mod)
     else:  # a version-2 text batch: every token is text
-        n = sum(len(rec.row.tokens) for rec in records)
+        n = sum(len(_row(rec).tokens) for rec in records)
         stats.tokens_by_modality = [a + (n if code == TEXT else 0) for code, a in enumerate(stats.tokens_by_modality)]
     stats.tokens += int(n)
     first = stats.rows - len(records)  # the unit's row number of records[0]
     for k, (rec, task) in enumerate(zip(records, tasks, strict=True)):
         stats.rows_per_task[task] = stats.rows_per_task.get(task, 0) + 1
         add_counts(stats.counts, rec.counts)
-        n = unit_tokens(rec.row)
+        n = unit_tokens(_row(rec))
         if n > (stats.longest.tokens if stats.longest else 0):
             stats.longest = LongestUnit(n, first + k, rec.source_id)
         for name, (mx, total, n) in rec.field_errors.items():
@@ -129,14 +136,17 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
     A record's split: its own (a source's test files), else `held_out` by --test-share."""
     def make_batch(buf: list[Record]) -> pa.RecordBatch:
         tasks = [s.task or rec.task or converter.name for rec in buf]
+        rows = [_row(rec) for rec in buf]
         batch = rows_to_batch(
-            [rec.row for rec in buf], [rec.source_id for rec in buf], tasks,
-            [rec.num_steps if rec.num_steps is not None else len(rec.row.step_starts) for rec in buf] if s.rl else None,
+            rows, [rec.source_id for rec in buf], tasks,
+            [rec.num_steps if rec.num_steps is not None else len(row.step_starts) for rec, row in zip(buf, rows)]
+            if s.rl else None,
             [rec.episode_return if rec.episode_return is not None else float("nan") for rec in buf] if s.rl else None,
             s.schema)
         problems = validate_table(pa.Table.from_batches([batch]), s.layout)
         if problems:
-            raise InvalidRow(f"the {converter.name} converter built a row that breaks the shard contract: {problems[0]}")
+            raise InvalidRow(f"the {converter.name} converter built a row that breaks the shard contract: "
+                             f"{problems[0]}")
         _count(stats, buf, tasks, batch)
         return batch
 
@@ -155,8 +165,8 @@ def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: U
                 continue
             split = rec.split or ("test" if held_out(rec.source_id, s.test_share) else "train")
             bufs[split].append(rec)
-            sizes[split] += estimated_bytes(len(rec.row.tokens), len(rec.row.patches), len(rec.row.step_starts),
-                                            len(rec.source_id))
+            row = _row(rec)
+            sizes[split] += estimated_bytes(len(row.tokens), len(row.patches), len(row.step_starts), len(rec.source_id))
             if len(bufs[split]) >= BATCH_ROWS or sizes[split] >= BATCH_BYTES:
                 yield split, make_batch(bufs[split])
                 bufs[split], sizes[split] = [], 0

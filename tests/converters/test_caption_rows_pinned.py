@@ -11,7 +11,7 @@ import hashlib
 import json
 
 import numpy as np
-from row_hash import update_with_row
+from tests.support.row_hash import update_with_row
 import pytest
 from PIL import Image
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_outcome import check_message, check_out, run_cli
+from tests.support.cli_outcome import check_message, check_out, run_cli
 
 pytestmark = pytest.mark.slow
 WORDS = ("alpha", "beta", "gamma", "delta", "quick", "brown", "fox", "lazy", "dog", "river")

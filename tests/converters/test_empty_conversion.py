@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from cli_outcome import check_message, env, run_cli
+from tests.support.cli_outcome import check_message, env, run_cli
 
 
 def _out_of_range_d4rl(path, episodes=3, steps=10):

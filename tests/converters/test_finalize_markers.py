@@ -13,7 +13,7 @@ from converters.writer import WORK_DIR, finalize
 from schemas.manifest import Manifest
 from test_writer import make_inputs, run, text_converter
 
-from cli_outcome import check_message, run_cli
+from tests.support.cli_outcome import check_message, run_cli
 
 
 def _partitions(tmp_path, text_tokenizer):

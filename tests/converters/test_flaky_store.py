@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from conftest import make_bucket
-from faulty_proxy import FaultyProxy
+from tests.support.s3 import make_bucket
+from tests.support.faulty_proxy import FaultyProxy
 from test_writer import shard_bytes, text_converter
 from test_writer_scaleout import bucket_shards, inputs, reference, run  # noqa: F401 (fixtures)
 
@@ -57,7 +57,7 @@ def test_503s_and_dropped_connections_are_retried_to_the_same_bytes(reference, i
 
 
 def test_a_reader_downloads_through_dropped_connections(reference, text_tokenizer, proxy, tmp_path):
-    from conftest import upload_dir
+    from tests.support.s3 import upload_dir
     from schemas.cache import ShardCache
     from schemas.reader import ShardDir
     make_bucket("reads")

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cli_outcome import check_message, check_out, run_cli
-from rl_fixtures import make_minari, rollouts, write_d4rl
+from tests.support.cli_outcome import check_message, check_out, run_cli
+from tests.support.rl_data import make_minari, rollouts, write_d4rl
 from test_captions import encode, photo, write_tar
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hostile_run import GiB, check_one_line, run, snapshot
+from tests.support.hostile_run import GiB, check_one_line, run, snapshot
 
 SECRET = b"TOP-SECRET-LOCAL-FILE-0123456789" * 4  # 128 bytes: 32 float32 values
 
@@ -91,7 +91,7 @@ def test_a_tiny_file_declaring_ten_billion_steps_allocates_nothing(tmp_path):
 def test_a_minari_file_with_an_external_link_is_refused(tmp_path, minari_root):
     import gymnasium as gym
 
-    from rl_fixtures import make_minari, rollouts
+    from tests.support.rl_data import make_minari, rollouts
     env = gym.make("CartPole-v1")
     data = make_minari("hostile/cartpole-v0", env, rollouts(env, 2, 20))
     main = Path(data) / "data" / "main_data.hdf5" if (Path(data) / "data").is_dir() else Path(data) / "main_data.hdf5"
@@ -125,7 +125,7 @@ def test_a_group_linked_into_itself_is_walked_once(tmp_path):
 def test_minari_total_steps_must_be_what_the_file_holds(tmp_path, minari_root):
     import gymnasium as gym
 
-    from rl_fixtures import make_minari, rollouts
+    from tests.support.rl_data import make_minari, rollouts
     env = gym.make("CartPole-v1")
     data = make_minari("hostile/steps-v0", env, rollouts(env, 2, 15))
     with h5py.File(Path(data) / "data" / "main_data.hdf5", "a") as f:

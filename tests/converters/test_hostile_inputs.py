@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_bucket
-from hostile_run import check_one_line, run, snapshot
+from tests.support.s3 import make_bucket
+from tests.support.hostile_run import check_one_line, run, snapshot
 
 
 def _put(bucket: str, key: str, body: bytes) -> None:

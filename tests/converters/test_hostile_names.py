@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from hostile_run import GiB, check_one_line, run, snapshot
+from tests.support.hostile_run import GiB, check_one_line, run, snapshot
 
 
 def _saved(path, docs):

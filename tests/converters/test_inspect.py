@@ -22,7 +22,7 @@ from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 from tokenizer_kit.text import TextTokenizer
 from tokenizer_kit.values import bins_to_continuous
 
-from conftest import write_shard_dir
+from tests.support.shards import write_shard_dir
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -250,8 +250,8 @@ def test_png_of_rl_and_caption_rows(tmp_path, rl_shard_dir, caption_shard_dir, c
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_real_atari_like_conversion_inspects_and_verifies(tmp_path, monkeypatch, capsys):
     """A Minari dataset of an Atari-like env (frames, RAM, discrete action) through `gato-tokenize rl`."""
-    from conftest import pong_like_env
-    from rl_fixtures import make_minari, rollouts
+    from tests.support.envs import pong_like_env
+    from tests.support.rl_data import make_minari, rollouts
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     env = pong_like_env()
     eps = rollouts(env, 3, 12, seed=1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import schemas.manifest as manifest_module
-from conftest import make_bucket
+from tests.support.s3 import make_bucket
 from schemas.manifest import MANIFEST_NAME, Manifest
 from schemas.reader import ShardDir
 from schemas.shard_table import SHARD_TABLE_NAME, ShardTable

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import make_bucket
+from tests.support.s3 import make_bucket
 from converters.base import SourceError
 from test_writer import make_inputs, shard_bytes, text_converter
 from test_writer_scaleout import bucket_shards, run

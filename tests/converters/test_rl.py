@@ -19,7 +19,7 @@ from converters.rl.converter import RLConverter
 from converters.rl.options import RLOptions
 from converters.rl.plan import make_converter
 from converters.rl.sources.hdf5 import FlatHDF5Source
-from rl_fixtures import (DictObs, MissionObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
+from tests.support.rl_data import (DictObs, MissionObs, PixelObs, check_record, check_row, episode_table, make_minari, rollouts, write_d4rl)
 from tokenizer_kit import options
 from tokenizer_kit.options import UsageError
 from tokenizer_kit.layout import VocabLayout

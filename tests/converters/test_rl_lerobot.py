@@ -1,5 +1,5 @@
 """LeRobot datasets (v3.0 and v2.1 folders, written to the published layout with pyarrow and
-PyAV: robot_fixtures says why not with lerobot itself) -> rows: two cameras (AV1 and H.264),
+PyAV: tests/support/robot_data.py says why not with lerobot itself) -> rows: two cameras (AV1 and H.264),
 a state vector, language tasks, several episodes per video file. Each frame in a row is the
 frame the video decoder gives at that episode's timestamp; actions come back within one bin of
 the bounds meta/stats.json declares; every bad input is one line naming file, episode and frame."""
@@ -18,7 +18,7 @@ import pytest
 from converters.cli import main as tokenize_main
 from converters.rl.sources.lerobot import LeRobotSource
 from converters.rl.sources.video import decode_all
-from robot_fixtures import (ACTION, CAMERAS, FPS, TASKS, make_episodes, write_lerobot_v3, write_lerobot_v21)
+from tests.support.robot_data import (ACTION, CAMERAS, FPS, TASKS, make_episodes, write_lerobot_v3, write_lerobot_v21)
 from schemas.manifest import Manifest
 from schemas.reader import ShardDir
 from schemas.shard import row_from_table
@@ -145,7 +145,7 @@ def test_two_workers_give_the_same_rows(v3, tmp_path, sp_model_path):
 @pytest.mark.slow
 def test_ray_engine_and_a_dataset_at_a_url(v3, tmp_path, sp_model_path, s3_server, monkeypatch):
     import s3fs
-    from conftest import make_bucket
+    from tests.support.s3 import make_bucket
     url = make_bucket("robot-data") + "/so100_pick"
     s3fs.S3FileSystem(skip_instance_cache=True).put(str(v3), url.removeprefix("s3://"), recursive=True)
     monkeypatch.setenv("GATO_KIT_INPUT_CACHE", str(tmp_path / "cache"))

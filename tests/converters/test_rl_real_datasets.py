@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from converters.cli import main as tokenize_main
-from rl_fixtures import make_minari, rollouts
+from tests.support.rl_data import make_minari, rollouts
 from schemas.manifest import FrameStackCount, Manifest
 from schemas.shard import row_from_table
 from schemas.reader import ShardDir

@@ -16,7 +16,7 @@ from PIL import Image
 
 from converters.cli import main as tokenize_main
 from converters.rl.sources.tfrecord import count_records, read_records
-from robot_fixtures import make_rlds_episodes, write_rlds
+from tests.support.robot_data import make_rlds_episodes, write_rlds
 from schemas.manifest import Manifest
 from schemas.reader import ShardDir
 from schemas.shard import row_from_table

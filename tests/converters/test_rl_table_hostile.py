@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cli_outcome import check_message, run_cli
+from tests.support.cli_outcome import check_message, run_cli
 
 
 def test_one_reward_per_episode_is_one_line(tmp_path):

@@ -14,7 +14,7 @@ import json
 
 import gymnasium as gym
 import numpy as np
-from row_hash import update_with_row
+from tests.support.row_hash import update_with_row
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +22,7 @@ import pytest
 from converters.cli import build_parser
 from converters.commands.convert import make_converter
 
-from rl_fixtures import DictObs, MissionObs, PixelObs, episode_table, make_minari, rollouts, write_d4rl
+from tests.support.rl_data import DictObs, MissionObs, PixelObs, episode_table, make_minari, rollouts, write_d4rl
 
 
 def _converter(kind: str, argv: list[str]):

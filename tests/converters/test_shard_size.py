@@ -13,7 +13,7 @@ from schemas.storage import OutDir
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 
-from conftest import _pong_frames
+from tests.support.shards import pong_frames
 
 
 def pixel_batches(episodes: int, steps: int = 12, size: int = 64):
@@ -22,7 +22,7 @@ def pixel_batches(episodes: int, steps: int = 12, size: int = 64):
     spec = EpisodeSpec((FieldSpec("frame", "image", (size, size)),), (FieldSpec("action", "discrete", ()),))
     rng = np.random.default_rng(0)
     for e in range(0, episodes, 4):
-        rows = [build_episode({"frame": _pong_frames(steps, rng, size)}, {"action": rng.integers(0, 3, steps)},
+        rows = [build_episode({"frame": pong_frames(steps, rng, size)}, {"action": rng.integers(0, 3, steps)},
                               spec, layout) for _ in range(4)]
         yield rows_to_batch(rows, [f"ep{e + i}" for i in range(4)], "pong", episode_returns=[0.0] * 4)
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rl_fixtures import make_minari, rollouts
+from tests.support.rl_data import make_minari, rollouts
 from test_captions import shard_rows, tokenize
 
 

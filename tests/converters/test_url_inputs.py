@@ -7,7 +7,7 @@ import os
 
 import s3fs
 
-from conftest import make_bucket
+from tests.support.s3 import make_bucket
 from test_writer import all_rows, make_inputs
 
 

@@ -7,13 +7,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from converters.cli import main
 from converters.commands.verify import check_shard, simulate_ranks, verify_dir
 from schemas.manifest import Manifest
-from schemas.shard import iter_shard_batches, row_from_table, rows_to_batch, write_shard
+from schemas.shard import row_from_table, rows_to_batch, write_shard
 from tokenizer_kit.layout import CONTINUOUS, SEPARATOR
 from tokenizer_kit.files import file_sha256
 
@@ -39,7 +40,8 @@ def rewrite_row(d: Path, shard: str, index: int, damage, reseal: bool = True, sc
     """Rewrite one row of a shard through the real writer path; reseal the manifest's sha/bytes so
     only the content check can see the damage. Returns the row's source_id."""
     path = d / shard
-    table = __import__("pyarrow").Table.from_batches(list(iter_shard_batches(path)))
+    with pa.memory_map(str(path)) as src:
+        table = pa.ipc.open_stream(src).read_all()
     rows = [row_from_table(table, i) for i in range(table.num_rows)]
     damage(rows[index])
     cols = {k: table.column(k).to_pylist() for k in table.column_names}
@@ -310,7 +312,7 @@ def test_damage_repeated_in_every_step_is_still_found(rl_copy, capsys):
 def test_verify_and_inspect_read_an_s3_directory(s3_server, rl_shard_dir, tmp_path, capsys):
     import s3fs
 
-    from conftest import make_bucket, upload_dir
+    from tests.support.s3 import make_bucket, upload_dir
     url = upload_dir(rl_shard_dir, make_bucket("verify") + "/rl")
     code, out, _ = run(["verify", url, "--simulate-ranks", "2"], capsys)
     assert code == 0 and out.startswith(f"ok: {url}: ") and "assign_rows_by_shard" in out

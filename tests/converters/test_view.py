@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cartpole_episodes, make_bucket, upload_dir, write_shard_dir
+from tests.support.shards import cartpole_episodes, write_shard_dir
+
+from tests.support.s3 import make_bucket, upload_dir
 from converters.cli import main
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 

@@ -19,7 +19,7 @@ from schemas.validate import validate_table
 from tokenizer_kit.layout import MODALITY_NAMES
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 
-from conftest import CrashingText
+from tests.support.crashing import CrashingText
 
 
 def make_inputs(directory, files: int = 6, docs: int = 30, seed: int = 0) -> list[str]:

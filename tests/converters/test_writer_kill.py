@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_bucket
+from tests.support.s3 import make_bucket
 from test_writer import make_inputs, text_converter
 from test_writer_scaleout import run
 

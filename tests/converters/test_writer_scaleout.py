@@ -9,7 +9,7 @@ import pytest
 from converters.text import TextConverter
 from converters.writer import StorageError, convert, finalize
 
-from conftest import make_bucket
+from tests.support.s3 import make_bucket
 from test_writer import make_inputs, shard_bytes, text_converter
 
 

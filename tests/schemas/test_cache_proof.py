@@ -6,21 +6,19 @@ up front naming the minimum (at the minimum, two workers train)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
-from conftest import make_bucket, upload_dir  # noqa: E402
-from hostile_run import check_one_line, run, snapshot  # noqa: E402
-from loader_fixtures import make_rl_dir  # noqa: E402
+from tests.support.s3 import make_bucket, upload_dir
+from tests.support.hostile_run import check_one_line, run, snapshot
+from tests.support.loader_data import make_rl_dir
 
-from schemas.cache import ShardCache  # noqa: E402
-from schemas.manifest import Manifest, ManifestError  # noqa: E402
-from schemas.names import UnsafeNameError  # noqa: E402
-from schemas.reader import ShardDir  # noqa: E402
-from tokenizer_kit.layout import VocabLayout  # noqa: E402
+from schemas.cache import ShardCache
+from schemas.manifest import Manifest, ManifestError
+from schemas.names import UnsafeNameError
+from schemas.reader import ShardDir
+from tokenizer_kit.layout import VocabLayout
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 

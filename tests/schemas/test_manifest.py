@@ -92,11 +92,11 @@ def test_unknown_keys_from_newer_writers_are_ignored(tmp_path):
     assert Manifest.read(tmp_path) == manifest(created=d["created"])
 
 
-def test_check_layout_refuses_another_layout():
+def test_a_manifest_layout_refuses_another_layout():
     m = manifest()
-    m.check_layout(VocabLayout(32000, eos_id=2))
+    m.vocab_layout.check_same(VocabLayout(32000, eos_id=2))
     with pytest.raises(LayoutError, match=r"shards \(gato T=32000\) differs from the model's \(disjoint T=32000\)"):
-        m.check_layout(VocabLayout(32000, profile="disjoint", eos_id=2))
+        m.vocab_layout.check_same(VocabLayout(32000, profile="disjoint", eos_id=2))
 
 
 def test_the_writer_s_statistics_read_back_typed(tmp_path):

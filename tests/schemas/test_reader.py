@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
-from conftest import make_bucket, upload_dir  # noqa: E402
-from loader_fixtures import make_rl_dir, make_text_dir  # noqa: E402
+from tests.support.s3 import make_bucket, upload_dir
+from tests.support.loader_data import make_rl_dir, make_text_dir
 
-from schemas.cache import ShardCache  # noqa: E402
-from schemas.errors import ReaderError  # noqa: E402
-from schemas.manifest import Manifest  # noqa: E402
-from schemas.reader import ShardDir, batch_view, check_batch  # noqa: E402
-from schemas.shard import row_from_table  # noqa: E402
-from tokenizer_kit.layout import VocabLayout  # noqa: E402
+from schemas.cache import ShardCache
+from schemas.errors import ReaderError
+from schemas.manifest import Manifest
+from schemas.reader import ShardDir, batch_view, check_batch
+from schemas.shard import row_from_table
+from tokenizer_kit.layout import VocabLayout
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_bucket, make_text_shard_dir, upload_dir
+from tests.support.s3 import make_bucket, upload_dir
+
+from tests.support.shards import make_text_shard_dir
 from schemas.cache import ShardCache
 from schemas.reader import ShardDir
 from schemas.storage import remote_fs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loader_fixtures import make_rl_dir
+from tests.support.loader_data import make_rl_dir
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 from trainer.batch import ActionInputNoise, Sample, collate

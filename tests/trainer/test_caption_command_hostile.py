@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from hostile_run import GiB, check_one_line, run
+from tests.support.hostile_run import GiB, check_one_line, run
 from test_evaluate import trained  # noqa: F401 (the fixture: a small trained run)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from loader_fixtures import batch_targets, expected_targets, make_caption_dir, make_rl_dir, make_text_dir, write_dir
+from tests.support.loader_data import batch_targets, expected_targets, make_caption_dir, make_rl_dir, make_text_dir, write_dir
 from schemas.manifest import ManifestError
 from schemas.shard import open_shard, row_from_table
 from tokenizer_kit.images import eval_positions, normalize_patches

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import trainer.data as data_module
-from loader_fixtures import make_rl_dir
+from tests.support.loader_data import make_rl_dir
 from tokenizer_kit.layout import VocabLayout
 from trainer.data import build_loader
 

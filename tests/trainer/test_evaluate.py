@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cartpole_episodes, make_caption_shard_dir, make_text_shard_dir, write_shard_dir
+from tests.support.shards import cartpole_episodes, make_caption_shard_dir, make_text_shard_dir, write_shard_dir
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text import TextTokenizer
 from trainer.cli import main

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_text_shard_dir
+from tests.support.shards import make_text_shard_dir
 from tokenizer_kit.text import TextTokenizer
 from trainer.cli import main
 from trainer.acting.generate import continuation, fit_prompt

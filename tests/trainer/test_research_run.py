@@ -280,7 +280,7 @@ def test_eval_loss_is_measured_on_the_held_out_split(tmp_path, sp_model_path, co
 @pytest.fixture(scope="module")
 def cartpole_with_spec(tmp_path_factory, text_tokenizer, sp_model_path):
     """A CartPole directory an eval suite can act from (its manifest holds the episode spec)."""
-    from conftest import cartpole_episodes, write_shard_dir
+    from tests.support.shards import cartpole_episodes, write_shard_dir
     from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 
     layout = text_tokenizer.layout()
@@ -332,7 +332,7 @@ def test_a_run_in_a_bucket_keeps_its_step_copies_and_events_there(data_dirs, tmp
     resume on another machine (an empty cache) continues from the bucket."""
     import s3fs
 
-    from conftest import make_bucket
+    from tests.support.s3 import make_bucket
     url = make_bucket("research-runs") + "/a"
     common = ["--steps", "6", "--log-every", "1", "--save-every", "2", "--keep-last", "2", "--log", "tensorboard"]
     sigterm_at_step(2)

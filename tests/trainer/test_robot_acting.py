@@ -6,21 +6,18 @@ the action's own units) and every step's tokens must equal the converted row's."
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "converters"))
 
-from robot_fixtures import CAMERAS, FPS, TASKS, make_episodes, write_lerobot_v3  # noqa: E402
+from tests.support.robot_data import CAMERAS, FPS, TASKS, make_episodes, write_lerobot_v3
 
 pytestmark = pytest.mark.slow
 
 
 def test_trained_model_acts_on_the_recorded_robot_episode(tmp_path, sp_model_path):
-    from conftest import make_rl_shard_dir
+    from tests.support.shards import make_rl_shard_dir
     from converters.cli import main as tokenize_main
     from converters.rl.sources.video import decode_all
     from schemas.reader import ShardDir

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cartpole_episodes, write_shard_dir
+from tests.support.shards import cartpole_episodes, write_shard_dir
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from tokenizer_kit.text import TextTokenizer
 from trainer.acting import scores as S

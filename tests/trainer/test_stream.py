@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from conftest import make_bucket, upload_dir
-from loader_fixtures import batch_targets, expected_targets, make_rl_dir, write_dir
+from tests.support.s3 import make_bucket, upload_dir
+from tests.support.loader_data import batch_targets, expected_targets, make_rl_dir, write_dir
 from schemas.cache import ShardCache
 from schemas.manifest import Manifest
 from schemas.shard import open_shard

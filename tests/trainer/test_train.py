@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cartpole_episodes
+from tests.support.shards import cartpole_episodes
 from schemas.manifest import Manifest, ShardInfo
 from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
 from tokenizer_kit.files import file_sha256

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hostile_run import GiB, check_one_line, run
-from loader_fixtures import make_text_dir
+from tests.support.hostile_run import GiB, check_one_line, run
+from tests.support.loader_data import make_text_dir
 from tokenizer_kit.layout import VocabLayout
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)

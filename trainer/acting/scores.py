@@ -17,7 +17,7 @@ scipy.stats.trim_mean(x, 0.25, axis=None)); optimality gap, 1 - mean(min(x, 1)).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def aggregates(scores: np.ndarray, reps: int = 2000, seed: int = 0) -> Aggregate
     if scores.ndim != 2 or 0 in scores.shape:
         raise ValueError(f"scores must be a non-empty (runs x tasks) matrix, got shape {scores.shape}")
     samples = stratified_resamples(scores, reps, np.random.default_rng(seed))
-    out = {}
+    out: dict[str, Any] = {}  # name: point estimate, name_ci: [low, high]
     for name, fn in FUNCTIONS.items():
         out[name] = float(fn(scores))
         out[name + "_ci"] = list(percentile_interval(fn(samples)))

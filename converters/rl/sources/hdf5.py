@@ -72,7 +72,8 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
             node = f[key]
             if isinstance(node, h5py.Group):
                 found: dict[str, str] = {}
-                node.visititems(lambda name, obj: found.__setitem__(f"{prefix}/{name}", f"{key}/{name}")
+                # the lambda runs inside visititems, in this iteration: the loop variables are the ones meant
+                node.visititems(lambda name, obj: found.__setitem__(f"{prefix}/{name}", f"{key}/{name}")  # noqa: B023
                                 if isinstance(obj, h5py.Dataset) else None)
                 keys[prefix] = dict(sorted(found.items()))
             else:

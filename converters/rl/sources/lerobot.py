@@ -39,8 +39,6 @@ REWARD = "next.reward"
 TASK_FIELD = field_name(OBS, "task")
 
 
-def is_lerobot(path: Path) -> bool:
-    return (path / "meta" / "info.json").is_file()
 
 
 def _field_name(key: str) -> str:

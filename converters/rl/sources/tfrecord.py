@@ -65,7 +65,7 @@ def read_records(path: str, start: int = 0, stop: int | None = None) -> Iterator
 def count_records(path: str) -> int:
     """Records of a file, reading only the length headers (seeks over the data)."""
     n = 0
-    for _, data in _headers(path):
+    for _ in _headers(path):
         n += 1
     return n
 
