@@ -14,8 +14,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import torch
