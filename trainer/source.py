@@ -262,10 +262,13 @@ class ShardSource:
             if self.remote:
                 self._mapped.move_to_end(s)
             return m
-        m = self._map(s)
-        if self.remote and len(self._mapped) > MAX_MAPPED_REMOTE:  # a local directory stays mapped
+        # a mapped remote copy is pinned in the cache: let the oldest go first (a bounded cache
+        # keeps one per reader, the room schemas.cache.check_room counts); a local directory stays mapped
+        keep = 1 if self.dir.cache is not None and self.dir.cache.limit is not None else MAX_MAPPED_REMOTE
+        if self.remote and len(self._mapped) >= keep:
             self._mapped.popitem(last=False)
             self._recent.clear()  # its views may point into the shard let go
+        m = self._map(s)
         self._prefetch_after(s)
         return m
 
