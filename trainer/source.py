@@ -471,6 +471,9 @@ class ShardSource:
                     lengths, owner = np.diff(v.tok_off), np.arange(rows)
                 if len(lengths) and int(lengths.max()) > best:
                     best, at = int(lengths.max()), base + first + int(owner[int(np.argmax(lengths))])
+        if self.remote:  # the scan's last copy is not kept mapped (pinned in the cache) in this process
+            self._mapped.clear()
+            self._recent.clear()
         return best, at, None
 
     def row_task(self, r: int) -> int:

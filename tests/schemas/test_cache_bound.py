@@ -191,3 +191,32 @@ def test_a_reader_waits_for_room_a_pinned_copy_holds(text_url, text_dir, tmp_pat
     th.join()
     assert shard_bytes(tmp_path / "c")[0] <= limit
     assert [p.name for p in (tmp_path / "c").glob("*.arrow")] == [f"{shards[1].sha256}.arrow"]
+
+
+def test_the_loader_with_two_workers_at_the_minimum_reads_every_batch_within_the_limit(text_url, text_dir, tmp_path):
+    """The real loader, two DataLoader worker processes, one pass over every row through a cache
+    at the trainer's minimum (2 copies x (2 workers + the main process)): the same batches as
+    through a cache without a limit, copies evicted on the way, never more shard bytes on disk than the limit."""
+    from trainer.data import build_loader
+    shards = Manifest.read(text_dir).shards
+    limit = max(s.bytes for s in shards) * PINS_PER_READER * 3
+    root = tmp_path / "c"
+    cache = ShardCache(root, limit)
+    cache.check_room([s.bytes for s in shards], 3)
+
+    def batches(data, cache=None):
+        return [b.tokens.numpy().copy() for b in build_loader([data], 64, 4, training=False, num_workers=2,
+                                                               cache=cache)]
+
+    sampler = Sampler(root)
+    sampler.start()
+    got = batches(text_url, cache)
+    sampler.stop.set()
+    sampler.join()
+    want = batches(text_url, ShardCache(tmp_path / "unbounded"))  # (a local directory is split by rows instead)
+    assert len(got) == len(want) > 0
+    assert sorted(g.tobytes() for g in got) == sorted(w.tobytes() for w in want)
+    assert 0 < sampler.peak <= limit, (sampler.peak, limit)
+    left = [p.name for p in root.iterdir() if p.is_file()]
+    assert 0 < sum(n.endswith(".arrow") for n in left) < len(shards)  # evicted on the way
+    assert not sampler.locks and all(n.endswith((".arrow", ".proof")) for n in left), left
