@@ -16,7 +16,7 @@ Concurrency, with flock only (released by the kernel when a process dies, so not
 - A download first reserves the shard's size (from the manifest) by creating its partial file
   `.SHA.SIZE.part` under that lock and holding an exclusive flock on it; another process wanting
   the same shard waits on that flock, and a partial whose flock is free belongs to a dead process
-  and is removed. Partials count at their reserved size, so on-disk bytes never pass the limit.
+  and is removed (when room is made, and once by each process's first download). Partials count at their reserved size, so on-disk bytes never pass the limit.
 - A reader pins a copy with a shared flock on the copy itself, taken before it is mapped and held
   by the mapping (Python's mmap keeps a duplicate of the descriptor): a copy stays pinned exactly
   as long as some process maps it. Eviction takes an exclusive non-blocking flock on a copy and
@@ -112,14 +112,16 @@ class ShardCache:
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._proven: dict[str, tuple] = {}
+        self._reaped = None  # the pid that removed dead processes' partial downloads
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d.update(_pid=None, _pool=None, _pending={}, _lock=None)
+        d.update(_pid=None, _pool=None, _pending={}, _lock=None, _reaped=None)
         return d
 
     def __setstate__(self, d):
         d.setdefault("_proven", {})
+        d.setdefault("_reaped", None)
         self.__dict__.update(d)
         self._lock = threading.Lock()
 
@@ -336,8 +338,15 @@ class ShardCache:
         (None, pinned copy) when the copy is there (another process may have just finished it);
         (None, None) when wait is False and there is no room now."""
         part = self._part_path(sha256, size)
+        if self.limit is not None and size > self.limit:
+            raise ReaderError(f"{dst.parent}: a shard of {size} bytes cannot fit in --cache-limit {self.limit} bytes")
         while True:
             with self._bookkeeping():
+                if self._reaped != os.getpid():  # once per process: partials of killed processes go
+                    self._reaped = os.getpid()
+                    for e in self._entries():
+                        if not e[3] and (live := self._live_partial(e[2])) is not None:
+                            os.close(live)
                 fd = self._pin_present(dst)
                 if fd is not None:
                     return None, fd

@@ -166,6 +166,25 @@ def test_a_partial_download_of_a_killed_process_is_reclaimed(text_url, text_dir,
     assert [p.name for p in root.iterdir() if p.name.endswith(".part")] == []
 
 
+def test_without_a_limit_a_dead_process_partial_is_removed_too(text_url, text_dir, tmp_path):
+    shards = Manifest.read(text_dir).shards
+    root = tmp_path / "c"
+    root.mkdir()
+    code = (f"import os, fcntl; fd = os.open({str(root)!r} + '/.{shards[1].sha256}.{shards[1].bytes}.part', "
+            "os.O_RDWR | os.O_CREAT, 0o644); fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'x' * 1000); "
+            "os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert ShardDir.open(text_url, cache=ShardCache(root)).table(0, full=False).num_rows == shards[0].rows
+    assert [p.name for p in root.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_a_shard_larger_than_the_limit_is_refused_not_waited_for(text_url, text_dir, tmp_path):
+    from schemas.errors import ReaderError
+    shards = Manifest.read(text_dir).shards
+    with pytest.raises(ReaderError, match=f"a shard of {shards[0].bytes} bytes cannot fit"):
+        ShardDir.open(text_url, cache=ShardCache(tmp_path / "c", shards[0].bytes - 1)).table(0)
+
+
 def test_a_reader_waits_for_room_a_pinned_copy_holds(text_url, text_dir, tmp_path):
     """At a limit of one shard, a second shard is downloaded only once the first one's mapping
     is gone (its pin is the mapping), never beside it."""
