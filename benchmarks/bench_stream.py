@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             fill = ShardCache(tmp / "fill")  # the loader's download path alone: fetch, hash, rename
             infos = Manifest.read(local).shards
             t = time.perf_counter()
-            fill.prefetch([(f"{url}/{i.name}", i.name, i.sha256) for i in infos])
+            fill.prefetch([(f"{url}/{i.name}", i.name, i.sha256, i.bytes) for i in infos])  # sizes, as the loader
             for i in infos:
-                fill.fetch(f"{url}/{i.name}", i.name, i.sha256)
+                fill.fetch(f"{url}/{i.name}", i.name, i.sha256, i.bytes)
             fill_s = time.perf_counter() - t
             local_s = one_pass(str(local))
             cache = ShardCache(tmp / "cache")

@@ -1,31 +1,49 @@
-"""A local cache of remote shards: each copy proven against the manifest before use.
+"""A local cache of remote shards: each copy proven against the manifest before use, and a bounded
+store shared by the processes of one machine.
 
 Copies are named by their sha256 (checked to be 64 hex digits first: a manifest comes from a hub,
 and its fields become paths only through schemas.names), renamed into place only after their
 hash matched. A copy on disk is still not trusted blindly: before use its size must be the
-manifest's, and its sha256 is computed again once per process and whenever its size, mtime or
-inode changed (a copy edited in place, truncated or replaced is caught). A bad copy is removed and
-fetched again once; a second bad one is refused with one line.
+manifest's and its sha256 must have matched once for this very file (same size, mtime and inode):
+the process that proved it writes a proof (`.SHA.proof`, atomically) that the others check against
+the file instead of hashing it again; a copy edited in place, truncated or replaced no longer
+matches its proof and is hashed again. A bad copy is removed and fetched again once; a second bad
+one is refused with one line.
 
-Several processes (DataLoader workers, ranks of one node) may share a cache directory: a lock
-file per shard makes one of them download while the others wait, and a reader holds a shared
-lock on it while it maps the copy (a pin), which eviction respects. Past `limit` bytes the least
-recently used (by access time) unpinned copies are deleted (a process still mapping one keeps its
-pages: unlinking a mapped file is safe on POSIX). `check_room` refuses up front a limit below what
-the readers need at once. Background threads download the shards a reader will need next.
+Concurrency, with flock only (released by the kernel when a process dies, so nothing goes stale):
+- The bookkeeping (what is on disk, reserving room, evicting) runs under an exclusive flock of
+  the cache directory itself: there is no lock file to leave behind.
+- A download first reserves the shard's size (from the manifest) by creating its partial file
+  `.SHA.SIZE.part` under that lock and holding an exclusive flock on it; another process wanting
+  the same shard waits on that flock, and a partial whose flock is free belongs to a dead process
+  and is removed (when room is made, and once by each process's first download). Partials count
+  at their reserved size, so on-disk bytes never pass the limit.
+- A reader pins a copy with a shared flock on the copy itself, taken before it is mapped and held
+  by the mapping (Python's mmap keeps a duplicate of the descriptor): a copy stays pinned exactly
+  as long as some process maps it. Eviction takes an exclusive non-blocking flock on a copy and
+  skips it when that fails, so a copy in use is never unlinked (no open-but-deleted bytes); a
+  reader whose pin came after an eviction sees the file unlinked and fetches again.
+- Past `limit` the least recently used (access time) unpinned copies go. A reader that needs room
+  waits for it (pins are released as readers move on); a prefetch never waits. `check_room`
+  refuses up front a limit below what the readers pin at once.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
+import mmap
 import os
 import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
-from tokenizer_kit.files import file_sha256
+import pyarrow as pa
+from fsspec.callbacks import Callback
 
 from .errors import ReaderError
 from .names import check_sha256
@@ -33,6 +51,8 @@ from .storage import remote_fs, storage_error
 
 CHUNK = 8 << 20  # bytes per read while hashing
 PREFETCH_THREADS = 3  # downloads under way at once (a store serves several faster than one)
+PINS_PER_READER = 2  # copies one reader of one directory maps at once: the one it reads and the next
+ROOM_WAIT_S = 600.0  # how long a reader waits for other readers to release room before giving up
 
 
 def default_cache_dir() -> Path:
@@ -41,6 +61,45 @@ def default_cache_dir() -> Path:
         return Path(os.environ["GATO_KIT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "gato-kit"
+
+
+def _fd_sha256(fd: int) -> str:
+    """sha256 of the file behind fd (the pinned inode itself, whatever its path now names)."""
+    h, off = hashlib.sha256(), 0
+    while block := os.pread(fd, CHUNK, off):
+        h.update(block)
+        off += len(block)
+    return h.hexdigest()
+
+
+def _try_lock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+class _SizeGuard(Callback):
+    """Stops a download whose object is not the manifest's size before it writes past it (a size
+    from data is a budget, and the cache's room was reserved for exactly that many bytes)."""
+
+    def __init__(self, size: int | None):
+        super().__init__()
+        self.want, self.got = size, 0
+
+    def set_size(self, size):
+        if self.want is not None and size is not None and size != self.want:
+            raise _WrongSize(f"it has {size} bytes")
+
+    def relative_update(self, inc=1):
+        self.got += inc
+        if self.want is not None and self.got > self.want:
+            raise _WrongSize(f"it has more than {self.want} bytes")
+
+
+class _WrongSize(Exception):
+    pass
 
 
 class ShardCache:
@@ -52,17 +111,19 @@ class ShardCache:
         self.downloaded: list[str] = []  # names fetched by this process (what tests and benchmarks count)
         self._pid: int | None = None
         self._pool: ThreadPoolExecutor | None = None
-        # sha256 -> (size, mtime, inode) of copies this process hashed: not hashed again
-        self._proven: dict[str, tuple[int, int, int]] = {}
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
+        self._proven: dict[str, tuple] = {}
+        self._reaped = None  # the pid that removed dead processes' partial downloads
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d.update(_pid=None, _pool=None, _pending={}, _lock=None)
+        d.update(_pid=None, _pool=None, _pending={}, _lock=None, _reaped=None)
         return d
 
     def __setstate__(self, d):
+        d.setdefault("_proven", {})
+        d.setdefault("_reaped", None)
         self.__dict__.update(d)
         self._lock = threading.Lock()
 
@@ -70,47 +131,143 @@ class ShardCache:
         """Where the copy of a shard with this sha256 lives (refused unless it is a sha256)."""
         return self.root / f"{check_sha256(sha256, 'shard cache: manifest')}.arrow"
 
-    def _lock_path(self, sha256: str) -> Path:
-        return self.root / f".{check_sha256(sha256, 'shard cache: manifest')}.lock"
+    def _part_path(self, sha256: str, size: int) -> Path:
+        return self.root / f".{sha256}.{int(size)}.part"
+
+    def _proof_path(self, sha256: str) -> Path:
+        return self.root / f".{sha256}.proof"
 
     def check_room(self, sizes: list[int], readers: int) -> None:
-        """Refuse (CacheLimitError, naming the minimum) a limit below what `readers` processes need
-        at once: each pins one copy while mapping it, at worst the largest shard."""
+        """Refuse (CacheLimitError, naming the minimum) a limit below what `readers` (one per
+        process and directory read at once) pin at once: each maps one copy and fetches the next,
+        at worst the largest shard each."""
         if self.limit is None or not sizes:
             return
-        need = max(sizes) * max(1, readers)
+        readers = max(1, readers)
+        need = max(sizes) * PINS_PER_READER * readers
         if self.limit < need:
-            raise CacheLimitError(f"--cache-limit {self.limit} bytes is below the {need} bytes that {max(1, readers)} "
-                                  f"reader(s) need at once (the largest shard is {max(sizes)} bytes); "
-                                  f"give at least --cache-limit {need}")
+            raise CacheLimitError(f"--cache-limit {self.limit} bytes is below the {need} bytes that {readers} "
+                                  f"reader(s) need at once ({PINS_PER_READER} copies each, the largest shard is "
+                                  f"{max(sizes)} bytes); give at least --cache-limit {need}")
 
-    # --- fetching ------------------------------------------------------------------------------------
+    # --- using a copy ----------------------------------------------------------------------------------
     def fetch(self, url: str, name: str, sha256: str, size: int | None = None) -> Path:
         """The proven local copy of shard `name` at `url` (`size` bytes when given): from the cache,
         from a prefetch under way, or downloaded now. A bad copy is refused (named, with both
-        hashes) and downloaded once more; a second bad copy is a ReaderError."""
-        self.path_of(sha256)  # its shape, before anything else
-        future = self._take_pending(sha256)
-        if future is not None:
-            got = future.result()
-            if self._proven_now(got, sha256, size):
-                return got
-        return self._fetch(url, name, sha256, size)
+        hashes) and downloaded once more; a second bad copy is a ReaderError. The copy is not
+        pinned: a caller that maps it while others evict should use `open`."""
+        fd = self._pinned(url, name, sha256, size)
+        os.close(fd)
+        return self.path_of(sha256)
 
     def open(self, url: str, name: str, sha256: str, size: int | None, opener):
-        """opener(path) of the proven copy, with the copy pinned (not evicted) while it runs. A copy
-        another process evicted between fetching and pinning is fetched again (three tries)."""
-        for _ in range(3):
-            dst = self.fetch(url, name, sha256, size)
-            with open(self._lock_path(sha256), "a+") as pin:
-                fcntl.flock(pin, fcntl.LOCK_SH)
-                if dst.is_file():
-                    return opener(dst)
-        raise ReaderError(f"{url}: the cached copy of shard {name} was evicted three times before it could be read "
-                          f"(raise --cache-limit)")
+        """opener(buffer) of the proven copy, memory-mapped: the copy stays pinned (never evicted)
+        for as long as the mapping lives, i.e. as long as anything made from the buffer does."""
+        fd = self._pinned(url, name, sha256, size)
+        try:
+            mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # holds a duplicate of fd, and so the pin
+        finally:
+            os.close(fd)
+        return opener(pa.py_buffer(mapped))
 
+    def _pinned(self, url: str, name: str, sha256: str, size: int | None) -> int:
+        """A read-only descriptor of the proven copy with a shared flock on it (the pin)."""
+        dst = self.path_of(sha256)  # its shape, before anything else
+        future = self._take_pending(sha256)
+        if future is not None:
+            try:
+                future.result()
+            except Exception:  # fetched again below: the reader, not a prefetch, reports it
+                pass
+        for _ in range(3):
+            fd = self._pin_present(dst)
+            if fd is None:
+                fd = self._download(url, name, sha256, size, wait=True)
+            if fd is not None and self._proven_fd(fd, dst, sha256, size):
+                self._use(dst)
+                return fd
+            if fd is not None:
+                os.close(fd)
+        raise ReaderError(f"{url}: the cached copy of shard {name} went away three times before it could be read "
+                          f"(another process replaced or removed it)")
+
+    def _pin_present(self, dst: Path) -> int | None:
+        """Pin the copy at dst if there is one still linked there after the pin was taken (an
+        evictor holds an exclusive flock while it unlinks, so a shared one taken after it sees the
+        file gone)."""
+        try:
+            fd = os.open(dst, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.fstat(fd).st_ino == os.stat(dst).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        return None
+
+    def _proven_fd(self, fd: int, dst: Path, sha256: str, size: int | None) -> bool:
+        """Whether the pinned copy is the shard: its size first, then its sha256 unless it was
+        proven already for this very file (same size, mtime and inode), by this process or by the
+        one whose proof file is beside it. A bad copy is removed."""
+        st = os.fstat(fd)
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if size is not None and st.st_size != size:
+            reason = f"it has {st.st_size} bytes, the manifest says {size}"
+        elif self._proven.get(sha256) == key or self._read_proof(sha256) == key:
+            self._proven[sha256] = key
+            return True
+        else:
+            got = _fd_sha256(fd)
+            if got == sha256:
+                self._write_proof(sha256, key)
+                return True
+            reason = f"its sha256 is {got}"
+        print(f"gato-kit: cached copy {dst} refused ({reason}); fetching it again", file=sys.stderr)
+        with self._bookkeeping():
+            try:
+                if os.stat(dst).st_ino == st.st_ino:
+                    dst.unlink()
+                    self._proof_path(sha256).unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+        return False
+
+    def _read_proof(self, sha256: str) -> tuple | None:
+        try:
+            p = json.loads(self._proof_path(sha256).read_text())
+            return (p["size"], p["mtime_ns"], p["ino"]) if p.get("sha256") == sha256 else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_proof(self, sha256: str, key: tuple) -> None:
+        """Record that the file with this (size, mtime, inode) hashed to sha256 (atomically: a
+        reader sees the whole record or none)."""
+        self._proven[sha256] = key
+        proof = self._proof_path(sha256)
+        tmp = proof.with_name(f"{proof.name}.tmp{os.getpid()}-{threading.get_ident()}")
+        try:
+            tmp.write_text(json.dumps({"sha256": sha256, "size": key[0], "mtime_ns": key[1], "ino": key[2]}))
+            os.replace(tmp, proof)
+        except OSError:  # best effort: without it other processes hash the copy themselves
+            tmp.unlink(missing_ok=True)
+
+    def _use(self, dst: Path) -> None:
+        """Mark dst recently used (its access time; its mtime is part of its proof)."""
+        try:
+            os.utime(dst, ns=(time.time_ns(), dst.stat().st_mtime_ns))
+        except FileNotFoundError:
+            pass
+
+    def touch(self, sha256: str) -> None:
+        self._use(self.path_of(sha256))
+
+    # --- prefetching -----------------------------------------------------------------------------------
     def prefetch(self, items: list[tuple]) -> None:
-        """Start downloading (url, name, sha256[, size]) items in background threads, in order."""
+        """Start downloading (url, name, sha256[, size]) items in background threads, in order. A
+        prefetch takes only room the cache can give without waiting."""
         for url, name, sha256, *rest in items:
             if self.path_of(sha256).is_file():
                 continue
@@ -119,7 +276,13 @@ class ShardCache:
                     continue
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="gato-prefetch")
-                self._pending[sha256] = self._pool.submit(self._fetch, url, name, sha256, rest[0] if rest else None)
+                self._pending[sha256] = self._pool.submit(self._prefetch_one, url, name, sha256,
+                                                          rest[0] if rest else None)
+
+    def _prefetch_one(self, url: str, name: str, sha256: str, size: int | None) -> None:
+        fd = self._download(url, name, sha256, size, wait=False)
+        if fd is not None:
+            os.close(fd)
 
     def _take_pending(self, sha256: str) -> Future | None:
         with self._own_lock():
@@ -132,109 +295,197 @@ class ShardCache:
             self._lock, self._pool, self._pending, self._pid = threading.Lock(), None, {}, os.getpid()
         return self._lock
 
-    def _proven_now(self, dst: Path, sha256: str, size: int | None) -> bool:
-        """Whether the copy at dst is the shard: its size first, then its sha256 unless this process
-        already hashed this very file (same size, mtime and inode). A bad copy is removed."""
-        try:
-            st = dst.stat()
-        except FileNotFoundError:
-            return False
-        key = (st.st_size, st.st_mtime_ns, st.st_ino)
-        if size is not None and st.st_size != size:
-            reason = f"it has {st.st_size} bytes, the manifest says {size}"
-        elif self._proven.get(sha256) == key:
-            return True
-        else:
-            got = file_sha256(dst, CHUNK)
-            if got == sha256:
-                self._proven[sha256] = key
-                return True
-            reason = f"its sha256 is {got}"
-        print(f"gato-kit: cached copy {dst} refused ({reason}); fetching it again", file=sys.stderr)
-        dst.unlink(missing_ok=True)
-        return False
-
-    def _use(self, dst: Path) -> Path:
-        """Mark dst recently used (its access time; its mtime is part of its proof)."""
-        try:
-            os.utime(dst, ns=(time.time_ns(), dst.stat().st_mtime_ns))
-        except FileNotFoundError:
-            pass
-        return dst
-
-    def _fetch(self, url: str, name: str, sha256: str, size: int | None = None) -> Path:
+    # --- downloading -----------------------------------------------------------------------------------
+    def _download(self, url: str, name: str, sha256: str, size: int | None, wait: bool) -> int | None:
+        """Download the shard into room reserved for it and return its copy pinned; None when it
+        is not needed (a copy appeared) or, with wait=False, when the cache has no room now."""
         dst = self.path_of(sha256)
-        if self._proven_now(dst, sha256, size):
-            return self._use(dst)
+        if size is None:
+            size = self._remote_size(url)
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path(sha256), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be downloading it right now
-            if self._proven_now(dst, sha256, size):
-                return self._use(dst)
-            got = self._download(url, dst, size)
-            if got != sha256:
-                print(f"gato-kit: refused {name}: its sha256 is {got}, the manifest says {sha256}; "
-                      "downloading it again", file=sys.stderr)
-                got = self._download(url, dst, size)
-                if got != sha256:
-                    raise ReaderError(f"{url}: shard {name} has sha256 {got}, the manifest says {sha256} "
-                                      "(downloaded twice; the object is corrupt or was replaced)")
-            st = dst.stat()
-            self._proven[sha256] = (st.st_size, st.st_mtime_ns, st.st_ino)
-            self.downloaded.append(name)
-        self._evict(keep=dst)
-        return dst
+        deadline = time.monotonic() + ROOM_WAIT_S
+        for attempt in range(2):
+            part, part_fd = self._reserve(dst, sha256, size, wait, deadline)
+            if part is None:
+                return None if part_fd is None else part_fd  # a copy another process finished, pinned
+            try:
+                got = self._get(url, part, size)
+                with self._bookkeeping():
+                    if got == sha256:
+                        os.replace(part, dst)
+                        st = os.fstat(part_fd)
+                        self._write_proof(sha256, (st.st_size, st.st_mtime_ns, st.st_ino))
+                        os.close(part_fd)  # the download's own lock, released (waiters look again) ...
+                        part_fd = None
+                        pin = os.open(dst, os.O_RDONLY)
+                        fcntl.flock(pin, fcntl.LOCK_SH)  # ... and the copy pinned before anyone may evict it
+                        self.downloaded.append(name)
+                        return pin
+                    part.unlink(missing_ok=True)
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
+            finally:
+                if part_fd is not None:
+                    os.close(part_fd)
+            what = f"has sha256 {got}, the manifest says {sha256}" if len(got) == 64 else \
+                f"{got.removeprefix('it ')} ({size} in the manifest)"
+            if attempt == 0:
+                print(f"gato-kit: refused {name}: it {what}; downloading it again", file=sys.stderr)
+        raise ReaderError(f"{url}: shard {name} {what} (downloaded twice; the object is corrupt or was replaced)")
 
-    def _download(self, url: str, dst: Path, size: int | None = None) -> str:
-        """Copy url to dst under a temporary name and hash it; returns the hash. dst appears only
-        when the hash is its name (the manifest's); a bad copy is removed. (The copy is hashed
-        from the page cache right after it lands: as fast as hashing while it streams, and the
-        download itself is the backend's own, as fast as a plain `get`.)"""
-        fs, path = remote_fs(url)
-        tmp = dst.with_name(f".{dst.name}.part{os.getpid()}-{threading.get_ident()}")
+    def _reserve(self, dst: Path, sha256: str, size: int, wait: bool, deadline: float):
+        """(partial path, its descriptor with an exclusive flock): room for `size` bytes reserved.
+        (None, pinned copy) when the copy is there (another process may have just finished it);
+        (None, None) when wait is False and there is no room now."""
+        part = self._part_path(sha256, size)
+        if self.limit is not None and size > self.limit:
+            raise ReaderError(f"{dst.parent}: a shard of {size} bytes cannot fit in --cache-limit {self.limit} bytes")
+        while True:
+            with self._bookkeeping():
+                if self._reaped != os.getpid():  # once per process: partials of killed processes go
+                    self._reaped = os.getpid()
+                    for e in self._entries():
+                        if not e[3] and (live := self._live_partial(e[2])) is not None:
+                            os.close(live)
+                fd = self._pin_present(dst)
+                if fd is not None:
+                    return None, fd
+                other = self._live_partial(part)
+                if other is None:
+                    if self._make_room(size, dst):
+                        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                        fcntl.flock(fd, fcntl.LOCK_EX)  # free: a partial is created and locked only here
+                        return part, fd
+                    if not wait:
+                        return None, None
+            if other is not None:  # another process downloads it: wait for it, then look again
+                if not wait:
+                    os.close(other)
+                    return None, None
+                fcntl.flock(other, fcntl.LOCK_SH)
+                os.close(other)
+                continue
+            if time.monotonic() > deadline:
+                raise ReaderError(f"{dst.parent}: --cache-limit {self.limit} bytes held {ROOM_WAIT_S:.0f} s by copies "
+                                  f"other readers keep mapped; no room for {size} more (raise --cache-limit)")
+            time.sleep(0.05)
+
+    def _live_partial(self, part: Path) -> int | None:
+        """A descriptor of `part` when a live process is downloading into it (its flock is held);
+        a partial left by a dead process is removed. Called under the bookkeeping lock."""
         try:
-            fs.get_file(path, str(tmp))
-            digest = file_sha256(tmp, CHUNK)
-            if size is not None and tmp.stat().st_size != size:
-                digest = f"{digest} ({tmp.stat().st_size} bytes, the manifest says {size})"
+            fd = os.open(part, os.O_RDONLY)
         except FileNotFoundError:
-            tmp.unlink(missing_ok=True)
+            return None
+        if _try_lock(fd, fcntl.LOCK_SH):  # nobody holds it exclusively: its downloader is gone
+            part.unlink(missing_ok=True)
+            os.close(fd)
+            return None
+        return fd
+
+    def _get(self, url: str, part: Path, size: int) -> str:
+        """Copy url into part (the store client's own download) and hash it; returns the hash, or
+        (when its size is wrong) why the object is not the shard."""
+        fs, path = remote_fs(url)
+        try:
+            fs.get_file(path, str(part), callback=_SizeGuard(size))
+        except _WrongSize as e:
+            return str(e)
+        except FileNotFoundError:
             raise ReaderError(f"{url}: shard listed in the manifest is missing from the store") from None
         except Exception as e:  # the store's errors (botocore, aiohttp) share no base but Exception
-            tmp.unlink(missing_ok=True)
             raise storage_error(url, e) from None
-        if digest == dst.stem:
-            os.replace(tmp, dst)
-        else:
-            tmp.unlink(missing_ok=True)
+        got = os.stat(part).st_size
+        if got != size:
+            return f"it has {got} bytes"
+        fd = os.open(part, os.O_RDONLY)  # read back from the page cache, right after it landed
+        try:
+            digest = _fd_sha256(fd)
+        finally:
+            os.close(fd)
         return digest
 
-    # --- eviction --------------------------------------------------------------------------------------
-    def _evict(self, keep: Path) -> None:
-        """Delete least recently used copies until the cache is within its limit (never `keep`,
-        never a copy a reader has pinned)."""
-        if self.limit is None:
-            return
-        files = []
-        for p in self.root.glob("*.arrow"):
+    def _remote_size(self, url: str) -> int:
+        fs, path = remote_fs(url)
+        try:
+            return int(fs.size(path))
+        except FileNotFoundError:
+            raise ReaderError(f"{url}: shard listed in the manifest is missing from the store") from None
+        except Exception as e:
+            raise storage_error(url, e) from None
+
+    # --- bookkeeping -----------------------------------------------------------------------------------
+    @contextmanager
+    def _bookkeeping(self):
+        """The cache-wide exclusive lock: an flock of the cache directory (a fresh descriptor each
+        time, so threads of one process exclude each other too)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def disk_bytes(self) -> int:
+        """Bytes the cache holds or has reserved: copies, and partial downloads at their full size."""
+        return sum(b for b, *_ in self._entries())
+
+    def _entries(self) -> list[tuple[int, int, Path, bool]]:
+        """(bytes, access time, path, is a copy) of every copy and partial download."""
+        out = []
+        try:
+            it = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return out
+        for e in it:
+            copy = e.name.endswith(".arrow") and not e.name.startswith(".")
+            part = e.name.startswith(".") and e.name.endswith(".part")
+            if not (copy or part):
+                continue
             try:
-                st = p.stat()
-            except FileNotFoundError:  # another process evicted it
+                st = e.stat()
+            except FileNotFoundError:
                 continue
-            files.append((st.st_atime_ns, st.st_size, p))
-        total = sum(f[1] for f in files)
-        for _, size, p in sorted(files):
-            if total <= self.limit:
+            reserved = int(e.name.split(".")[2]) if part and e.name.count(".") == 3 else 0
+            out.append((max(st.st_size, reserved), st.st_atime_ns, Path(e.path), copy))
+        return out
+
+    def _make_room(self, size: int, keep: Path) -> bool:
+        """Whether `size` more bytes fit within the limit, once least recently used unpinned
+        copies are evicted (never `keep`). Called under the bookkeeping lock."""
+        if self.limit is None:
+            return True
+        entries = self._entries()
+        total = sum(b for b, *_ in entries)
+        for b, _, p, copy in sorted(entries, key=lambda x: x[1]):
+            if total + size <= self.limit:
                 break
-            if p == keep:
-                continue
-            with open(self.root / f".{p.stem}.lock", "a+") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # pinned by a reader, or being fetched again
-                    continue
-                p.unlink(missing_ok=True)
-            total -= size
+            if not copy:
+                live = self._live_partial(p)
+                if live is None:  # a dead process's partial, removed
+                    total -= b
+                else:
+                    os.close(live)
+            elif copy and p != keep and self._evict(p):
+                total -= b
+        return total + size <= self.limit
+
+    def _evict(self, p: Path) -> bool:
+        """Unlink the copy at p unless it is pinned (mapped or being opened by a reader)."""
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            if not _try_lock(fd, fcntl.LOCK_EX):
+                return False
+            p.unlink(missing_ok=True)
+            (p.parent / f".{p.stem}.proof").unlink(missing_ok=True)
+            return True
+        finally:
+            os.close(fd)
 
 
 class CacheLimitError(ValueError):

@@ -186,7 +186,6 @@ class FrameStackCount:
 
     def acting_mode(self) -> str:
         """How an agent builds this field's tokens: the way most episodes were converted."""
-        from tokenizer_kit.frames import acting_mode
         return acting_mode({"last": self.last, "split": self.split})
 
 

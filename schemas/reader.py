@@ -334,7 +334,7 @@ class ShardDir:
                 if self.cache is None:
                     self.cache = ShardCache(self._scratch() / "shards")
                 return self.cache.open(s.path, s.name, s.info.sha256, s.info.bytes,
-                                       lambda path: open_shard(path, full))
+                                       lambda mapped: open_shard(mapped, full))
             return open_shard(self.file(i), full)
         except (pa.ArrowInvalid, OSError) as e:
             raise ReaderError(f"{s.path}: unreadable shard ({first_line(e)})") from None

@@ -268,10 +268,15 @@ def write_shard(path: str | os.PathLike, batches: Iterable[pa.RecordBatch], sche
     return path.stat().st_size
 
 
-def open_shard(path: str | os.PathLike, full: bool = True) -> pa.Table:
+def open_shard(path: str | os.PathLike | pa.Buffer, full: bool = True) -> pa.Table:
     """A shard as a memory-mapped table: no copy of the data is made (the mapping lives as long
-    as the table's buffers do). `full`: a version-2 text shard with its left-out columns derived
-    (full_columns: version-1 columns, in memory); the loader asks for the stored columns alone."""
+    as the table's buffers do). `path` may be a buffer over a mapping made already (the shard
+    cache's, which pins the copy while mapped). `full`: a version-2 text shard with its left-out
+    columns derived (full_columns: version-1 columns, in memory); the loader asks for the stored
+    columns alone."""
+    if isinstance(path, pa.Buffer):
+        table = pa.ipc.open_stream(pa.BufferReader(path)).read_all()
+        return full_columns(table) if full else table
     with pa.memory_map(str(path), "r") as source:
         table = pa.ipc.open_stream(source).read_all()
     return full_columns(table) if full else table

@@ -184,10 +184,13 @@ class ShardSource:
             if self.remote:
                 self._mapped.move_to_end(s)
             return m
-        m = self._map(s)
-        if self.remote and len(self._mapped) > MAX_MAPPED_REMOTE:  # a local directory stays mapped
+        # a mapped remote copy is pinned in the cache: let the oldest go first (a bounded cache
+        # keeps one per reader, the room schemas.cache.check_room counts); a local directory stays mapped
+        keep = 1 if self.dir.cache is not None and self.dir.cache.limit is not None else MAX_MAPPED_REMOTE
+        if self.remote and len(self._mapped) >= keep:
             self._mapped.popitem(last=False)
             self._recent.clear()  # its views may point into the shard let go
+        m = self._map(s)
         self._prefetch_after(s)
         return m
 
@@ -387,6 +390,9 @@ class ShardSource:
                     lengths, owner = np.diff(v.tok_off), np.arange(rows)
                 if len(lengths) and int(lengths.max()) > best:
                     best, at = int(lengths.max()), base + first + int(owner[int(np.argmax(lengths))])
+        if self.remote:  # the scan's last copy is not kept mapped (pinned in the cache) in this process
+            self._mapped.clear()
+            self._recent.clear()
         return best, at, None
 
     def row_task(self, r: int) -> int:

@@ -109,6 +109,14 @@ class Trainer:
         self.layout = self.loader.layout
         if layout is not None:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
+        from schemas.cache import CacheLimitError
+        remote = [src for src in self.loader.sources if src.remote]
+        try:  # a limit below what the readers pin at once is refused before any shard is read, naming the
+            # minimum (a reader per remote source in each worker, and one in the main process's evaluation)
+            self.cache.check_room([i.bytes for src in remote for i in src.manifest.shards],
+                                  len(remote) * ((args.num_workers or 1) + 1))
+        except CacheLimitError as e:
+            raise UsageError(str(e)) from None
         check_fits(self.loader.sources, args.seq_len)
         self.suite = None
         if args.eval_suite:
@@ -123,12 +131,6 @@ class Trainer:
                 raise UsageError(f"--keep-best {args.keep_best!r} is not a metric this run evaluates; "
                                  f"expected eval_loss, eval_loss/TASK{', ' if self.suite else ''}"
                                  f"{', '.join(known[1:])}")
-        from schemas.cache import CacheLimitError
-        try:  # a limit below what the workers pin at once is refused now, naming the minimum
-            self.cache.check_room([i.bytes for src in self.loader.sources if src.remote for i in src.manifest.shards],
-                                  args.num_workers or 1)
-        except CacheLimitError as e:
-            raise UsageError(str(e)) from None
         self.tasks = list(self.loader.tasks)
         self.held_out = HeldOutLoss(args, self.tasks, self.layout, self.cache, self.d, self.device)
         if ckpt is not None:

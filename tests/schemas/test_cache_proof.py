@@ -66,7 +66,7 @@ def test_a_proven_copy_is_not_hashed_twice_in_one_process(rl_url, tmp_path, monk
     sd = ShardDir.open(rl_url, cache=cache)
     sd.file(0)
     calls = []
-    monkeypatch.setattr(cache_mod, "file_sha256", lambda *a: calls.append(a) or "x")
+    monkeypatch.setattr(cache_mod, "_fd_sha256", lambda *a: calls.append(a) or "x")
     sd.file(0)
     sd.file(0)
     assert calls == []  # unchanged size, mtime and inode: proven already
@@ -130,18 +130,24 @@ def _train(url, sandbox, *extra):
 def test_cache_limit_below_what_two_workers_pin_is_refused_naming_the_minimum(rl_url, rl_dir, tmp_path):
     largest = max(s.bytes for s in Manifest.read(rl_dir).shards)
     r = _train(rl_url, tmp_path / "box", "--cache-limit", str(largest + 10))
-    line = check_one_line(r, 2, "--cache-limit", str(2 * largest))
-    assert "2 reader(s)" in line
+    line = check_one_line(r, 2, "--cache-limit", str(6 * largest))
+    assert "3 reader(s)" in line  # one per worker and the main process's evaluation, 2 copies each
     assert not (tmp_path / "box" / "run" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow
 def test_cache_limit_at_the_minimum_trains_with_two_workers(rl_url, rl_dir, tmp_path):
+    from test_cache_bound import Sampler
     largest = max(s.bytes for s in Manifest.read(rl_dir).shards)
-    r = _train(rl_url, tmp_path / "box", "--cache-limit", str(2 * largest))
+    sampler = Sampler(tmp_path / "box" / "c" / "shards")  # on-disk shard bytes, partial downloads included
+    sampler.start()
+    r = _train(rl_url, tmp_path / "box", "--cache-limit", str(6 * largest))
+    sampler.stop.set()
+    sampler.join()
     assert r.code == 0, str(r)
+    assert sampler.samples > 10 and 0 < sampler.peak <= 6 * largest and not sampler.locks
     assert "unreadable" not in r.err and "Traceback" not in r.err
     steps = [json.loads(x)["step"] for x in (tmp_path / "box" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
     cached = sum(p.stat().st_size for p in (tmp_path / "box" / "c" / "shards").glob("*.arrow"))
-    assert cached <= 2 * largest
+    assert cached <= 6 * largest
