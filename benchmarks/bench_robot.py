@@ -19,8 +19,11 @@ are both reported, the CPU ratio being the one load on other processes does not 
   bound; target 0.8x). For a dataset of encoded JPEGs that bound cannot be met by any converter:
   the JPEGs the rows need must be decoded, which costs ~30x the parse. The honest bound is the
   second row, parse + JPEG decode of every image the rows hold (target 0.8x).
-* workers: wall time of `--workers 1` over `--workers 2` on the LeRobot folder (one episode per
+* workers: wall time of `--workers 1` over `--workers 2` on the LeRobot folder (two episodes per
   unit). Target 1.7x; the load average at the start is reported with it (the machine is shared).
+* the same conversions with `--compression none`, timed in the same rounds: what is left of the gap
+  once the pixels are not zstd-compressed (these decoded camera frames compress ~1.1x in patch
+  layout, at ~300 MB/s of CPU; Atari frames 100x and more), for choosing the default.
 
     .venv/bin/python -m benchmarks.bench_robot [--quick]
 """
@@ -42,11 +45,11 @@ TARGET = 0.8
 SCALING_TARGET = 1.7
 
 
-def _convert(root: Path, out: Path, model: str, workers: int = 1, per_unit: int = 4) -> float:
+def _convert(root: Path, out: Path, model: str, workers: int = 1, per_unit: int = 4, extra: tuple = ()) -> float:
     from converters.cli import main
     t0 = time.perf_counter()
     rc = main(["rl", str(root), "--out", str(out), "--text-tokenizer", model, "--no-progress",
-               "--workers", str(workers), "--episodes-per-unit", str(per_unit)])
+               "--workers", str(workers), "--episodes-per-unit", str(per_unit), *extra])
     if rc != 0:
         raise RuntimeError(f"conversion of {root} failed ({rc})")
     return time.perf_counter() - t0
@@ -66,15 +69,15 @@ class _Fresh:
     """A conversion into an output folder of its own each call (a second run into the same folder
     would find it up to date); the previous one is removed before the clock starts."""
 
-    def __init__(self, root: Path, out: Path, model: str, per_unit: int = 4):
-        self.root, self.out, self.model, self.per_unit, self.n = root, out, model, per_unit, 0
+    def __init__(self, root: Path, out: Path, model: str, per_unit: int = 4, extra: tuple = ()):
+        self.root, self.out, self.model, self.per_unit, self.extra, self.n = root, out, model, per_unit, extra, 0
 
     def setup(self) -> None:
         shutil.rmtree(self.out / str(self.n), ignore_errors=True)
         self.n += 1
 
     def __call__(self) -> None:
-        _convert(self.root, self.out / str(self.n), self.model, per_unit=self.per_unit)
+        _convert(self.root, self.out / str(self.n), self.model, per_unit=self.per_unit, extra=self.extra)
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -86,14 +89,14 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
-def _best_of_two(a, b) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Time `a` and `b` alternately twice; the faster wall and CPU of each (a shared machine only
+def _best_of_two(*fns) -> list[tuple[float, float]]:
+    """Time `fns` in turn, twice round; the faster wall and CPU of each (a shared machine only
     ever makes a run slower)."""
-    ta, tb = [], []
+    times: list[list[tuple[float, float]]] = [[] for _ in fns]
     for _ in range(2):
-        ta.append(_timed(a))
-        tb.append(_timed(b))
-    return (min(t[0] for t in ta), min(t[1] for t in ta)), (min(t[0] for t in tb), min(t[1] for t in tb))
+        for fn, t in zip(fns, times):
+            t.append(_timed(fn))
+    return [(min(x[0] for x in t), min(x[1] for x in t)) for t in times]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for cam in CAMERAS:
                 decode_all(str(lr / "videos" / cam / "chunk-000" / "file-000.mp4"))
 
-        (dw, dc), (cw, cc) = _best_of_two(decode, _Fresh(lr, tmp / "one", model))
+        (dw, dc), (cw, cc), (nw, nc) = _best_of_two(decode, _Fresh(lr, tmp / "one", model),
+                                                    _Fresh(lr, tmp / "none", model, extra=("--compression", "none")))
         load = os.getloadavg()[0]
         rows.append({"name": "lerobot conversion frames/s", "figure": frames / cw, "unit": "frames/s",
                      "baseline": frames / dw, "baseline_name": "PyAV decode alone", "ratio": dw / cw,
@@ -127,6 +131,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({"name": "lerobot conversion CPU", "figure": cc, "unit": "CPU s",
                      "baseline": dc, "baseline_name": "CPU s of PyAV decode alone", "ratio": dc / cc,
                      "target": TARGET, "load": load})
+        rows.append({"name": "lerobot conversion frames/s, --compression none", "figure": frames / nw,
+                     "unit": "frames/s", "baseline": frames / dw, "baseline_name": "PyAV decode alone",
+                     "ratio": dw / nw, "target": None, "load": load, "cpu_ratio": dc / nc})  # for the choice, no target
         load = os.getloadavg()[0]
         one = _convert(lr, tmp / "w1", model, workers=1, per_unit=2)
         two = _convert(lr, tmp / "w2", model, workers=2, per_unit=2)
@@ -152,8 +159,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         for b in ex[key]:
                             simplejpeg.decode_jpeg(b)
 
-        (pw, _), (bw, bc) = _best_of_two(parse, parse_and_decode)
-        (rw, rc), _ = _best_of_two(_Fresh(rd, tmp / "r1", model), lambda: None)
+        (pw, _), (bw, bc), (rw, rc), (qw, qc) = _best_of_two(
+            parse, parse_and_decode, _Fresh(rd, tmp / "r1", model),
+            _Fresh(rd, tmp / "rnone", model, extra=("--compression", "none")))
         load = os.getloadavg()[0]
         rows.append({"name": "rlds conversion episodes/s vs parse", "figure": episodes / rw, "unit": "episodes/s",
                      "baseline": episodes / pw, "baseline_name": "read + CRC + protobuf parse alone",
@@ -164,6 +172,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({"name": "rlds conversion CPU vs parse + JPEG decode", "figure": rc, "unit": "CPU s",
                      "baseline": bc, "baseline_name": "CPU s of parse + JPEG decode alone", "ratio": bc / rc,
                      "target": TARGET, "load": load})
+        rows.append({"name": "rlds conversion vs parse + JPEG decode, --compression none", "figure": episodes / qw,
+                     "unit": "episodes/s", "baseline": episodes / bw, "baseline_name": "parse + JPEG decode alone",
+                     "ratio": bw / qw, "target": None, "load": load, "cpu_ratio": bc / qc})  # for the choice, no target
     return rows
 
 

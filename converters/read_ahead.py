@@ -1,8 +1,10 @@
 """An iterator run in a thread, a bounded number of items ahead of its consumer.
 
 The robot readers spend their time in decoders that release the GIL (PyAV's decode and swscale,
-simplejpeg), so the next episode can decode while this one is tokenised and written. Nothing about
-the items changes: same items, same order, an exception raised where the consumer reaches it.
+simplejpeg), so the next episode can decode while this one is tokenised; a unit's next record batch
+is built the same way while its writer compresses, hashes and fsyncs the current one (Arrow and
+hashlib release the GIL too). Nothing about the items changes: same items, same order, an exception
+raised where the consumer reaches it.
 """
 
 from __future__ import annotations

@@ -46,9 +46,14 @@ class TextTokenizer:
         return VocabLayout(text_vocab_size=self.vocab_size, profile=profile, eos_id=self.eos_id)
 
     def encode_batch(self, texts: Sequence[str], add_eos: bool = False) -> list[np.ndarray]:
-        """int32 ids of each text; SentencePiece's threaded batch API does the work."""
-        ids = self.sp.Encode(list(texts), out_type=int, add_eos=add_eos, num_threads=self.num_threads)
-        return [np.asarray(x, dtype=np.int32) for x in ids]
+        """int32 ids of each text; SentencePiece's threaded batch API does the work, once per distinct
+        text (a robot episode repeats its task string at every step)."""
+        distinct = list(dict.fromkeys(texts))
+        ids = self.sp.Encode(distinct, out_type=int, add_eos=add_eos, num_threads=self.num_threads)
+        if len(distinct) == len(texts):
+            return [np.asarray(x, dtype=np.int32) for x in ids]
+        arrays = {t: np.asarray(x, dtype=np.int32) for t, x in zip(distinct, ids)}
+        return [arrays[t].copy() for t in texts]  # an array of its own each, as before
 
     def encode(self, text: str, add_eos: bool = False) -> np.ndarray:
         return self.encode_batch([text], add_eos)[0]

@@ -1,8 +1,11 @@
 """One work unit's record batches -> its shard files, rolled at --shard-size (bytes on disk, after
-compression), each hashed once complete (read back from the page cache it was just written through)."""
+compression), each hashed as it grows: the bytes of every piece are read back (from the page cache
+they were just written through) right after it is written, so closing a shard hashes only its end
+marker instead of reading the whole file again while nothing else of the unit can run."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from contextlib import ExitStack
@@ -15,9 +18,9 @@ import pyarrow.compute as pc
 from schemas.manifest import ShardInfo
 from schemas.shard import PATCH_BYTES, UNIT_SHARD_PATTERN
 from schemas.storage import OutDir
-from tokenizer_kit.files import file_sha256
 
 COMPRESSIONS = ("none", "lz4", "zstd")
+HASH_READ_BYTES = 1 << 22  # read back for hashing this much at a time
 
 def estimated_bytes(tokens, patches, steps, string_bytes):
     """A row's bytes as shard rolling and batch cutting count them (whatever the compression), from
@@ -60,6 +63,7 @@ class ShardWriter:
         self.options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
         self.shards: list[ShardInfo] = []
         self._open: ExitStack | None = None
+        self._reader: int | None = None  # the open shard read back for its sha256 (a descriptor)
         self._rows = self._tokens = self._filled = 0  # _filled: the open shard's bytes on disk
         self._est_total = self._disk_total = 0  # estimated bytes written, and what they took on disk
         self._framing: int | None = None  # bytes of an empty stream (schema and end marker)
@@ -114,13 +118,30 @@ class ShardWriter:
             if self._open is None:
                 self._open = ExitStack()
                 self._path = str(self._open.enter_context(self.out.staged(self._name())))
-                self._sink = pa.OSFile(self._path, "wb")
+                self._sink = pa.OSFile(self._path, "wb")  # unbuffered: written bytes are in the file at once
+                self._reader = os.open(self._path, os.O_RDONLY)
+                self._hash, self._hashed = hashlib.sha256(), 0
                 self._stream = pa.ipc.new_stream(self._sink, self.schema, options=self.options)  # closed by cut()
                 self._rows = self._tokens = 0
             self._stream.write_batch(piece)
+            self._hash_written(self._sink.tell())
         offs = piece.column("tokens").offsets
         self._rows += piece.num_rows
         self._tokens += int(offs[-1].as_py()) - int(offs[0].as_py())
+
+    def _hash_written(self, end: int) -> None:
+        """Add the open shard's bytes up to `end` to its sha256, read back from the file."""
+        while self._hashed < end:
+            block = os.pread(self._reader, min(HASH_READ_BYTES, end - self._hashed), self._hashed)
+            if not block:
+                raise OSError(f"{self._path}: {end - self._hashed} written bytes cannot be read back")
+            self._hash.update(block)
+            self._hashed += len(block)
+
+    def _close_reader(self) -> None:
+        fd, self._reader = self._reader, None
+        if fd is not None:
+            os.close(fd)
 
     def cut(self) -> None:
         """Finish the open shard (it appears under its name now)."""
@@ -130,8 +151,10 @@ class ShardWriter:
         with self.out.errors(f"write {self._name()}"):
             self._stream.close()
             self._sink.close()
-            info = ShardInfo(self._name(), self._rows, self._tokens, os.path.getsize(self._path),
-                             file_sha256(self._path), self.split)
+            size = os.path.getsize(self._path)
+            self._hash_written(size)  # the end-of-stream marker
+            self._close_reader()
+            info = ShardInfo(self._name(), self._rows, self._tokens, size, self._hash.hexdigest(), self.split)
             stack, self._open = self._open, None
             stack.close()
         self.shards.append(info)
@@ -145,10 +168,11 @@ class ShardWriter:
         for them), best effort: the first error is the one to report."""
         if self._open is not None:
             stack, self._open = self._open, None
-            try:
-                self._sink.close()
-            except OSError:
-                pass
+            for close in (self._sink.close, self._close_reader):
+                try:
+                    close()
+                except OSError:
+                    pass
             try:  # raised into the staged file's context, which removes it instead of publishing it
                 stack.__exit__(OSError, OSError("aborted"), None)
             except OSError:

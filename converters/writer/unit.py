@@ -25,6 +25,7 @@ from tokenizer_kit.rows import unit_tokens
 from tokenizer_kit.sequence import Row
 
 from ..base import Converter, Record, SourceError, WorkUnit
+from ..read_ahead import read_ahead
 from .shards import ShardWriter, estimated_bytes
 
 BATCH_ROWS = 1024  # rows per record batch (fixed: batch boundaries are part of the bytes)
@@ -189,7 +190,11 @@ def run_unit(converter: Converter, s: UnitSettings, job: UnitJob) -> UnitMarker:
     writers = {split: ShardWriter(s.out, job.index, s.schema, s.shard_size, s.compression, split, numbers)
                for split in ("train", "test")}
     try:
-        for split, batch in unit_batches(converter, job.unit, s, stats, skipped):
+        # Batch k+1 is built (tokenised, checked) in a thread while this one writes batch k: Arrow's
+        # zstd, the sha256 and fsync run without the GIL. The same batches in the same order reach
+        # the same writers, so the shards are those of building in line; `stats` and `skipped` are
+        # read only after the loop, when the thread has ended.
+        for split, batch in read_ahead(unit_batches(converter, job.unit, s, stats, skipped)):
             writers[split].add(batch)
         shards = sorted(writers["train"].close() + writers["test"].close(), key=lambda x: x.name)
         marker = UnitMarker(job.index, job.unit.key, job.uid, shards, stats, skipped, os.getpid(),
