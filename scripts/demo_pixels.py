@@ -1,5 +1,6 @@
-"""The demo's pixel task (`scripts/demo.py --pixels`): MiniGrid-Empty-Random-6x6 seen through its
-RGB view, the whole 6x6 grid drawn at 4 pixels a tile (24x24x3, fitted to 32x32: 4 patches a step).
+"""The demo's pixel task (in `make demo`; `scripts/demo.py --no-pixels` leaves it out):
+MiniGrid-Empty-Random-6x6 seen through its RGB view, the whole 6x6 grid drawn at 4 pixels a tile
+(24x24x3, fitted to 32x32: 4 patches a step).
 
 The expert is a shortest path to the goal over (cell, facing) with minigrid's left, right and
 forward (breadth-first search on the true grid), so its action is a function of the image. Episodes

@@ -28,8 +28,12 @@ def test_quick_demo_agent_beats_random_policy(tmp_path):
     assert np.mean(cart["demonstrations"]) > 400
     assert np.mean(cart["agent"]) > 2 * np.mean(cart["random"]) + 20, cart
     # every stage really ran: shards, a loss curve, captions of held-out digits
-    for name in ("cartpole", "pendulum", "digits", "text"):
+    for name in ("cartpole", "pendulum", "babyai", "pixels", "digits", "text"):
         assert (out / "shards" / name / "manifest.json").is_file()
+    # the pixel task is in the default demo, trained in the same model and acted on held-out seeds
+    pixels = control["MiniGrid-pixels"]
+    assert pixels["seeds"][0] >= 100 and 0.0 <= pixels["success"]["agent"] <= 1.0
+    assert results["size"]["weights"]["pixels"] > 0
     assert (out / "loss.png").stat().st_size > 1000
     assert results["captions"]["n"] > 0 and 0.0 <= results["captions"]["accuracy"] <= 1.0
     assert "demonstrations" in proc.stdout and "random policy" in proc.stdout
