@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
-from conftest import make_bucket, upload_dir
+from tests.support.s3 import make_bucket, upload_dir
 from loader_fixtures import make_text_dir
 
 from schemas.cache import PINS_PER_READER, ShardCache
