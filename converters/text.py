@@ -24,7 +24,6 @@ from typing import ClassVar, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.options import opt

@@ -17,8 +17,14 @@ import argparse
 import importlib
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from tokenizer_kit.options import UsageError, add_options, from_namespace
+from tokenizer_kit.text import TextTokenizer
+
+from converters.inputs import localize_inputs
+from converters.options import ConvertOptions
+from converters.writer import convert
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,6 @@ class _LazyKindParser(argparse.ArgumentParser):
     _kind_loaded = False
 
     def _load_kind(self) -> type:
-        from converters.options import ConvertOptions
         cls = options_class(self.kind)
         if not self._kind_loaded:
             self._kind_loaded = True
@@ -92,7 +97,6 @@ def register(subparsers) -> None:
 
 def _check_out(out: str) -> None:
     """--out (or a folder it would be made in) that is a file is bad usage, found before any work."""
-    from pathlib import Path
     for p in (Path(out), *Path(out).parents):
         if p.exists():
             if not p.is_dir():
@@ -110,9 +114,6 @@ def run(args: argparse.Namespace) -> int:
 
 def convert_command(opts) -> int:
     """The conversion `opts` asks for (a kind's options dataclass), written; UsageError for bad usage."""
-    from tokenizer_kit.text import TextTokenizer
-    from converters.inputs import localize_inputs
-    from converters.writer import convert
 
     opts.check()
     _check_out(opts.out)

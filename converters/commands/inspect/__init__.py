@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from schemas.reader import ShardDir
 from tokenizer_kit.options import add_command, opt
 
+from ...render import render_row
 from .rows import _row_header, row_view
 from .summary import format_summary, summary
 
@@ -47,7 +48,6 @@ def run(args: InspectOptions) -> int:
     row, scalars, lines, images = row_view(sd, shard, index)
     header = _row_header(sd, shard, index, row, scalars)
     if args.png:  # before the listing: a reader that stops early (`| head`) must not lose the picture
-        from ...render import render_row
         caption = [line for line in lines if line.startswith("caption: ")]
         title = f"{sd.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption)
         render_row(args.png, row, images, title)

@@ -137,19 +137,19 @@ def open_source(path: str, kind: str = "auto", allow_hdf5_external: bool = False
     links and virtual datasets refused unless `allow_hdf5_external`, declared sizes backed by bytes."""
     kind = detect_kind(path) if kind == "auto" else kind
     if kind == "minari":
-        from .minari import MinariSource
+        from .minari import MinariSource  # noqa: PLC0415 - cycle: it imports this package
         return MinariSource(path, allow_hdf5_external)
     if kind == "hdf5":
-        from .hdf5 import FlatHDF5Source
+        from .hdf5 import FlatHDF5Source  # noqa: PLC0415 - cycle: it imports this package
         return FlatHDF5Source(path, allow_hdf5_external=allow_hdf5_external)
     if kind == "table":
-        from .table import TableSource
+        from .table import TableSource  # noqa: PLC0415 - cycle: it imports this package
         return TableSource(path)
     if kind == "lerobot":
-        from .lerobot import LeRobotSource
+        from .lerobot import LeRobotSource  # noqa: PLC0415 - cycle: it imports this package
         return LeRobotSource(path)
     if kind == "rlds":
-        from .rlds import RLDSSource
+        from .rlds import RLDSSource  # noqa: PLC0415 - cycle: it imports this package
         return RLDSSource(path)
     raise SourceError(f"unknown RL source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
 

@@ -11,6 +11,8 @@ allocated.
 
 from __future__ import annotations
 
+import h5py
+
 from converters.base import SourceError
 from tokenizer_kit.errors import first_line
 
@@ -24,7 +26,6 @@ def check_hdf5(path: str, allow_external: bool = False) -> None:
     """Walk every link of the file at `path`; SourceError (one line, naming the object) for an
     external link, external storage or a virtual dataset (unless allowed), and for a dataset whose
     declared size its stored bytes cannot hold."""
-    import h5py
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as e:
@@ -41,7 +42,6 @@ def check_hdf5(path: str, allow_external: bool = False) -> None:
 
 
 def _walk(path: str, f, allow_external: bool) -> None:
-    import h5py
     todo, seen, groups = [("", f)], 0, {h5py.h5o.get_info(f.id).addr}
     while todo:
         prefix, group = todo.pop()

@@ -23,6 +23,8 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
@@ -31,6 +33,7 @@ from tokenizer_kit.fields import ACTION, OBS, field_name
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode
 from .robot import inside, stat_bounds
+from .table import Ragged, steps_to_numpy
 from .video import TOLERANCE_S, VideoError, VideoFile
 
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -101,7 +104,6 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
     def _episode_table(self) -> dict[str, np.ndarray | list]:
         """Per episode, sorted by episode_index: its index, length, and where its data is."""
         if self.v3:
-            import pyarrow.parquet as pq
             files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
             if not files:
                 raise SourceError(f"{self.path}/meta/episodes: no chunk-*/file-*.parquet")
@@ -129,7 +131,6 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
 
     def _task_table(self) -> dict[int, str]:
         if self.v3:
-            import pyarrow.parquet as pq
             p = inside(self.root, "meta/tasks.parquet", "file")
             try:
                 t = pq.read_table(p)
@@ -235,8 +236,6 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
     # --- episodes ----------------------------------------------------------------------------
     def _read_frames(self, path: Path, episodes: np.ndarray) -> pa.Table:
         """The frame rows of `episodes` in one data file, with every column checked against info.json."""
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
         rel = path.relative_to(self.root.resolve())
         try:
             pf = pq.ParquetFile(path)
@@ -289,7 +288,6 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
                     v.close()
 
     def _episode(self, pos: int, ep: int, table: pa.Table, path: Path, videos: dict | None) -> RawEpisode:
-        from .table import Ragged, steps_to_numpy
         rel = path.relative_to(self.root.resolve())
         index = table.column("episode_index").to_numpy()
         rows = np.flatnonzero(index == ep)

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import simplejpeg
+from PIL import Image
 
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
@@ -33,7 +35,7 @@ from tokenizer_kit.images import MAX_PIXELS
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode
 from .robot import inside
-from .tfrecord import RecordError, count_records, parse_example, read_records
+from .tfrecord import RecordError, _headers, count_records, parse_example, read_records
 
 FILE_RE = re.compile(r".+\.tfrecord-\d{5}-of-\d{5}$")
 NOT_FIELDS = ("steps/is_first", "steps/is_last", "steps/is_terminal", "steps/discount")
@@ -152,7 +154,6 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
     def episode_lengths(self) -> np.ndarray:
         """An estimate for cutting work units only (steps are known once a record is parsed): each
         episode's bytes over the first episode's bytes per step."""
-        from .tfrecord import _headers
         sizes = np.asarray([n or 0 for f in self.files for n, _ in _headers(str(f))], np.float64)
         first = next(self.episodes(0, 1))
         steps = len(next(iter(first.actions.values()))) if first.error is None else 1
@@ -256,8 +257,6 @@ def _decode_images(d: Declared, blobs: list[bytes]) -> np.ndarray:
     """Encoded step images -> (T, H, W[, C]) uint8; JPEG (what OXE stores) through simplejpeg,
     other formats through Pillow. Each size is checked from the header before any pixel is decoded,
     and JPEGs decode straight into the episode's array (no per-step array to stack)."""
-    import simplejpeg
-    from PIL import Image
     rgb = len(d.shape) == 3 and d.shape[2] == 3
     declared = tuple(d.shape[:2]) if len(d.shape) >= 2 and -1 not in d.shape[:2] else None
     out: np.ndarray | None = None

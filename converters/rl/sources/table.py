@@ -12,15 +12,19 @@ memory-mapped Arrow files, in small record batches.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
 from converters.base import SourceError
 from converters.hf_datasets import load_dataset
 from tokenizer_kit.errors import first_line
+from tokenizer_kit.images import MAX_PIXELS
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode, guess_kind, task_name
 
@@ -38,8 +42,6 @@ class Ragged(ValueError):
 
 
 def _decode_images(blobs: list) -> np.ndarray | list:
-    from PIL import Image
-    from tokenizer_kit.images import MAX_PIXELS
     out = []
     for step, b in enumerate(blobs):
         if b is None:
@@ -152,7 +154,6 @@ SPLIT_NAMES = ("train", "test", "validation", "valid", "eval")
 def hf_task_name(p: Path) -> str:
     """A saved HF dataset's task: the config it was loaded as (the jat-dataset's `atari-pong`),
     else its dataset name, else its folder (the folder above a split folder `train`/`test`)."""
-    import json
     try:
         info = json.loads((p / "dataset_info.json").read_text())
     except (OSError, ValueError):
@@ -197,7 +198,6 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
     def _parquet(self):
         """The Parquet file, opened afresh (a dataset may have thousands: none is kept open) but
         with the footer parsed only once per process."""
-        import pyarrow.parquet as pq
         try:
             pf = pq.ParquetFile(self.path, metadata=getattr(self, "_md", None))
         except (OSError, pa.ArrowException) as e:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import struct
 from typing import Iterator
 
+import google_crc32c
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 MAX_RECORD_BYTES = 1 << 31  # a length over this is damage, not an episode: never allocated
 
@@ -22,7 +25,6 @@ class RecordError(ValueError):
 
 
 def _masked_crc(data: bytes) -> int:
-    import google_crc32c
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -91,7 +93,6 @@ def example_class():
     """The `tensorflow.Example` message class, built once per process."""
     if _EXAMPLE:
         return _EXAMPLE[0]
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     F = descriptor_pb2.FieldDescriptorProto
     fd = descriptor_pb2.FileDescriptorProto(name="gato_kit_example.proto", package="tensorflow", syntax="proto3")
 
@@ -130,7 +131,6 @@ def example_class():
 
 def parse_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
     """An Example's features: float and int64 lists as numpy arrays, bytes lists as lists of bytes."""
-    from google.protobuf.message import DecodeError
     ex = example_class()()
     try:
         ex.ParseFromString(data)

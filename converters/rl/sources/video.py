@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 
+import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from tokenizer_kit.errors import first_line
 
@@ -36,7 +38,6 @@ class VideoFile:
     def __init__(self, path: str, tolerance_s: float = TOLERANCE_S, size: tuple[int, int] | None = None):
         """`size` (H, W): what the dataset declares; a stream of another size is refused before any
         frame is decoded (no allocation sized by the file)."""
-        import av
         self.path, self.tolerance = path, tolerance_s
         try:
             self._container = av.open(path)
@@ -67,7 +68,6 @@ class VideoFile:
         self._frames, self._pending, self._position = self._container.decode(self._stream), None, -math.inf
 
     def _next(self, frame_no: int):
-        import av
         if self._pending is not None:
             frame, self._pending = self._pending, None
             return frame
@@ -120,7 +120,6 @@ class VideoFile:
 
 
 def _reformatter():
-    from av.video.reformatter import VideoReformatter
     return VideoReformatter()
 
 
@@ -134,7 +133,6 @@ def decode_all(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Every frame of a file with its time, decoded plainly (the fastest way PyAV gives RGB arrays:
     one reformatter for the file): the reference the converter is checked against and the
     decoder-alone speed `make bench` compares with."""
-    import av
     times, frames = [], []
     rgb = _reformatter()
     with av.open(path) as container:
