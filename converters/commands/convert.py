@@ -14,6 +14,7 @@ command does not pay for the others' imports.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
-def options_class(kind: str) -> type:
+def options_class(kind: str) -> type[ConvertOptions]:
     return _load(KINDS[kind].options)
 
 
@@ -66,12 +67,12 @@ class _LazyKindParser(argparse.ArgumentParser):
     kind: str = ""
     _kind_loaded = False
 
-    def _load_kind(self) -> type:
+    def _load_kind(self) -> type[ConvertOptions]:
         cls = options_class(self.kind)
         if not self._kind_loaded:
             self._kind_loaded = True
-            common = [f.name for f in ConvertOptions.__dataclass_fields__.values()]
-            own = tuple(n for n in cls.__dataclass_fields__ if n not in common)
+            common = [f.name for f in dataclasses.fields(ConvertOptions)]
+            own = tuple(f.name for f in dataclasses.fields(cls) if f.name not in common)
             add_options(self, cls, skip=own)
             add_options(self.add_argument_group(self.kind, cls.inputs_help), cls, skip=tuple(common))
         return cls

@@ -37,14 +37,17 @@ class InspectOptions:
 
 def run(args: InspectOptions) -> int:
     sd = ShardDir.open(args.dir, listing=True)
-    if args.row is None and args.source_id is None:
+    if args.source_id is not None:
+        shard, index = sd.find_source(args.source_id)
+    elif args.row is not None:
+        shard, index = sd.locate(args.row)
+    else:
         if args.png:
             print("gato-tokenize inspect: --png needs --row or --source-id", file=sys.stderr)
             return 2
         s = summary(sd, args.seq_len)
         _print(json.dumps(s, indent=1) if args.json else format_summary(s))
         return 0
-    shard, index = sd.find_source(args.source_id) if args.source_id is not None else sd.locate(args.row)
     row, scalars, lines, images = row_view(sd, shard, index)
     header = _row_header(sd, shard, index, row, scalars)
     if args.png:  # before the listing: a reader that stops early (`| head`) must not lose the picture
