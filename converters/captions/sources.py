@@ -297,7 +297,7 @@ def coco_index(path: str, mode: str) -> list[tuple]:
     if mode == "all":
         return [(str(a.get("id", i)), files.get(_hashable(a.get("image_id")), BadField("image_id", f"unknown image id "
                  f"{a.get('image_id')!r}")), a.get("caption")) for i, a in enumerate(anns)]
-    first = {}
+    first: dict[object, object] = {}
     for a in anns:
         first.setdefault(_hashable(a.get("image_id")), a.get("caption"))
     return [(str(im_id), fn, first.get(im_id)) for im_id, fn in files.items()]
