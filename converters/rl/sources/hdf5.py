@@ -95,7 +95,7 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
         return n
 
     def _field_infos(self, f) -> dict[str, dict[str, FieldInfo]]:
-        out = {}
+        out: dict[str, dict[str, FieldInfo]] = {}
         for prefix, group in self._keys.items():
             out[prefix] = {}
             for name, p in group.items():

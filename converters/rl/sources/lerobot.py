@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -129,7 +129,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         order = np.argsort(out["episode_index"], kind="stable")
         return {c: v[order] for c, v in out.items()}
 
-    def _task_table(self) -> dict[int, str]:
+    def _task_table(self) -> dict[int | None, str | None]:  # from the data: checked where used
         if self.v3:
             p = inside(self.root, "meta/tasks.parquet", "file")
             try:
@@ -162,7 +162,8 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         return {}
 
     def _make_fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
-        obs, act = {}, {}
+        obs: dict[str, FieldInfo] = {}
+        act: dict[str, FieldInfo] = {}
         for key, feat in self.features.items():
             if key in BOOKKEEPING or key in NOT_FIELDS or key == REWARD:
                 continue
@@ -197,7 +198,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         return len(self._episodes["episode_index"])
 
     def episode_lengths(self) -> np.ndarray:
-        return self._episodes["length"].copy()
+        return np.array(self._episodes["length"])  # a copy
 
     def returns(self) -> np.ndarray:
         if REWARD not in self.features:
@@ -261,7 +262,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         decodes without the GIL while the previous episode is tokenised and written."""
         return read_ahead(self._read(start, stop, images))
 
-    def _read(self, start: int, stop: int, images: bool) -> Iterator[RawEpisode]:
+    def _read(self, start: int, stop: int, images: bool) -> Generator[RawEpisode, None, None]:
         stop = min(stop, self.num_episodes())
         videos: dict[Path, VideoFile | VideoError] = {}  # opened once per unit
         table, table_file, table_error = None, None, None
@@ -274,7 +275,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
                         table_file, table, table_error = path, None, None
                         group = [p for p in range(pos, stop) if not self.v3 or self.data_file(p) == path]
                         try:
-                            table = self._read_frames(path, self._episodes["episode_index"][group])
+                            table = self._read_frames(path, np.asarray(self._episodes["episode_index"])[group])
                         except SourceError as e:
                             table_error = str(e)
                     if table_error:

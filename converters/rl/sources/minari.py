@@ -79,7 +79,7 @@ def space_fields(space, prefix: str, out: dict[str, FieldInfo]) -> dict[str, Fie
             bounds = (tuple(low.tolist()), tuple(high.tolist()))
         out[prefix] = FieldInfo(prefix, kind, tuple(space.shape), bounds)
     elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-        out[prefix] = FieldInfo(prefix, "discrete", tuple(space.shape))
+        out[prefix] = FieldInfo(prefix, "discrete", space.shape)
     elif isinstance(space, spaces.Text):
         out[prefix] = FieldInfo(prefix, "text", None)
     else:

@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 import simplejpeg
@@ -125,7 +125,8 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
         return count_records(str(f))
 
     def _make_fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
-        obs, act = {}, {}
+        obs: dict[str, FieldInfo] = {}
+        act: dict[str, FieldInfo] = {}
         for d in self.declared.values():
             name = _field_name(d.key) if d.in_steps else None
             if name is None:
@@ -171,7 +172,7 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
         check run without the GIL while the previous episode is tokenised and written."""
         return read_ahead(self._read(start, stop))
 
-    def _read(self, start: int, stop: int) -> Iterator[RawEpisode]:
+    def _read(self, start: int, stop: int) -> Generator[RawEpisode, None, None]:
         stop = min(stop, self.num_episodes())
         for k, path in enumerate(self.files):
             a, b = max(start, int(self._starts[k])), min(stop, int(self._starts[k + 1]))
@@ -228,7 +229,7 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
             if not isinstance(values, list):
                 raise ValueError(f"feature {d.key!r}: expected bytes (text), got numbers")
             try:
-                out = [v.decode("utf-8") for v in values]
+                out: list | np.ndarray = [v.decode("utf-8") for v in values]
             except UnicodeDecodeError:
                 raise ValueError(f"feature {d.key!r}: text that is not UTF-8") from None
         elif d.kind == "image":
@@ -241,9 +242,8 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
             size = int(np.prod(d.shape)) if d.shape else 1
             if size <= 0 or len(values) % size:
                 raise ValueError(f"feature {d.key!r}: {len(values)} values are not steps of shape {list(d.shape)}")
-            out = values.reshape(len(values) // size, *d.shape)
-            if np.dtype(d.dtype).kind == "f":
-                out = out.astype(np.float32, copy=False)
+            arr = values.reshape(len(values) // size, *d.shape)
+            out = arr.astype(np.float32, copy=False) if np.dtype(d.dtype).kind == "f" else arr
         if steps is not None and len(out) != steps:
             raise ValueError(f"feature {d.key!r}: {len(out)} steps, other features {steps}")
         return out

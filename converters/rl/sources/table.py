@@ -118,7 +118,8 @@ def _column_rows(col: pa.Array) -> list:
         valid = col.is_valid().to_numpy(zero_copy_only=False)
     try:
         steps = steps_to_numpy(col.flatten())
-        rows = [steps[offsets[i]:offsets[i + 1]] for i in range(len(col))]
+        # a row's steps, why they are bad (ragged), or None (a null row)
+        rows: list[np.ndarray | list | str | None] = [steps[offsets[i]:offsets[i + 1]] for i in range(len(col))]
     except Ragged:
         rows = []
         for i in range(len(col)):
@@ -176,9 +177,10 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
         self.name = hf_task_name(p) if self._hf else task_name(p)
         schema = self._schema()
         names = schema.names
-        self._rewards = next((c for c in REWARD_COLUMNS if c in names), None)
-        if self._rewards is None:
+        rewards = next((c for c in REWARD_COLUMNS if c in names), None)
+        if rewards is None:
             raise SourceError(f"{self.path}: no 'rewards' column (columns: {', '.join(names)})")
+        self._rewards: str = rewards
         _check_numeric_steps(self.path, self._rewards, schema.field(self._rewards).type)
         self._id = next((c for c in ID_COLUMNS if c in names and not _is_list(schema.field(c).type)), None)
         lists = [f.name for f in schema if _is_list(f.type) and f.name != self._rewards]
@@ -281,7 +283,7 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
         Read one row at a time: every process opens every input (a dataset of many files), and
         a batch of 16 long episodes would cost as much as converting a unit."""
         cols = self._obs_cols + self._act_cols
-        first: dict[str, object] = {}
+        first: dict[str, np.ndarray | list] = {}
         why: dict[str, str] = {}  # the first row error of a column, to say why it has no steps
         for batch in self._batches(0, self.num_episodes(), cols, rows=1):
             for c in cols:
@@ -306,8 +308,10 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
                 kind, shape = "text", None
             else:
                 shape = tuple(v.shape[1:])
-                kind = next((k[:-1] for k in KIND_PREFIXES if c.startswith(k)), None)
-                if kind is None:
+                prefixed = next((k[:-1] for k in KIND_PREFIXES if c.startswith(k)), None)
+                if prefixed is not None:
+                    kind = prefixed
+                else:
                     try:
                         kind = guess_kind(v.dtype, shape)
                     except SourceError as e:

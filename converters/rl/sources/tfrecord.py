@@ -86,7 +86,7 @@ def _headers(path: str):
             yield length, None
 
 
-_EXAMPLE = []
+_EXAMPLE: list[type] = []  # the generated message class, once built
 
 
 def example_class():
@@ -136,7 +136,7 @@ def parse_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
         ex.ParseFromString(data)
     except DecodeError as e:
         raise RecordError(f"not a tf.train.Example ({e})") from None
-    out = {}
+    out: dict[str, np.ndarray | list[bytes]] = {}
     for key, feat in ex.features.feature.items():
         kind = feat.WhichOneof("kind")
         if kind == "float_list":

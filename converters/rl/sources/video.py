@@ -13,6 +13,7 @@ robot-camera sizes (same bytes either way: the same swscale call with the same d
 from __future__ import annotations
 
 import math
+from typing import Any, Iterator
 
 import av
 import numpy as np
@@ -48,11 +49,14 @@ class VideoFile:
         if size is not None and got != tuple(size):
             self._container.close()
             raise VideoError(f"frames are {got[0]}x{got[1]}, the dataset declares {size[0]}x{size[1]}")
+        if self._stream.time_base is None:  # PyAV leaves it unset only for streams it cannot time
+            self._container.close()
+            raise VideoError("the video stream has no time base")
         self._stream.thread_type = "AUTO"
         self._tb = float(self._stream.time_base)  # a float: Fraction arithmetic per frame costs more than decoding
         self._rgb = _reformatter()
-        self._frames = None  # the decoding iterator
-        self._pending = None  # a decoded frame past the last request, kept for the next one
+        self._frames: Iterator[Any] | None = None  # the decoding iterator
+        self._pending: Any = None  # a decoded frame past the last request, kept for the next one
         self._position = -math.inf  # time of the last frame decoded
 
     def close(self) -> None:
@@ -63,7 +67,7 @@ class VideoFile:
         self._frames, self._pending, self._position = None, None, -math.inf
 
     def _seek(self, t: float) -> None:
-        self._container.seek(max(0, int(math.floor((t - self.tolerance) / self._stream.time_base))),
+        self._container.seek(max(0, int(math.floor((t - self.tolerance) / self._tb))),
                              stream=self._stream, backward=True)
         self._frames, self._pending, self._position = self._container.decode(self._stream), None, -math.inf
 
@@ -71,6 +75,7 @@ class VideoFile:
         if self._pending is not None:
             frame, self._pending = self._pending, None
             return frame
+        assert self._frames is not None  # frames_at seeks before it asks for a frame
         try:
             return next(self._frames, None)
         except (av.FFmpegError, OSError) as e:
@@ -86,7 +91,8 @@ class VideoFile:
         lo, hi = times[0] - self.tolerance, times[-1] + self.tolerance
         if self._frames is None or times[0] < self._position - self.tolerance or times[0] > self._position + 2.0:
             self._seek(float(times[0]))
-        got_t, got = [], []
+        got_t: list[float] = []
+        got: list[Any] = []  # av.VideoFrame
         while True:
             frame = self._next(len(got))
             if frame is None:
@@ -138,8 +144,12 @@ def decode_all(path: str) -> tuple[np.ndarray, np.ndarray]:
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if stream.time_base is None:
+            raise VideoError("the video stream has no time base")
         tb = float(stream.time_base)
         for frame in container.decode(stream):
+            if frame.pts is None:  # as frames_at: a frame without a time is not one of the video's
+                continue
             times.append(frame.pts * tb)
             frames.append(to_rgb(frame, rgb))
     return np.asarray(times), np.stack(frames)
