@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import h5py
 import minari
 import numpy as np
 from gymnasium import spaces
@@ -146,6 +145,7 @@ class MinariSource:
             raise SourceError(f"{self.path}: unreadable Minari dataset ({first_line(e)})") from None
 
     def _h5(self):
+        import h5py  # noqa: PLC0415 - only HDF5 data loads h5py: then workers spawn, not fork
         file = self._data / "main_data.hdf5"
         try:
             return h5py.File(file, "r")
