@@ -11,6 +11,10 @@ import argparse
 import importlib
 import sys
 
+from schemas.names import redact_std_streams
+
+from .errors import run_reporting_errors
+
 SUBCOMMAND_MODULES = (
     "converters.commands.convert",
     "converters.commands.finalize",
@@ -32,14 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from schemas.names import redact_std_streams
     redact_std_streams()  # credentials in a URL never reach a message
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    from .errors import run_reporting_errors
     return run_reporting_errors(args.func, args)
 
 

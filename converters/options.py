@@ -9,16 +9,14 @@ choices live in the fields; what relates two options (a partition of K partition
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from tokenizer_kit.layout import PROFILES, VocabLayout
 from tokenizer_kit.options import UsageError, check_all, opt
+from tokenizer_kit.text import TextTokenizer
 
 from .writer.engines import ENGINES
 from .writer.shards import COMPRESSIONS
-
-if TYPE_CHECKING:
-    from tokenizer_kit.text import TextTokenizer
 
 ON_ERROR = ("fail", "skip")
 
@@ -78,6 +76,5 @@ class ConvertOptions:
 
     def tokenizer_and_layout(self) -> "tuple[TextTokenizer | None, VocabLayout]":
         """Loaded from --text-tokenizer (a local path by now) when the convert command has not."""
-        from tokenizer_kit.text import TextTokenizer
         tok = TextTokenizer(self.text_tokenizer) if self.text_tokenizer else None
         return tok, self.vocab_layout(tok)

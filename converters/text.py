@@ -19,12 +19,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.options import opt
@@ -72,8 +71,9 @@ def make_converter(opts: TextOptions, layout: VocabLayout | None = None,
     """From the parsed options; the convert command passes the tokenizer and layout it loaded."""
     if layout is None or tokenizer is None:
         tokenizer, layout = opts.tokenizer_and_layout()
-    return TextConverter(opts.inputs, tokenizer, layout, split=opts.split, text_field=opts.text_field,
-                         unit_size=opts.unit_size)
+    # a missing tokenizer is refused by TextConverter itself, with the option to give
+    return TextConverter(opts.inputs, cast(TextTokenizer, tokenizer), layout, split=opts.split,
+                         text_field=opts.text_field, unit_size=opts.unit_size)
 
 
 def auto_unit_size(files: list[tuple[str, str]]) -> int:
@@ -135,7 +135,7 @@ class TextConverter:
     # --- planning ------------------------------------------------------------------------------
     def _files(self) -> list[tuple[str, str]]:
         """(path, kind) of every input, directories expanded in sorted order."""
-        found = []
+        found: list[tuple[str, str]] = []
         for raw in self.inputs:
             path = Path(raw)
             if not path.exists():
@@ -148,8 +148,8 @@ class TextConverter:
                     if not sub.is_dir() and not sub.is_file() and TEXT_SUFFIXES.get(sub.suffix.lower()):
                         what = "a dangling symlink" if sub.is_symlink() and not sub.exists() else "not a regular file"
                         raise SourceError(f"{sub}: {what} (an input folder's {sub.suffix} entries must be files)")
-                inside = [(str(sub), _kind_of(sub)) for sub in candidates
-                          if sub.is_file() and _kind_of(sub) not in (None, "dir")]
+                inside = [(str(sub), k) for sub in candidates
+                          if sub.is_file() and (k := _kind_of(sub)) is not None and k != "dir"]
                 if not inside:
                     raise SourceError(f"{raw}: no .txt, .jsonl or .parquet files in this directory")
                 found.extend(inside)
@@ -184,13 +184,18 @@ class TextConverter:
             return self._parquet_units(path)
         return self._dataset_units(path)
 
+    def _unit_bytes(self) -> int:
+        """unit_size, which work_units sets (from the inputs when not given) before it cuts a unit."""
+        assert self.unit_size is not None, "work_units sets unit_size first"
+        return self.unit_size
+
     def _byte_bounds(self, path: str, blank_line: bool) -> list[int]:
         """Unit boundaries of a text file: every ~unit_size bytes, moved forward to the next line
         start (jsonl) or the next document start after a blank line (txt)."""
-        size = os.path.getsize(path)
+        size, unit_size = os.path.getsize(path), self._unit_bytes()
         bounds = [0]
         with open(path, "rb") as f:
-            nominal = self.unit_size
+            nominal = unit_size
             while nominal < size:
                 f.seek(nominal - 1)
                 f.readline()  # to the first line start at or after nominal
@@ -210,7 +215,7 @@ class TextConverter:
                 if pos >= size:
                     break
                 bounds.append(pos)
-                nominal = pos + self.unit_size
+                nominal = pos + unit_size
         bounds.append(size)
         return bounds
 
@@ -267,6 +272,7 @@ class TextConverter:
             if bad is not None:
                 yield Record(sid, skip_reason=bad)
                 continue
+            assert text is not None  # a document comes with its text or with the reason it is bad
             if not text.strip():
                 continue  # an empty document has nothing to learn from
             ids.append(sid)
@@ -380,7 +386,8 @@ class TextConverter:
         pf = _parquet_file(unit.path)
         self._check_type(unit.path, pf.schema_arrow)
         row = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start))
-        for batch in pf.iter_batches(batch_size=ARROW_BATCH_ROWS, row_groups=list(range(unit.start, unit.stop)),
+        stop = pf.num_row_groups if unit.stop is None else unit.stop  # None: the whole file (a unit planned unread)
+        for batch in pf.iter_batches(batch_size=ARROW_BATCH_ROWS, row_groups=list(range(unit.start, stop)),
                                      columns=[self.text_field]):
             yield from self._column_texts(unit.path, batch.column(0), row)
             row += batch.num_rows
@@ -389,8 +396,9 @@ class TextConverter:
         ds = load_dataset(unit.path)
         self._check_type(unit.path, ds.data.schema)
         table = ds.with_format("arrow")
-        for a in range(unit.start, unit.stop, ARROW_BATCH_ROWS):
-            part = table[a:min(a + ARROW_BATCH_ROWS, unit.stop)]
+        stop = len(ds) if unit.stop is None else unit.stop  # None: the whole dataset (a unit planned unread)
+        for a in range(unit.start, stop, ARROW_BATCH_ROWS):
+            part = table[a:min(a + ARROW_BATCH_ROWS, stop)]
             yield from self._column_texts(unit.path, part.column(self.text_field), a)
 
 

@@ -114,7 +114,7 @@ class ShardCache:
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._proven: dict[str, tuple] = {}
-        self._reaped = None  # the pid that removed dead processes' partial downloads
+        self._reaped: int | None = None  # the pid that removed dead processes' partial downloads
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -434,7 +434,7 @@ class ShardCache:
 
     def _entries(self) -> list[tuple[int, int, Path, bool]]:
         """(bytes, access time, path, is a copy) of every copy and partial download."""
-        out = []
+        out: list[tuple[int, int, Path, bool]] = []
         try:
             it = list(os.scandir(self.root))
         except FileNotFoundError:

@@ -59,7 +59,7 @@ def assign_rows(rows_per_shard: Sequence[int], rank: int, world_size: int, worke
     return order[reader_index(rank, world_size, worker, num_workers)::num_readers(world_size, num_workers)]
 
 
-def shard_row_starts(rows_per_shard: Sequence[int]) -> np.ndarray:
+def shard_row_starts(rows_per_shard: Sequence[int] | np.ndarray) -> np.ndarray:
     """The first global row id of each shard, then the row count (int64): rows are numbered
     through the shards in the manifest's order. The one numbering the split, the reader, the
     loader and `verify` share."""

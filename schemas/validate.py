@@ -38,7 +38,9 @@ def validate_table(table: pa.Table, layout: VocabLayout) -> list[Problem]:
 def validate_and_count(table: pa.Table, layout: VocabLayout) -> tuple[list[Problem], np.ndarray]:
     """validate_table's problems and the number of tokens of each modality code (what verify
     compares with the manifest), taken from the step pattern where the fast path proves the table."""
-    return _validate(table, layout, count=True)
+    problems, counts = _validate(table, layout, count=True)
+    assert counts is not None  # count=True: always counted
+    return problems, counts
 
 
 def _validate(table: pa.Table, layout: VocabLayout, count: bool) -> tuple[list[Problem], np.ndarray | None]:
@@ -168,7 +170,7 @@ def _proved_by_pattern(table: pa.Table, layout: VocabLayout) -> np.ndarray | Non
             values, o = chunk_view(batch.column(name))
             offsets[name].append(o)
             cols.append(values)
-        if k is None:
+        if k is None or pattern is None:  # the first batch sets both
             k = int(ss[1]) if nsteps[0] > 1 else int(off[1])
             if k <= 0 or len(tokens) < k:
                 return None

@@ -214,7 +214,7 @@ def validate_tokens(table: pa.Table, layout: VocabLayout) -> list[Problem]:
     # rl_row: per-token "row has steps"; None when every row has (pure RL shards need no mask)
     any_rl, all_rl = len(ss) > 0, bool((nsteps > 0).all())
     rl_row = None if all_rl else np.repeat(nsteps > 0, lengths)
-    if not all_rl:
+    if rl_row is not None:  # not all_rl
         # text and image-caption rows: no separators, no local positions (SPEC 4)
         sep = mod == SEPARATOR
         if sep.any():

@@ -29,13 +29,6 @@ def field_key(name: str) -> tuple[str, str]:
 
 
 def field_keys(name: str, prefix: str) -> tuple[str, ...] | None:
-    """The inverse of `field_name`: the member keys of field `name` under `prefix`
-    (`action/arm/0` -> ("arm", "0")), or None when `name` is not a member of `prefix`."""
-    head, sep, rest = name.partition("/")
-    return tuple(rest.split("/")) if head == prefix and sep and rest else None
-
-
-def field_keys(name: str, prefix: str) -> tuple[str, ...] | None:
     """The member keys of field `name` under `prefix` (`action/arm/0` -> ("arm", "0")), or None
     when `name` is not a member of `prefix`: the inverse of nested `field_name` calls."""
     head, sep, rest = name.partition(SEP)

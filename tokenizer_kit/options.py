@@ -57,7 +57,7 @@ def type_name(f: dataclasses.Field) -> str:
 
 
 def default_of(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # mypy: MISSING is not callable
 
 
 def check_value(f: dataclasses.Field, value: Any) -> Any:
@@ -232,7 +232,7 @@ def add_command(subparsers: Any, name: str, cls: type, func: Callable[[Any], int
     """A subcommand whose options are dataclass `cls`: its parser built from the fields (no
     abbreviations), and `func` called with the typed instance; a UsageError it raises is argparse's
     one line and exit 2."""
-    p = subparsers.add_parser(name, allow_abbrev=False, **kw)
+    p: argparse.ArgumentParser = subparsers.add_parser(name, allow_abbrev=False, **kw)
     add_options(p, cls)
 
     def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, cast
 
 import numpy as np
 
@@ -37,8 +37,10 @@ def make_converter(opts: CaptionOptions, layout: VocabLayout | None = None,
     """From the parsed options; the convert command passes the tokenizer and layout it loaded."""
     if layout is None or tokenizer is None:
         tokenizer, layout = opts.tokenizer_and_layout()
+    # not None: CaptionOptions.vocab_layout refused a missing --text-tokenizer (UsageError)
     return CaptionConverter(
-        opts.inputs, tokenizer, layout, input_format=opts.input_format, image_size=opts.image_size, fit=opts.fit,
+        opts.inputs, cast(TextTokenizer, tokenizer), layout, input_format=opts.input_format,
+        image_size=opts.image_size, fit=opts.fit,
         image_field=opts.image_field, caption_field=opts.caption_field, image_root=opts.image_root,
         coco_captions=opts.coco_captions, records_per_unit=opts.records_per_unit,
         allow_outside_root=opts.allow_outside_root, max_image_bytes=opts.max_image_bytes)
@@ -56,7 +58,7 @@ class CaptionConverter:
                  image_root: str | None = None, coco_captions: str = "all", records_per_unit: int = 10000,
                  allow_outside_root: bool = False, max_image_bytes: int = MAX_IMAGE_BYTES):
         self.tok, self.layout = text_tokenizer, layout
-        self.image = ImageFit(tuple(image_size) if image_size is not None else None, fit)
+        self.image = ImageFit(cast("tuple[int, int]", tuple(image_size)) if image_size is not None else None, fit)
         self.image_field, self.caption_field = image_field, caption_field
         self.image_root = image_root
         self.allow_outside_root, self.max_image_bytes = allow_outside_root, max_image_bytes
@@ -152,7 +154,7 @@ class CaptionConverter:
                 groups.append(g)
                 first = pos if first is None else first
             pos += n
-        if not groups:
+        if not groups or first is None:  # first is set with the first group
             return iter(())
         table = pf.read_row_groups(groups, columns=[img, cap])
         table = table.slice(unit.start - first, min(stop, pos) - unit.start)
@@ -183,12 +185,13 @@ class CaptionConverter:
         good = [t for t in texts if isinstance(t, str)]
         encoded = self.tok.encode_batch(good) if good else []
         vocab = self.layout.text_vocab_size
+        checked: list[np.ndarray | BadField] = list(encoded)
         if encoded:  # one range check for the chunk; per caption only if it fails
             flat = np.concatenate(encoded)
             if flat.size and (flat.min() < 0 or flat.max() >= vocab):
-                encoded = [BadField("caption", f"text id outside [0, {vocab})")
+                checked = [BadField("caption", f"text id outside [0, {vocab})")
                            if x.size and (x.min() < 0 or x.max() >= vocab) else x for x in encoded]
-        ids = iter(encoded)
+        ids = iter(checked)
         for (key, image, image_field, _, caption_field), text in zip(items, texts):
             sid = f"{name}/{key}"
             try:

@@ -43,7 +43,7 @@ class BadField(Exception):
         self.field, self.reason = field, reason
 
 
-def _png_size(data: bytes) -> tuple[int, int] | None:
+def _png_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
     """(W, H) from a PNG header, to name a 0-pixel PNG that Pillow refuses to open."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
@@ -68,13 +68,13 @@ class ImageFit:
         if not data:
             raise BadField(field, "image is empty (0 bytes)")
         if self.size is not None and data[:2] == b"\xff\xd8" and simplejpeg is not None:
-            rgb = self._jpeg(data, field)
+            rgb = self._jpeg(data, field, self.size)
             if rgb is not None:
                 return rgb
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(data))  # reads the header only
+                im: Image.Image = Image.open(io.BytesIO(data))  # reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise BadField(field, f"refused before decoding: {first_line(e)}") from None
         except UnidentifiedImageError:
@@ -98,7 +98,7 @@ class ImageFit:
             elif im.mode != "RGB":
                 im = im.convert("RGB")
             if scaled is not None and im.size != (scaled[1], scaled[0]):
-                im = im.resize((scaled[1], scaled[0]), Image.BILINEAR)
+                im = im.resize((scaled[1], scaled[0]), Image.Resampling.BILINEAR)
             rgb = np.frombuffer(im.tobytes(), np.uint8).reshape(im.height, im.width, 3)  # one copy, not two
         except TokenizeError as e:
             raise BadField(field, str(e).split(": ", 1)[-1]) from None
@@ -106,7 +106,7 @@ class ImageFit:
             raise BadField(field, f"cannot decode {fmt} data: {first_line(e)}") from None
         return fit_image(rgb, self.fit, self.size)
 
-    def _jpeg(self, data: bytes, field: str) -> np.ndarray | None:
+    def _jpeg(self, data: bytes | bytearray | memoryview, field: str, size: tuple[int, int]) -> np.ndarray | None:
         """A YCbCr or grey JPEG decoded by libjpeg-turbo at the smallest of its M/8 DCT scales that
         keeps the fitted size (3/4 takes 256 px straight to 192: no resize left, and closer to a
         Lanczos reference than decode + bilinear), then bilinear for what is left. None: let
@@ -117,14 +117,14 @@ class ImageFit:
             return None
         if colorspace not in ("YCbCr", "Gray") or not 0 < w * h <= MAX_PIXELS:
             return None
-        sh, sw = scaled_size(h, w, self.size, self.fit)
+        sh, sw = scaled_size(h, w, size, self.fit)
         try:
             rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=sh, min_width=sw)
         except ValueError:  # corrupt or truncated (strict): Pillow says which
             return None
         if rgb.shape[:2] != (sh, sw):
-            rgb = np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.BILINEAR))
-        return fit_image(rgb, self.fit, self.size)
+            rgb = np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.Resampling.BILINEAR))
+        return fit_image(rgb, self.fit, size)
 
 
 def caption_row(rgb: np.ndarray, ids: np.ndarray, layout: VocabLayout) -> Row:

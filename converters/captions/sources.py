@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tokenizer_kit.errors import first_line
 
 from ..base import SourceError
@@ -125,7 +128,7 @@ def _check_tar_end(path: str) -> None:
 
 
 def tar_records(path: str, caption_field: str | None):
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    from webdataset.tariterators import group_by_keys, tar_file_expander  # noqa: PLC0415 - imports torch: 1.3 s
 
     _check_tar_end(path)
     seen: set[str] = set()
@@ -294,7 +297,7 @@ def coco_index(path: str, mode: str) -> list[tuple]:
     if mode == "all":
         return [(str(a.get("id", i)), files.get(_hashable(a.get("image_id")), BadField("image_id", f"unknown image id "
                  f"{a.get('image_id')!r}")), a.get("caption")) for i, a in enumerate(anns)]
-    first = {}
+    first: dict[object, object] = {}
     for a in anns:
         first.setdefault(_hashable(a.get("image_id")), a.get("caption"))
     return [(str(im_id), fn, first.get(im_id)) for im_id, fn in files.items()]
@@ -316,7 +319,6 @@ def coco_records(path: str, mode: str, start: int, stop: int, files: ImageFiles)
 def _pylist(column) -> list:
     """Values of an Arrow column; a string column whose bytes are not UTF-8 (a damaged file) comes
     back as bytes, so the record that holds them is named rather than the whole read failing."""
-    import pyarrow as pa
     try:
         return column.to_pylist()
     except UnicodeDecodeError:
@@ -341,7 +343,6 @@ def arrow_records(table, start: int, image_col: str, caption_col: str, files: Im
 
 
 def arrow_columns(schema, image_field, caption_field, path: str) -> tuple[str, str]:
-    import pyarrow as pa
     names = schema.names
     img = image_field
     if img is None:  # a datasets Image feature is a struct with a "bytes" field
@@ -352,7 +353,6 @@ def arrow_columns(schema, image_field, caption_field, path: str) -> tuple[str, s
 
 
 def parquet_file(path: str):
-    import pyarrow.parquet as pq
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad files

@@ -14,11 +14,18 @@ command does not pay for the others' imports.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from tokenizer_kit.options import UsageError, add_options, from_namespace
+from tokenizer_kit.text import TextTokenizer
+
+from converters.inputs import localize_inputs
+from converters.options import ConvertOptions
+from converters.writer import convert
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
-def options_class(kind: str) -> type:
+def options_class(kind: str) -> type[ConvertOptions]:
     return _load(KINDS[kind].options)
 
 
@@ -60,13 +67,12 @@ class _LazyKindParser(argparse.ArgumentParser):
     kind: str = ""
     _kind_loaded = False
 
-    def _load_kind(self) -> type:
-        from converters.options import ConvertOptions
+    def _load_kind(self) -> type[ConvertOptions]:
         cls = options_class(self.kind)
         if not self._kind_loaded:
             self._kind_loaded = True
-            common = [f.name for f in ConvertOptions.__dataclass_fields__.values()]
-            own = tuple(n for n in cls.__dataclass_fields__ if n not in common)
+            common = [f.name for f in dataclasses.fields(ConvertOptions)]
+            own = tuple(f.name for f in dataclasses.fields(cls) if f.name not in common)
             add_options(self, cls, skip=own)
             add_options(self.add_argument_group(self.kind, cls.inputs_help), cls, skip=tuple(common))
         return cls
@@ -92,7 +98,6 @@ def register(subparsers) -> None:
 
 def _check_out(out: str) -> None:
     """--out (or a folder it would be made in) that is a file is bad usage, found before any work."""
-    from pathlib import Path
     for p in (Path(out), *Path(out).parents):
         if p.exists():
             if not p.is_dir():
@@ -110,9 +115,6 @@ def run(args: argparse.Namespace) -> int:
 
 def convert_command(opts) -> int:
     """The conversion `opts` asks for (a kind's options dataclass), written; UsageError for bad usage."""
-    from tokenizer_kit.text import TextTokenizer
-    from converters.inputs import localize_inputs
-    from converters.writer import convert
 
     opts.check()
     _check_out(opts.out)

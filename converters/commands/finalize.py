@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from tokenizer_kit.options import add_command, opt
 
+from converters.writer import finalize
+
 
 @dataclass
 class FinalizeOptions:
@@ -16,7 +18,6 @@ class FinalizeOptions:
 
 
 def run(args: FinalizeOptions) -> int:
-    from converters.writer import finalize  # noqa: PLC0415 - start-up time: the writer loads only when this command runs
     m = finalize(args.dir)  # a locked or unreachable OUT: converters.errors makes it one line
     print(f"{args.dir}: {m.total_rows} rows, {m.total_tokens} tokens in {len(m.shards)} shards", file=sys.stderr)
     return 0

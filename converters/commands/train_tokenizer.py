@@ -18,7 +18,7 @@ class TrainTokenizerOptions:
     """The options of `gato-tokenize train-tokenizer`."""
 
     inputs: list[str] = opt([], "UTF-8 text files, one sentence per line", cli="list", positional=True, metavar="TEXT")
-    vocab_size: int | None = opt(None, "text vocab size T (paper: 32000)", metavar="N", required=True)
+    vocab_size: int = opt(None, "text vocab size T (paper: 32000)", metavar="N", required=True)  # required: never None
     out: str = opt("", "where to write the .model file", metavar="MODEL", required=True)
     model_type: str = opt("bpe", "SentencePiece algorithm (default: bpe, much faster to train)",
                           choices=("bpe", "unigram"))

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError
 from schemas.reader import ShardDir
-from schemas.split import directory_seed, reader_index, split_rows
+from schemas.split import directory_seed, locate_rows, reader_index, split_rows
 from schemas.storage import is_remote, join
 from schemas.validate import Problem, validate_and_count
 from tokenizer_kit.errors import first_line
@@ -260,7 +260,7 @@ def simulate_ranks(rows_per_shard: list[int], row_tokens: np.ndarray, world: int
         for worker in range(max(1, workers)):
             rows = split_rows(split, rows_per_shard, rank, world, worker, workers, epoch, s)
             np.add.at(reads, rows, 1)
-            shards = np.unique(schemas.split.locate_rows(rows_per_shard, rows)[0])
+            shards = np.unique(locate_rows(rows_per_shard, rows)[0])
             readers.append({"rank": rank, "worker": worker, "reader": reader_index(rank, world, worker, workers),
                             "rows": int(len(rows)), "tokens": int(row_tokens[rows].sum()) if len(row_tokens) else 0,
                             "shards": int(len(shards)), "first_rows": rows[:4].tolist()})

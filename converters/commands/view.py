@@ -18,7 +18,6 @@ import numpy as np
 
 from schemas.reader import ShardDir
 from schemas.shard import ShardError, row_from_table
-from tokenizer_kit.argtypes import nonnegative_int, positive_int
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import MODALITY_NAMES
 from tokenizer_kit.options import add_command, opt

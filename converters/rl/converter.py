@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class RLConverter:
         return ranges
 
     def options(self) -> dict:
-        extra = {}
+        extra: dict[str, Any] = {}
         if any(f.frame_stack is not None for f in self.spec.observations):
             extra["frame_stack"] = self.frame_stack
         if any(f.kind == "continuous" for f in self.spec.actions):
@@ -125,9 +125,10 @@ class RLConverter:
         """The reset seeds every input's episodes were recorded from, as sorted [first, last]
         ranges (an evaluation must start from others); None unless every input keeps them."""
         found = [s.recorded_seeds() for s in self._readable_sources()]
-        if not found or any(f is None for f in found):
+        kept = [f for f in found if f is not None]
+        if not found or len(kept) < len(found):
             return None
-        seeds = np.unique(np.concatenate(found))
+        seeds = np.unique(np.concatenate(kept))
         breaks = np.flatnonzero(np.diff(seeds) != 1)
         starts = np.concatenate([[0], breaks + 1])
         stops = np.concatenate([breaks, [len(seeds) - 1]])
@@ -203,7 +204,7 @@ class RLConverter:
                                 f"value at step {int(np.argmin(finite))}")
         else:
             episode_return = float(rewards.sum())
-        if threshold is not None and episode_return < threshold:
+        if threshold is not None and episode_return is not None and episode_return < threshold:  # None: raised above
             # left out by --min-return: counted in the manifest, not an error
             return Record(sid, task=task, episode_return=episode_return, filtered=True)
         counts: dict[str, dict[str, int]] = {}

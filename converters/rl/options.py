@@ -7,9 +7,11 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from schemas.env_spec import EnvSpec, EnvSpecError
 from tokenizer_kit.argtypes import image_size_or_native
 from tokenizer_kit.frames import MODES as FRAME_MODES
 from tokenizer_kit.images import FIT_POLICIES
+from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.options import opt
 from tokenizer_kit.sequence import KINDS
 
@@ -18,8 +20,6 @@ from .converter import STEPS_PER_UNIT
 from .sources import SOURCE_KINDS
 
 if TYPE_CHECKING:
-    from schemas.env_spec import EnvSpec
-    from tokenizer_kit.layout import VocabLayout
     from tokenizer_kit.text import TextTokenizer
 
 IGNORE = "ignore"
@@ -37,7 +37,6 @@ def pair(text: str) -> tuple[str, str]:
 
 def env_spec(text: str) -> "EnvSpec":
     """--env-spec as a checked schemas.env_spec.EnvSpec: bad usage before anything is read."""
-    from schemas.env_spec import EnvSpec, EnvSpecError
     try:
         return EnvSpec.parse(text)
     except EnvSpecError as e:
@@ -107,7 +106,6 @@ class RLOptions(ConvertOptions):
 
     def vocab_layout(self, tokenizer: "TextTokenizer | None") -> "VocabLayout":
         """The tokenizer's layout, else one of --text-vocab-size text ids (episodes without text)."""
-        from tokenizer_kit.layout import VocabLayout
         if tokenizer is not None:
             return tokenizer.layout(self.layout_profile)
         return VocabLayout(text_vocab_size=self.text_vocab_size, profile=self.layout_profile)

@@ -41,7 +41,7 @@ def _usage(message: str):
 def build_spec(obs: dict[str, FieldInfo], act: dict[str, FieldInfo], kinds: dict[str, str],
                mu_law: dict[str, bool], image_fit: str = "resize", action_local_pos: bool = False,
                image_size: tuple[int, int] | None = None, field_loss: dict[str, bool] | None = None,
-               action_bounds: dict[str, tuple[float, float]] | None = None,
+               action_bounds: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] | None = None,
                repeated_text_loss: bool = False) -> EpisodeSpec:
     """Fields as the reader found them, with --field, --mu-law, --field-loss and --action-bounds
     applied. An image field whose steps stack grey frames keeps that stack's geometry; a continuous
@@ -134,7 +134,7 @@ def make_converter(opts: RLOptions, layout: VocabLayout | None = None,
         if value.lower() not in ("on", "off"):
             _usage(f"--field-loss {name}={value}: expected on or off")
         field_loss[name] = value.lower() == "on"
-    bounds = {}
+    bounds: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
     for name, value in opts.action_bounds:
         low, _, high = value.partition(":")
         try:

@@ -131,6 +131,7 @@ class ShardWriter:
 
     def _hash_written(self, end: int) -> None:
         """Add the open shard's bytes up to `end` to its sha256, read back from the file."""
+        assert self._reader is not None  # opened with the shard, in add()
         while self._hashed < end:
             block = os.pread(self._reader, min(HASH_READ_BYTES, end - self._hashed), self._hashed)
             if not block:

@@ -9,7 +9,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Generator
 
 import numpy as np
 import pyarrow as pa
@@ -131,7 +131,7 @@ def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.
 
 
 def unit_batches(converter: Converter, unit: WorkUnit, s: UnitSettings, stats: UnitStats,
-                 skipped: list[SkippedRecord]) -> Iterator[tuple[str, pa.RecordBatch]]:
+                 skipped: list[SkippedRecord]) -> Generator[tuple[str, pa.RecordBatch], None, None]:
     """The unit's rows as (split, record batch), each checked with schemas.validate (a converter bug
     never reaches a shard). Bad records: SourceError under on_error='fail', else listed in `skipped`.
     A record's split: its own (a source's test files), else `held_out` by --test-share."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from schemas.reader import ShardDir
 from tokenizer_kit.options import add_command, opt
 
+from ...render import render_row
 from .rows import _row_header, row_view
 from .summary import format_summary, summary
 
@@ -36,18 +37,20 @@ class InspectOptions:
 
 def run(args: InspectOptions) -> int:
     sd = ShardDir.open(args.dir, listing=True)
-    if args.row is None and args.source_id is None:
+    if args.source_id is not None:
+        shard, index = sd.find_source(args.source_id)
+    elif args.row is not None:
+        shard, index = sd.locate(args.row)
+    else:
         if args.png:
             print("gato-tokenize inspect: --png needs --row or --source-id", file=sys.stderr)
             return 2
         s = summary(sd, args.seq_len)
         _print(json.dumps(s, indent=1) if args.json else format_summary(s))
         return 0
-    shard, index = sd.find_source(args.source_id) if args.source_id is not None else sd.locate(args.row)
     row, scalars, lines, images = row_view(sd, shard, index)
     header = _row_header(sd, shard, index, row, scalars)
     if args.png:  # before the listing: a reader that stops early (`| head`) must not lose the picture
-        from ...render import render_row
         caption = [line for line in lines if line.startswith("caption: ")]
         title = f"{sd.name}: {header.split(';')[0]}" + "".join(f"\n{c}" for c in caption)
         render_row(args.png, row, images, title)

@@ -112,8 +112,8 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
     layout = sd.layout if sd.manifest is not None else None
     images: list[tuple[str, np.ndarray]] = []
     if len(row.step_starts):
-        if layout is not None and sd.manifest.episode_spec:
-            spec = sd.manifest.spec
+        spec = sd.manifest.spec if sd.manifest is not None else None
+        if layout is not None and spec is not None:
             steps = decode_episode(row, spec, layout, tok)
             lines = episode_lines(row, spec, layout, steps)
             images = []
@@ -138,7 +138,7 @@ def row_view(sd: ShardDir, shard: int, index: int) -> tuple[Row, dict, list[str]
             text_mask = row.modality == TEXT
             lines = ["images: " + ", ".join(f"{im.shape[0]}x{im.shape[1]} ({patch_count(*im.shape[:2])} "
                                              "patches)" for im in imgs),
-                     f"caption: {_clip(caption)!r}" if tok is not None else "caption: (no tokenizer.model)",
+                     f"caption: {_clip(str(caption))!r}" if tok is not None else "caption: (no tokenizer.model)",
                      "caption ids (* = loss): "
                      + " ".join(_ids(row.tokens[text_mask], row.loss_mask[text_mask], MAX_IDS))]
     else:

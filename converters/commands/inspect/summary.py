@@ -75,7 +75,7 @@ def _field_errors(st: Stats | None) -> dict | None:
     return {name: asdict(e) for name, e in st.field_errors.items()} if st is not None and st.field_errors else None
 
 
-def work_progress(root: Path) -> dict | None:
+def work_progress(root: str | Path) -> dict | None:
     """How far an unfinished conversion is, as the writer itself would resume it."""
     p = WorkDir(OutDir(root)).progress()
     return None if p is None else {"units_total": p.units_total, "units_done": p.units_done, "shards": p.shards,

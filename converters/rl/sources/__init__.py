@@ -79,8 +79,8 @@ class Source(Protocol):
 class NoRecordedEnv:
     """For formats that record neither the environment (--env-spec gives it) nor reset seeds."""
 
-    env_spec = None
-    env_spec_problem = None
+    env_spec: object = None
+    env_spec_problem: str | None = None
 
     def recorded_seeds(self) -> None:
         return None
@@ -137,19 +137,19 @@ def open_source(path: str, kind: str = "auto", allow_hdf5_external: bool = False
     links and virtual datasets refused unless `allow_hdf5_external`, declared sizes backed by bytes."""
     kind = detect_kind(path) if kind == "auto" else kind
     if kind == "minari":
-        from .minari import MinariSource
+        from .minari import MinariSource  # noqa: PLC0415 - cycle: it imports this package
         return MinariSource(path, allow_hdf5_external)
     if kind == "hdf5":
-        from .hdf5 import FlatHDF5Source
+        from .hdf5 import FlatHDF5Source  # noqa: PLC0415 - cycle: it imports this package
         return FlatHDF5Source(path, allow_hdf5_external=allow_hdf5_external)
     if kind == "table":
-        from .table import TableSource
+        from .table import TableSource  # noqa: PLC0415 - cycle: it imports this package
         return TableSource(path)
     if kind == "lerobot":
-        from .lerobot import LeRobotSource
+        from .lerobot import LeRobotSource  # noqa: PLC0415 - cycle: it imports this package
         return LeRobotSource(path)
     if kind == "rlds":
-        from .rlds import RLDSSource
+        from .rlds import RLDSSource  # noqa: PLC0415 - cycle: it imports this package
         return RLDSSource(path)
     raise SourceError(f"unknown RL source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
 
@@ -177,14 +177,14 @@ def expand_inputs(paths: list[str], split: str = "train") -> list[str]:
     """A directory of Parquet files, or else of flat HDF5 files (without HF or Minari metadata),
     counts as each of its files, sorted; a directory of split shards (`train-*`, `test-*`) as the
     files of `split` only."""
-    out = []
+    out: list[str] = []
     for path in paths:
         p = Path(path)
         if p.is_dir() and hf_kind(p) is None and not (p / "metadata.json").is_file() \
                 and not (p / "data" / "metadata.json").is_file():
             files = sorted(p.glob("*.parquet")) or sorted(
                 f for f in p.iterdir() if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES)
-            splits = {split_of(f) for f in files} - {None}
+            splits = {s for f in files if (s := split_of(f)) is not None}
             if splits:
                 files = [f for f in files if split_of(f) == split]
                 if not files:

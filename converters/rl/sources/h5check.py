@@ -24,7 +24,7 @@ def check_hdf5(path: str, allow_external: bool = False) -> None:
     """Walk every link of the file at `path`; SourceError (one line, naming the object) for an
     external link, external storage or a virtual dataset (unless allowed), and for a dataset whose
     declared size its stored bytes cannot hold."""
-    import h5py
+    import h5py  # noqa: PLC0415 - only HDF5 data loads h5py: then workers spawn, not fork
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as e:
@@ -41,7 +41,7 @@ def check_hdf5(path: str, allow_external: bool = False) -> None:
 
 
 def _walk(path: str, f, allow_external: bool) -> None:
-    import h5py
+    import h5py  # noqa: PLC0415 - only HDF5 data loads h5py: then workers spawn, not fork
     todo, seen, groups = [("", f)], 0, {h5py.h5o.get_info(f.id).addr}
     while todo:
         prefix, group = todo.pop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import h5py
 import numpy as np
 
 from converters.base import SourceError
@@ -53,7 +54,6 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
         self.last_episode_cut = bool(n and not done[-1])
 
     def _open(self):
-        import h5py
         try:
             return h5py.File(self.path, "r")
         except H5_ERRORS as e:
@@ -61,7 +61,6 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
 
     def _field_keys(self, f) -> dict[str, dict[str, str]]:
         """{"obs": {field name: HDF5 path}, "action": {...}}."""
-        import h5py
         if "observations" not in f and any(k.startswith("episode_") for k in f):
             raise SourceError(f"{self.path}: this is a Minari file; pass its dataset directory instead")
         keys: dict[str, dict[str, str]] = {}
@@ -96,7 +95,7 @@ class FlatHDF5Source(NoRecordedEnv):  # the format records no environment: --env
         return n
 
     def _field_infos(self, f) -> dict[str, dict[str, FieldInfo]]:
-        out = {}
+        out: dict[str, dict[str, FieldInfo]] = {}
         for prefix, group in self._keys.items():
             out[prefix] = {}
             for name, p in group.items():

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
@@ -31,6 +33,7 @@ from tokenizer_kit.fields import ACTION, OBS, field_name
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode
 from .robot import inside, stat_bounds
+from .table import Ragged, steps_to_numpy
 from .video import TOLERANCE_S, VideoError, VideoFile
 
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -101,7 +104,6 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
     def _episode_table(self) -> dict[str, np.ndarray | list]:
         """Per episode, sorted by episode_index: its index, length, and where its data is."""
         if self.v3:
-            import pyarrow.parquet as pq
             files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
             if not files:
                 raise SourceError(f"{self.path}/meta/episodes: no chunk-*/file-*.parquet")
@@ -127,9 +129,8 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         order = np.argsort(out["episode_index"], kind="stable")
         return {c: v[order] for c, v in out.items()}
 
-    def _task_table(self) -> dict[int, str]:
+    def _task_table(self) -> dict[int | None, str | None]:  # from the data: checked where used
         if self.v3:
-            import pyarrow.parquet as pq
             p = inside(self.root, "meta/tasks.parquet", "file")
             try:
                 t = pq.read_table(p)
@@ -161,7 +162,8 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         return {}
 
     def _make_fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
-        obs, act = {}, {}
+        obs: dict[str, FieldInfo] = {}
+        act: dict[str, FieldInfo] = {}
         for key, feat in self.features.items():
             if key in BOOKKEEPING or key in NOT_FIELDS or key == REWARD:
                 continue
@@ -196,7 +198,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         return len(self._episodes["episode_index"])
 
     def episode_lengths(self) -> np.ndarray:
-        return self._episodes["length"].copy()
+        return np.array(self._episodes["length"])  # a copy
 
     def returns(self) -> np.ndarray:
         if REWARD not in self.features:
@@ -235,8 +237,6 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
     # --- episodes ----------------------------------------------------------------------------
     def _read_frames(self, path: Path, episodes: np.ndarray) -> pa.Table:
         """The frame rows of `episodes` in one data file, with every column checked against info.json."""
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
         rel = path.relative_to(self.root.resolve())
         try:
             pf = pq.ParquetFile(path)
@@ -262,7 +262,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
         decodes without the GIL while the previous episode is tokenised and written."""
         return read_ahead(self._read(start, stop, images))
 
-    def _read(self, start: int, stop: int, images: bool) -> Iterator[RawEpisode]:
+    def _read(self, start: int, stop: int, images: bool) -> Generator[RawEpisode, None, None]:
         stop = min(stop, self.num_episodes())
         videos: dict[Path, VideoFile | VideoError] = {}  # opened once per unit
         table, table_file, table_error = None, None, None
@@ -275,7 +275,7 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
                         table_file, table, table_error = path, None, None
                         group = [p for p in range(pos, stop) if not self.v3 or self.data_file(p) == path]
                         try:
-                            table = self._read_frames(path, self._episodes["episode_index"][group])
+                            table = self._read_frames(path, np.asarray(self._episodes["episode_index"])[group])
                         except SourceError as e:
                             table_error = str(e)
                     if table_error:
@@ -289,7 +289,6 @@ class LeRobotSource(NoRecordedEnv):  # the format records no environment: --env-
                     v.close()
 
     def _episode(self, pos: int, ep: int, table: pa.Table, path: Path, videos: dict | None) -> RawEpisode:
-        from .table import Ragged, steps_to_numpy
         rel = path.relative_to(self.root.resolve())
         index = table.column("episode_index").to_numpy()
         rows = np.flatnonzero(index == ep)

@@ -15,9 +15,12 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import minari
 import numpy as np
+from gymnasium import spaces
 
 from converters.base import SourceError
+from schemas.env_spec import EnvSpec, EnvSpecError
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.fields import ACTION, OBS, field_name
 
@@ -61,7 +64,6 @@ def _versions(root: Path, dataset_id: str) -> list[Path]:
 
 def space_fields(space, prefix: str, out: dict[str, FieldInfo]) -> dict[str, FieldInfo]:
     """Flatten a gymnasium space into named fields with their guessed kind and per-step shape."""
-    from gymnasium import spaces
     if isinstance(space, spaces.Dict):
         for key, sub in space.spaces.items():
             space_fields(sub, field_name(prefix, key), out)
@@ -76,7 +78,7 @@ def space_fields(space, prefix: str, out: dict[str, FieldInfo]) -> dict[str, Fie
             bounds = (tuple(low.tolist()), tuple(high.tolist()))
         out[prefix] = FieldInfo(prefix, kind, tuple(space.shape), bounds)
     elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-        out[prefix] = FieldInfo(prefix, "discrete", tuple(space.shape))
+        out[prefix] = FieldInfo(prefix, "discrete", space.shape)
     elif isinstance(space, spaces.Text):
         out[prefix] = FieldInfo(prefix, "text", None)
     else:
@@ -85,7 +87,6 @@ def space_fields(space, prefix: str, out: dict[str, FieldInfo]) -> dict[str, Fie
 
 
 def _flatten(space, value, prefix: str, out: dict) -> dict:
-    from gymnasium import spaces
     if isinstance(space, spaces.Dict):
         for key, sub in space.spaces.items():
             _flatten(sub, value[key], field_name(prefix, key), out)
@@ -101,7 +102,6 @@ def _env_spec(ds):
     """(the environment the dataset was recorded in, as schemas.env_spec checks it, None) or
     (None, why not): minari has none (no reason given), cannot rebuild it, or it names wrappers
     acting will not import or that did not record their arguments."""
-    from schemas.env_spec import EnvSpec, EnvSpecError
     try:
         spec = ds.env_spec
     except Exception as e:  # minari rebuilds it from JSON: a spec it cannot parse is only not known
@@ -139,14 +139,13 @@ class MinariSource:
             self._h5().close()
 
     def _dataset(self):
-        import minari
         try:
             return minari.MinariDataset(self._data)
         except (ValueError, KeyError, OSError, AssertionError) as e:
             raise SourceError(f"{self.path}: unreadable Minari dataset ({first_line(e)})") from None
 
     def _h5(self):
-        import h5py
+        import h5py  # noqa: PLC0415 - only HDF5 data loads h5py: then workers spawn, not fork
         file = self._data / "main_data.hdf5"
         try:
             return h5py.File(file, "r")
@@ -201,7 +200,7 @@ class MinariSource:
             if self._format == "hdf5":
                 with self._h5() as f:
                     return np.array([np.sum(f[f"episode_{i}/rewards"][()], dtype=np.float64) for i in self._indices])
-            import pyarrow.dataset as pds
+            import pyarrow.dataset as pds  # noqa: PLC0415 - 0.3 s import, Arrow datasets only
             out = []
             for i in self._indices:
                 r = pds.dataset(str(self._data / str(i)), format=self._format,

@@ -21,9 +21,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
+import simplejpeg
+from PIL import Image
 
 from converters.base import SourceError
 from converters.read_ahead import read_ahead
@@ -33,7 +35,7 @@ from tokenizer_kit.images import MAX_PIXELS
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode
 from .robot import inside
-from .tfrecord import RecordError, count_records, parse_example, read_records
+from .tfrecord import RecordError, _headers, count_records, parse_example, read_records
 
 FILE_RE = re.compile(r".+\.tfrecord-\d{5}-of-\d{5}$")
 NOT_FIELDS = ("steps/is_first", "steps/is_last", "steps/is_terminal", "steps/discount")
@@ -123,7 +125,8 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
         return count_records(str(f))
 
     def _make_fields(self) -> tuple[dict[str, FieldInfo], dict[str, FieldInfo]]:
-        obs, act = {}, {}
+        obs: dict[str, FieldInfo] = {}
+        act: dict[str, FieldInfo] = {}
         for d in self.declared.values():
             name = _field_name(d.key) if d.in_steps else None
             if name is None:
@@ -152,7 +155,6 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
     def episode_lengths(self) -> np.ndarray:
         """An estimate for cutting work units only (steps are known once a record is parsed): each
         episode's bytes over the first episode's bytes per step."""
-        from .tfrecord import _headers
         sizes = np.asarray([n or 0 for f in self.files for n, _ in _headers(str(f))], np.float64)
         first = next(self.episodes(0, 1))
         steps = len(next(iter(first.actions.values()))) if first.error is None else 1
@@ -170,7 +172,7 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
         check run without the GIL while the previous episode is tokenised and written."""
         return read_ahead(self._read(start, stop))
 
-    def _read(self, start: int, stop: int) -> Iterator[RawEpisode]:
+    def _read(self, start: int, stop: int) -> Generator[RawEpisode, None, None]:
         stop = min(stop, self.num_episodes())
         for k, path in enumerate(self.files):
             a, b = max(start, int(self._starts[k])), min(stop, int(self._starts[k + 1]))
@@ -227,7 +229,7 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
             if not isinstance(values, list):
                 raise ValueError(f"feature {d.key!r}: expected bytes (text), got numbers")
             try:
-                out = [v.decode("utf-8") for v in values]
+                out: list | np.ndarray = [v.decode("utf-8") for v in values]
             except UnicodeDecodeError:
                 raise ValueError(f"feature {d.key!r}: text that is not UTF-8") from None
         elif d.kind == "image":
@@ -240,9 +242,8 @@ class RLDSSource(NoRecordedEnv):  # the format records no environment: --env-spe
             size = int(np.prod(d.shape)) if d.shape else 1
             if size <= 0 or len(values) % size:
                 raise ValueError(f"feature {d.key!r}: {len(values)} values are not steps of shape {list(d.shape)}")
-            out = values.reshape(len(values) // size, *d.shape)
-            if np.dtype(d.dtype).kind == "f":
-                out = out.astype(np.float32, copy=False)
+            arr = values.reshape(len(values) // size, *d.shape)
+            out = arr.astype(np.float32, copy=False) if np.dtype(d.dtype).kind == "f" else arr
         if steps is not None and len(out) != steps:
             raise ValueError(f"feature {d.key!r}: {len(out)} steps, other features {steps}")
         return out
@@ -256,8 +257,6 @@ def _decode_images(d: Declared, blobs: list[bytes]) -> np.ndarray:
     """Encoded step images -> (T, H, W[, C]) uint8; JPEG (what OXE stores) through simplejpeg,
     other formats through Pillow. Each size is checked from the header before any pixel is decoded,
     and JPEGs decode straight into the episode's array (no per-step array to stack)."""
-    import simplejpeg
-    from PIL import Image
     rgb = len(d.shape) == 3 and d.shape[2] == 3
     declared = tuple(d.shape[:2]) if len(d.shape) >= 2 and -1 not in d.shape[:2] else None
     out: np.ndarray | None = None

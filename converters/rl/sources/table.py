@@ -12,15 +12,19 @@ memory-mapped Arrow files, in small record batches.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
 from converters.base import SourceError
 from converters.hf_datasets import load_dataset
 from tokenizer_kit.errors import first_line
+from tokenizer_kit.images import MAX_PIXELS
 
 from . import FieldInfo, NoRecordedEnv, RawEpisode, guess_kind, task_name
 
@@ -38,8 +42,6 @@ class Ragged(ValueError):
 
 
 def _decode_images(blobs: list) -> np.ndarray | list:
-    from PIL import Image
-    from tokenizer_kit.images import MAX_PIXELS
     out = []
     for step, b in enumerate(blobs):
         if b is None:
@@ -116,7 +118,8 @@ def _column_rows(col: pa.Array) -> list:
         valid = col.is_valid().to_numpy(zero_copy_only=False)
     try:
         steps = steps_to_numpy(col.flatten())
-        rows = [steps[offsets[i]:offsets[i + 1]] for i in range(len(col))]
+        # a row's steps, why they are bad (ragged), or None (a null row)
+        rows: list[np.ndarray | list | str | None] = [steps[offsets[i]:offsets[i + 1]] for i in range(len(col))]
     except Ragged:
         rows = []
         for i in range(len(col)):
@@ -152,7 +155,6 @@ SPLIT_NAMES = ("train", "test", "validation", "valid", "eval")
 def hf_task_name(p: Path) -> str:
     """A saved HF dataset's task: the config it was loaded as (the jat-dataset's `atari-pong`),
     else its dataset name, else its folder (the folder above a split folder `train`/`test`)."""
-    import json
     try:
         info = json.loads((p / "dataset_info.json").read_text())
     except (OSError, ValueError):
@@ -175,9 +177,10 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
         self.name = hf_task_name(p) if self._hf else task_name(p)
         schema = self._schema()
         names = schema.names
-        self._rewards = next((c for c in REWARD_COLUMNS if c in names), None)
-        if self._rewards is None:
+        rewards = next((c for c in REWARD_COLUMNS if c in names), None)
+        if rewards is None:
             raise SourceError(f"{self.path}: no 'rewards' column (columns: {', '.join(names)})")
+        self._rewards: str = rewards
         _check_numeric_steps(self.path, self._rewards, schema.field(self._rewards).type)
         self._id = next((c for c in ID_COLUMNS if c in names and not _is_list(schema.field(c).type)), None)
         lists = [f.name for f in schema if _is_list(f.type) and f.name != self._rewards]
@@ -197,7 +200,6 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
     def _parquet(self):
         """The Parquet file, opened afresh (a dataset may have thousands: none is kept open) but
         with the footer parsed only once per process."""
-        import pyarrow.parquet as pq
         try:
             pf = pq.ParquetFile(self.path, metadata=getattr(self, "_md", None))
         except (OSError, pa.ArrowException) as e:
@@ -281,7 +283,7 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
         Read one row at a time: every process opens every input (a dataset of many files), and
         a batch of 16 long episodes would cost as much as converting a unit."""
         cols = self._obs_cols + self._act_cols
-        first: dict[str, object] = {}
+        first: dict[str, np.ndarray | list] = {}
         why: dict[str, str] = {}  # the first row error of a column, to say why it has no steps
         for batch in self._batches(0, self.num_episodes(), cols, rows=1):
             for c in cols:
@@ -306,8 +308,10 @@ class TableSource(NoRecordedEnv):  # the format records no environment: --env-sp
                 kind, shape = "text", None
             else:
                 shape = tuple(v.shape[1:])
-                kind = next((k[:-1] for k in KIND_PREFIXES if c.startswith(k)), None)
-                if kind is None:
+                prefixed = next((k[:-1] for k in KIND_PREFIXES if c.startswith(k)), None)
+                if prefixed is not None:
+                    kind = prefixed
+                else:
                     try:
                         kind = guess_kind(v.dtype, shape)
                     except SourceError as e:

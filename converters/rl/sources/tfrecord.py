@@ -12,7 +12,10 @@ from __future__ import annotations
 import struct
 from typing import Iterator
 
+import google_crc32c
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 MAX_RECORD_BYTES = 1 << 31  # a length over this is damage, not an episode: never allocated
 
@@ -22,7 +25,6 @@ class RecordError(ValueError):
 
 
 def _masked_crc(data: bytes) -> int:
-    import google_crc32c
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -84,14 +86,13 @@ def _headers(path: str):
             yield length, None
 
 
-_EXAMPLE = []
+_EXAMPLE: list[type] = []  # the generated message class, once built
 
 
 def example_class():
     """The `tensorflow.Example` message class, built once per process."""
     if _EXAMPLE:
         return _EXAMPLE[0]
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     F = descriptor_pb2.FieldDescriptorProto
     fd = descriptor_pb2.FileDescriptorProto(name="gato_kit_example.proto", package="tensorflow", syntax="proto3")
 
@@ -130,13 +131,12 @@ def example_class():
 
 def parse_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
     """An Example's features: float and int64 lists as numpy arrays, bytes lists as lists of bytes."""
-    from google.protobuf.message import DecodeError
     ex = example_class()()
     try:
         ex.ParseFromString(data)
     except DecodeError as e:
         raise RecordError(f"not a tf.train.Example ({e})") from None
-    out = {}
+    out: dict[str, np.ndarray | list[bytes]] = {}
     for key, feat in ex.features.feature.items():
         kind = feat.WhichOneof("kind")
         if kind == "float_list":

@@ -13,8 +13,11 @@ robot-camera sizes (same bytes either way: the same swscale call with the same d
 from __future__ import annotations
 
 import math
+from typing import Any, Iterator
 
+import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from tokenizer_kit.errors import first_line
 
@@ -36,7 +39,6 @@ class VideoFile:
     def __init__(self, path: str, tolerance_s: float = TOLERANCE_S, size: tuple[int, int] | None = None):
         """`size` (H, W): what the dataset declares; a stream of another size is refused before any
         frame is decoded (no allocation sized by the file)."""
-        import av
         self.path, self.tolerance = path, tolerance_s
         try:
             self._container = av.open(path)
@@ -47,11 +49,14 @@ class VideoFile:
         if size is not None and got != tuple(size):
             self._container.close()
             raise VideoError(f"frames are {got[0]}x{got[1]}, the dataset declares {size[0]}x{size[1]}")
+        if self._stream.time_base is None:  # PyAV leaves it unset only for streams it cannot time
+            self._container.close()
+            raise VideoError("the video stream has no time base")
         self._stream.thread_type = "AUTO"
         self._tb = float(self._stream.time_base)  # a float: Fraction arithmetic per frame costs more than decoding
         self._rgb = _reformatter()
-        self._frames = None  # the decoding iterator
-        self._pending = None  # a decoded frame past the last request, kept for the next one
+        self._frames: Iterator[Any] | None = None  # the decoding iterator
+        self._pending: Any = None  # a decoded frame past the last request, kept for the next one
         self._position = -math.inf  # time of the last frame decoded
 
     def close(self) -> None:
@@ -62,15 +67,15 @@ class VideoFile:
         self._frames, self._pending, self._position = None, None, -math.inf
 
     def _seek(self, t: float) -> None:
-        self._container.seek(max(0, int(math.floor((t - self.tolerance) / self._stream.time_base))),
+        self._container.seek(max(0, int(math.floor((t - self.tolerance) / self._tb))),
                              stream=self._stream, backward=True)
         self._frames, self._pending, self._position = self._container.decode(self._stream), None, -math.inf
 
     def _next(self, frame_no: int):
-        import av
         if self._pending is not None:
             frame, self._pending = self._pending, None
             return frame
+        assert self._frames is not None  # frames_at seeks before it asks for a frame
         try:
             return next(self._frames, None)
         except (av.FFmpegError, OSError) as e:
@@ -86,7 +91,8 @@ class VideoFile:
         lo, hi = times[0] - self.tolerance, times[-1] + self.tolerance
         if self._frames is None or times[0] < self._position - self.tolerance or times[0] > self._position + 2.0:
             self._seek(float(times[0]))
-        got_t, got = [], []
+        got_t: list[float] = []
+        got: list[Any] = []  # av.VideoFrame
         while True:
             frame = self._next(len(got))
             if frame is None:
@@ -120,7 +126,6 @@ class VideoFile:
 
 
 def _reformatter():
-    from av.video.reformatter import VideoReformatter
     return VideoReformatter()
 
 
@@ -134,14 +139,17 @@ def decode_all(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Every frame of a file with its time, decoded plainly (the fastest way PyAV gives RGB arrays:
     one reformatter for the file): the reference the converter is checked against and the
     decoder-alone speed `make bench` compares with."""
-    import av
     times, frames = [], []
     rgb = _reformatter()
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if stream.time_base is None:
+            raise VideoError("the video stream has no time base")
         tb = float(stream.time_base)
         for frame in container.decode(stream):
+            if frame.pts is None:  # as frames_at: a frame without a time is not one of the video's
+                continue
             times.append(frame.pts * tb)
             frames.append(to_rgb(frame, rgb))
     return np.asarray(times), np.stack(frames)
