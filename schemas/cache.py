@@ -32,19 +32,19 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import mmap
 import os
 import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
 from fsspec.callbacks import Callback
 
+from .cache_dir import (ProofKey, bookkeeping, disk_bytes, live_partial, make_room, part_path, pin_present,
+                        proof_path, read_proof, reap_dead_partials, write_proof)
 from .errors import ReaderError
 from .names import check_sha256
 from .storage import remote_fs, storage_error
@@ -70,14 +70,6 @@ def _fd_sha256(fd: int) -> str:
         h.update(block)
         off += len(block)
     return h.hexdigest()
-
-
-def _try_lock(fd: int, how: int) -> bool:
-    try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
 
 
 class _SizeGuard(Callback):
@@ -113,7 +105,7 @@ class ShardCache:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
-        self._proven: dict[str, tuple] = {}
+        self._proven: dict[str, ProofKey] = {}
         self._reaped: int | None = None  # the pid that removed dead processes' partial downloads
 
     def __getstate__(self):
@@ -130,12 +122,6 @@ class ShardCache:
     def path_of(self, sha256: str) -> Path:
         """Where the copy of a shard with this sha256 lives (refused unless it is a sha256)."""
         return self.root / f"{check_sha256(sha256, 'shard cache: manifest')}.arrow"
-
-    def _part_path(self, sha256: str, size: int) -> Path:
-        return self.root / f".{sha256}.{int(size)}.part"
-
-    def _proof_path(self, sha256: str) -> Path:
-        return self.root / f".{sha256}.proof"
 
     def check_room(self, sizes: list[int], readers: int) -> None:
         """Refuse (CacheLimitError, naming the minimum) a limit below what `readers` (one per
@@ -180,7 +166,7 @@ class ShardCache:
             except Exception:  # fetched again below: the reader, not a prefetch, reports it
                 pass
         for _ in range(3):
-            fd = self._pin_present(dst)
+            fd = pin_present(dst)
             if fd is None:
                 fd = self._download(url, name, sha256, size, wait=True)
             if fd is not None and self._proven_fd(fd, dst, sha256, size):
@@ -191,23 +177,6 @@ class ShardCache:
         raise ReaderError(f"{url}: the cached copy of shard {name} went away three times before it could be read "
                           f"(another process replaced or removed it)")
 
-    def _pin_present(self, dst: Path) -> int | None:
-        """Pin the copy at dst if there is one still linked there after the pin was taken (an
-        evictor holds an exclusive flock while it unlinks, so a shared one taken after it sees the
-        file gone)."""
-        try:
-            fd = os.open(dst, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            if os.fstat(fd).st_ino == os.stat(dst).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-        return None
-
     def _proven_fd(self, fd: int, dst: Path, sha256: str, size: int | None) -> bool:
         """Whether the pinned copy is the shard: its size first, then its sha256 unless it was
         proven already for this very file (same size, mtime and inode), by this process or by the
@@ -216,7 +185,7 @@ class ShardCache:
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
         if size is not None and st.st_size != size:
             reason = f"it has {st.st_size} bytes, the manifest says {size}"
-        elif self._proven.get(sha256) == key or self._read_proof(sha256) == key:
+        elif self._proven.get(sha256) == key or read_proof(self.root, sha256) == key:
             self._proven[sha256] = key
             return True
         else:
@@ -226,33 +195,18 @@ class ShardCache:
                 return True
             reason = f"its sha256 is {got}"
         print(f"gato-kit: cached copy {dst} refused ({reason}); fetching it again", file=sys.stderr)
-        with self._bookkeeping():
+        with bookkeeping(self.root):
             try:
                 if os.stat(dst).st_ino == st.st_ino:
                     dst.unlink()
-                    self._proof_path(sha256).unlink(missing_ok=True)
+                    proof_path(self.root, sha256).unlink(missing_ok=True)
             except FileNotFoundError:
                 pass
         return False
 
-    def _read_proof(self, sha256: str) -> tuple | None:
-        try:
-            p = json.loads(self._proof_path(sha256).read_text())
-            return (p["size"], p["mtime_ns"], p["ino"]) if p.get("sha256") == sha256 else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def _write_proof(self, sha256: str, key: tuple) -> None:
-        """Record that the file with this (size, mtime, inode) hashed to sha256 (atomically: a
-        reader sees the whole record or none)."""
+    def _write_proof(self, sha256: str, key: ProofKey) -> None:
         self._proven[sha256] = key
-        proof = self._proof_path(sha256)
-        tmp = proof.with_name(f"{proof.name}.tmp{os.getpid()}-{threading.get_ident()}")
-        try:
-            tmp.write_text(json.dumps({"sha256": sha256, "size": key[0], "mtime_ns": key[1], "ino": key[2]}))
-            os.replace(tmp, proof)
-        except OSError:  # best effort: without it other processes hash the copy themselves
-            tmp.unlink(missing_ok=True)
+        write_proof(self.root, sha256, key)
 
     def _use(self, dst: Path) -> None:
         """Mark dst recently used (its access time; its mtime is part of its proof)."""
@@ -260,9 +214,6 @@ class ShardCache:
             os.utime(dst, ns=(time.time_ns(), dst.stat().st_mtime_ns))
         except FileNotFoundError:
             pass
-
-    def touch(self, sha256: str) -> None:
-        self._use(self.path_of(sha256))
 
     # --- prefetching -----------------------------------------------------------------------------------
     def prefetch(self, items: list[tuple]) -> None:
@@ -310,7 +261,7 @@ class ShardCache:
                 return None if part_fd is None else part_fd  # a copy another process finished, pinned
             try:
                 got = self._get(url, part, size)
-                with self._bookkeeping():
+                with bookkeeping(self.root):
                     if got == sha256:
                         os.replace(part, dst)
                         st = os.fstat(part_fd)
@@ -338,22 +289,20 @@ class ShardCache:
         """(partial path, its descriptor with an exclusive flock): room for `size` bytes reserved.
         (None, pinned copy) when the copy is there (another process may have just finished it);
         (None, None) when wait is False and there is no room now."""
-        part = self._part_path(sha256, size)
+        part = part_path(self.root, sha256, size)
         if self.limit is not None and size > self.limit:
             raise ReaderError(f"{dst.parent}: a shard of {size} bytes cannot fit in --cache-limit {self.limit} bytes")
         while True:
-            with self._bookkeeping():
+            with bookkeeping(self.root):
                 if self._reaped != os.getpid():  # once per process: partials of killed processes go
                     self._reaped = os.getpid()
-                    for e in self._entries():
-                        if not e[3] and (live := self._live_partial(e[2])) is not None:
-                            os.close(live)
-                fd = self._pin_present(dst)
+                    reap_dead_partials(self.root)
+                fd = pin_present(dst)
                 if fd is not None:
                     return None, fd
-                other = self._live_partial(part)
+                other = live_partial(part)
                 if other is None:
-                    if self._make_room(size, dst):
+                    if make_room(self.root, self.limit, size, dst):
                         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                         fcntl.flock(fd, fcntl.LOCK_EX)  # free: a partial is created and locked only here
                         return part, fd
@@ -370,19 +319,6 @@ class ShardCache:
                 raise ReaderError(f"{dst.parent}: --cache-limit {self.limit} bytes held {ROOM_WAIT_S:.0f} s by copies "
                                   f"other readers keep mapped; no room for {size} more (raise --cache-limit)")
             time.sleep(0.05)
-
-    def _live_partial(self, part: Path) -> int | None:
-        """A descriptor of `part` when a live process is downloading into it (its flock is held);
-        a partial left by a dead process is removed. Called under the bookkeeping lock."""
-        try:
-            fd = os.open(part, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        if _try_lock(fd, fcntl.LOCK_SH):  # nobody holds it exclusively: its downloader is gone
-            part.unlink(missing_ok=True)
-            os.close(fd)
-            return None
-        return fd
 
     def _get(self, url: str, part: Path, size: int) -> str:
         """Copy url into part (the store client's own download) and hash it; returns the hash, or
@@ -406,6 +342,10 @@ class ShardCache:
             os.close(fd)
         return digest
 
+    def disk_bytes(self) -> int:
+        """Bytes the cache holds or has reserved: copies, and partial downloads at their full size."""
+        return disk_bytes(self.root)
+
     def _remote_size(self, url: str) -> int:
         fs, path = remote_fs(url)
         try:
@@ -414,79 +354,6 @@ class ShardCache:
             raise ReaderError(f"{url}: shard listed in the manifest is missing from the store") from None
         except Exception as e:
             raise storage_error(url, e) from None
-
-    # --- bookkeeping -----------------------------------------------------------------------------------
-    @contextmanager
-    def _bookkeeping(self):
-        """The cache-wide exclusive lock: an flock of the cache directory (a fresh descriptor each
-        time, so threads of one process exclude each other too)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def disk_bytes(self) -> int:
-        """Bytes the cache holds or has reserved: copies, and partial downloads at their full size."""
-        return sum(b for b, *_ in self._entries())
-
-    def _entries(self) -> list[tuple[int, int, Path, bool]]:
-        """(bytes, access time, path, is a copy) of every copy and partial download."""
-        out: list[tuple[int, int, Path, bool]] = []
-        try:
-            it = list(os.scandir(self.root))
-        except FileNotFoundError:
-            return out
-        for e in it:
-            copy = e.name.endswith(".arrow") and not e.name.startswith(".")
-            part = e.name.startswith(".") and e.name.endswith(".part")
-            if not (copy or part):
-                continue
-            try:
-                st = e.stat()
-            except FileNotFoundError:
-                continue
-            reserved = int(e.name.split(".")[2]) if part and e.name.count(".") == 3 else 0
-            out.append((max(st.st_size, reserved), st.st_atime_ns, Path(e.path), copy))
-        return out
-
-    def _make_room(self, size: int, keep: Path) -> bool:
-        """Whether `size` more bytes fit within the limit, once least recently used unpinned
-        copies are evicted (never `keep`). Called under the bookkeeping lock."""
-        if self.limit is None:
-            return True
-        entries = self._entries()
-        total = sum(b for b, *_ in entries)
-        for b, _, p, copy in sorted(entries, key=lambda x: x[1]):
-            if total + size <= self.limit:
-                break
-            if not copy:
-                live = self._live_partial(p)
-                if live is None:  # a dead process's partial, removed
-                    total -= b
-                else:
-                    os.close(live)
-            elif copy and p != keep and self._evict(p):
-                total -= b
-        return total + size <= self.limit
-
-    def _evict(self, p: Path) -> bool:
-        """Unlink the copy at p unless it is pinned (mapped or being opened by a reader)."""
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except FileNotFoundError:
-            return True
-        try:
-            if not _try_lock(fd, fcntl.LOCK_EX):
-                return False
-            p.unlink(missing_ok=True)
-            (p.parent / f".{p.stem}.proof").unlink(missing_ok=True)
-            return True
-        finally:
-            os.close(fd)
-
 
 class CacheLimitError(ValueError):
     """A --cache-limit below what the readers need at once (bad usage, named with the minimum)."""

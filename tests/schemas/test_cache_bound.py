@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
-from tests.support.s3 import make_bucket, upload_dir
-from loader_fixtures import make_text_dir
-
 from schemas.cache import PINS_PER_READER, ShardCache
 from schemas.manifest import Manifest
 from schemas.reader import ShardDir
+from tests.support.loader_data import make_text_dir
+from tests.support.s3 import make_bucket, upload_dir
 from tokenizer_kit.layout import VocabLayout
 
 LAYOUT = VocabLayout(text_vocab_size=32000, eos_id=2)
