@@ -113,7 +113,7 @@ def summary_lines(report: dict) -> list[str]:
 def plot_suite(report: dict, path: Path) -> Path:
     """Each task's expert-normalised score with its interval, and the aggregates over tasks with
     theirs: every bar's error bar is the interval the title names."""
-    import matplotlib  # noqa: PLC0415 - matplotlib: slow to import, only the plot needs it
+    import matplotlib  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415 - after matplotlib.use
 
