@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from schemas.manifest import TOKENIZER_NAME
 from tokenizer_kit.argtypes import image_size_or_native
 from tokenizer_kit.errors import first_line, run_command
 from tokenizer_kit.images import FIT_POLICIES, pixel_problem
@@ -27,7 +26,6 @@ from tokenizer_kit.text_rows import caption_context, text_token_row
 
 from ..checkpoint import CheckpointError, checkpoint_path, load_model
 from ..cli import parse_options
-from ..data import parse_data_arg
 from ..run_config import CONFIG_NAME, RunRecord, opt
 from .decoding import generate_text
 
@@ -36,6 +34,9 @@ def run_tokenizer(checkpoint: str, given: str | None):
     """The SentencePiece model the run's data was tokenised with."""
     if given:
         return TextTokenizer(given)
+    from schemas.manifest import TOKENIZER_NAME  # noqa: PLC0415 - start-up: pyarrow, only for the run's tokenizer
+
+    from ..data import parse_data_arg  # noqa: PLC0415 - start-up: pyarrow, only for the run's tokenizer
 
     run = checkpoint_path(checkpoint).parent
     cfg = run / CONFIG_NAME
