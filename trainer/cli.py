@@ -13,8 +13,19 @@ Exit codes: 0 ok (also after SIGTERM, once a checkpoint is saved), 1 bad data or
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from pathlib import Path
+
+import torch
+
+from schemas.names import redact_std_streams
+from tokenizer_kit.errors import run_command
+from tokenizer_kit.options import add_options, from_namespace
+
+from .checkpoint import CheckpointError
+from .run_config import RunConfigError, TrainArgs, UsageError, check_value, read_yaml_config
 
 SUBCOMMANDS = {  # name -> (module, entry point)
     "rollout": ("trainer.acting.evaluate", "rollout_main"),
@@ -27,10 +38,6 @@ SUBCOMMANDS = {  # name -> (module, entry point)
 def build_parser() -> argparse.ArgumentParser:
     """Built from the fields of run_config.TrainArgs (default, range, help defined there only); an
     option not given is absent from the namespace, so --config and the run being resumed fill it."""
-    from tokenizer_kit.options import add_options
-
-    from .run_config import TrainArgs, check_value
-
     doc = __doc__.split("\n\n")
     p = argparse.ArgumentParser(prog="gato-train", description=doc[0], epilog=doc[1], allow_abbrev=False,
                                 argument_default=argparse.SUPPRESS,
@@ -46,10 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_parser(options: type, prog: str, description: str) -> argparse.ArgumentParser:
     """A subcommand's parser, built from its options dataclass as the main command's is from TrainArgs."""
-    from tokenizer_kit.options import add_options
-
-    from .run_config import check_value
-
     p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     add_options(p, options, check=lambda f, value: check_value(f.name, value, options))
     return p
@@ -57,16 +60,12 @@ def options_parser(options: type, prog: str, description: str) -> argparse.Argum
 
 def parse_options(options: type, prog: str, description: str, argv: list[str] | None):
     """The subcommand's options (a dataclass instance) from its command line; exit 2 on bad usage."""
-    from tokenizer_kit.options import from_namespace
-
     return from_namespace(options, options_parser(options, prog, description).parse_args(argv))
 
 
 def args_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
     """TrainArgs from the defaults, then --config, then the command line. Which options were given
     (in either) is kept: the run-defining ones not given come from the run being resumed."""
-    from .run_config import TrainArgs, read_yaml_config
-
     given = dict(vars(ns))
     config = given.pop("config", None)
     values = read_yaml_config(config) if config else {}
@@ -79,18 +78,15 @@ def args_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from schemas.names import redact_std_streams
     redact_std_streams()  # credentials in a URL never reach a message
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in SUBCOMMANDS:
-        import importlib
         module, entry = SUBCOMMANDS[argv[0]]
         return getattr(importlib.import_module(module), entry)(argv[1:])
     parser = build_parser()
     ns = parser.parse_args(argv)
-    from schemas.errors import EXPECTED_ERRORS
+    from schemas.errors import EXPECTED_ERRORS  # noqa: PLC0415 - start-up: pyarrow (schemas.manifest), not loaded by `--help`
 
-    from .run_config import RunConfigError
     try:
         args, explicit = args_from_namespace(ns, parser)
     except RunConfigError as e:  # a bad --config file: bad usage
@@ -98,11 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gato-train: error: {e}", file=sys.stderr)
         return 2
 
-    from tokenizer_kit.errors import run_command
-
-    from .checkpoint import CheckpointError
-    from .source import DataError
-    from .train import TrainError, UsageError, train
+    from .source import DataError  # noqa: PLC0415 - start-up: pyarrow, not loaded by `gato-train --help`
+    from .train import TrainError, train  # noqa: PLC0415 - start-up: the training stack loads only to train
 
     def work() -> int:
         _check_out(args.out)
@@ -115,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_out(out: str) -> None:
     """--out must be a directory or nothing yet (a local one: not a file, not a dangling symlink)."""
-    from pathlib import Path
+    from schemas.storage import is_remote, local_path  # noqa: PLC0415 - start-up: fsspec, not loaded by `--help`
 
-    from schemas.storage import is_remote, local_path
-
-    from .train import UsageError
     if is_remote(out):
         return
     p = local_path(out)
@@ -133,7 +123,6 @@ def _check_out(out: str) -> None:
 
 
 def torch_oom() -> type[BaseException]:
-    import torch
     return torch.OutOfMemoryError
 
 

@@ -11,15 +11,16 @@ the number of ranks or workers changes).
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
 
-from schemas.cache import ShardCache
+from schemas.cache import ShardCache, default_cache_dir
+from schemas.split import epoch_tokens
 from tokenizer_kit.layout import VocabLayout
 
-from .batch import ActionInputNoise, Batch, Sample, expand
+from .batch import ActionInputNoise, Batch, CompactBatch, Sample, expand
 from .sampling import Part
 from .source import DataError, ShardSource
 from .stream import GatoStream, Streams, fresh_state
@@ -65,7 +66,6 @@ class GatoLoader:
 
     def epoch_lines(self) -> list[str]:
         """Tokens one epoch of each directory delivers at this seq_len (schemas.split.epoch_tokens)."""
-        from schemas.split import epoch_tokens
         out = []
         for src in self.sources:
             e = epoch_tokens(src.kind, src.tokens_per_shard, None if src.kind == "text" else src.row_lengths(),
@@ -91,6 +91,7 @@ class GatoLoader:
             self._consumed, self._states = self._pass_start[0], list(self._pass_start[1])
         self.stream.start_states = [dict(s) for s in self._states]
         self.stream.rotation = self._consumed % nw
+        it: Iterable[tuple[int, CompactBatch, dict]]
         if self.num_workers == 0:
             it = self.stream.iterate(0)
         else:
@@ -103,11 +104,11 @@ class GatoLoader:
             self._consumed += 1
             yield expand(batch)
 
-    def trace(self, num_samples: int, reader: int = 0) -> list[tuple[Sample, int, list[Part]]]:
+    def trace(self, num_samples: int, reader: int = 0) -> list[tuple[Sample, int, list[Part] | None]]:
         """The first samples of a reader as (sample, directory index, row parts), for inspection:
         the same pure function the batches come from; the loader's own position is untouched."""
         streams = Streams(self.stream, reader, fresh_state(len(self.sources)))
-        out = []
+        out: list[tuple[Sample, int, list[Part] | None]] = []
         while len(out) < num_samples:
             items = self.stream.draw(streams, reader, with_parts=True)
             out += items
@@ -208,12 +209,13 @@ class GatoLoader:
         D = len(s.sources)
         if len(old) != max(1, sd["num_workers"]) or any(len(r["epoch"]) != D for r in old):
             raise ValueError("loader state does not match its worker count and this loader's directories")
-        s.transition = [{"workers": int(sd["num_workers"]), "epoch": [int(r["epoch"][d]) for r in old],
-                         "cursor": [int(r["cursor"][d]) for r in old]} for d in range(D)]
+        transition: list[dict] = [{"workers": int(sd["num_workers"]), "epoch": [int(r["epoch"][d]) for r in old],
+                       "cursor": [int(r["cursor"][d]) for r in old]} for d in range(D)]
+        s.transition = list(transition)
         fresh = []
         for _ in range(max(1, s.num_workers)):
             st = fresh_state(D)
-            st["epoch"] = [max(t["epoch"]) + 1 for t in s.transition]
+            st["epoch"] = [max(t["epoch"]) + 1 for t in transition]
             st["carry"] = [0] * D
             fresh.append(st)
         self._states = fresh
@@ -251,11 +253,10 @@ def build_loader(data: list[str], seq_len: int, batch_size: int, seed: int = 0, 
         raise DataError(f"action input noise must be in [0, 1), got {action_noise}")
     if prompt_len is not None and not 0 < prompt_len <= seq_len:
         raise DataError(f"prompt length must be in [1, seq_len={seq_len}], got {prompt_len}")
-    sources = []
+    sources: list[ShardSource] = []
     for item in data:
         path, weight = parse_data_arg(item)
         if cache is None and "://" in path and not path.startswith("file://"):
-            from schemas.cache import default_cache_dir
             cache = ShardCache(default_cache_dir() / "shards")
         src = ShardSource(path, weight, cache=cache, subset=subset)
         if layout is not None:

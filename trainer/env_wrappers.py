@@ -9,6 +9,8 @@ spec (`trainer.env_wrappers:JatBabyAI`), it is one of the modules schemas.env_sp
 
 from __future__ import annotations
 
+from typing import cast
+
 import gymnasium as gym
 import numpy as np
 
@@ -19,10 +21,11 @@ class JatBabyAI(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     def __init__(self, env: gym.Env):
         gym.utils.RecordConstructorArgs.__init__(self)
         gym.ObservationWrapper.__init__(self, env)
-        grid = env.observation_space["image"]
-        size = 1 + int(np.prod(grid.shape))
+        space = cast(gym.spaces.Dict, env.observation_space)  # minigrid's: a Dict the wrapped env declares
+        grid = space["image"]
+        size = 1 + int(np.prod(grid.shape or ()))
         self.observation_space = gym.spaces.Dict({
-            "text_observations": env.observation_space["mission"],
+            "text_observations": space["mission"],
             "discrete_observations": gym.spaces.Box(0, 255, (size,), np.int64)})
 
     def observation(self, obs):

@@ -4,6 +4,7 @@ the data grows (trainer/stream.py looks at it every few batches)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ def mapped_region(table: pa.Table, path: Path) -> tuple[int, int] | None:
                 if buf is not None and buf.size:
                     lo = buf.address if lo is None else min(lo, buf.address)
                     hi = buf.address + buf.size if hi is None else max(hi, buf.address + buf.size)
-    if lo is None:
+    if lo is None or hi is None:  # no buffer: both are None
         return None
     lo -= lo % _PAGE
     if not any(a <= lo and hi <= b for a, b in file_mappings(path)):
@@ -69,7 +70,6 @@ def madvise_dontneed(addr: int, length: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     if _LIBC is None:
-        import ctypes
         _LIBC = ctypes.CDLL(None, use_errno=True)
         _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     _LIBC.madvise(addr, length, 4)  # MADV_DONTNEED
@@ -90,6 +90,7 @@ class MappedShard:
     checked: list[bool] = field(default_factory=list)
     flat: list[np.ndarray] = field(default_factory=list)  # each batch's tokens, rows back to back
     tok_starts: list[int] = field(default_factory=list)  # first token of each batch in the shard, then the total
-    row_starts: np.ndarray | None = None  # first token of each row in the shard, then the total
+    # first token of each row in the shard, then the total (set with the token stream: source._index_tokens)
+    row_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     constant: bool = False  # every row's per-token columns are text's (loss 1, no position, no patch)
     one_task: int | None = None  # the task of every row, when they share one

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from schemas.reader import ShardDir
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.sequence import default_prompt_len
 
+from .data import build_loader, parse_data_arg
 from .distributed import Dist
+from .report import read_metrics
 from .run_config import TrainArgs
 
 
@@ -35,16 +39,14 @@ class HeldOutLoss:
         self.loaders: list[tuple] | None = None  # (loader, its task ids -> self.names)
 
     def _build(self) -> list[tuple]:
-        from schemas.reader import ShardDir
-
-        from .data import build_loader, parse_data_arg
-
         args, out = self.args, []
         for item in args.eval_data or args.data:
             path = parse_data_arg(item)[0]
             subset = None
             if not args.eval_data:
-                held_out = ShardDir.open(path, cache=self.cache).manifest.rows_in("test") > 0
+                manifest = ShardDir.open(path, cache=self.cache).manifest
+                assert manifest is not None, "the training loader read this directory's manifest"
+                held_out = manifest.rows_in("test") > 0
                 subset = "test" if held_out else "train"
                 if not held_out and self.d.main:
                     print(f"gato-train: {path} has no test split: its eval loss is measured on training rows "
@@ -75,14 +77,14 @@ class HeldOutLoss:
                 stats[:ne].index_add_(0, tid, s.float())
                 stats[ne:].index_add_(0, tid, n.float())
         model.train()
-        stats = self.d.all_reduce(stats).cpu().tolist()
+        sums: list[float] = self.d.all_reduce(stats).cpu().tolist()
         out = {}
-        total_s, total_n = sum(stats[:ne]), sum(stats[ne:])
+        total_s, total_n = sum(sums[:ne]), sum(sums[ne:])
         if total_n > 0:
             out["eval_loss"] = total_s / total_n
         for t, name in enumerate(self.names):
-            if stats[ne + t] > 0:
-                out[f"eval_loss/{name}"] = stats[t] / stats[ne + t]
+            if sums[ne + t] > 0:
+                out[f"eval_loss/{name}"] = sums[t] / sums[ne + t]
         return out
 
 
@@ -92,9 +94,7 @@ def suite_metrics(model, layout, args: TrainArgs, suite, d: Dist, device: torch.
     task's mean return and expert-normalised score, and the mean score (eval/score). Played on
     rank 0 (the numbers are broadcast), inside saved and restored RNG states: the training
     stream is the same with or without it, and a resumed run logs the same numbers."""
-    import torch.distributed as dist
-
-    from .acting.evaluate import Policy, evaluate_task
+    from .acting.evaluate import Policy, evaluate_task  # noqa: PLC0415 - acting (gymnasium, env plugins) loads only for --eval-suite
 
     out: dict = {}
     if d.main:
@@ -171,7 +171,6 @@ def truncate_metrics(path: Path, step: int) -> None:
     rewrites them; a last line a crash cut off is dropped, any other bad line raises MetricsError."""
     if not path.is_file():
         return
-    from .report import read_metrics
     keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))

@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import torch
+import yaml
+
+from schemas.names import redact
 from tokenizer_kit.files import atomic_path
 from tokenizer_kit.options import UsageError, flag, opt  # noqa: F401 (UsageError, flag: trainer's names)
 from tokenizer_kit.options import check_value as check_field
 
+from .devices import device_arg
 from .model import PRESETS, GatoConfig
 
 CONFIG_NAME = "config.json"
@@ -113,7 +119,7 @@ class TrainArgs:
         return [x for x in self.log.split(",") if x]
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainArgs":
+    def from_dict(cls, d: object, where: str = "config") -> "TrainArgs":
         """Typed and range-checked; an unknown key is refused (a typo would silently be a default)."""
         if not isinstance(d, dict):
             raise RunConfigError(f"{where}: expected a mapping of options, got {type(d).__name__}")
@@ -142,8 +148,8 @@ def check_value(name: str, value: Any, options: type | None = None) -> Any:
     f = FIELDS[name] if options in (None, TrainArgs) else {g.name: g for g in dataclasses.fields(options)}[name]
     value = check_field(f, value)
     if name == "data" and options in (None, TrainArgs) and value is not None:
-        from .data import parse_data_arg
-        from .source import DataError
+        from .data import parse_data_arg  # noqa: PLC0415 - start-up: pyarrow, not loaded by `gato-train --help` (.data)
+        from .source import DataError  # noqa: PLC0415 - start-up: pyarrow, not loaded by `gato-train --help`
         for item in value:
             try:
                 parse_data_arg(item)
@@ -154,7 +160,6 @@ def check_value(name: str, value: Any, options: type | None = None) -> Any:
         if bad:
             raise UsageError(f"--log: unknown logger {bad[0]!r}; expected a comma list of {', '.join(LOGGERS)}")
     if name == "device":  # a device torch does not know, or CUDA where there is none: bad usage, not a traceback
-        from .devices import device_arg
         try:
             device_arg(value)
         except argparse.ArgumentTypeError as e:
@@ -164,8 +169,6 @@ def check_value(name: str, value: Any, options: type | None = None) -> Any:
 
 def read_yaml_config(path: str | os.PathLike) -> dict:
     """The options of a run.yaml (keys as the long options without dashes: `batch_size: 8`), checked."""
-    import yaml
-
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -177,7 +180,6 @@ def read_yaml_config(path: str | os.PathLike) -> dict:
 
 def redacted(value: Any) -> Any:
     """An option's value as a run keeps it on disk: URL credentials removed (schemas.names.redact)."""
-    from schemas.names import redact
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, (list, tuple)):
@@ -211,10 +213,7 @@ def git_commit(start: Path | None = None) -> str | None:
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata
-
-    import pyarrow
-    import torch
+    import pyarrow  # noqa: PLC0415 - start-up: pyarrow, not loaded by `gato-train --help`
 
     try:
         own = importlib.metadata.version("gato-kit")
@@ -260,7 +259,7 @@ class RunRecord:
             raise RunConfigError(f"{path}: not a gato-kit run record of version {RECORD_VERSION}")
         train = TrainArgs.from_dict(d.get("train"), f"{path}: field 'train'")
         try:
-            model = GatoConfig.from_dict(d.get("model"))
+            model = GatoConfig.from_dict(cast(dict, d.get("model")))  # not a dict: an error caught below
         except (TypeError, ValueError, AttributeError) as e:
             raise RunConfigError(f"{path}: field 'model': {e}") from None
         tasks = d.get("tasks")

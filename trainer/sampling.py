@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -35,6 +36,12 @@ from .batch import Sample
 from .source import RowView, ShardSource
 
 MAX_PAIRS = 5  # image-caption pairs concatenated into one sequence [paper]
+
+
+class Uniform(Protocol):
+    """What the sampling rules draw from: a numpy Generator, or a stream's pre-drawn uniforms."""
+
+    def random(self) -> float: ...
 
 
 @dataclass
@@ -48,12 +55,12 @@ class Part:
     role: str = "window"  # window | doc | pair | prompt-goal | prompt-window
 
 
-def randint(rng: np.random.Generator, n: int) -> int:
+def randint(rng: Uniform, n: int) -> int:
     """Uniform integer in [0, n): one double draw (Generator.integers costs 30x more per call)."""
     return min(int(rng.random() * n), n - 1)
 
 
-def other_row_same_task(src: ShardSource, r: int, rng: np.random.Generator) -> int:
+def other_row_same_task(src: ShardSource, r: int, rng: Uniform) -> int:
     """A uniformly drawn other episode of row r's task (r itself when it is the only one)."""
     rows = src.same_task_rows(r)
     m = len(rows)
@@ -94,7 +101,7 @@ def assemble(src: ShardSource, parts: list[Part], task_id: int) -> Sample:
                   np.concatenate(patches), np.concatenate(ppos), task_id)
 
 
-def window_start(step_starts: np.ndarray, n: int, length: int, rng: np.random.Generator,
+def window_start(step_starts: np.ndarray, n: int, length: int, rng: Uniform,
                  group: tuple[int, int] = (0, 1)) -> int:
     """A uniformly drawn timestep boundary for a window of `length` tokens of an n-token episode.
 
@@ -137,7 +144,7 @@ class SampleConfig:
         return self.prompt_len if self.prompt_len is not None else default_prompt_len(self.seq_len)
 
 
-def rl_parts(src: ShardSource, r: int, rng: np.random.Generator, cfg: SampleConfig,
+def rl_parts(src: ShardSource, r: int, rng: Uniform, cfg: SampleConfig,
              group: tuple[int, int] = (0, 1)) -> list[Part]:
     """A window starting on a timestep boundary (in group j of k of the candidate boundaries,
     `group` = (j, k)), after a prompt from another episode of the task for `prompt_prob` of
@@ -169,7 +176,7 @@ def text_parts(src: ShardSource, unit: int, units: "EpochUnits", seq_len: int) -
     return [Part(r, a, b, role="doc") for r, a, b in src.window_rows(s, j * seq_len, j * seq_len + seq_len + 1)]
 
 
-def caption_parts(src: ShardSource, first: int, take, rng: np.random.Generator, cfg: SampleConfig) -> list[Part]:
+def caption_parts(src: ShardSource, first: int, take, rng: Uniform, cfg: SampleConfig) -> list[Part]:
     """Up to 5 image-caption pairs, then randomly cropped to L + 1 tokens when longer (else padded)."""
     L1 = cfg.sample_len
     lens = [len(src.row(first).tokens)]

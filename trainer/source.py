@@ -98,7 +98,7 @@ class ShardSource:
         self._starts = shard_row_starts(self.rows_per_shard).tolist()
         self.total_rows = sum(self.rows_per_shard)
         self.total_tokens = int(self.manifest.total_tokens)
-        self._pid = None
+        self._pid: int | None = None
         self._open()
         self.kind = self._kind()
         self.task_names = list(self._names) or [Path(self.path).name]
@@ -173,7 +173,7 @@ class ShardSource:
         views = [batch_view(b) for b in batches]
         m = MappedShard(info.name, batches, views, bounds,
                     np.concatenate(codes) if codes else np.zeros(0, np.int32),
-                    Path(f) if not self.remote else None, [False] * len(batches))
+                    Path(f) if f is not None else None, [False] * len(batches))  # None: remote
         _index_tokens(m, where, info.tokens)
         self._mapped[s] = m
         return m

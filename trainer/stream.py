@@ -180,6 +180,7 @@ class GatoStream(IterableDataset):
         the new readers share them out before their own epochs begin, so no unit of those epochs
         is read twice or skipped."""
         t = self.transition[d]
+        assert t is not None, "a carry is set only with a transition"
         src, units = self.sources[d], self.units[d]
         parts = []
         for e in range(min(t["epoch"]), max(t["epoch"]) + 1):
@@ -286,6 +287,7 @@ class GatoStream(IterableDataset):
                               int(self.task_maps[d][src.window_task(s, a)])), d, None
             parts = text_parts(src, unit, units, cfg.seq_len)
         else:
+            assert rng is not None, "GatoStream.draw draws uniforms for every non-text sample"
             if src.kind == "rl":
                 row, j, k = units.locate(unit)
                 parts = rl_parts(src, row, rng, cfg, (j, k))
@@ -295,7 +297,7 @@ class GatoStream(IterableDataset):
         return assemble(src, parts, int(self.task_maps[d][src.row_task(task_row)])), d, parts
 
     def iterate(self, reader: int) -> Iterator[tuple[int, CompactBatch, dict]]:
-        state = {k: (list(v) if isinstance(v, list) else v) for k, v in self.start_states[reader].items()}
+        state: dict = {k: (list(v) if isinstance(v, list) else v) for k, v in self.start_states[reader].items()}
         streams = Streams(self, reader, state)
         mapped_floor = mapped_mb()  # file-backed RSS at the start or after the last release
         fast = self.training and all(s.kind == "text" for s in self.sources)
@@ -349,7 +351,7 @@ class _Uniforms:
 
     def __init__(self, u: np.ndarray, stream: "GatoStream", reader: int, sample: int):
         self.u, self.i = u.tolist(), 0
-        self.more = (stream, reader, sample)
+        self.more: tuple[GatoStream, int, int] | np.random.Generator = (stream, reader, sample)
 
     def random(self) -> float:
         if self.i < len(self.u):

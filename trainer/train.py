@@ -9,26 +9,37 @@ and ranks), so accumulation and data parallelism do not change what is optimised
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
+import resource
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import cast
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from schemas.cache import CacheLimitError, ShardCache, default_cache_dir
 
 from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, CHECKPOINT_VERSION, keep_step_copy, latest_checkpoint,
                          link_or_copy, read_checkpoint, save_checkpoint)
+from .data import build_loader
 from .distributed import setup_dist
 from .loggers import METRICS_NAME, MetricLog
 from .metrics import HeldOutLoss, TaskLosses, improves, keep_best_metrics, suite_metrics, truncate_metrics
 from .model import GatoConfig, GatoModel
-from .report import plot_metrics, summary  # noqa: F401 (plot_metrics: part of this module's interface)
+from .report import MetricsError, plot_metrics, summary  # noqa: F401 (plot_metrics: part of this module's interface)
 from .run_config import (CONFIG_NAME, DEFAULT_LR, FIXED_ARGS, RunConfigError,  # noqa: F401 (interface)
                          RunRecord, TrainArgs, UsageError, git_commit, redacted, redacted_args, versions)
+from .run_store import RunStore
 
 PLOT_NAME = "loss.png"
 
@@ -38,12 +49,14 @@ class TrainError(ValueError):
 
 def lr_at(step: int, args: TrainArgs) -> float:
     """Linear warm-up to the peak, then cosine decay to min_lr_ratio of it at the last step."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    span = max(1, args.steps - args.warmup)
-    progress = min(1.0, (step - args.warmup) / span)
-    floor = args.lr * args.min_lr_ratio
-    return floor + (args.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    peak, warmup = args.lr, args.warmup
+    assert peak is not None and warmup is not None, "TrainArgs.resolve() fills them"
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    span = max(1, args.steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    floor = peak * args.min_lr_ratio
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class _LossModule(nn.Module):
@@ -59,8 +72,6 @@ class _LossModule(nn.Module):
 
 def _plain(obj):
     """Loader state as plain types/tensors, so the checkpoint loads with weights_only=True."""
-    import numpy as np
-
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -79,9 +90,7 @@ class Trainer:
         """`explicit`: the options the user gave (the others of a resumed run come from its checkpoint);
         None: all of them."""
         self.d, self.device = setup_dist(args.device)
-        from schemas.cache import ShardCache, default_cache_dir
 
-        from .run_store import RunStore
         cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
         self.cache = ShardCache(cache_dir / "shards", args.cache_limit)
         self.store = RunStore(args.out, cache_dir, self.d.rank)  # --out a URL: a local copy, uploaded
@@ -96,12 +105,11 @@ class Trainer:
         self.use_bf16 = args.precision == "bf16" or (args.precision == "auto" and self.device.type == "cuda")
         torch.manual_seed(args.seed + self.d.rank)
 
-        from .data import build_loader  # the streaming loader (trainer/data.py)
-
         layout = None
         init = read_checkpoint(args.init_from, map_location="cpu") if ckpt is None and args.init_from else None
-        if ckpt is not None or init is not None:
-            layout = GatoConfig.from_dict((ckpt or init)["config"]).vocab_layout
+        resumed = ckpt or init
+        if resumed is not None:
+            layout = GatoConfig.from_dict(resumed["config"]).vocab_layout
         self.loader = build_loader(args.data, args.seq_len, args.batch_size, seed=args.seed,
                                    num_workers=args.num_workers, rank=self.d.rank, world_size=self.d.world,
                                    training=True, prompt_prob=args.prompt_prob, layout=layout, cache=self.cache,
@@ -109,7 +117,6 @@ class Trainer:
         self.layout = self.loader.layout
         if layout is not None:
             layout.check_same(self.loader.layout, "the data", "checkpoint")
-        from schemas.cache import CacheLimitError
         remote = [src for src in self.loader.sources if src.remote]
         try:  # a limit below what the readers pin at once is refused before any shard is read, naming the
             # minimum (a reader per remote source in each worker, and one in the main process's evaluation)
@@ -120,7 +127,7 @@ class Trainer:
         check_fits(self.loader.sources, args.seq_len)
         self.suite = None
         if args.eval_suite:
-            from .acting.suite import SuiteError, read_suite
+            from .acting.suite import SuiteError, read_suite  # noqa: PLC0415 - acting (gymnasium, env plugins) loads only for --eval-suite
             try:
                 self.suite = read_suite(args.eval_suite)
             except SuiteError as e:
@@ -144,6 +151,7 @@ class Trainer:
         self.model = GatoModel(config).to(self.device)
         if init is not None:
             self.model.load_state_dict(init["model"])
+        assert args.lr is not None, "TrainArgs.resolve() fills it"
         self.opt = torch.optim.AdamW(self.model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95),
                                      eps=1e-8, fused=self.device.type == "cuda")
         self.step = 0
@@ -151,7 +159,6 @@ class Trainer:
             self._load(ckpt)
         self.loss_module: nn.Module = _LossModule(self.model)
         if self.d.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
             self.loss_module = DDP(self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda"
                                    else None)
         if args.compile:
@@ -193,7 +200,6 @@ class Trainer:
     @staticmethod
     def _check_loggers(kinds: list[str]) -> None:
         """A logger asked for but not installed is bad usage, found before any data is read."""
-        import importlib.util
         install = {"tensorboard": "pip install tensorboard", "wandb": "pip install 'gato-kit[wandb]'"}
         for kind in kinds:
             if kind in install and importlib.util.find_spec(kind) is None:
@@ -221,7 +227,6 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop records logged after the checkpoint, so the resumed run rewrites them."""
-        from .report import MetricsError
         try:
             truncate_metrics(self.out / METRICS_NAME, step)
         except MetricsError as e:
@@ -276,7 +281,7 @@ class Trainer:
         stats = torch.zeros(2 + 2 * nt, device=self.device)
         for i, b in enumerate(micro):
             sync = i == len(micro) - 1 or self.d.world == 1
-            ctx = contextlib.nullcontext() if sync else self.loss_module.no_sync()
+            ctx = contextlib.nullcontext() if sync else cast(DDP, self.loss_module).no_sync()  # world > 1: DDP
             with ctx:
                 with self._autocast():
                     s, n = self.loss_module(b)
@@ -291,16 +296,15 @@ class Trainer:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         stop = torch.tensor([float(self.stop_requested)], device=self.device)
-        stats = self.d.all_reduce(torch.cat([stats, stop]))
+        sums: list[float] = self.d.all_reduce(torch.cat([stats, stop])).cpu().tolist()
         self.step += 1
-        stats = stats.cpu().tolist()
         # Every rank stops after the same step: only the all-reduced flag decides (a SIGTERM that
         # lands on one rank after its flag was sent is seen at the next step).
-        self.stop_agreed = stats[-1] > 0
+        self.stop_agreed = sums[-1] > 0
         # no targets: no loss at all (null in metrics.jsonl), never a mean of nothing that reads as 0.0
-        return {"step": self.step, "loss": stats[0] / total if targets > 0 else None, "lr": lr,
+        return {"step": self.step, "loss": sums[0] / total if targets > 0 else None, "lr": lr,
                 "grad_norm": float(grad_norm), "target_tokens": int(targets),
-                "tokens": stats[-2], "task_sums": stats[1:1 + nt], "task_counts": stats[1 + nt:1 + 2 * nt]}
+                "tokens": sums[-2], "task_sums": sums[1:1 + nt], "task_counts": sums[1 + nt:1 + 2 * nt]}
 
     def evaluate(self) -> dict:
         """The held-out loss (trainer.metrics.HeldOutLoss), overall and per task."""
@@ -330,7 +334,6 @@ class Trainer:
                 self._truncate_metrics(0)  # records of an earlier attempt that never checkpointed
             wandb_id = self.record.wandb_id if self.record is not None else None
             if wandb_id is None and "wandb" in args.loggers:
-                import uuid
                 wandb_id = uuid.uuid4().hex[:12]
             self.record = RunRecord(args, self.config, self.tasks, git_commit(), versions(), wandb_id)
             self.record.write(self.out)
@@ -343,7 +346,6 @@ class Trainer:
             print(f"gato-train: resumed from step {self.step} of {args.steps} in {self.out}", file=sys.stderr)
         bar = None
         if self.d.main and args.progress:
-            from tqdm import tqdm
             bar = tqdm(total=args.steps, initial=self.step, desc="gato-train", unit="step", dynamic_ncols=True)
         try:
             t0, tokens = time.perf_counter(), 0.0
@@ -407,7 +409,6 @@ def check_memory(batch_size: int, seq_len: int, vocab_size: int, device: torch.d
     if device.type == "cuda":
         have, where = torch.cuda.get_device_properties(device).total_memory, f"{device} has"
     else:
-        import resource
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
         have, where = (min(have, soft), "this process may use") if soft != resource.RLIM_INFINITY else \

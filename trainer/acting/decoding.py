@@ -20,6 +20,7 @@ from tokenizer_kit.sequence import Row
 from tokenizer_kit.text_rows import text_token_row
 
 from ..batch import Batch, Sample, collate
+from ..model import KVCache
 
 
 # --- rows as contexts --------------------------------------------------------------------------------
@@ -55,7 +56,7 @@ class Decoder:
     def __init__(self, model, cache: bool = True):
         self.model, self.cache = model, cache and hasattr(model, "extend")
         self.device = next(model.parameters()).device
-        self.kv = None
+        self.kv: KVCache | None = None
         self.last: torch.Tensor | None = None
         self.contexts: list[Row] = []
         self.lengths: list[int] = []
@@ -76,6 +77,7 @@ class Decoder:
     def extend(self, chunks: Sequence[Row]) -> torch.Tensor:
         self.lengths = [n + len(c) for n, c in zip(self.lengths, chunks, strict=True)]
         if self.cache:
+            assert self.kv is not None and self.last is not None, "start() comes first"
             logits = self.model.extend(rows_batch(chunks).to(self.device), self.kv)
             empty = torch.tensor([len(c) == 0 for c in chunks], device=logits.device)
             self.last = torch.where(empty[:, None], self.last, logits)  # an empty chunk: the row's last logits
@@ -89,6 +91,7 @@ class Decoder:
             return
         self.lengths = [self.lengths[i] for i in rows]
         if self.cache:
+            assert self.kv is not None and self.last is not None, "start() comes first"
             self.kv = self.kv.select(rows)
             self.last = self.last[rows]
         else:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
+import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator, registry
 import numpy as np
 
 from tokenizer_kit.errors import first_line
@@ -57,8 +59,6 @@ class EnvWrappers:
 
 def _register_plugins() -> tuple[list[str], list[str]]:
     """Import every installed plugin so its ids are registered; (registered, not installed)."""
-    import gymnasium as gym
-
     done, missing = [], []
     for name in PLUGINS:
         if importlib.util.find_spec(name) is None:
@@ -75,13 +75,9 @@ def _register_plugins() -> tuple[list[str], list[str]]:
 
 def resolve_env_id(env_id: str) -> str:
     """`env_id` as gymnasium will find it, registering installed plugins when it is not yet known."""
-    import gymnasium as gym
-    from gymnasium.envs.registration import registry
-
     if env_id in registry:
         return env_id
     if ":" in env_id:  # `module:Id`: gymnasium imports the module; say so in one line if it cannot
-        import importlib
         module = env_id.split(":", 1)[0]
         try:
             importlib.import_module(module)
@@ -105,16 +101,14 @@ def resolve_env_id(env_id: str) -> str:
 
 def _stacks_itself(space, depth: int) -> bool:
     """Whether observations already hold `depth` frames (channel-first or channel-last)."""
-    shape = getattr(space, "shape", None) or ()
+    shape: tuple[int, ...] = getattr(space, "shape", None) or ()
     return len(shape) == 3 and depth in (shape[0], shape[-1])
 
 
 def make_env_fn(env_id: str, rescale_actions: bool = False, frame_stack: int = 1,
-                wrappers: EnvWrappers | None = None) -> Callable[[], object]:
+                wrappers: EnvWrappers | None = None) -> Callable[[], gym.Env]:
     """A factory for `env_id` wrapped as recorded: Box actions from [-1, 1] (docs/SPEC.md section 2
     bins actions there), the last `frame_stack` observations stacked."""
-    import gymnasium as gym
-
     wrappers = wrappers or EnvWrappers(rescale_actions, frame_stack)
     env_id = resolve_env_id(env_id)
 
@@ -131,9 +125,6 @@ def make_env_fn(env_id: str, rescale_actions: bool = False, frame_stack: int = 1
 def _recorded_env(env_id: str, recorded):
     """`env_id` made as recorded: with the recorded kwargs and time limit when it is the recorded
     id, and inside the recorded wrapper chain (innermost first) either way."""
-    import gymnasium as gym
-    from gymnasium.envs.registration import load_env_creator
-
     if recorded is None:
         return gym.make(env_id)
     if env_id == resolve_env_id(recorded.id):
@@ -142,7 +133,8 @@ def _recorded_env(env_id: str, recorded):
         env = gym.make(env_id)
     for w in recorded.wrappers:
         try:
-            env = load_env_creator(w.entry_point)(env, **w.kwargs)
+            wrap = cast(Callable[..., gym.Env], load_env_creator(w.entry_point))  # a wrapper class, typed as a creator
+            env = wrap(env, **w.kwargs)
         except (ImportError, AttributeError, TypeError, ValueError, gym.error.Error) as e:
             raise ValueError(f"recorded wrapper {w.name} ({w.entry_point}): cannot wrap {env_id} "
                              f"({first_line(e)})") from None

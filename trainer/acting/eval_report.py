@@ -12,6 +12,8 @@ import numpy as np
 
 from tokenizer_kit.files import atomic_path
 
+from .scores import aggregates, task_interval
+
 EVAL_JSON, EVAL_PNG = "eval.json", "eval.png"
 
 
@@ -49,15 +51,14 @@ def score_matrix(runs: list[list[TaskResult]]) -> np.ndarray:
     names = [r.name for r in runs[0]]
     for i, run in enumerate(runs[1:], 1):
         if [r.name for r in run] != names:
-            raise ValueError(f"run {i} has tasks {[r.name for r in run]}, run 0 {names}: aggregates need the same tasks")
+            raise ValueError(f"run {i} has tasks {[r.name for r in run]}, run 0 {names}: "
+                             "aggregates need the same tasks")
     return np.asarray([[r.score for r in run] for run in runs], np.float64)
 
 
 def build_report(runs: list[list[TaskResult]], names: list[str], seed: int = 0, reps: int = 2000) -> dict:
     """eval.json: per task (the first run's results, every run's score, the task's interval),
     every run's results, and the aggregates over runs."""
-    from .scores import aggregates, task_interval
-
     scores = score_matrix(runs)
     overall = aggregates(scores, reps, seed).to_dict()
     overall["episodes"] = int(sum(len(r.agent) for run in runs for r in run))
@@ -98,7 +99,8 @@ def summary_lines(report: dict) -> list[str]:
     if any(not r["expert_exact"] for r in report["tasks"]):
         lines.append("~ demonstrations longer than the horizon: their returns scaled to it")
     over = report["tasks"][0]["ci_over"] if report["tasks"] else "episodes"
-    lines.append(f"score: (agent - random) / (expert - random); a task's CI over its {over}; seeds per task in eval.json")
+    lines.append(f"score: (agent - random) / (expert - random); a task's CI over its {over}; "
+                 "seeds per task in eval.json")
     ov = report["overall"]
     lines.append(f"normalised score over {ov['tasks']} task(s), {runs} run(s), {ov['episodes']} episodes: "
                  + ", ".join(f"{label} {ov[k]:.2f} [{ov[k + '_ci'][0]:.2f}, {ov[k + '_ci'][1]:.2f}]"
@@ -111,9 +113,9 @@ def summary_lines(report: dict) -> list[str]:
 def plot_suite(report: dict, path: Path) -> Path:
     """Each task's expert-normalised score with its interval, and the aggregates over tasks with
     theirs: every bar's error bar is the interval the title names."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - start-up time: matplotlib loads only to draw
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after matplotlib.use
 
     ov = report["overall"]
     keys = (("mean", "mean"), ("median", "median"), ("iqm", "IQM"), ("optimality_gap", "opt. gap"))
@@ -160,7 +162,8 @@ def combine_reports(paths: list[str], out: Path | None, seed: int = 0) -> dict:
         if not isinstance(report, dict):
             raise ValueError(f"{path}: not an eval.json of gato-train eval (not a JSON object)")
         got = results_from_report(report, path)
-        given = report.get("runs") if isinstance(report.get("runs"), list) else []
+        recorded = report.get("runs")
+        given = recorded if isinstance(recorded, list) else []
         runs += got
         names += [str(given[i]) if i < len(given) else f"{path}#{i}" for i in range(len(got))]
     return write_report(build_report(runs, names, seed), out)

@@ -24,13 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from schemas.env_spec import EnvSpec
 from tokenizer_kit.errors import run_command
 from tokenizer_kit.options import from_namespace
+from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import default_prompt_len
 
+from ..checkpoint import CheckpointError, checkpoint_path, load_model, read_checkpoint
 from ..cli import options_parser
-from ..run_config import opt
+from ..run_config import CONFIG_NAME, RunRecord, TrainArgs, opt
 from .envs import EnvWrappers, make_env_fn
 from .eval_report import TaskResult, build_report, combine_reports, write_report
 from .rollout import PROMPT_MODES, Agent, load_demonstrations, run_episodes
@@ -60,7 +64,7 @@ class Policy:
     """A loaded checkpoint and how to act with it."""
 
     model: torch.nn.Module
-    layout: object
+    layout: VocabLayout
     seq_len: int
     prompt_tokens: int
     temperature: float = 0.0
@@ -71,8 +75,6 @@ class Policy:
 
 def load_policy(checkpoint, device: str = "cpu", seq_len: int | None = None, prompt_tokens: int | None = None,
                 temperature: float = 0.0, seed: int = 0, cache: bool = True) -> Policy:
-    from ..checkpoint import load_model
-
     model, layout, config = load_model(checkpoint, map_location=device)
     trained = training_args(checkpoint)
     seq_len = int(seq_len or config.seq_len or (trained.seq_len if trained else 1024))
@@ -83,9 +85,6 @@ def load_policy(checkpoint, device: str = "cpu", seq_len: int | None = None, pro
 def training_args(checkpoint):
     """The options the run was trained with (a typed TrainArgs): its config.json, else the checkpoint's;
     None when neither records them."""
-    from ..checkpoint import checkpoint_path, read_checkpoint
-    from ..run_config import CONFIG_NAME, RunRecord, TrainArgs
-
     run = checkpoint_path(checkpoint).parent
     if (run / CONFIG_NAME).is_file():
         return RunRecord.read(run).train
@@ -95,10 +94,9 @@ def training_args(checkpoint):
 
 def evaluate_task(policy: Policy, task: TaskSpec, progress: bool = False) -> TaskResult:
     """Play `task.episodes` episodes with the policy, and as many with a random one, from the same seeds."""
-    from schemas.env_spec import EnvSpec
-
     seeds = eval_seeds(task, policy.seed)
     demos = load_demonstrations(task.data, task.task)
+    assert demos.manifest is not None, "load_demonstrations keeps the manifest"
     demos.layout.check_same(policy.layout, f"shards {task.data}", "checkpoint")
     recorded = EnvSpec.from_dict(task.env_spec) if task.env_spec else None
     make_env = make_env_fn(task.env, wrappers=EnvWrappers.from_manifest(demos.manifest, task.rescale_actions,
@@ -124,8 +122,6 @@ def evaluate_task(policy: Policy, task: TaskSpec, progress: bool = False) -> Tas
 def run_suite(policies: list[Policy] | Policy, tasks: list[TaskSpec], out: Path | None, progress: bool = True) -> dict:
     """Evaluate every task with every policy (one run each); write eval.json and eval.png into
     `out` (when given); return the report."""
-    from tqdm import tqdm
-
     policies = [policies] if isinstance(policies, Policy) else list(policies)
     for task in tasks:  # seeds the data was recorded on: refused before any acting
         eval_seeds(task, policies[0].seed)
@@ -189,6 +185,7 @@ class RolloutOptions(PolicyOptions):
 
 
 def _run(args: PolicyOptions, tasks: list[TaskSpec], out: Path | None) -> dict:
+    assert args.checkpoint, "_main asks for --checkpoint"
     if args.threads:
         torch.set_num_threads(args.threads)
     policies = [load_policy(c, args.device, args.seq_len, args.prompt_tokens, args.temperature, args.seed, args.cache)
@@ -206,23 +203,22 @@ def rollout(args: RolloutOptions) -> dict:
 def evaluate(args: EvalOptions) -> dict:
     if args.results:
         return combine_reports(args.results, Path(args.out) if args.out else None, args.seed)
+    assert args.suite is not None and args.checkpoint, "_main asks for --checkpoint and --suite"
     tasks = read_suite(args.suite)
     if args.episodes:
         tasks = [TaskSpec(**(asdict(t) | {"episodes": args.episodes})) for t in tasks]
-    from ..checkpoint import checkpoint_path
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint[0]).parent
     return _run(args, tasks, out)
 
 
 def _main(prog: str, options: type, description: str, fn, argv) -> int:
-    from ..checkpoint import CheckpointError
-
     parser = options_parser(options, prog, description)
     args = from_namespace(options, parser.parse_args(argv))
     acting = bool(args.checkpoint) and getattr(args, "suite", True) is not None
     if getattr(args, "results", None) and (args.checkpoint or args.suite) or \
             not getattr(args, "results", None) and not acting:
-        parser.error("give --checkpoint" + (" and --suite, or --results EVAL_JSON..." if hasattr(args, "suite") else ""))
+        parser.error("give --checkpoint"
+                     + (" and --suite, or --results EVAL_JSON..." if hasattr(args, "suite") else ""))
 
     def work() -> int:
         print("\n".join(fn(args)["lines"]))

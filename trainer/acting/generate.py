@@ -11,32 +11,32 @@ tokenised as the captions converter does (`--image-size`, `--image-policy`), cap
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from tokenizer_kit.argtypes import image_size_or_native
 from tokenizer_kit.errors import first_line, run_command
-from tokenizer_kit.images import FIT_POLICIES
+from tokenizer_kit.images import FIT_POLICIES, pixel_problem
+from tokenizer_kit.text import TextTokenizer
 from tokenizer_kit.text_rows import caption_context, text_token_row
 
+from ..checkpoint import CheckpointError, checkpoint_path, load_model
 from ..cli import parse_options
-from ..run_config import opt
+from ..run_config import CONFIG_NAME, RunRecord, opt
 from .decoding import generate_text
 
 
 def run_tokenizer(checkpoint: str, given: str | None):
     """The SentencePiece model the run's data was tokenised with."""
-    from schemas.manifest import TOKENIZER_NAME
-    from tokenizer_kit.text import TextTokenizer
-
-    from ..checkpoint import checkpoint_path
-
     if given:
         return TextTokenizer(given)
-    from ..data import parse_data_arg
-    from ..run_config import CONFIG_NAME, RunRecord
+    from schemas.manifest import TOKENIZER_NAME  # noqa: PLC0415 - start-up: pyarrow, only for the run's tokenizer
+
+    from ..data import parse_data_arg  # noqa: PLC0415 - start-up: pyarrow, only for the run's tokenizer
 
     run = checkpoint_path(checkpoint).parent
     cfg = run / CONFIG_NAME
@@ -103,8 +103,6 @@ def continuation(tok, prompt_ids: np.ndarray, new_ids: np.ndarray) -> str:
 
 
 def generate(args: GenerateOptions) -> list[str]:
-    from ..checkpoint import load_model
-
     model, layout, config = load_model(args.checkpoint, map_location=args.device)
     tok = run_tokenizer(args.checkpoint, args.tokenizer)
     ids = fit_prompt(np.asarray(tok.encode(args.prompt), np.int32), int(config.seq_len), args.max_new_tokens)
@@ -114,8 +112,6 @@ def generate(args: GenerateOptions) -> list[str]:
 
 
 def caption(args: CaptionOptions) -> list[str]:
-    from ..checkpoint import load_model
-
     model, layout, _ = load_model(args.checkpoint, map_location=args.device)
     tok = run_tokenizer(args.checkpoint, args.tokenizer)
     size = args.image_size
@@ -130,11 +126,6 @@ def caption(args: CaptionOptions) -> list[str]:
 def _decode_image(path: str, size: tuple[int, int] | None, policy: str) -> np.ndarray:
     """RGB pixels of an image file, under the converter's pixel rule (tokenizer_kit.images.
     pixel_problem), checked on the header's size before anything is decoded."""
-    import warnings
-
-    from PIL import Image
-
-    from tokenizer_kit.images import pixel_problem
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -151,8 +142,6 @@ def _decode_image(path: str, size: tuple[int, int] | None, policy: str) -> np.nd
 
 
 def _main(prog: str, options: type, description: str, fn, argv) -> int:
-    from ..checkpoint import CheckpointError
-
     args = parse_options(options, prog, description, argv)
 
     def work() -> int:

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import gymnasium as gym
 import numpy as np
+import pyarrow.compute as pc
 import torch
+from tqdm import tqdm
 
+from schemas.manifest import Manifest
+from schemas.reader import ShardDir
+from schemas.shard import row_from_table
 from tokenizer_kit.episode_decode import acting_observation, decode_actions
 from tokenizer_kit.fields import ACTION, field_keys, field_name, flatten_value
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, VocabLayout
@@ -28,6 +34,7 @@ from tokenizer_kit.rows import concat_rows, slice_tokens
 from tokenizer_kit.sequence import EpisodeSpec, Row, build_episode
 from tokenizer_kit.text_rows import caption_context
 
+from ..sampling import goal_start, window_start
 from .decoding import Decoder, sample_in_ranges
 
 PROMPT_MODES = ("end", "window", "none")
@@ -48,8 +55,6 @@ def prompt_window(row: Row, max_tokens: int, mode: str = "end", rng: np.random.G
     """A demonstration prompt of at most `max_tokens` tokens, chosen by the loader's own rule for
     training prompts: the episode's end from a timestep boundary (goal conditioning), or
     `max_tokens` tokens from a uniformly drawn boundary."""
-    from ..sampling import goal_start, window_start
-
     if mode == "none" or max_tokens <= 0:
         return concat_rows([])
     n = len(row.tokens)
@@ -104,8 +109,6 @@ def action_slots(spec: EpisodeSpec, layout: VocabLayout, action_space=None) -> l
     Continuous tokens may take any bin; discrete tokens only the values the action space allows
     (Discrete n, MultiDiscrete nvec), or the layout's whole discrete range without a space.
     """
-    import gymnasium as gym
-
     slots = []
     for f in spec.actions:
         if f.kind == "continuous":
@@ -133,12 +136,10 @@ def action_slots(spec: EpisodeSpec, layout: VocabLayout, action_space=None) -> l
 def action_member(action_space, name: str):
     """The member of a Dict/Tuple action space that action field `name` fills: by the converters'
     rule `action/KEY[/SUB]` (tokenizer_kit.fields), else, for a table's fields, the key itself."""
-    import gymnasium as gym
-
     if not isinstance(action_space, (gym.spaces.Dict, gym.spaces.Tuple)):
         return action_space
     keys = field_keys(name, ACTION) or (name,)
-    space = action_space
+    space: Any = action_space  # a member at any depth; one that is no container raises below
     for k in keys:
         try:
             space = space[int(k)] if isinstance(space, gym.spaces.Tuple) else space[k]
@@ -150,8 +151,6 @@ def action_member(action_space, name: str):
 def env_action(values: dict[str, np.ndarray], spec: EpisodeSpec, action_space):
     """Field values -> what `env.step` takes (an int for Discrete, an array for Box, a dict for
     Dict, a tuple for Tuple); Dict/Tuple members are found by `action_member`'s rule."""
-    import gymnasium as gym
-
     def one(v, space):
         if isinstance(space, gym.spaces.Discrete):
             return int(np.asarray(v).reshape(-1)[0])
@@ -233,7 +232,7 @@ class Agent:
     def step_template(self, obs) -> Row:
         """The timestep with placeholder actions: the converter's columns for every action token;
         only the sampled ids are put in."""
-        zeros = {f.name: np.zeros((1, *f.shape), np.int64 if f.kind == "discrete" else np.float32)
+        zeros = {f.name: np.zeros((1, *(f.shape or ())), np.int64 if f.kind == "discrete" else np.float32)
                  for f in self.spec.actions}
         return build_episode(self._fields(obs), zeros, self.spec, self.layout, self.text_tokenizer)
 
@@ -266,20 +265,20 @@ class Agent:
             self.fit(ep, len(t) - 1)
         contexts = [self.context(ep, c) for ep, c in zip(episodes, currents)]
         ids = [id(ep) for ep in episodes]
-        restart = self.decoder is None or any(ep.trimmed for ep in episodes) or not set(ids) <= set(self._rows)
-        if restart:
-            self.decoder = Decoder(self.model, self.cache)
-            logits = self.decoder.start(contexts)
+        decoder = self.decoder
+        if decoder is None or any(ep.trimmed for ep in episodes) or not set(ids) <= set(self._rows):  # restart
+            decoder = self.decoder = Decoder(self.model, self.cache)
+            logits = decoder.start(contexts)
             for ep in episodes:
                 ep.trimmed = False
         else:
-            self.decoder.keep([self._rows.index(i) for i in ids])
-            logits = self.decoder.extend([slice_tokens(c, n) for c, n in zip(contexts, self.decoder.lengths)])
+            decoder.keep([self._rows.index(i) for i in ids])
+            logits = decoder.extend([slice_tokens(c, n) for c, n in zip(contexts, decoder.lengths)])
         self._rows = ids
         chosen = np.zeros((len(observations), n_act), np.int64)
         for j in range(n_act):
             if j:
-                logits = self.decoder.extend([slice_tokens(t, n + j - 1, n + j) for t, n in zip(templates, n_obs)])
+                logits = decoder.extend([slice_tokens(t, n + j - 1, n + j) for t, n in zip(templates, n_obs)])
             chosen[:, j] = sample_in_ranges(logits, [(s[j].lo, s[j].hi) for s in slots], self.temperature,
                                             self.generator, self.top_k)
             for t, n, c in zip(templates, n_obs, chosen[:, j]):
@@ -289,7 +288,7 @@ class Agent:
         return [decode_actions(chosen[i], self.spec, self.layout) for i in range(len(observations))]
 
 
-def run_episodes(agent: Agent, make_env: Callable[[], object], episodes: int, prompt_rows: Sequence[Row],
+def run_episodes(agent: Agent, make_env: Callable[[], gym.Env], episodes: int, prompt_rows: Sequence[Row],
                  prompt_tokens: int, prompt_mode: str = "end", seed: int = 0, max_steps: int | None = None,
                  progress: bool = False, desc: str = "acting") -> list[EpisodeResult]:
     """Play `episodes` episodes side by side; each gets its own demonstration prompt."""
@@ -305,7 +304,6 @@ def run_episodes(agent: Agent, make_env: Callable[[], object], episodes: int, pr
     limit = max_steps or getattr(envs[0].spec, "max_episode_steps", None)
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=limit * episodes if limit else None, desc=desc, unit="env-step", leave=False,
                    dynamic_ncols=True)
     try:
@@ -352,7 +350,7 @@ class Demonstrations:
     task: str
     text_tokenizer: object = None
     steps: np.ndarray | None = None  # each episode's number of steps
-    manifest: object = None
+    manifest: Manifest | None = None
 
     def returns_within(self, horizon: int | None) -> tuple[np.ndarray, bool]:
         """The episodes' returns over the first `horizon` steps, and whether that is exact.
@@ -370,13 +368,9 @@ class Demonstrations:
 def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None = None) -> Demonstrations:
     """Episodes (and their returns) of `task` (default: the directory's only task), from a local
     directory or a URL, through the one shard reader."""
-    import pyarrow.compute as pc
-
-    from schemas.reader import ShardDir
-    from schemas.shard import row_from_table
-
     d = ShardDir.open(shard_dir)
-    if d.manifest is None or not d.manifest.episode_spec:
+    spec = d.manifest.spec if d.manifest is not None else None
+    if d.manifest is None or spec is None:  # spec: None without an episode_spec
         raise ValueError(f"{shard_dir}: not an RL shard directory (its manifest has no episode_spec)")
     rows, returns, steps, tasks = [], [], [], set()
     for i in range(len(d.shards)):
@@ -395,6 +389,6 @@ def load_demonstrations(shard_dir, task: str | None = None, max_rows: int | None
         raise ValueError(f"{shard_dir} holds several tasks {sorted(tasks)}; name one with --task")
     if not rows:
         raise ValueError(f"{shard_dir}: no episodes" + (f" of task {task!r}" if task else ""))
-    return Demonstrations(d.manifest.spec, d.layout, rows,
+    return Demonstrations(spec, d.layout, rows,
                           np.asarray(returns, np.float64), task or next(iter(tasks)), d.text_tokenizer(),
                           np.asarray(steps, np.int64), d.manifest)

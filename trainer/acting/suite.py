@@ -21,6 +21,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
+
+import yaml
+
+from schemas.env_spec import EnvSpec, EnvSpecError
+from schemas.reader import ShardDir
 
 from .rollout import PROMPT_MODES
 
@@ -54,7 +60,6 @@ class TaskSpec:
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise SuiteError(f"task {self.name}: seed must be a non-negative integer")
         if self.env_spec is not None:
-            from schemas.env_spec import EnvSpec, EnvSpecError
             try:
                 EnvSpec.from_dict(self.env_spec)
             except EnvSpecError as e:
@@ -94,9 +99,8 @@ def parse_seeds(value, task: str) -> list[list[int]] | None:
 def recorded_seeds(task: TaskSpec) -> list[list[int]]:
     """[first, last] ranges of the seeds the task's demonstrations were recorded on: the suite's
     `recorded_seeds`, and those the converter found in the data (Minari episode metadata)."""
-    from schemas.reader import ShardDir
-
-    ranges = list(task.recorded_seeds or [])
+    parsed = cast("list[list[int]] | None", task.recorded_seeds)  # parse_seeds' result (TaskSpec.__post_init__)
+    ranges = list(parsed or [])
     try:
         manifest = ShardDir.open(task.data).manifest
     except (OSError, ValueError):
@@ -126,8 +130,6 @@ def eval_seeds(task: TaskSpec, default: int) -> list[int]:
 
 def read_suite(path: str | os.PathLike) -> list[TaskSpec]:
     """The tasks of a suite file; relative data paths are relative to the file."""
-    import yaml
-
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
@@ -145,7 +147,7 @@ def read_suite(path: str | os.PathLike) -> list[TaskSpec]:
         if unknown:
             raise SuiteError(f"{path}: task {i} has unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
         for key, value in item.items():  # a suite is data: each field of its type, or one line naming it
-            want = _FIELD_TYPES[TaskSpec.__dataclass_fields__[key].type]
+            want = _FIELD_TYPES[cast(str, TaskSpec.__dataclass_fields__[key].type)]  # a string: future annotations
             if isinstance(value, bool) and bool not in want or not isinstance(value, want):
                 raise SuiteError(f"{path}: task {i}: field {key!r} is {type(value).__name__} {value!r}, expected "
                                  f"{TaskSpec.__dataclass_fields__[key].type}")
