@@ -12,11 +12,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
+
+from tokenizer_kit.files import atomic_path
 
 ProofKey = tuple[int, int, int]  # (size, mtime_ns, inode) of the file a sha256 was taken of
 
@@ -174,10 +175,8 @@ def read_proof(root: Path, sha256: str) -> ProofKey | None:
 def write_proof(root: Path, sha256: str, key: ProofKey) -> None:
     """Record that the file with this (size, mtime, inode) hashed to sha256, atomically (a reader
     sees the whole record or none); best effort: without it other processes hash the copy themselves."""
-    proof = proof_path(root, sha256)
-    tmp = proof.with_name(f"{proof.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
-        tmp.write_text(json.dumps({"sha256": sha256, "size": key[0], "mtime_ns": key[1], "ino": key[2]}))
-        os.replace(tmp, proof)
+        with atomic_path(proof_path(root, sha256), fsync=False) as tmp:  # a lost proof costs one hash, no more
+            tmp.write_text(json.dumps({"sha256": sha256, "size": key[0], "mtime_ns": key[1], "ino": key[2]}))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,9 +17,10 @@ from typing import Iterator
 @contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; on success it is (fsynced and) renamed over
-    `path`, on any failure removed, so `path` never holds a half-written file."""
+    `path`, on any failure removed, so `path` never holds a half-written file. The temporary is
+    named by process and thread, so concurrent writers of one path never share one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
         yield tmp
         if fsync:

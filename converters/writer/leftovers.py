@@ -10,7 +10,7 @@ from schemas.storage import OutDir
 from schemas.workunit import WORK_DIR
 
 _TEMPORARY = re.compile(
-    r"^\.(shard-(\d+)-\d+\.arrow|unit-(\d+)\.json|plan\.json|tokenizer\.model|manifest\.json|shards\.arrow)\.tmp\d+$")
+    r"^\.(shard-(\d+)-\d+\.arrow|unit-(\d+)\.json|plan\.json|tokenizer\.model|manifest\.json|shards\.arrow)\.tmp\d+(-\d+)?$")
 _UNIT_SHARD = re.compile(r"^shard-(\d+)-\d+\.arrow$")
 
 
