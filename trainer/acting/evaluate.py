@@ -214,11 +214,11 @@ def evaluate(args: EvalOptions) -> dict:
 def _main(prog: str, options: type, description: str, fn, argv) -> int:
     parser = options_parser(options, prog, description)
     args = from_namespace(options, parser.parse_args(argv))
-    acting = bool(args.checkpoint) and getattr(args, "suite", True) is not None
-    if getattr(args, "results", None) and (args.checkpoint or args.suite) or \
-            not getattr(args, "results", None) and not acting:
-        parser.error("give --checkpoint"
-                     + (" and --suite, or --results EVAL_JSON..." if hasattr(args, "suite") else ""))
+    if isinstance(args, EvalOptions):  # acting on a suite, or combining eval.json files: one of the two
+        if (args.checkpoint or args.suite) if args.results else not (args.checkpoint and args.suite):
+            parser.error("give --checkpoint and --suite, or --results EVAL_JSON...")
+    elif not args.checkpoint:
+        parser.error("give --checkpoint")
 
     def work() -> int:
         print("\n".join(fn(args)["lines"]))

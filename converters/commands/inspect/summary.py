@@ -16,6 +16,7 @@ from schemas.storage import OutDir
 from schemas.workunit import WorkDir
 from tokenizer_kit.layout import MODALITY_NAMES, TEXT, VocabLayout
 from tokenizer_kit.rows import step_lengths_of_rows
+from tokenizer_kit.sequence import default_prompt_len
 
 from ..listing import head_and_tail, human_bytes
 
@@ -48,8 +49,9 @@ def step_tokens(sd: ShardDir) -> dict | None:
     x = np.concatenate(pieces)
     rl = sd.manifest is None or sd.manifest.row_kind == "rl"
     longest = int(x.max())
-    # an RL sequence given a prompt (a quarter of --seq-len by default) keeps L + 1 - L // 4 tokens for its window
-    prompted = next(n for n in range(longest, 2 * longest + 8) if n + 1 - n // 4 >= longest) if rl else longest
+    # an RL sequence of L tokens given its default prompt keeps L + 1 - default_prompt_len(L) for its window
+    prompted = next(n for n in range(longest, 2 * longest + 8) if n + 1 - default_prompt_len(n) >= longest) \
+        if rl else longest
     return {"unit": "step" if rl else "pair", "count": int(len(x)), "min": int(x.min()), "median": float(np.median(x)),
             "max": longest, "min_seq_len": longest, "min_seq_len_with_prompts": prompted}
 
