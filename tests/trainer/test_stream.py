@@ -247,6 +247,7 @@ def test_bad_list_offsets_stop(local, tmp_path, capsys):
 _NODE_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import trainer.data as data
+    from trainer import train
     rank, out = int(os.environ["RANK"]), sys.argv[1]
     build, seen, caches = data.build_loader, [], []
     class Spy:
@@ -263,7 +264,7 @@ _NODE_SCRIPT = textwrap.dedent("""
         loader = build(*a, **k)
         caches.append(k["cache"])
         return Spy(loader) if k.get("training", True) else loader
-    data.build_loader = spy_build
+    data.build_loader = train.build_loader = spy_build  # train.py holds its own reference
     from trainer.cli import main
     code = main(sys.argv[2:])
     with open(os.path.join(out, f"node{rank}.json"), "w") as f:

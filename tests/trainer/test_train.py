@@ -207,7 +207,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     def spy_build(*a, **k):
         loader = build(*a, **k)
         return Spy(loader) if k.get("training", True) else loader
-    data.build_loader = spy_build
+    data.build_loader = train.build_loader = spy_build  # train.py holds its own reference
     run = train.Trainer.run
     def run_and_report(self):
         code = run(self)
