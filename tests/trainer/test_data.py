@@ -108,9 +108,12 @@ def test_v2_text_shards_give_the_same_batches_as_full_ones(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["rl_state", "rl_pixels", "captions"])
-def test_v2_lean_rl_and_caption_shards_give_the_same_batches_as_full_ones(tmp_path, kind):
+def test_v2_lean_rl_and_caption_shards_give_the_same_batches_as_full_ones(tmp_path, kind, monkeypatch):
     """uint16 RL shards and caption shards with derived per-token columns (schema version 2) read
-    as the same batches as shards that store every column as int32, in training and evaluation."""
+    as the same batches as shards that store every column as int32, in training and evaluation;
+    their mapped pages are released (the derived columns on the heap are not), reading the same."""
+    import trainer.mapped as mapped
+    import trainer.stream as td
     from schemas.shard import shard_schema
     from tests.support.loader_data import pixel_episode, state_episode
     from tokenizer_kit.text_rows import build_caption_row
@@ -131,6 +134,15 @@ def test_v2_lean_rl_and_caption_shards_give_the_same_batches_as_full_ones(tmp_pa
         a = _take(build_loader([str(full)], 64, 4, seed=1, training=training, num_workers=workers), 4)
         b = _take(build_loader([str(lean)], 64, 4, seed=1, training=training, num_workers=workers), 4)
         assert len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    shard = lean / "shard-00000.arrow"
+    table = open_shard(shard, full=False)
+    region = mapped.mapped_region(table, shard)
+    assert region is not None and any(lo <= region[0] and region[0] + region[1] <= hi
+                                      for lo, hi in mapped.file_mappings(shard))
+    monkeypatch.setattr(td, "MAPPED_BUDGET_MB", -1)  # release after every batch
+    monkeypatch.setattr(td, "RSS_CHECK_EVERY", 1)
+    released = _take(build_loader([str(lean)], 64, 4, seed=1), 4)
+    assert all(_same(x, y) for x, y in zip(_take(build_loader([str(full)], 64, 4, seed=1), 4), released, strict=True))
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
