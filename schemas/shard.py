@@ -167,12 +167,13 @@ def write_shard(path: str | os.PathLike, batches: Iterable[pa.RecordBatch], sche
 def open_shard(path: str | os.PathLike | pa.Buffer, full: bool = True) -> pa.Table:
     """A shard as a memory-mapped table: no copy of the data is made (the mapping lives as long
     as the table's buffers do). `path` may be a buffer over a mapping made already (the shard
-    cache's, which pins the copy while mapped). `full`: a version-2 text shard with its left-out
-    columns derived (full_columns: version-1 columns, in memory); the loader asks for the stored
-    columns alone."""
+    cache's, which pins the copy while mapped). Version-2 shards come with the columns their form
+    leaves out derived and int32 ids (full_columns: version-1 columns, in memory); `full=False`
+    (the loader) keeps what it can read as stored: a text shard's token buffer, an RL shard's
+    uint16 ids (schemas.reader.RowView.ids); a caption shard's derived columns are still made."""
     if isinstance(path, pa.Buffer):
         table = pa.ipc.open_stream(pa.BufferReader(path)).read_all()
-        return full_columns(table) if full or not is_text_form(table.schema) else table
+        return full_columns(table) if full or shard_form(table.schema) == "caption" else table
     with pa.memory_map(str(path), "r") as source:
         table = pa.ipc.open_stream(source).read_all()
-    return full_columns(table) if full or not is_text_form(table.schema) else table
+    return full_columns(table) if full or shard_form(table.schema) == "caption" else table

@@ -112,6 +112,8 @@ def test_v2_lean_rl_and_caption_shards_give_the_same_batches_as_full_ones(tmp_pa
     """uint16 RL shards and caption shards with derived per-token columns (schema version 2) read
     as the same batches as shards that store every column as int32, in training and evaluation;
     their mapped pages are released (the derived columns on the heap are not), reading the same."""
+    import pyarrow as pa
+
     import trainer.mapped as mapped
     import trainer.stream as td
     from schemas.shard import shard_schema
@@ -135,7 +137,8 @@ def test_v2_lean_rl_and_caption_shards_give_the_same_batches_as_full_ones(tmp_pa
         b = _take(build_loader([str(lean)], 64, 4, seed=1, training=training, num_workers=workers), 4)
         assert len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     shard = lean / "shard-00000.arrow"
-    table = open_shard(shard, full=False)
+    table = open_shard(shard, full=False)  # RL: uint16 ids read as stored, no copy (RowView.ids widens a sample)
+    assert table.schema.field("tokens").type == pa.list_(pa.uint16() if rl else pa.int32())
     region = mapped.mapped_region(table, shard)
     assert region is not None and any(lo <= region[0] and region[0] + region[1] <= hi
                                       for lo, hi in mapped.file_mappings(shard))
