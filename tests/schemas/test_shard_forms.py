@@ -152,3 +152,20 @@ def test_full_columns_of_an_empty_lean_table():
     schema = shard_schema(False, vocab_size=LAYOUT.vocab_size, caption=True)
     table = full_columns(schema.empty_table())
     assert table.num_rows == 0 and table.schema.names[:9] == V1_COLUMNS
+
+
+def test_row_views_of_stored_uint16_ids_widen_a_slice_to_version_1_ids(tmp_path):
+    """The loader's views keep an RL shard's uint16 ids as stored; a sample's slice comes out as
+    version 1's int32 ids with -1 at the patch slots, and a version-1 view's slice is not copied."""
+    from schemas.reader import batch_view
+    rows = rl_rows()
+    path, _ = write(tmp_path, rows, shard_schema(True, vocab_size=LAYOUT.vocab_size), True)
+    v1_path, _ = write(tmp_path, rows, shard_schema(True), True)
+    lean = batch_view(open_shard(path, full=False).to_batches()[0])
+    v1 = batch_view(open_shard(v1_path, full=False).to_batches()[0])
+    assert lean.tokens.dtype == np.uint16 and lean.slot == SLOT_ID and v1.slot == PATCH_SLOT
+    for i, r in enumerate(rows):
+        a, b = 1, len(r.tokens) - 1
+        got = lean.row(i).ids(a, b)
+        assert got.dtype == np.int32 and np.array_equal(got, r.tokens[a:b]) and (got == PATCH_SLOT).any()
+        assert np.shares_memory(v1.row(i).ids(a, b), v1.tokens)
