@@ -27,13 +27,13 @@ import pyarrow as pa
 
 from tokenizer_kit.errors import first_line
 from tokenizer_kit.files import atomic_path
-from tokenizer_kit.layout import NO_POSITION, VocabLayout
+from tokenizer_kit.layout import NO_POSITION, PATCH_SLOT, VocabLayout
 from tokenizer_kit.text import TextTokenizer
 
 from .cache import ShardCache
 from .errors import ReaderError
 from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
-from .shard import PATCH_BYTES, SHARD_NAME_RE, is_text_form, open_shard
+from .shard import PATCH_BYTES, SHARD_NAME_RE, SLOT_ID, is_text_form, open_shard
 from .split import global_row, locate_rows
 from .storage import is_remote, join, list_names, local_path, read_bytes, remote_fs, storage_error
 from .validate import Problem, validate_table
@@ -47,12 +47,23 @@ SHARD_RE = re.compile(SHARD_NAME_RE)
 class RowView:
     """One row as numpy views into the mapped shard (no copy)."""
 
-    tokens: np.ndarray  # int32
+    tokens: np.ndarray  # int32 (or a version-2 shard's uint16, as stored)
     loss_mask: np.ndarray  # uint8
     local_pos: np.ndarray  # int16
     step_starts: np.ndarray  # int32
     patches: np.ndarray  # (P, 768) uint8
     patch_pos: np.ndarray  # (P, 4) uint8
+    slot: int = PATCH_SLOT  # the id that marks a patch slot in `tokens` (uint16 RL shards: SLOT_ID)
+
+    def ids(self, a: int, b: int) -> np.ndarray:
+        """Tokens [a, b) as version 1 has them (int32 with -1 at patch slots): the view itself, or
+        for stored uint16 ids with another slot id a copy of just this slice."""
+        t = self.tokens[a:b]
+        if self.slot == PATCH_SLOT:
+            return t
+        out = t.astype(np.int32)
+        out[t == self.slot] = PATCH_SLOT
+        return out
 
 
 @dataclass
@@ -68,6 +79,7 @@ class BatchView:
     pt_off: np.ndarray
     patches: np.ndarray
     patch_pos: np.ndarray
+    slot: int = PATCH_SLOT  # as RowView.slot
 
     @property
     def num_rows(self) -> int:
@@ -78,7 +90,7 @@ class BatchView:
         sa, sb = self.ss_off[i:i + 2].tolist()
         pa_, pb = self.pt_off[i:i + 2].tolist()
         return RowView(self.tokens[a:b], self.loss_mask[a:b], self.local_pos[a:b], self.step_starts[sa:sb],
-                       self.patches[pa_:pb], self.patch_pos[pa_:pb])
+                       self.patches[pa_:pb], self.patch_pos[pa_:pb], self.slot)
 
 
 def _flat(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +103,8 @@ def _flat(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
 
 def batch_view(batch: pa.RecordBatch) -> BatchView:
     """Views of a record batch's list columns (offsets are not read: check_batch proves them).
-    A version-2 text batch's derived columns are broadcast constants: no memory per token."""
+    A version-2 text batch's derived columns are broadcast constants: no memory per token; a
+    version-2 RL batch's uint16 ids stay as stored (RowView.ids widens a sample's slice)."""
     if is_text_form(batch.schema):
         tok_off, tokens = _flat(batch.column("tokens"))
         n, none = len(tokens), np.zeros(batch.num_rows + 1, np.int32)
@@ -111,8 +124,9 @@ def batch_view(batch: pa.RecordBatch) -> BatchView:
     nq = len(qvals) + qvals.offset
     flat_q = qvals.values.to_numpy()
     patch_pos = flat_q[:nq * 4].reshape(nq, 4) if nq else np.zeros((0, 4), np.uint8)
+    slot = SLOT_ID if tokens.dtype == np.uint16 else PATCH_SLOT  # a version-2 RL batch's ids, as stored
     return BatchView(tok_off, tokens, loss_mask, local_pos, ss_off, step_starts, pcol.offsets.to_numpy(), patches,
-                     patch_pos)
+                     patch_pos, slot)
 
 
 def check_batch(batch: pa.RecordBatch, layout: VocabLayout) -> Problem | None:

@@ -24,8 +24,9 @@ import pyarrow as pa
 from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 
 from .shard import full_columns, is_text_form
-from .validate_rules import (Problem, Report, bad_patch_pos, check_schema, check_steps, check_values, chunk_view,
-                             count_modalities, flat_column, id_ranges, nulls_inside, validate_tokens)
+from .validate_rules import (Problem, Report, bad_patch_pos, check_schema, check_slot_sentinel, check_steps,
+                             check_values, chunk_view, count_modalities, flat_column, id_ranges, nulls_inside,
+                             validate_tokens)
 
 __all__ = ["Problem", "check_schema", "validate_table", "validate_and_count"]
 
@@ -44,7 +45,7 @@ def validate_and_count(table: pa.Table, layout: VocabLayout) -> tuple[list[Probl
 
 
 def _validate(table: pa.Table, layout: VocabLayout, count: bool) -> tuple[list[Problem], np.ndarray | None]:
-    problems = check_schema(table.schema)
+    problems = check_schema(table.schema) or check_slot_sentinel(table.schema, layout)
     problems += [Problem(None, name, f"{table.column(name).null_count} null values (columns are not nullable)")
                  for name in table.schema.names if table.column(name).null_count]
     if not problems and is_text_form(table.schema):
@@ -52,7 +53,7 @@ def _validate(table: pa.Table, layout: VocabLayout, count: bool) -> tuple[list[P
         if counts is not None:
             return [], counts
     if not problems:
-        table = full_columns(table)  # a version-2 text shard's derived columns, as version 1 stores them
+        table = full_columns(table)  # a version-2 shard's derived columns and int32 ids, as version 1 stores them
         problems = nulls_inside(table)
     if not problems:
         counts = _proof(table, layout)

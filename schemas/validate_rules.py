@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 
-from .shard import RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS, TOKEN_TYPES, is_text_form, schema_version
+from .shard import (CAPTION_DERIVED, RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS, SLOT_ID, TOKEN_TYPES, shard_form,
+                    schema_version)
 
 MAX_PROBLEMS_PER_CHECK = 5  # beyond this a check reports a count, so output stays readable
 
@@ -99,15 +100,21 @@ class Report:
 
 
 def check_schema(schema: pa.Schema) -> list[Problem]:
-    """Columns and types of version 1, or of a version-2 text shard (tokens, uint16 or int32,
-    with source_id and task: the per-token columns are derived, schemas.shard.full_columns)."""
+    """Columns and types of version 1, or of a version-2 form (schemas.shard_forms): text (tokens,
+    source_id, task), caption (no loss_mask, local_pos, modality, step_starts) or full, each with
+    uint16 or int32 tokens; the columns a form leaves out are derived (full_columns)."""
     problems = []
     expected = dict(ROW_COLUMNS) | SCALAR_COLUMNS
-    if schema_version(schema) == 2 and is_text_form(schema) and "tokens" in schema.names:
+    form = shard_form(schema) if schema_version(schema) == 2 else "full"
+    if form == "text":
+        expected = dict(SCALAR_COLUMNS)
+    elif form == "caption":
+        expected = {k: v for k, v in expected.items() if k not in CAPTION_DERIVED}
+    if schema_version(schema) == 2 and "tokens" in schema.names:
         got = schema.field("tokens").type
         if got not in [pa.list_(t) for t in TOKEN_TYPES]:
             problems.append(Problem(None, "tokens", f"wrong type {got}, expected list<uint16> or list<int32>"))
-        expected = dict(SCALAR_COLUMNS)
+        expected.pop("tokens", None)
     if "episode_return" in schema.names or "num_steps" in schema.names:
         expected |= RL_COLUMNS
     for name, typ in expected.items():
@@ -119,6 +126,16 @@ def check_schema(schema: pa.Schema) -> list[Problem]:
         if not ok:
             problems.append(Problem(None, name, f"wrong type {got}, expected {typ}"))
     return problems
+
+
+def check_slot_sentinel(schema: pa.Schema, layout: VocabLayout) -> list[Problem]:
+    """uint16 tokens of a form with patch slots write a slot as SLOT_ID: sound only when no id of
+    the layout can be SLOT_ID (at most 65,535 ids), else a slot and an id would read alike."""
+    if "tokens" in schema.names and schema.field("tokens").type == pa.list_(pa.uint16()) and \
+            shard_form(schema) != "text" and layout.vocab_size > SLOT_ID:
+        return [Problem(None, "tokens", f"uint16 ids with patch slot {SLOT_ID} need a vocabulary of at most "
+                                        f"{SLOT_ID} ids; the layout's has {layout.vocab_size}")]
+    return []
 
 
 @functools.lru_cache(maxsize=16)

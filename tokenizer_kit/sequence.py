@@ -421,19 +421,21 @@ def _assemble(blocks: list[_Block], steps: int, layout: VocabLayout, action_loca
     return row
 
 
-def patch_span(tokens: np.ndarray, start: int, stop: int, num_patches: int | None = None) -> tuple[int, int]:
+def patch_span(tokens: np.ndarray, start: int, stop: int, num_patches: int | None = None,
+               slot: int = PATCH_SLOT) -> tuple[int, int]:
     """[first, last) indices into a row's patches of the image slots among tokens [start, stop).
 
     Slots before `start` are counted from the shorter side of the row when the row's patch count
-    is known (a window near a long row's end costs its tail, not its head)."""
+    is known (a window near a long row's end costs its tail, not its head). `slot`: the id that
+    marks a slot in `tokens` (a version-2 shard's stored uint16 ids mark it 65535)."""
     tokens = np.asarray(tokens)
     if num_patches == 0:
         return 0, 0
     if num_patches is not None and start > len(tokens) - start:
-        first = num_patches - int(np.count_nonzero(tokens[start:] == PATCH_SLOT))
+        first = num_patches - int(np.count_nonzero(tokens[start:] == slot))
     else:
-        first = int(np.count_nonzero(tokens[:start] == PATCH_SLOT))
-    return first, first + int(np.count_nonzero(tokens[start:stop] == PATCH_SLOT))
+        first = int(np.count_nonzero(tokens[:start] == slot))
+    return first, first + int(np.count_nonzero(tokens[start:stop] == slot))
 
 
 def default_prompt_len(seq_len: int) -> int:

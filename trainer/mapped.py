@@ -37,19 +37,22 @@ def file_mappings(path: Path) -> list[tuple[int, int]]:
 
 
 def mapped_region(table: pa.Table, path: Path) -> tuple[int, int] | None:
-    """Page-aligned (address, length) span of a table's buffers, only when it lies inside a
-    mapping of the shard file: never heap memory, which MADV_DONTNEED would wipe."""
+    """Page-aligned (address, length) span of a table's buffers that lie inside a mapping of the
+    shard file: never heap memory, which MADV_DONTNEED would wipe (a version-2 shard's derived
+    columns and widened ids live on the heap beside its mapped patches)."""
+    maps = file_mappings(path)
     lo, hi = None, None
     for col in table.columns:
         for chunk in col.chunks:
             for buf in chunk.buffers():
-                if buf is not None and buf.size:
+                if buf is not None and buf.size and any(a <= buf.address and buf.address + buf.size <= b
+                                                        for a, b in maps):
                     lo = buf.address if lo is None else min(lo, buf.address)
                     hi = buf.address + buf.size if hi is None else max(hi, buf.address + buf.size)
-    if lo is None or hi is None:  # no buffer: both are None
+    if lo is None or hi is None:  # no buffer in the file: both are None
         return None
     lo -= lo % _PAGE
-    if not any(a <= lo and hi <= b for a, b in file_mappings(path)):
+    if not any(a <= lo and hi <= b for a, b in maps):
         return None
     return lo, hi - lo
 

@@ -74,7 +74,7 @@ def other_row_same_task(src: ShardSource, r: int, rng: Uniform) -> int:
 
 def _patch_range(view: RowView, a: int, b: int) -> tuple[int, int]:
     """Patches of the slots in tokens [a, b) (tokenizer_kit's one rule for a span's patches)."""
-    return patch_span(view.tokens, a, b, len(view.patches))
+    return patch_span(view.tokens, a, b, len(view.patches), view.slot)
 
 
 def assemble(src: ShardSource, parts: list[Part], task_id: int) -> Sample:
@@ -83,12 +83,12 @@ def assemble(src: ShardSource, parts: list[Part], task_id: int) -> Sample:
         p = parts[0]
         v = src.row(p.row)
         p0, p1 = _patch_range(v, p.start, p.stop) if len(v.patches) else (0, 0)
-        return Sample(v.tokens[p.start:p.stop], v.loss_mask[p.start:p.stop], v.local_pos[p.start:p.stop],
+        return Sample(v.ids(p.start, p.stop), v.loss_mask[p.start:p.stop], v.local_pos[p.start:p.stop],
                       v.patches[p0:p1], v.patch_pos[p0:p1], task_id)
     toks, masks, lpos, patches, ppos = [], [], [], [], []
     for p in parts:
         v = src.row(p.row)
-        toks.append(v.tokens[p.start:p.stop])
+        toks.append(v.ids(p.start, p.stop))
         m = v.loss_mask[p.start:p.stop]
         masks.append(m if p.loss else np.zeros(len(m), np.uint8))
         lpos.append(v.local_pos[p.start:p.stop])

@@ -95,7 +95,7 @@ def convert(converter: Converter, out: str | os.PathLike, *, layout: VocabLayout
                     raise SourceError(m.skipped[0].reason)
         jobs = [UnitJob(i, units[i], plan.uids[i]) for i in mine if i not in done]
         settings = UnitSettings(store, layout, converter.rl, on_error, task, shard_size, compression, test_share,
-                                text=converter.name == "text")
+                                text=converter.name == "text", caption=converter.name == "captions")
         bar = Progress(converter.name + (f" [{partition}/{num_partitions}]" if partition is not None else ""),
                        len(jobs), enabled=progress)
 

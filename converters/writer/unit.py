@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.manifest import LongestUnit, SkippedRecord
-from schemas.shard import rows_to_batch, shard_schema
+from schemas.shard import full_columns, is_text_form, rows_to_batch, shard_schema
 from schemas.validate import validate_table
 from schemas.storage import OutDir
 from schemas.workunit import FieldErrorSum, ReturnSums, UnitMarker, UnitStats, add_counts, marker_name
@@ -53,10 +53,11 @@ class UnitSettings:
     compression: str
     test_share: float = 0.0  # the share of records (by their source_id) held out as the test split
     text: bool = False  # plain text rows: version-2 text shards (tokens only, uint16 when they fit)
+    caption: bool = False  # image-caption rows: version-2 caption shards (per-token columns derived)
 
     @property
     def schema(self) -> pa.Schema:
-        return shard_schema(self.rl, self.text, self.layout.vocab_size)
+        return shard_schema(self.rl, self.text, self.layout.vocab_size, self.caption)
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,8 @@ def _row(rec: Record) -> Row:
 
 def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.RecordBatch) -> None:
     stats.rows += len(records)
-    if "modality" in batch.schema.names:
-        mod = batch.column("modality").values.to_numpy(zero_copy_only=False)
+    if not is_text_form(batch.schema):
+        mod = full_columns(batch).column("modality").values.to_numpy(zero_copy_only=False)
         # one counting pass per code over uint8 (np.bincount would first widen every token to intp)
         stats.tokens_by_modality = [a + int(np.count_nonzero(mod == code))
                                     for code, a in enumerate(stats.tokens_by_modality)]

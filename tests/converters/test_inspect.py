@@ -22,7 +22,7 @@ from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
 from tokenizer_kit.text import TextTokenizer
 from tokenizer_kit.values import bins_to_continuous
 
-from tests.support.shards import write_shard_dir
+from tests.support.shards import make_caption_shard_dir, make_rl_shard_dir, write_shard_dir
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -69,6 +69,21 @@ def test_summary_json_counts_match_the_shards(rl_shard_dir, caption_shard_dir, t
         assert list(s["tokens_by_modality"].values()) == mods.tolist()
         assert s["layout"]["text_vocab_size"] == 512 and s["tokenizer"]["matches_manifest"] is True
     assert s["episode_return"] is None and s["field_errors"] is None  # the text directory has neither
+
+
+@pytest.mark.parametrize("maker", [make_rl_shard_dir, make_caption_shard_dir])
+def test_lean_and_version_1_directories_inspect_alike(tmp_path, sp_model_path, maker, capsys):
+    """Schema version 2's lean forms (uint16 ids, caption columns derived) show the very rows and
+    counts a version-1 directory of the same rows shows."""
+    outs = []
+    for name, form in (("v1", {"version": 1}), ("lean", {"lean": True})):
+        d = maker(tmp_path / name, sp_model_path, **form)
+        code, row, _ = run(["inspect", str(d), "--row", "1"], capsys)
+        assert code == 0
+        code, summary, _ = run(["inspect", str(d), "--json"], capsys)
+        s = json.loads(summary)
+        outs.append((row.replace(str(d), "DIR"), s["tokens_by_modality"], s["rows"]))
+    assert outs[0] == outs[1] and "with loss" in outs[0][0]
 
 
 def test_summary_of_a_directory_still_being_written(tmp_path, caption_shard_dir, capsys):

@@ -14,9 +14,11 @@ from PIL import Image
 from converters.cli import main
 from converters.commands.verify import check_shard, simulate_ranks, verify_dir
 from schemas.manifest import Manifest
-from schemas.shard import row_from_table, rows_to_batch, write_shard
+from schemas.shard import open_shard, row_from_table, rows_to_batch, shard_form, write_shard
 from tokenizer_kit.layout import CONTINUOUS, SEPARATOR
 from tokenizer_kit.files import file_sha256
+
+from tests.support.shards import make_caption_shard_dir, make_rl_shard_dir, make_text_shard_dir
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -328,3 +330,49 @@ def test_verify_and_inspect_read_an_s3_directory(s3_server, rl_shard_dir, tmp_pa
     fs.pipe_file(name, bytes(data))
     code, out, _ = run(["verify", url], capsys)
     assert code == 1 and f"{name.rsplit('/', 1)[-1]}: manifest says sha256" in out
+
+
+# --- both schema versions ----------------------------------------------------------------------------
+
+V1_COLUMNS = ["tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches", "patch_pos", "source_id",
+              "task"]
+
+
+@pytest.mark.parametrize("maker", [make_rl_shard_dir, make_caption_shard_dir])
+def test_version_1_and_lean_directories_verify_and_read_alike(tmp_path, sp_model_path, maker, capsys):
+    v1 = maker(tmp_path / "v1", sp_model_path, version=1)
+    lean = maker(tmp_path / "lean", sp_model_path, lean=True)
+    for d in (v1, lean):
+        result = verify_dir(d)
+        assert result.problems == [], result.problems
+        code, out, _ = run(["verify", str(d)], capsys)
+        assert code == 0, out
+    a, b = open_shard(v1 / "shard-00000.arrow"), open_shard(lean / "shard-00000.arrow")
+    assert a.schema.metadata[b"gato_kit_schema_version"] == b"1"
+    assert a.select(V1_COLUMNS).equals(b.select(V1_COLUMNS))
+    assert sum(f.stat().st_size for f in lean.glob("shard-*")) < sum(f.stat().st_size for f in v1.glob("shard-*"))
+
+
+def test_lean_text_directory_still_verifies(tmp_path, sp_model_path, corpus_path):
+    d = make_text_shard_dir(tmp_path / "t", sp_model_path, corpus_path, lean=True)
+    assert verify_dir(d).problems == []
+    assert shard_form(open_shard(d / "shard-00000.arrow", full=False).schema) == "text"
+
+
+def test_a_hostile_lean_caption_shard_is_named_on_one_line(tmp_path, sp_model_path, capsys):
+    """A stored uint16 sentinel (65535, a patch slot) where the caption's text is, resealed so only
+    the content check can see it: one line naming shard, row and column, exit 1."""
+    d = make_caption_shard_dir(tmp_path / "lean", sp_model_path, lean=True)
+    path = d / "shard-00001.arrow"
+    with pa.memory_map(str(path)) as src:
+        table = pa.ipc.open_stream(src).read_all()
+    tokens = table.column("tokens").to_pylist()
+    tokens[1][-2] = 65535
+    col = pa.array(tokens, table.schema.field("tokens").type)
+    table = table.set_column(0, table.schema.field("tokens"), col)
+    write_shard(path, table.to_batches(), table.schema)
+    edit_manifest(d, lambda m: next(s for s in m["shards"] if s["name"] == path.name).update(
+        sha256=file_sha256(path), bytes=path.stat().st_size))
+    code, out, _ = run(["verify", str(d)], capsys)
+    lines = [line for line in out.splitlines() if "shard-00001.arrow: row 1 (digits/3)" in line]
+    assert code == 1 and lines and "column patches: patch count differs from the number of -1 slots" in lines[0], out

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas.shard import rows_to_batch
+from schemas.shard import full_columns, rows_to_batch, shard_schema
 from schemas.validate import Problem, _proof, check_schema, validate_and_count, validate_table
 from tokenizer_kit.layout import CONTINUOUS, IMAGE, SEPARATOR, TEXT, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
@@ -183,11 +183,16 @@ def test_null_values_are_problems():
 
 # --- the fast path (steps of one pattern; plain text) must find everything the general path finds --
 
-def two_batch_table(rows) -> pa.Table:
-    """Rows 0-1 in one record batch, the rest in a second: a table of two chunks, as verify groups them."""
+def two_batch_table(rows, schema=None) -> pa.Table:
+    """Rows 0-1 in one record batch, the rest in a second: a table of two chunks, as verify groups them.
+    `schema`: e.g. version 2's lean RL form (uint16 ids)."""
     ids = [f"episode-{i}" for i in range(len(rows))]
-    return pa.Table.from_batches([rows_to_batch(rows[:2], ids[:2], "t", episode_returns=[0.0] * 2),
-                                  rows_to_batch(rows[2:], ids[2:], "t", episode_returns=[0.0] * (len(rows) - 2))])
+    return pa.Table.from_batches([rows_to_batch(rows[:2], ids[:2], "t", episode_returns=[0.0] * 2, schema=schema),
+                                  rows_to_batch(rows[2:], ids[2:], "t", episode_returns=[0.0] * (len(rows) - 2),
+                                                schema=schema)])
+
+
+LEAN_RL = shard_schema(True, vocab_size=LAYOUT.vocab_size)  # uint16 ids, 65535 at the patch slots
 
 
 def test_uniform_steps_and_plain_text_are_proved_without_the_general_path():
@@ -200,6 +205,10 @@ def test_uniform_steps_and_plain_text_are_proved_without_the_general_path():
     rechunked = with_column(table, "local_pos", table.column("local_pos").to_pylist())  # chunks no longer align
     assert _proof(rechunked, LAYOUT).tolist() == counts.tolist()
     assert _proof(table.slice(1, 2), LAYOUT) is not None  # sliced arrays: offsets do not start at 0
+    lean = two_batch_table(rows, LEAN_RL)  # version 2's uint16 ids: proved on the version-1 columns they read as
+    assert _proof(full_columns(lean), LAYOUT).tolist() == counts.tolist()
+    problems, lean_counts = validate_and_count(lean, LAYOUT)
+    assert problems == [] and lean_counts.tolist() == counts.tolist()
     text_row = build_text_row([5, 6, 7], LAYOUT)
     text = pa.Table.from_batches([rows_to_batch([text_row], ["d"], "t")])
     assert _proof(text, LAYOUT).tolist() == [len(text_row), 0, 0, 0, 0]
@@ -262,6 +271,8 @@ def test_fast_path_sends_a_fault_in_a_late_step_to_the_general_path(corrupt, col
     assert problems and {p.row for p in problems} == {3}, problems
     if column is not None:
         assert column in {p.column for p in problems}, problems
+    lean = two_batch_table(rows, LEAN_RL)  # the same fault in version 2's uint16 form: the same problems
+    assert _proof(full_columns(lean), LAYOUT) is None and validate_table(lean, LAYOUT) == problems
 
 
 def test_fast_path_checks_one_position_per_patch():

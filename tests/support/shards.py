@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.manifest import TOKENIZER_NAME, FieldError, Manifest, ReturnStats, ShardInfo, Stats
-from schemas.shard import SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
+from schemas.shard import SCHEMA_VERSION, SHARD_PATTERN, rows_to_batch, shard_schema, write_shard
 from tokenizer_kit.files import file_sha256
 from tokenizer_kit.layout import MODALITY_NAMES, VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec, build_episode
@@ -53,21 +53,29 @@ def pong_frames(steps: int, rng, size: int = 32):
 
 
 def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *, rows_per_shard: int = 2,
-                    episode_spec=None, returns=None, tokenizer_path=None, options=None, field_errors=None):
+                    episode_spec=None, returns=None, tokenizer_path=None, options=None, field_errors=None,
+                    lean: bool = False, version: int = SCHEMA_VERSION):
     """Write rows as shards + a manifest with the statistics the writer records (docs/SPEC.md section 7),
-    without the converters' writer, so readers' tests depend only on tokenizer_kit and schemas."""
+    without the converters' writer, so readers' tests depend only on tokenizer_kit and schemas.
+    `lean`: the version-2 form the converter's writer picks (text, caption; uint16 ids when they
+    fit); `version` 1: every column, int32 ids, version 1 in shards and manifest, as version 1 wrote."""
 
 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rl = returns is not None
+    schema = shard_schema(rl, converter == "text", layout.vocab_size, converter == "captions") if lean else \
+        shard_schema(rl)
+    if version != SCHEMA_VERSION:
+        schema = schema.with_metadata({b"gato_kit_schema_version": str(version).encode()})
     infos = []
     for k, start in enumerate(range(0, len(rows), rows_per_shard)):
         sl = slice(start, start + rows_per_shard)
-        batch = rows_to_batch(rows[sl], source_ids[sl], task, episode_returns=returns[sl] if rl else None)
+        batch = rows_to_batch(rows[sl], source_ids[sl], task, episode_returns=returns[sl] if rl else None,
+                              schema=schema)
         name = SHARD_PATTERN.format(k)
-        size = write_shard(out / name, [batch], shard_schema(rl))
+        size = write_shard(out / name, [batch], schema)
         infos.append(ShardInfo(name, len(rows[sl]), int(sum(len(r) for r in rows[sl])), size,
                                file_sha256(out / name)))
     mods = np.bincount(np.concatenate([r.modality for r in rows]), minlength=5)
@@ -84,7 +92,7 @@ def write_shard_dir(out, rows, source_ids, layout, converter: str, task: str, *,
         sha = file_sha256(out / TOKENIZER_NAME)
     Manifest(layout=layout.to_dict(), converter=converter, options=options or {}, shards=infos, stats=stats,
              tokenizer_sha256=sha, episode_spec=episode_spec.to_dict() if episode_spec else None,
-             tasks=[task]).write(out)
+             tasks=[task], schema_version=version).write(out)
     return out
 
 
@@ -115,7 +123,7 @@ def cartpole_episodes(layout: VocabLayout, episodes: int, random_share: float = 
     return rows, rets
 
 
-def make_rl_shard_dir(out, sp_model_path, episodes: int = 5, seed: int = 0):
+def make_rl_shard_dir(out, sp_model_path, episodes: int = 5, seed: int = 0, **form):
     """Atari-like episodes: a 32x32 frame (4 patches), continuous `ram` (4,), discrete `lives`;
     a discrete `action` in [0, 3). Rewards are random, so returns differ between episodes."""
 
@@ -136,10 +144,11 @@ def make_rl_shard_dir(out, sp_model_path, episodes: int = 5, seed: int = 0):
     err = np.concatenate([x.reshape(-1) for x in errs])
     field_errors = {"observation/ram": {"max": float(err.max()), "mean": float(err.mean()), "count": int(err.size)}}
     return write_shard_dir(out, rows, ids, layout, "rl", "pong-like", episode_spec=spec, returns=returns,
-                           tokenizer_path=sp_model_path, options={"env": "pong-like"}, field_errors=field_errors)
+                           tokenizer_path=sp_model_path, options={"env": "pong-like"}, field_errors=field_errors,
+                           **form)
 
 
-def make_caption_shard_dir(out, sp_model_path, pairs: int = 5):
+def make_caption_shard_dir(out, sp_model_path, pairs: int = 5, **form):
     """Digits from scikit-learn upscaled to 32x32, captioned `the image shows digit N`."""
     from sklearn.datasets import load_digits
 
@@ -155,10 +164,10 @@ def make_caption_shard_dir(out, sp_model_path, pairs: int = 5):
         rows.append(build_caption_row(img, tok.encode(caption), layout, size=(32, 32)))
         ids.append(f"digits/{i}")
     return write_shard_dir(out, rows, ids, layout, "captions", "digits", tokenizer_path=sp_model_path,
-                           options={"image_size": [32, 32], "fit": "resize"})
+                           options={"image_size": [32, 32], "fit": "resize"}, **form)
 
 
-def make_text_shard_dir(out, sp_model_path, corpus_path, docs: int = 6):
+def make_text_shard_dir(out, sp_model_path, corpus_path, docs: int = 6, **form):
     """Each line of the corpus a document."""
 
     tok = TextTokenizer(sp_model_path)
@@ -166,4 +175,4 @@ def make_text_shard_dir(out, sp_model_path, corpus_path, docs: int = 6):
     lines = open(corpus_path, encoding="utf-8").read().splitlines()[:docs]
     rows = [build_text_row(ids, layout) for ids in tok.encode_batch(lines)]
     return write_shard_dir(out, rows, [f"corpus.txt:{i}" for i in range(docs)], layout, "text", "corpus",
-                           tokenizer_path=sp_model_path)
+                           tokenizer_path=sp_model_path, **form)

@@ -293,3 +293,5 @@ def test_patch_span_counts_a_spans_patches_from_either_side():
         for b in range(a, len(tokens) + 1):
             want = (int((tokens[:a] == -1).sum()), int((tokens[:b] == -1).sum()))
             assert patch_span(tokens, a, b, 5) == want == patch_span(tokens, a, b)
+            stored = np.where(tokens == -1, 65535, tokens).astype(np.uint16)  # a version-2 shard's uint16 ids
+            assert patch_span(stored, a, b, 5, slot=65535) == want == patch_span(stored, a, b, slot=65535)

@@ -107,6 +107,47 @@ def test_v2_text_shards_give_the_same_batches_as_full_ones(tmp_path):
         assert len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.parametrize("kind", ["rl_state", "rl_pixels", "captions"])
+def test_v2_lean_rl_and_caption_shards_give_the_same_batches_as_full_ones(tmp_path, kind, monkeypatch):
+    """uint16 RL shards and caption shards with derived per-token columns (schema version 2) read
+    as the same batches as shards that store every column as int32, in training and evaluation;
+    their mapped pages are released (the derived columns on the heap are not), reading the same."""
+    import pyarrow as pa
+
+    import trainer.mapped as mapped
+    import trainer.stream as td
+    from schemas.shard import shard_schema
+    from tests.support.loader_data import pixel_episode, state_episode
+    from tokenizer_kit.text_rows import build_caption_row
+    rng = np.random.default_rng(6)
+    rl = kind != "captions"
+    if rl:
+        make = state_episode if kind == "rl_state" else pixel_episode
+        rows = [make(rng, int(rng.integers(3, 20)), LAYOUT) for _ in range(12)]
+    else:
+        rows = [build_caption_row(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8),
+                                  rng.integers(3, 30000, int(rng.integers(1, 20))), LAYOUT) for _ in range(12)]
+    converter = "rl" if rl else "captions"
+    full = write_dir(tmp_path / "full", rows, LAYOUT, converter, "t", rows_per_shard=5, batch_rows=3)
+    lean = write_dir(tmp_path / "lean", rows, LAYOUT, converter, "t", rows_per_shard=5, batch_rows=3,
+                     schema=shard_schema(rl, vocab_size=LAYOUT.vocab_size, caption=not rl))
+    assert sum(p.stat().st_size for p in lean.glob("shard-*")) < sum(p.stat().st_size for p in full.glob("shard-*"))
+    for training, workers in ((True, 0), (True, 2), (False, 0)):
+        a = _take(build_loader([str(full)], 64, 4, seed=1, training=training, num_workers=workers), 4)
+        b = _take(build_loader([str(lean)], 64, 4, seed=1, training=training, num_workers=workers), 4)
+        assert len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    shard = lean / "shard-00000.arrow"
+    table = open_shard(shard, full=False)  # RL: uint16 ids read as stored, no copy (RowView.ids widens a sample)
+    assert table.schema.field("tokens").type == pa.list_(pa.uint16() if rl else pa.int32())
+    region = mapped.mapped_region(table, shard)
+    assert region is not None and any(lo <= region[0] and region[0] + region[1] <= hi
+                                      for lo, hi in mapped.file_mappings(shard))
+    monkeypatch.setattr(td, "MAPPED_BUDGET_MB", -1)  # release after every batch
+    monkeypatch.setattr(td, "RSS_CHECK_EVERY", 1)
+    released = _take(build_loader([str(lean)], 64, 4, seed=1), 4)
+    assert all(_same(x, y) for x, y in zip(_take(build_loader([str(full)], 64, 4, seed=1), 4), released, strict=True))
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_one_training_epoch_sees_every_token_once(dirs, num_workers):
     """Training: the first epoch's samples (as many as the directory has windows) hold every
