@@ -9,7 +9,8 @@ import pytest
 from converters.cli import build_parser as tokenize_parser
 from converters.cli import main as tokenize_main
 from trainer.cli import main as train_main
-from trainer.generate import build_caption_parser
+from trainer.acting.generate import CaptionOptions
+from trainer.cli import options_parser
 
 
 @pytest.mark.parametrize("argv, whole", [
@@ -42,7 +43,8 @@ def _image_size(command: str, text: str):
     """--image-size TEXT as `command` parses it: the value, or "refused" (exit 2)."""
     try:
         if command == "gato-train caption":
-            return build_caption_parser().parse_args(["--checkpoint", "run", "a.png", "--image-size", text]).image_size
+            parser = options_parser(CaptionOptions, "gato-train caption", "")
+            return parser.parse_args(["--checkpoint", "run", "a.png", "--image-size", text]).image_size
         extra = ["--text-tokenizer", "m.model"] if command == "captions" else []
         args = tokenize_parser().parse_args([command, "x", "--out", "o", *extra, "--image-size", text])
         return args.options.image_size
