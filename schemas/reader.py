@@ -47,7 +47,7 @@ SHARD_RE = re.compile(SHARD_NAME_RE)
 class RowView:
     """One row as numpy views into the mapped shard (no copy)."""
 
-    tokens: np.ndarray  # int32 (or a version-2 shard's uint16, as stored)
+    tokens: np.ndarray  # int32 (or a lean shard's uint16, as stored)
     loss_mask: np.ndarray  # uint8
     local_pos: np.ndarray  # int16
     step_starts: np.ndarray  # int32
@@ -103,8 +103,8 @@ def _flat(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
 
 def batch_view(batch: pa.RecordBatch) -> BatchView:
     """Views of a record batch's list columns (offsets are not read: check_batch proves them).
-    A version-2 text batch's derived columns are broadcast constants: no memory per token; a
-    version-2 RL batch's uint16 ids stay as stored (RowView.ids widens a sample's slice)."""
+    A lean text batch's derived columns are broadcast constants: no memory per token; a
+    lean RL batch's uint16 ids stay as stored (RowView.ids widens a sample's slice)."""
     if is_text_form(batch.schema):
         tok_off, tokens = _flat(batch.column("tokens"))
         n, none = len(tokens), np.zeros(batch.num_rows + 1, np.int32)
@@ -124,7 +124,7 @@ def batch_view(batch: pa.RecordBatch) -> BatchView:
     nq = len(qvals) + qvals.offset
     flat_q = qvals.values.to_numpy()
     patch_pos = flat_q[:nq * 4].reshape(nq, 4) if nq else np.zeros((0, 4), np.uint8)
-    slot = SLOT_ID if tokens.dtype == np.uint16 else PATCH_SLOT  # a version-2 RL batch's ids, as stored
+    slot = SLOT_ID if tokens.dtype == np.uint16 else PATCH_SLOT  # a lean RL batch's ids, as stored
     return BatchView(tok_off, tokens, loss_mask, local_pos, ss_off, step_starts, pcol.offsets.to_numpy(), patches,
                      patch_pos, slot)
 
@@ -341,7 +341,7 @@ class ShardDir:
 
     def table(self, i: int, full: bool = True) -> pa.Table:
         """Shard i, memory-mapped (a remote one from its proven cache copy, pinned while mapping);
-        `full` as in open_shard (False: a version-2 text shard's stored columns alone)."""
+        `full` as in open_shard (False: a lean text shard's stored columns alone)."""
         s = self.shards[i]
         try:
             if self.remote and s.info is not None:

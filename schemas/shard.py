@@ -3,9 +3,10 @@
 Rows become Arrow list columns through offsets and flat buffers (no per-token Python), and shards
 are read memory-mapped from Arrow IPC stream files.
 
-Schema version 2 (gato-kit) is version 1 plus leaner forms (schemas.shard_forms derives what they
-leave out, `full_columns`), so validation, `verify`, `inspect` and row decoding see version-1
-columns for both versions:
+Schema versions 2 and 3 (gato-kit) are version 1 plus leaner forms (schemas.shard_forms derives
+what they leave out, `full_columns`), so validation, `verify`, `inspect` and row decoding see
+version-1 columns for every version. Version 2 had the text form; version 3 (written now) adds
+the caption form and uint16 ids in the full form:
 - text: plain text rows store only `tokens` (uint16 when the vocabulary fits in 65,536 ids, else
   int32), `source_id` and `task`; loss 1, no position, modality text, no steps or patches derived.
 - caption: image-caption rows store `tokens`, `patches`, `patch_pos`, `source_id`, `task`; loss
@@ -14,8 +15,8 @@ columns for both versions:
 - full: every column (RL shards); tokens uint16 when the vocabulary fits.
 Tokens of a form with patches (caption, full) hold patch slots: as uint16 the slot is SLOT_ID
 (65535), so uint16 needs a vocabulary of at most 65,535 ids (ids 0..65534); else int32 with -1.
-The loader reads a text shard's token buffer alone and the others as version 1. Version-1 shards
-read as before.
+The loader reads a text shard's token buffer alone and the others as version 1. Version-1 and
+version-2 shards read as before.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import PATCH_BYTES
 from tokenizer_kit.sequence import Row
 
-from .shard_forms import (CAPTION_DERIVED, FORMS, READ_VERSIONS, RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS,
+from .shard_forms import (CAPTION_DERIVED, FORMS, LEAN_VERSIONS, READ_VERSIONS, RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS,
                           SCHEMA_VERSION, SLOT_ID, TEXT_DERIVED, TOKEN_TYPES, ShardError, full_columns,
                           is_text_form, lean_tokens, schema_version, shard_form, shard_schema, token_type)
 
 # the schema's names are re-exported: schemas.shard is where the rest of gato-kit imports them from
-__all__ = ["CAPTION_DERIVED", "FORMS", "PATCH_BYTES", "READ_VERSIONS", "RL_COLUMNS", "ROW_COLUMNS", "SCALAR_COLUMNS",
-           "SCHEMA_VERSION", "SHARD_NAME_RE", "SHARD_PATTERN", "SLOT_ID", "TEXT_DERIVED", "TOKEN_TYPES",
+__all__ = ["CAPTION_DERIVED", "FORMS", "LEAN_VERSIONS", "PATCH_BYTES", "READ_VERSIONS", "RL_COLUMNS", "ROW_COLUMNS",
+           "SCALAR_COLUMNS", "SCHEMA_VERSION", "SHARD_NAME_RE", "SHARD_PATTERN", "SLOT_ID", "TEXT_DERIVED",
+           "TOKEN_TYPES",
            "UNIT_SHARD_PATTERN", "ShardError", "full_columns", "is_text_form", "open_shard", "row_from_table",
            "rows_to_batch", "schema_version", "shard_form", "shard_schema", "token_type", "write_shard"]
 
@@ -68,7 +70,7 @@ def _list(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
 def rows_to_batch(rows: Sequence[Row], source_ids: Sequence[str], task: str | Sequence[str],
                   num_steps: Sequence[int] | None = None, episode_returns: Sequence[float] | None = None,
                   schema: pa.Schema | None = None) -> pa.RecordBatch:
-    """Build one record batch of rows; RL when `episode_returns` is given. A version-2 `schema`
+    """Build one record batch of rows; RL when `episode_returns` is given. A lean `schema`
     (shard_schema(text=True), caption=True, or with uint16 tokens) keeps what its form stores: rows
     must be what the form derives and their ids must fit its token type, else ShardError (never a
     silently wrong id)."""

@@ -1,10 +1,11 @@
-"""The shard schema and its version-2 forms (SPEC 7, gato-kit): which columns a shard stores, how
+"""The shard schema and its lean forms (SPEC 7, gato-kit): which columns a shard stores, how
 the ones a lean form leaves out follow from its tokens (`full_columns`), and which rows a form may
 hold. schemas.shard builds and reads record batches with them.
 
 A form is told by its columns alone: no per-token column at all is a text shard; patches without
 loss_mask, local_pos, modality and step_starts (and no RL column) is a caption shard; anything
-else is the full form, whose missing columns validation reports.
+else is the full form, whose missing columns validation reports. Version 2 had the text form only;
+version 3 adds the caption form and uint16 ids in the caption and full forms. Both are read.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pyarrow as pa
 from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_BYTES, PATCH_SLOT, TEXT
 from tokenizer_kit.sequence import Row
 
-SCHEMA_VERSION = 2
-READ_VERSIONS = (1, 2)  # what this gato-kit reads
+SCHEMA_VERSION = 3
+READ_VERSIONS = (1, 2, 3)  # what this gato-kit reads
+LEAN_VERSIONS = (2, 3)  # versions whose shards may be in a lean form (version 1: every column, int32 ids)
 _VERSION_KEY = b"gato_kit_schema_version"
 
 ROW_COLUMNS = {
@@ -32,11 +34,11 @@ ROW_COLUMNS = {
 }
 SCALAR_COLUMNS = {"source_id": pa.string(), "task": pa.string()}
 RL_COLUMNS = {"num_steps": pa.int32(), "episode_return": pa.float64()}
-# Version 2: the per-token columns text shards leave out (all constants), and caption shards
-# (derived from the tokens: a patch slot is an image token without loss, anything else text with loss)
+# The per-token columns text shards (versions 2, 3) leave out (all constants), and caption shards
+# (version 3; derived from the tokens: a patch slot is an image token without loss, anything else text with loss)
 TEXT_DERIVED = ("loss_mask", "local_pos", "modality", "step_starts", "patches", "patch_pos")
 CAPTION_DERIVED = ("loss_mask", "local_pos", "modality", "step_starts")
-TOKEN_TYPES = (pa.int32(), pa.uint16())  # tokens' value types: uint16 only in version 2
+TOKEN_TYPES = (pa.int32(), pa.uint16())  # tokens' value types: uint16 only in versions 2 and 3
 SLOT_ID = 2**16 - 1  # a patch slot in uint16 tokens of a form with patches; never an id there
 FORMS = ("text", "caption", "full")
 
@@ -85,7 +87,7 @@ def shard_form(schema: pa.Schema) -> str:
 
 
 def is_text_form(schema: pa.Schema) -> bool:
-    """A version-2 text shard: tokens without the per-token columns they imply."""
+    """A lean text shard: tokens without the per-token columns they imply."""
     return shard_form(schema) == "text"
 
 
@@ -125,7 +127,7 @@ def _derive(chunk: pa.ListArray, form: str) -> dict[str, pa.Array]:
 
 
 def full_columns(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
-    """A version-2 table or batch as version 1 stores it: the columns its form leaves out derived,
+    """A lean table or batch as version 1 stores it: the columns its form leaves out derived,
     tokens int32 with -1 at patch slots, version-1 column order. A version-1 one is returned as it is."""
     names = data.schema.names
     form = shard_form(data.schema)

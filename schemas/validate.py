@@ -53,7 +53,7 @@ def _validate(table: pa.Table, layout: VocabLayout, count: bool) -> tuple[list[P
         if counts is not None:
             return [], counts
     if not problems:
-        table = full_columns(table)  # a version-2 shard's derived columns and int32 ids, as version 1 stores them
+        table = full_columns(table)  # a lean shard's derived columns and int32 ids, as version 1 stores them
         problems = nulls_inside(table)
     if not problems:
         counts = _proof(table, layout)
@@ -128,7 +128,7 @@ def _proved_text(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
 
 
 def _proved_text_form(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
-    """Tokens per modality of a version-2 text table whose ids all lie in the text range (its
+    """Tokens per modality of a lean text table whose ids all lie in the text range (its
     other columns are constants by construction): a min/max per chunk, nothing derived. Else None."""
     lo, hi = id_ranges(layout)
     n = 0

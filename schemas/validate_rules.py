@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 
-from .shard import (CAPTION_DERIVED, RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS, SLOT_ID, TOKEN_TYPES, shard_form,
-                    schema_version)
+from .shard import (CAPTION_DERIVED, LEAN_VERSIONS, RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS, SLOT_ID, TOKEN_TYPES,
+                    schema_version, shard_form)
 
 MAX_PROBLEMS_PER_CHECK = 5  # beyond this a check reports a count, so output stays readable
 
@@ -100,17 +100,17 @@ class Report:
 
 
 def check_schema(schema: pa.Schema) -> list[Problem]:
-    """Columns and types of version 1, or of a version-2 form (schemas.shard_forms): text (tokens,
+    """Columns and types of version 1, or of a lean form of versions 2 and 3 (schemas.shard_forms): text (tokens,
     source_id, task), caption (no loss_mask, local_pos, modality, step_starts) or full, each with
     uint16 or int32 tokens; the columns a form leaves out are derived (full_columns)."""
     problems = []
     expected = dict(ROW_COLUMNS) | SCALAR_COLUMNS
-    form = shard_form(schema) if schema_version(schema) == 2 else "full"
+    form = shard_form(schema) if schema_version(schema) in LEAN_VERSIONS else "full"
     if form == "text":
         expected = dict(SCALAR_COLUMNS)
     elif form == "caption":
         expected = {k: v for k, v in expected.items() if k not in CAPTION_DERIVED}
-    if schema_version(schema) == 2 and "tokens" in schema.names:
+    if schema_version(schema) in LEAN_VERSIONS and "tokens" in schema.names:
         got = schema.field("tokens").type
         if got not in [pa.list_(t) for t in TOKEN_TYPES]:
             problems.append(Problem(None, "tokens", f"wrong type {got}, expected list<uint16> or list<int32>"))

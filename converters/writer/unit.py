@@ -52,8 +52,8 @@ class UnitSettings:
     shard_size: int
     compression: str
     test_share: float = 0.0  # the share of records (by their source_id) held out as the test split
-    text: bool = False  # plain text rows: version-2 text shards (tokens only, uint16 when they fit)
-    caption: bool = False  # image-caption rows: version-2 caption shards (per-token columns derived)
+    text: bool = False  # plain text rows: lean text shards (tokens only, uint16 when they fit)
+    caption: bool = False  # image-caption rows: lean caption shards (per-token columns derived)
 
     @property
     def schema(self) -> pa.Schema:

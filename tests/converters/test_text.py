@@ -15,7 +15,7 @@ from converters.base import SourceError
 from converters.text import TextConverter
 from converters.writer import convert
 from schemas.manifest import Manifest
-from schemas.shard import open_shard
+from schemas.shard import SCHEMA_VERSION, open_shard
 from schemas.validate import validate_table
 from tokenizer_kit.layout import TEXT
 
@@ -51,10 +51,10 @@ def check_rows(out, tok, expected: list[tuple[str, str]]) -> None:
         assert tok.decode(t) == " ".join(doc.split()), sid  # SentencePiece collapses whitespace
     assert validate_table(table, Manifest.read(out).vocab_layout) == []
     m = Manifest.read(out)
-    for s in m.shards:  # version-2 text shards: uint16 ids only, the constant columns derived on read
+    for s in m.shards:  # lean text shards: uint16 ids only, the constant columns derived on read
         raw = open_shard(out / s.name, full=False).schema
         assert raw.names == ["tokens", "source_id", "task"] and raw.field("tokens").type == pa.list_(pa.uint16())
-    assert m.schema_version == 2
+    assert m.schema_version == SCHEMA_VERSION
     modality = table.column("modality").combine_chunks().values.to_numpy()
     assert (modality == TEXT).all()
     assert (table.column("loss_mask").combine_chunks().values.to_numpy() == 1).all()

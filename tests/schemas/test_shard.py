@@ -188,7 +188,7 @@ def test_v2_text_shard_stores_uint16_tokens_and_derives_the_rest(tmp_path):
     tokens = sum(len(r) for r in rows)
     assert nbytes / tokens < 2.5  # 2 bytes a token plus offsets and the stream's framing
     raw = open_shard(path, full=False)
-    assert is_text_form(raw.schema) and raw.schema.metadata[b"gato_kit_schema_version"] == b"2"
+    assert is_text_form(raw.schema) and raw.schema.metadata[b"gato_kit_schema_version"] == str(SCHEMA_VERSION).encode()
     full = open_shard(path)
     assert full.schema.names[:7] == ["tokens", "loss_mask", "local_pos", "modality", "step_starts", "patches",
                                      "patch_pos"]

@@ -1,4 +1,4 @@
-"""Schema version 2's lean caption and RL forms (uint16 ids with a patch-slot sentinel, caption
+"""Schema version 3's lean caption and RL forms (uint16 ids with a patch-slot sentinel, caption
 columns derived from the tokens) read back as the very version-1 rows; version-1 shards still read
 and verify; hostile lean shards are refused with one-line reasons."""
 
@@ -139,13 +139,27 @@ def test_hostile_lean_shards_are_refused_with_one_line_reasons(rl):
 
 
 def test_version_1_caption_columns_are_not_derived():
-    """A caption-form schema that claims version 1 is missing columns (only version 2 derives)."""
+    """A caption-form schema that claims version 1 is missing columns (only versions 2 and 3 derive)."""
     lean = shard_schema(False, vocab_size=LAYOUT.vocab_size, caption=True)
     v1 = lean.with_metadata({b"gato_kit_schema_version": b"1"})
     assert check_schema(lean) == []
     assert [p.column for p in check_schema(v1)] == ["tokens", "loss_mask", "local_pos", "modality", "step_starts"]
     rl_caption = pa.schema(list(lean) + [pa.field("episode_return", pa.float64())], metadata=lean.metadata)
     assert "loss_mask" in [p.column for p in check_schema(rl_caption)]  # RL rows are never caption-form
+
+
+def test_a_version_2_text_shard_still_reads_and_validates(tmp_path):
+    """What gato-kit wrote before version 3 (lean text shards labelled 2) reads to the same rows."""
+    layout = VocabLayout(1000, eos_id=2)
+    rows = [build_text_row(np.arange(3, 3 + n, dtype=np.int32), layout) for n in (5, 1, 40)]
+    schema = shard_schema(False, vocab_size=layout.vocab_size, text=True)
+    v2 = schema.with_metadata({b"gato_kit_schema_version": b"2"})
+    table = pa.Table.from_batches([rows_to_batch(rows, ["a", "b", "c"], "t", schema=v2)])
+    assert check_schema(v2) == [] and validate_table(table, layout) == []
+    path = tmp_path / "shard-00000.arrow"
+    write_shard(path, [rows_to_batch(rows, ["a", "b", "c"], "t", schema=v2)], v2)
+    assert open_shard(path, full=False).schema.metadata[b"gato_kit_schema_version"] == b"2"
+    assert rows_digest([row_from_table(open_shard(path), i) for i in range(3)]) == rows_digest(rows)
 
 
 def test_full_columns_of_an_empty_lean_table():
