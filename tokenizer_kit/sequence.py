@@ -427,7 +427,7 @@ def patch_span(tokens: np.ndarray, start: int, stop: int, num_patches: int | Non
 
     Slots before `start` are counted from the shorter side of the row when the row's patch count
     is known (a window near a long row's end costs its tail, not its head). `slot`: the id that
-    marks a slot in `tokens` (a version-2 shard's stored uint16 ids mark it 65535)."""
+    marks a slot in `tokens` (a lean shard's stored uint16 ids mark it 65535)."""
     tokens = np.asarray(tokens)
     if num_patches == 0:
         return 0, 0

@@ -38,7 +38,7 @@ def file_mappings(path: Path) -> list[tuple[int, int]]:
 
 def mapped_region(table: pa.Table, path: Path) -> tuple[int, int] | None:
     """Page-aligned (address, length) span of a table's buffers that lie inside a mapping of the
-    shard file: never heap memory, which MADV_DONTNEED would wipe (a version-2 shard's derived
+    shard file: never heap memory, which MADV_DONTNEED would wipe (a lean shard's derived
     columns and widened ids live on the heap beside its mapped patches)."""
     maps = file_mappings(path)
     lo, hi = None, None

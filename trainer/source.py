@@ -55,7 +55,7 @@ def _index_tokens(m: "MappedShard", where: str, tokens: int) -> None:
         m.flat.append(v.tokens[a:b])
         rows.append(v.tok_off[1:].astype(np.int64) - a + starts[-1])
         starts.append(starts[-1] + b - a)
-        if constant and b > a and v.loss_mask.strides != (0,):  # (broadcast: a version-2 text shard)
+        if constant and b > a and v.loss_mask.strides != (0,):  # (broadcast: a lean text shard)
             lm, lp = v.loss_mask[a:b], v.local_pos[a:b]
             constant = (len(lm) == b - a and len(lp) == b - a and int(lm.min()) == 1 and int(lp.min()) == -1
                         and int(lp.max()) == -1 and int(v.pt_off[-1]) == int(v.pt_off[0]))

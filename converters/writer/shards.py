@@ -30,7 +30,7 @@ def estimated_bytes(tokens, patches, steps, string_bytes):
 
 def row_nbytes(batch: pa.RecordBatch) -> np.ndarray:
     def lengths(name: str) -> np.ndarray:
-        if name not in batch.schema.names:  # a version-2 text batch: no steps, no patches
+        if name not in batch.schema.names:  # a lean text batch: no steps, no patches
             return np.zeros(batch.num_rows, np.int64)
         return np.diff(batch.column(name).offsets.to_numpy()).astype(np.int64)
     strings = (pc.binary_length(batch.column("source_id")).to_numpy(zero_copy_only=False)

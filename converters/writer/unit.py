@@ -116,7 +116,7 @@ def _count(stats: UnitStats, records: list[Record], tasks: list[str], batch: pa.
         stats.tokens_by_modality = [a + int(np.count_nonzero(mod == code))
                                     for code, a in enumerate(stats.tokens_by_modality)]
         n = len(mod)
-    else:  # a version-2 text batch: every token is text
+    else:  # a lean text batch: every token is text
         n = sum(len(_row(rec).tokens) for rec in records)
         stats.tokens_by_modality = [a + (n if code == TEXT else 0) for code, a in enumerate(stats.tokens_by_modality)]
     stats.tokens += int(n)
