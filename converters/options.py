@@ -9,7 +9,7 @@ choices live in the fields; what relates two options (a partition of K partition
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tokenizer_kit.layout import PROFILES, VocabLayout
 from tokenizer_kit.options import UsageError, check_all, opt
@@ -19,6 +19,12 @@ from .writer.engines import ENGINES
 from .writer.shards import COMPRESSIONS
 
 ON_ERROR = ("fail", "skip")
+
+
+def text_tokenizer_opt(required: bool = False, when: str = "") -> Any:
+    """--text-tokenizer, said once: captions and text need it; rl only for text fields (`when`)."""
+    return opt(None, "SentencePiece .model used for all text (a path or URL)" + (f" ({when})" if when else ""),
+               metavar="MODEL", required=required)
 
 
 @dataclass
@@ -38,7 +44,7 @@ class ConvertOptions:
                                       "manifest", metavar="I")
     on_error: str = opt("fail", "bad record: stop with exit 1 (fail, default) or skip it and list it in the "
                                 "manifest", choices=ON_ERROR)
-    text_tokenizer: str | None = opt(None, "SentencePiece .model used for all text (a path or URL)", metavar="MODEL")
+    text_tokenizer: str | None = text_tokenizer_opt()
     layout_profile: str = opt("gato", "vocab layout profile (default gato)", choices=PROFILES)
     shard_size: int = opt(256 * 10**6, "largest shard file on disk, after compression, e.g. 64MB, 1GiB (default "
                                        "256MB; a single row larger than it gets a shard of its own)", size=True,

@@ -32,7 +32,7 @@ from tokenizer_kit.text_rows import build_text_row
 
 from .base import Record, SourceError, WorkUnit
 from .hf_datasets import hf_kind, load_dataset, split_dirs
-from .options import ConvertOptions
+from .options import ConvertOptions, text_tokenizer_opt
 
 TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".parquet": "parquet"}
@@ -55,8 +55,7 @@ class TextOptions(ConvertOptions):
 
     kind: ClassVar[str] = "text"
 
-    text_tokenizer: str | None = opt(None, "SentencePiece .model used for all text (a path or URL)",
-                                     metavar="MODEL", required=True)
+    text_tokenizer: str | None = text_tokenizer_opt(required=True)
     split: str = opt("file", ".txt files: one document per file (default) or per blank-line-separated block",
                      choices=SPLITS)
     text_field: str = opt("text", "field of .jsonl records / column of Parquet and HF datasets (default text)",

@@ -10,7 +10,7 @@ from tokenizer_kit.argtypes import image_size_or_native
 from tokenizer_kit.images import FIT_POLICIES
 from tokenizer_kit.options import opt
 
-from ..options import ConvertOptions
+from ..options import ConvertOptions, text_tokenizer_opt
 from .decode import DEFAULT_IMAGE_SIZE
 from .sources import CAPTION_COLUMNS, IMAGE_COLUMNS, MAX_IMAGE_BYTES
 
@@ -23,8 +23,7 @@ class CaptionOptions(ConvertOptions):
 
     kind: ClassVar[str] = "captions"
 
-    text_tokenizer: str | None = opt(None, "SentencePiece .model used for all text (a path or URL)",
-                                     metavar="MODEL", required=True)
+    text_tokenizer: str | None = text_tokenizer_opt(required=True)
     input_format: str = opt("auto", "source format (auto: by extension; a directory is a datasets dir or its tars)",
                             choices=FORMATS)
     image_size: tuple[int, int] | None = opt((DEFAULT_IMAGE_SIZE,) * 2, f"size every image is fitted to (default "

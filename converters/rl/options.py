@@ -15,7 +15,7 @@ from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.options import opt
 from tokenizer_kit.sequence import KINDS
 
-from ..options import ConvertOptions
+from ..options import ConvertOptions, text_tokenizer_opt
 from .converter import STEPS_PER_UNIT
 from .sources import SOURCE_KINDS
 
@@ -50,8 +50,7 @@ class RLOptions(ConvertOptions):
     kind: ClassVar[str] = "rl"
     inputs_help: ClassVar[str | None] = INPUTS_HELP
 
-    text_tokenizer: str | None = opt(None, "SentencePiece .model used for all text (a path or URL) (needed when "
-                                           "episodes have text fields)", metavar="MODEL")
+    text_tokenizer: str | None = text_tokenizer_opt(when="needed when episodes have text fields")
     text_vocab_size: int = opt(32000, "text vocab size of the layout when no --text-tokenizer is given "
                                       "(default 32000)", lo=1, metavar="T")
     source: str = opt("auto", "reader to use (default: guessed from each input)", choices=SOURCE_KINDS)
