@@ -1,8 +1,11 @@
-"""Bytes per token on disk of schema version 2's lean forms against every column (version 1's
+"""Bytes per token on disk of the lean forms (schema version 3) against every column (version 1's
 layout), for RL state, RL pixel, image-caption and text rows, uncompressed and with zstd (the
 converters' default where rows hold images), and uncompressed without the raw patch bytes (768 a
-patch in every form: random pixels here, which zstd cannot shrink); and the loader's cost per training sample over both,
-in the same run (the lean forms are read back as version-1 columns, so the samples are the same).
+patch in every form: random pixels here, which zstd cannot shrink); and the loader's cost per
+training sample over both, in the same run (the lean forms are read back as version-1 columns, so
+the samples are the same). `make bench` reports, per kind, the lean form's bytes per token besides
+pixels against version 1's, and its loader cost against version 1's (target: no slower, 1.0x with
+the run-to-run noise of a shared machine left to the reader).
 
     .venv/bin/python -m benchmarks.bench_shard_bytes [--quick]
 """
@@ -27,7 +30,7 @@ KINDS = ("rl_state", "rl_pixels", "captions", "text")
 def _schemas(kind: str) -> dict[str, pa.Schema]:
     rl = kind.startswith("rl")
     return {"v1": shard_schema(rl).with_metadata({b"gato_kit_schema_version": b"1"}),
-            "v2": shard_schema(rl, kind == "text", LAYOUT.vocab_size, kind == "captions")}
+            "lean": shard_schema(rl, kind == "text", LAYOUT.vocab_size, kind == "captions")}
 
 
 def shard_bytes(rows: list, schema: pa.Schema, compression: str | None) -> int:
@@ -53,10 +56,10 @@ def loader_cost(path: str, batches: int) -> float:
     return (time.perf_counter() - t) / (batches * BATCH) * 1e6
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens and batches")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     tokens, batches = (300_000, 20) if args.quick else (2_000_000, 60)
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +79,23 @@ def main() -> None:
                     res[f"{form}_loader_us_per_sample"] = round(loader_cost(str(d), batches), 1)
             out[kind] = res
             print(kind, json.dumps(res), flush=True)
-    print(json.dumps(out))
+    return _rows(out)
+
+
+def _rows(out: dict) -> list[dict]:
+    """run_all's rows: per kind, bytes per token besides pixels and the loader's cost, lean over v1."""
+    rows = []
+    for kind, r in out.items():
+        lean, v1 = r["lean_none_bytes_per_token_besides_pixels"], r["v1_none_bytes_per_token_besides_pixels"]
+        rows.append({"name": f"shard bytes per token besides pixels, {kind}, lean form", "figure": lean,
+                     "unit": "B/token", "baseline": v1, "baseline_name": "every column (version 1)",
+                     "ratio": v1 / lean, "target": None})
+        if "lean_loader_us_per_sample" in r:
+            cost, was = r["lean_loader_us_per_sample"], r["v1_loader_us_per_sample"]
+            rows.append({"name": f"loader us per sample, {kind}, lean form", "figure": cost, "unit": "us",
+                         "baseline": was, "baseline_name": "every column (version 1)", "ratio": was / cost,
+                         "target": None})
+    return rows
 
 
 if __name__ == "__main__":
