@@ -47,11 +47,11 @@ def os_error_line(e: OSError) -> str:
 
 
 def run_command(prog: str, work: Callable[[], int | None],
-                         expected: tuple[type[BaseException], ...] = (),
-                         usage: tuple[type[BaseException], ...] = (),
-                         print_usage: Callable[[], None] | None = None,
-                         out_of_memory: tuple[type[BaseException], ...] = (MemoryError,),
-                         memory_hint: str = "") -> int:
+                expected: tuple[type[BaseException], ...] = (),
+                usage: tuple[type[BaseException], ...] = (),
+                print_usage: Callable[[], None] | None = None,
+                out_of_memory: tuple[type[BaseException], ...] = (MemoryError,),
+                memory_hint: str = "") -> int:
     """Run a command's `work` under the one error policy and return its exit status.
 
     `usage` errors: the usage line (when given), then `PROG: error: MESSAGE`, exit 2. `expected`
