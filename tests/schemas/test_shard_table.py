@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -40,6 +42,16 @@ def test_200k_shards_make_a_small_head_and_a_compact_table_read_back_the_same(tm
     again.mkdir()
     back.write(again)  # a read manifest writes the same files
     assert (again / SHARD_TABLE_NAME).read_bytes() == (tmp_path / SHARD_TABLE_NAME).read_bytes()
+
+
+def test_reading_a_compact_manifest_does_not_load_pandas(tmp_path):
+    """Every rank reads the shard table: pyarrow imports pandas where one is installed when handed
+    a Python list (pa.array), some 90 MB a rank; the check must not hand it one."""
+    synthetic_manifest(20_000).write(tmp_path)
+    code = (f"import sys; from schemas.manifest import Manifest; m = Manifest.read({str(tmp_path)!r}); "
+            "assert len(m.shards) == 20_000; print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
 
 
 def test_a_small_manifest_stays_plain_json(tmp_path):
