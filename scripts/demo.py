@@ -255,13 +255,13 @@ def evaluate_captions(run: Path, dirs: dict, size: Size, held_out) -> dict:
     from tokenizer_kit.text import TextTokenizer
     from trainer.checkpoint import load_model
     from trainer.acting.decoding import generate_text
-    from trainer.acting.rollout import image_context
+    from tokenizer_kit.text_rows import caption_context
 
     t = time.time()
     model, layout, _ = load_model(run)
     tok = TextTokenizer(dirs["digits"] / "tokenizer.model")
     images, labels = held_out[0][:size.caption_eval], held_out[1][:size.caption_eval]
-    contexts = [image_context(im, layout, "resize", (16, 16)) for im in images]
+    contexts = [caption_context(im, layout, "resize", (16, 16)) for im in images]
     captions = []
     for i in range(0, len(contexts), 64):
         captions += [tok.decode(ids) for ids in generate_text(model, layout, contexts[i:i + 64], max_new_tokens=14)]

@@ -1,5 +1,6 @@
-"""Argument types for every command line of the toolkit: a bad number is a usage error (exit 2)
-with one line that says what was expected, the same wording in gato-tokenize and gato-train."""
+"""Values with a syntax of their own, for every command line of the toolkit (option fields take
+them as `parse`, tokenizer_kit.options): byte sizes and image sizes. A bad one is a usage error
+(exit 2) with one line that says what was expected, the same wording in gato-tokenize and gato-train."""
 
 from __future__ import annotations
 
@@ -7,42 +8,6 @@ import argparse
 
 from .images import MAX_PIXELS
 from .layout import PATCH_SIZE
-
-
-def _number(text: str, kind: type, what: str):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    n = _number(text, int, "an integer")
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
-
-
-def nonnegative_int(text: str) -> int:
-    n = _number(text, int, "an integer")
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {n}")
-    return n
-
-
-def nonnegative_float(text: str) -> float:
-    x = _number(text, float, "a number")
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return x
-
-
-def probability(text: str) -> float:
-    x = _number(text, float, "a number")
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return x
-
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}

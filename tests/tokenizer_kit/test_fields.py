@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import pytest
 
-from tokenizer_kit.argtypes import byte_size, nonnegative_float, positive_int, probability
+from tokenizer_kit.argtypes import byte_size
 from tokenizer_kit.fields import ACTION, OBS, field_key, field_keys, field_name, flatten_value
 
 
@@ -29,14 +29,6 @@ def test_field_key_inverts_field_name_and_tells_a_column_from_a_member():
         assert field_name(*field_key(name)) == name
     assert field_key("observation") == ("", "observation")  # a table's column is under no root
     assert field_key("actions/x") == ("", "actions/x") and field_key("obsx") == ("", "obsx")
-
-
-def test_argument_types_reject_with_one_line():
-    assert positive_int("3") == 3 and probability("0.5") == 0.5 and nonnegative_float("0") == 0.0
-    for fn, bad in ((positive_int, "0"), (positive_int, "x"), (probability, "1.5"), (nonnegative_float, "-1"),
-                    (nonnegative_float, "nan")):
-        with pytest.raises(argparse.ArgumentTypeError):
-            fn(bad)
 
 
 def test_byte_sizes_are_decimal_with_b_and_binary_without():

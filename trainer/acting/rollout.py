@@ -32,7 +32,6 @@ from tokenizer_kit.fields import ACTION, field_keys, field_name, flatten_value
 from tokenizer_kit.layout import CONTINUOUS, DISCRETE, VocabLayout
 from tokenizer_kit.rows import concat_rows, slice_tokens
 from tokenizer_kit.sequence import EpisodeSpec, Row, build_episode
-from tokenizer_kit.text_rows import caption_context
 
 from ..sampling import goal_start, window_start
 from .decoding import Decoder, sample_in_ranges
@@ -328,13 +327,6 @@ def run_episodes(agent: Agent, make_env: Callable[[], gym.Env], episodes: int, p
         for e in envs:
             e.close()
     return [EpisodeResult(float(r), int(s)) for r, s in zip(returns, steps)]
-
-
-# --- captions ------------------------------------------------------------------------------------
-
-def image_context(image, layout: VocabLayout, policy: str = "resize", size: tuple[int, int] | None = None) -> Row:
-    """The image part of an image-caption row, as the captions converter writes it (caption left off)."""
-    return caption_context(image, layout, policy, size)
 
 
 # --- shard directories as prompt sources ------------------------------------------------------------
