@@ -57,8 +57,10 @@ def steps_per_s(model, layout: VocabLayout, seq_len: int, envs: int, steps: int,
     return steps * envs / dt
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def tiny_model_and_args(argv: list[str] | None, description: str):
+    """(options, layout, model) both rollout benchmarks act with: --quick, --seq-len, --envs, and a
+    `tiny` model on 1 thread from seed 0."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--envs", type=int, default=4)
@@ -67,7 +69,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_flush_denormal(True)
     layout = VocabLayout(text_vocab_size=8000, eos_id=2)
     torch.manual_seed(0)
-    model = GatoModel(GatoConfig.from_preset("tiny", layout, seq_len=args.seq_len)).eval()
+    return args, layout, GatoModel(GatoConfig.from_preset("tiny", layout, seq_len=args.seq_len)).eval()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args, layout, model = tiny_model_and_args(argv, __doc__.splitlines()[0])
     steps = 6 if args.quick else 12
     full = steps_per_s(model, layout, args.seq_len, args.envs, steps, cache=False)
     cached = steps_per_s(model, layout, args.seq_len, args.envs, 4 * steps, cache=True)

@@ -14,7 +14,6 @@ process, which other processes' load does not inflate.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import deque
@@ -22,13 +21,14 @@ from collections import deque
 import numpy as np
 import torch
 
+from benchmarks.bench_rollout import tiny_model_and_args
 from schemas.env_spec import EnvSpec
 from tokenizer_kit.frames import FrameStack
 from tokenizer_kit.layout import VocabLayout
 from tokenizer_kit.sequence import EpisodeSpec, FieldSpec
 from trainer.acting.envs import EnvWrappers, make_env_fn
-from trainer.model import GatoConfig, GatoModel
-from trainer.acting.rollout import Agent, EpisodeContext, action_slots, concat_rows
+from tokenizer_kit.rows import concat_rows
+from trainer.acting.rollout import Agent, EpisodeContext, action_slots
 
 ENV = EnvSpec.from_dict({"id": "ALE/Breakout-v5", "kwargs": {"frameskip": 1, "repeat_action_probability": 0.0},
                          "wrappers": [{"entry_point": "gymnasium.wrappers:AtariPreprocessing",
@@ -84,16 +84,7 @@ def acting(model, layout: VocabLayout, seq_len: int, envs: int, steps: int) -> t
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--envs", type=int, default=4)
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    layout = VocabLayout(text_vocab_size=8000, eos_id=2)
-    torch.manual_seed(0)
-    model = GatoModel(GatoConfig.from_preset("tiny", layout, seq_len=args.seq_len)).eval()
+    args, layout, model = tiny_model_and_args(argv, __doc__.splitlines()[0])
     with torch.no_grad():
         rate, model_only = acting(model, layout, args.seq_len, args.envs, 10 if args.quick else 40)
     return [{"name": f"rollout tiny seq-len {args.seq_len} Breakout 80x80 frames ({args.envs} envs)", "figure": rate,
