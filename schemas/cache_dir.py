@@ -77,7 +77,8 @@ def entries(root: Path) -> list[Entry]:
             st = e.stat()
         except FileNotFoundError:
             continue
-        reserved = int(e.name.split(".")[2]) if part and e.name.count(".") == 3 else 0
+        fields = e.name.split(".")  # a partial is `.SHA.SIZE.part`; anything else counts its bytes only
+        reserved = int(fields[2]) if part and len(fields) == 4 and fields[2].isdigit() else 0
         out.append(Entry(max(st.st_size, reserved), st.st_atime_ns, Path(e.path), copy))
     return out
 

@@ -237,3 +237,12 @@ def test_the_loader_with_two_workers_at_the_minimum_reads_every_batch_within_the
     left = [p.name for p in root.iterdir() if p.is_file()]
     assert 0 < sum(n.endswith(".arrow") for n in left) < len(shards)  # evicted on the way
     assert not sampler.locks and all(n.endswith((".arrow", ".proof")) for n in left), left
+
+
+def test_a_stray_partial_name_counts_its_bytes_only(tmp_path):
+    """A `.x.y.part` the cache did not write (no size in its name) is counted as what it holds,
+    not read as a reservation, and does not stop the bookkeeping."""
+    cache = ShardCache(tmp_path)
+    (tmp_path / ".not.a-size.part").write_bytes(b"abc")
+    (tmp_path / f".{'a' * 64}.100.part").write_bytes(b"")
+    assert cache.disk_bytes() == 103
