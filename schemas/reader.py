@@ -30,6 +30,7 @@ from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import NO_POSITION, PATCH_SLOT, VocabLayout
 from tokenizer_kit.text import TextTokenizer
 
+from .arrow_numpy import list_offsets, to_numpy
 from .cache import ShardCache
 from .errors import ReaderError
 from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError, ShardInfo
@@ -97,8 +98,8 @@ def _flat(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, values) of a list array; offsets index `values` directly."""
     values = arr.values
     if pa.types.is_boolean(values.type):  # bool masks are bit-packed: one copy per batch
-        return arr.offsets.to_numpy(), values.to_numpy(zero_copy_only=False).astype(np.uint8)
-    return arr.offsets.to_numpy(), values.to_numpy()
+        return list_offsets(arr), to_numpy(values)  # bool masks are bit-packed: one copy per batch
+    return list_offsets(arr), to_numpy(values)
 
 
 def batch_view(batch: pa.RecordBatch) -> BatchView:
@@ -122,10 +123,10 @@ def batch_view(batch: pa.RecordBatch) -> BatchView:
                if npv else np.zeros((0, PATCH_BYTES), np.uint8))
     qvals = batch.column("patch_pos").values  # fixed_size_list<uint8, 4>
     nq = len(qvals) + qvals.offset
-    flat_q = qvals.values.to_numpy()
+    flat_q = to_numpy(qvals.values)
     patch_pos = flat_q[:nq * 4].reshape(nq, 4) if nq else np.zeros((0, 4), np.uint8)
     slot = SLOT_ID if tokens.dtype == np.uint16 else PATCH_SLOT  # a lean RL batch's ids, as stored
-    return BatchView(tok_off, tokens, loss_mask, local_pos, ss_off, step_starts, pcol.offsets.to_numpy(), patches,
+    return BatchView(tok_off, tokens, loss_mask, local_pos, ss_off, step_starts, list_offsets(pcol), patches,
                      patch_pos, slot)
 
 
@@ -202,7 +203,7 @@ class ShardDir:
     missing: list[str] = field(default_factory=list)  # listed in the manifest, absent
     unlisted: list[str] = field(default_factory=list)  # complete, not (yet) in the manifest
     cache: ShardCache | None = None  # remote shards' local copies (a temporary one when None)
-    _rows: list[int] | None = None
+    _rows: np.ndarray | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, cache: ShardCache | None = None, split: str | None = None,
@@ -354,20 +355,21 @@ class ShardDir:
             raise ReaderError(f"{s.path}: unreadable shard ({first_line(e)})") from None
 
     @property
-    def rows_per_shard(self) -> list[int]:
-        """Rows of each present shard (the manifest's count, else the shard's own)."""
+    def rows_per_shard(self) -> np.ndarray:
+        """Rows of each present shard (the manifest's count, else the shard's own), int64: one
+        array, not 200,000 Python ints, for a rank of a large directory."""
         if (self._rows is None and isinstance(self.shards, ShardFiles)
                 and self.manifest is not None):  # all listed: the manifest's column
-            self._rows = self.manifest.shard_rows().tolist()
+            self._rows = self.manifest.shard_rows()
         if self._rows is None:
-            self._rows = [s.info.rows if s.info is not None else self.table(i).num_rows
-                          for i, s in enumerate(self.shards)]
+            self._rows = np.asarray([s.info.rows if s.info is not None else self.table(i).num_rows
+                                     for i, s in enumerate(self.shards)], np.int64)
         return self._rows
 
     @property
     def num_rows(self) -> int:
         """Rows of the directory: the manifest's total when there is one, else the shards present."""
-        return self.manifest.total_rows if self.manifest is not None else sum(self.rows_per_shard)
+        return self.manifest.total_rows if self.manifest is not None else int(self.rows_per_shard.sum())
 
     def locate(self, row: int) -> tuple[int, int]:
         """Global row index -> (index into `shards`, row inside it). Rows are numbered through the
@@ -375,7 +377,7 @@ class ShardDir:
         if not 0 <= row < self.num_rows:
             raise ReaderError(f"row {row} is outside [0, {self.num_rows}) of {self.path}")
         names = [s.name for s in self.manifest.shards] if self.manifest is not None else [s.name for s in self.shards]
-        counts = [s.rows for s in self.manifest.shards] if self.manifest is not None else self.rows_per_shard
+        counts = self.manifest.shard_rows() if self.manifest is not None else self.rows_per_shard
         shard, inside = locate_rows(counts, np.asarray([row]))
         k = int(shard[0])
         index = {s.name: i for i, s in enumerate(self.shards)}
@@ -387,7 +389,7 @@ class ShardDir:
         """(index into `shards`, row) -> the global row number locate() takes."""
         name = self.shards[shard].name
         names = [s.name for s in self.manifest.shards] if self.manifest is not None else [s.name for s in self.shards]
-        counts = [s.rows for s in self.manifest.shards] if self.manifest is not None else self.rows_per_shard
+        counts = self.manifest.shard_rows() if self.manifest is not None else self.rows_per_shard
         return global_row(counts, names.index(name), row)
 
     def find_source(self, source_id: str) -> tuple[int, int]:

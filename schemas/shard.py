@@ -33,6 +33,7 @@ from tokenizer_kit.files import atomic_path
 from tokenizer_kit.layout import PATCH_BYTES
 from tokenizer_kit.sequence import Row
 
+from .arrow_numpy import to_numpy
 from .shard_forms import (CAPTION_DERIVED, FORMS, LEAN_VERSIONS, READ_VERSIONS, RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS,
                           SCHEMA_VERSION, SLOT_ID, TEXT_DERIVED, TOKEN_TYPES, ShardError, full_columns,
                           is_text_form, lean_tokens, schema_version, shard_form, shard_schema, token_type)
@@ -137,7 +138,7 @@ def row_from_table(table: pa.Table | pa.RecordBatch, i: int) -> Row:
         return table.column(name)[i].values  # the row's slice of the flat child array
 
     def numpy(name: str, dtype) -> np.ndarray:
-        return values(name).to_numpy(zero_copy_only=False).astype(dtype)
+        return to_numpy(values(name)).astype(dtype)
 
     patches = values("patches")  # fixed_size_binary: one buffer of N * 768 bytes
     flat_patches = np.frombuffer(patches.buffers()[1], dtype=np.uint8, count=len(patches) * PATCH_BYTES,
@@ -149,7 +150,7 @@ def row_from_table(table: pa.Table | pa.RecordBatch, i: int) -> Row:
         modality=numpy("modality", np.uint8),
         step_starts=numpy("step_starts", np.int32),
         patches=flat_patches.reshape(-1, PATCH_BYTES).copy(),
-        patch_pos=values("patch_pos").flatten().to_numpy(zero_copy_only=False).astype(np.uint8).reshape(-1, 4),
+        patch_pos=to_numpy(values("patch_pos").flatten()).astype(np.uint8).reshape(-1, 4),
     )
 
 

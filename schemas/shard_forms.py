@@ -18,6 +18,8 @@ import pyarrow as pa
 from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_BYTES, PATCH_SLOT, TEXT
 from tokenizer_kit.sequence import Row
 
+from .arrow_numpy import from_numpy, list_offsets, to_numpy
+
 SCHEMA_VERSION = 3
 READ_VERSIONS = (1, 2, 3)  # what this gato-kit reads
 LEAN_VERSIONS = (2, 3)  # versions whose shards may be in a lean form (version 1: every column, int32 ids)
@@ -98,27 +100,38 @@ def _chunks(col: pa.ChunkedArray | pa.Array) -> list:
 def _derive(chunk: pa.ListArray, form: str) -> dict[str, pa.Array]:
     """Version-1 tokens (int32, -1 at a patch slot) of one chunk, and the columns `form` leaves out."""
     import pyarrow.compute as pc  # noqa: PLC0415 - start-up time: ~90 ms, needed only where a lean shard is read
-    base = chunk.offsets.to_numpy()
-    rel = pa.array(base - base[0]) if len(base) and base[0] else chunk.offsets
+    base = list_offsets(chunk)
+    rel = from_numpy(base - base[0]) if len(base) and base[0] else chunk.offsets
     values = chunk.flatten()  # this chunk's slice of the values (nulls stay nulls: validation names them)
-    if values.type == pa.uint16() and form != "text":
+    # numpy where there are no nulls (pyarrow.compute's scalars import pandas: schemas.arrow_numpy);
+    # pyarrow.compute keeps nulls as nulls, for validation to name
+    wide = None if values.null_count else to_numpy(values).astype(np.int32)
+    if wide is not None:
+        if values.type == pa.uint16() and form != "text":
+            wide[wide == SLOT_ID] = PATCH_SLOT
+        ids = from_numpy(wide)
+    elif values.type == pa.uint16() and form != "text":
         ids = pc.if_else(pc.equal(values, SLOT_ID), pa.scalar(PATCH_SLOT, pa.int32()), values.cast(pa.int32()))
     else:
         ids = values.cast(pa.int32())
     out = {"tokens": pa.ListArray.from_arrays(rel, ids)}
     if form == "full":
         return out
-    n, zeros = len(ids), pa.array(np.zeros(len(chunk) + 1, np.int32))
-    out["local_pos"] = pa.ListArray.from_arrays(rel, pa.array(np.full(n, NO_POSITION, np.int16)))
-    out["step_starts"] = pa.ListArray.from_arrays(zeros, pa.array(np.zeros(0, np.int32)))
+    n, zeros = len(ids), from_numpy(np.zeros(len(chunk) + 1, np.int32))
+    out["local_pos"] = pa.ListArray.from_arrays(rel, from_numpy(np.full(n, NO_POSITION, np.int16)))
+    out["step_starts"] = pa.ListArray.from_arrays(zeros, from_numpy(np.zeros(0, np.int32)))
     if form == "text":
-        out["loss_mask"] = pa.ListArray.from_arrays(rel, pa.array(np.ones(n, np.uint8)))
-        out["modality"] = pa.ListArray.from_arrays(rel, pa.array(np.full(n, TEXT, np.uint8)))
+        out["loss_mask"] = pa.ListArray.from_arrays(rel, from_numpy(np.ones(n, np.uint8)))
+        out["modality"] = pa.ListArray.from_arrays(rel, from_numpy(np.full(n, TEXT, np.uint8)))
         out["patches"] = pa.ListArray.from_arrays(
             zeros, pa.FixedSizeBinaryArray.from_buffers(pa.binary(PATCH_BYTES), 0, [None, pa.py_buffer(b"")]))
         out["patch_pos"] = pa.ListArray.from_arrays(
-            zeros, pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(0, np.uint8)), 4))
-    else:  # caption: a slot is an image token without loss, any other token text with loss
+            zeros, pa.FixedSizeListArray.from_arrays(from_numpy(np.zeros(0, np.uint8)), 4))
+    elif wide is not None:  # caption: a slot is an image token without loss, any other token text with loss
+        is_slot = wide == PATCH_SLOT
+        out["loss_mask"] = pa.ListArray.from_arrays(rel, from_numpy((~is_slot).view(np.uint8)))
+        out["modality"] = pa.ListArray.from_arrays(rel, from_numpy(np.where(is_slot, IMAGE, TEXT).astype(np.uint8)))
+    else:
         slot = pc.equal(ids, PATCH_SLOT)
         out["loss_mask"] = pa.ListArray.from_arrays(rel, pc.invert(slot).cast(pa.uint8()))
         out["modality"] = pa.ListArray.from_arrays(

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 
+from .arrow_numpy import list_offsets, to_numpy
 from .shard import full_columns, is_text_form
 from .validate_rules import (Problem, Report, bad_patch_pos, check_schema, check_slot_sentinel, check_steps,
                              check_values, chunk_view, count_modalities, flat_column, id_ranges, nulls_inside,
@@ -112,7 +113,7 @@ def _proved_text(table: pa.Table, layout: VocabLayout) -> np.ndarray | None:
             continue
         tokens, off = chunk_view(batch.column("tokens"))
         for name in ("step_starts", "patches", "patch_pos"):
-            o = batch.column(name).offsets.to_numpy()
+            o = list_offsets(batch.column(name))
             if o[0] != o[-1]:
                 return None
         for name, want in (("modality", TEXT), ("loss_mask", 1), ("local_pos", NO_POSITION)):
@@ -135,8 +136,8 @@ def _proved_text_form(table: pa.Table, layout: VocabLayout) -> np.ndarray | None
     for chunk in table.column("tokens").chunks:
         if chunk.null_count or chunk.values.null_count:
             return None
-        offsets = chunk.offsets.to_numpy()
-        values = chunk.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy()
+        offsets = list_offsets(chunk)
+        values = to_numpy(chunk.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])))
         if len(values) and not (int(values.min()) >= lo[TEXT] and int(values.max()) < hi[TEXT]):
             return None
         n += len(values)
@@ -185,7 +186,7 @@ def _proved_by_pattern(table: pa.Table, layout: VocabLayout) -> np.ndarray | Non
         mn, mx = _column_range(tokens, k)
         id_lo = mn if id_lo is None else np.minimum(id_lo, mn)
         id_hi = mx if id_hi is None else np.maximum(id_hi, mx)
-        poff = batch.column("patches").offsets.to_numpy()
+        poff = list_offsets(batch.column("patches"))
         offsets["patches"].append(poff - poff[0] if poff[0] else poff)
         pp, ppoff = chunk_view(batch.column("patch_pos"))
         offsets["patch_pos"].append(ppoff)
@@ -200,7 +201,7 @@ def _proved_by_pattern(table: pa.Table, layout: VocabLayout) -> np.ndarray | Non
             and np.array_equal(flat["patch_pos"], flat["patches"])
             and np.array_equal(_lengths(offsets["tokens"]), nsteps * k)
             and np.array_equal(_lengths(offsets["patches"]), nsteps * slots)
-            and np.array_equal(table.column("num_steps").to_numpy(), nsteps)):
+            and np.array_equal(to_numpy(table.column("num_steps")), nsteps)):
         return None
     first = soff[:-1]
     if ss[first].any():

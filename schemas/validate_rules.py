@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from tokenizer_kit.layout import IMAGE, NO_POSITION, PATCH_SLOT, SEPARATOR, TEXT, VocabLayout
 
+from .arrow_numpy import list_offsets, to_numpy
 from .shard import (CAPTION_DERIVED, LEAN_VERSIONS, RL_COLUMNS, ROW_COLUMNS, SCALAR_COLUMNS, SLOT_ID, TOKEN_TYPES,
                     schema_version, shard_form)
 
@@ -55,13 +56,13 @@ def chunk_view(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         if bufs[3] is not None and bufs[3].size >= (start + last - first) * dtype.itemsize:
             values = np.frombuffer(bufs[3], dtype, last - first, start * dtype.itemsize)
             return values, (offsets - first if first else offsets)
-    offsets = arr.offsets.to_numpy()  # of this slice of the array, unlike .values
+    offsets = list_offsets(arr)  # of this slice of the array, unlike .values
     first, last = int(offsets[0]), int(offsets[-1])
     values = arr.values.slice(first, last - first)
     if isinstance(values.type, pa.FixedSizeListType):
         width = values.type.list_size
         values = values.values.slice(values.offset * width, len(values) * width)
-    return values.to_numpy(zero_copy_only=False), offsets - first
+    return to_numpy(values), offsets - first
 
 
 def flat_column(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +75,7 @@ def _offsets(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     parts, base = [np.zeros(1, np.int64)], 0
     for c in chunks:
-        o = c.offsets.to_numpy().astype(np.int64)
+        o = list_offsets(c).astype(np.int64)
         parts.append(o[1:] - o[0] + base)
         base += int(o[-1] - o[0])
     return np.concatenate(parts)
@@ -156,10 +157,10 @@ def nulls_inside(table: pa.Table) -> list[Problem]:
             deep = inner.values if isinstance(inner.type, pa.FixedSizeListType) else None
             if inner.null_count or (deep is not None and deep.null_count):
                 flat = chunk.flatten()  # this chunk's slice of the values
-                null = flat.is_null().to_numpy(zero_copy_only=False)
+                null = to_numpy(flat.is_null()).astype(bool)
                 if deep is not None:  # a patch position with a null among its 4 numbers
-                    null = null | flat.flatten().is_null().to_numpy(zero_copy_only=False).reshape(len(flat), -1).any(1)
-                offsets = chunk.offsets.to_numpy()
+                    null = null | to_numpy(flat.flatten().is_null()).reshape(len(flat), -1).any(1)
+                offsets = list_offsets(chunk)
                 rows = _rows_of(null, offsets - offsets[0]) + row0
                 if len(rows):
                     rep.rows(rows, name, "null values inside the list (columns are not nullable)")
@@ -225,7 +226,7 @@ def validate_tokens(table: pa.Table, layout: VocabLayout) -> list[Problem]:
     ss, soff = flat_column(table.column("step_starts"))
     nsteps = np.diff(soff)
     if "num_steps" in table.schema.names:
-        bad = np.flatnonzero(table.column("num_steps").to_numpy() != nsteps)
+        bad = np.flatnonzero(to_numpy(table.column("num_steps")) != nsteps)
         if len(bad):
             rep.rows(bad, "num_steps", "differs from the number of step_starts")
     # rl_row: per-token "row has steps"; None when every row has (pure RL shards need no mask)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from schemas.arrow_numpy import list_offsets, to_numpy
 from schemas.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ManifestError
 from schemas.reader import ShardDir
 from schemas.split import directory_seed, locate_rows, reader_index, split_rows
@@ -124,12 +125,12 @@ def _count(rep: ShardReport, batch: pa.RecordBatch) -> int:
     names = batch.schema.names
     size = 0
     if "tokens" in names:
-        lengths = np.diff(batch.column("tokens").offsets.to_numpy())
+        lengths = np.diff(list_offsets(batch.column("tokens")))
         rep.lengths.append(lengths)
         rep.tokens += int(lengths.sum())
         size = int(lengths.sum()) * 8  # ids, mask, position, modality: what validation reads
     if "episode_return" in names:
-        rep.returns.append(batch.column("episode_return").to_numpy(zero_copy_only=False))
+        rep.returns.append(to_numpy(batch.column("episode_return")))
     return size
 
 

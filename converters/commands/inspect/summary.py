@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.arrow_numpy import list_offsets, to_numpy
 from schemas.manifest import Stats
 from schemas.reader import ShardDir
 from schemas.split import epoch_tokens
@@ -25,7 +26,7 @@ def _modality_counts(sd: ShardDir) -> dict[str, int]:
     """Tokens per modality counted from the complete shards (when the manifest has no statistics)."""
     counts = np.zeros(len(MODALITY_NAMES), np.int64)
     for i in range(len(sd.shards)):
-        mod = sd.table(i).column("modality").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        mod = to_numpy(sd.table(i).column("modality").combine_chunks().flatten())
         counts += np.bincount(mod, minlength=len(counts))[:len(counts)]
     return {MODALITY_NAMES[m]: int(c) for m, c in enumerate(counts)}
 
@@ -37,11 +38,11 @@ def step_tokens(sd: ShardDir) -> dict | None:
     for i in range(len(sd.shards)):
         t = sd.table(i)
         tok = t.column("tokens").combine_chunks()
-        lengths = np.diff(tok.offsets.to_numpy())
+        lengths = np.diff(list_offsets(tok))
         ss = t.column("step_starts").combine_chunks()
-        nsteps = np.diff(ss.offsets.to_numpy())
+        nsteps = np.diff(list_offsets(ss))
         if nsteps.any():
-            pieces.append(step_lengths_of_rows(ss.flatten().to_numpy(), nsteps, lengths))
+            pieces.append(step_lengths_of_rows(to_numpy(ss.flatten()), nsteps, lengths))
         elif len(t.column("patches").combine_chunks().flatten()):
             pieces.append(lengths)
     if not pieces:
@@ -64,7 +65,7 @@ def _frame_stacks(st: Stats | None) -> dict | None:
 
 def _returns(sd: ShardDir) -> dict | None:
     tables = [sd.table(i) for i in range(len(sd.shards))]
-    vals = [t.column("episode_return").to_numpy() for t in tables if "episode_return" in t.schema.names]
+    vals = [to_numpy(t.column("episode_return")) for t in tables if "episode_return" in t.schema.names]
     if not vals:
         return None
     r = np.concatenate(vals)
@@ -93,7 +94,7 @@ def epoch(sd: ShardDir, shards: list[dict], seq_len: int) -> dict | None:
     kind = m.row_kind or "text"
     lens = None
     if kind != "text":
-        lens = np.concatenate([np.diff(sd.table(i).column("tokens").combine_chunks().offsets.to_numpy())
+        lens = np.concatenate([np.diff(list_offsets(sd.table(i).column("tokens").combine_chunks()))
                                for i in range(len(sd.shards))] or [np.zeros(0, np.int64)])
     return {"seq_len": seq_len, "kind": kind, **epoch_tokens(kind, [s["tokens"] for s in shards], lens, seq_len)}
 
