@@ -28,6 +28,7 @@ import json, sys, time
 from schemas.reader import ShardDir
 from schemas.split import reader_shards
 from schemas.storage import remote_fs
+import pyarrow.compute  # an import, as the others: trainer.source (every training rank) imports it at module level
 fs, _ = remote_fs({url!r}); fs.connect()
 calls = {{}}
 def count(event_name, **_):

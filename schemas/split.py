@@ -68,12 +68,12 @@ def shard_row_starts(rows_per_shard: Sequence[int] | np.ndarray) -> np.ndarray:
     return starts
 
 
-def global_row(rows_per_shard: Sequence[int], shard: int, row: int) -> int:
+def global_row(rows_per_shard: Sequence[int] | np.ndarray, shard: int, row: int) -> int:
     """Global id of row `row` of shard `shard` (the numbering assign_rows uses)."""
     return int(shard_row_starts(rows_per_shard)[shard]) + int(row)
 
 
-def locate_rows(rows_per_shard: Sequence[int], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def locate_rows(rows_per_shard: Sequence[int] | np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Global row ids -> (shard index, row inside the shard), vectorised."""
     starts = shard_row_starts(rows_per_shard)
     rows = np.asarray(rows, dtype=np.int64)
@@ -153,7 +153,7 @@ def split_rows(split: str, rows_per_shard: Sequence[int], rank: int, world_size:
 
 # --- what one epoch of a directory is made of: the one rule for the loader and `inspect` ------------
 
-def text_windows(tokens_per_shard: Sequence[int], seq_len: int) -> np.ndarray:
+def text_windows(tokens_per_shard: Sequence[int] | np.ndarray, seq_len: int) -> np.ndarray:
     """Windows per shard of a text directory: each shard's token stream cut into windows of
     seq_len + 1 tokens overlapping by one, window j holding tokens [j*L, j*L + L + 1), the last
     one shorter. Every token of a shard but its first is a training target once per epoch."""
@@ -167,7 +167,7 @@ def row_windows(row_lengths: Sequence[float] | np.ndarray, seq_len: int) -> np.n
     return np.maximum(1, np.ceil(n / (seq_len + 1))).astype(np.int64)
 
 
-def epoch_tokens(kind: str, tokens_per_shard: Sequence[int], row_lengths: Sequence[float] | np.ndarray | None,
+def epoch_tokens(kind: str, tokens_per_shard: Sequence[int] | np.ndarray, row_lengths: Sequence[float] | np.ndarray | None,
                  seq_len: int) -> dict:
     """What one epoch of a directory delivers at `seq_len`: sequences, the tokens they hold
     (overlaps counted), the targets among them that are distinct tokens of the directory (text:

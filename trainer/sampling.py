@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -233,7 +233,7 @@ class EpochUnits:
         assert self.k is not None  # set for row windows
         return i, g - self._cum_list[i], int(self.k[i])
 
-    def shards_of(self, units: np.ndarray, row_starts: list[int]) -> np.ndarray:
+    def shards_of(self, units: np.ndarray, row_starts: Sequence[int] | np.ndarray) -> np.ndarray:
         """Shard of each unit (for a remote reader's download plan)."""
         units = np.asarray(units, np.int64)
         if self.kind == "window":

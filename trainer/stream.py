@@ -263,7 +263,7 @@ class GatoStream(IterableDataset):
             if not all(src.text_constant(s) for s in np.unique(shards).tolist()):
                 return None
             a = (g - eu.cum[shards]) * L
-            b = np.minimum(a + L1, np.asarray(src.tokens_per_shard, np.int64)[shards])
+            b = np.minimum(a + L1, src.tokens_per_shard[shards])
             view = tokens if len(sel) == B else np.zeros((len(sel), L1), self.id_dtype)
             src.fill_windows(view, shards, a, b)
             if view is not tokens:
