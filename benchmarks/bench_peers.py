@@ -15,6 +15,10 @@ ConcatTokensDataset writes). Each is read in training order (shuffled) as batche
   the peers: samples x (L + 1)), over the corpus's tokens;
 - bytes per token: the directory's bytes on disk over the corpus's tokens.
 
+Each read runs in a fresh process of its own: Streaming's reader leaves threads behind that go on
+preparing its epoch after the loader is dropped, and in a shared process they took up to 95% of the
+next reader's tokens/s (gato-kit read right after Streaming: 12-24 Mtok/s; alone: 195-206).
+
 Ratios are gato-kit over the best peer (bytes per token: the peers' best over ours). A peer that
 cannot be imported is reported as such and left out of the ratio. `import streaming` imports
 torchvision (PyPI's is a CUDA build that fails beside the CPU torch wheel), so the two Streaming
@@ -29,6 +33,7 @@ import importlib.machinery
 import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -186,14 +191,44 @@ def streaming_epoch_tokens(path: str) -> int:
     return StreamingDataset(local=path, shuffle=False, batch_size=BATCH).num_samples * (SEQ_LEN + 1)
 
 
+def measure_in_child(name: str, path: str, workers: int, n_batches: int, cache: Path) -> tuple[float, float]:
+    """One read in a fresh interpreter (see the docstring): (first batch seconds, tokens/s)."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_peers", "--measure", name, path, str(workers), str(n_batches),
+           str(cache)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"exit {out.returncode}: {tail[:200]}")
+    first, rate = out.stdout.strip().splitlines()[-1].split()
+    return float(first), float(rate)
+
+
+def measure(name: str, path: str, workers: int, n_batches: int, cache: str) -> tuple[float, float]:
+    if name == "gato-kit":
+        return read_gato(path, workers, n_batches)
+    if name == "litdata":
+        return read_litdata(path, workers, n_batches, Path(cache))
+    return read_streaming(path, workers, n_batches)
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smaller corpus, fewer batches")
+    ap.add_argument("--measure", nargs=5, metavar=("NAME", "PATH", "WORKERS", "BATCHES", "CACHE"),
+                    help="(internal) one read in this process; prints first-batch seconds and tokens/s")
     args = ap.parse_args(argv)
+    if args.measure:
+        name, path, workers, n, cache = args.measure
+        first, rate = measure(name, path, int(workers), int(n), cache)
+        print(first, rate)
+        return []
     total = 3_000_000 if args.quick else 12_000_000
-    n_batches = 30 if args.quick else 80
+    # batches timed per read: fewer than one epoch holds (LitData's loader stops at the epoch's end),
+    # and enough that the fastest reader runs for a tenth of a second or more
+    n_batches = 60 if args.quick else 300
     docs = make_docs(total)
     corpus = int(sum(len(d) for d in docs))
     rows: list[dict] = []
@@ -209,9 +244,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             except Exception as e:  # a peer that does not install or import here is reported, not fatal
                 errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
                 print(f"{name}: not measured ({errors[name]})")
-        readers = {"gato-kit": lambda p, w: read_gato(p, w, n_batches),
-                   "litdata": lambda p, w: read_litdata(p, w, n_batches, tmp / f"litcache{w}"),
-                   "streaming": lambda p, w: read_streaming(p, w, n_batches)}
         epoch = {"gato-kit": gato_epoch_tokens, "litdata": litdata_epoch_tokens, "streaming": streaming_epoch_tokens}
         results: dict[str, dict] = {n: {} for n in paths}
         for name, path in paths.items():
@@ -227,7 +259,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     if name in errors:
                         continue
                     try:
-                        runs[name].append(readers[name](path, workers))
+                        runs[name].append(measure_in_child(name, path, workers, n_batches, tmp / f"cache{workers}"))
                     except Exception as e:
                         errors[name] = f"{workers} workers: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
             for name, rs in runs.items():
