@@ -32,7 +32,7 @@ from .source import DataError, ShardSource
 
 # Mapped shard pages allowed to pile up (MB) before a reader unmaps them: keeps RSS flat as data grows.
 MAPPED_BUDGET_MB = 128
-RSS_CHECK_EVERY = 8  # batches between two looks at that RSS (a look costs about a text batch's 5%)
+RSS_CHECK_EVERY = 8  # most batches between two looks at that RSS (a look costs about a text batch's 5%)
 
 
 def fresh_state(num_dirs: int) -> dict:
@@ -300,6 +300,7 @@ class GatoStream(IterableDataset):
         state: dict = {k: (list(v) if isinstance(v, list) else v) for k, v in self.start_states[reader].items()}
         streams = Streams(self, reader, state)
         mapped_floor = mapped_mb()  # file-backed RSS at the start or after the last release
+        last_mb, since_look, look_every = mapped_floor, 0, 1  # the first look learns the rate
         fast = self.training and all(s.kind == "text" for s in self.sources)
         while True:
             batch = None
@@ -316,10 +317,19 @@ class GatoStream(IterableDataset):
                 batch = compact(samples, self.seq_len, self.training, self._rng(reader, state["batches"], 1),
                                 self.action_noise, self.id_dtype)
             state["batches"] += 1
-            if state["batches"] % RSS_CHECK_EVERY == 0 and mapped_mb() - mapped_floor > MAPPED_BUDGET_MB:
-                for src in self.sources:
-                    src.release_pages()
-                mapped_floor = mapped_mb()
+            since_look += 1
+            if since_look >= look_every:
+                now = mapped_mb()
+                rate = (now - last_mb) / since_look  # MB of shard pages a batch maps
+                if now - mapped_floor + rate > MAPPED_BUDGET_MB:  # (or would be, after the next batch)
+                    for src in self.sources:
+                        src.release_pages()
+                    now = mapped_floor = mapped_mb()
+                # look again before the budget can be passed at that rate: random RL rows over GBs
+                # of shards map ~70 MB a batch, text windows a few hundred kB
+                room = MAPPED_BUDGET_MB - (now - mapped_floor)
+                look_every = int(min(max(room / rate, 1), RSS_CHECK_EVERY)) if rate > 0 else RSS_CHECK_EVERY
+                last_mb, since_look = now, 0
             yield reader, batch, {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
             if len(batch.lengths) < self.batch_size:
                 return

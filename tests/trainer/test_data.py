@@ -496,6 +496,28 @@ def test_released_pages_read_back_the_same(dirs, monkeypatch):
     assert mapped.mapped_region(pa.table({"x": list(range(5000))}), shard) is None
 
 
+def test_a_reader_looks_at_its_mapped_pages_as_often_as_they_grow(tmp_path, monkeypatch):
+    """Random RL rows over gigabytes of shards map ~70 MB a batch: a look every RSS_CHECK_EVERY
+    batches let file-backed RSS pass the budget by 4x before the first release. The first look
+    comes after the first batch and learns the rate; a budget a batch's growth would pass is then
+    looked at, and released, every batch. (37 MB of pixel episodes: a batch maps 4-12 MB.)"""
+    import trainer.stream as td
+    data = make_rl_dir(tmp_path / "pix", VocabLayout(text_vocab_size=1000, eos_id=2), episodes=200, steps=(60, 60),
+                       pixels=True, rows_per_shard=50)
+    looks, releases = [], []
+    real_look, real_release = td.mapped_mb, td.ShardSource.release_pages
+    monkeypatch.setattr(td, "mapped_mb", lambda: (looks.append(1), real_look())[1])
+    monkeypatch.setattr(td.ShardSource, "release_pages", lambda self: (releases.append(1), real_release(self)))
+    monkeypatch.setattr(td, "MAPPED_BUDGET_MB", 4)
+    it = iter(build_loader([str(data)], 40, 4, seed=2))
+    next(it)
+    assert releases, "no release after the first batch"
+    for _ in range(4):
+        before = len(looks)
+        next(it)
+        assert len(looks) > before, "a batch went by without a look"
+
+
 def test_reads_what_the_real_converter_writes(tmp_path, sp_model_path, corpus_path, rl_shard_dir):
     """`gato-tokenize text` output (several shards) plus the shared RL fixture: one eval pass reads
     every row once, layouts and tasks come from the manifests."""
