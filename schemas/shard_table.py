@@ -18,7 +18,6 @@ import pyarrow as pa
 
 from tokenizer_kit.errors import first_line
 
-from .arrow_numpy import list_offsets
 from .shard import SHARD_NAME_RE
 
 SHARD_TABLE_NAME = "shards.arrow"

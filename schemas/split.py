@@ -167,8 +167,8 @@ def row_windows(row_lengths: Sequence[float] | np.ndarray, seq_len: int) -> np.n
     return np.maximum(1, np.ceil(n / (seq_len + 1))).astype(np.int64)
 
 
-def epoch_tokens(kind: str, tokens_per_shard: Sequence[int] | np.ndarray, row_lengths: Sequence[float] | np.ndarray | None,
-                 seq_len: int) -> dict:
+def epoch_tokens(kind: str, tokens_per_shard: Sequence[int] | np.ndarray,
+                 row_lengths: Sequence[float] | np.ndarray | None, seq_len: int) -> dict:
     """What one epoch of a directory delivers at `seq_len`: sequences, the tokens they hold
     (overlaps counted), the targets among them that are distinct tokens of the directory (text:
     exact; RL and captions: None, their windows are drawn) and the directory's tokens."""
