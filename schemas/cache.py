@@ -41,12 +41,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
-from fsspec.callbacks import Callback
 
 from .cache_dir import (ProofKey, bookkeeping, disk_bytes, live_partial, make_room, part_path, pin_present,
                         proof_path, read_proof, reap_dead_partials, write_proof)
 from .errors import ReaderError
 from .names import check_sha256
+from .object_copy import WrongSize, copy_hashed
 from .storage import remote_fs, storage_error
 
 CHUNK = 8 << 20  # bytes per read while hashing
@@ -70,28 +70,6 @@ def _fd_sha256(fd: int) -> str:
         h.update(block)
         off += len(block)
     return h.hexdigest()
-
-
-class _SizeGuard(Callback):
-    """Stops a download whose object is not the manifest's size before it writes past it (a size
-    from data is a budget, and the cache's room was reserved for exactly that many bytes)."""
-
-    def __init__(self, size: int | None):
-        super().__init__()
-        self.want, self.got = size, 0
-
-    def set_size(self, size):
-        if self.want is not None and size is not None and size != self.want:
-            raise _WrongSize(f"it has {size} bytes")
-
-    def relative_update(self, inc=1):
-        self.got += inc
-        if self.want is not None and self.got > self.want:
-            raise _WrongSize(f"it has more than {self.want} bytes")
-
-
-class _WrongSize(Exception):
-    pass
 
 
 class ShardCache:
@@ -321,26 +299,16 @@ class ShardCache:
             time.sleep(0.05)
 
     def _get(self, url: str, part: Path, size: int) -> str:
-        """Copy url into part (the store client's own download) and hash it; returns the hash, or
-        (when its size is wrong) why the object is not the shard."""
-        fs, path = remote_fs(url)
+        """Copy url into part, hashed on the way (schemas.object_copy); returns the hash, or (when
+        its size is wrong) why the object is not the shard."""
         try:
-            fs.get_file(path, str(part), callback=_SizeGuard(size))
-        except _WrongSize as e:
+            return copy_hashed(url, part, size)
+        except WrongSize as e:
             return str(e)
         except FileNotFoundError:
             raise ReaderError(f"{url}: shard listed in the manifest is missing from the store") from None
-        except Exception as e:  # the store's errors (botocore, aiohttp) share no base but Exception
+        except Exception as e:  # the store's errors (botocore, aiohttp, pyarrow) share no base but Exception
             raise storage_error(url, e) from None
-        got = os.stat(part).st_size
-        if got != size:
-            return f"it has {got} bytes"
-        fd = os.open(part, os.O_RDONLY)  # read back from the page cache, right after it landed
-        try:
-            digest = _fd_sha256(fd)
-        finally:
-            os.close(fd)
-        return digest
 
     def disk_bytes(self) -> int:
         """Bytes the cache holds or has reserved: copies, and partial downloads at their full size."""

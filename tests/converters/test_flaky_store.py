@@ -69,6 +69,29 @@ def test_a_reader_downloads_through_dropped_connections(reference, text_tokenize
     assert proxy.seen.count("drop") == 3
 
 
+def test_a_reader_download_from_a_stalled_store_is_one_line_after_the_timeout(reference, proxy, tmp_path,
+                                                                               monkeypatch):
+    """Shard downloads go through pyarrow's S3 client (schemas.object_copy): the same timeout and
+    attempts apply, and a stalled store is one line naming the knobs, not a hang."""
+    from tests.support.s3 import upload_dir
+    from schemas.cache import ShardCache
+    from schemas.errors import ReaderError
+    from schemas.reader import ShardDir
+    make_bucket("stalledreads")
+    url = upload_dir(reference, "s3://stalledreads/shards")
+    monkeypatch.setenv("GATO_KIT_STORE_ATTEMPTS", "2")
+    sd = ShardDir.open(url, cache=ShardCache(tmp_path / "cache"))  # the manifest, read before the stall
+    proxy.stall_all = True
+    t0 = time.monotonic()
+    with pytest.raises(ReaderError) as e:
+        sd.file(0)
+    took = time.monotonic() - t0
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{url}/{sd.shards[0].name}: cannot read")
+    assert "GATO_KIT_STORE_TIMEOUT" in str(e.value)
+    assert 1 <= took < 20, took  # 2 tries of 1 s (and the SDK's backoff), not minutes
+    assert proxy.seen.count("stall") >= 2
+
+
 def test_malformed_store_settings_are_one_line(monkeypatch):
     from schemas.errors import ReaderError
     from schemas.store_settings import StoreSettings
