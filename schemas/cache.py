@@ -34,10 +34,11 @@ import fcntl
 import hashlib
 import mmap
 import os
+import queue
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,8 +51,9 @@ from .object_copy import WrongSize, copy_hashed
 from .storage import remote_fs, storage_error
 
 CHUNK = 8 << 20  # bytes per read while hashing
-PREFETCH_THREADS = 3  # downloads under way at once (a store serves several faster than one)
+PREFETCH_THREADS = 3  # most downloads under way at once (ShardCache._waited says when more than one)
 PINS_PER_READER = 2  # copies one reader of one directory maps at once: the one it reads and the next
+IDLE_EXIT_S = 10.0  # a download thread with nothing to do for this long ends
 ROOM_WAIT_S = 600.0  # how long a reader waits for other readers to release room before giving up
 
 
@@ -80,15 +82,16 @@ class ShardCache:
         self.limit = limit
         self.downloaded: list[str] = []  # names fetched by this process (what tests and benchmarks count)
         self._pid: int | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # prefetches not yet started, in order
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
+        self.download_threads, self._waits = 0, 0  # threads taking prefetches from the queue (see _waited)
         self._proven: dict[str, ProofKey] = {}
         self._reaped: int | None = None  # the pid that removed dead processes' partial downloads
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d.update(_pid=None, _pool=None, _pending={}, _lock=None, _reaped=None)
+        d.update(_pid=None, _queue=None, _pending={}, _lock=None, _reaped=None, download_threads=0, _waits=0)
         return d
 
     def __setstate__(self, d):
@@ -139,6 +142,8 @@ class ShardCache:
         dst = self.path_of(sha256)  # its shape, before anything else
         future = self._take_pending(sha256)
         if future is not None:
+            if not future.done():
+                self._waited()
             try:
                 future.result()
             except Exception:  # fetched again below: the reader, not a prefetch, reports it
@@ -203,15 +208,54 @@ class ShardCache:
             with self._own_lock():
                 if sha256 in self._pending:
                     continue
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="gato-prefetch")
-                self._pending[sha256] = self._pool.submit(self._prefetch_one, url, name, sha256,
-                                                          rest[0] if rest else None)
+                future: Future = Future()
+                self._pending[sha256] = future
+                self._queue.put((future, (url, name, sha256, rest[0] if rest else None)))
+                if self.download_threads == 0:
+                    self._start_download_thread()
+
+    def _start_download_thread(self) -> None:
+        self.download_threads += 1
+        threading.Thread(target=self._take_prefetches, args=(self._queue,), daemon=True,
+                         name=f"gato-prefetch_{self.download_threads - 1}").start()
+
+    def _take_prefetches(self, work: queue.SimpleQueue) -> None:
+        """A download thread: prefetches in the order they were asked for, until none came for
+        IDLE_EXIT_S (a killed process's partial download is reclaimed by the next: cache_dir)."""
+        while True:
+            try:
+                future, args = work.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self._own_lock():  # (prefetch puts and counts under the same lock)
+                    if work.empty():
+                        self.download_threads -= 1
+                        return
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                self._prefetch_one(*args)
+                future.set_result(None)
+            except BaseException as e:  # handed to the reader waiting on it, which fetches again
+                future.set_exception(e)
 
     def _prefetch_one(self, url: str, name: str, sha256: str, size: int | None) -> None:
         fd = self._download(url, name, sha256, size, wait=False)
         if fd is not None:
             os.close(fd)
+
+    def _waited(self) -> None:
+        """A reader is about to wait for a prefetch. Downloads run one at a time: on a store
+        that shares this machine's cores (a test server, MinIO beside the job) concurrent ones
+        only split them and delay the copy waited for (a cold pass over 49 MB from moto: 0.17 s
+        one at a time, 0.20 s three). The first wait is the cold start, which nothing could have
+        avoided; a reader that waits again reads faster than one download brings shards, so one
+        more download thread starts, up to PREFETCH_THREADS (as a store far away, S3, serves
+        several at once faster than one)."""
+        with self._own_lock():
+            self._waits += 1
+            if self._waits > 1 and self.download_threads < PREFETCH_THREADS:
+                self._start_download_thread()
 
     def _take_pending(self, sha256: str) -> Future | None:
         with self._own_lock():
@@ -221,7 +265,8 @@ class ShardCache:
         """This process's lock; a forked worker starts afresh (the parent's threads, downloads
         under way and lock state are not its own)."""
         if self._pid != os.getpid():
-            self._lock, self._pool, self._pending, self._pid = threading.Lock(), None, {}, os.getpid()
+            self._lock, self._queue, self._pending, self._pid = threading.Lock(), queue.SimpleQueue(), {}, os.getpid()
+            self.download_threads, self._waits = 0, 0
         return self._lock
 
     # --- downloading -----------------------------------------------------------------------------------
