@@ -19,8 +19,10 @@ from urllib.parse import urlparse
 
 from fsspec.callbacks import Callback
 
+from tokenizer_kit.files import file_sha256
+
+from .storage import client_key, remote_fs
 from .store_settings import StoreSettings
-from .storage import remote_fs
 
 CHUNK = 8 << 20  # bytes per ranged read, and per hashing step
 
@@ -57,11 +59,7 @@ def _copy_fsspec(url: str, dst: Path, size: int) -> str:
     got = os.stat(dst).st_size
     if got != size:
         raise WrongSize(f"it has {got} bytes")
-    h = hashlib.sha256()
-    with open(dst, "rb") as f:  # read back from the page cache, right after it landed
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(dst, CHUNK)  # read back from the page cache, right after it landed
 
 
 class _SizeGuard(Callback):
@@ -90,8 +88,7 @@ def arrow_s3(url: str):
     pyarrow has no S3 support."""
     if url.split("://", 1)[0] not in ("s3", "s3a"):
         return None
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "FSSPEC_", "GATO_KIT_STORE_"))))
-    key = (os.getpid(), env)
+    key = client_key()
     if key not in _ARROW_S3:
         _ARROW_S3[key] = _make_arrow_s3(url)
     return _ARROW_S3[key]

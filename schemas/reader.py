@@ -96,10 +96,7 @@ class BatchView:
 
 def _flat(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, values) of a list array; offsets index `values` directly."""
-    values = arr.values
-    if pa.types.is_boolean(values.type):  # bool masks are bit-packed: one copy per batch
-        return list_offsets(arr), to_numpy(values)  # bool masks are bit-packed: one copy per batch
-    return list_offsets(arr), to_numpy(values)
+    return list_offsets(arr), to_numpy(arr.values)  # (bit-packed bool masks: one uint8 copy per batch)
 
 
 def batch_view(batch: pa.RecordBatch) -> BatchView:

@@ -154,7 +154,6 @@ def column(shards: Sequence, name: str) -> np.ndarray:
     return np.asarray([getattr(s, name) for s in shards])
 
 
-
 def _has_duplicates(names: pa.ChunkedArray) -> bool:
     """Whether a string column holds a value twice, by order rather than by hashing: pyarrow's hash
     kernels (count_distinct, unique) held 44 MB of a rank's memory for 200,000 shard names. A

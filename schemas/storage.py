@@ -46,14 +46,18 @@ def join(root: str, name: str) -> str:
 _FILESYSTEMS: dict[tuple, fsspec.AbstractFileSystem] = {}
 
 
+def client_key() -> tuple:
+    """What a store client made in this process is valid for: the process (a forked worker makes its
+    own) and the environment its credentials, endpoint and settings come from (a change needs a new one)."""
+    return os.getpid(), tuple(sorted((k, v) for k, v in os.environ.items()
+                                     if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_", "GATO_KIT_STORE_"))))
+
+
 def remote_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) of a URL: one filesystem per protocol and process, shared by
     its threads (fsspec's own instance cache is per thread, and a new S3 client costs a session)."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
-    # credentials and endpoints come from the environment: a changed one needs a new client
-    env = tuple(sorted((k, v) for k, v in os.environ.items()
-                       if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_", "GATO_KIT_STORE_"))))
-    key = (protocol, os.getpid(), env)
+    key = (protocol, *client_key())
     fs = _FILESYSTEMS.get(key)
     try:
         if fs is None:
