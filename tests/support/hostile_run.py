@@ -5,22 +5,20 @@ compared before and after)."""
 
 from __future__ import annotations
 
-import os
 import resource
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli_outcome import Outcome, env
+
 GiB = 1 << 30
 
 
 @dataclass
-class Run:
-    argv: list[str]
-    code: int
-    err: str
+class Run(Outcome):
+    """An Outcome of any module's CLI (argv starts with the module)."""
 
     def __str__(self) -> str:
         return f"{' '.join(self.argv)} -> exit {self.code}\n{self.err[-3000:]}"
@@ -49,10 +47,9 @@ def run(module: str, argv: list[str], sandbox: Path, mem: int = 3 * GiB, timeout
     bytes: a write past it fails with EFBIG, as on a full disk)."""
     for d in ("home", "cache", "tmp"):
         (sandbox / d).mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "HOME": str(sandbox / "home"), "XDG_CACHE_HOME": str(sandbox / "cache"),
-           "TMPDIR": str(sandbox / "tmp"), "GATO_KIT_INPUT_CACHE": str(sandbox / "cache" / "inputs"),
-           "GATO_KIT_CACHE": str(sandbox / "cache" / "gato-kit"), **extra_env}
+    child_env = env(HOME=str(sandbox / "home"), XDG_CACHE_HOME=str(sandbox / "cache"), TMPDIR=str(sandbox / "tmp"),
+                    GATO_KIT_INPUT_CACHE=str(sandbox / "cache" / "inputs"),
+                    GATO_KIT_CACHE=str(sandbox / "cache" / "gato-kit"), **extra_env)
 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -63,7 +60,7 @@ def run(module: str, argv: list[str], sandbox: Path, mem: int = 3 * GiB, timeout
 
     cmd = [sys.executable, "-c", argv[0], *argv[1:]] if module == "-c" else [sys.executable, "-m", module, *argv]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                       env=env, cwd=sandbox, preexec_fn=limit)
+                       env=child_env, cwd=sandbox, preexec_fn=limit)
     return Run([module, *argv], p.returncode, p.stderr)
 
 
